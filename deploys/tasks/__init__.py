@@ -1,0 +1,1 @@
+"""Packaged deploys (pyinfra @deploy functions with documented DEFAULTS), composable by users."""

@@ -1,0 +1,1 @@
+"""weave_node.api: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""weave_node.datapath: see docs/architecture.md."""

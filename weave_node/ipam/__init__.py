@@ -1,0 +1,1 @@
+"""weave_node.ipam: see docs/architecture.md."""

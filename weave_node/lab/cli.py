@@ -1,0 +1,118 @@
+"""`weave-node lab up|down|status|ssh`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from weave_node.lab.spec import MAX_HOSTS
+
+DEFAULT_NAME = os.environ.get("WEAVE_LAB", "lab")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = sub.add_parser("lab", help="the local lab of real systemd hosts in network namespaces")
+    lab_sub = lab.add_subparsers(dest="lab_cmd", required=True, metavar="COMMAND")
+
+    def named(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--name", default=DEFAULT_NAME, help="lab name (default: $WEAVE_LAB or 'lab')")
+        return p
+
+    p = named(lab_sub.add_parser("up", help="bring up N hosts (reuses a running lab of the same size)"))
+    p.add_argument("--hosts", type=int, default=3, help=f"number of hosts, 1-{MAX_HOSTS} (default 3)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_up)
+    p = named(lab_sub.add_parser("down", help="stop every host and remove everything the lab created"))
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_down)
+    p = named(lab_sub.add_parser("status", help="hosts, addresses, systemd state, memory"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = named(lab_sub.add_parser("ssh", help="ssh into a host (or run a command there)"))
+    p.add_argument("host", help="host name, e.g. node1")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: a login shell)")
+    p.set_defaults(func=cmd_ssh)
+    p = named(lab_sub.add_parser("ssh-config", help="print the path of the lab's ssh_config"))
+    p.set_defaults(func=cmd_ssh_config)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from weave_node.lab import lab
+    from weave_node.lab.progress import Progress
+
+    progress = Progress(quiet=args.quiet)
+    st = lab.up(args.name, args.hosts, progress)
+    total = sum(progress.timings.values())
+    if not args.quiet and st.paths is not None:
+        progress.console.print(
+            f"[bold]lab {args.name!r} is up[/bold]: {len(st.hosts)} hosts in {total:.1f} s. "
+            f"Try: weave-node lab ssh node1 · pyinfra inventory/lab.py ... · weave-node lab down"
+        )
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from weave_node.lab import lab
+    from weave_node.lab.progress import Progress
+
+    progress = Progress(quiet=args.quiet)
+    if not lab.down(args.name, progress) and not args.quiet:
+        progress.console.print(f"lab {args.name!r} is not up: nothing to remove")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from weave_node.lab import lab
+
+    st = lab.status(args.name)
+    if args.json:
+        doc = {
+            "name": st.name,
+            "up": st.up,
+            "hosts": [asdict(h) for h in st.hosts],
+            "leftovers": st.leftovers,
+            "ssh_config": str(st.paths.ssh_config) if st.paths and st.spec else None,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0 if st.up else 3
+    console = Console(highlight=False)
+    if st.spec is None:
+        console.print(f"lab {st.name!r} is down")
+        if st.leftovers:
+            console.print("leftovers (removed by `weave-node lab down`): " + ", ".join(st.leftovers))
+        return 3
+    table = Table(title=f"lab {st.name!r}: {'up' if st.up else 'DEGRADED'}")
+    for col in ("host", "address", "netns", "PID 1 (here)", "systemd", "memory (PSS)"):
+        table.add_column(col)
+    for h in st.hosts:
+        table.add_row(h.name, h.address, h.netns, str(h.pid1 or "-"), h.system_state, f"{h.pss_mib:.1f} MiB")
+    console.print(table)
+    if st.paths:
+        console.print(f"ssh: weave-node lab ssh node1   (or ssh -F {st.paths.ssh_config} node1)")
+    return 0 if st.up else 3
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from weave_node.lab import lab
+
+    argv = lab.ssh_argv(args.name, args.host, list(args.command))
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh on purpose
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from weave_node.lab import lab
+
+    paths = lab.LabPaths.of(args.name)
+    if not paths.state.exists():
+        from weave_node.lab.system import LabError
+
+        raise LabError(f"lab {args.name!r} is not up")
+    print(paths.ssh_config)
+    return 0

@@ -1,0 +1,116 @@
+"""What a lab looks like: names, namespaces and addresses (pure, no I/O).
+
+Every lab lives in namespaces of its own: an underlay namespace holding the bridge `br0`, and one namespace per
+host. Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarking), and only ever exist inside those
+namespaces, so two labs (or a lab and the machine) never clash.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from weave_node.core.errors import ConfigError
+
+MAX_HOSTS = 200
+UNDERLAY_NET = ipaddress.IPv4Network("198.18.0.0/24")
+UNDERLAY_GATEWAY = ipaddress.IPv4Address("198.18.0.254")
+HOST_PREFIX = "node"
+_LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str  # hostname inside the lab and in the inventory, e.g. node1
+    index: int  # 1-based
+    machine: str  # systemd-nspawn machine name, unique across labs
+    netns: str  # the host's network namespace
+    address: ipaddress.IPv4Address  # on eth0, inside the host's namespace
+    underlay_port: str  # the veth end on the underlay bridge
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    hosts: tuple[HostSpec, ...]
+
+    @property
+    def underlay_netns(self) -> str:
+        return f"wnl-{self.name}-u"
+
+    def host(self, name: str) -> HostSpec:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        known = ", ".join(h.name for h in self.hosts)
+        raise ConfigError(f"no lab host named {name!r} (the lab {self.name!r} has: {known})")
+
+
+def validate_lab_name(name: str) -> str:
+    if not _LAB_NAME.match(name):
+        raise ConfigError(f"bad lab name {name!r}: use 1-8 lowercase letters or digits, starting with a letter")
+    return name
+
+
+def make_spec(name: str, count: int) -> LabSpec:
+    validate_lab_name(name)
+    if not 1 <= count <= MAX_HOSTS:
+        raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, not {count}")
+    hosts = tuple(
+        HostSpec(
+            name=f"{HOST_PREFIX}{i}",
+            index=i,
+            machine=f"wnl-{name}-{HOST_PREFIX}{i}",
+            netns=f"wnl-{name}-{HOST_PREFIX}{i}",
+            address=UNDERLAY_NET.network_address + i,
+            underlay_port=f"vh{i}",
+        )
+        for i in range(1, count + 1)
+    )
+    return LabSpec(name=name, hosts=hosts)
+
+
+def render_etc_hosts(spec: LabSpec, me: HostSpec) -> str:
+    lines = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{me.name}", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{h.address}\t{h.name}" for h in spec.hosts]
+    return "\n".join(lines) + "\n"
+
+
+def render_ssh_config(spec: LabSpec, identity_file: str, known_hosts_file: str) -> str:
+    """An ssh_config that reaches every host from the root namespace through the underlay namespace.
+
+    Works for OpenSSH (`ssh -F`), pyinfra (`ssh_config_file`) and testinfra (`--ssh-config`). Host keys are
+    generated per host by the lab and pinned in `known_hosts_file`.
+    """
+    blocks = []
+    for host in spec.hosts:
+        blocks.append(
+            "\n".join(
+                [
+                    f"Host {host.name}",
+                    f"    HostName {host.address}",
+                    "    User root",
+                    f"    IdentityFile {identity_file}",
+                    "    IdentitiesOnly yes",
+                    f"    UserKnownHostsFile {known_hosts_file}",
+                    "    StrictHostKeyChecking yes",
+                    "    ConnectTimeout 10",
+                    "    LogLevel ERROR",
+                    f"    ProxyCommand ip netns exec {spec.underlay_netns} nc %h %p",
+                ]
+            )
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def render_known_hosts(spec: LabSpec, public_keys: dict[str, str]) -> str:
+    """public_keys: host name -> public host key line ("ssh-ed25519 AAAA... comment").
+
+    Each key is listed under the host's name and its address: OpenSSH looks up the name, paramiko the address.
+    """
+    lines = []
+    for host in spec.hosts:
+        keytype, key = public_keys[host.name].split()[:2]
+        lines.append(f"{host.name},{host.address} {keytype} {key}")
+    return "\n".join(lines) + "\n"

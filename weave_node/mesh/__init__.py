@@ -1,0 +1,1 @@
+"""weave_node.mesh: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""weave_node.overlay: see docs/architecture.md."""

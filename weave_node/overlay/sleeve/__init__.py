@@ -1,0 +1,1 @@
+"""weave_node.overlay.sleeve: see docs/architecture.md."""
