@@ -27,12 +27,23 @@ def poll(fn: Callable[[], T], *, timeout: float, interval: float = 0.05, what: s
         time.sleep(interval)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False, input_text: str | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    input_text: str | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, cwd=REPO,
-        input=input_text, timeout=timeout, check=False,
+        [str(BIN / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        input=input_text,
+        timeout=timeout,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
