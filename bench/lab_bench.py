@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weave_node.lab import lab  # noqa: E402
-from weave_node.lab.progress import Progress  # noqa: E402
-from weave_node.lab.rootfs import ensure_rootfs  # noqa: E402
+from weave_node.lab import lab
+from weave_node.lab.progress import Progress
+from weave_node.lab.rootfs import ensure_rootfs
 
 QUIET = Progress(quiet=True)
 
@@ -69,14 +69,14 @@ def main() -> int:
         return statistics.median(r[i] for r in rows[count])
 
     base_up, base_down = med(1, 0), med(1, 2)
-    goals = {3: (5.0, 3.0), args.big: (15.0, 3.0)}
+    goals = {3: 5.0, args.big: 15.0}
     print(
         f"\nmedians of {args.runs} runs; baseline = a 1-host lab in this run "
         f"(up {base_up:.2f} s, down {base_down:.2f} s)"
     )
     print(f"{'hosts':>5} {'up s':>7} {'x base':>7} {'goal':>6} {'down s':>7} {'x base':>7} {'PSS MiB/host':>13}")
     for count in rows:
-        up_goal, down_goal = goals.get(count, (float("nan"), float("nan")))
+        up_goal = goals.get(count, float("nan"))
         print(
             f"{count:>5} {med(count, 0):>7.2f} {med(count, 0) / base_up:>7.2f} {up_goal:>6.1f} "
             f"{med(count, 2):>7.2f} {med(count, 2) / base_down:>7.2f} {med(count, 1):>13.1f}"
