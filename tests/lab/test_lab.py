@@ -200,3 +200,44 @@ def test_down_leaves_nothing_behind(lab: Lab, root_before: tuple[str, str, str])
     status = run_cli("weave-node", "lab", "status", "--json", "--name", lab.name)
     assert status.returncode == 3
     assert json.loads(status.stdout)["leftovers"] == []
+
+
+def lab_traces(name: str) -> list[str]:
+    prefix = f"wnl-{name}-"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found = [line for line in netns.splitlines() if prefix in line]
+    found += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if prefix in line]
+    found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/weave-node-lab/{name}")]
+    return found
+
+
+def test_a_failed_up_removes_everything_it_created() -> None:
+    name = f"f{os.getpid() % 100000}"
+    try:
+        # nspawn refuses an unknown flag: every host stops while booting
+        proc = run_cli(
+            "weave-node",
+            "lab",
+            "up",
+            "--name",
+            name,
+            "--hosts",
+            "2",
+            env={"WEAVE_LAB_NSPAWN_ARGS": "--no-such-flag"},
+        )
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        error = [line for line in proc.stderr.splitlines() if line.startswith("weave-node: error:")]
+        assert len(error) == 1 and "stopped while booting" in error[0], proc.stderr
+        assert "no-such-flag" in error[0]  # the console's last lines say why
+        assert lab_traces(name) == []
+        assert not Path(f"/var/lib/weave-node-lab/labs/{name}").exists()
+        # a timeout is a failure too: nothing can answer within a millisecond
+        proc = run_cli(
+            "weave-node", "lab", "up", "--name", name, "--hosts", "2", env={"WEAVE_LAB_BOOT_TIMEOUT": "0.001"}
+        )
+        assert proc.returncode == 1
+        assert "sshd did not answer within 0.001 s" in proc.stderr
+        assert lab_traces(name) == []
+    finally:
+        run_cli("weave-node", "lab", "down", "--name", name, "-q")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -191,7 +192,8 @@ def up(name: str, count: int, progress: Progress) -> LabStatus:
         try:
             _bring_up(spec, progress)
         except BaseException:
-            progress.note("lab up failed: removing everything it created")
+            kept = _keep_console_logs(spec)
+            progress.note(f"lab up failed: removing everything it created (console logs kept in {kept})")
             _teardown(name)
             raise
     return status(name, probe_systemd=False)
@@ -303,6 +305,8 @@ def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths) -> None:
         "--timezone=off",
         "--link-journal=no",
         "--console=read-only",
+        # extra flags for debugging a host, e.g. WEAVE_LAB_NSPAWN_ARGS="--bind=/srv/debug"
+        *shlex.split(os.environ.get("WEAVE_LAB_NSPAWN_ARGS", "")),
     ]
     with open(host_dir / "console.log", "wb") as log:
         subprocess.Popen(
@@ -313,6 +317,23 @@ def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths) -> None:
             start_new_session=True,
             preexec_fn=lambda: system.enter_cgroups(cgroups),  # noqa: PLW1509 - single-threaded here
         )
+
+
+def failure_logs_dir(name: str) -> Path:
+    return home() / "failed" / name
+
+
+def _keep_console_logs(spec: LabSpec) -> Path:
+    """Copy the hosts' console logs out of the lab dir (which teardown removes) for debugging."""
+    dest = failure_logs_dir(spec.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = LabPaths.of(spec.name)
+    for host in spec.hosts:
+        log = paths.host_dir(host.name) / "console.log"
+        if log.exists():
+            shutil.copyfile(log, dest / f"{host.name}.console.log")
+    return dest
 
 
 def _console_tail(paths: LabPaths, host: str, lines: int = 3) -> str:
@@ -334,14 +355,14 @@ def _wait_ssh(spec: LabSpec, paths: LabPaths, report: Any) -> None:
             if not system.cgroup_pids(system.lab_cgroups(spec.name, name)[0]):
                 raise LabError(
                     f"{name} stopped while booting: {_console_tail(paths, name)} "
-                    f"(full log: {paths.host_dir(name) / 'console.log'})"
+                    f"(console logs: {failure_logs_dir(spec.name)})"
                 )
         report(f"{len(spec.hosts) - len(pending)}/{len(spec.hosts)} ready")
         if pending and time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise LabError(
-                f"sshd did not answer within {BOOT_TIMEOUT:.0f} s on {names}; "
-                f"see {paths.host_dir(next(iter(pending))) / 'console.log'}"
+                f"sshd did not answer within {BOOT_TIMEOUT:g} s on {names} "
+                f"(console logs: {failure_logs_dir(spec.name)})"
             )
         if pending:
             time.sleep(0.05)

@@ -246,13 +246,22 @@ def pss_kib(pids: Iterable[int]) -> int:
 
 
 def kill_tree(paths: Sequence[Path], grace: float) -> None:
-    """SIGTERM the systemd-nspawn supervisors under these cgroups, then SIGKILL whatever is left."""
-    pids = {pid for p in paths for pid in cgroup_pids(p)}
-    supervisors = [pid for pid in pids if comm(pid) == "systemd-nspawn"]
-    signal_pids(supervisors or pids, signal.SIGTERM)
-    if not wait_empty(paths, time.monotonic() + grace):
-        signal_pids({pid for p in paths for pid in cgroup_pids(p)}, signal.SIGKILL)
-        wait_empty(paths, time.monotonic() + 5.0)
+    """SIGTERM the systemd-nspawn supervisors under these cgroups, then SIGKILL whatever is left.
+
+    nspawn turns SIGTERM into a halt request for the host's systemd, which a host still early in its boot has
+    no handler for yet (PID 1 ignores signals it does not handle): so the request is repeated until the host
+    is gone or the grace period ends.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        pids = {pid for p in paths for pid in cgroup_pids(p)}
+        if not pids:
+            return
+        supervisors = [pid for pid in pids if comm(pid) == "systemd-nspawn"]
+        signal_pids(supervisors or pids, signal.SIGTERM)
+        wait_empty(paths, min(deadline, time.monotonic() + 0.5))
+    signal_pids({pid for p in paths for pid in cgroup_pids(p)}, signal.SIGKILL)
+    wait_empty(paths, time.monotonic() + 5.0)
 
 
 @contextlib.contextmanager
