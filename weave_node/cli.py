@@ -14,8 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weave-node", description=__doc__)
     parser.add_argument("--version", action="version", version=f"weave-node {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    from weave_node.commands import add_parsers
     from weave_node.lab.cli import add_parser as add_lab
 
+    add_parsers(sub)
     add_lab(sub)
     return parser
 

@@ -1,1 +1,65 @@
-"""Composition root of the router: the only module that imports every layer (filled in by the mesh issue)."""
+"""Composition root of the router: the only module that wires every layer together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import sys
+
+from weave_node.api.server import ApiServer
+from weave_node.config import RouterConfig
+from weave_node.mesh.crypto import PasswordKey
+from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
+from weave_node.mesh.protocol import Identity, ProtocolConfig
+from weave_node.mesh.router import Router
+
+log = logging.getLogger("weave_node")
+
+
+def setup_logging(level: str = "info") -> None:
+    # Under systemd (journald adds its own timestamps) a line is "LEVEL message"; elsewhere it has a time.
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def make_identity(config: RouterConfig) -> Identity:
+    if config.name:
+        name = parse_name(config.name)
+    else:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        name = name_from_host_id(load_or_create_host_id(config.state_dir / "host-id"))
+    return Identity(name=name, nickname=config.nickname, uid=new_uid(random.SystemRandom()))
+
+
+async def run_router(config: RouterConfig) -> int:
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    identity = make_identity(config)
+    protocol_config = ProtocolConfig(
+        password_key=PasswordKey.from_password(config.password) if config.password else None,
+        heartbeat_interval=config.heartbeat_interval,
+        heartbeat_timeout=config.heartbeat_timeout,
+    )
+    router = Router(config, identity, protocol_config)
+    api = ApiServer(router, config.status_addr, config.status_socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await router.start()
+    await api.start()
+    log.info("weave-node router %s(%s) is up", format_name(identity.name), identity.nickname)
+    await stop.wait()
+    log.info("shutting down")
+    await api.stop()
+    await router.stop()
+    return 0
+
+
+def main(config: RouterConfig, log_level: str = "info") -> int:
+    setup_logging(log_level)
+    return asyncio.run(run_router(config))

@@ -1,0 +1,140 @@
+"""Hosts as bare network namespaces on an underlay bridge (lighter than the lab: no systemd), and routers
+started in them as real processes. Everything is named after this test process and removed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import BIN, poll
+
+SUBNET = "198.19.{}.{}"
+
+
+def ip_batch(commands: list[str], netns: str | None = None) -> None:
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    subprocess.run(cmd, input="\n".join(commands) + "\n", text=True, check=True, capture_output=True)
+
+
+@dataclass
+class NsHost:
+    netns: str
+    address: str
+    workdir: Path
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, check=check, timeout=timeout
+        )
+
+
+@dataclass
+class RouterProc:
+    host: NsHost
+    proc: subprocess.Popen[bytes]
+    log: Path
+    socket: Path
+    args: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(BIN / "weave-node"), "status", "--json", "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if out.returncode != 0:
+            return {}
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    def established(self) -> set[str]:
+        doc = self.status()
+        return {c["nickname"] for c in doc.get("connections", []) if c["state"] == "established"}
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        return {p["nickname"]: p for p in self.status().get("peers", [])}
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Net:
+    def __init__(self, tag: str, count: int, base: Path) -> None:
+        self.tag = tag
+        self.underlay = f"wnt-{tag}-u"
+        self.hosts = [NsHost(f"wnt-{tag}-h{i}", SUBNET.format(0, i), base / f"h{i}") for i in range(1, count + 1)]
+        self.routers: list[RouterProc] = []
+
+    def up(self) -> None:
+        cmds = [f"netns add {self.underlay}"] + [f"netns add {h.netns}" for h in self.hosts]
+        cmds += [
+            f"link add v{i} netns {self.underlay} type veth peer name eth0 netns {h.netns}"
+            for i, h in enumerate(self.hosts, 1)
+        ]
+        ip_batch(cmds)
+        ip_batch(
+            ["link set lo up", "link add br0 type bridge", "link set br0 up"]
+            + [f"link set v{i} master br0 up" for i in range(1, len(self.hosts) + 1)],
+            self.underlay,
+        )
+        for h in self.hosts:
+            h.workdir.mkdir(parents=True, exist_ok=True)
+            ip_batch(["link set lo up", f"addr add {h.address}/24 dev eth0", "link set eth0 up"], h.netns)
+
+    def start_router(self, index: int, *args: str, env: dict[str, str] | None = None) -> RouterProc:
+        host = self.hosts[index - 1]
+        sock = host.workdir / "weave.sock"
+        log = host.workdir / f"router-{len(self.routers)}.log"
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            host.netns,
+            str(BIN / "weave-node"),
+            "router",
+            "--nickname",
+            f"h{index}",
+            "--state-dir",
+            str(host.workdir / "state"),
+            "--status-socket",
+            str(sock),
+            *args,
+        ]
+        full_env = dict(os.environ, **(env or {}))
+        full_env.pop("WEAVE_PASSWORD", None)
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+        r = RouterProc(host=host, proc=proc, log=log, socket=sock, args=list(args))
+        self.routers.append(r)
+        poll(lambda: proc.poll() is not None or r.status(), timeout=20, what=f"router h{index} to answer")
+        assert proc.poll() is None, log.read_text()
+        return r
+
+    def down(self) -> None:
+        for r in self.routers:
+            if r.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    r.proc.send_signal(signal.SIGCONT)
+                    r.proc.kill()
+                r.proc.wait(timeout=10)
+        for ns in [h.netns for h in self.hosts] + [self.underlay]:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def netns_hosts(count: int, base: Path) -> Iterator[Net]:
+    net = Net(f"{os.getpid() % 100000}", count, base)
+    try:
+        net.up()
+        yield net
+    finally:
+        net.down()

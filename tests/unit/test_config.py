@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from weave_node.config import PeerAddress, from_env_and_flags, parse_peer, parse_peers
+from weave_node.core.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("10.0.0.1", PeerAddress("10.0.0.1", 6783)),
+        ("10.0.0.1:7000", PeerAddress("10.0.0.1", 7000)),
+        ("node2", PeerAddress("node2", 6783)),
+        ("node2:6790", PeerAddress("node2", 6790)),
+        ("[fd00::1]:7000", PeerAddress("fd00::1", 7000)),
+        ("fd00::1", PeerAddress("fd00::1", 6783)),
+    ],
+)
+def test_peer_addresses_follow_weave_launch(text: str, want: PeerAddress) -> None:
+    assert parse_peer(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "a:b", "host:0", "host:70000", "[fd00::1", "[::1]x"])
+def test_bad_peer_addresses(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_peer(text)
+
+
+def test_weave_peers_env_accepts_spaces_and_commas() -> None:
+    assert parse_peers("a, b:1 c") == (PeerAddress("a", 6783), PeerAddress("b", 1), PeerAddress("c", 6783))
+    cfg = from_env_and_flags({"WEAVE_PEERS": "a b", "CONN_LIMIT": "7"}, {})
+    assert cfg.peers == (PeerAddress("a", 6783), PeerAddress("b", 6783)) and cfg.conn_limit == 7
+    cfg = from_env_and_flags({"WEAVE_PEERS": "a b"}, {"peers": ["c"]})
+    assert cfg.peers == (PeerAddress("c", 6783),)  # flags win
+
+
+def test_password_file_must_be_private(tmp_path: Path) -> None:
+    pw = tmp_path / "password"
+    pw.write_text("s3cret\n")
+    os.chmod(pw, 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        from_env_and_flags({}, {"password_file": str(pw)})
+    os.chmod(pw, 0o600)
+    cfg = from_env_and_flags({}, {"password_file": str(pw)})
+    assert cfg.password == b"s3cret" and not cfg.warnings
+    assert "s3cret" not in repr(cfg.warnings)
+
+
+def test_password_in_environment_works_with_a_warning() -> None:
+    cfg = from_env_and_flags({"WEAVE_PASSWORD": "pw"}, {})
+    assert cfg.password == b"pw"
+    assert any("WEAVE_PASSWORD_FILE" in w for w in cfg.warnings)
+    assert not any("pw" in w.split() for w in cfg.warnings)
+
+
+def test_status_api_stays_on_loopback_unless_told() -> None:
+    with pytest.raises(ConfigError, match="not loopback"):
+        from_env_and_flags({}, {"status_addr": "0.0.0.0:6784"})
+    assert from_env_and_flags({}, {"status_addr": "0.0.0.0:6784", "status_any_addr": True}).status_addr
+    assert from_env_and_flags({}, {"status_addr": "none"}).status_addr == ""
+
+
+@pytest.mark.parametrize(("env", "msg"), [({"CONN_LIMIT": "x"}, "CONN_LIMIT"), ({"CONN_LIMIT": "-1"}, ">= 0")])
+def test_bad_numbers(env: dict[str, str], msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        from_env_and_flags(env, {})

@@ -1,0 +1,137 @@
+"""The local status API: HTTP on 127.0.0.1:6784 and a unix socket (never on other addresses unless the operator
+says so explicitly). Read-only endpoints return JSON built by api.status from the router's state."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from weave_node.api.status import ConnView, build_status
+from weave_node.config import parse_hostport
+from weave_node.mesh.router import Router
+
+log = logging.getLogger("weave_node.api")
+
+
+def router_status(router: Router) -> dict[str, Any]:
+    views = [
+        ConnView(
+            outbound=pc.outbound,
+            address=str(pc.target) if pc.target else pc.socket_addr,
+            state="established",
+            name=pc.name,
+            nickname=pc.nickname,
+            info=f"encrypted, v{pc.conn.remote.version}"
+            if pc.conn.remote and pc.conn.remote.encrypted
+            else (f"unencrypted, v{pc.conn.remote.version}" if pc.conn.remote else ""),
+        )
+        for pc in router.established.values()
+    ] + [
+        ConnView(
+            outbound=pc.outbound,
+            address=str(pc.target) if pc.target else pc.socket_addr,
+            state="handshaking",
+            name=None,
+            nickname="",
+            info="",
+        )
+        for pc in router.pending
+    ]
+    return build_status(
+        name=router.identity.name,
+        nickname=router.identity.nickname,
+        uid=router.identity.uid,
+        encrypted=router.protocol_config.password_key is not None,
+        port=router.listen_port,
+        conn_limit=router.config.conn_limit,
+        records=router.topology.records,
+        routes=router.routes,
+        connections=views,
+        targets=router.connector.targets.values(),
+        terminations=router.terminations,
+        now=router.clock.now(),
+        started_at=router.started_at,
+    )
+
+
+def make_app(router: Router) -> web.Application:
+    def json_response(doc: Any, status: int = 200) -> web.Response:
+        return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
+
+    async def status(_req: web.Request) -> web.Response:
+        return json_response(router_status(router))
+
+    async def section(req: web.Request) -> web.Response:
+        doc = router_status(router)
+        key = req.match_info["section"]
+        if key not in ("peers", "connections", "targets"):
+            return json_response({"error": f"unknown status section {key!r}"}, status=404)
+        return json_response(doc[key])
+
+    async def connect(req: web.Request) -> web.Response:
+        from weave_node.core.errors import ConfigError
+
+        peer = req.match_info["peer"]
+        try:
+            addr = router.connect(peer)
+        except ConfigError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"connecting": str(addr)})
+
+    async def forget(req: web.Request) -> web.Response:
+        from weave_node.core.errors import ConfigError
+
+        try:
+            found = router.forget(req.match_info["peer"])
+        except ConfigError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"forgotten": found})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/report", status)
+    app.router.add_get("/status/{section}", section)
+    app.router.add_post("/connect/{peer}", connect)
+    app.router.add_post("/forget/{peer}", forget)
+    return app
+
+
+class ApiServer:
+    def __init__(self, router: Router, tcp_addr: str, socket_path: str) -> None:
+        self.runner = web.AppRunner(make_app(router), access_log=None)
+        self.tcp_addr = tcp_addr
+        self.socket_path = socket_path
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        if self.tcp_addr:
+            host, port = parse_hostport(self.tcp_addr, "--status-addr")
+            site = web.TCPSite(self.runner, host, port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []  # to learn the port when 0 was asked for
+            self.port = sockets[0].getsockname()[1] if sockets else port
+            log.info("status API on http://%s:%d", host, self.port)
+        if self.socket_path:
+            path = Path(self.socket_path)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            old = os.umask(0o077)
+            try:
+                await web.UnixSite(self.runner, str(path)).start()
+            finally:
+                os.umask(old)
+            log.info("status API on unix:%s", path)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        if self.socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.socket_path).unlink()

@@ -1,0 +1,141 @@
+"""`weave-node router` (the daemon), `weave-node status ...`, `weave-node connect/forget`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("router", help="run the router (the node agent)")
+    r.add_argument("peers", nargs="*", help="initial peers: IP or host name, optionally :port (also WEAVE_PEERS)")
+    r.add_argument("--name", help="peer name aa:bb:cc:dd:ee:ff (default: derived from <state-dir>/host-id)")
+    r.add_argument("--nickname", help="shown to other peers (default: the host name)")
+    r.add_argument("--port", type=int, help="TCP port for peers (default 6783, also WEAVE_PORT)")
+    r.add_argument("--listen-host", help="address to listen on for peers (default 0.0.0.0)")
+    r.add_argument("--conn-limit", type=int, help="most connections to other peers (default 100, also CONN_LIMIT)")
+    r.add_argument("--password-file", help="file (mode 0600) with the mesh password (also WEAVE_PASSWORD_FILE)")
+    r.add_argument("--status-addr", help="status API host:port, loopback only (default 127.0.0.1:6784; 'none')")
+    r.add_argument("--status-any-addr", action="store_true", help="allow a non-loopback --status-addr")
+    r.add_argument("--status-socket", help="status API unix socket (default /run/weave-node/weave.sock; 'none')")
+    r.add_argument("--state-dir", help="persistent state (default /var/lib/weave-node)")
+    r.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
+    r.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a peer is dropped (3 x interval)")
+    r.add_argument("--gossip-interval", type=float, help="seconds between periodic gossip (default 10)")
+    r.add_argument("--log-level", default=os.environ.get("WEAVE_LOG_LEVEL", "info"))
+    r.set_defaults(func=cmd_router)
+
+    s = sub.add_parser("status", help="the router's state, like `weave status`")
+    s.add_argument("section", nargs="?", choices=["peers", "connections", "targets"], help="one part in detail")
+    _api_flags(s)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+    rep = sub.add_parser("report", help="the router's full state as JSON, like `weave report`")
+    _api_flags(rep)
+    rep.set_defaults(func=cmd_report)
+    for verb, text in (("connect", "connect to a peer now (and keep trying)"), ("forget", "stop trying a peer")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("peer", help="IP or host name, optionally :port")
+        _api_flags(p)
+        p.set_defaults(func=cmd_connect if verb == "connect" else cmd_forget)
+
+
+def _api_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", help="the router's unix socket (default /run/weave-node/weave.sock)")
+    p.add_argument("--addr", help="the router's status API host:port instead of the socket")
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from weave_node import daemon
+    from weave_node.config import from_env_and_flags
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "cmd")}
+    if not args.peers:
+        flags["peers"] = None
+    config = from_env_and_flags(os.environ, flags)
+    return daemon.main(config, args.log_level)
+
+
+def _get(args: argparse.Namespace, path: str, method: str = "GET") -> Any:
+    from weave_node.api.client import request
+
+    return request(method, path, addr=args.addr, socket_path=args.socket)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(json.dumps(_get(args, "/report"), indent=2))
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    print(json.dumps(_get(args, f"/connect/{quote(args.peer, safe='')}", "POST")))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    print(json.dumps(_get(args, f"/forget/{quote(args.peer, safe='')}", "POST")))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch per table
+    from rich.console import Console
+    from rich.table import Table
+
+    doc = _get(args, "/status")
+    if args.json:
+        print(json.dumps(doc[args.section] if args.section else doc, indent=2))
+        return 0
+    console = Console(highlight=False)
+    r = doc["router"]
+    if args.section is None:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(r["connections_by_state"].items())) or "none"
+        rows = [
+            ("Version", doc["version"]),
+            ("Name", f"{r['name']} ({r['nickname']})"),
+            ("Encryption", "enabled" if r["encryption"] else "disabled"),
+            ("Peers", f"{r['peers']} (reachable {r['reachable']})"),
+            ("Connections", f"{sum(r['connections_by_state'].values())} ({states})"),
+            ("Targets", str(len(doc["targets"]))),
+            ("Port", str(r["port"])),
+            ("Uptime", f"{r['uptime_seconds']} s"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            console.print(f"  {key:>{width}}: {value}")
+        return 0
+    table = Table(box=None)
+    if args.section == "peers":
+        for col in ("name", "nickname", "version", "next hop", "connections"):
+            table.add_column(col)
+        for p in doc["peers"]:
+            conns = ", ".join(
+                f"{'->' if c['outbound'] else '<-'}{c['nickname'] or c['name']}" for c in p["connections"]
+            )
+            hop = "(self)" if p["is_local"] else (p["next_hop"] or "unreachable")
+            table.add_row(p["name"], p["nickname"], str(p["version"]), hop, conns)
+    elif args.section == "connections":
+        for col in ("", "address", "state", "peer", "info"):
+            table.add_column(col)
+        for c in doc["connections"]:
+            who = f"{c['name']}({c['nickname']})" if c["name"] else ""
+            table.add_row(c["direction"], c["address"], c["state"], who, c["info"])
+        for t in doc["targets"]:
+            if t["state"] == "retrying":
+                table.add_row(
+                    "->", t["address"], "retrying", t["peer"] or "", f"{t['last_error']}; in {t['retry_in']} s"
+                )
+    else:
+        for col in ("address", "origin", "state", "peer", "attempts", "last error"):
+            table.add_column(col)
+        for t in doc["targets"]:
+            table.add_row(t["address"], t["origin"], t["state"], t["peer"] or "", str(t["attempts"]), t["last_error"])
+    console.print(table)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,108 @@
+"""Which peers to dial and when (pure): initial peers, peers learned from the topology, backoff with jitter,
+and the connection limit. The router asks `due(now)` and reports outcomes; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from weave_node.config import PeerAddress
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+
+
+@dataclass
+class Target:
+    address: PeerAddress
+    origin: str  # "flag" (given by the operator) or "learned" (from the topology)
+    peer: int | None = None  # the peer name behind this address, once known
+    state: str = "idle"  # idle | connecting | connected | retrying
+    attempts: int = 0
+    next_try: float = 0.0
+    last_error: str = ""
+
+
+class Connector:
+    def __init__(
+        self,
+        *,
+        initial: tuple[PeerAddress, ...],
+        conn_limit: int,
+        rng: random.Random,
+        base: float = BACKOFF_BASE,
+        cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.conn_limit = conn_limit
+        self._rng = rng
+        self._base = base
+        self._cap = cap
+        self.targets: dict[PeerAddress, Target] = {}
+        for addr in initial:
+            self.add(addr, "flag")
+
+    def add(self, address: PeerAddress, origin: str, peer: int | None = None) -> bool:
+        target = self.targets.get(address)
+        if target is None:
+            self.targets[address] = Target(address=address, origin=origin, peer=peer)
+            return True
+        if peer is not None:
+            target.peer = peer
+        if origin == "flag":
+            target.origin = "flag"
+        return False
+
+    def forget(self, address: PeerAddress) -> bool:
+        return self.targets.pop(address, None) is not None
+
+    def forget_learned_except(self, keep: set[PeerAddress]) -> None:
+        """Learned targets whose peer left the topology are dropped; operator-given ones stay."""
+        for addr in list(self.targets):
+            t = self.targets[addr]
+            if t.origin == "learned" and addr not in keep and t.state != "connected":
+                del self.targets[addr]
+
+    def due(self, now: float, connected_peers: set[int], established: int) -> list[PeerAddress]:
+        """Targets to dial now, within the connection limit, skipping peers we are already connected to."""
+        in_flight = sum(1 for t in self.targets.values() if t.state == "connecting")
+        room = self.conn_limit - established - in_flight
+        out: list[PeerAddress] = []
+        for t in sorted(self.targets.values(), key=lambda t: (t.next_try, str(t.address))):
+            if room <= 0:
+                break
+            if t.state in ("connecting", "connected") or t.next_try > now:
+                continue
+            if t.peer is not None and t.peer in connected_peers:
+                continue
+            t.state = "connecting"
+            out.append(t.address)
+            room -= 1
+        return out
+
+    def succeeded(self, address: PeerAddress, peer: int) -> None:
+        t = self.targets.get(address)
+        if t is not None:
+            t.state, t.attempts, t.peer, t.last_error = "connected", 0, peer, ""
+
+    def failed(self, address: PeerAddress, now: float, reason: str) -> float:
+        """Schedule the next attempt: exponential backoff, capped, with equal jitter. Returns the delay."""
+        t = self.targets.get(address)
+        if t is None:
+            return 0.0
+        delay = min(self._cap, self._base * 2.0**t.attempts)
+        delay = delay / 2 + self._rng.random() * delay / 2
+        t.attempts += 1
+        t.state, t.next_try, t.last_error = "retrying", now + delay, reason
+        return delay
+
+    def disconnected(self, address: PeerAddress, now: float, reason: str) -> float:
+        t = self.targets.get(address)
+        if t is None:
+            return 0.0
+        t.attempts = 0
+        return self.failed(address, now, reason)
+
+    def next_deadline(self) -> float | None:
+        times = [t.next_try for t in self.targets.values() if t.state in ("idle", "retrying")]
+        return min(times) if times else None

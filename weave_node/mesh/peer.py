@@ -1,0 +1,101 @@
+"""Peer identity: 48-bit peer names (shown like MAC addresses), the per-host id they derive from, and UIDs.
+
+A peer *name* is stable across restarts: it is derived from a random per-host id kept in a file
+(`load_or_create_host_id`, the only I/O here). A peer *UID* is random per process start (`new_uid`): the topology
+uses it to tell a restarted peer from its previous incarnation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import tempfile
+from pathlib import Path
+
+from weave_node.core.errors import ConfigError
+
+PeerName = int
+"""A peer name: an int in [0, 2**48)."""
+
+NAME_BITS = 48
+NAME_LIMIT = 1 << NAME_BITS
+HOST_ID_BYTES = 16
+UID_BITS = 64
+
+
+def format_name(name: PeerName) -> str:
+    """`0x0a0b0c0d0e0f` -> `"0a:0b:0c:0d:0e:0f"`. Raises ValueError when `name` is not in [0, 2**48)."""
+    if not 0 <= name < NAME_LIMIT:
+        raise ValueError(f"peer name out of range: {name}")
+    return ":".join(f"{b:02x}" for b in name.to_bytes(6, "big"))
+
+
+def parse_name(text: str) -> PeerName:
+    """`"aa:bb:cc:dd:ee:ff"` (any case) -> int. Raises ConfigError on anything else."""
+    octets = text.split(":")
+    if len(octets) != 6 or not all(len(o) == 2 and all(c in "0123456789abcdefABCDEF" for c in o) for o in octets):
+        raise ConfigError(f"bad peer name {text!r}: expected six hex octets like aa:bb:cc:dd:ee:ff")
+    return int("".join(octets), 16)
+
+
+def name_from_host_id(host_id: bytes) -> PeerName:
+    """A stable name from a host id: sha256, first 6 bytes, locally administered and unicast (like a MAC)."""
+    digest = bytearray(hashlib.sha256(host_id).digest()[:6])
+    digest[0] = (digest[0] | 0x02) & ~0x01 & 0xFF
+    return int.from_bytes(digest, "big")
+
+
+def new_uid(rng: random.Random) -> int:
+    """A random nonzero 64-bit UID for this process start."""
+    while True:
+        uid = rng.getrandbits(UID_BITS)
+        if uid:
+            return uid
+
+
+def load_or_create_host_id(path: Path) -> bytes:
+    """Read the 16-byte host id (32 hex digits) from `path`, or create it atomically with random bytes.
+
+    Creation writes a temporary file in the same directory, fsyncs it, sets mode 0644 and renames it over `path`,
+    so a crash leaves either no file or a complete one. Raises ConfigError naming the file when it holds anything
+    but one hex id, or cannot be read or written.
+    """
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return _create_host_id(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read host id file {path}: {e}") from e
+    value = text.strip()
+    if len(value) != 2 * HOST_ID_BYTES or not all(c in "0123456789abcdefABCDEF" for c in value):
+        raise ConfigError(f"host id file {path} does not hold a {2 * HOST_ID_BYTES}-hex-digit id; remove it to reset")
+    return bytes.fromhex(value)
+
+
+def _create_host_id(path: Path) -> bytes:
+    host_id = os.urandom(HOST_ID_BYTES)
+    tmp = ""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(host_id.hex() + "\n")
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = ""
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise ConfigError(f"cannot write host id file {path}: {e}") from e
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return host_id

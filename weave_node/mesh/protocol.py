@@ -1,0 +1,478 @@
+"""The sans-IO state machine of one mesh connection between two routers (TCP port 6783).
+
+In the style of aioquic's ``connection.py``: no sockets, no asyncio, no threads, no clock. The shell feeds
+received bytes to ``receive_data``, writes out ``data_to_send()``, and calls ``tick`` at ``next_deadline()``;
+every method takes ``now``. Randomness (the ephemeral key) comes from an injected ``rng``.
+
+Wire format (both sides send their preamble and hello at once, without waiting for the other side)::
+
+    preamble   b"weave-node" + handshake format (1 byte, = 1), unframed, once at the start of the stream
+    frame      length (4 bytes, big-endian) + payload; payload <= 4 KiB until established, then max_frame
+    payload    tag (1 byte) + body; after the hello, when a password is set, every payload is sent as
+               counter (8 bytes) + secretbox(tag + body) (see crypto.py)
+    0x01 hello      min_version u16, max_version u16, name u48, uid u64, flags u8 (bit 0: encrypted),
+                    ephemeral X25519 public key (32 bytes, zero without a password), nickname (u8 length +
+                    UTF-8), features (u8 count, each u8 length + ASCII); trailing bytes are ignored
+    0x02 proof      blake2b hash of both hellos (encrypted: only a peer with the same password can make it)
+    0x03 heartbeat  empty body
+    0x04 message    opaque application bytes (the router defines them)
+
+Any bad input closes the connection with a ``ConnectionFailed`` event; ``receive_data`` never raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from weave_node.mesh.crypto import (
+    OVERHEAD,
+    PUBLIC_KEY_SIZE,
+    EphemeralKey,
+    PasswordKey,
+    Rng,
+    SecretBoxChannel,
+    derive_session_keys,
+    transcript_hash,
+)
+from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, HEADER_SIZE, MAX_FRAME, FrameDecoder, encode_frame
+
+MAGIC = b"weave-node"
+HANDSHAKE_FORMAT = 1
+PREAMBLE = MAGIC + bytes([HANDSHAKE_FORMAT])
+
+TAG_HELLO = 0x01
+TAG_PROOF = 0x02
+TAG_HEARTBEAT = 0x03
+TAG_MESSAGE = 0x04
+
+MAX_NAME = (1 << 48) - 1
+MAX_UID = (1 << 64) - 1
+MAX_VERSION = 0xFFFF
+MAX_NICKNAME_BYTES = 255
+MAX_FEATURES = 32
+MAX_FEATURE_BYTES = 64
+_FLAG_ENCRYPTED = 0x01
+_NO_PUBLIC_KEY = bytes(PUBLIC_KEY_SIZE)
+
+State = Literal["handshake", "established", "closed"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: int
+    """48-bit peer name (Weave's PeerName, usually derived from a MAC address)."""
+    nickname: str
+    uid: int
+    """64-bit random id of this router process (tells a restarted peer from the old one)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.name <= MAX_NAME:
+            raise ValueError(f"peer name must be a 48-bit number, not {self.name}")
+        if not 0 <= self.uid <= MAX_UID:
+            raise ValueError(f"peer uid must be a 64-bit number, not {self.uid}")
+        if len(self.nickname.encode()) > MAX_NICKNAME_BYTES:
+            raise ValueError(f"nickname longer than {MAX_NICKNAME_BYTES} bytes: {self.nickname[:40]!r}...")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    password_key: PasswordKey | None = None
+    min_version: int = 1
+    max_version: int = 1
+    features: frozenset[str] = frozenset()
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 15.0
+    handshake_timeout: float = 10.0
+    max_frame: int = MAX_FRAME
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_version <= self.max_version <= MAX_VERSION:
+            raise ValueError(f"bad protocol version range {self.min_version}-{self.max_version}")
+        if len(self.features) > MAX_FEATURES:
+            raise ValueError(f"at most {MAX_FEATURES} features, not {len(self.features)}")
+        for feature in self.features:
+            if not (0 < len(feature) <= MAX_FEATURE_BYTES and feature.isascii() and feature.isprintable()):
+                raise ValueError(f"a feature is 1-{MAX_FEATURE_BYTES} printable ASCII characters, not {feature!r}")
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
+            raise ValueError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+        if not HANDSHAKE_MAX_FRAME <= self.max_frame < 1 << (8 * HEADER_SIZE):
+            raise ValueError(f"max_frame must be in {HANDSHAKE_MAX_FRAME}..{(1 << (8 * HEADER_SIZE)) - 1}")
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    identity: Identity
+    version: int
+    features: frozenset[str]
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class Established:
+    remote: RemoteInfo
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    reason: str
+
+
+Event: TypeAlias = Established | MessageReceived | ConnectionFailed
+
+
+@dataclass(frozen=True)
+class Hello:
+    min_version: int
+    max_version: int
+    identity: Identity
+    encrypted: bool
+    public_key: bytes
+    features: frozenset[str]
+
+
+class _Reader:
+    """Bounds-checked reads; running off the end is a ProtocolError."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._pos = 0
+        self._what = what
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > len(self._data):
+            raise ProtocolError(f"truncated {self._what}")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "big")
+
+    def text(self, what: str, *, ascii_only: bool = False) -> str:
+        raw = self.take(self.uint(1))
+        try:
+            return raw.decode("ascii" if ascii_only else "utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{what} in {self._what} is not valid {'ASCII' if ascii_only else 'UTF-8'}") from None
+
+
+def encode_hello(hello: Hello) -> bytes:
+    """The hello frame payload (tag included)."""
+    nickname = hello.identity.nickname.encode()
+    features = sorted(hello.features)
+    parts = [
+        bytes([TAG_HELLO]),
+        hello.min_version.to_bytes(2, "big"),
+        hello.max_version.to_bytes(2, "big"),
+        hello.identity.name.to_bytes(6, "big"),
+        hello.identity.uid.to_bytes(8, "big"),
+        bytes([_FLAG_ENCRYPTED if hello.encrypted else 0]),
+        hello.public_key,
+        bytes([len(nickname)]),
+        nickname,
+        bytes([len(features)]),
+    ]
+    for feature in features:
+        raw = feature.encode("ascii")
+        parts += [bytes([len(raw)]), raw]
+    return b"".join(parts)
+
+
+def decode_hello(payload: bytes) -> Hello:
+    """Parse a hello frame payload (tag included). ProtocolError on anything malformed."""
+    reader = _Reader(payload, "hello")
+    tag = reader.uint(1)
+    if tag != TAG_HELLO:
+        raise ProtocolError(f"expected a hello, got frame type 0x{tag:02x}")
+    min_version = reader.uint(2)
+    max_version = reader.uint(2)
+    name = reader.uint(6)
+    uid = reader.uint(8)
+    flags = reader.uint(1)
+    public_key = reader.take(PUBLIC_KEY_SIZE)
+    nickname = reader.text("nickname")
+    features = frozenset(reader.text("feature", ascii_only=True) for _ in range(reader.uint(1)))
+    if not 1 <= min_version <= max_version:
+        raise ProtocolError(f"peer sent a bad protocol version range {min_version}-{max_version}")
+    # Trailing bytes are ignored on purpose: room for fields a later release adds within this handshake format.
+    return Hello(
+        min_version=min_version,
+        max_version=max_version,
+        identity=Identity(name=name, nickname=nickname, uid=uid),
+        encrypted=bool(flags & _FLAG_ENCRYPTED),
+        public_key=public_key,
+        features=features,
+    )
+
+
+class _Phase(enum.Enum):
+    AWAIT_HELLO = enum.auto()
+    AWAIT_PROOF = enum.auto()  # encrypted only: hellos exchanged, the peer's proof not yet verified
+    ESTABLISHED = enum.auto()
+    CLOSED = enum.auto()
+
+
+class Connection:
+    """One mesh connection, from the first byte to close. See the module docstring for the wire format."""
+
+    def __init__(
+        self, local: Identity, config: ProtocolConfig, *, outbound: bool, now: float, rng: Rng = os.urandom
+    ) -> None:
+        self._local = local
+        self._config = config
+        self._outbound = outbound
+        self._phase = _Phase.AWAIT_HELLO
+        self._started = now
+        self._last_received = now
+        self._last_sent = now
+        self._preamble_seen = bytearray()
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._out = bytearray()
+        self._ephemeral = EphemeralKey.generate(rng) if config.password_key is not None else None
+        self._send_channel: SecretBoxChannel | None = None
+        self._recv_channel: SecretBoxChannel | None = None
+        self._transcript: bytes | None = None
+        self._negotiated: RemoteInfo | None = None
+        self._remote: RemoteInfo | None = None
+        self._close_reason: str | None = None
+        self._pending: list[Event] = []  # a failure found outside receive_data/tick, reported by the next call
+        self._pending_since = now
+        self._hello = encode_hello(
+            Hello(
+                min_version=config.min_version,
+                max_version=config.max_version,
+                identity=local,
+                encrypted=self._ephemeral is not None,
+                public_key=self._ephemeral.public if self._ephemeral is not None else _NO_PUBLIC_KEY,
+                features=config.features,
+            )
+        )
+        self._out += PREAMBLE
+        self._out += encode_frame(self._hello, HANDSHAKE_MAX_FRAME)
+
+    # -- public state -------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        if self._phase is _Phase.ESTABLISHED:
+            return "established"
+        if self._phase is _Phase.CLOSED:
+            return "closed"
+        return "handshake"
+
+    @property
+    def remote(self) -> RemoteInfo | None:
+        """What the peer told us, once established (kept after close)."""
+        return self._remote
+
+    @property
+    def outbound(self) -> bool:
+        return self._outbound
+
+    @property
+    def local(self) -> Identity:
+        return self._local
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest payload ``send_message`` accepts."""
+        overhead = 1 + (OVERHEAD if self._config.password_key is not None else 0)
+        return self._config.max_frame - overhead
+
+    @property
+    def buffered_input(self) -> int:
+        """Received bytes held for an incomplete frame (at most the frame limit + header)."""
+        return len(self._preamble_seen) if len(self._preamble_seen) < len(PREAMBLE) else self._decoder.buffered
+
+    # -- the shell's entry points ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        events = self._take_pending()
+        if self._phase is _Phase.CLOSED:
+            return events
+        if data:
+            self._last_received = now
+        try:
+            rest = self._consume_preamble(data)
+            for frame in self._decoder.frames(rest):
+                self._handle_frame(frame, now, events)
+        except ProtocolError as exc:
+            self._fail(str(exc), events)
+        return events
+
+    def send_message(self, payload: bytes, now: float) -> None:
+        if self._phase is not _Phase.ESTABLISHED:
+            raise RuntimeError(f"cannot send a message: the connection is {self.state}")
+        if len(payload) > self.max_message_size:
+            raise ValueError(f"message of {len(payload)} bytes exceeds the limit of {self.max_message_size}")
+        try:
+            self._send(TAG_MESSAGE, payload, now)
+        except ProtocolError as exc:  # counter exhausted: report it from the next tick
+            self._pending_since = now
+            self._fail(str(exc), self._pending)
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def tick(self, now: float) -> list[Event]:
+        events = self._take_pending()
+        if self._phase is _Phase.CLOSED:
+            return events
+        try:
+            if self._phase is not _Phase.ESTABLISHED:
+                if now >= self._started + self._config.handshake_timeout:
+                    timeout = float(self._config.handshake_timeout)
+                    self._fail(f"handshake timeout: not completed within {timeout} s", events)
+            elif now >= self._last_received + self._config.heartbeat_timeout:
+                self._fail(f"heartbeat timeout: nothing received for {now - self._last_received:.1f} s", events)
+            elif now >= self._last_sent + self._config.heartbeat_interval:
+                self._send(TAG_HEARTBEAT, b"", now)
+        except ProtocolError as exc:
+            self._fail(str(exc), events)
+        return events
+
+    def next_deadline(self) -> float | None:
+        if self._pending:
+            return self._pending_since
+        if self._phase is _Phase.CLOSED:
+            return None
+        if self._phase is not _Phase.ESTABLISHED:
+            return self._started + self._config.handshake_timeout
+        return min(
+            self._last_sent + self._config.heartbeat_interval,
+            self._last_received + self._config.heartbeat_timeout,
+        )
+
+    def close(self, reason: str) -> None:
+        """Close locally (no event: the caller knows). Idempotent."""
+        if self._phase is not _Phase.CLOSED:
+            self._close(reason)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _take_pending(self) -> list[Event]:
+        events, self._pending = self._pending, []
+        return events
+
+    def _close(self, reason: str) -> None:
+        self._phase = _Phase.CLOSED
+        self._close_reason = reason
+        self._out.clear()
+        self._send_channel = self._recv_channel = None
+        self._ephemeral = None
+
+    def _fail(self, reason: str, events: list[Event]) -> None:
+        self._close(reason)
+        events.append(ConnectionFailed(reason))
+
+    def _consume_preamble(self, data: bytes) -> bytes:
+        seen = len(self._preamble_seen)
+        if seen >= len(PREAMBLE):
+            return data
+        take = min(len(PREAMBLE) - seen, len(data))
+        self._preamble_seen += data[:take]
+        got = bytes(self._preamble_seen)
+        if got != PREAMBLE[: len(got)]:
+            if got[: len(MAGIC)] != MAGIC[: min(len(got), len(MAGIC))]:
+                raise ProtocolError(f"not a weave-node peer: the stream starts with {got!r}")
+            raise ProtocolError(f"unsupported handshake format {got[len(MAGIC)]} (we speak {HANDSHAKE_FORMAT})")
+        return data[take:]
+
+    def _send(self, tag: int, body: bytes, now: float) -> None:
+        plaintext = bytes([tag]) + body
+        payload = self._send_channel.encrypt(plaintext) if self._send_channel is not None else plaintext
+        self._out += encode_frame(payload, self._config.max_frame)
+        self._last_sent = now
+
+    def _open(self, frame: bytes) -> bytes:
+        """The plaintext of a frame after the hello (decrypted when a password is set)."""
+        if self._recv_channel is None:
+            return frame
+        if self._phase is _Phase.AWAIT_PROOF:  # the first encrypted frame: the peer's proof
+            try:
+                return self._recv_channel.decrypt(frame)
+            except ProtocolError:
+                raise ProtocolError("authentication failed: wrong password?") from None
+        return self._recv_channel.decrypt(frame)
+
+    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        if self._phase is _Phase.AWAIT_HELLO:
+            self._on_hello(frame, now, events)
+            return
+        plaintext = self._open(frame)
+        if not plaintext:
+            raise ProtocolError("empty frame")
+        tag, body = plaintext[0], plaintext[1:]
+        if self._phase is _Phase.AWAIT_PROOF:
+            if tag != TAG_PROOF:
+                raise ProtocolError(f"expected the handshake proof, got frame type 0x{tag:02x}")
+            if self._transcript is None or self._negotiated is None:
+                raise RuntimeError("awaiting a proof without a handshake transcript")  # unreachable
+            if not hmac.compare_digest(body, self._transcript):
+                raise ProtocolError("authentication failed: the handshake was tampered with")
+            self._establish(self._negotiated, events)
+        elif tag == TAG_MESSAGE:
+            events.append(MessageReceived(body))
+        elif tag == TAG_HEARTBEAT:
+            pass  # its arrival already counted as "received"
+        elif tag in (TAG_HELLO, TAG_PROOF):
+            raise ProtocolError(f"unexpected handshake frame (type 0x{tag:02x}) after the handshake")
+        else:
+            raise ProtocolError(f"unknown frame type 0x{tag:02x}")
+
+    def _on_hello(self, frame: bytes, now: float, events: list[Event]) -> None:
+        hello = decode_hello(frame)
+        if hello.identity.name == self._local.name:
+            raise ProtocolError("connection to ourself")
+        config = self._config
+        low, high = max(config.min_version, hello.min_version), min(config.max_version, hello.max_version)
+        if low > high:
+            raise ProtocolError(
+                f"no common protocol version: we speak {config.min_version}-{config.max_version}, "
+                f"peer speaks {hello.min_version}-{hello.max_version}"
+            )
+        if config.password_key is not None and not hello.encrypted:
+            raise ProtocolError("peer has no password but we require one")
+        if config.password_key is None and hello.encrypted:
+            raise ProtocolError("peer requires encryption, we have no password")
+        self._negotiated = RemoteInfo(
+            identity=hello.identity,
+            version=high,
+            features=config.features & hello.features,
+            encrypted=hello.encrypted,
+        )
+        if config.password_key is None or self._ephemeral is None:
+            self._establish(self._negotiated, events)
+            return
+        keys = derive_session_keys(config.password_key, self._ephemeral, hello.public_key)
+        self._send_channel = SecretBoxChannel(keys.send)
+        self._recv_channel = SecretBoxChannel(keys.receive)
+        self._transcript = transcript_hash(self._ephemeral.public, self._hello, hello.public_key, frame)
+        self._ephemeral = None  # the private key is not needed any more
+        self._phase = _Phase.AWAIT_PROOF
+        self._send(TAG_PROOF, self._transcript, now)
+
+    def _establish(self, remote: RemoteInfo, events: list[Event]) -> None:
+        self._phase = _Phase.ESTABLISHED
+        self._decoder.max_frame = self._config.max_frame  # from the next frame on
+        self._remote = remote
+        events.append(Established(remote))
