@@ -47,3 +47,15 @@ def test_every_truncation_of_a_unicast_is_rejected() -> None:
     for cut in range(len(full)):
         with pytest.raises(ProtocolError):
             gossip.decode(full[:cut])
+
+
+@given(fp=st.integers(min_value=0, max_value=2**64 - 1), echo=st.booleans())
+def test_digests_round_trip(fp: int, echo: bool) -> None:
+    env = gossip.decode(gossip.encode(gossip.encode_digest(fp, echo)))
+    assert gossip.decode_digest(env) == (fp, echo)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00" * 8, b"\x00" * 8 + b"\x02", b"\x00" * 10])
+def test_bad_digests_are_rejected(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        gossip.decode_digest(gossip.decode(bytes([gossip.KIND_DIGEST]) + payload))

@@ -21,6 +21,7 @@ KIND_TOPOLOGY = 1
 KIND_GOSSIP = 2
 KIND_UNICAST = 3
 KIND_BROADCAST = 4
+KIND_DIGEST = 5  # topology fingerprint: 8 bytes + 1 flag byte (1 = "answer with yours")
 MAX_CHANNEL = 64
 _NAME = struct.Struct(">Q")
 
@@ -84,9 +85,19 @@ class Envelope:
     payload: bytes = b""
 
 
+def encode_digest(fingerprint: int, echo: bool) -> Envelope:
+    return Envelope(kind=KIND_DIGEST, payload=_NAME.pack(fingerprint) + bytes([1 if echo else 0]))
+
+
+def decode_digest(env: Envelope) -> tuple[int, bool]:
+    if len(env.payload) != 9 or env.payload[8] > 1:
+        raise ProtocolError("bad topology digest")
+    return _NAME.unpack_from(env.payload, 0)[0], env.payload[8] == 1
+
+
 def encode(env: Envelope) -> bytes:
-    if env.kind == KIND_TOPOLOGY:
-        return bytes([KIND_TOPOLOGY]) + env.payload
+    if env.kind in (KIND_TOPOLOGY, KIND_DIGEST):
+        return bytes([env.kind]) + env.payload
     channel = env.channel.encode()
     if not 0 < len(channel) <= MAX_CHANNEL:
         raise ValueError(f"bad channel name {env.channel!r}")
@@ -104,7 +115,7 @@ def decode(data: bytes) -> Envelope:
     if not data:
         raise ProtocolError("empty router message")
     kind = data[0]
-    if kind == KIND_TOPOLOGY:
+    if kind in (KIND_TOPOLOGY, KIND_DIGEST):
         return Envelope(kind=kind, payload=data[1:])
     if kind not in (KIND_GOSSIP, KIND_UNICAST, KIND_BROADCAST):
         raise ProtocolError(f"unknown router message kind {kind}")

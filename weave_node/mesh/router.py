@@ -165,12 +165,15 @@ class Router:
                 self._next_gossip = now + self.config.gossip_interval
             deadline = min(d for d in (self.connector.next_deadline(), self._next_gossip) if d is not None)
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races a wake-up
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.01, deadline - self.clock.now()))
+                async with asyncio.timeout(max(0.01, deadline - self.clock.now())):
+                    await self._wakeup.wait()
 
     async def _dial(self, addr: PeerAddress) -> None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(addr.host, addr.port), DIAL_TIMEOUT)
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                reader, writer = await asyncio.open_connection(addr.host, addr.port)
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             delay = self.connector.failed(addr, self.clock.now(), f"connect: {reason}")
@@ -180,7 +183,7 @@ class Router:
         await self._serve(reader, writer, outbound=True, target=addr)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.established) + len(self.pending) >= max(self.config.conn_limit, 1) * 2:
+        if len(self.established) + len(self.pending) >= self.config.conn_limit:
             log.warning("<-[%s] refused: too many connections", _peername(writer))
             writer.close()
             return
@@ -202,7 +205,8 @@ class Router:
                 timeout = None if deadline is None else max(0.0, deadline - self.clock.now())
                 events: list[Event]
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     events = conn.tick(self.clock.now())
                 except OSError as exc:
@@ -271,8 +275,8 @@ class Router:
             self.connector.succeeded(pc.target, remote.name)
         log.info("%s connection established (protocol v%d)", pc.label, event.remote.version)
         self._local_connections_changed()
-        # The new neighbour learns everything we know at once.
-        self._send(pc, gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(self._all_records())))
+        # Compare fingerprints with the new neighbour: full topologies cross only when they differ.
+        self._send(pc, gossip.encode_digest(self.topology.fingerprint(), echo=True))
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
@@ -348,8 +352,8 @@ class Router:
         if not self.established:
             return
         peers = list(self.established.values())
-        pc = self.rng.choice(peers)
-        self._send(pc, gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(self._all_records())))
+        # Anti-entropy: 9 bytes to one random neighbour; full topologies cross only when the fingerprints differ.
+        self._send(self.rng.choice(peers), gossip.encode_digest(self.topology.fingerprint(), echo=True))
         for name, gossiper in self.channels.items():
             state = gossiper.gossip_state()
             if state:
@@ -371,6 +375,14 @@ class Router:
             improved = self.topology.merge(decode_records(env.payload))
             if improved:
                 self._topology_changed(improved, exclude=pc)
+            return
+        if env.kind == gossip.KIND_DIGEST:
+            theirs, echo = gossip.decode_digest(env)
+            ours = self.topology.fingerprint()
+            if theirs != ours:
+                self._send(pc, gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(self._all_records())))
+                if echo:  # so they send what we lack; a non-echo digest is never answered with a digest
+                    self._send(pc, gossip.encode_digest(ours, echo=False))
             return
         gossiper = self.channels.get(env.channel)
         if env.kind == gossip.KIND_GOSSIP:
