@@ -116,3 +116,21 @@ def test_status_api_is_loopback_only(net: Net) -> None:
     own = net.hosts[0].run("python3", "-c", fetch, f"http://{net.hosts[0].address}:6784/status")
     assert own.stdout.startswith("refused"), own.stdout
     assert r1.proc.poll() is None
+
+
+def test_simultaneous_dials_end_in_one_connection_both_sides_agree_on(net: Net) -> None:
+    h = net.hosts
+    r1 = net.start_router(1, *FAST, h[1].address)
+    r2 = net.start_router(2, *FAST, h[0].address)  # each dials the other: a duplicate to resolve
+
+    def one_each() -> bool:
+        c1 = [c for c in r1.status().get("connections", []) if c["state"] == "established"]
+        c2 = [c for c in r2.status().get("connections", []) if c["state"] == "established"]
+        return len(c1) == 1 and len(c2) == 1 and (c1[0]["direction"] == "->") == (c2[0]["direction"] == "<-")
+
+    poll(one_each, timeout=20, what="exactly one connection, seen the same way from both ends")
+    terminations = r1.status()["router"]["terminations"]
+    # stable: a few heartbeat and gossip rounds later it is the same single connection
+    poll(lambda: r1.status()["router"]["uptime_seconds"] > 4, timeout=10, what="a few rounds")
+    assert one_each()
+    assert r1.status()["router"]["terminations"] == terminations
