@@ -40,7 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         p = sub.add_parser(verb, help=text)
         p.add_argument("peer", help="IP or host name, optionally :port")
         _api_flags(p)
-        p.set_defaults(func=cmd_connect if verb == "connect" else cmd_forget)
+        p.set_defaults(func=cmd_peer, verb=verb)
 
 
 def _api_flags(p: argparse.ArgumentParser) -> None:
@@ -70,17 +70,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_connect(args: argparse.Namespace) -> int:
+def cmd_peer(args: argparse.Namespace) -> int:
+    """`connect PEER` / `forget PEER`."""
     from urllib.parse import quote
 
-    print(json.dumps(_get(args, f"/connect/{quote(args.peer, safe='')}", "POST")))
-    return 0
-
-
-def cmd_forget(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
-    print(json.dumps(_get(args, f"/forget/{quote(args.peer, safe='')}", "POST")))
+    print(json.dumps(_get(args, f"/{args.verb}/{quote(args.peer, safe='')}", "POST")))
     return 0
 
 

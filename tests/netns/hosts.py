@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import BIN, poll
+from weave_node.lab.system import ip_batch
 
 SUBNET = "198.19.{}.{}"
-
-
-def ip_batch(commands: list[str], netns: str | None = None) -> None:
-    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
-    subprocess.run(cmd, input="\n".join(commands) + "\n", text=True, check=True, capture_output=True)
 
 
 @dataclass
@@ -80,15 +76,15 @@ class Net:
             f"link add v{i} netns {self.underlay} type veth peer name eth0 netns {h.netns}"
             for i, h in enumerate(self.hosts, 1)
         ]
-        ip_batch(cmds)
+        ip_batch(None, cmds)
         ip_batch(
+            self.underlay,
             ["link set lo up", "link add br0 type bridge", "link set br0 up"]
             + [f"link set v{i} master br0 up" for i in range(1, len(self.hosts) + 1)],
-            self.underlay,
         )
         for h in self.hosts:
             h.workdir.mkdir(parents=True, exist_ok=True)
-            ip_batch(["link set lo up", f"addr add {h.address}/24 dev eth0", "link set eth0 up"], h.netns)
+            ip_batch(h.netns, ["link set lo up", f"addr add {h.address}/24 dev eth0", "link set eth0 up"])
 
     def start_router(self, index: int, *args: str, env: dict[str, str] | None = None) -> RouterProc:
         host = self.hosts[index - 1]

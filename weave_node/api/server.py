@@ -14,35 +14,21 @@ from aiohttp import web
 
 from weave_node.api.status import ConnView, build_status
 from weave_node.config import parse_hostport
-from weave_node.mesh.router import Router
+from weave_node.core.errors import ConfigError
+from weave_node.mesh.router import PeerConn, Router
 
 log = logging.getLogger("weave_node.api")
 
 
+def _view(pc: PeerConn, state: str) -> ConnView:
+    remote = pc.conn.remote
+    info = f"{'encrypted' if remote.encrypted else 'unencrypted'}, v{remote.version}" if remote else ""
+    return ConnView(pc.outbound, pc.address, state, pc.name, pc.nickname, info)
+
+
 def router_status(router: Router) -> dict[str, Any]:
-    views = [
-        ConnView(
-            outbound=pc.outbound,
-            address=str(pc.target) if pc.target else pc.socket_addr,
-            state="established",
-            name=pc.name,
-            nickname=pc.nickname,
-            info=f"encrypted, v{pc.conn.remote.version}"
-            if pc.conn.remote and pc.conn.remote.encrypted
-            else (f"unencrypted, v{pc.conn.remote.version}" if pc.conn.remote else ""),
-        )
-        for pc in router.established.values()
-    ] + [
-        ConnView(
-            outbound=pc.outbound,
-            address=str(pc.target) if pc.target else pc.socket_addr,
-            state="handshaking",
-            name=None,
-            nickname="",
-            info="",
-        )
-        for pc in router.pending
-    ]
+    views = [_view(pc, "established") for pc in router.established.values()]
+    views += [_view(pc, "handshaking") for pc in router.pending]
     return build_status(
         name=router.identity.name,
         nickname=router.identity.nickname,
@@ -75,8 +61,6 @@ def make_app(router: Router) -> web.Application:
         return json_response(doc[key])
 
     async def connect(req: web.Request) -> web.Response:
-        from weave_node.core.errors import ConfigError
-
         peer = req.match_info["peer"]
         try:
             addr = router.connect(peer)
@@ -85,8 +69,6 @@ def make_app(router: Router) -> web.Application:
         return json_response({"connecting": str(addr)})
 
     async def forget(req: web.Request) -> web.Response:
-        from weave_node.core.errors import ConfigError
-
         try:
             found = router.forget(req.match_info["peer"])
         except ConfigError as exc:

@@ -109,10 +109,6 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     from weave_node.lab import lab
 
-    paths = lab.LabPaths.of(args.name)
-    if not paths.state.exists():
-        from weave_node.lab.system import LabError
-
-        raise LabError(f"lab {args.name!r} is not up")
+    _spec, paths = lab.require_up(args.name)
     print(paths.ssh_config)
     return 0

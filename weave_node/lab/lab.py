@@ -263,7 +263,7 @@ def _make_network(spec: LabSpec) -> None:
     root_cmds += [
         f"link add {h.underlay_port} netns {under} type veth peer name eth0 netns {h.netns}" for h in spec.hosts
     ]
-    system.run(["ip", "-batch", "-"], input_text="\n".join(root_cmds) + "\n")
+    system.ip_batch(None, root_cmds)
     prefix = UNDERLAY_NET.prefixlen
     under_cmds = [
         "link set lo up",
@@ -413,13 +413,18 @@ def _remove_nspawn_runtime_dirs(name: str) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
 
 
-def ssh_argv(name: str, host: str, command: list[str]) -> list[str]:
+def require_up(name: str) -> tuple[LabSpec, LabPaths]:
+    """The spec and paths of a lab that came up; a one-line error otherwise."""
     validate_lab_name(name)
     paths = LabPaths.of(name)
     state = _load_state(paths)
     if state is None:
         raise LabError(f"lab {name!r} is not up: run `weave-node lab up{_name_flag(name)}`")
-    spec = make_spec(name, int(state["hosts"]))
+    return make_spec(name, int(state["hosts"])), paths
+
+
+def ssh_argv(name: str, host: str, command: list[str]) -> list[str]:
+    spec, paths = require_up(name)
     spec.host(host)  # unknown host -> one-line error
     system.require_tools({"ssh": "openssh-client"})
     return ["ssh", "-F", str(paths.ssh_config), host, *command]

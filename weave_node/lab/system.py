@@ -74,9 +74,10 @@ def ip(netns: str, *args: str) -> str:
     return run(["ip", "-n", netns, *args])
 
 
-def ip_batch(netns: str, commands: Iterable[str]) -> None:
-    """Several `ip` commands in one process (one fork instead of dozens)."""
-    run(["ip", "-n", netns, "-batch", "-"], input_text="\n".join(commands) + "\n")
+def ip_batch(netns: str | None, commands: Iterable[str]) -> None:
+    """Several `ip` commands in one process (one fork instead of dozens); netns None = this namespace."""
+    where = ["-n", netns] if netns else []
+    run(["ip", *where, "-batch", "-"], input_text="\n".join(commands) + "\n")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

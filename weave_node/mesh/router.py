@@ -49,17 +49,30 @@ class PeerConn:
     outbound: bool
     socket_addr: str  # the remote end as seen by the socket
     target: PeerAddress | None = None  # what we dialled (outbound only)
-    name: int | None = None  # the remote peer, once the handshake is done
-    nickname: str = ""
     established_at: float = 0.0
     failure: str = ""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def name(self) -> int | None:
+        """The remote peer, once the handshake is done."""
+        remote = self.conn.remote
+        return remote.identity.name if remote else None
+
+    @property
+    def nickname(self) -> str:
+        remote = self.conn.remote
+        return remote.identity.nickname if remote else ""
+
+    @property
+    def address(self) -> str:
+        """What we dialled, or where an inbound connection came from."""
+        return str(self.target) if self.target else self.socket_addr
+
+    @property
     def label(self) -> str:
-        addr = str(self.target) if self.target else self.socket_addr
         who = f" {format_name(self.name)}({self.nickname})" if self.name is not None else ""
-        return f"{'->' if self.outbound else '<-'}[{addr}]{who}"
+        return f"{'->' if self.outbound else '<-'}[{self.address}]{who}"
 
 
 class Router:
@@ -249,7 +262,7 @@ class Router:
 
     def _established(self, pc: PeerConn, event: Established) -> None:
         remote = event.remote.identity
-        pc.name, pc.nickname, pc.established_at = remote.name, remote.nickname, self.clock.now()
+        pc.established_at = self.clock.now()
         existing = self.established.get(remote.name)
         if existing is not None:
             keep_new = existing.conn.remote is not None and existing.conn.remote.identity.uid != remote.uid
@@ -306,12 +319,7 @@ class Router:
 
     def _local_connections_changed(self) -> None:
         conns = [
-            ConnectionInfo(
-                peer=name,
-                address=str(pc.target) if pc.target else pc.socket_addr,
-                outbound=pc.outbound,
-                established=True,
-            )
+            ConnectionInfo(peer=name, address=pc.address, outbound=pc.outbound, established=True)
             for name, pc in sorted(self.established.items())
         ]
         if self.topology.set_local_connections(conns):
