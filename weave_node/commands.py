@@ -25,17 +25,46 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
     r.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a peer is dropped (3 x interval)")
     r.add_argument("--gossip-interval", type=float, help="seconds between periodic gossip (default 10)")
+    r.add_argument("--ipalloc-range", help="the pod address range, CIDR (default 10.32.0.0/12, also IPALLOC_RANGE)")
+    r.add_argument(
+        "--ipalloc-init",
+        help="IPAM bootstrap: consensus[=N] (default: N = initial peers + 1), seed=NAME,..., observer (IPALLOC_INIT)",
+    )
+    r.add_argument(
+        "--ipam-reclaim-after",
+        type=float,
+        help="seconds a peer must be unreachable before its address space is taken over (default 600; 0 = never)",
+    )
     r.add_argument("--log-level", default=os.environ.get("WEAVE_LOG_LEVEL", "info"))
     r.set_defaults(func=cmd_router)
 
     s = sub.add_parser("status", help="the router's state, like `weave status`")
-    s.add_argument("section", nargs="?", choices=["peers", "connections", "targets"], help="one part in detail")
+    s.add_argument("section", nargs="?", choices=["peers", "connections", "targets", "ipam"], help="one part in detail")
     _api_flags(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
     rep = sub.add_parser("report", help="the router's full state as JSON, like `weave report`")
     _api_flags(rep)
     rep.set_defaults(func=cmd_report)
+    ipam = sub.add_parser("ipam", help="IP address management: allocations, rmpeer, allocate/release by hand")
+    isub = ipam.add_subparsers(dest="ipam_cmd", required=True, metavar="COMMAND")
+    p = isub.add_parser("allocations", help="every address this peer has handed out")
+    p.add_argument("--json", action="store_true")
+    p = isub.add_parser("rmpeer", help="take over the address space of a peer that is gone, now")
+    p.add_argument("peer", help="the peer's name (aa:bb:cc:dd:ee:ff) or nickname")
+    p = isub.add_parser("allocate", help="allocate an address for a container id (idempotent)")
+    p.add_argument("container_id")
+    p.add_argument("--ifname", default="eth0")
+    p = isub.add_parser("claim", help="record that a container id has an address")
+    p.add_argument("container_id")
+    p.add_argument("ip")
+    p.add_argument("--ifname", default="eth0")
+    p = isub.add_parser("release", help="release a container id's address(es)")
+    p.add_argument("container_id")
+    p.add_argument("--ifname")
+    for p in isub.choices.values():
+        _api_flags(p)
+    ipam.set_defaults(func=cmd_ipam)
     for verb, text in (("connect", "connect to a peer now (and keep trying)"), ("forget", "stop trying a peer")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("peer", help="IP or host name, optionally :port")
@@ -59,10 +88,42 @@ def cmd_router(args: argparse.Namespace) -> int:
     return daemon.main(config, args.log_level)
 
 
-def _get(args: argparse.Namespace, path: str, method: str = "GET") -> Any:
+def _get(args: argparse.Namespace, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
     from weave_node.api.client import request
 
-    return request(method, path, addr=args.addr, socket_path=args.socket)
+    return request(method, path, addr=args.addr, socket_path=args.socket, body=body, timeout=30.0)
+
+
+def cmd_ipam(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if args.ipam_cmd == "allocations":
+        rows = _get(args, "/ipam/allocations")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        table = Table(box=None)
+        for col in ("address", "container id", "ifname"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(row["ip"], row["container_id"], row["ifname"])
+        Console(highlight=False).print(table)
+        return 0
+    if args.ipam_cmd == "rmpeer":
+        doc = _get(args, f"/ipam/rmpeer/{quote(args.peer, safe='')}", "POST")
+        print(f"took over {doc['addresses']} addresses of peer {doc['peer']}")
+        return 0
+    body: dict[str, Any] = {"container_id": args.container_id}
+    if args.ifname:
+        body["ifname"] = args.ifname
+    if args.ipam_cmd == "claim":
+        body["ip"] = args.ip
+    doc = _get(args, f"/ipam/{args.ipam_cmd}", "POST", body)
+    print(" ".join(doc["released"]) if args.ipam_cmd == "release" else doc["cidr"])
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -100,12 +161,29 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
             ("Port", str(r["port"])),
             ("Uptime", f"{r['uptime_seconds']} s"),
         ]
+        if "ipam" in doc:
+            i = doc["ipam"]
+            state = "ready" if i["ready"] else i["waiting"] or "not ready"
+            rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             console.print(f"  {key:>{width}}: {value}")
         return 0
     table = Table(box=None)
-    if args.section == "peers":
+    if args.section == "ipam":
+        i = doc["ipam"]
+        console.print(
+            f"range {i['range']} ({i['init']}): {'ready' if i['ready'] else i['waiting']}; here "
+            f"{i['used']} used, {i['free']} free of {i['owned']} ({i['used_percent']}%)"
+        )
+        for col in ("peer", "nickname", "addresses", "free", "reachable", "ranges"):
+            table.add_column(col)
+        for o in i["owners"]:
+            reach = "yes" if o["reachable"] else f"no, {o['unreachable_for']:.0f} s"
+            table.add_row(
+                o["peer"], o["nickname"], str(o["size"]), str(o["free_reported"]), reach, " ".join(o["ranges"][:2])
+            )
+    elif args.section == "peers":
         for col in ("name", "nickname", "version", "next hop", "connections"):
             table.add_column(col)
         for p in doc["peers"]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from weave_node.core.errors import ConfigError
+from weave_node.ipam.address import parse_range
+from weave_node.ipam.allocator import parse_init
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS_ADDR = "127.0.0.1:6784"
@@ -82,6 +84,9 @@ class RouterConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
     gossip_interval: float = 10.0
+    ipalloc_range: str = "10.32.0.0/12"
+    ipalloc_init: str = ""  # "" = consensus among the initial peers and us
+    ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
     warnings: tuple[str, ...] = ()
 
 
@@ -97,6 +102,21 @@ def read_password_file(path: Path) -> bytes:
     if not data:
         raise ConfigError(f"password file {path} is empty")
     return data
+
+
+def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[str, str, float]:
+    ipalloc_range = str(pick("ipalloc_range", "IPALLOC_RANGE") or "10.32.0.0/12")
+    ipalloc_init = str(pick("ipalloc_init", "IPALLOC_INIT") or "")
+    parse_range(ipalloc_range)  # fail now, with a clear message, rather than when the first pod starts
+    parse_init(ipalloc_init, n_peers + 1)
+    raw = pick("ipam_reclaim_after", "WEAVE_IPAM_RECLAIM_AFTER")
+    try:
+        reclaim_after = float(str(raw)) if raw is not None else 600.0
+    except ValueError:
+        raise ConfigError(f"--ipam-reclaim-after must be seconds, not {raw!r}") from None
+    if reclaim_after < 0:
+        raise ConfigError("--ipam-reclaim-after must be >= 0 (0 disables automatic reclaim)")
+    return ipalloc_range, ipalloc_init, reclaim_after
 
 
 def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> RouterConfig:
@@ -165,6 +185,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         return value
 
     hb = seconds("heartbeat_interval", 5.0)
+    ipalloc_range, ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
     return RouterConfig(
         name=str(name) if name else None,
         nickname=str(nickname) if nickname else os.uname().nodename,
@@ -179,5 +200,8 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         heartbeat_interval=hb,
         heartbeat_timeout=seconds("heartbeat_timeout", hb * 3),
         gossip_interval=seconds("gossip_interval", 10.0),
+        ipalloc_range=ipalloc_range,
+        ipalloc_init=ipalloc_init,
+        ipam_reclaim_after=reclaim_after,
         warnings=tuple(warnings),
     )

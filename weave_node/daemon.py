@@ -11,6 +11,10 @@ import sys
 
 from weave_node.api.server import ApiServer
 from weave_node.config import RouterConfig
+from weave_node.ipam.address import parse_range
+from weave_node.ipam.allocator import Allocator, parse_init
+from weave_node.ipam.service import CHANNEL, IpamService
+from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey
 from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
@@ -35,6 +39,41 @@ def make_identity(config: RouterConfig) -> Identity:
     return Identity(name=name, nickname=config.nickname, uid=new_uid(random.SystemRandom()))
 
 
+def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamService:
+    """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology."""
+    span = parse_range(config.ipalloc_range)
+    init = parse_init(config.ipalloc_init, len(config.peers) + 1)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.state_dir / "ipam.db", me=identity.name, span=span)
+    loaded = store.load()
+    alloc = Allocator(
+        identity.name,
+        span,
+        init,
+        reclaim_after=config.ipam_reclaim_after,
+        now=router.clock.now(),
+        ring=loaded.ring,
+        claims=loaded.claims,
+        allocations=loaded.allocations,
+    )
+    log.info(
+        "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs",
+        span,
+        init.mode if init.mode != "consensus" else f"consensus among {init.peers} peer(s)",
+        len(loaded.allocations),
+        config.ipam_reclaim_after,
+    )
+    service = IpamService(alloc, store, router.clock)
+    service.attach(router.register_channel(CHANNEL, service))
+
+    def topology_changed() -> None:
+        service.set_reachable({n: r.nickname for n, r in router.topology.records.items()})
+
+    router.on_change.append(topology_changed)
+    topology_changed()
+    return service
+
+
 async def run_router(config: RouterConfig) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -45,18 +84,21 @@ async def run_router(config: RouterConfig) -> int:
         heartbeat_timeout=config.heartbeat_timeout,
     )
     router = Router(config, identity, protocol_config)
-    api = ApiServer(router, config.status_addr, config.status_socket)
+    ipam = make_ipam(config, identity, router)
+    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await router.start()
+    await ipam.start()
     await api.start()
     log.info("weave-node router %s(%s) is up", format_name(identity.name), identity.nickname)
     await stop.wait()
     log.info("shutting down")
     await api.stop()
     await router.stop()
+    await ipam.stop()
     return 0
 
 

@@ -29,7 +29,13 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def request(
-    method: str, path: str, *, addr: str | None = None, socket_path: str | None = None, timeout: float = 5.0
+    method: str,
+    path: str,
+    *,
+    addr: str | None = None,
+    socket_path: str | None = None,
+    timeout: float = 5.0,
+    body: dict[str, Any] | None = None,
 ) -> Any:
     conn: http.client.HTTPConnection
     if addr:
@@ -43,9 +49,12 @@ def request(
             host, port = parse_hostport(DEFAULT_STATUS_ADDR, "--addr")
             conn, where = http.client.HTTPConnection(host, port, timeout=timeout), f"http://{DEFAULT_STATUS_ADDR}"
     try:
-        conn.request(method, path)
+        if body is None:
+            conn.request(method, path)
+        else:
+            conn.request(method, path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         resp = conn.getresponse()
-        body = resp.read()
+        raw = resp.read()
     except OSError as exc:
         raise ApiError(
             f"cannot reach the router's API at {where}: {exc.strerror or exc} (is weave-node running?)"
@@ -53,7 +62,7 @@ def request(
     finally:
         conn.close()
     try:
-        doc = json.loads(body)
+        doc = json.loads(raw)
     except ValueError:
         raise ApiError(f"the router's API at {where} answered {resp.status} with something that is not JSON") from None
     if resp.status >= 400:

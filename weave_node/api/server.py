@@ -12,9 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from weave_node.api.ipam import add_ipam_routes, ipam_errors
 from weave_node.api.status import ConnView, build_status
 from weave_node.config import parse_hostport
 from weave_node.core.errors import ConfigError
+from weave_node.ipam.service import IpamService
 from weave_node.mesh.router import PeerConn, Router
 
 log = logging.getLogger("weave_node.api")
@@ -46,17 +48,24 @@ def router_status(router: Router) -> dict[str, Any]:
     )
 
 
-def make_app(router: Router) -> web.Application:
-    def json_response(doc: Any, status: int = 200) -> web.Response:
-        return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
+def json_response(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
+
+
+def make_app(router: Router, ipam: IpamService | None = None) -> web.Application:
+    def full_status() -> dict[str, Any]:
+        doc = router_status(router)
+        if ipam is not None:
+            doc["ipam"] = ipam.status()
+        return doc
 
     async def status(_req: web.Request) -> web.Response:
-        return json_response(router_status(router))
+        return json_response(full_status())
 
     async def section(req: web.Request) -> web.Response:
-        doc = router_status(router)
+        doc = full_status()
         key = req.match_info["section"]
-        if key not in ("peers", "connections", "targets"):
+        if key not in ("peers", "connections", "targets", "ipam") or key not in doc:
             return json_response({"error": f"unknown status section {key!r}"}, status=404)
         return json_response(doc[key])
 
@@ -75,7 +84,9 @@ def make_app(router: Router) -> web.Application:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"forgotten": found})
 
-    app = web.Application()
+    app = web.Application(middlewares=[ipam_errors])
+    if ipam is not None:
+        add_ipam_routes(app, ipam)
     app.router.add_get("/status", status)
     app.router.add_get("/report", status)
     app.router.add_get("/status/{section}", section)
@@ -85,8 +96,8 @@ def make_app(router: Router) -> web.Application:
 
 
 class ApiServer:
-    def __init__(self, router: Router, tcp_addr: str, socket_path: str) -> None:
-        self.runner = web.AppRunner(make_app(router), access_log=None)
+    def __init__(self, router: Router, tcp_addr: str, socket_path: str, *, ipam: IpamService | None = None) -> None:
+        self.runner = web.AppRunner(make_app(router, ipam), access_log=None)
         self.tcp_addr = tcp_addr
         self.socket_path = socket_path
         self.port = 0

@@ -1,0 +1,111 @@
+"""The IPAM endpoints of the local API (JSON in, JSON out; errors are {"error": ...} with a 4xx/5xx status).
+
+POST /ipam/allocate {"container_id", "ifname"?, "wait"?}  -> {"ip", "cidr", "range"}   idempotent
+POST /ipam/claim    {"container_id", "ifname"?, "ip"}     -> {"ip", "cidr", "range"}
+POST /ipam/release  {"container_id", "ifname"?}           -> {"released": [ip...]}      404 if none
+GET  /ipam/allocations                                    -> [{"ip", "container_id", "ifname"}]
+POST /ipam/rmpeer/{peer}                                  -> {"peer", "addresses"}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from weave_node.core.errors import ConfigError
+from weave_node.ipam.address import ip_str, parse_ip
+from weave_node.ipam.allocator import Key
+from weave_node.ipam.errors import BadRequest, IpamError
+from weave_node.ipam.service import DEFAULT_WAIT, IpamService
+from weave_node.mesh.peer import format_name
+
+MAX_BODY = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
+
+
+@web.middleware
+async def ipam_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except IpamError as exc:
+        return _json({"error": str(exc)}, status=exc.status)
+    except ConfigError as exc:
+        return _json({"error": str(exc)}, status=400)
+
+
+async def _body(req: web.Request) -> dict[str, Any]:
+    if req.content_length is not None and req.content_length > MAX_BODY:
+        raise BadRequest("request body too large")
+    raw = await req.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest("request body too large")
+    try:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("body must be a JSON object")
+    return doc
+
+
+def _key(doc: dict[str, Any]) -> Key:
+    cid, ifname = doc.get("container_id"), doc.get("ifname", "eth0")
+    if not isinstance(cid, str) or not isinstance(ifname, str):
+        raise BadRequest('"container_id" (and "ifname", default "eth0") must be strings')
+    key = Key(cid, ifname)
+    key.validate()
+    return key
+
+
+def _wait(doc: dict[str, Any]) -> float:
+    wait = doc.get("wait", DEFAULT_WAIT)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300:
+        raise BadRequest('"wait" must be seconds between 0 and 300')
+    return float(wait)
+
+
+def add_ipam_routes(app: web.Application, ipam: IpamService) -> None:
+    prefix = ipam.alloc.range.prefix
+
+    def answer(ip: int) -> web.Response:
+        return _json({"ip": ip_str(ip), "cidr": f"{ip_str(ip)}/{prefix}", "range": str(ipam.alloc.range)})
+
+    async def allocate(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        return answer(await ipam.allocate(_key(doc), _wait(doc)))
+
+    async def claim(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        key = _key(doc)
+        if not isinstance(doc.get("ip"), str):
+            raise BadRequest('"ip" must be an IPv4 address string')
+        ip = parse_ip(doc["ip"].split("/")[0])
+        await ipam.claim(key, ip, _wait(doc))
+        return answer(ip)
+
+    async def release(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        cid, ifname = doc.get("container_id"), doc.get("ifname")
+        if not isinstance(cid, str) or not cid or not (ifname is None or isinstance(ifname, str)):
+            raise BadRequest('"container_id" must be a non-empty string ("ifname" optional)')
+        return _json({"released": [ip_str(ip) for ip in ipam.release(cid, ifname)]})
+
+    async def allocations(_req: web.Request) -> web.Response:
+        return _json(ipam.allocations())
+
+    async def rmpeer(req: web.Request) -> web.Response:
+        peer, moved = ipam.rmpeer(req.match_info["peer"])
+        return _json({"peer": format_name(peer), "addresses": moved})
+
+    app.router.add_post("/ipam/allocate", allocate)
+    app.router.add_post("/ipam/claim", claim)
+    app.router.add_post("/ipam/release", release)
+    app.router.add_get("/ipam/allocations", allocations)
+    app.router.add_post("/ipam/rmpeer/{peer}", rmpeer)

@@ -1,0 +1,625 @@
+"""The IPAM state machine of one peer (pure, driven by `now`): ring, bootstrap, allocations, donation, reclaim.
+
+Inputs are method calls (allocate/claim/release/rmpeer, `receive` for channel messages, `set_reachable` for the
+topology, `tick`); outputs are collected in an outbox (`take_effects`: gossip, unicast, log lines) and a change
+set for the store (`take_changes`). The shell persists the change set before it sends any effect or answers
+any request, so nothing we say was ever forgotten by a crash.
+
+Reclaim and fencing (what Weave lacked): the owners reachable from us have *quorum* when they are more than
+half of the ring's owners (exactly half counts when it holds the lowest-named owner), so at most one side of a
+partition has it. On the quorum side, the lowest-named reachable owner takes over the space of an owner that has
+been unreachable for `reclaim_after` seconds. On the other side a peer stops allocating after `reclaim_after/2`
+("fenced"), before anyone can have reclaimed its space, and allocates again only after it has merged a peer's
+ring since quorum returned. A peer whose space was reclaimed discards it (and the allocations in it) when it
+learns so, and asks for space anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from weave_node.core.errors import ConfigError
+from weave_node.ipam import messages
+from weave_node.ipam.address import Range, ip_str, span_str
+from weave_node.ipam.consensus import Claim, Consensus
+from weave_node.ipam.errors import BadRequest, Conflict, DecodeError, NotFound, RingConflict, Unavailable
+from weave_node.ipam.ring import Ring
+from weave_node.ipam.space import Space
+from weave_node.mesh.peer import format_name, parse_name
+
+DONATION_RETRY = 2.0  # seconds before asking another donor
+PROPOSE_RETRY = 3.0  # seconds without consensus progress before a new ballot
+FREE_REPORT = 1.0  # at most this often, refresh our free counts in the ring
+MAX_ID = 256
+WANT_TTL = 10.0  # seconds an unanswered allocation keeps us asking for space
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    container_id: str
+    ifname: str = "eth0"
+
+    def validate(self) -> None:
+        if not 0 < len(self.container_id) <= MAX_ID or not self.container_id.isprintable():
+            raise BadRequest("container_id must be 1-256 printable characters")
+        if not 0 < len(self.ifname) <= 15 or not self.ifname.isprintable() or "/" in self.ifname:
+            raise BadRequest("ifname must be 1-15 printable characters without '/'")
+
+
+@dataclass(frozen=True)
+class Init:
+    """`IPALLOC_INIT`: consensus=N (default), seed=NAME,NAME... or observer."""
+
+    mode: Literal["consensus", "seed", "observer"] = "consensus"
+    peers: int = 1  # consensus: the number of initial peers
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def quorum(self) -> int:
+        return self.peers // 2 + 1
+
+
+def parse_init(text: str, default_peers: int) -> Init:
+    """`IPALLOC_INIT` as Weave spells it: `consensus[=N]`, `seed=NAME,NAME...` or `observer`."""
+    text = text.strip()
+    mode, _, arg = text.partition("=")
+    if mode in ("", "consensus"):
+        if not arg:
+            return Init("consensus", peers=max(1, default_peers))
+        if not arg.isdigit() or int(arg) < 1:
+            raise ConfigError(f"IPALLOC_INIT consensus=N needs N >= 1, not {arg!r}")
+        return Init("consensus", peers=int(arg))
+    if mode == "seed":
+        seeds = tuple(sorted({parse_name(n.strip()) for n in arg.split(",") if n.strip()}))
+        if not seeds:
+            raise ConfigError("IPALLOC_INIT seed= needs at least one peer name")
+        return Init("seed", seeds=seeds)
+    if mode == "observer" and not arg:
+        return Init("observer")
+    raise ConfigError(f"IPALLOC_INIT {text!r}: use consensus[=N], seed=NAME[,NAME...] or observer")
+
+
+@dataclass(frozen=True)
+class Gossip:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Unicast:
+    dst: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+
+
+Effect = Gossip | Unicast | Log
+
+
+@dataclass
+class Changes:
+    ring: bool = False
+    consensus: bool = False
+    put: dict[int, Key] = field(default_factory=dict)
+    delete: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return self.ring or self.consensus or bool(self.put) or bool(self.delete)
+
+
+def ring_id_for(kind: str, *parts: int) -> int:
+    digest = hashlib.blake2b(repr((kind, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Allocator:
+    def __init__(
+        self,
+        me: int,
+        span: Range,
+        init: Init,
+        *,
+        reclaim_after: float,
+        now: float,
+        ring: Ring | None = None,
+        claims: dict[int, Claim] | None = None,
+        allocations: dict[Key, int] | None = None,
+    ) -> None:
+        self.me = me
+        self.range = span
+        self.init = init
+        self.reclaim_after = reclaim_after
+        self.ring = ring
+        self.consensus: Consensus | None = None
+        self.allocations: dict[Key, int] = {}
+        self.by_ip: dict[int, Key] = {}
+        self.space = Space(span)
+        self.cursor = span.start
+        self.reachable: set[int] = {me}
+        self.absent_since: dict[int, float] = {}
+        self.no_quorum_since: float | None = None
+        self.resync = False  # fenced until we merge a peer's ring after quorum returned
+        self.wanted_at: float | None = None  # an allocation is waiting for a ring or for space
+        self.donor: int | None = None
+        self.donor_deadline = 0.0
+        self.next_free_report = 0.0
+        self.free_dirty = True
+        self.counters = {"donated": 0, "received": 0, "reclaimed": 0, "lost": 0, "bad_messages": 0, "conflicts": 0}
+        self._effects: list[Effect] = []
+        self._changes = Changes()
+        self.seq = 0  # bumped by every change the store must see before we answer
+        if ring is None:
+            if init.mode == "seed":
+                self._set_ring(Ring.initial(span, ring_id_for("seed", *sorted(init.seeds)), list(init.seeds)), now)
+            elif init.mode == "consensus":
+                self.consensus = Consensus(me, init.quorum, claims)
+                self.consensus.propose()  # eagerly: IPAM is ready before the first pod asks
+                self.consensus.last_progress = now
+                self._changed(consensus=True)
+                self._think(now)
+        else:
+            for owner in ring.owners() - {me}:
+                self.absent_since[owner] = now
+        for key, ip in (allocations or {}).items():
+            self._record(key, ip, persist=False)
+
+    # ---- outbox -------------------------------------------------------------------------------------------
+
+    def take_effects(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
+
+    def take_changes(self) -> Changes:
+        out, self._changes = self._changes, Changes()
+        return out
+
+    def _log(self, level: int, message: str) -> None:
+        self._effects.append(Log(level, message))
+
+    def _changed(self, *, ring: bool = False, consensus: bool = False) -> None:
+        self._changes.ring |= ring
+        self._changes.consensus |= consensus
+        self.seq += 1
+
+    def state_message(self) -> bytes:
+        if self.ring is not None:
+            return messages.encode_state(self.range, self.ring)
+        if self.consensus is not None:
+            return messages.encode_state(self.range, None, self.consensus.quorum, self.consensus.claims)
+        return b""
+
+    def _gossip(self) -> None:
+        data = self.state_message()
+        if data:
+            self._effects = [e for e in self._effects if not isinstance(e, Gossip)] + [Gossip(data)]
+
+    # ---- queries ------------------------------------------------------------------------------------------
+
+    def owned(self) -> list[tuple[int, int]]:
+        return self.ring.owned(self.me) if self.ring is not None else []
+
+    def has_quorum(self) -> bool:
+        if self.ring is None:
+            return False
+        owners = self.ring.owners()
+        live = owners & self.reachable
+        return 2 * len(live) > len(owners) or (2 * len(live) == len(owners) and min(owners) in live)
+
+    def fenced(self, now: float) -> bool:
+        if self.resync:
+            return True
+        return (
+            self.reclaim_after > 0
+            and self.no_quorum_since is not None
+            and now - self.no_quorum_since >= self.reclaim_after / 2
+        )
+
+    def ready(self, now: float) -> bool:
+        """Can allocate now, or can expect space: the ring exists and we are not fenced."""
+        return self.ring is not None and self.init.mode != "observer" and not self.fenced(now)
+
+    def waiting_reason(self, now: float) -> str:  # noqa: PLR0911 - one answer per state
+        if self.init.mode == "observer" and self.ring is None:
+            return "observer: waiting for another peer to initialise the ring"
+        if self.ring is None and self.consensus is not None:
+            c = self.consensus
+            have = sum(1 for cl in c.claims.values() if cl.promise == c.highest_ballot())
+            return f"awaiting consensus: {c.quorum} of {self.init.peers} peers needed, {have} agree so far"
+        if self.ring is None:
+            return "waiting for the ring"
+        if self.init.mode == "observer":
+            return "observer: owns no space"
+        if self.fenced(now):
+            return "fenced: cut off from a majority of the space's owners" + (
+                " (waiting to sync the ring)" if self.resync else ""
+            )
+        if self.donor is not None:
+            return f"out of space: asked peer {format_name(self.donor)} for a donation"
+        if self.wanted_at is not None and not self.space.find_free(self.owned(), self.cursor):
+            return "out of space: no reachable peer has free space"
+        return ""
+
+    # ---- commands -----------------------------------------------------------------------------------------
+
+    def allocate(self, key: Key, now: float) -> int | None:
+        """The address of `key` (the same one on every call), or None: not now (see waiting_reason)."""
+        key.validate()
+        ip = self.allocations.get(key)
+        if ip is not None:
+            return ip
+        if self.init.mode == "observer":
+            raise Unavailable("this peer is an IPAM observer (IPALLOC_INIT=observer): it owns no space")
+        if self.ring is None or self.fenced(now):
+            self.wanted_at = now
+            return None
+        ip = self.space.find_free(self.owned(), self.cursor)
+        if ip is None:
+            self.wanted_at = now
+            self._ask_for_space(now)
+            return None
+        self._record(key, ip)
+        self.cursor = ip + 1
+        self.wanted_at = None
+        return ip
+
+    def claim(self, key: Key, ip: int, now: float) -> bool:
+        """Record that `key` has `ip` (re-adding a container after a restart); False: not now, retry."""
+        key.validate()
+        if not self.range.usable(ip):
+            raise BadRequest(f"{ip_str(ip)} is not a usable address of the range {self.range}")
+        have = self.allocations.get(key)
+        if have == ip:
+            return True
+        if have is not None:
+            raise Conflict(f"{key.container_id}/{key.ifname} already has {ip_str(have)}")
+        holder = self.by_ip.get(ip)
+        if holder is not None:
+            raise Conflict(f"{ip_str(ip)} is in use by {holder.container_id}/{holder.ifname}")
+        if self.ring is None:
+            return False
+        if self.fenced(now):
+            raise Unavailable("fenced: cut off from a majority of the space's owners; claims wait until it heals")
+        owner = self.ring.owner_of(ip)
+        if owner != self.me:
+            raise Conflict(f"{ip_str(ip)} is in the space of peer {format_name(owner)}, not ours")
+        self._record(key, ip)
+        return True
+
+    def release(self, container_id: str, ifname: str | None = None) -> list[int]:
+        keys = [k for k in self.allocations if k.container_id == container_id and ifname in (None, k.ifname)]
+        if not keys:
+            raise NotFound(f"no address is allocated to {container_id}" + (f"/{ifname}" if ifname else ""))
+        return [self._drop(k) for k in sorted(keys)]
+
+    def rmpeer(self, peer: int, now: float) -> int:
+        """`weave-node ipam rmpeer`: take over an unreachable peer's space at once; the number of addresses."""
+        if self.ring is None:
+            raise Unavailable("the ring is not initialised yet")
+        if peer == self.me:
+            raise BadRequest("cannot remove ourselves; run rmpeer on another peer")
+        if self.init.mode == "observer":
+            raise Conflict("an observer owns no space: run rmpeer on a peer that does")
+        if peer in self.reachable:
+            raise Conflict(f"peer {format_name(peer)} is reachable: stop it (or cut it off) first")
+        before = self.ring.copy()
+        moved = self.ring.transfer(peer, self.me)
+        if moved:
+            self.ring.check_invariants(before)
+            self.counters["reclaimed"] += 1
+            self._log(logging.WARNING, f"rmpeer: took over {moved} addresses of peer {format_name(peer)}")
+            self._ring_changed()
+        self.absent_since.pop(peer, None)
+        return moved
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+
+    def receive(self, src: int, data: bytes, now: float) -> None:
+        """A message from peer `src` on the IPAM channel; a bad one is dropped, counted and logged."""
+        try:
+            msg = messages.decode(data)
+            if msg.span != self.range:
+                raise RingConflict(f"peer uses range {msg.span}, we use {self.range}: set the same IPALLOC_RANGE")
+            if isinstance(msg, messages.Request):
+                self._donate(src, now)
+            else:
+                self._merge_state(msg, now)
+        except DecodeError as exc:
+            self.counters["bad_messages"] += 1
+            self._log(logging.WARNING, f"dropped a bad IPAM message from {format_name(src)}: {exc}")
+        except RingConflict as exc:
+            self.counters["conflicts"] += 1
+            self._log(logging.ERROR, f"IPAM conflict with peer {format_name(src)}: {exc}")
+
+    def set_reachable(self, peers: set[int], now: float) -> None:
+        """The peers in the topology (reachable from us), ourselves included."""
+        grew = bool(peers - self.reachable)
+        self.reachable = set(peers) | {self.me}
+        self._update_presence(now)
+        if grew:
+            self._gossip()  # a new or returning neighbour learns our state now, not at the next periodic gossip
+
+    def tick(self, now: float) -> None:
+        self._update_presence(now)
+        if self.consensus is not None and self.ring is None:
+            c = self.consensus
+            if now - c.last_progress >= PROPOSE_RETRY and c.decision() is None:
+                c.propose()
+                c.last_progress = now
+                self._changed(consensus=True)
+                self._gossip()
+            self._think(now)
+        if self.ring is None:
+            return
+        self._reclaim(now)
+        if self._wants_space(now):
+            self._ask_for_space(now)
+        if self.free_dirty and now >= self.next_free_report:
+            self._report_free(now)
+
+    def next_deadline(self, now: float) -> float | None:
+        times: list[float] = []
+        if self.consensus is not None and self.ring is None:
+            times.append(self.consensus.last_progress + PROPOSE_RETRY)
+        if self.ring is not None:
+            if self._wants_space(now):
+                times.append(self.donor_deadline if self.donor is not None else now + DONATION_RETRY)
+            if self.free_dirty:
+                times.append(self.next_free_report)
+            if self.reclaim_after > 0:
+                times += [t + self.reclaim_after for t in self.absent_since.values()]
+                if self.no_quorum_since is not None:
+                    times.append(self.no_quorum_since + self.reclaim_after / 2)
+        future = [t for t in times if t > now]
+        return min(future) if future else (now if times else None)
+
+    # ---- internals: allocations ------------------------------------------------------------------------------
+
+    def _record(self, key: Key, ip: int, *, persist: bool = True) -> None:
+        self.allocations[key] = ip
+        self.by_ip[ip] = key
+        self.space.add(ip)
+        self.free_dirty = True
+        if persist:
+            self._changes.put[ip] = key
+            self._changes.delete.discard(ip)
+            self._changed()
+
+    def _drop(self, key: Key) -> int:
+        ip = self.allocations.pop(key)
+        del self.by_ip[ip]
+        self.space.remove(ip)
+        self.free_dirty = True
+        self._changes.put.pop(ip, None)
+        self._changes.delete.add(ip)
+        self._changed()
+        return ip
+
+    def _report_free(self, now: float) -> None:
+        if self.ring is None:
+            return
+        free = {s: self.space.free_in(s, e) for s, e, entry in self.ring.spans() if entry.owner == self.me}
+        if self.ring.report_free(self.me, free):
+            self._ring_changed()
+        self.free_dirty = False
+        self.next_free_report = now + FREE_REPORT
+
+    def _ring_changed(self) -> None:
+        self._changed(ring=True)
+        self._gossip()
+
+    # ---- internals: ring and bootstrap ----------------------------------------------------------------------
+
+    def _set_ring(self, ring: Ring, now: float) -> None:
+        self.ring = ring
+        self.consensus = None
+        for owner in ring.owners() - self.reachable:
+            self.absent_since.setdefault(owner, now)
+        self._log(logging.INFO, f"IPAM ring ready: {self.range} split among {len(ring.owners())} peer(s)")
+        self.free_dirty = True
+        self._changed(ring=True, consensus=True)
+        self._gossip()
+
+    def _merge_state(self, msg: messages.State, now: float) -> None:
+        if msg.ring is not None:
+            if self.ring is None:
+                self._set_ring(msg.ring.copy(), now)
+                return
+            before_owned = self.owned()
+            before = self.ring.copy()
+            changed = self.ring.merge(msg.ring)
+            self.resync = False
+            if changed:
+                self.ring.check_invariants(before)
+                self._after_merge(before_owned)
+                self._changed(ring=True)
+                self._gossip()
+            return
+        if msg.claims is not None and self.consensus is not None and self.ring is None:
+            if msg.quorum != self.consensus.quorum:
+                raise RingConflict(
+                    f"peer bootstraps with a quorum of {msg.quorum}, we with {self.consensus.quorum}: "
+                    "give every peer the same IPALLOC_INIT consensus=N"
+                )
+            if self.consensus.merge(msg.claims):
+                self.consensus.last_progress = now
+            self._think(now)
+        elif self.ring is not None and msg.claims is not None:
+            self._gossip()  # a peer still bootstrapping: our ring ends it
+
+    def _think(self, now: float) -> None:
+        c = self.consensus
+        if c is None:
+            return
+        if c.think():
+            c.last_progress = now
+            self._changed(consensus=True)
+            self._gossip()
+        decision = c.decision()
+        if decision is not None:
+            ring_id = ring_id_for("consensus", *decision.ballot, *decision.value)
+            self._set_ring(Ring.initial(self.range, ring_id, list(decision.value)), now)
+
+    def _after_merge(self, before_owned: list[tuple[int, int]]) -> None:
+        """Our space may have grown (a donation) or shrunk (reclaimed while we were away)."""
+        owned = self.owned()
+        if sum(e - s for s, e in owned) > sum(e - s for s, e in before_owned):
+            self.counters["received"] += 1
+            if self.donor is not None:
+                self._log(logging.INFO, f"received space from peer {format_name(self.donor)}")
+            self.donor = None
+            self.free_dirty = True
+        lost = [k for k, ip in self.allocations.items() if not any(s <= ip < e for s, e in owned)]
+        if lost and self.ring is not None:
+            by = self.ring.owner_of(self.allocations[lost[0]])
+            self._log(
+                logging.ERROR,
+                f"our space was reclaimed by peer {format_name(by)} while we were unreachable: "
+                f"discarding {len(lost)} allocation(s) in it (restart those pods): "
+                + ", ".join(f"{k.container_id}/{k.ifname}={ip_str(self.allocations[k])}" for k in sorted(lost)[:10]),
+            )
+            for k in lost:
+                self._drop(k)
+            self.counters["lost"] += len(lost)
+
+    # ---- internals: donation ------------------------------------------------------------------------------
+
+    def _wants_space(self, now: float) -> bool:
+        """An allocation asked recently (its caller retries), and our own space is full."""
+        return (
+            self.wanted_at is not None
+            and now - self.wanted_at < WANT_TTL
+            and self.ring is not None
+            and not self.fenced(now)
+            and self.space.find_free(self.owned(), self.cursor) is None
+        )
+
+    def _ask_for_space(self, now: float) -> None:
+        if self.ring is None or (self.donor is not None and now < self.donor_deadline):
+            return
+        free = self.ring.reported_free()
+        tried = self.donor
+        candidates = sorted(
+            (p for p in self.ring.owners() & self.reachable if p not in (self.me, tried) and free.get(p, 0) > 0),
+            key=lambda p: (-free.get(p, 0), p),
+        )
+        if not candidates and tried is not None and tried in self.reachable and free.get(tried, 0) > 0:
+            candidates = [tried]
+        if not candidates:
+            self.donor = None
+            return
+        self.donor = candidates[0]
+        self.donor_deadline = now + DONATION_RETRY
+        self._effects.append(Unicast(self.donor, messages.encode_request(self.range)))
+        self._log(logging.INFO, f"out of space: asking peer {format_name(self.donor)} for a donation")
+
+    def _donate(self, src: int, now: float) -> None:
+        if self.ring is None or src == self.me or self.fenced(now) or self.init.mode == "observer":
+            return
+        run = self.space.largest_free_run(self.owned())
+        if run is None:
+            self._report_free(now)
+            return
+        start, end = run
+        if end - start >= 2:
+            start += (end - start) // 2
+        before = self.ring.copy()
+        self.ring.grant(start, end, src, self.me)
+        self.ring.check_invariants(before)
+        self.counters["donated"] += 1
+        self.free_dirty = True
+        self._report_free(now)
+        self._log(logging.INFO, f"donated {span_str(start, end)} ({end - start} addresses) to peer {format_name(src)}")
+        self._changed(ring=True)
+        self._effects.append(Unicast(src, self.state_message()))
+        self._gossip()
+
+    # ---- internals: presence, fencing, reclaim -------------------------------------------------------------
+
+    def _update_presence(self, now: float) -> None:
+        if self.ring is None:
+            return
+        for owner in self.ring.owners():
+            if owner in self.reachable:
+                self.absent_since.pop(owner, None)
+            else:
+                self.absent_since.setdefault(owner, now)
+        for gone in set(self.absent_since) - self.ring.owners():
+            del self.absent_since[gone]
+        if self.has_quorum():
+            if self.no_quorum_since is not None:
+                if self.fenced(now):
+                    self.resync = True
+                    self._log(logging.INFO, "quorum of space owners reachable again: allocating after a ring sync")
+                self.no_quorum_since = None
+        elif self.no_quorum_since is None:
+            self.no_quorum_since = now
+
+    def _reclaim(self, now: float) -> None:
+        if self.reclaim_after <= 0 or self.ring is None or not self.has_quorum():
+            return
+        owners = self.ring.owners()
+        if min(owners & self.reachable, default=None) != self.me:
+            return
+        for owner in sorted(owners - self.reachable):
+            since = self.absent_since.get(owner, now)
+            if now - since < self.reclaim_after:
+                continue
+            before = self.ring.copy()
+            moved = self.ring.transfer(owner, self.me)
+            self.ring.check_invariants(before)
+            self.absent_since.pop(owner, None)
+            self.counters["reclaimed"] += 1
+            self.free_dirty = True
+            self._log(
+                logging.WARNING,
+                f"reclaimed {moved} addresses of peer {format_name(owner)}: unreachable for {now - since:.0f} s "
+                f"(--ipam-reclaim-after {self.reclaim_after:g})",
+            )
+            self._ring_changed()
+
+    # ---- status -------------------------------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        owned = self.owned()
+        size = sum(self.space.usable_in(s, e) for s, e in owned)
+        used = len(self.allocations)
+        doc: dict[str, Any] = {
+            "range": str(self.range),
+            "init": self.init.mode if self.init.mode != "consensus" else f"consensus={self.init.peers}",
+            "ready": self.ready(now),
+            "waiting": self.waiting_reason(now),
+            "owned": size,
+            "used": used,
+            "free": size - used,
+            "used_percent": round(100.0 * used / size, 2) if size else 0.0,
+            "counters": dict(self.counters),
+            "owners": [],
+        }
+        if self.ring is not None:
+            free = self.ring.reported_free()
+            for owner, n in sorted(self.ring.sizes().items()):
+                absent = self.absent_since.get(owner)
+                doc["owners"].append(
+                    {
+                        "peer": owner,
+                        "size": n,
+                        "free_reported": free.get(owner, 0),
+                        "reachable": owner in self.reachable,
+                        "unreachable_for": round(now - absent, 1) if absent is not None else 0.0,
+                        "ranges": [span_str(s, e) for s, e in self.ring.owned(owner)][:8],
+                    }
+                )
+        elif self.consensus is not None:
+            c = self.consensus
+            doc["consensus"] = {
+                "quorum": c.quorum,
+                "ballot": list(c.highest_ballot()),
+                "claims": {format_name(n): [list(cl.promise), list(cl.accepted)] for n, cl in sorted(c.claims.items())},
+            }
+        return doc

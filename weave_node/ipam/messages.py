@@ -1,0 +1,140 @@
+"""The IPAM channel's wire format (pure). Decoding validates everything and raises only DecodeError.
+
+b"I" version kind | range: start u32, prefix u8 | body
+STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus)
+        ring:      ring_id u64, count u32, count x (token u32, owner u64, version u32, free u32)
+        consensus: quorum u16, count u16, count x (node u64, promise (u32, u64), accepted (u32, u64),
+                   n u16, n x peer u64)
+REQUEST (unicast): "give me some of your free space"
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from weave_node.ipam.address import Range
+from weave_node.ipam.consensus import Ballot, Claim
+from weave_node.ipam.errors import DecodeError
+from weave_node.ipam.ring import Entry, Ring
+
+MAGIC = b"I"
+VERSION = 1
+KIND_STATE = 1
+KIND_REQUEST = 2
+MAX_ENTRIES = 1 << 20
+MAX_CLAIMS = 4096
+_HEAD = struct.Struct(">cBBIB")
+_RING = struct.Struct(">QI")
+_ENTRY = struct.Struct(">IQII")
+_CONS = struct.Struct(">HH")
+_CLAIM = struct.Struct(">QIQIQH")
+_PEER = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class State:
+    span: Range
+    ring: Ring | None = None
+    quorum: int = 0
+    claims: dict[int, Claim] | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    span: Range
+
+
+Message = State | Request
+
+
+def encode_state(span: Range, ring: Ring | None, quorum: int = 0, claims: dict[int, Claim] | None = None) -> bytes:
+    flags = (1 if ring is not None else 0) | (2 if claims is not None else 0)
+    out = [_HEAD.pack(MAGIC, VERSION, KIND_STATE, span.start, span.prefix), bytes([flags])]
+    if ring is not None:
+        out.append(_RING.pack(ring.ring_id, len(ring)))
+        out.extend(_ENTRY.pack(e.token, e.owner, e.version, e.free) for e in ring)
+    if claims is not None:
+        out.append(_CONS.pack(quorum, len(claims)))
+        for node, c in sorted(claims.items()):
+            out.append(_CLAIM.pack(node, *c.promise, *c.accepted, len(c.value)))
+            out.extend(_PEER.pack(p) for p in c.value)
+    return b"".join(out)
+
+
+def encode_request(span: Range) -> bytes:
+    return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, span.start, span.prefix)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, s: struct.Struct) -> tuple[int, ...]:
+        if self.pos + s.size > len(self.data):
+            raise DecodeError("truncated IPAM message")
+        values = s.unpack_from(self.data, self.pos)
+        self.pos += s.size
+        return tuple(values)
+
+
+def decode(data: bytes) -> Message:
+    r = _Reader(data)
+    magic, version, kind, start, prefix = r.take(_HEAD)
+    if magic != MAGIC or version != VERSION:  # type: ignore[comparison-overlap]
+        raise DecodeError("not an IPAM message of a version we speak")
+    if prefix > 30 or start & ((1 << (32 - prefix)) - 1):
+        raise DecodeError("bad range in IPAM message")
+    span = Range(start, prefix)
+    if kind == KIND_REQUEST:
+        if r.pos != len(data):
+            raise DecodeError("trailing bytes in IPAM request")
+        return Request(span)
+    if kind != KIND_STATE:
+        raise DecodeError(f"unknown IPAM message kind {kind}")
+    (flags,) = struct.unpack_from(">B", data, r.pos) if r.pos < len(data) else (None,)
+    if flags is None or flags > 3:
+        raise DecodeError("bad IPAM state flags")
+    r.pos += 1
+    ring = _decode_ring(r, span) if flags & 1 else None
+    quorum, claims = _decode_claims(r) if flags & 2 else (0, None)
+    if r.pos != len(data):
+        raise DecodeError("trailing bytes in IPAM state")
+    return State(span, ring, quorum, claims)
+
+
+def _decode_ring(r: _Reader, span: Range) -> Ring:
+    ring_id, count = r.take(_RING)
+    if not 0 < count <= min(MAX_ENTRIES, span.size):
+        raise DecodeError("bad ring entry count")
+    if r.pos + count * _ENTRY.size > len(r.data):
+        raise DecodeError("truncated ring")
+    entries = [Entry(*r.take(_ENTRY)) for _ in range(count)]
+    ring = Ring(span, ring_id, entries)
+    try:
+        if len(ring.entries) != count:
+            raise AssertionError("duplicate tokens")
+        ring.check_invariants()
+    except AssertionError as exc:
+        raise DecodeError(f"invalid ring: {exc}") from None
+    return ring
+
+
+def _decode_claims(r: _Reader) -> tuple[int, dict[int, Claim]]:
+    quorum, count = r.take(_CONS)
+    if not 0 < quorum <= MAX_CLAIMS or count > MAX_CLAIMS:
+        raise DecodeError("bad consensus header")
+    claims: dict[int, Claim] = {}
+    for _ in range(count):
+        node, pr, pp, ar, ap, n = r.take(_CLAIM)
+        if n > MAX_CLAIMS or node == 0:
+            raise DecodeError("bad consensus claim")
+        value = tuple(r.take(_PEER)[0] for _ in range(n))
+        if list(value) != sorted(set(value)) or 0 in value:
+            raise DecodeError("bad consensus value")
+        claim = Claim(Ballot(pr, pp), Ballot(ar, ap), value)
+        if claim.accepted > claim.promise or (claim.accepted == Ballot(0, 0)) != (not value):
+            raise DecodeError("inconsistent consensus claim")
+        claims[node] = claim
+    return quorum, claims

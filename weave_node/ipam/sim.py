@@ -1,0 +1,231 @@
+"""A deterministic simulation of IPAM peers: fake clock, fake network with partitions, simulated disks.
+
+Used by tests/sim, the property tests and bench/. Every peer is a real `Allocator`; after each input its change
+set is applied to the peer's simulated disk before its effects are delivered (the shell's rule), so `crash`
+(restart from the disk) is exact. A message is delivered at the next `step` if both ends are up and in the same
+partition then; a periodic anti-entropy gossip goes to one random reachable peer every `gossip_interval`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from weave_node.ipam import messages
+from weave_node.ipam.address import Range, parse_range
+from weave_node.ipam.allocator import Allocator, Gossip, Init, Key, Log, Unicast
+from weave_node.ipam.consensus import Claim
+from weave_node.ipam.ring import Ring
+
+
+@dataclass
+class Disk:
+    ring: bytes = b""
+    claims: dict[int, Claim] = field(default_factory=dict)
+    allocations: dict[int, Key] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    src: int
+    dst: int  # 0: gossip to every reachable peer
+    data: bytes
+
+
+class IpamSim:
+    def __init__(
+        self,
+        names: Iterable[int],
+        *,
+        span: Range | None = None,
+        init: Init | Callable[[int], Init] | None = None,
+        reclaim_after: float = 600.0,
+        gossip_interval: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.names = sorted(names)
+        self.range = span or parse_range("10.32.0.0/12")
+        default = Init("consensus", peers=len(self.names))
+        self.init_for: Callable[[int], Init] = init if callable(init) else (lambda _n: init or default)
+        self.reclaim_after = reclaim_after
+        self.gossip_interval = gossip_interval
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.disks: dict[int, Disk] = {n: Disk() for n in self.names}
+        self.peers: dict[int, Allocator] = {}
+        self.group: dict[int, int] = {}
+        self.queue: list[Pending] = []
+        self.logs: list[tuple[int, int, str]] = []
+        self.messages = 0
+        self.bytes = 0
+        self._next_gossip = 0.0
+        for n in self.names:
+            self.start(n)
+
+    # ---- membership -------------------------------------------------------------------------------------
+
+    def start(self, name: int, *, group: int = 0) -> Allocator:
+        """Start (or restart after `crash`) a peer from its disk."""
+        if name not in self.disks:
+            self.disks[name] = Disk()
+            self.names = sorted([*self.names, name])
+        disk = self.disks[name]
+        ring = None
+        if disk.ring:
+            state = messages.decode(disk.ring)
+            assert isinstance(state, messages.State)
+            ring = state.ring
+        a = Allocator(
+            name,
+            self.range,
+            self.init_for(name),
+            reclaim_after=self.reclaim_after,
+            now=self.now,
+            ring=ring,
+            claims=dict(disk.claims) or None,
+            allocations={k: ip for ip, k in disk.allocations.items()},
+        )
+        self.peers[name] = a
+        self.group[name] = group
+        self._flush(name)
+        return a
+
+    def crash(self, name: int) -> None:
+        """Stop a peer without warning: only what reached its disk survives."""
+        del self.peers[name]
+        self.group.pop(name, None)
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        for i, g in enumerate(groups):
+            for n in g:
+                if n in self.group:
+                    self.group[n] = i
+
+    def heal(self) -> None:
+        for n in self.group:
+            self.group[n] = 0
+
+    def reachable(self, name: int) -> set[int]:
+        g = self.group.get(name)
+        return {n for n, gn in self.group.items() if gn == g} if g is not None else set()
+
+    # ---- driving ----------------------------------------------------------------------------------------
+
+    def _flush(self, name: int) -> None:
+        a = self.peers[name]
+        changes = a.take_changes()
+        disk = self.disks[name]
+        if changes.ring and a.ring is not None:
+            disk.ring = messages.encode_state(self.range, a.ring)
+        if changes.consensus and a.consensus is not None:
+            disk.claims = dict(a.consensus.claims)
+        for ip in changes.delete:
+            disk.allocations.pop(ip, None)
+        disk.allocations.update(changes.put)
+        for e in a.take_effects():
+            if isinstance(e, Gossip):
+                self.queue.append(Pending(name, 0, e.data))
+            elif isinstance(e, Unicast):
+                self.queue.append(Pending(name, e.dst, e.data))
+            elif isinstance(e, Log):
+                self.logs.append((name, e.level, e.message))
+
+    def step(self, dt: float = 0.1) -> None:
+        self.now += dt
+        queue, self.queue = self.queue, []
+        for m in queue:
+            targets = self.reachable(m.src) - {m.src} if m.dst == 0 else {m.dst} & self.reachable(m.src)
+            for dst in sorted(targets):
+                if dst in self.peers:
+                    self.messages += 1
+                    self.bytes += len(m.data)
+                    self.peers[dst].receive(m.src, m.data, self.now)
+                    self._flush(dst)
+        periodic = self.now >= self._next_gossip
+        if periodic:
+            self._next_gossip = self.now + self.gossip_interval
+        for name in sorted(self.peers):
+            a = self.peers[name]
+            a.set_reachable(self.reachable(name), self.now)
+            a.tick(self.now)
+            others = sorted(self.reachable(name) - {name})
+            if periodic and others:
+                data = a.state_message()
+                if data:
+                    self.queue.append(Pending(name, self.rng.choice(others), data))
+            self._flush(name)
+
+    def run(self, seconds: float, dt: float = 0.1) -> None:
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.step(dt)
+
+    def run_until(self, pred: Callable[[], bool], timeout: float, dt: float = 0.1) -> float:
+        """Step until `pred()`; returns the simulated seconds it took. AssertionError on timeout."""
+        start = self.now
+        while not pred():
+            if self.now - start > timeout:
+                raise AssertionError(f"not reached within {timeout} simulated seconds")
+            self.step(dt)
+        return self.now - start
+
+    # ---- operations -------------------------------------------------------------------------------------
+
+    def allocate(self, name: int, key: Key) -> int | None:
+        ip = self.peers[name].allocate(key, self.now)
+        self._flush(name)
+        return ip
+
+    def allocate_wait(self, name: int, key: Key, timeout: float = 30.0) -> int:
+        """Allocate, retrying as a waiting API request would, until it succeeds."""
+        got: list[int] = []
+
+        def done() -> bool:
+            ip = self.allocate(name, key)
+            if ip is not None:
+                got.append(ip)
+            return bool(got)
+
+        self.run_until(done, timeout)
+        return got[0]
+
+    def release(self, name: int, container_id: str) -> list[int]:
+        ips = self.peers[name].release(container_id)
+        self._flush(name)
+        return ips
+
+    def rmpeer(self, name: int, gone: int) -> int:
+        n = self.peers[name].rmpeer(gone, self.now)
+        self._flush(name)
+        return n
+
+    # ---- checks -----------------------------------------------------------------------------------------
+
+    def rings(self) -> dict[int, Ring | None]:
+        return {n: a.ring for n, a in self.peers.items()}
+
+    def converged(self) -> bool:
+        rings = [a.ring for a in self.peers.values()]
+        return all(r is not None for r in rings) and all(r == rings[0] for r in rings)
+
+    def check(self, *, include_down: bool = True) -> None:
+        """Invariants every test asserts after every step: each ring valid; every allocation inside the space
+        its peer owns by its own ring; no address allocated by two peers (counting what crashed peers hold on
+        disk: their pods still have those addresses)."""
+        seen: dict[int, tuple[int, Key]] = {}
+        if include_down:
+            for name, disk in self.disks.items():
+                if name not in self.peers:
+                    for ip, key in disk.allocations.items():
+                        seen[ip] = (name, key)
+        for name, a in self.peers.items():
+            if a.ring is not None:
+                a.ring.check_invariants()
+            owned = a.owned()
+            for key, ip in a.allocations.items():
+                assert any(s <= ip < e for s, e in owned), f"{name:x} holds {ip} outside its space"
+                assert ip not in seen, f"{ip} allocated twice: {seen[ip]} and {(name, key)}"
+                seen[ip] = (name, key)
+            assert a.by_ip == {ip: k for k, ip in a.allocations.items()}
+            assert a.space.used == sorted(a.by_ip)
