@@ -54,6 +54,7 @@ class Consensus:
         self.claims: dict[int, Claim] = dict(claims or {})
         self.claims.setdefault(me, Claim())
         self.proposing = False
+        self.proposal: tuple[int, ...] | None = None  # our value; default: every participant we know
         self.last_progress = 0.0
 
     @property
@@ -72,9 +73,11 @@ class Consensus:
     def highest_ballot(self) -> Ballot:
         return max(c.promise for c in self.claims.values())
 
-    def propose(self) -> None:
-        """Start a new ballot, above every ballot seen (called when an allocation waits and nothing moves)."""
+    def propose(self, value: tuple[int, ...] | None = None) -> None:
+        """Start a new ballot above every ballot seen (at start, and again whenever nothing moves for a while)."""
         self.proposing = True
+        if value is not None:
+            self.proposal = tuple(sorted(set(value)))
         ballot = Ballot(self.highest_ballot().round + 1, self.me)
         self.claims[self.me] = replace(self.mine, promise=ballot)
 
@@ -90,7 +93,7 @@ class Consensus:
             promisers = [c for c in self.claims.values() if c.promise == ballot]
             if len(promisers) >= self.quorum:
                 prior = max(promisers, key=lambda c: c.accepted)
-                value = prior.value if prior.accepted != NO_BALLOT else tuple(sorted(self.claims))
+                value = prior.value if prior.accepted != NO_BALLOT else self.proposal or tuple(sorted(self.claims))
                 self.claims[self.me] = replace(mine, accepted=ballot, value=value)
         elif ballot not in (NO_BALLOT, mine.accepted):
             proposer = self.claims.get(ballot.proposer)
