@@ -177,7 +177,7 @@ class IpamSim:
         self._flush(name)
         return ip
 
-    def allocate_wait(self, name: int, key: Key, timeout: float = 30.0) -> int:
+    def allocate_wait(self, name: int, key: Key, timeout: float = 30.0, dt: float = 0.1) -> int:
         """Allocate, retrying as a waiting API request would, until it succeeds."""
         got: list[int] = []
 
@@ -187,7 +187,7 @@ class IpamSim:
                 got.append(ip)
             return bool(got)
 
-        self.run_until(done, timeout)
+        self.run_until(done, timeout, dt)
         return got[0]
 
     def release(self, name: int, container_id: str) -> list[int]:
