@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sys
+import time
 
 from weave_node.api.server import ApiServer
 from weave_node.config import RouterConfig
@@ -55,6 +56,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         ring=loaded.ring,
         claims=loaded.claims,
         allocations=loaded.allocations,
+        away=store.away(time.time()),
     )
     log.info(
         "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs",

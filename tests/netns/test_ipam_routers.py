@@ -134,3 +134,33 @@ def test_a_wrong_range_is_refused_before_anything_starts(net: Net, tmp_path: Pat
         str(r.host.workdir / "state"), "--status-socket", "none", "--status-addr", "none", check=False,
     )  # fmt: skip
     assert out.returncode == 1 and "is for the range 10.32.0.0/12, not 10.40.0.0/16" in out.stderr
+
+
+def test_a_killed_router_s_space_is_reclaimed_and_it_comes_back_clean(net: Net) -> None:
+    h = net.hosts
+    reclaim = ["--ipam-reclaim-after", "3"]
+    r1 = net.start_router(1, *FAST, *reclaim, h[1].address, h[2].address)
+    r2 = net.start_router(2, *FAST, *reclaim, h[0].address, h[2].address)
+    r3 = net.start_router(3, *FAST, *reclaim, h[0].address, h[1].address)
+    held = allocate(r3, "pod-on-h3")
+    allocate(r1, "pod-on-h1")
+    r3.proc.kill()
+    r3.proc.wait()
+
+    def owners() -> set[str]:
+        return {o["nickname"] for o in r1.status().get("ipam", {}).get("owners", [])}
+
+    poll(lambda: owners() == {"h1", "h2"}, timeout=15, what="h3's space reclaimed")
+    reclaimer = [r for r in (r1, r2) if "reclaimed" in r.log_text()]
+    assert len(reclaimer) == 1, "exactly one survivor reclaims"
+    assert "unreachable for" in reclaimer[0].log_text()
+    # h3 comes back with its old state: it drops the reclaimed space and the allocation in it, then asks anew.
+    r3 = net.start_router(3, *FAST, *reclaim, h[0].address, h[1].address)
+    poll(lambda: "our space was reclaimed by peer" in r3.log_text(), timeout=15, what="h3 learns of the reclaim")
+    assert "pod-on-h3/eth0=" + held in r3.log_text()
+    again = allocate(r3, "pod-on-h3-again")
+    _, rows1 = call(r1, "GET", "/ipam/allocations")
+    _, rows2 = call(r2, "GET", "/ipam/allocations")
+    _, rows3 = call(r3, "GET", "/ipam/allocations")
+    ips = [row["ip"] for row in rows1 + rows2 + rows3]
+    assert len(ips) == len(set(ips)) == 2 and again in ips

@@ -130,7 +130,10 @@ class Allocator:
         ring: Ring | None = None,
         claims: dict[int, Claim] | None = None,
         allocations: dict[Key, int] | None = None,
+        away: float | None = None,
     ) -> None:
+        """`ring`, `claims`, `allocations`: what the store kept. `away`: seconds since we last saw a quorum of the
+        space's owners (the store's wall-clock mark), None if unknown."""
         self.me = me
         self.range = span
         self.init = init
@@ -166,6 +169,13 @@ class Allocator:
         else:
             for owner in ring.owners() - {me}:
                 self.absent_since[owner] = now
+            if reclaim_after > 0 and ring.owners() - {me}:
+                # Restarted. Away long enough that our space may have been reclaimed: no allocation before we
+                # have merged a peer's ring. Back quickly (an upgrade, a crash): carry on, fencing as usual.
+                if away is None or away >= reclaim_after / 2:
+                    self.resync = True
+                else:
+                    self.no_quorum_since = now - away
         for key, ip in (allocations or {}).items():
             self._record(key, ip, persist=False)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from weave_node.core.clock import Clock
@@ -23,6 +24,7 @@ from weave_node.mesh.peer import format_name, parse_name
 
 log = logging.getLogger("weave_node.ipam")
 CHANNEL = "ipam"
+QUORUM_MARK = 2.0  # seconds between wall-clock marks of "a quorum of owners reachable" (see Allocator `away`)
 DEFAULT_WAIT = 10.0  # seconds an API allocation waits for the ring or for space before 503
 
 
@@ -76,10 +78,14 @@ class IpamService:
         self._wakeup.set()
 
     async def _timer(self) -> None:
+        marked = 0.0
         while True:
             now = self.clock.now()
             self.alloc.tick(now)
             self._after()
+            if self.alloc.has_quorum() and not self.alloc.resync and now - marked >= QUORUM_MARK:
+                self.store.mark_quorum(time.time())
+                marked = now
             deadline = self.alloc.next_deadline(now)
             timeout = 1.0 if deadline is None else min(1.0, max(0.005, deadline - self.clock.now()))
             self._wakeup.clear()

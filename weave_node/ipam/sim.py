@@ -55,6 +55,7 @@ class IpamSim:
         self.disks: dict[int, Disk] = {n: Disk() for n in self.names}
         self.peers: dict[int, Allocator] = {}
         self.group: dict[int, int] = {}
+        self.crashed_at: dict[int, float] = {}
         self.queue: list[Pending] = []
         self.logs: list[tuple[int, int, str]] = []
         self.messages = 0
@@ -65,8 +66,11 @@ class IpamSim:
 
     # ---- membership -------------------------------------------------------------------------------------
 
-    def start(self, name: int, *, group: int = 0) -> Allocator:
-        """Start (or restart after `crash`) a peer from its disk."""
+    def start(self, name: int, *, group: int = 0, away: float | None = -1.0) -> Allocator:
+        """Start (or restart after `crash`) a peer from its disk. `away`: what its store says about how long ago
+        it last saw a quorum; by default the time since its crash; None: unknown."""
+        if away is not None and away < 0:
+            away = self.now - self.crashed_at.pop(name, self.now)
         if name not in self.disks:
             self.disks[name] = Disk()
             self.names = sorted([*self.names, name])
@@ -85,6 +89,7 @@ class IpamSim:
             ring=ring,
             claims=dict(disk.claims) or None,
             allocations={k: ip for ip, k in disk.allocations.items()},
+            away=away,
         )
         self.peers[name] = a
         self.group[name] = group
@@ -95,6 +100,7 @@ class IpamSim:
         """Stop a peer without warning: only what reached its disk survives."""
         del self.peers[name]
         self.group.pop(name, None)
+        self.crashed_at[name] = self.now
 
     def partition(self, *groups: Iterable[int]) -> None:
         for i, g in enumerate(groups):

@@ -118,6 +118,18 @@ class Store:
                     [(ip, k.container_id, k.ifname, now) for ip, k in changes.put.items()],
                 )
 
+    def mark_quorum(self, wall: float) -> None:
+        """We see a quorum of the space's owners at wall-clock time `wall` (read back as `away` on restart)."""
+        with self._tx():
+            self._put_meta("quorum_at", repr(wall).encode())
+
+    def away(self, wall: float) -> float | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'quorum_at'").fetchone()
+        try:
+            return max(0.0, wall - float(row[0])) if row else None
+        except ValueError:
+            return None
+
     def _put_meta(self, key: str, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
