@@ -237,3 +237,108 @@ def test_random_operations_never_duplicate_and_released_addresses_return(
         assert ring is not None
         owner = ring.owner_of(ip)
         assert sim.peers[owner].claim(Key(f"again-{ip}"), ip, sim.now)
+
+
+# ---- regressions found in review (each failed before its fix) ------------------------------------------------
+
+
+def test_two_ballots_deciding_the_same_value_make_one_ring() -> None:
+    sim = IpamSim([P1, P2, P3], init=Init("consensus", peers=3))
+    sim.step()
+    sim.step()
+    sim.step()  # everyone promised the highest ballot; its proposer accepted it
+    sim.partition({P1, P3}, {P2})
+    sim.step()
+    sim.partition({P1}, {P2}, {P3})
+    sim.run(5)  # the others re-propose: a second ballot, same value
+    sim.partition({P1}, {P2, P3})
+    sim.run(10)
+    sim.heal()
+    sim.run_until(sim.converged, timeout=30)
+    assert all(p.counters["conflicts"] == 0 for p in sim.peers.values())
+
+
+def test_donation_from_adjacent_entries_of_one_owner() -> None:
+    sim = IpamSim([P1, P2, P3], span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=3), reclaim_after=0)
+    sim.run_until(sim.converged, timeout=10)
+    sim.crash(P2)
+    sim.run(1)
+    sim.rmpeer(P1, P2)  # P1 now owns two adjacent entries
+    sim.run(2)
+    for ip in range(sim.range.start + 32, sim.range.start + 42):
+        sim.peers[P1].claim(Key(f"old{ip}"), ip, sim.now)
+    for i in range(30):
+        sim.allocate(P3, Key(f"c{i}"))  # P3 runs out and asks P1
+    sim.run(3)
+    sim.check(include_down=False)
+    assert any("donated" in msg for _, _, msg in sim.logs)
+
+
+def test_a_reclaim_is_not_undone_by_the_old_owner_s_later_versions() -> None:
+    sim = IpamSim([P1, P2, P3], span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=3), reclaim_after=20)
+    sim.run_until(sim.converged, timeout=10)
+    for i in range(3):
+        sim.allocate(P3, Key(f"c{i}"))
+    sim.run(3)
+    sim.partition({P1, P2}, {P3})
+    sim.run(2)
+    for i in range(3):
+        sim.release(P3, f"c{i}")  # the old owner keeps changing its entries while cut off
+        sim.run(1.5)
+    sim.run(25)
+    for i in range(60):
+        sim.allocate(P1, Key(f"a{i}"))
+    held = dict(sim.peers[P1].allocations)
+    sim.heal()
+    sim.run_until(sim.converged, timeout=30)
+    assert sim.peers[P1].allocations == held and sim.peers[P1].counters["lost"] == 0
+    sim.check()
+
+
+def test_a_peer_back_from_being_cut_off_does_not_reclaim_at_once() -> None:
+    sim = IpamSim([P1, P2, P3], span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=3), reclaim_after=20)
+    sim.run_until(sim.converged, timeout=10)
+    sim.run(3)
+    sim.partition({P1}, {P2, P3})
+    sim.run(25)  # P2 reclaims P1
+    sim.partition({P1, P2}, {P3})
+    sim.run(1)
+    got: dict[int, set[int]] = {}
+    for n in (P1, P3):
+        for i in range(40):
+            ip = sim.allocate(n, Key(f"{n:x}-{i}"))
+            if ip is not None:
+                got.setdefault(ip, set()).add(n)
+    assert not [ip for ip, who in got.items() if len(who) > 1]
+
+
+def test_only_an_in_sync_peer_s_ring_ends_a_resync() -> None:
+    names = [0x0200000000A1 + i for i in range(5)]
+    sim = IpamSim(names, span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=5), reclaim_after=20)
+    sim.run_until(sim.converged, timeout=10)
+    sim.run(3)
+    sim.partition(names[:2], names[2:])
+    sim.run(25)
+    for i in range(40):
+        sim.allocate(names[2], Key(f"maj-{i}"))
+    p1, p2 = sim.peers[names[0]], sim.peers[names[1]]
+    for n in names:
+        sim.peers[n].set_reachable(set(names), sim.now)
+    p2.receive(names[0], p1.state_message(sim.now), sim.now)  # a fellow minority peer's stale ring first
+    assert p2.allocate(Key("minority-pod"), sim.now) is None
+    sim.heal()
+    sim.run_until(lambda: not p2.resync, timeout=10)
+    sim.allocate_wait(names[1], Key("minority-pod"))
+    sim.check()
+
+
+def test_a_restarted_sole_survivor_is_not_stuck_forever() -> None:
+    sim = IpamSim([P1, P2], init=Init("consensus", peers=2), reclaim_after=60)
+    sim.run_until(sim.converged, timeout=5)
+    sim.crash(P1)
+    sim.crash(P2)
+    sim.run(100)
+    sim.start(P1)  # P2 never comes back
+    assert sim.allocate(P1, Key("x")) is None
+    sim.run(130)
+    assert sim.allocate(P1, Key("x")) is not None

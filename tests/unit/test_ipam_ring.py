@@ -150,3 +150,12 @@ def test_range_helpers() -> None:
     assert [r.usable(r.start + i) for i in range(4)] == [False, True, True, False]
     with pytest.raises(Exception, match="IPv4 CIDR"):
         parse_range("10.32.0.1/12")
+
+
+def test_hostile_names_and_tiny_ranges_are_refused_on_decode() -> None:
+    ring = Ring.initial(SPAN, 1, [A, B])
+    ring.entries[SPAN.start] = Entry(SPAN.start, 1 << 60, 9)
+    with pytest.raises(DecodeError, match="owner"):
+        messages.decode(messages.encode_state(SPAN, ring))
+    tiny = parse_range("10.32.0.0/30")
+    assert len(Ring.initial(tiny, 1, [1, 2, 3, 4, 5, 6])) == 4  # more owners than addresses: first four

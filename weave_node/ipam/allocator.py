@@ -148,6 +148,8 @@ class Allocator:
         self.absent_since: dict[int, float] = {}
         self.no_quorum_since: float | None = None
         self.resync = False  # fenced until we merge a peer's ring after quorum returned
+        self.resync_quorum_since: float | None = None
+        self.synced_from: set[int] = set()  # while resyncing: peers whose rings we merged (a majority ends it)
         self.wanted_at: float | None = None  # an allocation is waiting for a ring or for space
         self.donor: int | None = None
         self.donor_deadline = 0.0
@@ -157,6 +159,7 @@ class Allocator:
         self._effects: list[Effect] = []
         self._changes = Changes()
         self.seq = 0  # bumped by every change the store must see before we answer
+        self.last_now = now  # the latest `now` of any input (for flags of messages built inside)
         if ring is None:
             if init.mode == "seed":
                 self._set_ring(Ring.initial(span, ring_id_for("seed", *sorted(init.seeds)), list(init.seeds)), now)
@@ -197,15 +200,16 @@ class Allocator:
         self._changes.consensus |= consensus
         self.seq += 1
 
-    def state_message(self) -> bytes:
+    def state_message(self, now: float | None = None) -> bytes:
         if self.ring is not None:
-            return messages.encode_state(self.range, self.ring)
+            unsynced = self.resync or (now is not None and self.fenced(now))
+            return messages.encode_state(self.range, self.ring, unsynced=unsynced)
         if self.consensus is not None:
             return messages.encode_state(self.range, None, self.consensus.quorum, self.consensus.claims)
         return b""
 
     def _gossip(self) -> None:
-        data = self.state_message()
+        data = self.state_message(self.last_now)
         if data:
             self._effects = [e for e in self._effects if not isinstance(e, Gossip)] + [Gossip(data)]
 
@@ -331,6 +335,7 @@ class Allocator:
 
     def receive(self, src: int, data: bytes, now: float) -> None:
         """A message from peer `src` on the IPAM channel; a bad one is dropped, counted and logged."""
+        self.last_now = now
         try:
             msg = messages.decode(data)
             if msg.span != self.range:
@@ -338,7 +343,7 @@ class Allocator:
             if isinstance(msg, messages.Request):
                 self._donate(src, now)
             else:
-                self._merge_state(msg, now)
+                self._merge_state(src, msg, now)
         except DecodeError as exc:
             self.counters["bad_messages"] += 1
             self._log(logging.WARNING, f"dropped a bad IPAM message from {format_name(src)}: {exc}")
@@ -348,6 +353,7 @@ class Allocator:
 
     def set_reachable(self, peers: set[int], now: float) -> None:
         """The peers in the topology (reachable from us), ourselves included."""
+        self.last_now = now
         grew = bool(peers - self.reachable)
         self.reachable = set(peers) | {self.me}
         self._update_presence(now)
@@ -355,6 +361,7 @@ class Allocator:
             self._gossip()  # a new or returning neighbour learns our state now, not at the next periodic gossip
 
     def tick(self, now: float) -> None:
+        self.last_now = now
         self._update_presence(now)
         if self.consensus is not None and self.ring is None:
             c = self.consensus
@@ -369,7 +376,7 @@ class Allocator:
         self._reclaim(now)
         if self._wants_space(now):
             self._ask_for_space(now)
-        if self.free_dirty and now >= self.next_free_report:
+        if self.free_dirty and now >= self.next_free_report and not self.fenced(now):
             self._report_free(now)
 
     def next_deadline(self, now: float) -> float | None:
@@ -435,7 +442,7 @@ class Allocator:
         self._changed(ring=True, consensus=True)
         self._gossip()
 
-    def _merge_state(self, msg: messages.State, now: float) -> None:
+    def _merge_state(self, src: int, msg: messages.State, now: float) -> None:
         if msg.ring is not None:
             if self.ring is None:
                 self._set_ring(msg.ring.copy(), now)
@@ -443,9 +450,20 @@ class Allocator:
             before_owned = self.owned()
             before = self.ring.copy()
             changed = self.ring.merge(msg.ring)
-            self.resync = False
-            if changed:
+            try:
                 self.ring.check_invariants(before)
+            except AssertionError as exc:
+                self.ring = before
+                raise RingConflict(f"merging the peer's ring would break it ({exc}); ignored") from None
+            if self.resync:
+                self.synced_from.add(src)
+                owners = self.ring.owners()
+                heard = len((self.synced_from | {self.me}) & owners)
+                if self.has_quorum() and (not msg.unsynced or 2 * heard > len(owners)):
+                    self.resync = False
+                    self.synced_from.clear()
+                    self._log(logging.INFO, "ring synced with a peer: allocating again")
+            if changed:
                 self._after_merge(before_owned)
                 self._changed(ring=True)
                 self._gossip()
@@ -472,7 +490,7 @@ class Allocator:
             self._gossip()
         decision = c.decision()
         if decision is not None:
-            ring_id = ring_id_for("consensus", *decision.ballot, *decision.value)
+            ring_id = ring_id_for("consensus", *decision.value)  # the value only: two ballots may carry it
             self._set_ring(Ring.initial(self.range, ring_id, list(decision.value)), now)
 
     def _after_merge(self, before_owned: list[tuple[int, int]]) -> None:
@@ -531,7 +549,7 @@ class Allocator:
     def _donate(self, src: int, now: float) -> None:
         if self.ring is None or src == self.me or self.fenced(now) or self.init.mode == "observer":
             return
-        run = self.space.largest_free_run(self.owned())
+        run = self.space.largest_free_run([(s, e) for s, e, x in self.ring.spans() if x.owner == self.me])
         if run is None:
             self._report_free(now)
             return
@@ -561,17 +579,36 @@ class Allocator:
                 self.absent_since.setdefault(owner, now)
         for gone in set(self.absent_since) - self.ring.owners():
             del self.absent_since[gone]
+        self._end_lonely_resync(now)
         if self.has_quorum():
             if self.no_quorum_since is not None:
                 if self.fenced(now):
                     self.resync = True
                     self._log(logging.INFO, "quorum of space owners reachable again: allocating after a ring sync")
                 self.no_quorum_since = None
+                for owner in self.absent_since:  # we were the one away: their absence counts from now
+                    self.absent_since[owner] = now
         elif self.no_quorum_since is None:
             self.no_quorum_since = now
 
+    def _end_lonely_resync(self, now: float) -> None:
+        if self.ring is None or not self.resync:
+            self.resync_quorum_since = None
+            return
+        if self.ring.owners() <= {self.me}:
+            self.resync = False  # nobody else owns space: nobody can have taken ours
+        elif self.has_quorum() and self.reclaim_after > 0:
+            # Quorum but nobody in sync to sync with: after a full grace period uncontradicted, trust our ring.
+            if self.resync_quorum_since is None:
+                self.resync_quorum_since = now
+            if now - self.resync_quorum_since >= self.reclaim_after:
+                self.resync = False
+                self._log(logging.WARNING, "no peer to sync the ring with for a grace period: trusting ours")
+        else:
+            self.resync_quorum_since = None
+
     def _reclaim(self, now: float) -> None:
-        if self.reclaim_after <= 0 or self.ring is None or not self.has_quorum():
+        if self.reclaim_after <= 0 or self.ring is None or not self.has_quorum() or self.fenced(now):
             return
         owners = self.ring.owners()
         if min(owners & self.reachable, default=None) != self.me:

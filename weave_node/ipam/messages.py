@@ -1,8 +1,8 @@
 """The IPAM channel's wire format (pure). Decoding validates everything and raises only DecodeError.
 
 b"I" version kind | range: start u32, prefix u8 | body
-STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus)
-        ring:      ring_id u64, count u32, count x (token u32, owner u64, version u32, free u32)
+STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus, 4 sender not in sync: fenced or resyncing)
+        ring:      ring_id u64, count u32, count x (token u32, owner u64, epoch u32, version u32, free u32)
         consensus: quorum u16, count u16, count x (node u64, promise (u32, u64), accepted (u32, u64),
                    n u16, n x peer u64)
 REQUEST (unicast): "give me some of your free space"
@@ -26,7 +26,8 @@ MAX_ENTRIES = 1 << 20
 MAX_CLAIMS = 4096
 _HEAD = struct.Struct(">cBBIB")
 _RING = struct.Struct(">QI")
-_ENTRY = struct.Struct(">IQII")
+_ENTRY = struct.Struct(">IQIII")
+NAME_LIMIT = 1 << 48  # peer names are 48-bit
 _CONS = struct.Struct(">HH")
 _CLAIM = struct.Struct(">QIQIQH")
 _PEER = struct.Struct(">Q")
@@ -38,6 +39,7 @@ class State:
     ring: Ring | None = None
     quorum: int = 0
     claims: dict[int, Claim] | None = None
+    unsynced: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,19 @@ class Request:
 Message = State | Request
 
 
-def encode_state(span: Range, ring: Ring | None, quorum: int = 0, claims: dict[int, Claim] | None = None) -> bytes:
-    flags = (1 if ring is not None else 0) | (2 if claims is not None else 0)
+def encode_state(
+    span: Range,
+    ring: Ring | None,
+    quorum: int = 0,
+    claims: dict[int, Claim] | None = None,
+    *,
+    unsynced: bool = False,
+) -> bytes:
+    flags = (1 if ring is not None else 0) | (2 if claims is not None else 0) | (4 if unsynced else 0)
     out = [_HEAD.pack(MAGIC, VERSION, KIND_STATE, span.start, span.prefix), bytes([flags])]
     if ring is not None:
         out.append(_RING.pack(ring.ring_id, len(ring)))
-        out.extend(_ENTRY.pack(e.token, e.owner, e.version, e.free) for e in ring)
+        out.extend(_ENTRY.pack(e.token, e.owner, e.epoch, e.version, e.free) for e in ring)
     if claims is not None:
         out.append(_CONS.pack(quorum, len(claims)))
         for node, c in sorted(claims.items()):
@@ -94,14 +103,14 @@ def decode(data: bytes) -> Message:
     if kind != KIND_STATE:
         raise DecodeError(f"unknown IPAM message kind {kind}")
     (flags,) = struct.unpack_from(">B", data, r.pos) if r.pos < len(data) else (None,)
-    if flags is None or flags > 3:
+    if flags is None or flags > 7:
         raise DecodeError("bad IPAM state flags")
     r.pos += 1
     ring = _decode_ring(r, span) if flags & 1 else None
     quorum, claims = _decode_claims(r) if flags & 2 else (0, None)
     if r.pos != len(data):
         raise DecodeError("trailing bytes in IPAM state")
-    return State(span, ring, quorum, claims)
+    return State(span, ring, quorum, claims, unsynced=bool(flags & 4))
 
 
 def _decode_ring(r: _Reader, span: Range) -> Ring:
@@ -110,7 +119,12 @@ def _decode_ring(r: _Reader, span: Range) -> Ring:
         raise DecodeError("bad ring entry count")
     if r.pos + count * _ENTRY.size > len(r.data):
         raise DecodeError("truncated ring")
-    entries = [Entry(*r.take(_ENTRY)) for _ in range(count)]
+    entries = []
+    for _ in range(count):
+        token, owner, epoch, version, free = r.take(_ENTRY)
+        if not 0 < owner < NAME_LIMIT:
+            raise DecodeError("bad owner in ring")
+        entries.append(Entry(token, owner, version, free, epoch))
     ring = Ring(span, ring_id, entries)
     try:
         if len(ring.entries) != count:
@@ -128,10 +142,10 @@ def _decode_claims(r: _Reader) -> tuple[int, dict[int, Claim]]:
     claims: dict[int, Claim] = {}
     for _ in range(count):
         node, pr, pp, ar, ap, n = r.take(_CLAIM)
-        if n > MAX_CLAIMS or node == 0:
+        if n > MAX_CLAIMS or not 0 < node < NAME_LIMIT or pp >= NAME_LIMIT or ap >= NAME_LIMIT:
             raise DecodeError("bad consensus claim")
         value = tuple(r.take(_PEER)[0] for _ in range(n))
-        if list(value) != sorted(set(value)) or 0 in value:
+        if list(value) != sorted(set(value)) or 0 in value or any(v >= NAME_LIMIT for v in value):
             raise DecodeError("bad consensus value")
         claim = Claim(Ballot(pr, pp), Ballot(ar, ap), value)
         if claim.accepted > claim.promise or (claim.accepted == Ballot(0, 0)) != (not value):

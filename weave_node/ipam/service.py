@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -39,7 +40,6 @@ class IpamService:
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._state = b""
         self._after()
 
     def attach(self, channel: GossipChannel) -> None:
@@ -61,9 +61,13 @@ class IpamService:
     def _after(self) -> None:
         changes = self.alloc.take_changes()
         if changes:
-            self.store.commit(self.alloc, changes)
-            if changes.ring or changes.consensus:
-                self._state = self.alloc.state_message()
+            try:
+                self.store.commit(self.alloc, changes)
+            except Exception:
+                # Fail-stop: memory is ahead of the disk, so nothing may be answered or sent from it. systemd
+                # restarts us from what is on disk; callers retry.
+                log.critical("cannot persist IPAM state to %s: stopping", self.store.path, exc_info=True)
+                os._exit(70)
         for effect in self.alloc.take_effects():
             if isinstance(effect, Log):
                 log.log(effect.level, "%s", effect.message)
@@ -119,7 +123,8 @@ class IpamService:
         return None
 
     def gossip_state(self) -> bytes | None:
-        return self._state or None  # the committed state only
+        # Every change is committed synchronously right after it is made, so memory equals the disk here.
+        return self.alloc.state_message(self.clock.now()) or None
 
     def set_reachable(self, peers: dict[int, str]) -> None:
         """The topology changed: `peers` are the reachable peers (name -> nickname), ourselves included."""

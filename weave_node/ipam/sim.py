@@ -55,7 +55,7 @@ class IpamSim:
         self.disks: dict[int, Disk] = {n: Disk() for n in self.names}
         self.peers: dict[int, Allocator] = {}
         self.group: dict[int, int] = {}
-        self.crashed_at: dict[int, float] = {}
+        self.quorum_at: dict[int, float] = {}  # the store's wall-clock mark: last time it saw a quorum, in sync
         self.queue: list[Pending] = []
         self.logs: list[tuple[int, int, str]] = []
         self.messages = 0
@@ -70,7 +70,7 @@ class IpamSim:
         """Start (or restart after `crash`) a peer from its disk. `away`: what its store says about how long ago
         it last saw a quorum; by default the time since its crash; None: unknown."""
         if away is not None and away < 0:
-            away = self.now - self.crashed_at.pop(name, self.now)
+            away = self.now - self.quorum_at.get(name, self.now)
         if name not in self.disks:
             self.disks[name] = Disk()
             self.names = sorted([*self.names, name])
@@ -100,7 +100,6 @@ class IpamSim:
         """Stop a peer without warning: only what reached its disk survives."""
         del self.peers[name]
         self.group.pop(name, None)
-        self.crashed_at[name] = self.now
 
     def partition(self, *groups: Iterable[int]) -> None:
         for i, g in enumerate(groups):
@@ -155,6 +154,8 @@ class IpamSim:
             a = self.peers[name]
             a.set_reachable(self.reachable(name), self.now)
             a.tick(self.now)
+            if a.has_quorum() and not a.resync:
+                self.quorum_at[name] = self.now
             others = sorted(self.reachable(name) - {name})
             if periodic and others:
                 data = a.state_message()
