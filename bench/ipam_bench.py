@@ -16,32 +16,21 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import BIN, free_port
 
 from weave_node.api.client import _UnixHTTPConnection
 from weave_node.ipam.address import parse_range
 from weave_node.ipam.allocator import Init, Key
 from weave_node.ipam.sim import IpamSim
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Client:

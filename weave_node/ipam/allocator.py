@@ -158,7 +158,6 @@ class Allocator:
         self.counters = {"donated": 0, "received": 0, "reclaimed": 0, "lost": 0, "bad_messages": 0, "conflicts": 0}
         self._effects: list[Effect] = []
         self._changes = Changes()
-        self.seq = 0  # bumped by every change the store must see before we answer
         self.last_now = now  # the latest `now` of any input (for flags of messages built inside)
         if ring is None:
             if init.mode == "seed":
@@ -170,8 +169,7 @@ class Allocator:
                 self._changed(consensus=True)
                 self._think(now)
         else:
-            for owner in ring.owners() - {me}:
-                self.absent_since[owner] = now
+            self._update_presence(now)
             if reclaim_after > 0 and ring.owners() - {me}:
                 # Restarted. Away long enough that our space may have been reclaimed: no allocation before we
                 # have merged a peer's ring. Back quickly (an upgrade, a crash): carry on, fencing as usual.
@@ -198,7 +196,6 @@ class Allocator:
     def _changed(self, *, ring: bool = False, consensus: bool = False) -> None:
         self._changes.ring |= ring
         self._changes.consensus |= consensus
-        self.seq += 1
 
     def state_message(self, now: float | None = None) -> bytes:
         if self.ring is not None:
@@ -405,7 +402,6 @@ class Allocator:
         if persist:
             self._changes.put[ip] = key
             self._changes.delete.discard(ip)
-            self._changed()
 
     def _drop(self, key: Key) -> int:
         ip = self.allocations.pop(key)
@@ -414,7 +410,6 @@ class Allocator:
         self.free_dirty = True
         self._changes.put.pop(ip, None)
         self._changes.delete.add(ip)
-        self._changed()
         return ip
 
     def _report_free(self, now: float) -> None:
@@ -435,8 +430,7 @@ class Allocator:
     def _set_ring(self, ring: Ring, now: float) -> None:
         self.ring = ring
         self.consensus = None
-        for owner in ring.owners() - self.reachable:
-            self.absent_since.setdefault(owner, now)
+        self._update_presence(now)
         self._log(logging.INFO, f"IPAM ring ready: {self.range} split among {len(ring.owners())} peer(s)")
         self.free_dirty = True
         self._changed(ring=True, consensus=True)
@@ -560,7 +554,6 @@ class Allocator:
         self.ring.grant(start, end, src, self.me)
         self.ring.check_invariants(before)
         self.counters["donated"] += 1
-        self.free_dirty = True
         self._report_free(now)
         self._log(logging.INFO, f"donated {span_str(start, end)} ({end - start} addresses) to peer {format_name(src)}")
         self._changed(ring=True)

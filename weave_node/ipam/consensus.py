@@ -53,7 +53,6 @@ class Consensus:
         self.quorum = quorum
         self.claims: dict[int, Claim] = dict(claims or {})
         self.claims.setdefault(me, Claim())
-        self.proposing = False
         self.proposal: tuple[int, ...] | None = None  # our value; default: every participant we know
         self.last_progress = 0.0
 
@@ -75,7 +74,6 @@ class Consensus:
 
     def propose(self, value: tuple[int, ...] | None = None) -> None:
         """Start a new ballot above every ballot seen (at start, and again whenever nothing moves for a while)."""
-        self.proposing = True
         if value is not None:
             self.proposal = tuple(sorted(set(value)))
         ballot = Ballot(self.highest_ballot().round + 1, self.me)

@@ -25,6 +25,7 @@ KIND_REQUEST = 2
 MAX_ENTRIES = 1 << 20
 MAX_CLAIMS = 4096
 _HEAD = struct.Struct(">cBBIB")
+_FLAGS = struct.Struct(">B")
 _RING = struct.Struct(">QI")
 _ENTRY = struct.Struct(">IQIII")
 NAME_LIMIT = 1 << 48  # peer names are 48-bit
@@ -102,10 +103,9 @@ def decode(data: bytes) -> Message:
         return Request(span)
     if kind != KIND_STATE:
         raise DecodeError(f"unknown IPAM message kind {kind}")
-    (flags,) = struct.unpack_from(">B", data, r.pos) if r.pos < len(data) else (None,)
-    if flags is None or flags > 7:
+    (flags,) = r.take(_FLAGS)
+    if flags > 7:
         raise DecodeError("bad IPAM state flags")
-    r.pos += 1
     ring = _decode_ring(r, span) if flags & 1 else None
     quorum, claims = _decode_claims(r) if flags & 2 else (0, None)
     if r.pos != len(data):
