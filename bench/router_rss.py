@@ -63,6 +63,8 @@ async def run(n: int) -> None:
             str(tmp / "state"),
             "--nickname",
             "under-test",
+            "--datapath",
+            "none",
             "--log-level",
             "warning",
         ],

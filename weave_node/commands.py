@@ -10,6 +10,11 @@ from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_router(sub)
+    _add_clients(sub)
+
+
+def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("router", help="run the router (the node agent)")
     r.add_argument("peers", nargs="*", help="initial peers: IP or host name, optionally :port (also WEAVE_PEERS)")
     r.add_argument("--name", help="peer name aa:bb:cc:dd:ee:ff (default: derived from <state-dir>/host-id)")
@@ -35,9 +40,23 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=float,
         help="seconds a peer must be unreachable before its address space is taken over (default 600; 0 = never)",
     )
+    r.add_argument(
+        "--datapath",
+        choices=("kernel", "none"),
+        help="kernel = weave bridge + VXLAN (default); none = mesh and IPAM only (also WEAVE_DATAPATH)",
+    )
+    r.add_argument("--mtu", type=int, help="pod MTU (default: underlay MTU - 50 for VXLAN; also WEAVE_MTU)")
+    r.add_argument("--no-fastdp", action="store_const", const="1", help="no VXLAN fast datapath (also WEAVE_NO_FASTDP)")
+    r.add_argument(
+        "--peer-retain",
+        type=float,
+        help="seconds a departed peer keeps its VXLAN forwarding entries, and entries found at start are kept (60)",
+    )
     r.add_argument("--log-level", default=os.environ.get("WEAVE_LOG_LEVEL", "info"))
     r.set_defaults(func=cmd_router)
 
+
+def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("status", help="the router's state, like `weave status`")
     s.add_argument("section", nargs="?", choices=["peers", "connections", "targets", "ipam"], help="one part in detail")
     _api_flags(s)

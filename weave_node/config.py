@@ -87,6 +87,10 @@ class RouterConfig:
     ipalloc_range: str = "10.32.0.0/12"
     ipalloc_init: str = ""  # "" = consensus among the initial peers and us
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
+    datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
+    mtu: int | None = None  # WEAVE_MTU; None = underlay MTU minus the VXLAN overhead
+    fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off (bridge only)
+    peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
 
 
@@ -117,6 +121,24 @@ def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[st
     if reclaim_after < 0:
         raise ConfigError("--ipam-reclaim-after must be >= 0 (0 disables automatic reclaim)")
     return ipalloc_range, ipalloc_init, reclaim_after
+
+
+def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | None, bool]:
+    datapath = str(pick("datapath", "WEAVE_DATAPATH") or "kernel")
+    if datapath not in ("kernel", "none"):
+        raise ConfigError(f"--datapath must be 'kernel' or 'none', not {datapath!r}")
+    raw = pick("mtu", "WEAVE_MTU")
+    mtu: int | None = None
+    if raw not in (None, ""):
+        try:
+            mtu = int(str(raw))
+        except ValueError:
+            raise ConfigError(f"WEAVE_MTU must be a number, not {raw!r}") from None
+        if not 576 <= mtu <= 65485:
+            raise ConfigError(f"WEAVE_MTU must be between 576 and 65485, not {mtu}")
+    no_fastdp = pick("no_fastdp", "WEAVE_NO_FASTDP")
+    fastdp = str(no_fastdp or "").lower() in ("", "0", "false", "no")
+    return datapath, mtu, fastdp
 
 
 def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> RouterConfig:
@@ -185,6 +207,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         return value
 
     hb = seconds("heartbeat_interval", 5.0)
+    datapath, mtu, fastdp = _datapath_settings(pick)
     ipalloc_range, ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
     return RouterConfig(
         name=str(name) if name else None,
@@ -203,5 +226,9 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         ipalloc_range=ipalloc_range,
         ipalloc_init=ipalloc_init,
         ipam_reclaim_after=reclaim_after,
+        datapath=datapath,
+        mtu=mtu,
+        fastdp=fastdp,
+        peer_retain=seconds("peer_retain", 60.0),
         warnings=tuple(warnings),
     )

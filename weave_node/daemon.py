@@ -12,16 +12,20 @@ import time
 
 from weave_node.api.server import ApiServer
 from weave_node.config import RouterConfig
-from weave_node.ipam.address import parse_range
-from weave_node.ipam.allocator import Allocator, parse_init
+from weave_node.datapath.model import BRIDGE
+from weave_node.ipam.address import ip_str, parse_range
+from weave_node.ipam.allocator import Allocator, Key, parse_init
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey
 from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
+from weave_node.overlay.service import OverlayConfig, OverlayService
 
 log = logging.getLogger("weave_node")
+BRIDGE_CONTAINER_ID = "weave:bridge"  # the IPAM allocation of the bridge's own address (Weave's "weave:expose")
 
 
 def setup_logging(level: str = "info") -> None:
@@ -76,6 +80,43 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
     return service
 
 
+def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService) -> OverlayService:
+    """The kernel datapath, fed the topology, with the bridge's address from IPAM (like Weave's `weave expose`)."""
+    span = parse_range(config.ipalloc_range)
+
+    async def bridge_address() -> str:
+        ip = await ipam.allocate(Key(BRIDGE_CONTAINER_ID, BRIDGE), wait=30.0)
+        return f"{ip_str(ip)}/{span.prefix}"
+
+    overlay = OverlayService(
+        identity.name,
+        OverlayConfig(
+            pod_range=str(span),
+            mtu=config.mtu,
+            peer_hosts=tuple(p.host for p in config.peers),
+            fastdp=config.fastdp,
+            retain=config.peer_retain,
+        ),
+        bridge_address,
+    )
+    overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
+
+    def topology_changed() -> None:
+        direct, local = {}, []
+        for name, pc in router.established.items():
+            peer, mine = pc.writer.get_extra_info("peername"), pc.writer.get_extra_info("sockname")
+            if peer:
+                direct[name] = str(peer[0])
+            if mine:
+                local.append(str(mine[0]))
+        underlay = max(set(local), key=local.count) if local else ""
+        overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, underlay)
+
+    router.on_change.append(topology_changed)
+    topology_changed()
+    return overlay
+
+
 async def run_router(config: RouterConfig) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -87,19 +128,24 @@ async def run_router(config: RouterConfig) -> int:
     )
     router = Router(config, identity, protocol_config)
     ipam = make_ipam(config, identity, router)
-    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam)
+    overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
+    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await router.start()
     await ipam.start()
+    if overlay is not None:
+        await overlay.start()
     await api.start()
     log.info("weave-node router %s(%s) is up", format_name(identity.name), identity.nickname)
     await stop.wait()
     log.info("shutting down")
     await api.stop()
     await router.stop()
+    if overlay is not None:
+        await overlay.stop()  # the kernel datapath stays: pods keep talking while the router is away
     await ipam.stop()
     return 0
 

@@ -4,6 +4,7 @@ started in them as real processes. Everything is named after this test process a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -86,7 +87,10 @@ class Net:
             h.workdir.mkdir(parents=True, exist_ok=True)
             ip_batch(h.netns, ["link set lo up", f"addr add {h.address}/24 dev eth0", "link set eth0 up"])
 
-    def start_router(self, index: int, *args: str, env: dict[str, str] | None = None) -> RouterProc:
+    def start_router(
+        self, index: int, *args: str, env: dict[str, str] | None = None, datapath: bool = False
+    ) -> RouterProc:
+        """A router in host `index`; without `datapath` it runs mesh and IPAM only (--datapath none)."""
         host = self.hosts[index - 1]
         sock = host.workdir / "weave.sock"
         log = host.workdir / f"router-{len(self.routers)}.log"
@@ -103,6 +107,7 @@ class Net:
             str(host.workdir / "state"),
             "--status-socket",
             str(sock),
+            *([] if datapath else ["--datapath", "none"]),
             *args,
         ]
         full_env = dict(os.environ, **(env or {}))
@@ -126,9 +131,13 @@ class Net:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
 
 
+_nets = itertools.count()
+
+
 @contextlib.contextmanager
 def netns_hosts(count: int, base: Path) -> Iterator[Net]:
-    net = Net(f"{os.getpid() % 100000}", count, base)
+    """`count` hosts; several sets may be up at once (named after this process and a counter)."""
+    net = Net(f"{os.getpid() % 100000}{next(_nets)}", count, base)
     try:
         net.up()
         yield net

@@ -18,6 +18,7 @@ from weave_node.config import parse_hostport
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.service import IpamService
 from weave_node.mesh.router import PeerConn, Router
+from weave_node.overlay.service import OverlayService
 
 log = logging.getLogger("weave_node.api")
 
@@ -52,11 +53,13 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
 
 
-def make_app(router: Router, ipam: IpamService | None = None) -> web.Application:
+def make_app(router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None) -> web.Application:
     def full_status() -> dict[str, Any]:
         doc = router_status(router)
         if ipam is not None:
             doc["ipam"] = ipam.status()
+        if overlay is not None:
+            doc["datapath"] = overlay.status()
         return doc
 
     async def status(_req: web.Request) -> web.Response:
@@ -96,8 +99,16 @@ def make_app(router: Router, ipam: IpamService | None = None) -> web.Application
 
 
 class ApiServer:
-    def __init__(self, router: Router, tcp_addr: str, socket_path: str, *, ipam: IpamService | None = None) -> None:
-        self.runner = web.AppRunner(make_app(router, ipam), access_log=None)
+    def __init__(
+        self,
+        router: Router,
+        tcp_addr: str,
+        socket_path: str,
+        *,
+        ipam: IpamService | None = None,
+        overlay: OverlayService | None = None,
+    ) -> None:
+        self.runner = web.AppRunner(make_app(router, ipam, overlay), access_log=None)
         self.tcp_addr = tcp_addr
         self.socket_path = socket_path
         self.port = 0

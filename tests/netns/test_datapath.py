@@ -1,0 +1,271 @@
+"""The kernel datapath with real routers: hosts are network namespaces on an underlay bridge, pods are network
+namespaces on each host's `weave` bridge, traffic crosses hosts in kernel VXLAN."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import poll
+from tests.netns.hosts import Net, RouterProc, netns_hosts
+from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
+from weave_node.datapath import netlink
+from weave_node.datapath.model import Pod
+from weave_node.lab.system import ip_batch
+
+FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1"]
+INTERNET = "203.0.113.1"  # on the "internet" namespace, reached from pods only through masquerade
+
+
+def _peers_fastdp(r: RouterProc, count: int) -> bool:
+    peers = r.status().get("datapath", {}).get("peers", [])
+    return len(peers) == count and all(p["mode"] == "fastdp" for p in peers)
+
+
+def start_mesh(net: Net, *extra: str) -> list[RouterProc]:
+    addrs = [h.address for h in net.hosts]
+    routers = [
+        net.start_router(i, *FAST, *extra, *[a for a in addrs if a != h.address], datapath=True)
+        for i, h in enumerate(net.hosts, 1)
+    ]
+    for r in routers:
+        poll(lambda r=r: _peers_fastdp(r, len(routers) - 1), timeout=40, what=f"{r.host.netns}: fastdp to all peers")
+    return routers
+
+
+class Mesh:
+    def __init__(self, net: Net, routers: list[RouterProc], internet: str) -> None:
+        self.net, self.routers, self.internet = net, routers, internet
+        self.pods: list[PodNs] = []
+
+    def pod(self, host: int, name: str) -> PodNs:
+        p = make_pod(self.routers[host - 1], name)
+        self.pods.append(p)
+        return p
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    with netns_hosts(3, tmp_path_factory.mktemp("dp")) as net:
+        internet = f"wnt-{net.tag}-inet"
+        ip_batch(
+            None,
+            [f"netns add {internet}", f"link add vi netns {net.underlay} type veth peer name eth0 netns {internet}"],
+        )
+        try:
+            ip_batch(net.underlay, ["link set vi master br0 up"])
+            ip_batch(
+                internet,
+                [
+                    "link set lo up",
+                    f"addr add {INTERNET}/32 dev lo",
+                    "addr add 198.19.0.254/24 dev eth0",
+                    "link set eth0 up",
+                ],
+            )
+            for h in net.hosts:
+                ip_batch(h.netns, ["route add default via 198.19.0.254"])
+                # kube-proxy's chains exist before we start: they must survive us untouched.
+                h.run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+                h.run("iptables", "-t", "nat", "-A", "KUBE-SERVICES", "-d", "10.96.0.1/32", "-p", "tcp", "-j", "RETURN")
+                h.run("iptables", "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")
+            m = Mesh(net, start_mesh(net), internet)
+            yield m
+            remove_pods(m.pods)
+        finally:
+            subprocess.run(["ip", "netns", "delete", internet], capture_output=True, check=False)
+
+
+def test_pods_on_three_hosts_ping_each_other_and_transfer(mesh: Mesh) -> None:
+    a, b, c = mesh.pod(1, "a"), mesh.pod(2, "b"), mesh.pod(3, "c")
+    for src, dst in [(a, b), (b, c), (c, a)]:
+        out = src.run("ping", "-c", "2", "-W", "5", dst.ip, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    server, client = tcp_transfer(a, c, 20 << 20)
+    received, sent = finish(server, client)
+    assert received.split()[:2] == sent.split()  # every byte arrived, checksum equal
+    assert received.split()[2] == a.ip  # pod to pod: no NAT inside the range
+    # The pod's MTU is the bridge's, the underlay's minus VXLAN's 50 bytes.
+    mtu = mesh.routers[0].status()["datapath"]["mtu"]
+    assert mtu == 1450 and netlink.pod_state(a.pod)["mtu"] == 1450
+    big = a.run("ping", "-c", "1", "-W", "5", "-M", "do", "-s", str(mtu - 28), c.ip, check=False)
+    assert big.returncode == 0, big.stdout  # a full-size packet crosses without fragmentation
+
+
+def test_multicast_from_one_host_reaches_pods_on_two_others(mesh: Mesh) -> None:
+    r1, r2, s3 = mesh.pod(1, "m1"), mesh.pod(2, "m2"), mesh.pod(3, "m3")
+    receivers = [p.popen("python3", "-c", MCAST_RECV, "239.1.2.3", "5353") for p in (r1, r2)]
+    for proc in receivers:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "joined"
+    s3.run("python3", "-c", MCAST_SEND, "239.1.2.3", "5353", "hello-weave", "3")
+    for proc in receivers:
+        out, err = proc.communicate(timeout=40)
+        assert proc.returncode == 0, err
+        assert out.split()[-2:] == ["hello-weave", s3.ip]
+
+
+def test_pods_reach_the_outside_through_masquerade(mesh: Mesh) -> None:
+    pod = mesh.pod(2, "out")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", mesh.internet, "python3", "-c", _SERVER_ON_INTERNET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        out = pod.run("python3", "-c", _CLIENT_TO_INTERNET, INTERNET, check=False)
+        assert out.returncode == 0, out.stderr
+        seen_from = server.communicate(timeout=30)[0].strip()
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert seen_from == mesh.net.hosts[1].address  # the pod's address was masqueraded to its host's
+
+
+_SERVER_ON_INTERNET = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("203.0.113.1", 8080)); s.listen(1); print("listening", flush=True)
+c, addr = s.accept(); c.sendall(b"hi"); c.close(); print(addr[0], flush=True)
+"""
+_CLIENT_TO_INTERNET = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 8080), timeout=20); assert c.recv(2) == b"hi"
+"""
+
+
+def test_kube_proxy_chains_survive_and_ours_are_in_place(mesh: Mesh) -> None:
+    for h in mesh.net.hosts:
+        nat = h.run("iptables-save", "-t", "nat").stdout
+        assert "-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -j RETURN" in nat
+        assert "-A PREROUTING -j KUBE-SERVICES" in nat
+        assert nat.count("-A POSTROUTING -j WEAVE-NODE-NAT") == 1
+        assert "-A WEAVE-NODE-NAT -s 10.32.0.0/12 ! -d 10.32.0.0/12 -j MASQUERADE" in nat
+        assert h.run("iptables-save", "-t", "filter").stdout.count("-A FORWARD -j WEAVE-NODE-FORWARD") == 1
+
+
+def test_pod_plumbing_is_idempotent_and_exactly_reversed(mesh: Mesh) -> None:
+    p = mesh.pod(1, "plumb")
+    host = mesh.net.hosts[0]
+    before = netlink.pod_state(p.pod)
+    assert netlink.attach_pod(p.pod, host.netns)["mac"] == before["mac"]  # again: nothing changes
+    assert netlink.pod_state(p.pod) == before
+    assert before["addresses"] == [p.pod.address] and before["gateways"] == [p.pod.gateway]
+    assert netlink.detach_pod(p.pod, host.netns) is True
+    assert netlink.pod_state(p.pod) == {}
+    assert p.pod.host_ifname not in host.run("ip", "-o", "link").stdout
+    assert netlink.detach_pod(p.pod, host.netns) is False  # already gone: fine
+    subprocess.run(["ip", "netns", "delete", p.name], check=True)
+    assert netlink.detach_pod(p.pod, host.netns) is False  # the namespace is gone too: still fine
+
+
+def test_a_failed_attach_leaves_nothing_behind(mesh: Mesh) -> None:
+    host = mesh.net.hosts[0]
+    ns = f"{host.netns}-bad"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        bad = Pod(f"/run/netns/{ns}", "eth0", "vp-bad", "10.32.9.9/12", gateway="192.0.2.1", mtu=1450)
+        with pytest.raises(netlink.DatapathError, match=r"default route via 192\.0\.2\.1"):
+            netlink.attach_pod(bad, host.netns)
+        assert "vp-bad" not in host.run("ip", "-o", "link").stdout
+        missing = Pod("/run/netns/nope-not-there", "eth0", "vp-bad", "10.32.9.9/12", "10.32.0.1", 1450)
+        with pytest.raises(netlink.DatapathError, match="nope-not-there"):
+            netlink.attach_pod(missing, host.netns)
+        assert not Path("/run/netns/nope-not-there").exists()
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_blocked_vxlan_is_reported_per_peer_and_recovers(mesh: Mesh) -> None:
+    h3 = mesh.net.hosts[2]
+    rule = ["INPUT", "-p", "udp", "--dport", "6784", "-j", "DROP"]
+    h3.run("iptables", "-I", *rule)
+    try:
+
+        def h3_mode_on_h1() -> dict[str, Any] | None:
+            peers = {p["nickname"]: p for p in mesh.routers[0].status()["datapath"]["peers"]}
+            return peers["h3"] if peers["h3"]["mode"] == "down" else None
+
+        down = poll(h3_mode_on_h1, timeout=20, what="h1 to report h3's fast path down")
+        assert "UDP 6784" in down["reason"]
+        h2_on_h1 = {p["nickname"]: p["mode"] for p in mesh.routers[0].status()["datapath"]["peers"]}["h2"]
+        assert h2_on_h1 == "fastdp"  # only the broken pair is affected
+        assert "h3): fastdp -> down" in mesh.routers[0].log_text()
+    finally:
+        h3.run("iptables", "-D", *rule)
+    poll(lambda: _peers_fastdp(mesh.routers[0], 2), timeout=20, what="h3 back to fastdp")
+
+
+def test_sigkill_of_a_router_does_not_interrupt_a_transfer_and_restart_adopts(tmp_path: Path) -> None:
+    with netns_hosts(2, tmp_path) as net:
+        r1, r2 = start_mesh(net)
+        a, b = make_pod(r1, "ka"), make_pod(r2, "kb")
+        try:
+            links_before = net.hosts[0].run("ip", "-o", "link", "show", "weave").stdout.split(":")[0]
+            fdb_before = net.hosts[0].run("bridge", "fdb", "show", "dev", "vxlan-6784").stdout
+            server, client = tcp_transfer(a, b, 24 << 20, pace=0.01)  # ~4 s
+            r1.proc.send_signal(signal.SIGKILL)
+            r1.proc.wait()
+            r2.proc.send_signal(signal.SIGKILL)  # both at once: nobody is left in the path
+            r2.proc.wait()
+            received, sent = finish(server, client)
+            assert received.split()[:2] == sent.split()
+            r1 = net.start_router(1, *FAST, net.hosts[1].address, datapath=True)
+            poll(lambda: r1.status().get("datapath", {}).get("last_sync", {}).get("ops") == 0, timeout=20, what="sync")
+            # Adopted, not rebuilt: the same bridge, the same entries, and no change was needed at all.
+            assert net.hosts[0].run("ip", "-o", "link", "show", "weave").stdout.split(":")[0] == links_before
+            assert "applied" not in r1.log_text()
+            assert _permanent(net.hosts[0].run("bridge", "fdb", "show", "dev", "vxlan-6784").stdout) == _permanent(
+                fdb_before
+            )
+            assert a.run("ping", "-c", "1", "-W", "5", b.ip, check=False).returncode == 0
+        finally:
+            remove_pods([a, b])
+
+
+def _permanent(fdb: str) -> set[str]:
+    return {line.strip() for line in fdb.splitlines() if "permanent" in line and "dst" in line}
+
+
+def test_a_stale_bridge_is_repaired_and_a_foreign_vxlan_is_reported(tmp_path: Path) -> None:
+    with netns_hosts(2, tmp_path) as net:
+        h1, h2 = net.hosts
+        ip_batch(h1.netns, ["link add weave type bridge", "link set weave mtu 9000", "addr add 10.99.0.1/16 dev weave"])
+        ip_batch(h2.netns, ["link add foreign0 type vxlan id 42 dstport 6784"])
+        r1 = net.start_router(1, *FAST, datapath=True)
+        r2 = net.start_router(2, *FAST, datapath=True)
+
+        def repaired() -> bool:
+            link = h1.run("ip", "-o", "link", "show", "dev", "weave").stdout
+            addrs = h1.run("ip", "-o", "addr", "show", "dev", "weave").stdout
+            cidr = r1.status()["datapath"]["bridge_address"] or "?"
+            return "mtu 1450" in link and ",UP" in link and "10.99.0.1" not in addrs and f"inet {cidr}" in addrs
+
+        poll(repaired, timeout=20, what="the stale bridge repaired")
+        assert "alias weave-node" in h1.run("ip", "-d", "link", "show", "weave").stdout
+        problems = poll(lambda: r2.status()["datapath"]["problems"], timeout=20, what="the clash reported")
+        assert "foreign0 already uses UDP port 6784" in problems[0]
+        assert "foreign0 already uses UDP port 6784" in r2.log_text()
+        assert "foreign0" in h2.run("ip", "-o", "link").stdout  # still there
+        assert "vxlan-6784" not in h2.run("ip", "-o", "link").stdout
+        assert r1.status()["datapath"]["problems"] == []
+
+
+def test_a_departed_peer_loses_its_entries_after_the_retention(tmp_path: Path) -> None:
+    with netns_hosts(2, tmp_path) as net:
+        r1, r2 = start_mesh(net, "--peer-retain", "2")
+
+        def floods() -> str:
+            return net.hosts[0].run("bridge", "fdb", "show", "dev", "vxlan-6784").stdout
+
+        assert f"00:00:00:00:00:00 dst {net.hosts[1].address}" in floods()
+        r2.proc.terminate()
+        r2.proc.wait()
+        gone = f"dst {net.hosts[1].address}"
+        poll(lambda: not any(gone in e for e in _permanent(floods())), timeout=30, what="h2's entries removed")
+        assert r1.status()["datapath"]["peers"] == []

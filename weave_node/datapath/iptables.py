@@ -1,0 +1,61 @@
+"""Our iptables rules and the parser of `iptables-save` output (pure).
+
+Rules are written exactly as `iptables-save` prints them, so observed == desired compares strings. We own only
+chains named WEAVE-NODE-* and one jump into each from a built-in chain; kube-proxy's and everyone else's rules
+are read, never rewritten (iptables-restore --noflush).
+"""
+
+from __future__ import annotations
+
+from weave_node.datapath.model import BRIDGE, CHAIN_PREFIX, Chain
+
+TABLES = ("filter", "nat")
+FORWARD_CHAIN = CHAIN_PREFIX + "FORWARD"
+NAT_CHAIN = CHAIN_PREFIX + "NAT"
+
+
+def weave_chains(pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True) -> tuple[Chain, ...]:
+    """FORWARD: pod<->pod (also hairpin through the same port) and pod->outside accepted, replies let back in.
+    NAT: pod traffic that leaves the range is masqueraded; multicast stays as it is."""
+    forward = Chain(
+        "filter",
+        FORWARD_CHAIN,
+        (
+            f"-i {bridge} -o {bridge} -j ACCEPT",
+            f"-i {bridge} ! -o {bridge} -j ACCEPT",
+            f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ),
+        "FORWARD",
+    )
+    if not masquerade:
+        return (forward,)
+    nat = Chain(
+        "nat",
+        NAT_CHAIN,
+        (
+            f"-s {pod_range} -d 224.0.0.0/4 -j RETURN",
+            f"-s {pod_range} ! -d {pod_range} -j MASQUERADE",
+        ),
+        "POSTROUTING",
+    )
+    return (forward, nat)
+
+
+def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """`iptables-save` output -> table -> chain -> rules (without the "-A CHAIN " prefix), in order."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], {})
+        elif current is None or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            current.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            _, chain, *rest = line.split(" ", 2)
+            current.setdefault(chain, []).append(rest[0] if rest else "")
+    return {t: {c: tuple(r) for c, r in chains.items()} for t, chains in tables.items()}

@@ -1,0 +1,138 @@
+"""The desired and observed state of one host's datapath, as frozen values (pure).
+
+The router computes a `Desired` from the mesh and IPAM; netlink.py reads an `Observed` from the kernel; plan.py
+diffs them. Only what we own is modelled: the `weave` bridge, our VXLAN device, the permanent FDB/neigh entries
+on them, a few sysctls and our iptables chains. Everything else on the host is outside the model and is never
+touched (other VXLAN devices are only observed, to report a clash on our UDP port).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BRIDGE = "weave"
+VXLAN = "vxlan-6784"
+ALIAS = "weave-node"  # IFLA_IFALIAS on the links we created: how we recognise ours after a restart
+VXLAN_PORT = 6784
+VNI = 0x6784  # one flat layer-2 network: every host uses the same VNI
+FLOOD_MAC = "00:00:00:00:00:00"  # the VXLAN "all-zeros" FDB entry: where broadcast/multicast/unknown go
+CHAIN_PREFIX = "WEAVE-NODE-"
+VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN_OVERHEAD_V6 = 70  # outer IPv6 header is 40 bytes
+
+
+def overlay_mtu(underlay_mtu: int, *, ipv6_underlay: bool = False) -> int:
+    """The MTU of the bridge, the VXLAN device and every pod: the underlay's minus the encapsulation."""
+    mtu = underlay_mtu - (VXLAN_OVERHEAD_V6 if ipv6_underlay else VXLAN_OVERHEAD_V4)
+    if mtu < 576:
+        raise ValueError(f"underlay MTU {underlay_mtu} leaves {mtu} for pods; need at least 576")
+    return mtu
+
+
+def bridge_mac(peer_name: int) -> str:
+    """A stable MAC for the bridge, derived from the peer name: locally administered, unicast."""
+    value = (peer_name & 0xFFFFFFFFFFFF) | (0x02 << 40)
+    value &= ~(0x01 << 40)
+    return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+
+
+@dataclass(frozen=True, order=True)
+class Fdb:
+    """A permanent entry on our VXLAN device: frames for `mac` go to the VTEP `dst` (FLOOD_MAC = flood list)."""
+
+    mac: str
+    dst: str
+
+
+@dataclass(frozen=True, order=True)
+class Neigh:
+    """A permanent ARP entry on the bridge (a remote router's bridge address, for its heartbeats)."""
+
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Bridge:
+    name: str = BRIDGE
+    mtu: int = 1450
+    mac: str = ""
+    # CIDRs on the bridge; None = "not known yet, leave whatever is there" (IPAM may not be ready at start).
+    addresses: tuple[str, ...] | None = None
+    mcast_snooping: bool = False  # flood multicast like broadcast: pods on other hosts are behind one port
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    name: str = VXLAN
+    vni: int = VNI
+    port: int = VXLAN_PORT
+    mtu: int = 1450
+    learning: bool = True  # remote pod MACs are learned from received frames; we only install flood entries
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One of our iptables chains (name starts with CHAIN_PREFIX), rules in iptables-save form, and the jump
+    into it we keep at the top of a built-in chain."""
+
+    table: str
+    name: str
+    rules: tuple[str, ...]
+    hook: str  # the built-in chain that jumps here, e.g. "FORWARD"
+
+    @property
+    def jump(self) -> str:
+        return f"-j {self.name}"
+
+
+@dataclass(frozen=True)
+class Desired:
+    bridge: Bridge
+    vxlan: Vxlan | None
+    fdb: frozenset[Fdb] = frozenset()
+    neigh: frozenset[Neigh] = frozenset()
+    sysctls: tuple[tuple[str, str], ...] = ()  # (path under /proc/sys, value)
+    chains: tuple[Chain, ...] = ()
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    kind: str  # "bridge", "vxlan", "veth", ... ("" when the kernel reports none)
+    index: int = 0
+    mtu: int = 1500
+    mac: str = ""
+    up: bool = False
+    master: str = ""  # the name of the bridge it is enslaved to
+    alias: str = ""
+    addresses: tuple[str, ...] = ()  # IPv4 CIDRs, sorted
+    vni: int | None = None
+    port: int | None = None
+    learning: bool | None = None
+    mcast_snooping: bool | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    links: dict[str, Link] = field(default_factory=dict)
+    fdb: frozenset[Fdb] = frozenset()  # permanent entries on our VXLAN device
+    neigh: frozenset[Neigh] = frozenset()  # permanent entries on the bridge
+    sysctls: dict[str, str] = field(default_factory=dict)  # only the keys we asked for; missing = no such file
+    # table -> chain -> rules (iptables-save form), or None when iptables is not available
+    iptables: dict[str, dict[str, tuple[str, ...]]] | None = None
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod attachment, as the pod plumbing API takes it (the CNI plugin's ADD/DEL in the router)."""
+
+    netns: str  # path of the pod's network namespace
+    ifname: str  # name inside the pod, e.g. eth0
+    host_ifname: str  # the host end, on the bridge
+    address: str  # CIDR, e.g. 10.32.0.5/12
+    gateway: str  # the bridge's address: the pod's default route
+    mtu: int
+    bridge: str = BRIDGE
+    hairpin: bool = False
+    mac: str = ""  # "" = let the kernel choose

@@ -1,0 +1,365 @@
+"""plan(desired, observed) -> the ordered, minimal operations that make the kernel match (pure).
+
+Applying a plan and observing again gives an empty plan. Order: sysctls, bridge, its addresses, the VXLAN
+device, FDB entries, neighbour entries, iptables (one transaction per table). What is not ours is never in a
+plan: a clash (a non-bridge link called `weave`, someone else's VXLAN device on our port) becomes a `problem`,
+reported in `status`, and the parts that depend on it are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from weave_node.datapath.model import ALIAS, CHAIN_PREFIX, Chain, Desired, Fdb, Link, Neigh, Observed, Vxlan
+
+
+@dataclass(frozen=True)
+class SetSysctl:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class CreateBridge:
+    name: str
+    mtu: int
+    mac: str
+    mcast_snooping: bool
+
+
+@dataclass(frozen=True)
+class CreateVxlan:
+    name: str
+    vni: int
+    port: int
+    mtu: int
+    learning: bool
+    master: str
+
+
+@dataclass(frozen=True)
+class SetLink:
+    """Change only the fields that are not None."""
+
+    name: str
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool | None = None
+    master: str | None = None
+    alias: str | None = None
+    mcast_snooping: bool | None = None
+
+
+@dataclass(frozen=True)
+class DeleteLink:
+    name: str
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    link: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class DelAddress:
+    link: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class AddFdb:
+    link: str
+    entry: Fdb
+
+
+@dataclass(frozen=True)
+class DelFdb:
+    link: str
+    entry: Fdb
+
+
+@dataclass(frozen=True)
+class AddNeigh:
+    link: str
+    entry: Neigh
+
+
+@dataclass(frozen=True)
+class DelNeigh:
+    link: str
+    entry: Neigh
+
+
+@dataclass(frozen=True)
+class RestoreTable:
+    """One `iptables-restore --noflush` transaction on one table: (re)write our chains, add the missing jumps
+    at the top of the built-in chains, remove duplicate jumps and chains of ours that are no longer wanted."""
+
+    table: str
+    write: tuple[Chain, ...] = ()
+    add_jumps: tuple[tuple[str, str], ...] = ()  # (built-in chain, rule)
+    del_jumps: tuple[tuple[str, str], ...] = ()
+    drop_chains: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        lines = [f"*{self.table}"]
+        lines += [f":{c.name} - [0:0]" for c in self.write]  # declaring a chain with --noflush empties it
+        lines += [f":{name} - [0:0]" for name in self.drop_chains]
+        lines += [f"-D {hook} {rule}" for hook, rule in self.del_jumps]
+        for chain in self.write:
+            lines += [f"-A {chain.name} {rule}" for rule in chain.rules]
+        lines += [f"-I {hook} 1 {rule}" for hook, rule in self.add_jumps]
+        lines += [f"-X {name}" for name in self.drop_chains]
+        return "\n".join([*lines, "COMMIT", ""])
+
+
+Op = (
+    SetSysctl
+    | CreateBridge
+    | CreateVxlan
+    | SetLink
+    | DeleteLink
+    | AddAddress
+    | DelAddress
+    | AddFdb
+    | DelFdb
+    | AddNeigh
+    | DelNeigh
+    | RestoreTable
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[Op, ...] = ()
+    problems: tuple[str, ...] = ()  # what we will not fix because it is not ours; shown in status
+
+
+@dataclass
+class _Builder:
+    ops: list[Op] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def plan(desired: Desired, observed: Observed) -> Plan:
+    b = _Builder()
+    _sysctls(b, desired, observed)
+    bridge_ok = _bridge(b, desired, observed)
+    vxlan_ok = bridge_ok and _vxlan(b, desired, observed)
+    if vxlan_ok and desired.vxlan is not None:
+        recreated = any(isinstance(op, CreateVxlan) for op in b.ops)
+        current = frozenset() if recreated else observed.fdb
+        _entries(b, desired.vxlan.name, want=desired.fdb, have=current, add=AddFdb, delete=DelFdb)
+    if bridge_ok:
+        created = any(isinstance(op, CreateBridge) for op in b.ops)
+        have = frozenset() if created else observed.neigh
+        _entries(b, desired.bridge.name, want=desired.neigh, have=have, add=AddNeigh, delete=DelNeigh)
+    _iptables(b, desired.chains, observed)
+    return Plan(tuple(b.ops), tuple(b.problems))
+
+
+def _sysctls(b: _Builder, desired: Desired, observed: Observed) -> None:
+    for key, value in desired.sysctls:
+        current = observed.sysctls.get(key)
+        if current is None:
+            b.problems.append(f"sysctl {key.replace('/', '.')} does not exist on this kernel")
+        elif current != value:
+            b.ops.append(SetSysctl(key, value))
+
+
+def _bridge(b: _Builder, desired: Desired, observed: Observed) -> bool:
+    want = desired.bridge
+    link = observed.links.get(want.name)
+    if link is None:
+        b.ops.append(CreateBridge(want.name, want.mtu, want.mac, want.mcast_snooping))
+        b.ops.append(SetLink(want.name, up=True, alias=ALIAS))
+        current: tuple[str, ...] = ()
+    elif link.kind != "bridge":
+        b.problems.append(
+            f"a link named {want.name!r} exists but is a {link.kind or 'plain link'}, not a bridge: "
+            f"it is not ours, so it stays; remove it (ip link del {want.name}) and the router will create the bridge"
+        )
+        return False
+    else:
+        change = SetLink(
+            want.name,
+            mtu=want.mtu if link.mtu != want.mtu else None,
+            mac=want.mac if want.mac and link.mac != want.mac else None,
+            up=True if not link.up else None,
+            alias=ALIAS if link.alias != ALIAS else None,
+            mcast_snooping=want.mcast_snooping if link.mcast_snooping != want.mcast_snooping else None,
+        )
+        if change != SetLink(want.name):
+            b.ops.append(change)
+        current = link.addresses
+    if want.addresses is not None:
+        b.ops += [DelAddress(want.name, c) for c in current if c not in want.addresses]
+        b.ops += [AddAddress(want.name, c) for c in want.addresses if c not in current]
+    return True
+
+
+def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
+    want = desired.vxlan
+    if want is None:
+        ours = [link for link in observed.links.values() if link.kind == "vxlan" and link.alias == ALIAS]
+        b.ops += [DeleteLink(link.name) for link in ours]
+        return False
+    link = observed.links.get(want.name)
+    if link is not None and (link.kind != "vxlan" or link.alias != ALIAS):
+        b.problems.append(
+            f"a {link.kind or 'link'} named {want.name!r} exists that weave-node did not create (no alias "
+            f"{ALIAS!r}); it stays, and the fast datapath is off until it is removed"
+        )
+        return False
+    clash = sorted(
+        other.name
+        for other in observed.links.values()
+        if other.kind == "vxlan" and other.port == want.port and other.name != want.name and other.alias != ALIAS
+    )
+    if clash:
+        b.problems.append(
+            f"VXLAN device {', '.join(clash)} already uses UDP port {want.port} and is not ours: it stays, "
+            "and the fast datapath is off until it is removed (or weave-node uses another port)"
+        )
+        return False
+    if link is not None and not _same_vxlan(link, want):
+        b.ops.append(DeleteLink(want.name))
+        link = None
+    if link is None:
+        b.ops.append(CreateVxlan(want.name, want.vni, want.port, want.mtu, want.learning, desired.bridge.name))
+        b.ops.append(SetLink(want.name, up=True, alias=ALIAS))
+        return True
+    change = SetLink(
+        want.name,
+        mtu=want.mtu if link.mtu != want.mtu else None,
+        master=desired.bridge.name if link.master != desired.bridge.name else None,
+        up=True if not link.up else None,
+    )
+    if change != SetLink(want.name):
+        b.ops.append(change)
+    return True
+
+
+def _same_vxlan(link: Link, want: Vxlan) -> bool:
+    return link.vni == want.vni and link.port == want.port and link.learning == want.learning
+
+
+def _entries(
+    b: _Builder,
+    link: str,
+    *,
+    want: frozenset[Fdb] | frozenset[Neigh],
+    have: frozenset[Fdb] | frozenset[Neigh],
+    add: type[AddFdb] | type[AddNeigh],
+    delete: type[DelFdb] | type[DelNeigh],
+) -> None:
+    b.ops += [delete(link, e) for e in sorted(have - want)]  # type: ignore[arg-type]
+    b.ops += [add(link, e) for e in sorted(want - have)]  # type: ignore[arg-type]
+
+
+def _iptables(b: _Builder, chains: Iterable[Chain], observed: Observed) -> None:
+    chains = tuple(chains)
+    if observed.iptables is None:
+        if chains:
+            b.problems.append("iptables is not available: no masquerade or FORWARD rules (install iptables)")
+        return
+    tables = sorted({c.table for c in chains} | set(observed.iptables))
+    for table in tables:
+        have = observed.iptables.get(table, {})
+        want = [c for c in chains if c.table == table]
+        names = {c.name for c in want}
+        write = tuple(c for c in want if have.get(c.name) != c.rules)
+        add_jumps: list[tuple[str, str]] = []
+        del_jumps: list[tuple[str, str]] = []
+        for chain in want:
+            count = have.get(chain.hook, ()).count(chain.jump)
+            if count == 0:
+                add_jumps.append((chain.hook, chain.jump))
+            del_jumps += [(chain.hook, chain.jump)] * max(0, count - 1)
+        drop = tuple(sorted(n for n in have if n.startswith(CHAIN_PREFIX) and n not in names))
+        for name in drop:
+            for hook, rules in sorted(have.items()):
+                if not hook.startswith(CHAIN_PREFIX):
+                    del_jumps += [(hook, r) for r in rules if r == f"-j {name}"]
+        if write or add_jumps or del_jumps or drop:
+            b.ops.append(RestoreTable(table, write, tuple(add_jumps), tuple(del_jumps), drop))
+
+
+def plan_removal(observed: Observed) -> Plan:
+    """Everything weave-node put into the kernel, removed: the VXLAN device, the bridge, our chains."""
+    b = _Builder()
+    for link in sorted(observed.links.values(), key=lambda lk: lk.kind != "vxlan"):
+        if link.alias == ALIAS and link.kind in ("vxlan", "bridge"):
+            b.ops.append(DeleteLink(link.name))
+    _iptables(b, (), observed)
+    return Plan(tuple(b.ops), tuple(b.problems))
+
+
+def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
+    """What the kernel would look like after `ops` (for tests of plan(); the shell's apply is netlink.py)."""
+    links = dict(observed.links)
+    fdb, neigh = set(observed.fdb), set(observed.neigh)
+    sysctls = dict(observed.sysctls)
+    iptables = {t: dict(c) for t, c in observed.iptables.items()} if observed.iptables is not None else None
+    for op in ops:
+        if isinstance(op, SetSysctl):
+            sysctls[op.key] = op.value
+        elif isinstance(op, AddFdb | DelFdb):
+            fdb.add(op.entry) if isinstance(op, AddFdb) else fdb.discard(op.entry)
+        elif isinstance(op, AddNeigh | DelNeigh):
+            neigh.add(op.entry) if isinstance(op, AddNeigh) else neigh.discard(op.entry)
+        elif isinstance(op, RestoreTable):
+            assert iptables is not None  # noqa: S101 - a plan never restores without iptables
+            _restore_model(iptables.setdefault(op.table, {}), op)
+        else:
+            gone = _link_model(links, op)
+            if gone in ("vxlan", "new-vxlan"):
+                fdb.clear()
+            if gone == "bridge":
+                neigh.clear()
+    return Observed(links, frozenset(fdb), frozenset(neigh), sysctls, iptables)
+
+
+def _link_model(links: dict[str, Link], op: Op) -> str:
+    """Apply a link operation to the model; return the kind of a deleted link ("new-vxlan" on creation)."""
+    if isinstance(op, CreateBridge):
+        links[op.name] = Link(op.name, "bridge", mtu=op.mtu, mac=op.mac, mcast_snooping=op.mcast_snooping)
+    elif isinstance(op, CreateVxlan):
+        links[op.name] = Link(
+            op.name, "vxlan", mtu=op.mtu, master=op.master, vni=op.vni, port=op.port, learning=op.learning
+        )
+        return "new-vxlan"
+    elif isinstance(op, SetLink):
+        old = links[op.name]
+        links[op.name] = replace(
+            old,
+            mtu=old.mtu if op.mtu is None else op.mtu,
+            mac=old.mac if op.mac is None else op.mac,
+            up=old.up if op.up is None else op.up,
+            master=old.master if op.master is None else op.master,
+            alias=old.alias if op.alias is None else op.alias,
+            mcast_snooping=old.mcast_snooping if op.mcast_snooping is None else op.mcast_snooping,
+        )
+    elif isinstance(op, DeleteLink):
+        return links.pop(op.name).kind
+    elif isinstance(op, AddAddress | DelAddress):
+        old = links[op.link]
+        addrs = set(old.addresses)
+        addrs.add(op.cidr) if isinstance(op, AddAddress) else addrs.discard(op.cidr)
+        links[op.link] = replace(old, addresses=tuple(sorted(addrs)))
+    return ""
+
+
+def _restore_model(table: dict[str, tuple[str, ...]], op: RestoreTable) -> None:
+    for hook, rule in op.del_jumps:
+        rules = list(table.get(hook, ()))
+        rules.remove(rule)
+        table[hook] = tuple(rules)
+    for chain in op.write:
+        table[chain.name] = chain.rules
+    for hook, rule in op.add_jumps:
+        table[hook] = (rule, *table.get(hook, ()))
+    for name in op.drop_chains:
+        table.pop(name, None)

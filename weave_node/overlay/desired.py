@@ -1,0 +1,132 @@
+"""From what the router knows (peers, their overlay info, our bridge address) to the datapath's desired state
+(pure). Per remote peer with a known VTEP: one flood FDB entry (broadcast, multicast and unknown unicast reach
+it), and when it has a bridge address, one FDB entry for its bridge MAC and one neighbour entry for its bridge
+IP, so heartbeats take exactly that tunnel. Pod MACs are learned by the VXLAN device from received frames.
+
+Peers are kept for `retain` seconds after they leave the topology, and entries found in the kernel at start are
+kept for `retain` seconds while the mesh reconnects: a router restart (or a peer's) does not cut pod traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from weave_node.datapath.iptables import weave_chains
+from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Vxlan, bridge_mac
+from weave_node.overlay.peers import PeerInfo, underlay_of
+
+SYSCTL_FORWARD = "net/ipv4/ip_forward"
+SYSCTL_BRIDGE_NF = "net/bridge/bridge-nf-call-iptables"
+
+
+@dataclass(frozen=True)
+class Settings:
+    me: int
+    pod_range: str
+    mtu: int
+    fastdp: bool = True
+    masquerade: bool = True
+    bridge_nf: bool = False  # br_netfilter is loaded: have bridged pod traffic seen by iptables (kube-proxy)
+
+
+@dataclass
+class Retention:
+    """Which peers still get forwarding entries: those in the topology and those gone for less than `retain`."""
+
+    retain: float
+    started: float
+    last_seen: dict[int, float] = field(default_factory=dict)
+    adopted_fdb: frozenset[Fdb] = frozenset()
+    adopted_neigh: frozenset[Neigh] = frozenset()
+
+    def present(self, names: set[int], now: float) -> None:
+        for name in names:
+            self.last_seen[name] = now
+
+    def kept(self, now: float) -> set[int]:
+        for name in [n for n, t in self.last_seen.items() if now - t >= self.retain]:
+            del self.last_seen[name]
+        return set(self.last_seen)
+
+    def adopting(self, now: float) -> bool:
+        return now - self.started < self.retain
+
+    def next_deadline(self) -> float | None:
+        times = [t + self.retain for t in self.last_seen.values()]
+        if self.adopted_fdb or self.adopted_neigh:
+            times.append(self.started + self.retain)
+        return min(times, default=None)
+
+
+def peer_entries(
+    peers: set[int], infos: Mapping[int, PeerInfo], direct: Mapping[int, str], me: int
+) -> tuple[frozenset[Fdb], frozenset[Neigh], dict[int, str]]:
+    """(FDB entries, neighbour entries, {peer: bridge ip} of the peers whose heartbeats can run)."""
+    fdb: set[Fdb] = set()
+    neigh: set[Neigh] = set()
+    bridges: dict[int, str] = {}
+    for name in sorted(peers - {me}):
+        vtep = underlay_of(name, infos, direct)
+        if not vtep:
+            continue
+        fdb.add(Fdb(FLOOD_MAC, vtep))
+        info = infos.get(name)
+        if info and info.bridge_ip and info.bridge_mac:
+            fdb.add(Fdb(info.bridge_mac, vtep))
+            neigh.add(Neigh(info.bridge_ip, info.bridge_mac))
+            bridges[name] = info.bridge_ip
+    return frozenset(fdb), frozenset(neigh), bridges
+
+
+def desired_state(
+    settings: Settings,
+    bridge_cidr: str | None,
+    fdb: frozenset[Fdb],
+    neigh: frozenset[Neigh],
+) -> Desired:
+    sysctls = [(SYSCTL_FORWARD, "1")]
+    if settings.bridge_nf:
+        sysctls.append((SYSCTL_BRIDGE_NF, "1"))
+    return Desired(
+        bridge=Bridge(
+            mtu=settings.mtu,
+            mac=bridge_mac(settings.me),
+            addresses=(bridge_cidr,) if bridge_cidr else None,
+        ),
+        vxlan=Vxlan(mtu=settings.mtu) if settings.fastdp else None,
+        fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
+        neigh=neigh,
+        sysctls=tuple(sysctls),
+        chains=weave_chains(settings.pod_range, masquerade=settings.masquerade),
+    )
+
+
+def _one_mac_one_vtep(fdb: frozenset[Fdb]) -> frozenset[Fdb]:
+    """A unicast MAC can sit behind only one VTEP; when sources disagree (a stale adopted entry and a fresh one)
+    keep one deterministically. Flood entries may list many VTEPs."""
+    chosen: dict[str, Fdb] = {}
+    out = {e for e in fdb if e.mac == FLOOD_MAC}
+    for e in sorted(e for e in fdb if e.mac != FLOOD_MAC):
+        chosen.setdefault(e.mac, e)
+    return frozenset(out | set(chosen.values()))
+
+
+def _one_ip_one_mac(neigh: frozenset[Neigh]) -> frozenset[Neigh]:
+    chosen: dict[str, Neigh] = {}
+    for e in sorted(neigh):
+        chosen.setdefault(e.ip, e)
+    return frozenset(chosen.values())
+
+
+def merge_adopted(
+    fresh_fdb: frozenset[Fdb], fresh_neigh: frozenset[Neigh], retention: Retention, now: float
+) -> tuple[frozenset[Fdb], frozenset[Neigh]]:
+    """While adopting, kernel entries from before the start stay; fresh knowledge wins where they conflict."""
+    if not retention.adopting(now):
+        return fresh_fdb, _one_ip_one_mac(fresh_neigh)
+    fresh_macs = {e.mac for e in fresh_fdb if e.mac != FLOOD_MAC}
+    fresh_ips = {e.ip for e in fresh_neigh}
+    fdb = fresh_fdb | {e for e in retention.adopted_fdb if e.mac == FLOOD_MAC or e.mac not in fresh_macs}
+    neigh = fresh_neigh | {e for e in retention.adopted_neigh if e.ip not in fresh_ips}
+    return fdb, _one_ip_one_mac(neigh)

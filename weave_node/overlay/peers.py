@@ -1,0 +1,108 @@
+"""What each router tells the others about its end of the overlay, gossiped on the "overlay" channel (pure).
+
+A `PeerInfo` is owned by the peer it describes (only that peer bumps its version), so the table is a
+last-writer-wins map per peer: merge keeps the higher version, is commutative and idempotent. The underlay
+address is the peer's own view (the local address of its mesh connections); a direct connection's address
+wins over it where we have one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from weave_node.mesh.errors import ProtocolError
+
+_HEAD = struct.Struct(">BH")  # format version, count
+_ENTRY = struct.Struct(">QQ4sB6sB")  # name, version, bridge ip, prefix, bridge mac, underlay family
+FORMAT = 1
+MAX_ENTRIES = 4096
+
+
+class DecodeError(ProtocolError):
+    """A garbled or hostile overlay message; the router drops it."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    name: int
+    version: int  # wall-clock nanoseconds when the owner last changed it: survives the owner's restart
+    bridge_ip: str  # "" while the owner's IPAM has not given it one
+    prefix: int
+    bridge_mac: str
+    underlay: str  # "" when the owner has no mesh connection yet
+
+
+def encode(infos: Iterable[PeerInfo]) -> bytes:
+    items = list(infos)
+    out = [_HEAD.pack(FORMAT, len(items))]
+    for i in items:
+        ip = ipaddress.IPv4Address(i.bridge_ip).packed if i.bridge_ip else bytes(4)
+        mac = bytes.fromhex(i.bridge_mac.replace(":", "")) if i.bridge_mac else bytes(6)
+        under = ipaddress.ip_address(i.underlay).packed if i.underlay else b""
+        out.append(_ENTRY.pack(i.name, i.version, ip, i.prefix, mac, len(under)) + under)
+    return b"".join(out)
+
+
+def decode(data: bytes) -> list[PeerInfo]:
+    """Raises DecodeError (and only that) on anything malformed."""
+    if len(data) < _HEAD.size:
+        raise DecodeError("overlay message too short")
+    fmt, count = _HEAD.unpack_from(data)
+    if fmt != FORMAT:
+        raise DecodeError(f"overlay message format {fmt} unknown")
+    if count > MAX_ENTRIES:
+        raise DecodeError(f"overlay message with {count} entries")
+    pos, infos = _HEAD.size, []
+    for _ in range(count):
+        if pos + _ENTRY.size > len(data):
+            raise DecodeError("overlay message truncated")
+        name, version, ip, prefix, mac, ulen = _ENTRY.unpack_from(data, pos)
+        pos += _ENTRY.size
+        if ulen not in (0, 4, 16) or pos + ulen > len(data) or prefix > 32 or name >> 48:
+            raise DecodeError("overlay entry malformed")
+        under = str(ipaddress.ip_address(data[pos : pos + ulen])) if ulen else ""
+        pos += ulen
+        bridge_ip = str(ipaddress.IPv4Address(ip)) if ip != bytes(4) else ""
+        bridge_mac = ":".join(f"{b:02x}" for b in mac) if mac != bytes(6) else ""
+        infos.append(PeerInfo(name, version, bridge_ip, prefix, bridge_mac, under))
+    if pos != len(data):
+        raise DecodeError("trailing bytes in overlay message")
+    return infos
+
+
+class PeerTable:
+    """The last-writer-wins map of every peer's PeerInfo."""
+
+    def __init__(self) -> None:
+        self.infos: dict[int, PeerInfo] = {}
+
+    def merge(self, infos: Iterable[PeerInfo]) -> list[PeerInfo]:
+        """Keep the newer version of each; return the entries that were news to us."""
+        news = []
+        for info in infos:
+            old = self.infos.get(info.name)
+            if old is None or (info.version, _key(info)) > (old.version, _key(old)):
+                self.infos[info.name] = info
+                news.append(info)
+        return news
+
+    def forget(self, keep: Iterable[int]) -> None:
+        wanted = set(keep)
+        for name in [n for n in self.infos if n not in wanted]:
+            del self.infos[name]
+
+
+def _key(info: PeerInfo) -> tuple[str, int, str, str]:
+    # A tie-break for equal versions (never produced by one honest owner) so merge stays order-independent.
+    return (info.bridge_ip, info.prefix, info.bridge_mac, info.underlay)
+
+
+def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, str]) -> str:
+    """Where a peer's VTEP is: the address of our direct connection to it, else what it says about itself."""
+    if name in direct:
+        return direct[name]
+    info = infos.get(name)
+    return info.underlay if info else ""

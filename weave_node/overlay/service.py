@@ -1,0 +1,405 @@
+"""The overlay shell: keeps the kernel datapath in line with the mesh, and runs the fast-path heartbeats.
+
+- Gossips our PeerInfo (bridge address/MAC, underlay address) on the "overlay" channel and merges the others'.
+- Reconciles: desired (pure, overlay.desired) vs observed (datapath.netlink) -> plan -> apply, in one worker
+  thread, on every change and every `resync` seconds (so drift, e.g. someone deleting our FDB entry, is repaired).
+- Heartbeats: UDP from our bridge address to each peer's, through the tunnel (overlay.health decides modes).
+Stopping the router leaves the kernel state alone: pod traffic keeps flowing while the router is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from weave_node.datapath import netlink
+from weave_node.datapath.model import (
+    BRIDGE,
+    FLOOD_MAC,
+    VNI,
+    VXLAN,
+    VXLAN_PORT,
+    Observed,
+    Pod,
+    bridge_mac,
+    overlay_mtu,
+)
+from weave_node.datapath.plan import Plan, plan
+from weave_node.mesh.gossip import GossipChannel
+from weave_node.mesh.peer import format_name
+from weave_node.overlay import peers as overlay_peers
+from weave_node.overlay.desired import (
+    SYSCTL_BRIDGE_NF,
+    SYSCTL_FORWARD,
+    Retention,
+    Settings,
+    desired_state,
+    merge_adopted,
+    peer_entries,
+)
+from weave_node.overlay.health import Health, Mode
+from weave_node.overlay.peers import PeerInfo, PeerTable
+
+log = logging.getLogger("weave_node.overlay")
+CHANNEL = "overlay"
+HEARTBEAT_PORT = 6785  # inside the overlay only (bridge address to bridge address); never on the underlay
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    pod_range: str
+    mtu: int | None = None  # None: from the underlay
+    peer_hosts: tuple[str, ...] = ()  # initial peers: their routes tell which device is the underlay
+    fastdp: bool = True
+    retain: float = 60.0
+    resync: float = 10.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 4.0
+
+
+class _Heartbeats(asyncio.DatagramProtocol):
+    def __init__(self, service: OverlayService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.service.health.receive(data, self.service.clock())
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("heartbeat socket: %s", exc)
+
+
+class OverlayService:
+    def __init__(
+        self,
+        me: int,
+        config: OverlayConfig,
+        bridge_address: Callable[[], Awaitable[str]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.me = me
+        self.config = config
+        self.clock = clock
+        self.wall_ns = wall_ns
+        self._bridge_address = bridge_address
+        self.mtu, self.mtu_source = config.mtu or 1450, "WEAVE_MTU" if config.mtu else "default"
+        self.settings = Settings(me=me, pod_range=config.pod_range, mtu=self.mtu, fastdp=config.fastdp)
+        self.table = PeerTable()
+        self.mine = PeerInfo(me, wall_ns(), "", 0, bridge_mac(me), "")
+        self.table.merge([self.mine])
+        self.retention = Retention(retain=config.retain, started=clock())
+        self.health = Health(me, interval=config.heartbeat_interval, timeout=config.heartbeat_timeout)
+        self.peers: set[int] = set()
+        self.nicknames: dict[int, str] = {}
+        self.direct: dict[int, str] = {}
+        self.bridge_cidr: str | None = None
+        self.problems: tuple[str, ...] = ()
+        self.last_sync: dict[str, Any] = {}
+        self.channel: GossipChannel | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._transport: asyncio.DatagramTransport | None = None
+        self._hb_bound: str | None = None
+        self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
+        self._heartbeat_peers: dict[int, str] = {}
+
+    # --- gossip (mesh.gossip.Gossiper) ---------------------------------------------------------------------
+
+    def attach(self, channel: GossipChannel) -> None:
+        self.channel = channel
+
+    def on_gossip(self, src: int, data: bytes) -> bytes | None:
+        news = self._merge(overlay_peers.decode(data))
+        return overlay_peers.encode(news) if news else None
+
+    def on_unicast(self, src: int, data: bytes) -> None:
+        self._merge(overlay_peers.decode(data))
+
+    def on_broadcast(self, src: int, data: bytes) -> None:
+        self._merge(overlay_peers.decode(data))
+
+    def gossip_state(self) -> bytes | None:
+        return overlay_peers.encode(self.table.infos.values())
+
+    def _merge(self, infos: list[PeerInfo]) -> list[PeerInfo]:
+        news = self.table.merge(infos)
+        if any(i.name == self.me for i in news):
+            # An older incarnation of us (or a clock that went back): reassert ours with a higher version.
+            newest = self.table.infos[self.me]
+            self._set_mine(replace(self.mine, version=newest.version + 1))
+            news = [i for i in news if i.name != self.me]
+        if news:
+            self._dirty.set()
+        return news
+
+    def _set_mine(self, info: PeerInfo) -> None:
+        self.mine = info
+        self.table.infos[self.me] = info
+        if self.channel is not None:
+            self.channel.gossip(overlay_peers.encode([info]))
+
+    def _update_mine(self, **changes: Any) -> None:
+        new = replace(self.mine, **changes)
+        if new != self.mine:
+            self._set_mine(replace(new, version=max(self.wall_ns(), self.mine.version + 1)))
+
+    # --- mesh events -------------------------------------------------------------------------------------
+
+    def topology_changed(self, nicknames: dict[int, str], direct: dict[int, str], local_underlay: str) -> None:
+        """Called by the daemon on every topology change: the peers, our direct connections' remote
+        addresses, and the local address the mesh reaches us at."""
+        self.nicknames = dict(nicknames)
+        self.peers = set(nicknames) - {self.me}
+        self.direct = dict(direct)
+        self.retention.present(self.peers, self.clock())
+        self.table.forget(set(nicknames) | self.retention.kept(self.clock()) | {self.me})
+        if local_underlay:
+            self._update_mine(underlay=local_underlay)
+        self._dirty.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        observed = await loop.run_in_executor(self.executor, self._observe)
+        if self.config.mtu is None:
+            self.mtu, self.mtu_source = await loop.run_in_executor(self.executor, self._underlay_mtu)
+        bridge_nf = SYSCTL_BRIDGE_NF in observed.sysctls
+        self.settings = replace(self.settings, bridge_nf=bridge_nf, mtu=self.mtu)
+        self.retention.adopted_fdb = observed.fdb
+        self.retention.adopted_neigh = observed.neigh
+        bridge = observed.links.get(BRIDGE)
+        if bridge is not None and bridge.kind == "bridge":
+            inside = [a for a in bridge.addresses if _in_range(a, self.config.pod_range)]
+            self.bridge_cidr = inside[0] if len(inside) == 1 else None
+        log.info(
+            "datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %d FDB and %d neighbour entries",
+            BRIDGE,
+            self.mtu,
+            self.mtu_source,
+            f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.config.fastdp else "off",
+            len(observed.fdb),
+            len(observed.neigh),
+        )
+        self._tasks = [
+            asyncio.create_task(self._reconcile_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._get_bridge_address()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._transport is not None:
+            self._transport.close()
+        self.executor.shutdown(wait=True)
+
+    async def _get_bridge_address(self) -> None:
+        while True:
+            try:
+                cidr = await self._bridge_address()
+            except Exception as exc:  # IPAM not ready yet: retry, and say why
+                log.info("bridge address: %s; retrying", exc)
+                await asyncio.sleep(2.0)
+                continue
+            if cidr != self.bridge_cidr:
+                log.info("bridge %s gets address %s", BRIDGE, cidr)
+            self.bridge_cidr = cidr
+            self._dirty.set()
+            return
+
+    # --- reconcile ---------------------------------------------------------------------------------------
+
+    def _underlay_mtu(self) -> tuple[int, str]:
+        """The smallest MTU of the devices that carry traffic to the initial peers (or of the default route's
+        device), minus the VXLAN overhead."""
+        found: list[tuple[str, int]] = []
+        for host in self.config.peer_hosts:
+            with contextlib.suppress(ValueError, netlink.DatapathError):
+                ipaddress.ip_address(host)
+                dev = netlink.route_mtu(host)
+                if dev:
+                    found.append(dev)
+        if not found:
+            dev = netlink.default_route_mtu()
+            found = [dev] if dev else []
+        if not found:
+            return overlay_mtu(1500), "no underlay route found: 1500 - 50 (VXLAN)"
+        dev_name, dev_mtu = min(found, key=lambda d: d[1])
+        return overlay_mtu(dev_mtu), f"underlay {dev_name} {dev_mtu} - 50 (VXLAN)"
+
+    def _observe(self) -> Observed:
+        return netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF])
+
+    def _sync(self, desired: Any) -> tuple[Plan, int]:
+        observed = self._observe()
+        result = plan(desired, observed)
+        return result, netlink.apply(result.ops)
+
+    def desired(self) -> Any:
+        now = self.clock()
+        kept = self.peers | self.retention.kept(now)
+        fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.direct, self.me)
+        fdb, neigh = merge_adopted(fdb, neigh, self.retention, now)
+        self._heartbeat_peers = bridges if self.config.fastdp else {}
+        return desired_state(self.settings, self.bridge_cidr, fdb, neigh)
+
+    async def _reconcile_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._dirty.clear()
+            desired = self.desired()
+            started = time.monotonic()
+            try:
+                result, applied = await loop.run_in_executor(self.executor, self._sync, desired)
+            except Exception as exc:  # a kernel error must not kill the router
+                log.error("datapath: %s", exc)
+                self.last_sync = {"at": self.clock(), "ops": 0, "error": str(exc)}
+            else:
+                if result.problems != self.problems:
+                    for problem in result.problems:
+                        log.error("datapath: %s", problem)
+                self.problems = result.problems
+                self.last_sync = {
+                    "at": self.clock(),
+                    "ops": applied,
+                    "error": None,
+                    "seconds": round(time.monotonic() - started, 4),
+                }
+                if applied:
+                    log.info("datapath: applied %d change(s): %s", applied, _summary(result))
+                self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
+                if desired.bridge.addresses and self.config.fastdp:
+                    self._update_mine(bridge_ip=desired.bridge.addresses[0].split("/")[0], prefix=_prefix(desired))
+            self.health.watch(set(self._heartbeat_peers), self.clock())
+            await self._bind_heartbeats()
+            timeout = self.config.resync
+            deadline = self.retention.next_deadline()
+            if deadline is not None:
+                timeout = max(0.05, min(timeout, deadline - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._dirty.wait()
+
+    # --- heartbeats --------------------------------------------------------------------------------------
+
+    async def _bind_heartbeats(self) -> None:
+        ip = self._applied_cidr.split("/")[0] if self._applied_cidr and self.config.fastdp else None
+        if ip == self._hb_bound:
+            return
+        if self._transport is not None:
+            self._transport.close()
+            self._transport, self._hb_bound = None, None
+        if ip is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Heartbeats(self), local_addr=(ip, HEARTBEAT_PORT)
+            )
+        except OSError as exc:
+            log.error("heartbeats: cannot bind %s:%d: %s", ip, HEARTBEAT_PORT, exc.strerror)
+            return
+        self._transport, self._hb_bound = transport, ip
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            now = self.clock()
+            if self._transport is not None:
+                for name, payload in self.health.due(now):
+                    dst = self._heartbeat_peers.get(name)
+                    if dst:
+                        self._transport.sendto(payload, (dst, HEARTBEAT_PORT))
+            for switch in self.health.evaluate(now):
+                log.info(
+                    "peer %s(%s): %s -> %s: %s",
+                    format_name(switch.peer),
+                    self.nicknames.get(switch.peer, "?"),
+                    switch.old.value,
+                    switch.new.value,
+                    switch.reason,
+                )
+            await asyncio.sleep(min(self.config.heartbeat_interval, 0.5))
+
+    # --- pods (the CNI plugin's work, done by the router) ------------------------------------------------
+
+    async def attach_pod(self, pod: Pod) -> dict[str, str]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, netlink.attach_pod, pod)
+
+    async def detach_pod(self, pod: Pod) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, netlink.detach_pod, pod)
+
+    # --- status ------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        peers = []
+        for name in sorted(self.peers | set(self._heartbeat_peers)):
+            health = self.health.peers.get(name)
+            info = self.table.infos.get(name)
+            vtep = overlay_peers.underlay_of(name, self.table.infos, self.direct)
+            if not self.config.fastdp:
+                mode, reason = Mode.DOWN.value, "fast datapath disabled"
+            elif health is None:
+                mode = Mode.PENDING.value
+                reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
+            else:
+                mode, reason = health.mode.value, health.reason
+            peers.append(
+                {
+                    "name": format_name(name),
+                    "nickname": self.nicknames.get(name, ""),
+                    "vtep": vtep,
+                    "bridge_ip": info.bridge_ip if info else "",
+                    "mode": mode,
+                    "reason": reason,
+                    "last_heartbeat_ago": round(now - health.last_rx, 1) if health and health.last_rx else None,
+                    "in_topology": name in self.peers,
+                }
+            )
+        return {
+            "bridge": BRIDGE,
+            "bridge_address": self.bridge_cidr,
+            "mtu": self.mtu,
+            "mtu_source": self.mtu_source,
+            "fastdp": (
+                {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": _floods(self)}
+                if self.config.fastdp
+                else None
+            ),
+            "problems": list(self.problems),
+            "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in self.last_sync.items()},
+            "peers": peers,
+        }
+
+
+def _floods(service: OverlayService) -> int:
+    fdb, _, _ = peer_entries(service.peers, service.table.infos, service.direct, service.me)
+    return sum(1 for e in fdb if e.mac == FLOOD_MAC)
+
+
+def _prefix(desired: Any) -> int:
+    return int(desired.bridge.addresses[0].split("/")[1])
+
+
+def _in_range(cidr: str, pod_range: str) -> bool:
+    return ipaddress.ip_interface(cidr).ip in ipaddress.ip_network(pod_range)
+
+
+def _summary(result: Plan) -> str:
+    kinds: dict[str, int] = {}
+    for op in result.ops:
+        kinds[type(op).__name__] = kinds.get(type(op).__name__, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
