@@ -58,7 +58,9 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("status", help="the router's state, like `weave status`")
-    s.add_argument("section", nargs="?", choices=["peers", "connections", "targets", "ipam"], help="one part in detail")
+    s.add_argument(
+        "section", nargs="?", choices=["peers", "connections", "targets", "ipam", "datapath"], help="one part in detail"
+    )
     _api_flags(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
@@ -89,6 +91,10 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.add_argument("peer", help="IP or host name, optionally :port")
         _api_flags(p)
         p.set_defaults(func=cmd_peer, verb=verb)
+    reset = sub.add_parser("reset", help="remove the weave bridge, the VXLAN device and our iptables chains")
+    reset.add_argument("--force", action="store_true", help="even if a router answers (it would recreate them)")
+    _api_flags(reset)
+    reset.set_defaults(func=cmd_reset)
 
 
 def _api_flags(p: argparse.ArgumentParser) -> None:
@@ -158,6 +164,60 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datapath_summary(dp: dict[str, Any]) -> str:
+    modes: dict[str, int] = {}
+    for p in dp["peers"]:
+        modes[p["mode"]] = modes.get(p["mode"], 0) + 1
+    fast = f"fastdp ({dp['fastdp']['device']}, UDP {dp['fastdp']['port']})" if dp["fastdp"] else "fastdp off"
+    peers = ", ".join(f"{n} {m}" for m, n in sorted(modes.items())) or "no peers"
+    text = f"{fast}, bridge {dp['bridge']} {dp['bridge_address'] or '(no address yet)'}, MTU {dp['mtu']}; {peers}"
+    return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
+
+
+def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None:
+    if dp is None:
+        console.print("the kernel datapath is off (--datapath none)")
+        return
+    console.print(_datapath_summary(dp) + f"\nMTU from {dp['mtu_source']}")
+    for problem in dp["problems"]:
+        console.print(f"[bold red]problem:[/] {problem}")
+    for col in ("peer", "vtep", "mode", "heartbeat", "why"):
+        table.add_column(col)
+    for p in dp["peers"]:
+        ago = "never" if p["last_heartbeat_ago"] is None else f"{p['last_heartbeat_ago']} s ago"
+        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, p["reason"])
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Like `weave reset`: take our kernel state away (pods on the bridge lose their network). IPAM state stays."""
+    from weave_node.api.client import ApiError
+    from weave_node.datapath import netlink
+    from weave_node.datapath.plan import DeleteLink, RestoreTable, plan_removal
+
+    if not args.force:
+        try:
+            _get(args, "/status")
+        except ApiError:
+            pass
+        else:
+            print("weave-node reset: the router is running and would recreate it; stop it first", file=sys.stderr)
+            return 1
+    try:
+        result = plan_removal(netlink.observe())
+        netlink.apply(result.ops)
+    except netlink.DatapathError as exc:
+        print(f"weave-node reset: {exc}", file=sys.stderr)
+        return 1
+    for op in result.ops:
+        if isinstance(op, DeleteLink):
+            print(f"removed link {op.name}")
+        elif isinstance(op, RestoreTable):
+            print(f"removed iptables chain(s) {', '.join(op.drop_chains)} from table {op.table}")
+    if not result.ops:
+        print("nothing to remove")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch per table
     from rich.console import Console
     from rich.table import Table
@@ -184,12 +244,16 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
             i = doc["ipam"]
             state = "ready" if i["ready"] else i["waiting"] or "not ready"
             rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
+        if "datapath" in doc:
+            rows.append(("Datapath", _datapath_summary(doc["datapath"])))
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             console.print(f"  {key:>{width}}: {value}")
         return 0
     table = Table(box=None)
-    if args.section == "ipam":
+    if args.section == "datapath":
+        _datapath_table(console, table, doc.get("datapath"))
+    elif args.section == "ipam":
         i = doc["ipam"]
         console.print(
             f"range {i['range']} ({i['init']}): {'ready' if i['ready'] else i['waiting']}; here "

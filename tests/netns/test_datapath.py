@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import poll
+from tests.helpers import BIN, poll
 from tests.netns.hosts import Net, RouterProc, netns_hosts
 from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
 from weave_node.datapath import netlink
@@ -269,3 +269,42 @@ def test_a_departed_peer_loses_its_entries_after_the_retention(tmp_path: Path) -
         gone = f"dst {net.hosts[1].address}"
         poll(lambda: not any(gone in e for e in _permanent(floods())), timeout=30, what="h2's entries removed")
         assert r1.status()["datapath"]["peers"] == []
+
+
+def test_status_shows_the_datapath_per_peer(mesh: Mesh) -> None:
+    r1 = mesh.routers[0]
+    args = ["--socket", str(r1.socket)]
+    summary = r1.host.run(str(BIN / "weave-node"), "status", *args).stdout
+    assert "Datapath: fastdp (vxlan-6784, UDP 6784), bridge weave 10." in summary and "2 fastdp" in summary
+    detail = subprocess.run(
+        ["ip", "netns", "exec", r1.host.netns, str(BIN / "weave-node"), "status", "datapath", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "80", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    ).stdout
+    assert "MTU from underlay eth0 1500 - 50 (VXLAN)" in detail
+    rows = [line for line in detail.splitlines() if line.strip().startswith(("h2", "h3"))]
+    assert len(rows) == 2 and all("fastdp" in row and "198.19.0." in row for row in rows)
+    assert max(len(line) for line in detail.splitlines()) <= 80
+
+
+def test_reset_removes_only_ours_and_refuses_while_the_router_runs(tmp_path: Path) -> None:
+    with netns_hosts(1, tmp_path) as net:
+        h = net.hosts[0]
+        h.run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+        r = net.start_router(1, *FAST, datapath=True)
+        poll(lambda: r.status()["datapath"]["bridge_address"], timeout=20, what="the bridge address")
+        poll(lambda: "WEAVE-NODE-NAT" in h.run("iptables-save", "-t", "nat").stdout, timeout=20, what="our chains")
+        refused = h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket), check=False)
+        assert refused.returncode == 1 and "stop it first" in refused.stderr
+        r.proc.terminate()
+        r.proc.wait()
+        assert "vxlan-6784" in h.run("ip", "-o", "link").stdout  # stopping leaves the datapath in place
+        out = h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket))
+        assert "removed link vxlan-6784" in out.stdout and "removed link weave" in out.stdout
+        links = h.run("ip", "-o", "link").stdout
+        assert "weave" not in links and "vxlan-6784" not in links
+        nat = h.run("iptables-save", "-t", "nat").stdout
+        assert "WEAVE-NODE" not in nat and ":KUBE-SERVICES" in nat
+        assert h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket)).stdout.strip() == "nothing to remove"

@@ -68,3 +68,23 @@ def test_status_api_stays_on_loopback_unless_told() -> None:
 def test_bad_numbers(env: dict[str, str], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         from_env_and_flags(env, {})
+
+
+def test_datapath_settings_use_weave_names() -> None:
+    c = from_env_and_flags({"WEAVE_MTU": "1376", "WEAVE_NO_FASTDP": "1"}, {})
+    assert (c.datapath, c.mtu, c.fastdp, c.peer_retain) == ("kernel", 1376, False, 60.0)
+    c = from_env_and_flags({"WEAVE_MTU": ""}, {"datapath": "none", "peer_retain": 5})
+    assert (c.datapath, c.mtu, c.fastdp, c.peer_retain) == ("none", None, True, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "msg"),
+    [
+        ({"WEAVE_MTU": "big"}, "WEAVE_MTU must be a number"),
+        ({"WEAVE_MTU": "100"}, "between 576 and 65485"),
+        ({"WEAVE_DATAPATH": "ovs"}, "--datapath must be 'kernel' or 'none'"),
+    ],
+)
+def test_bad_datapath_settings(env: dict[str, str], msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        from_env_and_flags(env, {})
