@@ -13,14 +13,16 @@ import time
 from weave_node.api.server import ApiServer
 from weave_node.config import RouterConfig
 from weave_node.datapath.model import BRIDGE
-from weave_node.ipam.address import ip_str, parse_range
+from weave_node.ipam.address import ip_str, parse_ip, parse_range
 from weave_node.ipam.allocator import Allocator, Key, parse_init
+from weave_node.ipam.errors import IpamError
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey
 from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
 from weave_node.overlay.service import OverlayConfig, OverlayService
 
@@ -84,8 +86,15 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
     """The kernel datapath, fed the topology, with the bridge's address from IPAM (like Weave's `weave expose`)."""
     span = parse_range(config.ipalloc_range)
 
-    async def bridge_address() -> str:
-        ip = await ipam.allocate(Key(BRIDGE_CONTAINER_ID, BRIDGE), wait=30.0)
+    async def bridge_address(current: str | None) -> str:
+        key = Key(BRIDGE_CONTAINER_ID, BRIDGE)
+        if current:
+            # Keep the address the bridge already has (running pods use it as their gateway) if IPAM agrees.
+            try:
+                await ipam.claim(key, parse_ip(current.split("/")[0]))
+            except IpamError as exc:
+                log.warning("bridge address %s cannot be kept (%s): taking a new one", current, exc)
+        ip = await ipam.allocate(key, wait=30.0)
         return f"{ip_str(ip)}/{span.prefix}"
 
     overlay = OverlayService(
@@ -105,10 +114,10 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
         direct, local = {}, []
         for name, pc in router.established.items():
             peer, mine = pc.writer.get_extra_info("peername"), pc.writer.get_extra_info("sockname")
-            if peer:
-                direct[name] = str(peer[0])
-            if mine:
-                local.append(str(mine[0]))
+            if peer and vtep_address(str(peer[0])):
+                direct[name] = vtep_address(str(peer[0]))
+            if mine and vtep_address(str(mine[0])):
+                local.append(vtep_address(str(mine[0])))
         underlay = max(set(local), key=local.count) if local else ""
         overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, underlay)
 
@@ -129,6 +138,11 @@ async def run_router(config: RouterConfig) -> int:
     router = Router(config, identity, protocol_config)
     ipam = make_ipam(config, identity, router)
     overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
+    if overlay is not None and config.fastdp and config.password:
+        log.warning(
+            "a password encrypts the mesh, but pod traffic in the VXLAN fast datapath is not encrypted "
+            "(kernel VXLAN has no encryption); encrypted pod traffic needs the sleeve datapath"
+        )
     api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,9 +157,9 @@ async def run_router(config: RouterConfig) -> int:
     await stop.wait()
     log.info("shutting down")
     await api.stop()
-    await router.stop()
     if overlay is not None:
-        await overlay.stop()  # the kernel datapath stays: pods keep talking while the router is away
+        await overlay.stop()  # first, so the mesh going down changes nothing; the kernel datapath stays
+    await router.stop()
     await ipam.stop()
     return 0
 

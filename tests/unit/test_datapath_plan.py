@@ -247,3 +247,19 @@ def test_mtu_and_bridge_mac() -> None:
     mac = bridge_mac(0xFFFFFFFFFFFF)
     assert mac == "fe:ff:ff:ff:ff:ff"  # unicast, locally administered
     assert int(bridge_mac(0)[:2], 16) & 0x03 == 0x02
+
+
+def test_an_unlabelled_vxlan_with_our_parameters_is_adopted() -> None:
+    bridge = Link(BRIDGE, "bridge", mtu=1450, up=True, alias=ALIAS, mcast_snooping=False)
+    half = Link(VXLAN, "vxlan", mtu=1450, up=True, master=BRIDGE, vni=0x6784, port=VXLAN_PORT, learning=True)
+    result = plan(Desired(Bridge(), Vxlan()), Observed(links={BRIDGE: bridge, VXLAN: half}))
+    assert result.ops == (SetLink(VXLAN, alias=ALIAS),) and result.problems == ()
+
+
+def test_a_stale_chain_of_ours_is_unhooked_wherever_it_is_referenced() -> None:
+    old = f"{CHAIN_PREFIX}OLD"
+    observed = Observed(
+        iptables={"filter": {"FORWARD": (f"-i weave -j {old}", "-j KUBE-FORWARD"), old: ("-j ACCEPT",)}}
+    )
+    after = apply_to_model(observed, plan(Desired(Bridge(), None), observed).ops)
+    assert after.iptables == {"filter": {"FORWARD": ("-j KUBE-FORWARD",)}}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weave_node.datapath.model import FLOOD_MAC, Fdb, Neigh
+from weave_node.datapath.model import FLOOD_MAC, Fdb, Neigh, bridge_mac
 from weave_node.overlay import health as hb
 from weave_node.overlay import peers
 from weave_node.overlay.desired import Retention, Settings, desired_state, merge_adopted, peer_entries
@@ -16,18 +16,22 @@ from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.peers import DecodeError, PeerInfo, PeerTable
 
 A, B, C = 0xA, 0xB, 0xC
-infos_st = st.builds(
-    PeerInfo,
-    name=st.integers(0, 2**48 - 1),
-    version=st.integers(0, 2**64 - 1),
-    bridge_ip=st.sampled_from(["", "10.32.0.1", "10.40.3.4"]),
-    prefix=st.integers(0, 32),
-    bridge_mac=st.sampled_from(["", "02:00:00:00:00:0a"]),
-    underlay=st.sampled_from(["", "198.19.0.1", "fd00::1"]),
-)
 
 
-@given(st.lists(infos_st, max_size=5))
+@st.composite
+def infos_st(draw: st.DrawFn) -> PeerInfo:
+    name = draw(st.integers(0, 2**48 - 1))
+    return PeerInfo(
+        name,
+        draw(st.integers(0, 2**63 - 1)),
+        draw(st.sampled_from(["", "10.32.0.1", "10.40.3.4"])),
+        draw(st.integers(0, 32)),
+        draw(st.sampled_from(["", bridge_mac(name)])),
+        draw(st.sampled_from(["", "198.19.0.1"])),
+    )
+
+
+@given(st.lists(infos_st(), max_size=5))
 def test_peer_info_round_trips(infos: list[PeerInfo]) -> None:
     assert peers.decode(peers.encode(infos)) == infos
 
@@ -38,7 +42,7 @@ def test_garbage_gives_only_decode_error(data: bytes) -> None:
         peers.decode(data)
 
 
-@given(st.lists(infos_st, max_size=6), st.randoms())
+@given(st.lists(infos_st(), max_size=6), st.randoms())
 def test_merge_is_order_independent(infos: list[PeerInfo], rnd: object) -> None:
     one, two = PeerTable(), PeerTable()
     one.merge(infos)
@@ -51,16 +55,16 @@ def test_merge_is_order_independent(infos: list[PeerInfo], rnd: object) -> None:
 
 def test_entries_per_peer_prefer_the_direct_address() -> None:
     infos = {
-        B: PeerInfo(B, 1, "10.32.0.2", 12, "02:00:00:00:00:0b", "198.19.0.99"),
+        B: PeerInfo(B, 1, "10.32.0.2", 12, bridge_mac(B), "198.19.0.99"),
         C: PeerInfo(C, 1, "", 0, "", "198.19.0.3"),
     }
     fdb, neigh, bridges = peer_entries({A, B, C}, infos, {B: "198.19.0.2"}, A)
     assert fdb == {
         Fdb(FLOOD_MAC, "198.19.0.2"),
-        Fdb("02:00:00:00:00:0b", "198.19.0.2"),
+        Fdb(bridge_mac(B), "198.19.0.2"),
         Fdb(FLOOD_MAC, "198.19.0.3"),
     }
-    assert neigh == {Neigh("10.32.0.2", "02:00:00:00:00:0b")}
+    assert neigh == {Neigh("10.32.0.2", bridge_mac(B))}
     assert bridges == {B: "10.32.0.2"}  # C has no bridge address yet: no heartbeats to it
 
 
@@ -132,3 +136,33 @@ def test_stray_heartbeats_are_ignored(data: bytes) -> None:
     a.watch({B}, 0.0)
     a.receive(data, 1.0)
     assert a.peers[B].last_rx is None
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        PeerInfo(B, 2**63, "", 0, "", ""),  # a version no one can go above
+        PeerInfo(B, 1, "", 0, "02:00:00:00:00:99", ""),  # a bridge MAC not derived from the name
+    ],
+)
+def test_hostile_entries_are_refused(info: PeerInfo) -> None:
+    with pytest.raises(DecodeError):
+        peers.decode(peers.encode([info]))
+
+
+UNUSABLE = ["fd00::1", "127.0.0.1", "0.0.0.0", "224.0.0.1", "garbage"]  # noqa: S104 - data, not a bind
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("198.19.0.1", "198.19.0.1"), ("::ffff:198.19.0.1", "198.19.0.1"), *[(u, "") for u in UNUSABLE]],
+)
+def test_only_usable_ipv4_vteps(raw: str, want: str) -> None:
+    assert peers.vtep_address(raw) == want
+
+
+def test_adopted_entries_are_dropped_once_adoption_ends() -> None:
+    r = Retention(retain=10, started=0.0, adopted_fdb=frozenset({Fdb(FLOOD_MAC, "198.19.0.7")}))
+    assert r.next_deadline() == 10.0
+    r.kept(10.0)
+    assert r.adopted_fdb == frozenset() and r.next_deadline() is None

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weave_node.datapath.iptables import TABLES, parse_save
-from weave_node.datapath.model import BRIDGE, VXLAN, Fdb, Link, Neigh, Observed, Pod
+from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VXLAN, Fdb, Link, Neigh, Observed, Pod
 from weave_node.datapath.plan import (
     AddAddress,
     AddFdb,
@@ -197,6 +197,23 @@ def apply(ops: Iterable[Op], netns: str | None = None) -> int:
     return count
 
 
+def apply_all(ops: Iterable[Op], netns: str | None = None) -> tuple[int, list[str]]:
+    """Like apply(), but an operation that fails is reported and the others still run (a read-only sysctl must
+    not keep the bridge from being built; ops that depend on a failed one fail too, and say so)."""
+    count, errors = 0, []
+    with _ipr(netns) as ipr:
+        for op in ops:
+            try:
+                _apply_one(ipr, netns, op)
+            except NetlinkError as exc:
+                errors.append(f"{op}: {os.strerror(exc.code) if exc.code > 0 else exc}")
+            except DatapathError as exc:
+                errors.append(str(exc))
+            else:
+                count += 1
+    return count, errors
+
+
 def _index(ipr: Any, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
@@ -221,8 +238,8 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
             vxlan_port=op.port,
             vxlan_learning=int(op.learning),
             mtu=op.mtu,
+            master=_index(ipr, op.master),
         )
-        ipr.link("set", index=_index(ipr, op.name), master=_index(ipr, op.master))
     elif isinstance(op, SetLink):
         _set_link(ipr, op)
     elif isinstance(op, DeleteLink):
@@ -232,7 +249,7 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
         command = "add" if isinstance(op, AddAddress) else "del"
         ipr.addr(command, index=_index(ipr, op.link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
     elif isinstance(op, AddFdb):
-        ipr.fdb("append", ifindex=_index(ipr, op.link), lladdr=op.entry.mac, dst=op.entry.dst)
+        _add_fdb(ipr, op)
     elif isinstance(op, DelFdb):
         ipr.fdb("del", ifindex=_index(ipr, op.link), lladdr=op.entry.mac, dst=op.entry.dst)
     elif isinstance(op, AddNeigh):
@@ -242,6 +259,22 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
         ipr.neigh("del", dst=op.entry.ip, lladdr=op.entry.mac, ifindex=_index(ipr, op.link))
     elif isinstance(op, RestoreTable):
         _run(netns, ["iptables-restore", "--noflush", "-w", "5"], stdin=op.text())
+
+
+def _add_fdb(ipr: Any, op: AddFdb) -> None:
+    if op.entry.mac == FLOOD_MAC:  # the flood list holds many VTEPs: append
+        ipr.fdb("append", ifindex=_index(ipr, op.link), lladdr=op.entry.mac, dst=op.entry.dst)
+        return
+    # replace, not append: a learned entry for this MAC must take our VTEP, not just become permanent
+    ipr.neigh(
+        "replace",
+        family=socket.AF_BRIDGE,
+        ifindex=_index(ipr, op.link),
+        lladdr=op.entry.mac,
+        dst=op.entry.dst,
+        state=NUD_PERMANENT | NUD_NOARP,
+        flags=NTF_SELF,
+    )
 
 
 def _set_link(ipr: Any, op: SetLink) -> None:
@@ -287,6 +320,8 @@ def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:
             oif = route.get("RTA_OIF")
             if oif:
                 link = ipr.get_links(oif)[0]
+                if link.get("IFLA_IFNAME") == "lo":
+                    return None  # one of our own addresses: says nothing about the underlay
                 return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU"))
     return None
 
@@ -316,6 +351,8 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
         with _ipr(netns) as host:
             bridge = _index(host, pod.bridge)
             found = host.link_lookup(ifname=pod.host_ifname)
+            if found and _kind(host, found[0]) != "veth":
+                raise DatapathError(f"host interface name {pod.host_ifname} is taken by a link that is not a veth")
             if found and not _pod_end_exists(pod):
                 host.link("del", index=found[0])  # a stale host end whose pod end is gone
                 found = []
@@ -332,15 +369,25 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
         pod_mac = _configure_pod_end(pod)
     except (NetlinkError, OSError) as exc:
         if created:
-            detach_pod(pod, netns)
+            _rollback(pod, netns)
         raise DatapathError(f"attach {pod.ifname} in {pod.netns}: {exc}") from exc
     except DatapathError:
         if created:
-            detach_pod(pod, netns)
+            _rollback(pod, netns)
         raise
     finally:
         os.close(fd)
     return {"host_ifname": pod.host_ifname, "host_mac": host_mac, "mac": pod_mac, "ifname": pod.ifname}
+
+
+def _rollback(pod: Pod, netns: str | None) -> None:
+    with contextlib.suppress(DatapathError, NetlinkError, OSError):  # the original error is the one to report
+        detach_pod(pod, netns)
+
+
+def _kind(ipr: Any, index: int) -> str:
+    info = ipr.get_links(index)[0].get("IFLA_LINKINFO")
+    return str(info.get("IFLA_INFO_KIND") or "") if info else ""
 
 
 def _open_netns(path: str) -> int:
@@ -382,7 +429,7 @@ def detach_pod(pod: Pod, netns: str | None = None) -> bool:
     removed = False
     with _ipr(netns) as host:
         found = host.link_lookup(ifname=pod.host_ifname)
-        if found:
+        if found and _kind(host, found[0]) == "veth":
             with contextlib.suppress(NetlinkError):
                 host.link("del", index=found[0])
                 removed = True

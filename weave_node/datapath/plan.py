@@ -207,6 +207,10 @@ def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
         b.ops += [DeleteLink(link.name) for link in ours]
         return False
     link = observed.links.get(want.name)
+    if link is not None and link.kind == "vxlan" and link.alias != ALIAS and _same_vxlan(link, want):
+        # Ours, from a start that died between creating it and labelling it: adopt it.
+        b.ops.append(SetLink(want.name, alias=ALIAS))
+        link = replace(link, alias=ALIAS)
     if link is not None and (link.kind != "vxlan" or link.alias != ALIAS):
         b.problems.append(
             f"a {link.kind or 'link'} named {want.name!r} exists that weave-node did not create (no alias "
@@ -282,9 +286,15 @@ def _iptables(b: _Builder, chains: Iterable[Chain], observed: Observed) -> None:
         for name in drop:
             for hook, rules in sorted(have.items()):
                 if not hook.startswith(CHAIN_PREFIX):
-                    del_jumps += [(hook, r) for r in rules if r == f"-j {name}"]
+                    del_jumps += [(hook, r) for r in rules if _targets(r, name)]
         if write or add_jumps or del_jumps or drop:
             b.ops.append(RestoreTable(table, write, tuple(add_jumps), tuple(del_jumps), drop))
+
+
+def _targets(rule: str, chain: str) -> bool:
+    """Does this rule jump to (or go to) `chain`?"""
+    words = rule.split()
+    return any(w in ("-j", "-g") and i + 1 < len(words) and words[i + 1] == chain for i, w in enumerate(words))
 
 
 def plan_removal(observed: Observed) -> Plan:

@@ -363,7 +363,11 @@ class Router:
         # Anti-entropy: 9 bytes to one random neighbour; full topologies cross only when the fingerprints differ.
         self._send(self.rng.choice(peers), gossip.encode_digest(self.topology.fingerprint(), echo=True))
         for name, gossiper in self.channels.items():
-            state = gossiper.gossip_state()
+            try:
+                state = gossiper.gossip_state()
+            except Exception:
+                log.exception("gossip channel %s failed to produce its state", name)
+                continue
             if state:
                 self._send(
                     self.rng.choice(peers), gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state)

@@ -45,6 +45,8 @@ class Retention:
             self.last_seen[name] = now
 
     def kept(self, now: float) -> set[int]:
+        if not self.adopting(now):
+            self.adopted_fdb, self.adopted_neigh = frozenset(), frozenset()
         for name in [n for n, t in self.last_seen.items() if now - t >= self.retain]:
             del self.last_seen[name]
         return set(self.last_seen)

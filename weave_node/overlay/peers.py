@@ -13,12 +13,14 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from weave_node.datapath.model import bridge_mac as model_bridge_mac
 from weave_node.mesh.errors import ProtocolError
 
 _HEAD = struct.Struct(">BH")  # format version, count
 _ENTRY = struct.Struct(">QQ4sB6sB")  # name, version, bridge ip, prefix, bridge mac, underlay family
 FORMAT = 1
 MAX_ENTRIES = 4096
+MAX_VERSION = 2**63  # versions are wall-clock ns: far below; the headroom lets an owner always go one higher
 
 
 class DecodeError(ProtocolError):
@@ -61,12 +63,14 @@ def decode(data: bytes) -> list[PeerInfo]:
             raise DecodeError("overlay message truncated")
         name, version, ip, prefix, mac, ulen = _ENTRY.unpack_from(data, pos)
         pos += _ENTRY.size
-        if ulen not in (0, 4, 16) or pos + ulen > len(data) or prefix > 32 or name >> 48:
+        if ulen not in (0, 4, 16) or pos + ulen > len(data) or prefix > 32 or name >> 48 or version >= MAX_VERSION:
             raise DecodeError("overlay entry malformed")
-        under = str(ipaddress.ip_address(data[pos : pos + ulen])) if ulen else ""
+        under = vtep_address(data[pos : pos + ulen]) if ulen else ""
         pos += ulen
         bridge_ip = str(ipaddress.IPv4Address(ip)) if ip != bytes(4) else ""
         bridge_mac = ":".join(f"{b:02x}" for b in mac) if mac != bytes(6) else ""
+        if bridge_mac and bridge_mac != model_bridge_mac(name):
+            raise DecodeError("overlay entry with a bridge MAC that is not derived from its peer name")
         infos.append(PeerInfo(name, version, bridge_ip, prefix, bridge_mac, under))
     if pos != len(data):
         raise DecodeError("trailing bytes in overlay message")
@@ -100,9 +104,28 @@ def _key(info: PeerInfo) -> tuple[str, int, str, str]:
     return (info.bridge_ip, info.prefix, info.bridge_mac, info.underlay)
 
 
+def vtep_address(raw: bytes | str) -> str:
+    """A usable IPv4 VTEP address, or "" (the VXLAN device is IPv4: IPv6 and special addresses are not usable).
+    IPv4-mapped IPv6 addresses (a dual-stack listener's view of an IPv4 peer) become IPv4."""
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        return ""
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is None:
+            return ""
+        addr = addr.ipv4_mapped
+    if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local or addr == _BROADCAST:
+        return ""
+    return str(addr)
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, str]) -> str:
     """Where a peer's VTEP is: the address of our direct connection to it, else what it says about itself."""
-    if name in direct:
+    if direct.get(name):
         return direct[name]
     info = infos.get(name)
     return info.underlay if info else ""

@@ -45,6 +45,7 @@ from weave_node.overlay.desired import (
     peer_entries,
 )
 from weave_node.overlay.health import Health, Mode
+from weave_node.overlay.health import decode as decode_heartbeat
 from weave_node.overlay.peers import PeerInfo, PeerTable
 
 log = logging.getLogger("weave_node.overlay")
@@ -69,7 +70,10 @@ class _Heartbeats(asyncio.DatagramProtocol):
         self.service = service
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.service.health.receive(data, self.service.clock())
+        msg = decode_heartbeat(data)
+        # Only from the sender's own bridge address and port: a pod cannot keep a dead peer looking alive.
+        if msg is not None and addr[1] == HEARTBEAT_PORT and self.service.heartbeat_peers.get(msg[0]) == addr[0]:
+            self.service.health.receive(data, self.service.clock())
 
     def error_received(self, exc: Exception) -> None:
         log.debug("heartbeat socket: %s", exc)
@@ -80,7 +84,7 @@ class OverlayService:
         self,
         me: int,
         config: OverlayConfig,
-        bridge_address: Callable[[], Awaitable[str]],
+        bridge_address: Callable[[str | None], Awaitable[str]],
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
@@ -100,6 +104,7 @@ class OverlayService:
         self.peers: set[int] = set()
         self.nicknames: dict[int, str] = {}
         self.direct: dict[int, str] = {}
+        self.vteps: dict[int, str] = {}  # the VTEP in use per peer (kept while a departed peer is retained)
         self.bridge_cidr: str | None = None
         self.problems: tuple[str, ...] = ()
         self.last_sync: dict[str, Any] = {}
@@ -110,7 +115,7 @@ class OverlayService:
         self._transport: asyncio.DatagramTransport | None = None
         self._hb_bound: str | None = None
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
-        self._heartbeat_peers: dict[int, str] = {}
+        self.heartbeat_peers: dict[int, str] = {}
 
     # --- gossip (mesh.gossip.Gossiper) ---------------------------------------------------------------------
 
@@ -131,6 +136,16 @@ class OverlayService:
         return overlay_peers.encode(self.table.infos.values())
 
     def _merge(self, infos: list[PeerInfo]) -> list[PeerInfo]:
+        # A bridge address outside the pod range (or ours, for another peer) would install a neighbour entry
+        # for an address that is not the overlay's: such an entry is dropped.
+        ours = self.mine.bridge_ip
+        infos = [
+            i
+            for i in infos
+            if i.name == self.me
+            or not i.bridge_ip
+            or (_in_range(i.bridge_ip, self.config.pod_range) and i.bridge_ip != ours)
+        ]
         news = self.table.merge(infos)
         if any(i.name == self.me for i in news):
             # An older incarnation of us (or a clock that went back): reassert ours with a higher version.
@@ -158,9 +173,12 @@ class OverlayService:
         """Called by the daemon on every topology change: the peers, our direct connections' remote
         addresses, and the local address the mesh reaches us at."""
         self.nicknames = dict(nicknames)
+        now = self.clock()
+        # Peers that just left were present until now: their retention counts from this moment.
+        self.retention.present(self.peers, now)
         self.peers = set(nicknames) - {self.me}
+        self.retention.present(self.peers, now)
         self.direct = dict(direct)
-        self.retention.present(self.peers, self.clock())
         self.table.forget(set(nicknames) | self.retention.kept(self.clock()) | {self.me})
         if local_underlay:
             self._update_mine(underlay=local_underlay)
@@ -181,6 +199,9 @@ class OverlayService:
         if bridge is not None and bridge.kind == "bridge":
             inside = [a for a in bridge.addresses if _in_range(a, self.config.pod_range)]
             self.bridge_cidr = inside[0] if len(inside) == 1 else None
+            if self.bridge_cidr and self.config.fastdp:
+                ip, prefix = self.bridge_cidr.split("/")
+                self._update_mine(bridge_ip=ip, prefix=int(prefix))  # peers keep our entries across a restart
         log.info(
             "datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %d FDB and %d neighbour entries",
             BRIDGE,
@@ -204,12 +225,12 @@ class OverlayService:
                 await task
         if self._transport is not None:
             self._transport.close()
-        self.executor.shutdown(wait=True)
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
 
     async def _get_bridge_address(self) -> None:
         while True:
             try:
-                cidr = await self._bridge_address()
+                cidr = await self._bridge_address(self.bridge_cidr)
             except Exception as exc:  # IPAM not ready yet: retry, and say why
                 log.info("bridge address: %s; retrying", exc)
                 await asyncio.sleep(2.0)
@@ -243,17 +264,26 @@ class OverlayService:
     def _observe(self) -> Observed:
         return netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF])
 
-    def _sync(self, desired: Any) -> tuple[Plan, int]:
+    def _sync(self, desired: Any) -> tuple[Plan, int, list[str]]:
         observed = self._observe()
         result = plan(desired, observed)
-        return result, netlink.apply(result.ops)
+        applied, errors = netlink.apply_all(result.ops)
+        return result, applied, errors
 
     def desired(self) -> Any:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
-        fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.direct, self.me)
+        # A departed peer keeps the VTEP it had (not whatever it advertised): its entries must not move while
+        # it is away.
+        for name in self.peers:
+            vtep = overlay_peers.underlay_of(name, self.table.infos, self.direct)
+            if vtep:
+                self.vteps[name] = vtep
+        for name in [n for n in self.vteps if n not in kept]:
+            del self.vteps[name]
+        fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.vteps, self.me)
         fdb, neigh = merge_adopted(fdb, neigh, self.retention, now)
-        self._heartbeat_peers = bridges if self.config.fastdp else {}
+        self.heartbeat_peers = bridges if self.config.fastdp else {}
         return desired_state(self.settings, self.bridge_cidr, fdb, neigh)
 
     async def _reconcile_loop(self) -> None:
@@ -263,11 +293,13 @@ class OverlayService:
             desired = self.desired()
             started = time.monotonic()
             try:
-                result, applied = await loop.run_in_executor(self.executor, self._sync, desired)
+                result, applied, errors = await loop.run_in_executor(self.executor, self._sync, desired)
             except Exception as exc:  # a kernel error must not kill the router
                 log.error("datapath: %s", exc)
                 self.last_sync = {"at": self.clock(), "ops": 0, "error": str(exc)}
             else:
+                for error in errors:
+                    log.error("datapath: %s", error)
                 if result.problems != self.problems:
                     for problem in result.problems:
                         log.error("datapath: %s", problem)
@@ -275,15 +307,16 @@ class OverlayService:
                 self.last_sync = {
                     "at": self.clock(),
                     "ops": applied,
-                    "error": None,
+                    "error": "; ".join(errors) or None,
                     "seconds": round(time.monotonic() - started, 4),
                 }
                 if applied:
                     log.info("datapath: applied %d change(s): %s", applied, _summary(result))
-                self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
+                if not errors:
+                    self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
                 if desired.bridge.addresses and self.config.fastdp:
                     self._update_mine(bridge_ip=desired.bridge.addresses[0].split("/")[0], prefix=_prefix(desired))
-            self.health.watch(set(self._heartbeat_peers), self.clock())
+            self.health.watch(set(self.heartbeat_peers), self.clock())
             await self._bind_heartbeats()
             timeout = self.config.resync
             deadline = self.retention.next_deadline()
@@ -319,7 +352,7 @@ class OverlayService:
             now = self.clock()
             if self._transport is not None:
                 for name, payload in self.health.due(now):
-                    dst = self._heartbeat_peers.get(name)
+                    dst = self.heartbeat_peers.get(name)
                     if dst:
                         self._transport.sendto(payload, (dst, HEARTBEAT_PORT))
             for switch in self.health.evaluate(now):
@@ -346,7 +379,7 @@ class OverlayService:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         peers = []
-        for name in sorted(self.peers | set(self._heartbeat_peers)):
+        for name in sorted(self.peers | set(self.heartbeat_peers)):
             health = self.health.peers.get(name)
             info = self.table.infos.get(name)
             vtep = overlay_peers.underlay_of(name, self.table.infos, self.direct)
