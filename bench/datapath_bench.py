@@ -596,9 +596,14 @@ def peer_cost(counts: list[int], adds: int) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` deletes what it created."""
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` deletes what it created. Only in this process:
+    pyroute2 forks children (IPRoute(netns=...)) and SIGTERMs them, and a child that unwound our stack would
+    kill our routers and delete our namespaces under our feet."""
+    main_pid = os.getpid()
 
     def handler(signum: int, _frame: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
         raise SystemExit(128 + signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}

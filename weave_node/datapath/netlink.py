@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weave_node.datapath.iptables import TABLES, parse_save
@@ -40,6 +41,11 @@ from weave_node.datapath.plan import (
     SetLink,
     SetSysctl,
 )
+
+# pyroute2 enters another namespace in a forked child that it ends with SIGTERM. Unless the child resets its
+# signal handlers, that SIGTERM reaches the router's asyncio wakeup fd (inherited) and looks like a shutdown
+# request: measured ~5% of namespace opens under load.
+pyroute2_config.disable_mp_signal = True
 
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40

@@ -83,6 +83,8 @@ class Health:
         peer = self.peers.get(src)
         if dst != self.me or peer is None:
             return
+        if peer.last_rx is None or now - peer.last_rx >= self.timeout:
+            peer.next_send = now  # answer a peer we had not heard at once: both ends confirm in one round trip
         peer.last_rx = now
         if heard:
             peer.last_ack = now
