@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-MARK_BY_DIR = {"unit": "unit", "sim": "sim", "netns": "netns", "lab": "lab", "deploy": "unit", "e2e": "lab"}
+MARK_BY_DIR = {
+    "unit": "unit",
+    "sim": "sim",
+    "netns": "netns",
+    "lab": "lab",
+    "deploy": "unit",
+    "e2e": "lab",
+    "cni": "netns",
+}
 ROOT_ONLY = {"netns", "lab"}
 
 
