@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+from weave_node.api.pods import PodService
 from weave_node.api.server import ApiServer
 from weave_node.config import RouterConfig
 from weave_node.datapath.model import BRIDGE
@@ -143,7 +144,12 @@ async def run_router(config: RouterConfig) -> int:
             "a password encrypts the mesh, but pod traffic in the VXLAN fast datapath is not encrypted "
             "(kernel VXLAN has no encryption); encrypted pod traffic needs the sleeve datapath"
         )
-    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay)
+    pods = (
+        PodService(ipam, overlay, config.state_dir / "cni-pending", parse_range(config.ipalloc_range).prefix)
+        if overlay is not None
+        else None
+    )
+    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay, pods=pods)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,11 +158,15 @@ async def run_router(config: RouterConfig) -> int:
     await ipam.start()
     if overlay is not None:
         await overlay.start()
+    if pods is not None:
+        await pods.start()  # completes the DELs recorded while the router was down
     await api.start()
     log.info("weave-node router %s(%s) is up", format_name(identity.name), identity.nickname)
     await stop.wait()
     log.info("shutting down")
     await api.stop()
+    if pods is not None:
+        await pods.stop()
     if overlay is not None:
         await overlay.stop()  # first, so the mesh going down changes nothing; the kernel datapath stays
     await router.stop()

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +144,13 @@ class Driver:
     cache_dir: Path
     netns: str | None = None
     timeout: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. CNIDRIVER_PORTMAPS
 
     def run(self, command: str, conflist: Path, container_id: str, netns: str, ifname: str = "eth0") -> str:
         argv = [str(self.binary), command, str(conflist), container_id, netns, ifname]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        env = dict(os.environ, CNI_PATH=self.cni_path, CNIDRIVER_CACHE_DIR=str(self.cache_dir))
+        env = dict(os.environ, CNI_PATH=self.cni_path, CNIDRIVER_CACHE_DIR=str(self.cache_dir), **self.extra_env)
         out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=self.timeout)
         if out.returncode != 0:
             raise CniError.from_stderr(out.stderr, out.returncode)

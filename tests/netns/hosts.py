@@ -18,6 +18,7 @@ from tests.helpers import BIN, poll
 from weave_node.lab.system import ip_batch
 
 SUBNET = "198.19.{}.{}"
+FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1"]
 
 
 @dataclass
@@ -143,3 +144,19 @@ def netns_hosts(count: int, base: Path) -> Iterator[Net]:
         yield net
     finally:
         net.down()
+
+
+def peers_fastdp(r: RouterProc, count: int) -> bool:
+    peers = r.status().get("datapath", {}).get("peers", [])
+    return len(peers) == count and all(p["mode"] == "fastdp" for p in peers)
+
+
+def start_mesh(net: Net, *extra: str) -> list[RouterProc]:
+    addrs = [h.address for h in net.hosts]
+    routers = [
+        net.start_router(i, *FAST, *extra, *[a for a in addrs if a != h.address], datapath=True)
+        for i, h in enumerate(net.hosts, 1)
+    ]
+    for r in routers:
+        poll(lambda r=r: peers_fastdp(r, len(routers) - 1), timeout=40, what=f"{r.host.netns}: fastdp to all peers")
+    return routers

@@ -12,30 +12,13 @@ from typing import Any
 import pytest
 
 from tests.helpers import BIN, poll
-from tests.netns.hosts import Net, RouterProc, netns_hosts
+from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, peers_fastdp, start_mesh
 from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
 from weave_node.datapath import netlink
 from weave_node.datapath.model import Pod
 from weave_node.lab.system import ip_batch
 
-FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1"]
 INTERNET = "203.0.113.1"  # on the "internet" namespace, reached from pods only through masquerade
-
-
-def _peers_fastdp(r: RouterProc, count: int) -> bool:
-    peers = r.status().get("datapath", {}).get("peers", [])
-    return len(peers) == count and all(p["mode"] == "fastdp" for p in peers)
-
-
-def start_mesh(net: Net, *extra: str) -> list[RouterProc]:
-    addrs = [h.address for h in net.hosts]
-    routers = [
-        net.start_router(i, *FAST, *extra, *[a for a in addrs if a != h.address], datapath=True)
-        for i, h in enumerate(net.hosts, 1)
-    ]
-    for r in routers:
-        poll(lambda r=r: _peers_fastdp(r, len(routers) - 1), timeout=40, what=f"{r.host.netns}: fastdp to all peers")
-    return routers
 
 
 class Mesh:
@@ -198,7 +181,7 @@ def test_blocked_vxlan_is_reported_per_peer_and_recovers(mesh: Mesh) -> None:
         assert "h3): fastdp -> down" in mesh.routers[0].log_text()
     finally:
         h3.run("iptables", "-D", *rule)
-    poll(lambda: _peers_fastdp(mesh.routers[0], 2), timeout=20, what="h3 back to fastdp")
+    poll(lambda: peers_fastdp(mesh.routers[0], 2), timeout=20, what="h3 back to fastdp")
 
 
 def test_sigkill_of_a_router_does_not_interrupt_a_transfer_and_restart_adopts(tmp_path: Path) -> None:

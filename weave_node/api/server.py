@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from weave_node.api.ipam import add_ipam_routes, ipam_errors
+from weave_node.api.pods import PodService, add_pod_routes
 from weave_node.api.status import ConnView, build_status
 from weave_node.config import parse_hostport
 from weave_node.core.errors import ConfigError
@@ -53,7 +54,12 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
 
 
-def make_app(router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None) -> web.Application:
+def make_app(
+    router: Router,
+    ipam: IpamService | None = None,
+    overlay: OverlayService | None = None,
+    pods: PodService | None = None,
+) -> web.Application:
     def full_status() -> dict[str, Any]:
         doc = router_status(router)
         if ipam is not None:
@@ -90,6 +96,8 @@ def make_app(router: Router, ipam: IpamService | None = None, overlay: OverlaySe
     app = web.Application(middlewares=[ipam_errors])
     if ipam is not None:
         add_ipam_routes(app, ipam)
+    if pods is not None:
+        add_pod_routes(app, pods)
     app.router.add_get("/status", status)
     app.router.add_get("/report", status)
     app.router.add_get("/status/{section}", section)
@@ -107,8 +115,9 @@ class ApiServer:
         *,
         ipam: IpamService | None = None,
         overlay: OverlayService | None = None,
+        pods: PodService | None = None,
     ) -> None:
-        self.runner = web.AppRunner(make_app(router, ipam, overlay), access_log=None)
+        self.runner = web.AppRunner(make_app(router, ipam, overlay, pods), access_log=None)
         self.tcp_addr = tcp_addr
         self.socket_path = socket_path
         self.port = 0

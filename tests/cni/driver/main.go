@@ -75,6 +75,14 @@ func main() {
 		IfName:      ifName,
 		CacheDir:    cacheDir,
 	}
+	// CNIDRIVER_PORTMAPS: the runtime's port mappings (JSON list), passed as the portMappings capability.
+	if pm := os.Getenv("CNIDRIVER_PORTMAPS"); pm != "" {
+		var maps []map[string]interface{}
+		if err := json.Unmarshal([]byte(pm), &maps); err != nil {
+			fail(err)
+		}
+		rt.CapabilityArgs = map[string]interface{}{"portMappings": maps}
+	}
 	ctx := context.Background()
 
 	switch command {

@@ -1,0 +1,253 @@
+"""The router's side of the CNI plugin: attach/detach/check pods (IPAM + pod plumbing), readiness, GC, and the
+completion of DELs the plugin recorded while the router was down.
+
+POST /cni/add   {"container_id", "ifname", "netns", "hairpin"?}  -> {"ip", "cidr", "gateway", "mtu", "mac", ...}
+POST /cni/del   {"container_id", "ifname", "netns"?}             -> {"released": [ip...], "detached": bool}
+POST /cni/check {"container_id", "ifname", "netns", "ip"?}       -> {} or 409 {"error": what differs}
+GET  /cni/status                                                 -> {"ready", "code"?, "reason"?}
+POST /cni/gc    {"valid": [{"container_id", "ifname"}]}          -> {"released": [...]}
+
+A pending DEL is a JSON file {"container_id", "ifname"} in the pending directory, written atomically by the
+plugin; the router completes it (idempotently) at start and every few seconds, then removes the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from weave_node.api.ipam import _body, _json
+from weave_node.datapath.model import Pod
+from weave_node.datapath.netlink import DatapathError, pod_state
+from weave_node.ipam.address import ip_str
+from weave_node.ipam.allocator import Key
+from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable
+from weave_node.ipam.service import IpamService
+from weave_node.overlay.service import OverlayService
+
+log = logging.getLogger("weave_node.cni")
+INTERNAL_PREFIX = "weave:"  # the router's own allocations (the bridge address): never a pod's, never GC'd
+PENDING_SCAN = 2.0
+
+
+def host_ifname(container_id: str, ifname: str) -> str:
+    """The host end of a pod's veth: stable per attachment, 15 characters (IFNAMSIZ - 1)."""
+    return "vethwe" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:9]
+
+
+class PodService:
+    def __init__(self, ipam: IpamService, overlay: OverlayService, pending_dir: Path, prefix: int) -> None:
+        self.ipam = ipam
+        self.overlay = overlay
+        self.pending_dir = pending_dir
+        self.prefix = prefix
+        self._task: asyncio.Task[None] | None = None
+        self.counters = {"add": 0, "del": 0, "check": 0, "gc": 0, "pending_completed": 0}
+
+    def _pod(self, key: Key, netns: str, ip: str, gateway: str, hairpin: bool = False) -> Pod:
+        return Pod(
+            netns=netns,
+            ifname=key.ifname,
+            host_ifname=host_ifname(key.container_id, key.ifname),
+            address=f"{ip}/{self.prefix}",
+            gateway=gateway,
+            mtu=self.overlay.mtu,
+            hairpin=hairpin,
+        )
+
+    def _gateway(self) -> str:
+        cidr = self.overlay.bridge_cidr
+        if not cidr:
+            raise Unavailable("the weave bridge has no address yet (IPAM not ready)")
+        return cidr.split("/")[0]
+
+    async def add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
+        if key.container_id.startswith(INTERNAL_PREFIX):
+            raise BadRequest(f"container ids starting with {INTERNAL_PREFIX!r} are reserved")
+        gateway = self._gateway()
+        existed = key in self.ipam.alloc.allocations
+        ip = ip_str(await self.ipam.allocate(key))
+        pod = self._pod(key, netns, ip, gateway, hairpin)
+        try:
+            plumbed = await self.overlay.attach_pod(pod)
+        except DatapathError:
+            if not existed:  # roll back what this ADD did; an earlier ADD's address stays
+                self.ipam.release(key.container_id, key.ifname)
+            raise
+        self.counters["add"] += 1
+        return {
+            "ip": ip,
+            "cidr": pod.address,
+            "gateway": gateway,
+            "mtu": pod.mtu,
+            "mac": plumbed["mac"],
+            "host_ifname": plumbed["host_ifname"],
+            "host_mac": plumbed["host_mac"],
+        }
+
+    async def delete(self, key: Key, netns: str) -> dict[str, Any]:
+        pod = self._pod(key, netns or "/nonexistent", "0.0.0.0", "0.0.0.0")  # noqa: S104 - unused by detach
+        detached = await self.overlay.detach_pod(pod)
+        try:
+            released = [ip_str(ip) for ip in self.ipam.release(key.container_id, key.ifname)]
+        except NotFound:
+            released = []  # DEL is idempotent: already released (or never allocated)
+        self.counters["del"] += 1
+        return {"released": released, "detached": detached}
+
+    async def check(self, key: Key, netns: str, want_ip: str | None) -> None:
+        ip = self.ipam.alloc.allocations.get(key)
+        if ip is None:
+            raise Conflict(f"no address is allocated to {key.container_id}/{key.ifname}")
+        if want_ip and ip_str(ip) != want_ip:
+            raise Conflict(f"{key.container_id}/{key.ifname} has {ip_str(ip)}, not {want_ip} as ADD returned")
+        pod = self._pod(key, netns, ip_str(ip), self._gateway())
+        state = await asyncio.get_running_loop().run_in_executor(self.overlay.executor, pod_state, pod)
+        if not state:
+            raise Conflict(f"interface {key.ifname} does not exist in {netns}")
+        problems = []
+        if pod.address not in state["addresses"]:
+            problems.append(f"address {pod.address} missing (has {', '.join(state['addresses']) or 'none'})")
+        if state["mtu"] != pod.mtu:
+            problems.append(f"MTU {state['mtu']}, not {pod.mtu}")
+        if not state["up"]:
+            problems.append("interface is down")
+        if pod.gateway not in state["gateways"]:
+            problems.append(f"no default route via {pod.gateway}")
+        if problems:
+            raise Conflict(f"{key.ifname} in {netns}: " + "; ".join(problems))
+        self.counters["check"] += 1
+
+    def readiness(self) -> dict[str, Any]:
+        status = self.ipam.status()
+        if not status["ready"]:
+            return {"ready": False, "code": 50, "reason": f"IPAM cannot allocate: {status['waiting']}"}
+        if not self.overlay.bridge_cidr:
+            return {"ready": False, "code": 50, "reason": "the weave bridge has no address yet"}
+        if self.overlay.problems:
+            return {"ready": False, "code": 51, "reason": "datapath: " + "; ".join(self.overlay.problems)}
+        return {"ready": True}
+
+    async def gc(self, valid: set[Key]) -> list[str]:
+        stale = [k for k in self.ipam.alloc.allocations if k not in valid and not k.container_id.startswith("weave:")]
+        released = []
+        for key in stale:
+            result = await self.delete(key, "")
+            released += result["released"]
+        self.counters["gc"] += 1
+        if released:
+            log.info("CNI GC released %d address(es): %s", len(released), ", ".join(released))
+        return released
+
+    # --- DELs recorded while the router was down ----------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.complete_pending()
+        self._task = asyncio.create_task(self._pending_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _pending_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PENDING_SCAN)
+            try:
+                await self.complete_pending()
+            except (OSError, IpamError, DatapathError) as exc:
+                log.error("pending CNI DELs: %s", exc)
+
+    async def complete_pending(self) -> int:
+        if not self.pending_dir.is_dir():
+            return 0
+        done = 0
+        for path in sorted(self.pending_dir.glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                key = Key(str(doc["container_id"]), str(doc.get("ifname") or "eth0"))
+                key.validate()
+            except (OSError, ValueError, KeyError, TypeError, IpamError) as exc:
+                log.error("pending CNI DEL %s is unreadable (%s): removing it", path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            result = await self.delete(key, str(doc.get("netns") or ""))
+            log.info(
+                "completed a CNI DEL recorded while the router was down: %s/%s, released %s",
+                key.container_id,
+                key.ifname,
+                ", ".join(result["released"]) or "nothing",
+            )
+            path.unlink(missing_ok=True)
+            done += 1
+        self.counters["pending_completed"] += done
+        return done
+
+
+def _str(doc: dict[str, Any], field: str, *, required: bool = True) -> str:
+    value = doc.get(field, "")
+    if not isinstance(value, str) or (required and not value):
+        raise BadRequest(f"{field!r} must be a non-empty string")
+    return value
+
+
+def _pod_key(doc: dict[str, Any]) -> Key:
+    key = Key(_str(doc, "container_id"), _str(doc, "ifname"))
+    key.validate()
+    return key
+
+
+def add_pod_routes(app: web.Application, pods: PodService) -> None:
+    async def add(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        try:
+            return _json(await pods.add(_pod_key(doc), _str(doc, "netns"), bool(doc.get("hairpin", False))))
+        except DatapathError as exc:
+            return _json({"error": str(exc)}, status=500)
+
+    async def delete(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        try:
+            return _json(await pods.delete(_pod_key(doc), _str(doc, "netns", required=False)))
+        except DatapathError as exc:
+            return _json({"error": str(exc)}, status=500)
+
+    async def check(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        want = doc.get("ip")
+        if want is not None:
+            try:
+                want = str(ipaddress.ip_interface(str(want)).ip)
+            except ValueError:
+                raise BadRequest(f"'ip' is not an address: {want!r}") from None
+        try:
+            await pods.check(_pod_key(doc), _str(doc, "netns"), want)
+        except DatapathError as exc:
+            return _json({"error": str(exc)}, status=409)
+        return _json({})
+
+    async def status(_req: web.Request) -> web.Response:
+        return _json(pods.readiness())
+
+    async def gc(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        valid = doc.get("valid")
+        if not isinstance(valid, list):
+            raise BadRequest("'valid' must be a list of {container_id, ifname}")
+        keys = {_pod_key(v) for v in valid if isinstance(v, dict)}
+        return _json({"released": await pods.gc(keys)})
+
+    app.router.add_post("/cni/add", add)
+    app.router.add_post("/cni/del", delete)
+    app.router.add_post("/cni/check", check)
+    app.router.add_get("/cni/status", status)
+    app.router.add_post("/cni/gc", gc)
