@@ -19,3 +19,19 @@ def test_no_command_is_a_spec_error_with_code_4() -> None:
     assert doc["code"] == 4
     assert "CNI_COMMAND" in doc["msg"]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_hand_written_http_client_parses_plain_and_chunked_answers() -> None:
+    from weave_node.cni.plugin import CniError, _parse_response
+
+    plain = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ip": "x"}'
+    assert _parse_response(plain) == (200, {"ip": "x"})
+    chunked = b"HTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n" + b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'
+    assert _parse_response(chunked) == (503, {"a": 1})
+    for bad in (b"", b"garbage", b"HTTP/1.1 200 OK\r\n\r\nnot json"):
+        try:
+            _parse_response(bad)
+        except CniError as exc:
+            assert exc.code == 999
+        else:
+            raise AssertionError(bad)
