@@ -313,3 +313,15 @@ def test_nothing_in_the_plugin_s_hot_path_but_the_standard_library() -> None:
     )
     out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == ["weave_node"]  # only our own package: nothing from site-packages
+
+
+def test_a_failed_add_is_rolled_back(cluster: list[Node]) -> None:
+    h1 = cluster[0]
+    ns = h1.netns("taken")
+    name = Path(ns).name
+    # The pod already has an eth0 (a veth of its own): plumbing fails after the address was allocated.
+    subprocess.run(["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "other"], check=True)
+    with pytest.raises(CniError) as err:
+        h1.driver.add(h1.conflist(), "taken", ns)
+    assert err.value.code == 100 and "ADD taken/eth0 failed" in err.value.stderr
+    assert h1.allocations() == [] and h1.veths() == []  # address released, no host end left
