@@ -15,13 +15,15 @@ temporary directory). Baselines measured in the same run:
   created before the clock starts; only the driver call is timed (it includes `ip netns exec` into the host,
   the same for every setup). Pods are done in blocks (`--block` ADDs, then their DELs), and the setups take
   turns block by block, the order rotating, so noise hits all of them. Diagnostic: the router's own
-  POST /cni/add and /cni/del over its unix socket (a new connection per call, as the plugin does), no exec.
+  POST /cni/add and /cni/del over its unix socket (a new connection per call, as the plugin does), no exec;
+  and the driver's floor: a conflist with only the reference `loopback` plugin (driver + one Go plugin exec).
 - start-up: `CNI_COMMAND=VERSION weave-net` against `/usr/bin/python3 -S -I -c pass` and `.venv/bin/python -c
   pass`, interleaved run by run. Diagnostic: the same plugin started with `python -S -I` (no site, no
   editable-install finder). Then `python -X importtime` of weave_node.cni.plugin, median per module.
 - churn: 100 ADD then 100 DEL per host, both hosts at once (one thread each), the deployed conflist (weave-net +
   portmap) against bridge + host-local + portmap on the same two hosts; afterwards no allocation, no vethwe*
-  link and no pending DEL may be left (host-local: no reservation, no veth on cnibr0).
+  link and no pending DEL may be left (host-local: no reservation, no veth on cnibr0), and weave-net must not
+  have given one address twice (across both hosts: one IPAM ring).
 The VM has 2 cores and about +-10-15 % noise.
 """
 
@@ -125,6 +127,7 @@ class Setup:
     delete: Callable[[str, str], None]
     adds: list[float] = field(default_factory=list)
     dels: list[float] = field(default_factory=list)
+    unique: bool = True  # ADD returns a distinct pod address each time
 
 
 def ref_conflist(path: Path, data_dir: Path, portmap: bool) -> Path:
@@ -151,15 +154,20 @@ def weave_conflist(node: Node, path: Path, portmap: bool) -> Path:
     return path
 
 
-def driver_setup(label: str, tag: str, driver: Driver, conflist: Path) -> Setup:
+def driver_setup(label: str, tag: str, driver: Driver, conflist: Path, unique: bool = True) -> Setup:
     def add(cid: str, netns: str) -> str:
         result = driver.add(conflist, cid, netns)
-        return str(result["ips"][0]["address"].split("/")[0])
+        return str(result["ips"][0]["address"].split("/")[0]) if unique else ""
 
     def delete(cid: str, netns: str) -> None:
         driver.delete(conflist, cid, netns)
 
-    return Setup(label, tag, add, delete)
+    return Setup(label, tag, add, delete, unique=unique)
+
+
+def loopback_conflist(path: Path) -> Path:
+    path.write_text(json.dumps({"cniVersion": CNI_VERSION, "name": "cnibench-lo", "plugins": [{"type": "loopback"}]}))
+    return path
 
 
 def api_setup(label: str, tag: str, node: Node) -> Setup:
@@ -206,7 +214,7 @@ def latency(setups: list[Setup], pods: PodNamespaces, count: int, block: int, wa
             ips.append(ip)
             if record:
                 setup.adds.append(dt)
-        assert len(set(ips)) == n, (setup.label, ips)
+        assert not setup.unique or len(set(ips)) == n, (setup.label, ips)
         for cid, (_, path) in zip(ids, made, strict=True):
             dt, _ = timed(lambda cid=cid, path=path: setup.delete(cid, path))
             if record:
@@ -349,7 +357,7 @@ def imports(runs: int) -> dict[str, Any]:
 # --- churn ----------------------------------------------------------------------------------------------
 
 
-def churn(label: str, hosts: list[tuple[Setup, str]], pods: PodNamespaces, count: int) -> float:
+def churn(label: str, hosts: list[tuple[Setup, str]], pods: PodNamespaces, count: int, shared_pool: bool) -> float:
     """`count` ADDs then `count` DELs on every host at once (a thread per host); wall time of the whole."""
     made = {tag: [pods.create(tag) for _ in range(count)] for _, tag in hosts}
     ips: dict[str, list[str]] = {}
@@ -379,6 +387,9 @@ def churn(label: str, hosts: list[tuple[Setup, str]], pods: PodNamespaces, count
         raise errors[0]
     for tag, got in ips.items():
         assert len(set(got)) == count, (label, tag, "duplicate addresses on one host")
+    if shared_pool:
+        every = [ip for got in ips.values() for ip in got]
+        assert len(set(every)) == len(every), (label, "the same address on two hosts")
     print(f"  {label}: {wall:.2f} s", flush=True)
     return wall
 
@@ -427,6 +438,9 @@ def network_part(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                     "bridge + host-local + portmap", "rp", drv, ref_conflist(tmp / "rp.conflist", ref_data[0], True)
                 ),
                 "api": api_setup("diag: router POST /cni/add|del", "api", h1),
+                "floor": driver_setup(
+                    "diag: loopback plugin alone", "lo", drv, loopback_conflist(tmp / "lo.conflist"), unique=False
+                ),
             }
             print(f"ADD/DEL latency through libcni, {args.pods} pods per setup, blocks of {args.block}, host h1")
             latency(list(setups.values()), pods, args.pods, args.block, warmup=3)
@@ -449,7 +463,9 @@ def network_part(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 for which in order:
                     name = "weave-net + portmap" if which == "weave" else "bridge + host-local + portmap"
                     label = f"round {rnd + 1}, {name}"
-                    walls[which].append(churn(label, weave_hosts if which == "weave" else ref_hosts, pods, args.churn))
+                    walls[which].append(
+                        churn(label, weave_hosts if which == "weave" else ref_hosts, pods, args.churn, which == "weave")
+                    )
                     left = [x for n in nodes for x in weave_leftovers(n)] + [
                         x for n, d in zip(nodes, ref_data, strict=True) for x in ref_leftovers(n, d)
                     ]
@@ -484,7 +500,10 @@ def main() -> None:
         raise SystemExit("needs root (network namespaces)")
     only = set(args.only or ["latency", "startup"])
     tmp = Path(tempfile.mkdtemp(prefix="weave-cni-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
-    results: dict[str, Any] = {}
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True, cwd=REPO, check=False).stdout
+    print(f"commit {commit.strip() or '?'}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs")
+    results: dict[str, Any] = {"commit": commit.strip()}
     ok = False
     with terminate_cleanly():
         try:

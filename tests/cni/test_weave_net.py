@@ -20,6 +20,7 @@ from tests.cni.libcni import REFERENCE_PLUGINS, CniError, Driver, ensure_driver
 from tests.helpers import BIN, REPO, poll
 from tests.netns.hosts import FAST, RouterProc, netns_hosts, start_mesh
 from weave_node.api.client import request
+from weave_node.cni.plugin import pending_name
 
 VERSIONS_LIBCNI = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]  # what Debian's libcni 1.1.2 drives
 
@@ -146,7 +147,8 @@ def test_add_check_del_through_libcni_on_one_host_and_across_two(cluster: list[N
     h1.driver.delete(conf1, "pod-a", a)  # DEL twice: fine
     with pytest.raises(CniError) as err:
         h1.driver.check(conf1, "pod-a", a)
-    assert err.value.code == 101 and "no address is allocated to pod-a/eth0" in err.value.stderr
+    # libcni has no cached result after DEL, so it sends no prevResult: the spec requires one for CHECK.
+    assert err.value.code == 7 and "CHECK needs the prevResult" in err.value.stderr
     for node, conf, cid, ns in ((h1, conf1, "pod-b", b), (h2, conf2, "pod-c", c)):
         node.driver.delete(conf, cid, ns)
     assert h1.allocations() == [] and h2.allocations() == [] and h1.veths() == [] and h2.veths() == []
@@ -325,3 +327,47 @@ def test_a_failed_add_is_rolled_back(cluster: list[Node]) -> None:
         h1.driver.add(h1.conflist(), "taken", ns)
     assert err.value.code == 100 and "ADD taken/eth0 failed" in err.value.stderr
     assert h1.allocations() == [] and h1.veths() == []  # address released, no host end left
+
+
+def test_the_cni_endpoints_are_not_served_on_tcp(cluster: list[Node]) -> None:
+    h1 = cluster[0]
+    code = (
+        "import urllib.request, urllib.error\n"
+        "req = urllib.request.Request('http://127.0.0.1:6784/cni/gc', data=b'{\"valid\": []}', method='POST')\n"
+        "try:\n    urllib.request.urlopen(req, timeout=10)\nexcept urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
+    assert h1.router.host.run("python3", "-c", code).stdout.strip() == "403"
+    get = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:6784/status', timeout=10).status)"
+    assert h1.router.host.run("python3", "-c", get).stdout.strip() == "200"  # the read-only status is still there
+
+
+def test_a_re_add_wins_over_an_older_pending_del(cluster: list[Node]) -> None:
+    h1 = cluster[0]
+    conf, ns = h1.conflist(), h1.netns("again")
+    stale = h1.pending / pending_name("again", "eth0")
+    stale.write_text(json.dumps({"container_id": "again", "ifname": "eth0", "netns": ""}))
+    result = h1.driver.add(conf, "again", ns)  # the ADD completes the older DEL first, then adds
+    assert not stale.exists()
+    # A full scan of the pending directory later, the pod is still there with its address.
+    marker = h1.pending / pending_name("marker", "eth0")
+    marker.write_text(json.dumps({"container_id": "marker", "ifname": "eth0", "netns": ""}))
+    poll(lambda: not marker.exists(), timeout=20, what="the next pending scan")
+    assert _ip(result) in [a["ip"] for a in h1.allocations()]
+    h1.driver.check(conf, "again", ns)
+    h1.driver.delete(conf, "again", ns)
+
+
+def test_check_names_what_differs_from_add(cluster: list[Node]) -> None:
+    h1 = cluster[0]
+    conf, ns = h1.conflist(), h1.netns("drift")
+    result = h1.driver.add(conf, "drift", ns)
+    subprocess.run(["ip", "-n", Path(ns).name, "link", "set", "eth0", "mtu", "1300"], check=True)
+    subprocess.run(["ip", "-n", Path(ns).name, "addr", "flush", "dev", "eth0"], check=True)
+    with pytest.raises(CniError) as err:
+        h1.driver.check(conf, "drift", ns)
+    assert err.value.code == 101
+    assert (
+        f"address {result['ips'][0]['address']} missing" in err.value.stderr
+        and "MTU 1300, not 1450" in err.value.stderr
+    )
+    h1.driver.delete(conf, "drift", ns)

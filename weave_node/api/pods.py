@@ -19,12 +19,15 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from weave_node.api.ipam import _body, _json
+from weave_node.cni.plugin import pending_name
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError, pod_state
 from weave_node.ipam.address import ip_str
@@ -50,6 +53,7 @@ class PodService:
         self.pending_dir = pending_dir
         self.prefix = prefix
         self._task: asyncio.Task[None] | None = None
+        self._locks: dict[Key, asyncio.Lock] = {}  # one operation at a time per attachment
         self.counters = {"add": 0, "del": 0, "check": 0, "gc": 0, "pending_completed": 0}
 
     def _pod(self, key: Key, netns: str, ip: str, gateway: str, hairpin: bool = False) -> Pod:
@@ -69,18 +73,34 @@ class PodService:
             raise Unavailable("the weave bridge has no address yet (IPAM not ready)")
         return cidr.split("/")[0]
 
+    def _lock(self, key: Key) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
     async def add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
-        if key.container_id.startswith(INTERNAL_PREFIX):
-            raise BadRequest(f"container ids starting with {INTERNAL_PREFIX!r} are reserved")
+        _check_netns(netns)
+        async with self._lock(key):
+            # A DEL recorded while we were down is older than this ADD: finish it first, or it would later
+            # remove the pod this ADD creates.
+            pending = self.pending_dir / pending_name(key.container_id, key.ifname)
+            if pending.exists():
+                await self._delete(key, "")
+                pending.unlink(missing_ok=True)
+            return await self._add(key, netns, hairpin)
+
+    async def _add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
         gateway = self._gateway()
         existed = key in self.ipam.alloc.allocations
         ip = ip_str(await self.ipam.allocate(key))
         pod = self._pod(key, netns, ip, gateway, hairpin)
         try:
             plumbed = await self.overlay.attach_pod(pod)
-        except DatapathError:
+        except BaseException:  # also a cancellation: never leave an address behind that no pod uses
             if not existed:  # roll back what this ADD did; an earlier ADD's address stays
-                self.ipam.release(key.container_id, key.ifname)
+                with contextlib.suppress(IpamError):
+                    self.ipam.release(key.container_id, key.ifname)
             raise
         self.counters["add"] += 1
         return {
@@ -94,6 +114,10 @@ class PodService:
         }
 
     async def delete(self, key: Key, netns: str) -> dict[str, Any]:
+        async with self._lock(key):
+            return await self._delete(key, netns)
+
+    async def _delete(self, key: Key, netns: str) -> dict[str, Any]:
         pod = self._pod(key, netns or "/nonexistent", "0.0.0.0", "0.0.0.0")  # noqa: S104 - unused by detach
         detached = await self.overlay.detach_pod(pod)
         try:
@@ -104,6 +128,10 @@ class PodService:
         return {"released": released, "detached": detached}
 
     async def check(self, key: Key, netns: str, want_ip: str | None) -> None:
+        async with self._lock(key):
+            await self._check(key, netns, want_ip)
+
+    async def _check(self, key: Key, netns: str, want_ip: str | None) -> None:
         ip = self.ipam.alloc.allocations.get(key)
         if ip is None:
             raise Conflict(f"no address is allocated to {key.container_id}/{key.ifname}")
@@ -137,7 +165,9 @@ class PodService:
         return {"ready": True}
 
     async def gc(self, valid: set[Key]) -> list[str]:
-        stale = [k for k in self.ipam.alloc.allocations if k not in valid and not k.container_id.startswith("weave:")]
+        stale = [
+            k for k in self.ipam.alloc.allocations if k not in valid and not k.container_id.startswith(INTERNAL_PREFIX)
+        ]
         released = []
         for key in stale:
             result = await self.delete(key, "")
@@ -150,7 +180,11 @@ class PodService:
     # --- DELs recorded while the router was down ----------------------------------------------------------
 
     async def start(self) -> None:
-        await self.complete_pending()
+        self._prepare_pending_dir()
+        try:
+            await self.complete_pending()
+        except Exception:  # a bad record must never keep the router from starting
+            log.exception("pending CNI DELs")
         self._task = asyncio.create_task(self._pending_loop())
 
     async def stop(self) -> None:
@@ -159,16 +193,31 @@ class PodService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _prepare_pending_dir(self) -> None:
+        self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for tmp in self.pending_dir.glob(".del-*"):  # a plugin that died mid-write: the DEL was not recorded
+            tmp.unlink(missing_ok=True)
+
+    def _pending_dir_ok(self) -> bool:
+        try:
+            st = self.pending_dir.lstat()
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            log.error("pending CNI DELs: %s must be our own directory, writable only by us: ignored", self.pending_dir)
+            return False
+        return True
+
     async def _pending_loop(self) -> None:
         while True:
             await asyncio.sleep(PENDING_SCAN)
             try:
                 await self.complete_pending()
-            except (OSError, IpamError, DatapathError) as exc:
-                log.error("pending CNI DELs: %s", exc)
+            except Exception:  # keep the loop alive: the next scan retries
+                log.exception("pending CNI DELs")
 
     async def complete_pending(self) -> int:
-        if not self.pending_dir.is_dir():
+        if not self._pending_dir_ok():
             return 0
         done = 0
         for path in sorted(self.pending_dir.glob("*.json")):
@@ -176,11 +225,17 @@ class PodService:
                 doc = json.loads(path.read_text())
                 key = Key(str(doc["container_id"]), str(doc.get("ifname") or "eth0"))
                 key.validate()
+                if key.container_id.startswith(INTERNAL_PREFIX) or path.name != pending_name(*_names(key)):
+                    raise ValueError("not a record the plugin writes")
             except (OSError, ValueError, KeyError, TypeError, IpamError) as exc:
                 log.error("pending CNI DEL %s is unreadable (%s): removing it", path.name, exc)
                 path.unlink(missing_ok=True)
                 continue
-            result = await self.delete(key, str(doc.get("netns") or ""))
+            try:
+                result = await self.delete(key, "")
+            except (DatapathError, IpamError) as exc:
+                log.error("pending CNI DEL of %s/%s failed (%s): retrying later", key.container_id, key.ifname, exc)
+                continue
             log.info(
                 "completed a CNI DEL recorded while the router was down: %s/%s, released %s",
                 key.container_id,
@@ -193,6 +248,20 @@ class PodService:
         return done
 
 
+def _names(key: Key) -> tuple[str, str]:
+    return key.container_id, key.ifname
+
+
+def _check_netns(path: str) -> None:
+    """A pod's namespace: it exists, it is a network namespace, and it is not the router's own."""
+    try:
+        st, own = os.stat(path), os.stat("/proc/self/ns/net")
+    except OSError as exc:
+        raise BadRequest(f"netns {path}: {exc.strerror}") from None
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+        raise BadRequest(f"netns {path} is the host's own network namespace")
+
+
 def _str(doc: dict[str, Any], field: str, *, required: bool = True) -> str:
     value = doc.get(field, "")
     if not isinstance(value, str) or (required and not value):
@@ -203,11 +272,24 @@ def _str(doc: dict[str, Any], field: str, *, required: bool = True) -> str:
 def _pod_key(doc: dict[str, Any]) -> Key:
     key = Key(_str(doc, "container_id"), _str(doc, "ifname"))
     key.validate()
+    if key.container_id.startswith(INTERNAL_PREFIX):
+        raise BadRequest(f"container ids starting with {INTERNAL_PREFIX!r} are the router's own")
     return key
+
+
+def _local_only(req: web.Request) -> None:
+    """The CNI endpoints change the host's network as root: only on the unix socket (mode 0600), never on TCP,
+    where any local user or host-network pod could reach them."""
+    if req.transport is None or not isinstance(req.transport.get_extra_info("sockname"), str):
+        raise web.HTTPForbidden(
+            text=json.dumps({"error": "the CNI endpoints are served on the router's unix socket only"}),
+            content_type="application/json",
+        )
 
 
 def add_pod_routes(app: web.Application, pods: PodService) -> None:
     async def add(req: web.Request) -> web.Response:
+        _local_only(req)
         doc = await _body(req)
         try:
             return _json(await pods.add(_pod_key(doc), _str(doc, "netns"), bool(doc.get("hairpin", False))))
@@ -215,6 +297,7 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
             return _json({"error": str(exc)}, status=500)
 
     async def delete(req: web.Request) -> web.Response:
+        _local_only(req)
         doc = await _body(req)
         try:
             return _json(await pods.delete(_pod_key(doc), _str(doc, "netns", required=False)))
@@ -222,6 +305,7 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
             return _json({"error": str(exc)}, status=500)
 
     async def check(req: web.Request) -> web.Response:
+        _local_only(req)
         doc = await _body(req)
         want = doc.get("ip")
         if want is not None:
@@ -235,10 +319,12 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
             return _json({"error": str(exc)}, status=409)
         return _json({})
 
-    async def status(_req: web.Request) -> web.Response:
+    async def status(req: web.Request) -> web.Response:
+        _local_only(req)
         return _json(pods.readiness())
 
     async def gc(req: web.Request) -> web.Response:
+        _local_only(req)
         doc = await _body(req)
         valid = doc.get("valid")
         if not isinstance(valid, list):

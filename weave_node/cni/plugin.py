@@ -17,7 +17,9 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +37,8 @@ ERR_LIMITED = 51
 ERR_DATAPATH = 100  # plugin-specific: the router could not plumb the pod
 ERR_CHECK = 101  # plugin-specific: CHECK found the pod not as ADD made it
 ERR_INTERNAL = 999
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # used with fullmatch: no trailing newline
+IFNAME = re.compile(r"[^\s/:]{1,15}")
 TIMEOUT = 60.0
 
 
@@ -54,9 +56,14 @@ class RouterDown(Exception):
     pass
 
 
+MAX_RESPONSE = 1 << 20
+
+
 def _call(sock_path: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     """One HTTP/1.1 request over the router's unix socket (Connection: close). Hand-written on purpose:
-    http.client and its email imports would double the plugin's start-up time."""
+    http.client and its email imports would double the plugin's start-up time.
+    RouterDown only when the router could not be reached at all (nothing was asked of it); a failure after the
+    request was sent is "try again later", because the router may have done the work."""
     data = json.dumps(body).encode() if body is not None else b""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
@@ -64,14 +71,22 @@ def _call(sock_path: str, method: str, path: str, body: dict[str, Any] | None = 
     )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
-    chunks = []
     try:
-        sock.connect(sock_path)
-        sock.sendall(head.encode() + data)
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise RouterDown(f"the weave-node router is not reachable at {sock_path}: {exc.strerror or exc}") from None
+        try:
+            sock.connect(sock_path)
+        except OSError as exc:
+            raise RouterDown(f"the weave-node router is not reachable at {sock_path}: {exc.strerror or exc}") from None
+        deadline = time.monotonic() + TIMEOUT
+        chunks, size = [], 0
+        try:
+            sock.sendall(head.encode() + data)
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RESPONSE or time.monotonic() > deadline:
+                    raise CniError(ERR_TRY_AGAIN, "the router's answer is too large or too slow: try again later")
+        except OSError as exc:
+            raise CniError(ERR_TRY_AGAIN, "the router did not answer: try again later", str(exc)) from None
     finally:
         sock.close()
     return _parse_response(b"".join(chunks))
@@ -85,7 +100,10 @@ def _parse_response(raw: bytes) -> tuple[int, Any]:
     except (IndexError, ValueError):
         raise CniError(ERR_INTERNAL, "the router sent a malformed HTTP response") from None
     if any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in lines[1:]):
-        payload = _dechunk(payload)
+        try:
+            payload = _dechunk(payload)
+        except ValueError:
+            raise CniError(ERR_INTERNAL, "the router sent a malformed chunked response") from None
     try:
         return status, json.loads(payload)
     except ValueError:
@@ -151,9 +169,9 @@ def _env(env: Mapping[str, str], *names: str) -> list[str]:
 
 def _attachment(env: Mapping[str, str]) -> tuple[str, str]:
     cid, ifname = _env(env, "CNI_CONTAINERID", "CNI_IFNAME")
-    if not CONTAINER_ID.match(cid) or len(cid) > 255:
+    if not CONTAINER_ID.fullmatch(cid) or len(cid) > 255 or cid.startswith("weave:"):
         raise CniError(ERR_INVALID_ENV, "CNI_CONTAINERID is not a valid container id", cid[:100])
-    if not IFNAME.match(ifname):
+    if not IFNAME.fullmatch(ifname) or ifname in (".", ".."):
         raise CniError(ERR_INVALID_ENV, "CNI_IFNAME is not a valid interface name", ifname[:100])
     return cid, ifname
 
@@ -181,10 +199,18 @@ def _result(version: str, conf: dict[str, Any], add: dict[str, Any], ifname: str
     }
 
 
+def pending_name(container_id: str, ifname: str) -> str:
+    """The file a pending DEL of this attachment is recorded in (the router uses the same name)."""
+    return hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:32] + ".json"
+
+
 def _record_pending_del(pending: str, cid: str, ifname: str, netns: str) -> None:
     """Durably note a DEL for the router: temp file, fsync, rename, fsync the directory."""
     os.makedirs(pending, mode=0o700, exist_ok=True)
-    name = hashlib.sha256(f"{cid}/{ifname}".encode()).hexdigest()[:32] + ".json"
+    st = os.lstat(pending)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise CniError(ERR_INVALID_CONFIG, f"pendingDir {pending} must be a directory of ours, writable only by us")
+    name = pending_name(cid, ifname)
     tmp = os.path.join(pending, f".del-{os.getpid()}-{os.urandom(6).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -211,7 +237,7 @@ def run(env: Mapping[str, str], stdin: bytes, out: Any) -> int:
         return 0
     if not command:
         raise CniError(ERR_INVALID_ENV, "CNI_COMMAND is not set", "weave-net is a CNI plugin: a runtime runs it")
-    if command not in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
+    if command not in COMMANDS:
         raise CniError(ERR_INVALID_ENV, f"unknown CNI_COMMAND {command!r}")
     conf = _conf(stdin)
     version = conf["cniVersion"]
@@ -221,67 +247,78 @@ def run(env: Mapping[str, str], stdin: bytes, out: Any) -> int:
         raise CniError(ERR_INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, not {version}")
     sock = conf.get("socket", DEFAULT_SOCKET)
     try:
-        return _dispatch(command, env, conf, sock, out)
+        return COMMANDS[command](env, conf, sock, out)
     except RouterDown as exc:
         if command == "STATUS":
             raise CniError(ERR_NOT_AVAILABLE, "the weave-node router is not running", str(exc)) from None
         raise CniError(ERR_TRY_AGAIN, "the weave-node router is not running: try again later", str(exc)) from None
 
 
-def _dispatch(command: str, env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
-    version = conf["cniVersion"]
-    if command == "ADD":
-        cid, ifname = _attachment(env)
-        netns = _netns(env)
-        body = {"container_id": cid, "ifname": ifname, "netns": netns, "hairpin": conf.get("hairpinMode", False)}
-        status, doc = _call(sock, "POST", "/cni/add", body)
-        if status != 200:
-            raise _router_error(status, doc, f"ADD {cid}/{ifname}")
-        out.write(json.dumps(_result(version, conf, doc, ifname, netns)) + "\n")
-        return 0
-    if command == "DEL":
-        cid, ifname = _attachment(env)
-        netns = env.get("CNI_NETNS", "")
-        try:
-            status, doc = _call(sock, "POST", "/cni/del", {"container_id": cid, "ifname": ifname, "netns": netns})
-        except RouterDown:
-            _record_pending_del(conf.get("pendingDir", DEFAULT_PENDING), cid, ifname, netns)
-            return 0  # the router completes it when it is back
-        if status != 200:
-            raise _router_error(status, doc, f"DEL {cid}/{ifname}")
-        return 0
-    if command == "CHECK":
-        cid, ifname = _attachment(env)
-        netns = _netns(env)
-        prev = conf.get("prevResult")
-        ips = prev.get("ips") if isinstance(prev, dict) else None
-        want = ips[0].get("address") if isinstance(ips, list) and ips and isinstance(ips[0], dict) else None
-        body = {"container_id": cid, "ifname": ifname, "netns": netns, "ip": want}
-        status, doc = _call(sock, "POST", "/cni/check", body)
-        if status == 409:
-            raise CniError(ERR_CHECK, "CHECK failed", doc.get("error", "") if isinstance(doc, dict) else "")
-        if status != 200:
-            raise _router_error(status, doc, f"CHECK {cid}/{ifname}")
-        return 0
-    if command == "STATUS":
-        status, doc = _call(sock, "GET", "/cni/status")
-        if status != 200 or not doc.get("ready"):
-            code = doc.get("code", ERR_NOT_AVAILABLE) if isinstance(doc, dict) else ERR_NOT_AVAILABLE
-            raise CniError(code, "weave-net is not ready", str(doc.get("reason", "")) if isinstance(doc, dict) else "")
-        return 0
-    # GC
+def _add(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
+    if conf.get("prevResult") is not None:
+        raise CniError(ERR_INVALID_CONFIG, "weave-net must be the first plugin of its chain (it got a prevResult)")
+    cid, ifname = _attachment(env)
+    netns = _netns(env)
+    body = {"container_id": cid, "ifname": ifname, "netns": netns, "hairpin": conf.get("hairpinMode", False)}
+    status, doc = _call(sock, "POST", "/cni/add", body)
+    if status != 200:
+        raise _router_error(status, doc, f"ADD {cid}/{ifname}")
+    out.write(json.dumps(_result(conf["cniVersion"], conf, doc, ifname, netns)) + "\n")
+    return 0
+
+
+def _del(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
+    cid, ifname = _attachment(env)
+    netns = env.get("CNI_NETNS", "")
+    try:
+        status, doc = _call(sock, "POST", "/cni/del", {"container_id": cid, "ifname": ifname, "netns": netns})
+    except RouterDown:
+        _record_pending_del(conf.get("pendingDir", DEFAULT_PENDING), cid, ifname, netns)
+        return 0  # the router completes it when it is back
+    if status != 200:
+        raise _router_error(status, doc, f"DEL {cid}/{ifname}")
+    return 0
+
+
+def _check(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
+    cid, ifname = _attachment(env)
+    netns = _netns(env)
+    prev = conf.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CniError(ERR_INVALID_CONFIG, "CHECK needs the prevResult of ADD in the configuration")
+    ips = prev.get("ips")
+    want = ips[0].get("address") if isinstance(ips, list) and ips and isinstance(ips[0], dict) else None
+    body = {"container_id": cid, "ifname": ifname, "netns": netns, "ip": want}
+    status, doc = _call(sock, "POST", "/cni/check", body)
+    if status == 409:
+        raise CniError(ERR_CHECK, "CHECK failed", doc.get("error", "") if isinstance(doc, dict) else "")
+    if status != 200:
+        raise _router_error(status, doc, f"CHECK {cid}/{ifname}")
+    return 0
+
+
+def _status(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
+    status, doc = _call(sock, "GET", "/cni/status")
+    if status != 200 or not isinstance(doc, dict) or not doc.get("ready"):
+        code = doc.get("code", ERR_NOT_AVAILABLE) if isinstance(doc, dict) else ERR_NOT_AVAILABLE
+        raise CniError(code, "weave-net is not ready", str(doc.get("reason", "")) if isinstance(doc, dict) else "")
+    return 0
+
+
+def _gc(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> int:
     valid = conf.get("cni.dev/valid-attachments", [])
     if not isinstance(valid, list):
         raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list")
-    keep = [
-        {"container_id": v.get("containerID"), "ifname": v.get("ifname")}
-        for v in valid
-        if isinstance(v, dict) and isinstance(v.get("containerID"), str) and isinstance(v.get("ifname"), str)
-    ]
+    if not all(isinstance(v, dict) and isinstance(v.get("containerID"), str) for v in valid):
+        raise CniError(ERR_INVALID_CONFIG, "every cni.dev/valid-attachments entry needs a containerID")
+    keep = [{"container_id": v["containerID"], "ifname": str(v.get("ifname") or "eth0")} for v in valid]
     status, doc = _call(sock, "POST", "/cni/gc", {"valid": keep})
     if status != 200:
         raise _router_error(status, doc, "GC")
     return 0
+
+
+COMMANDS = {"ADD": _add, "DEL": _del, "CHECK": _check, "STATUS": _status, "GC": _gc}
 
 
 def _fail(version: str, code: int, msg: str, details: str) -> int:

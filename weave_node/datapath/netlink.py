@@ -435,12 +435,15 @@ def detach_pod(pod: Pod, netns: str | None = None) -> bool:
     removed = False
     with _ipr(netns) as host:
         found = host.link_lookup(ifname=pod.host_ifname)
-        if found and _kind(host, found[0]) == "veth":
-            with contextlib.suppress(NetlinkError):
+        try:
+            if found and _kind(host, found[0]) == "veth":
                 host.link("del", index=found[0])
                 removed = True
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:  # gone in between: that is what we wanted
+                raise DatapathError(f"detach {pod.host_ifname}: {os.strerror(exc.code)}") from exc
     if os.path.exists(pod.netns):
-        with contextlib.suppress(DatapathError), _ipr(pod.netns) as ipr:
+        with contextlib.suppress(DatapathError, NetlinkError), _ipr(pod.netns) as ipr:
             for idx in ipr.link_lookup(ifname=pod.ifname):
                 link = ipr.get_links(idx)[0]
                 info = link.get("IFLA_LINKINFO")
