@@ -260,11 +260,14 @@ def report_latency(setups: dict[str, Setup], goals: list[tuple[str, str]]) -> di
 def startup(runs: int) -> dict[str, Any]:
     env = dict(os.environ, CNI_COMMAND="VERSION")
     diag = f"import sys; sys.path.insert(0, {str(REPO)!r}); from weave_node.cni.plugin import main; sys.exit(main())"
+    installed = Path(tempfile.mkdtemp(prefix="cnibench-bin-"))
+    subprocess.run([str(BIN / "weave-node"), "install-cni-plugin", "--dir", str(installed)], check=True)
     cmds = {
         "sys": ("/usr/bin/python3 -S -I -c pass (baseline)", [SYS_PYTHON, "-S", "-I", "-c", "pass"]),
         "venv": (".venv/bin/python -c pass", [str(BIN / "python"), "-c", "pass"]),
-        "plugin": ("CNI_COMMAND=VERSION weave-net", [str(PLUGIN)]),
-        "plugin_si": ("diag: the same, python -S -I", [str(BIN / "python"), "-S", "-I", "-c", diag]),
+        "plugin": ("weave-net as installed (#!/usr/bin/python3 -SI)", [str(installed / "weave-net")]),
+        "plugin_venv": ("diag: the venv's console script", [str(PLUGIN)]),
+        "plugin_si": ("diag: venv python -S -I, importing the module", [str(BIN / "python"), "-S", "-I", "-c", diag]),
     }
     for _, argv in cmds.values():
         out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd="/")

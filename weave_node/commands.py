@@ -91,6 +91,14 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.add_argument("peer", help="IP or host name, optionally :port")
         _api_flags(p)
         p.set_defaults(func=cmd_peer, verb=verb)
+    inst = sub.add_parser(
+        "install-cni-plugin", help="write the weave-net plugin into a CNI bin directory (one stdlib-only file)"
+    )
+    inst.add_argument(
+        "--dir", default="/opt/cni/bin", help="where the runtime looks for plugins (default /opt/cni/bin)"
+    )
+    inst.add_argument("--python", default="/usr/bin/python3", help="the interpreter of its #! line")
+    inst.set_defaults(func=cmd_install_cni_plugin)
     reset = sub.add_parser("reset", help="remove the weave bridge, the VXLAN device and our iptables chains")
     reset.add_argument("--force", action="store_true", help="even if a router answers (it would recreate them)")
     _api_flags(reset)
@@ -186,6 +194,35 @@ def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None
     for p in dp["peers"]:
         ago = "never" if p["last_heartbeat_ago"] is None else f"{p['last_heartbeat_ago']} s ago"
         table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, p["reason"])
+
+
+def cmd_install_cni_plugin(args: argparse.Namespace) -> int:
+    """The plugin is one standard-library file: installed with `-S -I` in its #! line it starts without site
+    packages or the venv (the runtime pays the start-up on every ADD/DEL). Written atomically, mode 0755."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("weave_node.cni.plugin")
+    assert spec is not None and spec.origin is not None  # noqa: S101 - our own module
+    source = Path(spec.origin).read_text()
+    target = Path(args.dir) / "weave-net"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = f"#!{args.python} -SI\n" + source  # one argument on a #! line: -SI, not "-S -I"
+    if target.exists() and target.read_text() == text:
+        print(f"{target} is up to date")
+        return 0
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".weave-net-")
+    try:
+        with open(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o755)  # noqa: S103 - an executable for the runtime, like the other plugins
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"installed {target}")
+    return 0
 
 
 def cmd_reset(args: argparse.Namespace) -> int:

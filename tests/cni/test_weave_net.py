@@ -71,7 +71,7 @@ class Node:
         stdin = json.dumps(conf) if conf is not None else ""
         full_env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": str(BIN), **env}
         out = subprocess.run(
-            ["ip", "netns", "exec", self.router.host.netns, str(BIN / "weave-net")],
+            ["ip", "netns", "exec", self.router.host.netns, str(self.workdir / "bin" / "weave-net")],
             input=stdin,
             capture_output=True,
             text=True,
@@ -91,8 +91,8 @@ def make_node(router: RouterProc, binary: Path, workdir: Path) -> Node:
     workdir.mkdir(parents=True, exist_ok=True)
     plugins = workdir / "bin"
     plugins.mkdir(exist_ok=True)
-    (plugins / "weave-net").unlink(missing_ok=True)
-    (plugins / "weave-net").symlink_to(BIN / "weave-net")
+    # The production form: one stdlib-only file with `#!/usr/bin/python3 -SI`, as the deploys install it.
+    subprocess.run([str(BIN / "weave-node"), "install-cni-plugin", "--dir", str(plugins)], check=True)
     driver = Driver(binary, f"{plugins}:{REFERENCE_PLUGINS}", workdir / "cache", netns=router.host.netns)
     return Node(router, driver, workdir)
 
@@ -255,7 +255,7 @@ def test_bad_input_gets_the_right_code_and_creates_nothing(cluster: list[Node]) 
         assert (code, err.get("code")) == (1, want), (command, env, err)
         assert err["msg"]
     out = subprocess.run(
-        ["ip", "netns", "exec", h1.router.host.netns, str(BIN / "weave-net")],
+        ["ip", "netns", "exec", h1.router.host.netns, str(h1.workdir / "bin" / "weave-net")],
         input="{not json",
         capture_output=True,
         text=True,

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from tests.helpers import run_cli
 
@@ -35,3 +37,15 @@ def test_the_hand_written_http_client_parses_plain_and_chunked_answers() -> None
             assert exc.code == 999
         else:
             raise AssertionError(bad)
+
+
+def test_install_cni_plugin_writes_one_executable_stdlib_file(tmp_path: Path) -> None:
+    out = run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path), check=True)
+    plugin = tmp_path / "weave-net"
+    assert out.stdout.strip() == f"installed {plugin}"
+    assert plugin.stat().st_mode & 0o777 == 0o755
+    assert plugin.read_text().splitlines()[0] == "#!/usr/bin/python3 -SI"
+    version = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True, check=True)
+    assert json.loads(version.stdout)["supportedVersions"][-1] == "1.1.0"
+    again = run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path), check=True)
+    assert again.stdout.strip() == f"{plugin} is up to date"

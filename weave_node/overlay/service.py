@@ -110,6 +110,9 @@ class OverlayService:
         self.last_sync: dict[str, Any] = {}
         self.channel: GossipChannel | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
+        # Pods get their own threads: an ADD never waits behind a datapath sync (per-attachment order is kept
+        # by the caller's locks; different pods are independent in the kernel).
+        self.pod_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pods")
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._transport: asyncio.DatagramTransport | None = None
@@ -226,6 +229,7 @@ class OverlayService:
         if self._transport is not None:
             self._transport.close()
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.pod_executor.shutdown, wait=True, cancel_futures=True)
 
     async def _get_bridge_address(self) -> None:
         while True:
@@ -369,10 +373,13 @@ class OverlayService:
     # --- pods (the CNI plugin's work, done by the router) ------------------------------------------------
 
     async def attach_pod(self, pod: Pod) -> dict[str, str]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, netlink.attach_pod, pod)
+        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, netlink.attach_pod, pod)
 
     async def detach_pod(self, pod: Pod) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, netlink.detach_pod, pod)
+        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, netlink.detach_pod, pod)
+
+    async def pod_state(self, pod: Pod) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, netlink.pod_state, pod)
 
     # --- status ------------------------------------------------------------------------------------------
 
