@@ -65,6 +65,8 @@ async def run(n: int) -> None:
             "under-test",
             "--datapath",
             "none",
+            "--metrics-addr",
+            "none",
             "--log-level",
             "warning",
         ],

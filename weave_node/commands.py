@@ -48,6 +48,10 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--mtu", type=int, help="pod MTU (default: underlay MTU - 50 for VXLAN; also WEAVE_MTU)")
     r.add_argument("--no-fastdp", action="store_const", const="1", help="no VXLAN fast datapath (also WEAVE_NO_FASTDP)")
     r.add_argument(
+        "--metrics-addr",
+        help="Prometheus metrics host:port (default 127.0.0.1:6782; 0.0.0.0:6782 to scrape from elsewhere; 'none')",
+    )
+    r.add_argument(
         "--peer-retain",
         type=float,
         help="seconds a departed peer keeps its VXLAN forwarding entries, and entries found at start are kept (60)",
@@ -63,6 +67,14 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     _api_flags(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=60.0,
+        metavar="SECONDS",
+        help="first wait until the router is ready: it answers, IPAM can allocate, the bridge has its address (60)",
+    )
     s.set_defaults(func=cmd_status)
     rep = sub.add_parser("report", help="the router's full state as JSON, like `weave report`")
     _api_flags(rep)
@@ -255,11 +267,43 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def not_ready(doc: dict[str, Any]) -> str:
+    """Why a router is not ready yet ("" when it is): what deploy health gates wait for."""
+    ipam = doc.get("ipam")
+    if ipam is not None and not ipam["ready"]:
+        return f"IPAM: {ipam['waiting'] or 'not ready'}"
+    dp = doc.get("datapath")
+    if dp is not None and not dp["bridge_address"]:
+        return "the weave bridge has no address yet"
+    return ""
+
+
+def _wait_ready(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    import time
+
+    from weave_node.api.client import ApiError
+    from weave_node.core.errors import WeaveError
+
+    deadline = time.monotonic() + seconds
+    why = "no answer"
+    while True:
+        try:
+            doc: dict[str, Any] = _get(args, "/status")
+            why = not_ready(doc)
+            if not why:
+                return doc
+        except ApiError as exc:
+            why = str(exc)
+        if time.monotonic() >= deadline:
+            raise WeaveError(f"the router is not ready after {seconds:g} s: {why}")
+        time.sleep(0.2)  # polling a remote state with a deadline
+
+
 def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch per table
     from rich.console import Console
     from rich.table import Table
 
-    doc = _get(args, "/status")
+    doc = _wait_ready(args, args.wait) if args.wait is not None else _get(args, "/status")
     if args.json:
         print(json.dumps(doc[args.section] if args.section else doc, indent=2))
         return 0

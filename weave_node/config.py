@@ -90,6 +90,7 @@ class RouterConfig:
     datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
     mtu: int | None = None  # WEAVE_MTU; None = underlay MTU minus the VXLAN overhead
     fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off (bridge only)
+    metrics_addr: str = "127.0.0.1:6782"  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
 
@@ -121,6 +122,14 @@ def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[st
     if reclaim_after < 0:
         raise ConfigError("--ipam-reclaim-after must be >= 0 (0 disables automatic reclaim)")
     return ipalloc_range, ipalloc_init, reclaim_after
+
+
+def _metrics_addr(pick: Callable[[str, str], object]) -> str:
+    addr = str(pick("metrics_addr", "WEAVE_METRICS_ADDR") or "127.0.0.1:6782")
+    if addr == "none":
+        return ""
+    parse_hostport(addr, "--metrics-addr")
+    return addr
 
 
 def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | None, bool]:
@@ -230,5 +239,6 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         mtu=mtu,
         fastdp=fastdp,
         peer_retain=seconds("peer_retain", 60.0),
+        metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),
     )

@@ -10,8 +10,9 @@ import signal
 import sys
 import time
 
+from weave_node.api.metrics import MetricsServer, RouterMetrics
 from weave_node.api.pods import PodService
-from weave_node.api.server import ApiServer
+from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig
 from weave_node.datapath.model import BRIDGE
 from weave_node.ipam.address import ip_str, parse_ip, parse_range
@@ -144,11 +145,19 @@ async def run_router(config: RouterConfig) -> int:
             "a password encrypts the mesh, but pod traffic in the VXLAN fast datapath is not encrypted "
             "(kernel VXLAN has no encryption); encrypted pod traffic needs the sleeve datapath"
         )
+    metrics = RouterMetrics(lambda: full_status(router, ipam, overlay))
     pods = (
-        PodService(ipam, overlay, config.state_dir / "cni-pending", parse_range(config.ipalloc_range).prefix)
+        PodService(
+            ipam,
+            overlay,
+            config.state_dir / "cni-pending",
+            parse_range(config.ipalloc_range).prefix,
+            on_op=metrics.observe_cni,
+        )
         if overlay is not None
         else None
     )
+    metrics_server = MetricsServer(metrics, config.metrics_addr) if config.metrics_addr else None
     api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay, pods=pods)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,9 +170,13 @@ async def run_router(config: RouterConfig) -> int:
     if pods is not None:
         await pods.start()  # completes the DELs recorded while the router was down
     await api.start()
+    if metrics_server is not None:
+        await metrics_server.start()
     log.info("weave-node router %s(%s) is up", format_name(identity.name), identity.nickname)
     await stop.wait()
     log.info("shutting down")
+    if metrics_server is not None:
+        await metrics_server.stop()
     await api.stop()
     if pods is not None:
         await pods.stop()

@@ -21,7 +21,8 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,15 @@ def host_ifname(container_id: str, ifname: str) -> str:
 
 
 class PodService:
-    def __init__(self, ipam: IpamService, overlay: OverlayService, pending_dir: Path, prefix: int) -> None:
+    def __init__(
+        self,
+        ipam: IpamService,
+        overlay: OverlayService,
+        pending_dir: Path,
+        prefix: int,
+        on_op: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self.on_op = on_op  # (operation, seconds, ok): the metrics' CNI histograms
         self.ipam = ipam
         self.overlay = overlay
         self.pending_dir = pending_dir
@@ -295,6 +304,18 @@ def _local_only(req: web.Request) -> None:
         )
 
 
+async def _timed(pods: PodService, op: str, work: Awaitable[web.Response]) -> web.Response:
+    started = time.monotonic()
+    ok = False
+    try:
+        response = await work
+        ok = response.status < 400
+        return response
+    finally:
+        if pods.on_op is not None:
+            pods.on_op(op, time.monotonic() - started, ok)
+
+
 def add_pod_routes(app: web.Application, pods: PodService) -> None:
     async def add(req: web.Request) -> web.Response:
         _local_only(req)
@@ -340,8 +361,14 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
         keys = {_pod_key(v) for v in valid if isinstance(v, dict)}
         return _json({"released": await pods.gc(keys)})
 
-    app.router.add_post("/cni/add", add)
-    app.router.add_post("/cni/del", delete)
-    app.router.add_post("/cni/check", check)
+    def timed(op: str, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
+        async def run(req: web.Request) -> web.Response:
+            return await _timed(pods, op, handler(req))
+
+        return run
+
+    app.router.add_post("/cni/add", timed("add", add))
+    app.router.add_post("/cni/del", timed("del", delete))
+    app.router.add_post("/cni/check", timed("check", check))
     app.router.add_get("/cni/status", status)
-    app.router.add_post("/cni/gc", gc)
+    app.router.add_post("/cni/gc", timed("gc", gc))

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from weave_node.api.ipam import add_ipam_routes, ipam_errors
+from weave_node.api.openapi import OPENAPI
 from weave_node.api.pods import PodService, add_pod_routes
 from weave_node.api.status import ConnView, build_status
 from weave_node.config import parse_hostport
@@ -54,27 +55,34 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(doc, indent=2) + "\n", status=status, content_type="application/json")
 
 
+def full_status(
+    router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None
+) -> dict[str, Any]:
+    """The whole status snapshot: what `weave-node status --json` prints and what the metrics are made of."""
+    doc = router_status(router)
+    if ipam is not None:
+        doc["ipam"] = ipam.status()
+    if overlay is not None:
+        doc["datapath"] = overlay.status()
+    return doc
+
+
 def make_app(
     router: Router,
     ipam: IpamService | None = None,
     overlay: OverlayService | None = None,
     pods: PodService | None = None,
 ) -> web.Application:
-    def full_status() -> dict[str, Any]:
-        doc = router_status(router)
-        if ipam is not None:
-            doc["ipam"] = ipam.status()
-        if overlay is not None:
-            doc["datapath"] = overlay.status()
-        return doc
+    def snapshot() -> dict[str, Any]:
+        return full_status(router, ipam, overlay)
 
     async def status(_req: web.Request) -> web.Response:
-        return json_response(full_status())
+        return json_response(snapshot())
 
     async def section(req: web.Request) -> web.Response:
-        doc = full_status()
+        doc = snapshot()
         key = req.match_info["section"]
-        if key not in ("peers", "connections", "targets", "ipam") or key not in doc:
+        if key not in ("router", "peers", "connections", "targets", "ipam", "datapath") or key not in doc:
             return json_response({"error": f"unknown status section {key!r}"}, status=404)
         return json_response(doc[key])
 
@@ -98,6 +106,11 @@ def make_app(
         add_ipam_routes(app, ipam)
     if pods is not None:
         add_pod_routes(app, pods)
+
+    async def openapi(_req: web.Request) -> web.Response:
+        return json_response(OPENAPI)
+
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/status", status)
     app.router.add_get("/report", status)
     app.router.add_get("/status/{section}", section)

@@ -1,0 +1,165 @@
+"""Prometheus metrics on :6782/metrics, with Weave's names where Weave had one.
+
+The gauges are computed at scrape time from the status snapshot (the same document `weave-node status --json`
+shows), by `families()`, a pure function; only the CNI operation counters and latency histograms are live
+instruments. Each router has its own registry (no process-global state).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from weave_node.config import parse_hostport
+
+log = logging.getLogger("weave_node.metrics")
+CONNECTION_STATES = ("established", "pending", "connecting", "retrying")
+MODES = ("fastdp", "pending", "down", "sleeve")
+
+
+def families(doc: dict[str, Any]) -> list[Metric]:
+    """Every status-derived metric family from one status snapshot (pure)."""
+    r = doc["router"]
+    out: list[Metric] = []
+    info = GaugeMetricFamily("weave_node_info", "This router.", labels=["version", "name", "nickname"])
+    info.add_metric([doc["version"], r["name"], r["nickname"]], 1)
+    out.append(info)
+    conns = GaugeMetricFamily(
+        "weave_connections", "Number of peer-to-peer connections.", labels=["state", "type", "encryption"]
+    )
+    by_state = dict(r["connections_by_state"])
+    by_state["pending"] = by_state.pop("handshaking", 0) + by_state.get("pending", 0)
+    for state in CONNECTION_STATES:
+        conns.add_metric([state, "tcp", "yes" if r["encryption"] else ""], by_state.get(state, 0))
+    out.append(conns)
+    out.append(
+        CounterMetricFamily(
+            "weave_connection_terminations", "Number of peer-to-peer connections terminated.", value=r["terminations"]
+        )
+    )
+    out.append(GaugeMetricFamily("weave_node_peers", "Peers in the topology, this one included.", value=r["peers"]))
+    out.append(
+        GaugeMetricFamily("weave_node_reachable_peers", "Peers this router has a route to.", value=r["reachable"])
+    )
+    if "ipam" in doc:
+        out += _ipam(doc["ipam"])
+    if "datapath" in doc:
+        out += _datapath(doc["datapath"])
+    return out
+
+
+def _ipam(i: dict[str, Any]) -> list[Metric]:
+    ips = GaugeMetricFamily("weave_ips", "Number of IP addresses.", labels=["state"])
+    ips.add_metric(["local-used"], i["used"])
+    ips.add_metric(["local-free"], i["free"])
+    prefix = int(str(i["range"]).split("/")[1])
+    size = 2 ** (32 - prefix)
+    unreachable = [o for o in i["owners"] if not o["reachable"]]
+    lost = sum(o["size"] for o in unreachable)
+    return [
+        ips,
+        GaugeMetricFamily("weave_max_ips", "Size of IP address space used by allocator.", value=size),
+        GaugeMetricFamily(
+            "weave_ipam_unreachable_count",
+            "Number of unreachable peers that own IPAM addresses.",
+            value=len(unreachable),
+        ),
+        GaugeMetricFamily(
+            "weave_ipam_unreachable_percentage",
+            "Percentage of all IP addresses owned by unreachable peers.",
+            value=100.0 * lost / size,
+        ),
+        GaugeMetricFamily(
+            "weave_ipam_pending_allocates", "Number of pending allocates.", value=i.get("pending_allocates", 0)
+        ),
+        GaugeMetricFamily("weave_node_ipam_ready", "1 when IPAM can allocate.", value=1 if i["ready"] else 0),
+    ]
+
+
+def _datapath(d: dict[str, Any]) -> list[Metric]:
+    modes = GaugeMetricFamily("weave_node_datapath_peers", "Remote peers by datapath mode.", labels=["mode"])
+    for mode in MODES:
+        modes.add_metric([mode], sum(1 for p in d["peers"] if p["mode"] == mode))
+    per_peer = GaugeMetricFamily(
+        "weave_node_datapath_peer_fastdp", "1 while the peer's fast datapath works.", labels=["peer", "nickname"]
+    )
+    for p in d["peers"]:
+        per_peer.add_metric([p["name"], p["nickname"]], 1 if p["mode"] == "fastdp" else 0)
+    return [
+        modes,
+        per_peer,
+        GaugeMetricFamily("weave_node_mtu", "MTU of the bridge, the VXLAN device and pods.", value=d["mtu"]),
+        GaugeMetricFamily(
+            "weave_node_datapath_problems", "Conflicts the router will not fix itself.", value=len(d["problems"])
+        ),
+    ]
+
+
+class _StatusCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.snapshot())
+
+
+class RouterMetrics:
+    """The router's registry: status-derived families plus the CNI instruments."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StatusCollector(snapshot))
+        self.cni_seconds = Histogram(
+            "weave_node_cni_operation_seconds",
+            "Time the router spent on a CNI operation.",
+            ["op"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.cni_ops = Counter(
+            "weave_node_cni_operations",
+            "CNI operations handled by the router.",
+            ["op", "result"],
+            registry=self.registry,
+        )
+
+    def observe_cni(self, op: str, seconds: float, ok: bool) -> None:
+        self.cni_seconds.labels(op).observe(seconds)
+        self.cni_ops.labels(op, "ok" if ok else "error").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """GET /metrics on its own address (default 127.0.0.1:6782; the operator opens it to Prometheus)."""
+
+    def __init__(self, metrics: RouterMetrics, addr: str) -> None:
+        self.metrics = metrics
+        self.addr = addr
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.port = 0
+
+    async def _metrics(self, _req: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def start(self) -> None:
+        host, port = parse_hostport(self.addr, "--metrics-addr")
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
