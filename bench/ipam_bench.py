@@ -47,7 +47,8 @@ class Client:
 def start_router(tmp: Path, name: str, port: int, peers: list[int], mac: str) -> tuple[subprocess.Popen[bytes], Path]:
     sock = tmp / f"{name}.sock"
     args = [str(BIN / "weave-node"), "router", "--name", mac, "--nickname", name, "--port", str(port)]
-    args += ["--listen-host", "127.0.0.1", "--status-addr", "none", "--status-socket", str(sock), "--datapath", "none", "--metrics-addr", "none"]
+    args += ["--listen-host", "127.0.0.1", "--status-addr", "none", "--status-socket", str(sock)]
+    args += ["--datapath", "none", "--metrics-addr", "none"]
     args += ["--state-dir", str(tmp / name), "--gossip-interval", "1", *[f"127.0.0.1:{p}" for p in peers]]
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), sock
