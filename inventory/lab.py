@@ -9,6 +9,24 @@ import json
 import os
 from pathlib import Path
 
+import paramiko.proxy
+
+
+def _send_all(self: paramiko.proxy.ProxyCommand, content: bytes) -> int:
+    """paramiko's ProxyCommand.send ignores short writes; under pyinfra's gevent the pipe to the ProxyCommand is
+    non-blocking, so an upload larger than the pipe (64 KiB) lost bytes and the session broke. Write it all."""
+    view = memoryview(content)
+    try:
+        while view:
+            written = self.process.stdin.write(view)
+            view = view[written or 0 :]
+    except OSError as exc:
+        raise paramiko.proxy.ProxyCommandFailure(" ".join(self.cmd), exc.strerror) from exc
+    return len(content)
+
+
+paramiko.proxy.ProxyCommand.send = _send_all  # type: ignore[method-assign]
+
 _name = os.environ.get("WEAVE_LAB", "lab")
 _state_file = Path(os.environ.get("WEAVE_LAB_HOME", "/var/lib/weave-node-lab")) / "labs" / _name / "state.json"
 if not _state_file.exists():
@@ -20,4 +38,8 @@ _ssh = {
     "ssh_strict_host_key_checking": "yes",
 }
 # The group every deploy targets: weave-node runs on each of these.
-nodes = [(f"node{i}", dict(_ssh)) for i in range(1, int(_state["hosts"]) + 1)]
+# weave_address: where the other nodes reach this one (the router's peers, its VXLAN endpoint).
+_addresses = _state.get("addresses") or {f"node{i}": f"198.18.0.{i}" for i in range(1, int(_state["hosts"]) + 1)}
+nodes = [
+    (f"node{i}", {**_ssh, "weave_address": _addresses[f"node{i}"]}) for i in range(1, int(_state["hosts"]) + 1)
+]

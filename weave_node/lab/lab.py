@@ -228,6 +228,7 @@ def _bring_up(spec: LabSpec, progress: Progress) -> None:
         "rootfs": str(rootfs),
         "underlay_netns": spec.underlay_netns,
         "ssh_config": str(paths.ssh_config),
+        "addresses": {h.name: str(h.address) for h in spec.hosts},
         "created": time.time(),
     }
     system.write_atomic(paths.state, json.dumps(state, indent=2) + "\n")

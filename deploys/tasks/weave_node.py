@@ -1,0 +1,201 @@
+"""Packaged pyinfra deploys that roll weave-node out onto bare hosts. Compose them in your own deploy files, or run
+the entry deploy: `pyinfra inventory/<yours>.py deploys/weave_node.py`.
+
+Every step is a pyinfra operation that reports a change only when something changed; a second run changes
+nothing. Data (host/group data, see DEFAULTS) is validated for every host before any host is touched.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import Directory, File
+from pyinfra.operations import apt, files, pip, server, systemd
+from pyinfra.operations.util import any_changed
+
+from deploys import validate, wheelhouse
+from deploys.paths import TEMPLATES
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DEFAULTS: dict[str, Any] = {
+    "weave_address": None,  # this host's address for its peers (required)
+    "weave_peers": None,  # default: weave_address of every other host in the inventory
+    "weave_ipalloc_range": "10.32.0.0/12",
+    "weave_ipalloc_init": "",  # default: consensus among all the hosts of this rollout
+    "weave_conn_limit": 100,
+    "weave_mtu": None,  # default: underlay MTU - 50
+    "weave_password_file": None,  # a 0600 file on the control machine; copied to /etc/weave-node/password
+    "weave_metrics_addr": "127.0.0.1:6782",
+    "weave_state_dir": "/var/lib/weave-node",
+    "weave_prefix": "/opt/weave-node",
+    "weave_cni_bin_dir": "/opt/cni/bin",
+    "weave_cni_conf_dir": "/etc/cni/net.d",
+    "weave_cni_version": "1.0.0",
+    "weave_hairpin": True,
+    "weave_bandwidth": False,
+    "weave_health_timeout": 90,
+    "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
+}
+PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
+MODULES = (("vxlan", "/sys/module/vxlan"), ("br_netfilter", "/proc/sys/net/bridge"))
+_built: dict[str, Path] = {}
+
+
+def settings() -> dict[str, Any]:
+    """This host's data with the defaults filled in, validated against the whole inventory."""
+    data = {k: host.data.get(k, v) for k, v in DEFAULTS.items()}
+    data.update({k: v for k, v in host.data.dict().items() if k.startswith("weave_")})
+    others = [(h.name, {k: v for k, v in h.data.dict().items() if k.startswith("weave_")}) for h in inventory]
+    try:
+        validate.validate(host.name, {**data}, others)
+    except validate.InvalidData as exc:
+        raise DeployError(f"invalid weave-node settings: {exc}") from None
+    if data["weave_peers"] is None:
+        data["weave_peers"] = [d["weave_address"] for name, d in others if name != host.name]
+    return data
+
+
+def _wheelhouse(data: dict[str, Any]) -> Path:
+    if data["weave_wheelhouse"]:
+        return Path(data["weave_wheelhouse"])
+    if "dir" not in _built:  # once per run, on the control machine
+        _built["dir"] = wheelhouse.build()
+    return _built["dir"]
+
+
+@deploy("weave-node: node prerequisites")
+def prerequisites() -> None:
+    apt.packages(name="Packages a node needs (installed only when missing)", packages=PACKAGES)
+    # Without /proc/modules (a container, or a kernel without loadable modules) nothing can be loaded here: the
+    # router then reports what its kernel lacks. Otherwise load what is neither loaded nor built in.
+    if host.get_fact(File, path="/proc/modules"):
+        for module, probe in MODULES:
+            if not host.get_fact(Directory, path=probe):
+                server.modprobe(name=f"Kernel module {module}", module=module)
+    files.put(
+        name="Kernel modules loaded at boot",
+        src=io.StringIO("".join(f"{m}\n" for m, _ in MODULES)),
+        dest="/etc/modules-load.d/weave-node.conf",
+        mode="644",
+    )
+    server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1, persist=True)
+
+
+@deploy("weave-node: the router, installed offline from a wheelhouse")
+def router(data: dict[str, Any]) -> Any:
+    wheels = _wheelhouse(data)
+    prefix = data["weave_prefix"]
+    files.directory(name="Wheelhouse directory", path=f"{prefix}/wheels", mode="755")
+    for wheel in sorted(wheels.glob("*.whl")):
+        files.put(name=f"Wheel {wheel.name}", src=str(wheel), dest=f"{prefix}/wheels/{wheel.name}", mode="644")
+    sums = files.put(
+        name="Wheel checksums", src=str(wheels / "SHA256SUMS"), dest=f"{prefix}/wheels/SHA256SUMS", mode="644"
+    )
+    venv = pip.venv(name="Virtualenv", path=f"{prefix}/venv", python="python3")
+    install = server.shell(
+        name="Install weave-node (offline, checksums verified)",
+        commands=[
+            f"cd {prefix}/wheels && sha256sum --quiet -c SHA256SUMS",
+            f"{prefix}/venv/bin/pip install --quiet --no-index --find-links {prefix}/wheels --force-reinstall "
+            f"{prefix}/wheels/{wheelhouse.our_wheel(wheels).name}'[router]'",
+        ],
+        _if=any_changed(sums, venv),
+    )
+    return install
+
+
+@deploy("weave-node: configuration")
+def config(data: dict[str, Any]) -> list[Any]:
+    files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
+    changes = []
+    if data["weave_password_file"]:
+        changes.append(
+            files.put(
+                name="Password (mode 0600, root)",
+                src=str(data["weave_password_file"]),
+                dest="/etc/weave-node/password",
+                mode="600",
+                user="root",
+                group="root",
+            )
+        )
+    changes.append(
+        files.template(
+            name="Router settings",
+            src=str(TEMPLATES / "weave-node/weave-node.env.j2"),
+            dest="/etc/weave-node/weave-node.env",
+            mode="644",
+            peers=data["weave_peers"],
+            ipalloc_range=data["weave_ipalloc_range"],
+            ipalloc_init=data["weave_ipalloc_init"],
+            conn_limit=data["weave_conn_limit"],
+            mtu=data["weave_mtu"],
+            password_file="/etc/weave-node/password" if data["weave_password_file"] else "",
+            state_dir=data["weave_state_dir"],
+            metrics_addr=data["weave_metrics_addr"],
+        )
+    )
+    return changes
+
+
+@deploy("weave-node: the service")
+def service(data: dict[str, Any], changed: list[Any]) -> None:
+    unit = files.template(
+        name="Unit file",
+        src=str(TEMPLATES / "weave-node/weave-node.service.j2"),
+        dest="/etc/systemd/system/weave-node.service",
+        mode="644",
+        prefix=data["weave_prefix"],
+        state_dir=data["weave_state_dir"],
+    )
+    systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
+    systemd.service(name="Running and enabled", service="weave-node.service", running=True, enabled=True)
+    restart = systemd.service(
+        name="Restart (unit, settings or version changed)",
+        service="weave-node.service",
+        restarted=True,
+        _if=any_changed(unit, *changed),
+    )
+    server.shell(
+        name="Health gate: the router answers, IPAM is ready, the bridge has its address",
+        commands=[f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"],
+        _if=any_changed(unit, restart, *changed),
+    )
+
+
+@deploy("weave-node: CNI")
+def cni(data: dict[str, Any]) -> None:
+    bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
+    files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
+    files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
+    plugin = Path(tempfile.mkdtemp(prefix="weave-net-")) / "weave-net"
+    plugin.write_text("#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text())
+    files.put(name="weave-net plugin", src=str(plugin), dest=f"{bin_dir}/weave-net", mode="755")
+    for name in ("loopback", "portmap", "bandwidth"):
+        files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+    files.template(
+        name="Network configuration list",
+        src=str(TEMPLATES / "10-weave.conflist.j2"),
+        dest=f"{conf_dir}/10-weave.conflist",
+        mode="644",
+        cni_version=data["weave_cni_version"],
+        hairpin_mode=data["weave_hairpin"],
+        bandwidth=data["weave_bandwidth"],
+        pending_dir=f"{data['weave_state_dir']}/cni-pending",
+    )
+
+
+def rollout() -> None:
+    """Everything, in order: what `deploys/weave_node.py` runs."""
+    data = settings()
+    prerequisites()
+    install = router(data)
+    changed = config(data)
+    service(data, [install, *changed])
+    cni(data)

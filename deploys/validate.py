@@ -1,0 +1,98 @@
+"""Validation of the rollout's data before any host is touched (pure: no pyinfra, no weave_node imports).
+
+The entry deploy calls `validate()` for every host during pyinfra's prepare phase, so a bad inventory stops
+the run with a precise message before the first operation executes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+KNOWN = {
+    "weave_address",
+    "weave_peers",
+    "weave_ipalloc_range",
+    "weave_ipalloc_init",
+    "weave_conn_limit",
+    "weave_mtu",
+    "weave_password_file",
+    "weave_metrics_addr",
+    "weave_state_dir",
+    "weave_prefix",
+    "weave_cni_bin_dir",
+    "weave_cni_conf_dir",
+    "weave_cni_version",
+    "weave_hairpin",
+    "weave_bandwidth",
+    "weave_health_timeout",
+    "weave_wheelhouse",
+}
+CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+class InvalidData(ValueError):
+    """A message that names the host and the setting."""
+
+
+def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    def fail(msg: str) -> None:
+        raise InvalidData(f"{host}: {msg}")
+
+    unknown = sorted(k for k in data if k.startswith("weave_") and k not in KNOWN)
+    if unknown:
+        fail(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN))})")
+    address = data.get("weave_address")
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        fail(f"weave_address must be this host's IP address for its peers, not {address!r}")
+    try:
+        pod_range = ipaddress.ip_network(str(data["weave_ipalloc_range"]))
+    except ValueError as exc:
+        fail(f"weave_ipalloc_range {data['weave_ipalloc_range']!r} is not a CIDR with its host bits zero ({exc})")
+    if pod_range.version != 4 or pod_range.prefixlen > 30:
+        fail(f"weave_ipalloc_range {pod_range} must be an IPv4 network of /30 or larger")
+    seen: dict[str, str] = {}
+    for other, other_data in all_hosts:
+        addr = str(other_data.get("weave_address"))
+        if addr in seen and seen[addr] != other:
+            fail(f"weave_address {addr} is used by both {seen[addr]} and {other}")
+        seen[addr] = other
+        try:
+            if ipaddress.ip_address(addr) in pod_range:
+                fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
+        except ValueError:
+            pass
+    if ip in pod_range:
+        fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
+    _check_numbers(data, fail)
+
+
+def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
+    mtu = data.get("weave_mtu")
+    if mtu is not None and (not isinstance(mtu, int) or not 576 <= mtu <= 65485):
+        fail(f"weave_mtu must be a number between 576 and 65485, not {mtu!r}")
+    limit = data.get("weave_conn_limit")
+    if not isinstance(limit, int) or limit < 0:
+        fail(f"weave_conn_limit must be a number >= 0, not {limit!r}")
+    if data.get("weave_cni_version") not in CNI_VERSIONS:
+        fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
+    password = data.get("weave_password_file")
+    if password:
+        _check_password_file(str(password), fail)
+
+
+def _check_password_file(path: str, fail: Any) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        fail(f"weave_password_file {path}: {exc.strerror}")
+        return
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        fail(f"weave_password_file {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
+    if st.st_size == 0:
+        fail(f"weave_password_file {path} is empty")

@@ -1,0 +1,62 @@
+"""The wheelhouse: our wheel and every dependency's, built once per run on the control machine, so hosts install
+offline (air-gapped hosts work; lab hosts have no route to a package index).
+
+Cached by the hash of the project's sources: a second run reuses the same wheels (and the hosts see the same
+checksums: nothing changes). No weave_node import (deploys talk to hosts only through pyinfra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("WEAVE_NODE_WHEELHOUSE_CACHE", "/var/cache/weave-node-deploy"))
+
+
+def source_hash() -> str:
+    h = hashlib.sha256()
+    files = sorted(
+        [REPO / "pyproject.toml", *(REPO / "weave_node").rglob("*.py"), *(REPO / "weave_node").rglob("py.typed")]
+    )
+    for path in files:
+        h.update(str(path.relative_to(REPO)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build() -> Path:
+    """The directory of wheels for this source tree (built if missing); atomic, safe to call concurrently."""
+    target = CACHE / f"wheelhouse-{source_hash()}"
+    if (target / "SHA256SUMS").exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".wheelhouse-"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-qq", "--wheel-dir", str(tmp), f"{REPO}[router]"],
+            check=True,
+            cwd="/",
+        )
+        sums = "".join(f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n" for w in sorted(tmp.glob("*.whl")))
+        (tmp / "SHA256SUMS").write_text(sums)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another run finished first: use its wheels
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def our_wheel(wheelhouse: Path) -> Path:
+    found = sorted(wheelhouse.glob("weave_node-*.whl"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one weave_node wheel in {wheelhouse}, found {len(found)}")
+    return found[0]

@@ -1,0 +1,149 @@
+"""The rollout end to end on the lab: `pyinfra inventory/lab.py deploys/weave_node.py` onto real systemd hosts
+over SSH, then the router meshes, pods made by the installed weave-net talk across hosts, a second run changes
+nothing, the password stays secret, and bad settings stop the run before any host is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from tests.helpers import poll, run_cli
+from tests.lab.test_lab import grand_total
+
+HOSTS = 3
+PASSWORD = "correct-horse-battery-staple-7d1f"  # noqa: S105 - a test's password, to search for
+
+
+class Lab:
+    def __init__(self, name: str, ssh_config: str) -> None:
+        self.name, self.ssh_config = name, ssh_config
+        self.env = {"WEAVE_LAB": name}
+
+    def host(self, name: str) -> Any:
+        return testinfra.get_host(f"paramiko://{name}", ssh_config=self.ssh_config)
+
+    def ssh(self, name: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", self.ssh_config, name, command], capture_output=True, text=True, timeout=60, check=check
+        )
+
+    def deploy(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/weave_node.py", *args, env=self.env, check=check)
+
+    def status(self, name: str) -> dict[str, Any]:
+        out = self.ssh(name, "/opt/weave-node/venv/bin/weave-node status --json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    name = f"r{os.getpid() % 100000}"
+    try:
+        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(HOSTS), env={"WEAVE_LAB": name}, check=True)
+        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
+        yield Lab(name, status["ssh_config"])
+    finally:
+        run_cli("weave-node", "lab", "down", "--name", name, "-q")
+
+
+def _established(lab: Lab, name: str) -> int:
+    doc = lab.status(name)
+    return sum(1 for c in doc.get("connections", []) if c["state"] == "established")
+
+
+def _cni(lab: Lab, node: str, command: str, pod: str) -> subprocess.CompletedProcess[str]:
+    conf = (
+        'python3 -c \'import json; d = json.load(open("/etc/cni/net.d/10-weave.conflist")); p = d["plugins"][0]; '
+        'p.update(cniVersion=d["cniVersion"], name=d["name"]); print(json.dumps(p))\''
+    )
+    env = (
+        f"CNI_COMMAND={command} CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
+    )
+    return lab.ssh(node, f"{conf} | {env} /opt/cni/bin/weave-net")
+
+
+def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
+    first = lab.deploy()
+    changed, errors, _ = grand_total(first.stdout + first.stderr)
+    assert errors == 0 and changed > 0
+    addresses = {f"node{i}": f"198.18.0.{i}" for i in range(1, HOSTS + 1)}
+    for name in addresses:
+        host = lab.host(name)
+        service = host.service("weave-node")
+        assert service.is_running and service.is_enabled
+        unit = host.file("/etc/systemd/system/weave-node.service")
+        assert unit.contains("ProtectSystem=strict") and unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN")
+        env = host.file("/etc/weave-node/weave-node.env").content_string
+        peers = next(line for line in env.splitlines() if line.startswith("WEAVE_PEERS="))
+        assert sorted(peers.split("=", 1)[1].split()) == sorted(a for n, a in addresses.items() if n != name)
+        assert host.file("/opt/cni/bin/weave-net").mode == 0o755
+        assert host.file("/opt/cni/bin/portmap").linked_to == "/usr/lib/cni/portmap"
+        conflist = json.loads(host.file("/etc/cni/net.d/10-weave.conflist").content_string)
+        assert conflist["cniVersion"] == "1.0.0" and [p["type"] for p in conflist["plugins"]] == [
+            "weave-net",
+            "portmap",
+        ]
+        poll(lambda n=name: _established(lab, n) == HOSTS - 1, timeout=30, what=f"{name} meshed with the others")
+        doc = lab.status(name)
+        assert doc["ipam"]["ready"] is True and doc["datapath"]["bridge_address"]
+    poll(
+        lambda: all(p["mode"] == "fastdp" for p in lab.status("node1")["datapath"]["peers"]),
+        timeout=30,
+        what="node1's fast datapath to every peer",
+    )
+
+    second = lab.deploy()
+    assert grand_total(second.stdout + second.stderr)[:2] == (0, 0), second.stdout
+
+    # Pods made by the installed plugin, as a runtime would run it, talk across hosts.
+    ips = {}
+    for node in ("node1", "node2"):
+        lab.ssh(node, "ip netns add e2e")
+        result = json.loads(_cni(lab, node, "ADD", "e2e").stdout)
+        ips[node] = result["ips"][0]["address"].split("/")[0]
+    ping = lab.ssh("node1", f"ip netns exec e2e ping -c 2 -W 5 {ips['node2']}", check=False)
+    assert ping.returncode == 0, ping.stdout
+    for node in ("node1", "node2"):
+        _cni(lab, node, "DEL", "e2e")
+        rows = json.loads(lab.ssh(node, "/opt/weave-node/venv/bin/weave-node ipam allocations --json").stdout)
+        assert [r["container_id"] for r in rows] == ["weave:bridge"]
+
+
+def test_bad_settings_stop_the_run_before_any_host_is_touched(lab: Lab) -> None:
+    for data, message in (
+        ("weave_ipalloc_range=10.32.0.1/12", "is not a CIDR with its host bits zero"),
+        ("weave_ipalloc_range=198.18.0.0/16", "contains this host's address 198.18.0."),
+        ("weave_colour=blue", "unknown setting(s) weave_colour"),
+        ("weave_password_file=/nonexistent", "weave_password_file /nonexistent: No such file or directory"),
+    ):
+        out = lab.deploy("--data", data, check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and "invalid weave-node settings" in text and message in text, text
+        assert "Starting operation" not in text
+
+
+def test_the_password_is_distributed_0600_and_never_shown(lab: Lab, tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o644)
+    loose = lab.deploy("--data", f"weave_password_file={secret}", check=False)
+    assert loose.returncode != 0 and "readable by others" in loose.stdout + loose.stderr
+    secret.chmod(0o600)
+    out = lab.deploy("--data", f"weave_password_file={secret}")
+    assert PASSWORD not in out.stdout + out.stderr
+    for name in ("node1", "node2", "node3"):
+        host = lab.host(name)
+        pw = host.file("/etc/weave-node/password")
+        assert (pw.mode, pw.user, pw.group) == (0o600, "root", "root")
+        assert PASSWORD not in host.file("/etc/weave-node/weave-node.env").content_string
+        poll(lambda n=name: lab.status(n).get("router", {}).get("encryption") is True, timeout=30, what="encryption")
+        poll(lambda n=name: _established(lab, n) == HOSTS - 1, timeout=30, what=f"{name} meshed, encrypted")
+        assert PASSWORD not in lab.ssh(name, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
+        assert PASSWORD not in lab.ssh(name, "journalctl -u weave-node --no-pager").stdout
