@@ -30,6 +30,7 @@ KNOWN = {
     "weave_bandwidth",
     "weave_health_timeout",
     "weave_wheelhouse",
+    "weave_remove_state",
 }
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 

@@ -7,6 +7,7 @@ checksums: nothing changes). No weave_node import (deploys talk to hosts only th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -38,20 +39,27 @@ def build() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".wheelhouse-"))
     try:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-qq", "--wheel-dir", str(tmp), f"{REPO}[router]"],
-            check=True,
+        # From a copy of the sources: pip builds in-tree, and two builds of one checkout would share build/.
+        src = tmp / "src"
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
+        wheels = tmp / "wheels"
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-qq", "--wheel-dir", str(wheels), f"{src}[router]"],
+            capture_output=True,
+            text=True,
+            check=False,
             cwd="/",
         )
-        sums = "".join(f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n" for w in sorted(tmp.glob("*.whl")))
-        (tmp / "SHA256SUMS").write_text(sums)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another run finished first: use its wheels
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+        if out.returncode != 0:
+            raise RuntimeError(f"building the wheelhouse failed: {out.stderr.strip()[-2000:]}")
+        sums = "".join(
+            f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n" for w in sorted(wheels.glob("*.whl"))
+        )
+        (wheels / "SHA256SUMS").write_text(sums)
+        with contextlib.suppress(OSError):  # another run finished first: use its wheels
+            os.replace(wheels, target)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

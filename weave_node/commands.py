@@ -75,6 +75,7 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="SECONDS",
         help="first wait until the router is ready: it answers, IPAM can allocate, the bridge has its address (60)",
     )
+    s.add_argument("--peers", type=int, default=0, help="with --wait: also wait until this many peers are reachable")
     s.set_defaults(func=cmd_status)
     rep = sub.add_parser("report", help="the router's full state as JSON, like `weave report`")
     _api_flags(rep)
@@ -267,8 +268,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def not_ready(doc: dict[str, Any]) -> str:
+def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
     """Why a router is not ready yet ("" when it is): what deploy health gates wait for."""
+    reachable = doc["router"]["reachable"] - 1
+    if reachable < peers:
+        return f"{reachable} of {peers} expected peer(s) reachable"
     ipam = doc.get("ipam")
     if ipam is not None and not ipam["ready"]:
         return f"IPAM: {ipam['waiting'] or 'not ready'}"
@@ -289,7 +293,7 @@ def _wait_ready(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     while True:
         try:
             doc: dict[str, Any] = _get(args, "/status")
-            why = not_ready(doc)
+            why = not_ready(doc, args.peers)
             if not why:
                 return doc
         except ApiError as exc:

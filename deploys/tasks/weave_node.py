@@ -16,6 +16,7 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import Directory, File
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -163,8 +164,11 @@ def service(data: dict[str, Any], changed: list[Any]) -> None:
         _if=any_changed(unit, *changed),
     )
     server.shell(
-        name="Health gate: the router answers, IPAM is ready, the bridge has its address",
-        commands=[f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"],
+        name="Health gate: the router answers, sees its peers, IPAM is ready, the bridge has its address",
+        commands=[
+            f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
+            f" --peers {len(data['weave_peers'])}"
+        ],
         _if=any_changed(unit, restart, *changed),
     )
 
@@ -199,3 +203,36 @@ def rollout() -> None:
     changed = config(data)
     service(data, [install, *changed])
     cni(data)
+
+
+@deploy("weave-node: removal")
+def remove(remove_state: bool = False) -> None:
+    """Everything the rollout installed goes: the service, its files, the CNI plugin and conflist, the bridge,
+    the VXLAN device and our iptables chains. The IPAM state (<state dir>) only with remove_state=True.
+    Idempotent: a second run changes nothing."""
+    prefix = host.data.get("weave_prefix", DEFAULTS["weave_prefix"])
+    state_dir = host.data.get("weave_state_dir", DEFAULTS["weave_state_dir"])
+    bin_dir = host.data.get("weave_cni_bin_dir", DEFAULTS["weave_cni_bin_dir"])
+    conf_dir = host.data.get("weave_cni_conf_dir", DEFAULTS["weave_cni_conf_dir"])
+    unit_path = "/etc/systemd/system/weave-node.service"
+    if host.get_fact(File, path=unit_path):
+        systemd.service(name="Stop and disable the router", service="weave-node.service", running=False, enabled=False)
+    ours = host.get_fact(
+        Command,
+        command="{ ip -o link show weave; iptables-save 2>/dev/null | grep -m1 WEAVE-NODE; } 2>/dev/null || true",
+    )
+    if (ours or "").strip() and host.get_fact(File, path=f"{prefix}/venv/bin/weave-node"):
+        server.shell(
+            name="Remove the bridge, the VXLAN device and our iptables chains",
+            commands=[f"{prefix}/venv/bin/weave-node reset --force"],
+        )
+    unit = files.file(name="Unit file", path=unit_path, present=False)
+    systemd.daemon_reload(name="Reload systemd (unit removed)", _if=unit.did_change)
+    for path in (f"{bin_dir}/weave-net", f"{conf_dir}/10-weave.conflist", "/etc/modules-load.d/weave-node.conf"):
+        files.file(name=f"Remove {path}", path=path, present=False)
+    for name in ("loopback", "portmap", "bandwidth"):
+        files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
+    files.directory(name="Remove the installation", path=prefix, present=False)
+    files.directory(name="Remove the configuration (and the password)", path="/etc/weave-node", present=False)
+    if remove_state:
+        files.directory(name="Remove the IPAM state", path=state_dir, present=False)

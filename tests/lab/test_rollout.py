@@ -147,3 +147,19 @@ def test_the_password_is_distributed_0600_and_never_shown(lab: Lab, tmp_path: Pa
         poll(lambda n=name: _established(lab, n) == HOSTS - 1, timeout=30, what=f"{name} meshed, encrypted")
         assert PASSWORD not in lab.ssh(name, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
         assert PASSWORD not in lab.ssh(name, "journalctl -u weave-node --no-pager").stdout
+
+
+def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:
+    out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/remove.py", env=lab.env, check=True)
+    assert grand_total(out.stdout + out.stderr)[1] == 0
+    for name in ("node1", "node2", "node3"):
+        host = lab.host(name)
+        assert not host.file("/etc/systemd/system/weave-node.service").exists
+        assert not host.file("/opt/weave-node").exists and not host.file("/etc/weave-node").exists
+        assert not host.file("/opt/cni/bin/weave-net").exists
+        assert not host.file("/etc/cni/net.d/10-weave.conflist").exists
+        assert lab.ssh(name, "ip -o link show weave", check=False).returncode != 0
+        assert "WEAVE-NODE" not in lab.ssh(name, "iptables-save").stdout
+        assert host.file("/var/lib/weave-node/ipam.db").exists  # the IPAM state stays unless asked
+    again = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/remove.py", env=lab.env, check=True)
+    assert grand_total(again.stdout + again.stderr)[:2] == (0, 0), again.stdout
