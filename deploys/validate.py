@@ -31,6 +31,9 @@ KNOWN = {
     "weave_health_timeout",
     "weave_wheelhouse",
     "weave_remove_state",
+    "weave_kubernetes",
+    "weave_kube_control_plane",
+    "weave_image",
 }
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
@@ -64,10 +67,11 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
             fail(f"weave_address {addr} is used by both {seen[addr]} and {other}")
         seen[addr] = other
         try:
-            if ipaddress.ip_address(addr) in pod_range:
-                fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
+            other_ip = ipaddress.ip_address(addr)
         except ValueError:
-            pass
+            continue  # that host's own validation names it
+        if other != host and other_ip in pod_range:
+            fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
     if ip in pod_range:
         fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
     _check_numbers(data, fail)

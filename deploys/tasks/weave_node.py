@@ -7,20 +7,22 @@ nothing. Data (host/group data, see DEFAULTS) is validated for every host before
 
 from __future__ import annotations
 
+import hashlib
 import io
-import tempfile
+import logging
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import Directory, File
+from pyinfra.facts.files import Directory, File, Sha1File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
-from deploys import validate, wheelhouse
+from deploys import manifest, validate, wheelhouse
 from deploys.paths import TEMPLATES
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -42,17 +44,22 @@ DEFAULTS: dict[str, Any] = {
     "weave_bandwidth": False,
     "weave_health_timeout": 90,
     "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
+    "weave_kubernetes": False,  # also apply the DaemonSet (on hosts with weave_kube_control_plane, once up)
+    "weave_kube_control_plane": False,
+    "weave_image": "weave-node:0.1.0",  # the DaemonSet's image reference
 }
 PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
 MODULES = (("vxlan", "/sys/module/vxlan"), ("br_netfilter", "/proc/sys/net/bridge"))
 _built: dict[str, Path] = {}
+logger = logging.getLogger("pyinfra")
 
 
 def settings() -> dict[str, Any]:
     """This host's data with the defaults filled in, validated against the whole inventory."""
     data = {k: host.data.get(k, v) for k, v in DEFAULTS.items()}
     data.update({k: v for k, v in host.data.dict().items() if k.startswith("weave_")})
-    others = [(h.name, {k: v for k, v in h.data.dict().items() if k.startswith("weave_")}) for h in inventory]
+    data = _typed(data)
+    others = [(h.name, _typed({k: v for k, v in h.data.dict().items() if k.startswith("weave_")})) for h in inventory]
     try:
         validate.validate(host.name, {**data}, others)
     except validate.InvalidData as exc:
@@ -60,6 +67,22 @@ def settings() -> dict[str, Any]:
     if data["weave_peers"] is None:
         data["weave_peers"] = [d["weave_address"] for name, d in others if name != host.name]
     return data
+
+
+BOOLS = ("weave_kubernetes", "weave_kube_control_plane", "weave_hairpin", "weave_bandwidth", "weave_remove_state")
+INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
+
+
+def _typed(data: dict[str, Any]) -> dict[str, Any]:
+    """`pyinfra --data key=value` gives strings: read booleans and numbers as such."""
+    out = dict(data)
+    for key in BOOLS:
+        if isinstance(out.get(key), str):
+            out[key] = out[key].strip().lower() in ("1", "true", "yes", "on")
+    for key in INTS:
+        if isinstance(out.get(key), str) and out[key].strip().lstrip("-").isdigit():
+            out[key] = int(out[key])
+    return out
 
 
 def _wheelhouse(data: dict[str, Any]) -> Path:
@@ -178,20 +201,60 @@ def cni(data: dict[str, Any]) -> None:
     bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
     files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
     files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
-    plugin = Path(tempfile.mkdtemp(prefix="weave-net-")) / "weave-net"
-    plugin.write_text("#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text())
-    files.put(name="weave-net plugin", src=str(plugin), dest=f"{bin_dir}/weave-net", mode="755")
+    plugin = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
+    _atomic_put("weave-net plugin", plugin, f"{bin_dir}/weave-net", "755")
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
-    files.template(
-        name="Network configuration list",
-        src=str(TEMPLATES / "10-weave.conflist.j2"),
-        dest=f"{conf_dir}/10-weave.conflist",
-        mode="644",
+    env = jinja2.Environment(  # noqa: S701 - JSON, not HTML
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined
+    )
+    conflist = env.get_template("10-weave.conflist.j2").render(
         cni_version=data["weave_cni_version"],
         hairpin_mode=data["weave_hairpin"],
         bandwidth=data["weave_bandwidth"],
         pending_dir=f"{data['weave_state_dir']}/cni-pending",
+    )
+    _atomic_put("Network configuration list", conflist + "\n", f"{conf_dir}/10-weave.conflist", "644")
+
+
+def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
+    """A runtime reads these files at any moment: write a temp file beside it, then rename. Only when the
+    checksum on the host differs (so a second run changes nothing, and a changed or deleted file is repaired)."""
+    if host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest():  # noqa: S324 - a checksum
+        return
+    staged = f"{dest}.weave-new"
+    files.put(name=f"{name} (staged)", src=io.StringIO(content), dest=staged, mode=mode)
+    server.shell(name=f"{name} (renamed into place)", commands=[f"mv -f {staged} {dest}"])
+
+
+@deploy("weave-node: Kubernetes DaemonSet")
+def kubernetes(data: dict[str, Any]) -> None:
+    """Optional (weave_kubernetes): on the control-plane host, apply the DaemonSet once the API server answers
+    /readyz; otherwise say so and skip. The manifest is validated against the Kubernetes schemas first."""
+    if not data["weave_kubernetes"] or not data["weave_kube_control_plane"]:
+        return
+    try:
+        text = manifest.render(
+            image=data["weave_image"],
+            peers=[data["weave_address"], *data["weave_peers"]],
+            ipalloc_range=data["weave_ipalloc_range"],
+            conn_limit=data["weave_conn_limit"],
+            metrics_addr=data["weave_metrics_addr"],
+            mtu=data["weave_mtu"],
+        )
+    except manifest.InvalidManifest as exc:
+        raise DeployError(f"the weave-node manifest is invalid: {exc}") from None
+    ready = host.get_fact(Command, command="kubectl get --raw=/readyz 2>/dev/null || true")
+    if (ready or "").strip() != "ok":
+        logger.warning(
+            "%s: the Kubernetes API server does not answer /readyz: skipping the DaemonSet "
+            "(run the deploy again once the cluster is up)",
+            host.name,
+        )
+        return
+    put = files.put(name="Manifest", src=io.StringIO(text), dest="/etc/weave-node/weave-node.yaml", mode="600")
+    server.shell(
+        name="kubectl apply", commands=["kubectl apply -f /etc/weave-node/weave-node.yaml"], _if=put.did_change
     )
 
 
@@ -203,6 +266,7 @@ def rollout() -> None:
     changed = config(data)
     service(data, [install, *changed])
     cni(data)
+    kubernetes(data)
 
 
 @deploy("weave-node: removal")

@@ -102,6 +102,17 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
     second = lab.deploy()
     assert grand_total(second.stdout + second.stderr)[:2] == (0, 0), second.stdout
 
+    # Drift: the conflist is deleted on one host; the next run puts it back (atomically), nothing else.
+    lab.ssh("node3", "rm /etc/cni/net.d/10-weave.conflist")
+    third = lab.deploy()
+    assert grand_total(third.stdout + third.stderr)[:2] == (2, 0)  # staged + renamed into place
+    assert lab.host("node3").file("/etc/cni/net.d/10-weave.conflist").exists
+
+    # The DaemonSet step: no Kubernetes API answers here, so it says so and changes nothing.
+    k8s = lab.deploy("--data", "weave_kubernetes=true", "--data", "weave_kube_control_plane=true")
+    assert "does not answer /readyz: skipping the DaemonSet" in k8s.stdout + k8s.stderr
+    assert grand_total(k8s.stdout + k8s.stderr)[:2] == (0, 0)
+
     # Pods made by the installed plugin, as a runtime would run it, talk across hosts.
     ips = {}
     for node in ("node1", "node2"):

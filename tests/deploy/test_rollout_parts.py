@@ -1,0 +1,136 @@
+"""The rollout's pure parts: settings validation, the rendered files, the Kubernetes manifest's schema check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from deploys import manifest
+from deploys.paths import TEMPLATES
+from deploys.validate import InvalidData, validate
+
+GOOD: dict[str, Any] = {
+    "weave_address": "198.18.0.1",
+    "weave_ipalloc_range": "10.32.0.0/12",
+    "weave_conn_limit": 100,
+    "weave_mtu": None,
+    "weave_cni_version": "1.0.0",
+}
+HOSTS = [("node1", {"weave_address": "198.18.0.1"}), ("node2", {"weave_address": "198.18.0.2"})]
+
+
+def test_good_settings_pass() -> None:
+    validate("node1", GOOD, HOSTS)
+
+
+@pytest.mark.parametrize(
+    ("change", "hosts", "message"),
+    [
+        ({"weave_ipalloc_range": "10.32.0.1/12"}, HOSTS, "is not a CIDR with its host bits zero"),
+        ({"weave_ipalloc_range": "198.18.0.0/16"}, HOSTS, "contains node2's address 198.18.0.2"),
+        (
+            {"weave_ipalloc_range": "198.18.0.0/16", "weave_address": "198.18.0.1"},
+            [HOSTS[0]],
+            "contains this host's address 198.18.0.1",
+        ),
+        ({"weave_ipalloc_range": "fd00::/64"}, HOSTS, "must be an IPv4 network"),
+        ({"weave_address": "node1.example"}, HOSTS, "weave_address must be this host's IP address"),
+        ({}, [*HOSTS, ("node3", {"weave_address": "198.18.0.2"})], "198.18.0.2 is used by both node2 and node3"),
+        ({"weave_colour": "blue"}, HOSTS, "unknown setting(s) weave_colour"),
+        ({"weave_mtu": 100}, HOSTS, "weave_mtu must be a number between 576 and 65485"),
+        ({"weave_conn_limit": "many"}, HOSTS, "weave_conn_limit must be a number"),
+        ({"weave_cni_version": "2.0.0"}, HOSTS, "weave_cni_version must be one of"),
+        ({"weave_password_file": "/nonexistent"}, HOSTS, "No such file or directory"),
+    ],
+)
+def test_bad_settings_are_named_precisely(change: dict[str, Any], hosts: list[Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=r"^node1: ") as err:
+        validate("node1", {**GOOD, **change}, hosts)
+    assert message in str(err.value)
+
+
+def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o640)
+    with pytest.raises(InvalidData, match="readable by others"):
+        validate("node1", {**GOOD, "weave_password_file": str(pw)}, HOSTS)
+    pw.chmod(0o600)
+    validate("node1", {**GOOD, "weave_password_file": str(pw)}, HOSTS)
+    pw.write_text("")
+    with pytest.raises(InvalidData, match="is empty"):
+        validate("node1", {**GOOD, "weave_password_file": str(pw)}, HOSTS)
+
+
+def _render(name: str, **values: Any) -> str:
+    env = jinja2.Environment(  # noqa: S701 - config files, not HTML
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined
+    )
+    return env.get_template(name).render(**values)
+
+
+def test_env_file_names_the_password_file_never_the_password() -> None:
+    text = _render(
+        "weave-node/weave-node.env.j2",
+        peers=["198.18.0.2", "198.18.0.3"],
+        ipalloc_range="10.32.0.0/12",
+        ipalloc_init="",
+        conn_limit=100,
+        mtu=1376,
+        password_file="/etc/weave-node/password",  # noqa: S106 - a path
+        state_dir="/var/lib/weave-node",
+        metrics_addr="127.0.0.1:6782",
+    )
+    settings = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert settings["WEAVE_PEERS"] == "198.18.0.2 198.18.0.3" and settings["WEAVE_MTU"] == "1376"
+    assert settings["WEAVE_PASSWORD_FILE"] == "/etc/weave-node/password"  # noqa: S105 - a path
+    assert "WEAVE_PASSWORD" not in settings
+    assert "IPALLOC_INIT" not in settings
+
+
+def test_unit_is_hardened() -> None:
+    unit = _render("weave-node/weave-node.service.j2", prefix="/opt/weave-node", state_dir="/var/lib/weave-node")
+    for line in (
+        "ExecStart=/opt/weave-node/venv/bin/weave-node router",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/weave-node",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_DAC_OVERRIDE",
+        "RuntimeDirectoryMode=0700",
+    ):
+        assert line in unit.splitlines(), line
+
+
+@pytest.mark.parametrize("bandwidth", [False, True])
+def test_conflist_is_json_with_weave_net_first(bandwidth: bool) -> None:
+    doc = json.loads(_render("10-weave.conflist.j2", bandwidth=bandwidth))
+    assert doc["cniVersion"] == "1.0.0"
+    assert [p["type"] for p in doc["plugins"]] == ["weave-net", "portmap", *(["bandwidth"] if bandwidth else [])]
+
+
+VALUES: dict[str, Any] = {
+    "image": "weave-node:0.1.0",
+    "peers": ["198.18.0.1", "198.18.0.2"],
+    "ipalloc_range": "10.32.0.0/12",
+    "conn_limit": 100,
+    "metrics_addr": "0.0.0.0:6782",
+}
+
+
+def test_the_manifest_validates_against_the_kubernetes_schemas() -> None:
+    text = manifest.render(**VALUES, mtu=1376, password_secret="weave-node-password")  # noqa: S106 - a name
+    assert "kind: DaemonSet" in text and "hostNetwork: true" in text
+    assert "automountServiceAccountToken: false" in text
+
+
+def test_an_invalid_manifest_is_refused() -> None:
+    text = manifest.render(**VALUES).replace("hostNetwork: true", "hostNetwork: sometimes")
+    with pytest.raises(manifest.InvalidManifest, match="hostNetwork"):
+        manifest.validate(text)
+    with pytest.raises(manifest.InvalidManifest, match="not valid YAML"):
+        manifest.validate("a: [")
