@@ -40,6 +40,4 @@ _ssh = {
 # The group every deploy targets: weave-node runs on each of these.
 # weave_address: where the other nodes reach this one (the router's peers, its VXLAN endpoint).
 _addresses = _state.get("addresses") or {f"node{i}": f"198.18.0.{i}" for i in range(1, int(_state["hosts"]) + 1)}
-nodes = [
-    (f"node{i}", {**_ssh, "weave_address": _addresses[f"node{i}"]}) for i in range(1, int(_state["hosts"]) + 1)
-]
+nodes = [(f"node{i}", {**_ssh, "weave_address": _addresses[f"node{i}"]}) for i in range(1, int(_state["hosts"]) + 1)]
