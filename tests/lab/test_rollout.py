@@ -130,7 +130,7 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
 def test_bad_settings_stop_the_run_before_any_host_is_touched(lab: Lab) -> None:
     for data, message in (
         ("weave_ipalloc_range=10.32.0.1/12", "is not a CIDR with its host bits zero"),
-        ("weave_ipalloc_range=198.18.0.0/16", "contains this host's address 198.18.0."),
+        ("weave_ipalloc_range=198.18.0.0/16", "weave_ipalloc_range 198.18.0.0/16 contains "),
         ("weave_colour=blue", "unknown setting(s) weave_colour"),
         ("weave_password_file=/nonexistent", "weave_password_file /nonexistent: No such file or directory"),
     ):
