@@ -160,6 +160,37 @@ def test_the_password_is_distributed_0600_and_never_shown(lab: Lab, tmp_path: Pa
         assert PASSWORD not in lab.ssh(name, "journalctl -u weave-node --no-pager").stdout
 
 
+def test_dry_run_changes_nothing_and_a_failed_health_gate_stops_only_that_host(lab: Lab) -> None:
+    dry = run_cli(
+        "pyinfra",
+        "inventory/lab.py",
+        "deploys/weave_node.py",
+        "--dry",
+        "--data",
+        "weave_conn_limit=50",
+        env=lab.env,
+        check=True,
+    )
+    planned = next(line for line in (dry.stdout + dry.stderr).splitlines() if "configuration | Router settings" in line)
+    assert "3 (node1, node2, node3)" in planned  # the planned change is shown...
+    assert "CONN_LIMIT=100" in lab.host("node1").file("/etc/weave-node/weave-node.env").content_string  # ...not made
+    # node3 cannot be reached by its peers any more: its gate fails, the others pass and stay healthy.
+    lab.ssh("node3", "iptables -I INPUT -p tcp -m multiport --ports 6783 -j DROP")
+    try:
+        out = lab.deploy("--data", "weave_conn_limit=50", "--data", "weave_health_timeout=8", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0
+        assert "[node3]" in text and "not ready after 8 s" in text, text
+        for name in ("node1", "node2"):
+            assert lab.host(name).service("weave-node").is_running
+            assert "CONN_LIMIT=50" in lab.host(name).file("/etc/weave-node/weave-node.env").content_string
+            assert lab.status(name)["ipam"]["ready"] is True
+    finally:
+        lab.ssh("node3", "iptables -D INPUT -p tcp -m multiport --ports 6783 -j DROP")
+    again = lab.deploy("--data", "weave_conn_limit=50")
+    assert grand_total(again.stdout + again.stderr)[1] == 0
+
+
 def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:
     out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/remove.py", env=lab.env, check=True)
     assert grand_total(out.stdout + out.stderr)[1] == 0
