@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import testinfra
 
+from tests.e2e import verify
 from tests.helpers import poll, run_cli
 from tests.lab.test_lab import grand_total
 
@@ -127,6 +128,33 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
         assert [r["container_id"] for r in rows] == ["weave:bridge"]
 
 
+def test_the_verify_suite_passes_on_every_node(lab: Lab) -> None:
+    hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
+    for host in hosts.values():
+        verify.node_is_installed(host)
+        poll(lambda h=host: verify.router_sees_peers(h, HOSTS - 1), timeout=30, what="every router sees its peers")
+    ips = {name: verify.add_pod(host, "verify") for name, host in hosts.items()}
+    try:
+        verify.pods_reach_each_other(hosts, "verify", ips)
+        poll(
+            lambda: _multicast(hosts["node2"], hosts["node3"]),
+            timeout=60,
+            what="a multicast datagram from a pod on node3 to a pod on node2",
+        )
+        verify.pod_reaches_outside(hosts["node1"], "verify", "198.18.0.254")  # the lab's underlay gateway
+    finally:
+        for host in hosts.values():
+            verify.del_pod(host, "verify")
+
+
+def _multicast(receiver: Any, sender: Any) -> bool:
+    try:
+        verify.multicast_crosses_hosts(receiver, sender, "verify")
+    except AssertionError:
+        return False
+    return True
+
+
 def test_bad_settings_stop_the_run_before_any_host_is_touched(lab: Lab) -> None:
     for data, message in (
         ("weave_ipalloc_range=10.32.0.1/12", "is not a CIDR with its host bits zero"),
@@ -216,6 +244,22 @@ def test_a_setting_rolls_out_host_by_host_without_interrupting_pods(lab: Lab) ->
     assert sent - received <= 1, summary  # the routers restart one by one; the kernel datapath never stops
     for node in ("node1", "node2"):
         _cni(lab, node, "DEL", "roll")
+
+
+def test_an_unreachable_host_fails_clearly_and_the_others_roll_out(lab: Lab) -> None:
+    rule = ["INPUT", "-p", "tcp", "--dport", "22", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    netns = f"wnl-{lab.name}-node3"  # the lab host's own namespace: same iptables as inside it
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-I", *rule], check=True)
+    try:
+        out = lab.deploy("--data", "weave_conn_limit=70", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and "[node3] SSH error" in text, text
+        for node in ("node1", "node2"):
+            assert "CONN_LIMIT=70" in lab.host(node).file("/etc/weave-node/weave-node.env").content_string
+            assert lab.status(node)["ipam"]["ready"] is True
+    finally:
+        subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=True)
+    lab.deploy("--data", "weave_conn_limit=70")  # node3 catches up once it is back
 
 
 def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:

@@ -1,0 +1,94 @@
+"""The verify suite of a rolled-out node, in testinfra: what the pyinfra E2E checks on the lab, and what Molecule's
+verify step reuses for the Ansible rollout. Each function takes testinfra hosts and asserts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PLUGIN = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
+
+
+def node_is_installed(host: Any, *, password: bool = False) -> None:
+    service = host.service("weave-node")
+    assert service.is_running and service.is_enabled
+    unit = host.file("/etc/systemd/system/weave-node.service")
+    assert unit.mode == 0o644 and unit.contains("ProtectSystem=strict")
+    env = host.file("/etc/weave-node/weave-node.env")
+    assert env.mode == 0o644 and env.contains("IPALLOC_RANGE=")
+    if password:
+        pw = host.file("/etc/weave-node/password")
+        assert (pw.mode, pw.user, pw.group) == (0o600, "root", "root")
+    plugin = host.file("/opt/cni/bin/weave-net")
+    assert plugin.mode == 0o755 and plugin.sha256sum == hashlib.sha256(PLUGIN.encode()).hexdigest()
+    for name in ("loopback", "portmap"):
+        target = host.file(f"/opt/cni/bin/{name}").linked_to
+        assert target == f"/usr/lib/cni/{name}" and host.file(target).mode & 0o111
+    conflist = json.loads(host.file("/etc/cni/net.d/10-weave.conflist").content_string)
+    assert conflist["plugins"][0]["type"] == "weave-net"
+    assert host.file("/opt/weave-node/venv/bin/weave-node").mode & 0o111
+
+
+def router_sees_peers(host: Any, peers: int) -> bool:
+    out = host.run("/opt/weave-node/venv/bin/weave-node status --json")
+    if out.rc != 0:
+        return False
+    doc = json.loads(out.stdout)
+    established = sum(1 for c in doc["connections"] if c["state"] == "established")
+    return bool(established == peers and doc["ipam"]["ready"] and doc["datapath"]["bridge_address"])
+
+
+CONF = (
+    'python3 -c \'import json; d = json.load(open("/etc/cni/net.d/10-weave.conflist")); p = d["plugins"][0]; '
+    'p.update(cniVersion=d["cniVersion"], name=d["name"]); print(json.dumps(p))\''
+)
+
+
+def add_pod(host: Any, pod: str) -> str:
+    """A pod (network namespace) through the installed plugin and conflist, as a runtime runs it; its address."""
+    host.run_test(f"ip netns list | grep -qw {pod} || ip netns add {pod}")
+    env = f"CNI_COMMAND=ADD CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
+    result = json.loads(host.check_output(f"{CONF} | {env} /opt/cni/bin/weave-net"))
+    return str(result["ips"][0]["address"].split("/")[0])
+
+
+def del_pod(host: Any, pod: str) -> None:
+    env = f"CNI_COMMAND=DEL CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
+    host.check_output(f"{CONF} | {env} /opt/cni/bin/weave-net")
+    host.run(f"ip netns delete {pod}")
+
+
+def pods_reach_each_other(hosts: dict[str, Any], pod: str, ips: dict[str, str]) -> None:
+    for src, host in hosts.items():
+        for dst, ip in ips.items():
+            out = host.run(f"ip netns exec {pod} ping -c 1 -W 5 {ip}")
+            assert out.rc == 0, f"{src} -> {dst} ({ip}): {out.stdout}"
+
+
+MCAST_RECV = (
+    "import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', 5353)); "
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
+    "struct.pack('4s4s', socket.inet_aton('239.1.2.3'), socket.inet_aton('0.0.0.0'))); s.settimeout(20); "
+    "print(s.recvfrom(100)[0].decode())"
+)
+MCAST_SEND = (
+    "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 4)\n"
+    "for _ in range(20):\n    s.sendto(b'weave-multicast', ('239.1.2.3', 5353)); time.sleep(0.25)"
+)
+
+
+def multicast_crosses_hosts(receiver: Any, sender: Any, pod: str) -> None:
+    """A receiver joined on one host gets a datagram a pod on another host sends to the group."""
+    receiver.run(f'ip netns exec {pod} timeout 25 python3 -c "{MCAST_RECV}" > /tmp/mcast.out 2>&1 &')
+    sender.check_output(f'ip netns exec {pod} python3 -c "{MCAST_SEND}"')
+    assert receiver.file("/tmp/mcast.out").content_string.strip() == "weave-multicast"
+
+
+def pod_reaches_outside(host: Any, pod: str, outside: str) -> None:
+    out = host.run(f"ip netns exec {pod} ping -c 2 -W 5 {outside}")
+    assert out.rc == 0, out.stdout
