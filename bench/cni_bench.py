@@ -30,24 +30,22 @@ The VM has 2 cores and about +-10-15 % noise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BIN, REPO
+from common import BIN, REPO, terminate_cleanly
 
 from tests.cni.libcni import Driver, ensure_driver
 from tests.cni.test_weave_net import Node, make_node, render_conflist
@@ -398,24 +396,6 @@ def churn(label: str, hosts: list[tuple[Setup, str]], pods: PodNamespaces, count
 
 
 # --- main -----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` deletes what it created (in this process only)."""
-    main_pid = os.getpid()
-
-    def handler(signum: int, _frame: object) -> None:
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def network_part(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -26,23 +26,22 @@ The VM has 2 cores and about +-10-15 % noise; iperf3's client, server and both k
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import BIN, REPO
+from common import BIN, REPO, terminate_cleanly
 
+from tests.helpers import poll
 from tests.netns.hosts import Net, RouterProc, netns_hosts
 from tests.netns.pods import PodNs, make_pod, remove_pods
 from weave_node.api.client import _UnixHTTPConnection
@@ -89,17 +88,6 @@ def peer_mode(r: RouterProc, nickname: str) -> str:
         if p.get("nickname") == nickname:
             return str(p.get("mode"))
     return ""
-
-
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def launch_router(net: Net, index: int, *args: str) -> RouterProc:
@@ -210,11 +198,11 @@ def start_mesh(net: Net) -> list[RouterProc]:
     routers = [launch_router(net, i, *FAST, *[a for a in addrs if a != h.address]) for i, h in enumerate(net.hosts, 1)]
     for r in routers:
         others = [f"h{i}" for i in range(1, len(routers) + 1) if routers[i - 1] is not r]
-        wait_for(
+        poll(
             lambda r=r, others=others: all(peer_mode(r, o) == "fastdp" for o in others),
-            60,
-            f"{r.host.netns}: fastdp to every peer",
-            0.1,
+            timeout=60,
+            what=f"{r.host.netns}: fastdp to every peer",
+            interval=0.1,
         )
     return routers
 
@@ -395,7 +383,7 @@ def join_once(base: Path) -> dict[str, float]:
     with netns_hosts(2, base) as net:
         try:
             r1 = launch_router(net, 1, *FAST)
-            wait_for(lambda: status(r1).get("datapath", {}).get("bridge_address"), 30, "h1 bridge address")
+            poll(lambda: status(r1).get("datapath", {}).get("bridge_address"), timeout=30, what="h1 bridge address")
             pa = make_pod(r1, "ja")
             pods.append(pa)
             server = pa.popen("python3", "-c", UDP_ECHO, str(PROBE_PORT))
@@ -592,26 +580,6 @@ def peer_cost(counts: list[int], adds: int) -> list[dict[str, Any]]:
 
 
 # --- main ------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` deletes what it created. Only in this process:
-    pyroute2 forks children (IPRoute(netns=...)) and SIGTERMs them, and a child that unwound our stack would
-    kill our routers and delete our namespaces under our feet."""
-    main_pid = os.getpid()
-
-    def handler(signum: int, _frame: object) -> None:
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def main() -> None:
