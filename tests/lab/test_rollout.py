@@ -59,17 +59,6 @@ def _established(lab: Lab, name: str) -> int:
     return sum(1 for c in doc.get("connections", []) if c["state"] == "established")
 
 
-def _cni(lab: Lab, node: str, command: str, pod: str) -> subprocess.CompletedProcess[str]:
-    conf = (
-        'python3 -c \'import json; d = json.load(open("/etc/cni/net.d/10-weave.conflist")); p = d["plugins"][0]; '
-        'p.update(cniVersion=d["cniVersion"], name=d["name"]); print(json.dumps(p))\''
-    )
-    env = (
-        f"CNI_COMMAND={command} CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
-    )
-    return lab.ssh(node, f"{conf} | {env} /opt/cni/bin/weave-net")
-
-
 def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
     first = lab.deploy()
     changed, errors, _ = grand_total(first.stdout + first.stderr)
@@ -115,15 +104,11 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
     assert grand_total(k8s.stdout + k8s.stderr)[:2] == (0, 0)
 
     # Pods made by the installed plugin, as a runtime would run it, talk across hosts.
-    ips = {}
-    for node in ("node1", "node2"):
-        lab.ssh(node, "ip netns add e2e")
-        result = json.loads(_cni(lab, node, "ADD", "e2e").stdout)
-        ips[node] = result["ips"][0]["address"].split("/")[0]
+    ips = {node: verify.add_pod(lab.host(node), "e2e") for node in ("node1", "node2")}
     ping = lab.ssh("node1", f"ip netns exec e2e ping -c 2 -W 5 {ips['node2']}", check=False)
     assert ping.returncode == 0, ping.stdout
     for node in ("node1", "node2"):
-        _cni(lab, node, "DEL", "e2e")
+        verify.del_pod(lab.host(node), "e2e")
         rows = json.loads(lab.ssh(node, "/opt/weave-node/venv/bin/weave-node ipam allocations --json").stdout)
         assert [r["container_id"] for r in rows] == ["weave:bridge"]
 
@@ -220,10 +205,8 @@ def test_dry_run_changes_nothing_and_a_failed_health_gate_stops_only_that_host(l
 
 
 def test_a_setting_rolls_out_host_by_host_without_interrupting_pods(lab: Lab) -> None:
-    for node in ("node1", "node2"):
-        lab.ssh(node, "ip netns list | grep -qw roll || ip netns add roll")
-        _cni(lab, node, "ADD", "roll")
-    dst = lab.ssh("node2", "ip -n roll -4 -o addr show eth0").stdout.split()[3].split("/")[0]
+    verify.add_pod(lab.host("node1"), "roll")
+    dst = verify.add_pod(lab.host("node2"), "roll")
     # 0.1 s pings for as long as the rolling restart takes; the summary line says how many were lost.
     ping = subprocess.Popen(
         ["ssh", "-F", lab.ssh_config, "node1", f"ip netns exec roll ping -i 0.1 -w 60 -q {dst}"],
@@ -243,7 +226,7 @@ def test_a_setting_rolls_out_host_by_host_without_interrupting_pods(lab: Lab) ->
     assert sent >= 20, summary
     assert sent - received <= 1, summary  # the routers restart one by one; the kernel datapath never stops
     for node in ("node1", "node2"):
-        _cni(lab, node, "DEL", "roll")
+        verify.del_pod(lab.host(node), "roll")
 
 
 def test_an_unreachable_host_fails_clearly_and_the_others_roll_out(lab: Lab) -> None:

@@ -242,7 +242,8 @@ class PodService:
                 doc = json.loads(path.read_text())
                 key = Key(str(doc["container_id"]), str(doc.get("ifname") or "eth0"))
                 key.validate()
-                if key.container_id.startswith(INTERNAL_PREFIX) or path.name != pending_name(*_names(key)):
+                ours = path.name == pending_name(key.container_id, key.ifname)
+                if key.container_id.startswith(INTERNAL_PREFIX) or not ours:
                     raise ValueError("not a record the plugin writes")
             except (OSError, ValueError, KeyError, TypeError, IpamError) as exc:
                 log.error("pending CNI DEL %s is unreadable (%s): removing it", path.name, exc)
@@ -263,10 +264,6 @@ class PodService:
             done += 1
         self.counters["pending_completed"] += done
         return done
-
-
-def _names(key: Key) -> tuple[str, str]:
-    return key.container_id, key.ifname
 
 
 def _check_netns(path: str) -> None:

@@ -26,6 +26,7 @@ from weave_node.datapath.model import (
     VNI,
     VXLAN,
     VXLAN_PORT,
+    Desired,
     Observed,
     Pod,
     bridge_mac,
@@ -119,6 +120,7 @@ class OverlayService:
         self._hb_bound: str | None = None
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.heartbeat_peers: dict[int, str] = {}
+        self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
 
     # --- gossip (mesh.gossip.Gossiper) ---------------------------------------------------------------------
 
@@ -268,13 +270,13 @@ class OverlayService:
     def _observe(self) -> Observed:
         return netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF])
 
-    def _sync(self, desired: Any) -> tuple[Plan, int, list[str]]:
+    def _sync(self, desired: Desired) -> tuple[Plan, int, list[str]]:
         observed = self._observe()
         result = plan(desired, observed)
         applied, errors = netlink.apply_all(result.ops)
         return result, applied, errors
 
-    def desired(self) -> Any:
+    def desired(self) -> Desired:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
         # A departed peer keeps the VTEP it had (not whatever it advertised): its entries must not move while
@@ -288,7 +290,9 @@ class OverlayService:
         fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.vteps, self.me)
         fdb, neigh = merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeat_peers = bridges if self.config.fastdp else {}
-        return desired_state(self.settings, self.bridge_cidr, fdb, neigh)
+        desired = desired_state(self.settings, self.bridge_cidr, fdb, neigh)
+        self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
+        return desired
 
     async def _reconcile_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -319,7 +323,8 @@ class OverlayService:
                 if not errors:
                     self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
                 if desired.bridge.addresses and self.config.fastdp:
-                    self._update_mine(bridge_ip=desired.bridge.addresses[0].split("/")[0], prefix=_prefix(desired))
+                    ip, prefix = desired.bridge.addresses[0].split("/")
+                    self._update_mine(bridge_ip=ip, prefix=int(prefix))
             self.health.watch(set(self.heartbeat_peers), self.clock())
             await self._bind_heartbeats()
             timeout = self.config.resync
@@ -415,7 +420,7 @@ class OverlayService:
             "mtu": self.mtu,
             "mtu_source": self.mtu_source,
             "fastdp": (
-                {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": _floods(self)}
+                {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": self.flood_entries}
                 if self.config.fastdp
                 else None
             ),
@@ -423,15 +428,6 @@ class OverlayService:
             "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in self.last_sync.items()},
             "peers": peers,
         }
-
-
-def _floods(service: OverlayService) -> int:
-    fdb, _, _ = peer_entries(service.peers, service.table.infos, service.direct, service.me)
-    return sum(1 for e in fdb if e.mac == FLOOD_MAC)
-
-
-def _prefix(desired: Any) -> int:
-    return int(desired.bridge.addresses[0].split("/")[1])
 
 
 def _in_range(cidr: str, pod_range: str) -> bool:
