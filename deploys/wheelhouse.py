@@ -8,6 +8,7 @@ checksums: nothing changes). No weave_node import (deploys talk to hosts only th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -37,6 +38,14 @@ def build() -> Path:
     if (target / "SHA256SUMS").exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as lock:  # hosts of one run (Ansible's forks) ask at once: build once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "SHA256SUMS").exists():
+            return target
+        return _build(target)
+
+
+def _build(target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".wheelhouse-"))
     try:
         # From a copy of the sources: pip builds in-tree, and two builds of one checkout would share build/.
@@ -68,3 +77,7 @@ def our_wheel(wheelhouse: Path) -> Path:
     if len(found) != 1:
         raise RuntimeError(f"expected one weave_node wheel in {wheelhouse}, found {len(found)}")
     return found[0]
+
+
+if __name__ == "__main__":
+    print(build())  # noqa: T201 - the wheelhouse's path, for scripts

@@ -36,6 +36,9 @@ _state = json.loads(_state_file.read_text())
 _ssh = {
     "ssh_config_file": _state["ssh_config"],
     "ssh_strict_host_key_checking": "yes",
+    # Ansible (weave-node rollout --engine ansible, Molecule) keeps SSH masters open per host address; every lab
+    # has the same addresses, so each lab keeps its own (closed by `weave-node lab down`).
+    "ansible_control_path_dir": str(_state_file.parent / "ssh-control"),
 }
 # The group every deploy targets: weave-node runs on each of these.
 # weave_address: where the other nodes reach this one (the router's peers, its VXLAN endpoint).

@@ -12,6 +12,40 @@ from typing import Any
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_router(sub)
     _add_clients(sub)
+    _add_rollout(sub)
+
+
+def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser(
+        "rollout",
+        help="roll weave-node out onto an inventory's hosts with pyinfra or Ansible (from a checkout)",
+        description="Roll weave-node out (deploys/rollout.py): --engine pyinfra runs deploys/weave_node.py, "
+        "--engine ansible runs deploys/ansible/site.yml through ansible-runner; both from one pyinfra inventory.",
+    )
+    r.add_argument("--engine", choices=("pyinfra", "ansible"), default="pyinfra", help="default: pyinfra")
+    r.add_argument("--inventory", "-i", default="inventory/lab.py", help="a pyinfra inventory file")
+    r.add_argument("--limit", help="only these hosts (comma-separated)")
+    r.add_argument("--data", "-e", action="append", default=[], metavar="KEY=VALUE", help="a weave_* setting")
+    r.add_argument("--remove", action="store_true", help="take weave-node away instead")
+    r.add_argument("--keep-artifacts", action="store_true", help="ansible: keep ansible-runner's artifacts")
+    r.set_defaults(func=_cmd_rollout)
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    """The rollout lives in the checkout's deploys/ (control-machine code; nodes never need it)."""
+    import importlib
+    from pathlib import Path
+
+    from weave_node.core.errors import WeaveError
+
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / "deploys" / "rollout.py").is_file():
+        raise WeaveError(f"`weave-node rollout` runs from a checkout of weave-node (no deploys/ beside {repo})")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    rollout = importlib.import_module("deploys.rollout")
+    code: int = rollout.run(args)
+    return code
 
 
 def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

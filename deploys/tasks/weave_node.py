@@ -24,65 +24,19 @@ from pyinfra.operations.util import any_changed
 
 from deploys import manifest, validate, wheelhouse
 from deploys.paths import TEMPLATES
+from deploys.settings import DEFAULTS, MODULES, PACKAGES, PLUGIN_SHEBANG, effective
 
 REPO = Path(__file__).resolve().parent.parent.parent
-DEFAULTS: dict[str, Any] = {
-    "weave_address": None,  # this host's address for its peers (required)
-    "weave_peers": None,  # default: weave_address of every other host in the inventory
-    "weave_ipalloc_range": "10.32.0.0/12",
-    "weave_ipalloc_init": "",  # default: consensus among all the hosts of this rollout
-    "weave_conn_limit": 100,
-    "weave_mtu": None,  # default: underlay MTU - 50
-    "weave_password_file": None,  # a 0600 file on the control machine; copied to /etc/weave-node/password
-    "weave_metrics_addr": "127.0.0.1:6782",
-    "weave_state_dir": "/var/lib/weave-node",
-    "weave_prefix": "/opt/weave-node",
-    "weave_cni_bin_dir": "/opt/cni/bin",
-    "weave_cni_conf_dir": "/etc/cni/net.d",
-    "weave_cni_version": "1.0.0",
-    "weave_hairpin": True,
-    "weave_bandwidth": False,
-    "weave_health_timeout": 90,
-    "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
-    "weave_kubernetes": False,  # also apply the DaemonSet (on hosts with weave_kube_control_plane, once up)
-    "weave_kube_control_plane": False,
-    "weave_image": "weave-node:0.1.0",  # the DaemonSet's image reference
-}
-PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
-MODULES = (("vxlan", "/sys/module/vxlan"), ("br_netfilter", "/proc/sys/net/bridge"))
 _built: dict[str, Path] = {}
 logger = logging.getLogger("pyinfra")
 
 
 def settings() -> dict[str, Any]:
     """This host's data with the defaults filled in, validated against the whole inventory."""
-    data = {k: host.data.get(k, v) for k, v in DEFAULTS.items()}
-    data.update({k: v for k, v in host.data.dict().items() if k.startswith("weave_")})
-    data = _typed(data)
-    others = [(h.name, _typed({k: v for k, v in h.data.dict().items() if k.startswith("weave_")})) for h in inventory]
     try:
-        validate.validate(host.name, {**data}, others)
+        return effective(host.name, host.data.dict(), [(h.name, h.data.dict()) for h in inventory])
     except validate.InvalidData as exc:
         raise DeployError(f"invalid weave-node settings: {exc}") from None
-    if data["weave_peers"] is None:
-        data["weave_peers"] = [d["weave_address"] for name, d in others if name != host.name]
-    return data
-
-
-BOOLS = ("weave_kubernetes", "weave_kube_control_plane", "weave_hairpin", "weave_bandwidth", "weave_remove_state")
-INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
-
-
-def _typed(data: dict[str, Any]) -> dict[str, Any]:
-    """`pyinfra --data key=value` gives strings: read booleans and numbers as such."""
-    out = dict(data)
-    for key in BOOLS:
-        if isinstance(out.get(key), str):
-            out[key] = out[key].strip().lower() in ("1", "true", "yes", "on")
-    for key in INTS:
-        if isinstance(out.get(key), str) and out[key].strip().lstrip("-").isdigit():
-            out[key] = int(out[key])
-    return out
 
 
 def _wheelhouse(data: dict[str, Any]) -> Path:
@@ -128,6 +82,7 @@ def router(data: dict[str, Any]) -> Any:
             f"cd {prefix}/wheels && sha256sum --quiet -c SHA256SUMS",
             f"{prefix}/venv/bin/pip install --quiet --no-index --find-links {prefix}/wheels --force-reinstall "
             f"{prefix}/wheels/{wheelhouse.our_wheel(wheels).name}'[router]'",
+            f"cp {prefix}/wheels/SHA256SUMS {prefix}/venv/.weave-node-wheels",  # what is installed (both engines)
         ],
         _if=any_changed(sums, venv),
     )
@@ -201,7 +156,7 @@ def cni(data: dict[str, Any]) -> None:
     bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
     files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
     files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
-    plugin = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
+    plugin = PLUGIN_SHEBANG + (REPO / "weave_node/cni/plugin.py").read_text()
     _atomic_put("weave-net plugin", plugin, f"{bin_dir}/weave-net", "755")
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")

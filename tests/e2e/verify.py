@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import poll
+
 REPO = Path(__file__).resolve().parent.parent.parent
 PLUGIN = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
 
@@ -92,3 +94,29 @@ def multicast_crosses_hosts(receiver: Any, sender: Any, pod: str) -> None:
 def pod_reaches_outside(host: Any, pod: str, outside: str) -> None:
     out = host.run(f"ip netns exec {pod} ping -c 2 -W 5 {outside}")
     assert out.rc == 0, out.stdout
+
+
+def _multicast(receiver: Any, sender: Any, pod: str) -> bool:
+    try:
+        multicast_crosses_hosts(receiver, sender, pod)
+    except AssertionError:
+        return False
+    return True
+
+
+def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
+    """Everything, on every host: installed as it should be, every router sees the others, a pod on each host
+    reaches every other pod and `outside` (through the masquerade), multicast crosses hosts. Cleans up its pods."""
+    for host in hosts.values():
+        node_is_installed(host)
+        poll(lambda h=host: router_sees_peers(h, len(hosts) - 1), timeout=30, what="every router sees its peers")
+    ips = {name: add_pod(host, pod) for name, host in hosts.items()}
+    try:
+        pods_reach_each_other(hosts, pod, ips)
+        names = sorted(hosts)
+        receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
+        poll(lambda: _multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")
+        pod_reaches_outside(hosts[names[0]], pod, outside)
+    finally:
+        for host in hosts.values():
+            del_pod(host, pod)

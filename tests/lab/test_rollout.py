@@ -115,29 +115,7 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
 
 def test_the_verify_suite_passes_on_every_node(lab: Lab) -> None:
     hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
-    for host in hosts.values():
-        verify.node_is_installed(host)
-        poll(lambda h=host: verify.router_sees_peers(h, HOSTS - 1), timeout=30, what="every router sees its peers")
-    ips = {name: verify.add_pod(host, "verify") for name, host in hosts.items()}
-    try:
-        verify.pods_reach_each_other(hosts, "verify", ips)
-        poll(
-            lambda: _multicast(hosts["node2"], hosts["node3"]),
-            timeout=60,
-            what="a multicast datagram from a pod on node3 to a pod on node2",
-        )
-        verify.pod_reaches_outside(hosts["node1"], "verify", "198.18.0.254")  # the lab's underlay gateway
-    finally:
-        for host in hosts.values():
-            verify.del_pod(host, "verify")
-
-
-def _multicast(receiver: Any, sender: Any) -> bool:
-    try:
-        verify.multicast_crosses_hosts(receiver, sender, "verify")
-    except AssertionError:
-        return False
-    return True
+    verify.suite(hosts, outside="198.18.0.254")  # the lab's underlay gateway
 
 
 def test_bad_settings_stop_the_run_before_any_host_is_touched(lab: Lab) -> None:

@@ -385,6 +385,7 @@ def down(name: str, progress: Progress) -> bool:
 
 def _teardown(name: str) -> None:
     """Stop every host, then delete cgroups, namespaces and files. Safe to call on any partial state."""
+    _close_ssh_masters(LabPaths.of(name).root / "ssh-control")
     cgroups = system.lab_cgroups(name)
     system.kill_tree(cgroups, grace=8.0)
     for cg in cgroups:
@@ -401,6 +402,20 @@ def _teardown(name: str) -> None:
     still = leftovers(name)
     if still:
         raise LabError(f"could not remove: {', '.join(still)}")
+
+
+def _close_ssh_masters(directory: Path) -> None:
+    """Ansible keeps an SSH connection per host open (ControlPersist) in the lab's own control directory
+    (inventory/lab.py): close them, so no master (and its ProxyCommand in the underlay) outlives the lab."""
+    if not directory.is_dir():
+        return
+    for socket_path in directory.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "lab"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
 
 
 def _remove_nspawn_runtime_dirs(name: str) -> None:

@@ -1,0 +1,72 @@
+"""The rollout's settings, one definition for both engines (pure: no pyinfra, no Ansible, no weave_node import).
+
+pyinfra reads them from host/group data (deploys/tasks/weave_node.py), Ansible from inventory and extra vars (the
+role's `weave_node_settings` action); both call `effective()`, so defaults, types and validation are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from deploys import validate
+
+DEFAULTS: dict[str, Any] = {
+    "weave_address": None,  # this host's address for its peers (required)
+    "weave_peers": None,  # default: weave_address of every other host in the inventory
+    "weave_ipalloc_range": "10.32.0.0/12",
+    "weave_ipalloc_init": "",  # default: consensus among all the hosts of this rollout
+    "weave_conn_limit": 100,
+    "weave_mtu": None,  # default: underlay MTU - 50
+    "weave_password_file": None,  # a 0600 file on the control machine; copied to /etc/weave-node/password
+    "weave_metrics_addr": "127.0.0.1:6782",
+    "weave_state_dir": "/var/lib/weave-node",
+    "weave_prefix": "/opt/weave-node",
+    "weave_cni_bin_dir": "/opt/cni/bin",
+    "weave_cni_conf_dir": "/etc/cni/net.d",
+    "weave_cni_version": "1.0.0",
+    "weave_hairpin": True,
+    "weave_bandwidth": False,
+    "weave_health_timeout": 90,
+    "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
+    "weave_kubernetes": False,  # also apply the DaemonSet (on hosts with weave_kube_control_plane, once up)
+    "weave_kube_control_plane": False,
+    "weave_image": "weave-node:0.1.0",  # the DaemonSet's image reference
+}
+BOOLS = ("weave_kubernetes", "weave_kube_control_plane", "weave_hairpin", "weave_bandwidth", "weave_remove_state")
+INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
+PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
+MODULES = (("vxlan", "/sys/module/vxlan"), ("br_netfilter", "/proc/sys/net/bridge"))
+PLUGIN_SHEBANG = "#!/usr/bin/python3 -SI\n"
+
+
+def ours(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k.startswith("weave_")}
+
+
+def typed(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`--data key=value` (pyinfra) and `-e key=value` (Ansible) give strings: read booleans and numbers as such."""
+    out = dict(data)
+    for key in BOOLS:
+        if isinstance(out.get(key), str):
+            out[key] = out[key].strip().lower() in ("1", "true", "yes", "on")
+    for key in INTS:
+        if isinstance(out.get(key), str) and out[key].strip().lstrip("-").isdigit():
+            out[key] = int(out[key])
+    for key in ("weave_mtu", "weave_ipalloc_init", "weave_password_file", "weave_wheelhouse"):
+        if out.get(key) == "":
+            out[key] = DEFAULTS[key]
+    return out
+
+
+def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """This host's settings with the defaults filled in, validated against every host of the inventory (`others`
+    includes this one). Raises validate.InvalidData naming the host and the setting."""
+    data = typed({**DEFAULTS, **ours(own)})
+    everyone = [(name, typed(ours(d))) for name, d in others]
+    validate.validate(host, {**data}, everyone)
+    if data["weave_peers"] is None:
+        data["weave_peers"] = [d["weave_address"] for name, d in everyone if name != host]
+    elif isinstance(data["weave_peers"], str):
+        data["weave_peers"] = data["weave_peers"].split()
+    return data

@@ -1,0 +1,135 @@
+"""The Ansible rollout on the lab (`weave-node rollout --engine ansible`: deploys/ansible through ansible-runner,
+the inventory generated from inventory/lab.py), against the pyinfra rollout on a twin lab: the same bytes on the
+hosts, failures that name host, task and reason before anything is written, and Molecule's scenario."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import BIN, REPO, run_cli
+
+HOSTS = 3
+NODES = [f"node{i}" for i in range(1, HOSTS + 1)]
+PASSWORD = "ansible-and-pyinfra-share-this-3b9e"  # noqa: S105 - a test's password, to search for
+# Every file the two engines write from templates/ and the repository (plus the password, copied).
+FILES = [
+    "/etc/weave-node/weave-node.env",
+    "/etc/systemd/system/weave-node.service",
+    "/etc/cni/net.d/10-weave.conflist",
+    "/opt/cni/bin/weave-net",
+    "/etc/modules-load.d/weave-node.conf",
+    "/etc/weave-node/password",
+    "/opt/weave-node/venv/.weave-node-wheels",
+]
+
+
+def _lab_up(name: str, hosts: int = HOSTS) -> str:
+    run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), check=True)
+    return f"/var/lib/weave-node-lab/labs/{name}/ssh_config"
+
+
+def _ssh(ssh_config: str, host: str, command: str) -> str:
+    out = subprocess.run(
+        ["ssh", "-F", ssh_config, host, command], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout
+
+
+def _rollout(lab: str, engine: str, *data: str) -> subprocess.CompletedProcess[str]:
+    args = ["weave-node", "rollout", "--engine", engine, "--inventory", "inventory/lab.py"]
+    for item in data:
+        args += ["--data", item]
+    return run_cli(*args, env={"WEAVE_LAB": lab})
+
+
+def _files(ssh_config: str, host: str) -> dict[str, str]:
+    """path -> "mode owner group sha256" (or "missing") on that host."""
+    script = "; ".join(
+        f"if [ -e {p} ]; then echo {p} $(stat -c '%a %U %G' {p}) $(sha256sum < {p} | cut -d' ' -f1); "
+        f"else echo {p} missing; fi"
+        for p in FILES
+    )
+    out = _ssh(ssh_config, host, script)
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+
+
+@pytest.fixture(scope="module")
+def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tag = os.getpid() % 100000
+    names = {"pyinfra": f"p{tag}", "ansible": f"a{tag}"}
+    try:
+        configs = {engine: _lab_up(name) for engine, name in names.items()}
+        password = tmp_path_factory.mktemp("secret") / "password"
+        password.write_text(PASSWORD + "\n")
+        password.chmod(0o600)
+        yield {"password": str(password), **{f"{e}_lab": n for e, n in names.items()}, **configs}
+    finally:
+        for name in names.values():
+            run_cli("weave-node", "lab", "down", "--name", name, "-q")
+
+
+def test_a_bad_range_fails_naming_host_task_and_reason_and_writes_nothing(labs: dict[str, str]) -> None:
+    out = _rollout(labs["ansible_lab"], "ansible", "weave_ipalloc_range=10.32.0.0/33")
+    assert out.returncode != 0
+    for node in NODES:
+        assert re.search(
+            rf"{node}: task 'Settings \(defaults, types, validation.*\)' failed: invalid weave-node settings: "
+            rf"{node}: weave_ipalloc_range '10.32.0.0/33' is not a CIDR",
+            out.stderr,
+        ), out.stdout + out.stderr
+        left = _ssh(labs["ansible"], node, "ls -d /etc/weave-node /opt/weave-node /etc/cni/net.d/* 2>/dev/null; :")
+        assert left.strip() == "", f"{node} was touched: {left}"
+
+
+def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
+    data = [
+        "weave_mtu=1400",
+        "weave_bandwidth=true",
+        "weave_ipalloc_range=10.40.0.0/16",
+        "weave_cni_version=1.1.0",
+        f"weave_password_file={labs['password']}",
+    ]
+    pyinfra = _rollout(labs["pyinfra_lab"], "pyinfra", *data)
+    assert pyinfra.returncode == 0, pyinfra.stdout + pyinfra.stderr
+    ansible = _rollout(labs["ansible_lab"], "ansible", *data)
+    assert ansible.returncode == 0, ansible.stdout + ansible.stderr
+    assert f"rolled out to {HOSTS} host(s) with Ansible" in ansible.stdout
+    assert PASSWORD not in ansible.stdout + ansible.stderr
+    for node in NODES:
+        theirs, ours = _files(labs["pyinfra"], node), _files(labs["ansible"], node)
+        assert "missing" not in " ".join(ours.values()), ours
+        assert ours == theirs, f"{node}: pyinfra {theirs} != ansible {ours}"
+    env = _ssh(labs["ansible"], "node1", "cat /etc/weave-node/weave-node.env")
+    assert "WEAVE_MTU=1400" in env and "IPALLOC_RANGE=10.40.0.0/16" in env and PASSWORD not in env
+    plugin = _ssh(labs["ansible"], "node2", "sha256sum < /opt/cni/bin/weave-net").split()[0]
+    source = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
+    assert plugin == hashlib.sha256(source.encode()).hexdigest()
+
+    again = _rollout(labs["ansible_lab"], "ansible", *data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for node in NODES:
+        assert re.search(rf"^{node}: ok=\d+ changed=0 failed=0 unreachable=0$", again.stdout, re.M), again.stdout
+    status = _ssh(labs["ansible"], "node3", "/opt/weave-node/venv/bin/weave-node status")
+    assert "Encryption: enabled" in status and "2 established" in status, status
+
+
+def test_molecule_converges_is_idempotent_and_verifies(labs: dict[str, str]) -> None:
+    name = f"m{os.getpid() % 100000}"
+    env = dict(os.environ, WEAVE_LAB=name, PATH=f"{BIN}:{os.environ.get('PATH', '')}", NO_COLOR="1")
+    try:
+        out = subprocess.run(
+            [str(BIN / "molecule"), "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
+    finally:
+        run_cli("weave-node", "lab", "down", "--name", name, "-q")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    assert out.returncode == 0, text[-6000:]
+    for step in ("create", "converge", "idempotence", "verify", "destroy"):
+        assert re.search(rf"{step}: Executed: Successful", text), f"{step}:\n{text[-4000:]}"
+    assert re.search(r"1 passed", text), text[-4000:]
