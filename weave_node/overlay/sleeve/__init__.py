@@ -1,1 +1,1 @@
-"""weave_node.overlay.sleeve: see docs/architecture.md."""
+"""Sleeve: the userspace datapath (frames over UDP 6783, optionally sealed with NaCl secretbox)."""

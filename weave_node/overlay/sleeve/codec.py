@@ -1,0 +1,254 @@
+"""The sleeve's datagram format, sans-IO: sealing, opening, replay window, segmentation and reassembly. Pure.
+
+One datagram carries one segment of one message (a frame, or a TSO super-frame with its virtio-net header):
+
+    outer (12 B, clear):  version u8 | mode u8 (0 plain, 1 secretbox) | reserved u16 | seq u64
+    body:                 plain: inner | data          secretbox: MAC (16 B) + encrypt(inner | data)
+    inner (24 B):         kind u8 | flags u8 | count u16 | msg_id u32 | index u16 | ttl u8 | reserved u8 |
+                          src peer (6 B) | dst peer (6 B)
+
+- `seq` counts datagrams per sending key (one key per mesh connection and direction, so a nonce never repeats:
+  nonce = 16 zero bytes + seq). Everything a receiver acts on (kind, flags, reassembly fields, peers) is inside
+  the sealed part; only the version, mode and seq are clear, and seq is bound to the ciphertext by the nonce.
+- A receiver drops (and counts) a datagram that is short, of another version, of the wrong mode (a clear
+  datagram when a password is set, or the reverse), replayed or older than the window, forged (MAC), or whose
+  inner header is inconsistent. Only `SleeveDropped` is ever raised.
+- Segments of one message share msg_id and count; a message is at most MAX_SEGMENTS segments and MAX_MESSAGE
+  bytes; the reassembler holds at most `max_messages` partial messages and `max_bytes`, each for `timeout` s.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import nacl.bindings
+import nacl.exceptions
+
+VERSION = 1
+OUTER = struct.Struct("!BBHQ")
+INNER = struct.Struct("!BBHIHBB6s6s")
+MAC_SIZE = 16
+KEY_SIZE = 32
+VNET_HDR_SIZE = 10
+MAX_SEGMENTS = 64
+MAX_MESSAGE = 65536 + VNET_HDR_SIZE
+MAX_TTL = 8
+_NONCE_PREFIX = bytes(16)
+MODE_PLAIN, MODE_SECRETBOX = 0, 1
+
+
+class Kind(IntEnum):
+    FRAME = 1  # an Ethernet frame (or super-frame) for the destination's TAP
+    PROBE = 2  # PMTU / reachability probe: data is padding, answered with PROBE_ACK
+    PROBE_ACK = 3  # data: the probe's size (u32) and its msg_id echoed in msg_id
+
+
+FLAG_VNET = 0x01  # the message starts with a 10-byte virtio_net_hdr
+
+
+def overhead(sealed: bool) -> int:
+    """Bytes a datagram adds to its segment's data."""
+    return OUTER.size + INNER.size + (MAC_SIZE if sealed else 0)
+
+
+class SleeveDropped(Exception):
+    """A datagram (or segment) that is not delivered; `reason` is the counter it lands in."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    kind: Kind
+    flags: int
+    msg_id: int
+    index: int
+    count: int
+    ttl: int
+    src: bytes
+    dst: bytes
+    data: bytes
+    seq: int
+
+
+class ReplayWindow:
+    """RFC 6479-style sliding window over 64-bit sequence numbers (bitmap as a Python int)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.highest = -1
+        self._bits = 0
+
+    def check(self, seq: int) -> None:
+        if seq > self.highest:
+            return
+        if self.highest - seq >= self.size:
+            raise SleeveDropped("too_old")
+        if self._bits >> (self.highest - seq) & 1:
+            raise SleeveDropped("replay")
+
+    def accept(self, seq: int) -> None:
+        """Mark seq seen; call only after the datagram authenticated."""
+        if seq > self.highest:
+            shift = seq - self.highest
+            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.highest = seq
+        else:
+            self._bits |= 1 << (self.highest - seq)
+
+
+class Sealer:
+    """The sending side of one direction of one peer connection. key=None: plain (no password)."""
+
+    def __init__(self, key: bytes | None, *, seq: int = 0) -> None:
+        if key is not None and len(key) != KEY_SIZE:
+            raise ValueError("a sleeve key is 32 bytes")
+        self.key = key
+        self.seq = seq
+
+    def seal(self, inner: bytes, data: bytes | memoryview) -> bytes:
+        seq = self.seq
+        self.seq += 1
+        if self.key is None:
+            return OUTER.pack(VERSION, MODE_PLAIN, 0, seq) + inner + bytes(data)
+        box = nacl.bindings.crypto_secretbox(inner + bytes(data), _nonce(seq), self.key)
+        return OUTER.pack(VERSION, MODE_SECRETBOX, 0, seq) + box
+
+    def datagrams(
+        self,
+        message: bytes | memoryview,
+        *,
+        msg_id: int,
+        src: bytes,
+        dst: bytes,
+        segment_size: int,
+        kind: Kind = Kind.FRAME,
+        flags: int = 0,
+        ttl: int = MAX_TTL,
+    ) -> list[bytes]:
+        """The message cut into datagrams of at most `segment_size` bytes each (headers included)."""
+        room = segment_size - overhead(self.key is not None)
+        if room <= 0:
+            raise ValueError(f"segment size {segment_size} leaves no room for data")
+        view = memoryview(message)
+        count = max(1, -(-len(view) // room))
+        if count > MAX_SEGMENTS or len(view) > MAX_MESSAGE:
+            raise ValueError(f"a message of {len(view)} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
+        return [
+            self.seal(
+                INNER.pack(kind, flags, count, msg_id & 0xFFFFFFFF, i, ttl, 0, src, dst),
+                view[i * room : (i + 1) * room],
+            )
+            for i in range(count)
+        ]
+
+
+def _nonce(seq: int) -> bytes:
+    """16 zero bytes + seq: unique per key, because seq never repeats under one key."""
+    return _NONCE_PREFIX + seq.to_bytes(8, "big")
+
+
+class Opener:
+    """The receiving side of one direction of one peer connection. key=None: plain datagrams only."""
+
+    def __init__(self, key: bytes | None, *, window: int = 4096) -> None:
+        self.key = key
+        self.window = ReplayWindow(window)
+        self.drops: Counter[str] = Counter()
+
+    def open(self, datagram: bytes | memoryview) -> Segment:
+        try:
+            return self._open(memoryview(datagram))
+        except SleeveDropped as exc:
+            self.drops[exc.reason] += 1
+            raise
+
+    def _open(self, view: memoryview) -> Segment:
+        if len(view) < OUTER.size + INNER.size:
+            raise SleeveDropped("short")
+        version, mode, reserved, seq = OUTER.unpack_from(view)
+        if version != VERSION:
+            raise SleeveDropped("version")
+        if reserved:  # the clear header is not authenticated: nothing in it may be ignored
+            raise SleeveDropped("malformed")
+        if mode != (MODE_PLAIN if self.key is None else MODE_SECRETBOX):
+            raise SleeveDropped("mode")
+        self.window.check(seq)
+        if self.key is None:
+            body = bytes(view[OUTER.size :])
+        else:
+            if len(view) < OUTER.size + MAC_SIZE + INNER.size:
+                raise SleeveDropped("short")
+            try:
+                body = nacl.bindings.crypto_secretbox_open(bytes(view[OUTER.size :]), _nonce(seq), self.key)
+            except nacl.exceptions.CryptoError:
+                raise SleeveDropped("forged") from None
+        kind, flags, count, msg_id, index, ttl, _r, src, dst = INNER.unpack_from(body)
+        if kind not in (1, 2, 3) or not 1 <= count <= MAX_SEGMENTS or index >= count or ttl > MAX_TTL:
+            raise SleeveDropped("malformed")
+        self.window.accept(seq)
+        return Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, body[INNER.size :], seq)
+
+
+@dataclass
+class _Partial:
+    count: int
+    first_seen: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
+class Reassembler:
+    """Segments -> whole messages, with bounded memory; `drops` counts what was given up."""
+
+    def __init__(self, *, max_messages: int = 256, max_bytes: int = 8 << 20, timeout: float = 1.0) -> None:
+        self.max_messages, self.max_bytes, self.timeout = max_messages, max_bytes, timeout
+        self._partial: OrderedDict[tuple[bytes, int], _Partial] = OrderedDict()
+        self._bytes = 0
+        self.drops: Counter[str] = Counter()
+
+    def add(self, seg: Segment, now: float) -> bytes | None:
+        if seg.count == 1:
+            return seg.data
+        key = (seg.src, seg.msg_id)
+        partial = self._partial.get(key)
+        if partial is None:
+            partial = self._partial[key] = _Partial(seg.count, now)
+        if partial.count != seg.count:
+            self._forget(key, "inconsistent")
+            return None
+        if seg.index in partial.parts:
+            self.drops["duplicate"] += 1
+            return None
+        if partial.size + len(seg.data) > MAX_MESSAGE:
+            self._forget(key, "oversize")
+            return None
+        partial.parts[seg.index] = seg.data
+        partial.size += len(seg.data)
+        self._bytes += len(seg.data)
+        if len(partial.parts) == partial.count:
+            del self._partial[key]
+            self._bytes -= partial.size
+            return b"".join(partial.parts[i] for i in range(partial.count))
+        while len(self._partial) > self.max_messages or self._bytes > self.max_bytes:
+            self._forget(next(iter(self._partial)), "overflow")
+        return None
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, p in self._partial.items() if now - p.first_seen > self.timeout]:
+            self._forget(key, "timeout")
+
+    def _forget(self, key: tuple[bytes, int], reason: str) -> None:
+        partial = self._partial.pop(key)
+        self._bytes -= partial.size
+        self.drops[reason] += 1
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """(partial messages, bytes held)."""
+        return len(self._partial), self._bytes
