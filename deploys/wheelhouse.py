@@ -15,10 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("WEAVE_NODE_WHEELHOUSE_CACHE", "/var/cache/weave-node-deploy"))
+_in_process = threading.Lock()
 
 
 def source_hash() -> str:
@@ -38,7 +40,9 @@ def build() -> Path:
     if (target / "SHA256SUMS").exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / ".lock").open("w") as lock:  # hosts of one run (Ansible's forks) ask at once: build once
+    # Hosts of one run ask at once: Ansible's forks (processes: the file lock) and pyinfra's greenlets (one
+    # process: the in-process lock first, which gevent makes cooperative; a blocking flock would stall them all).
+    with _in_process, (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "SHA256SUMS").exists():
             return target
