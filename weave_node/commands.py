@@ -82,6 +82,12 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--mtu", type=int, help="pod MTU (default: underlay MTU - 50 for VXLAN; also WEAVE_MTU)")
     r.add_argument("--no-fastdp", action="store_const", const="1", help="no VXLAN fast datapath (also WEAVE_NO_FASTDP)")
     r.add_argument(
+        "--no-sleeve",
+        action="store_const",
+        const="1",
+        help="no userspace fallback datapath, hence no encrypted pod traffic (also WEAVE_NO_SLEEVE)",
+    )
+    r.add_argument(
         "--metrics-addr",
         help="Prometheus metrics host:port (default 127.0.0.1:6782; 0.0.0.0:6782 to scrape from elsewhere; 'none')",
     )
@@ -225,6 +231,11 @@ def _datapath_summary(dp: dict[str, Any]) -> str:
         modes[p["mode"]] = modes.get(p["mode"], 0) + 1
     fast = f"fastdp ({dp['fastdp']['device']}, UDP {dp['fastdp']['port']})" if dp["fastdp"] else "fastdp off"
     peers = ", ".join(f"{n} {m}" for m, n in sorted(modes.items())) or "no peers"
+    sleeve = dp.get("sleeve") or {}
+    if "device" in sleeve:
+        fast += f", sleeve ({sleeve['device']}, UDP {sleeve['port']}{', encrypted' if sleeve['encrypted'] else ''})"
+    elif "error" in sleeve:
+        fast += f", sleeve unavailable ({sleeve['error']})"
     text = f"{fast}, bridge {dp['bridge']} {dp['bridge_address'] or '(no address yet)'}, MTU {dp['mtu']}; {peers}"
     return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
 
@@ -236,11 +247,26 @@ def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None
     console.print(_datapath_summary(dp) + f"\nMTU from {dp['mtu_source']}")
     for problem in dp["problems"]:
         console.print(f"[bold red]problem:[/] {problem}")
-    for col in ("peer", "vtep", "mode", "heartbeat", "why"):
+    for col in ("peer", "vtep", "mode", "heartbeat", "sleeve", "why"):
         table.add_column(col)
     for p in dp["peers"]:
         ago = "never" if p["last_heartbeat_ago"] is None else f"{p['last_heartbeat_ago']} s ago"
-        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, p["reason"])
+        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, _sleeve_cell(p), p["reason"])
+
+
+def _sleeve_cell(peer: dict[str, Any]) -> str:
+    sleeve = peer.get("sleeve")
+    if not sleeve:
+        return "-"
+    link = sleeve.get("link")
+    parts = []
+    if link:
+        parts.append(f"UDP {'ok' if link['up'] else 'no answer'}")
+        if link["verified_mtu"]:
+            parts.append(f"MTU {link['verified_mtu']}")
+    if sleeve.get("via") and sleeve["via"] != "direct":
+        parts.append(f"via {sleeve['via']}")
+    return ", ".join(parts) or "-"
 
 
 def cmd_install_cni_plugin(args: argparse.Namespace) -> int:

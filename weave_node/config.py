@@ -89,7 +89,8 @@ class RouterConfig:
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
     datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
     mtu: int | None = None  # WEAVE_MTU; None = underlay MTU minus the VXLAN overhead
-    fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off (bridge only)
+    fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off
+    sleeve: bool = True  # WEAVE_NO_SLEEVE turns the userspace fallback (and encrypted pod traffic) off
     metrics_addr: str = "127.0.0.1:6782"  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
@@ -132,7 +133,11 @@ def _metrics_addr(pick: Callable[[str, str], object]) -> str:
     return addr
 
 
-def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | None, bool]:
+def _flag_off(value: object) -> bool:
+    return str(value or "").lower() in ("", "0", "false", "no")
+
+
+def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | None, bool, bool]:
     datapath = str(pick("datapath", "WEAVE_DATAPATH") or "kernel")
     if datapath not in ("kernel", "none"):
         raise ConfigError(f"--datapath must be 'kernel' or 'none', not {datapath!r}")
@@ -145,9 +150,9 @@ def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | N
             raise ConfigError(f"WEAVE_MTU must be a number, not {raw!r}") from None
         if not 576 <= mtu <= 65485:
             raise ConfigError(f"WEAVE_MTU must be between 576 and 65485, not {mtu}")
-    no_fastdp = pick("no_fastdp", "WEAVE_NO_FASTDP")
-    fastdp = str(no_fastdp or "").lower() in ("", "0", "false", "no")
-    return datapath, mtu, fastdp
+    fastdp = _flag_off(pick("no_fastdp", "WEAVE_NO_FASTDP"))
+    sleeve = _flag_off(pick("no_sleeve", "WEAVE_NO_SLEEVE"))
+    return datapath, mtu, fastdp, sleeve
 
 
 def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> RouterConfig:
@@ -216,7 +221,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         return value
 
     hb = seconds("heartbeat_interval", 5.0)
-    datapath, mtu, fastdp = _datapath_settings(pick)
+    datapath, mtu, fastdp, sleeve = _datapath_settings(pick)
     ipalloc_range, ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
     return RouterConfig(
         name=str(name) if name else None,
@@ -238,6 +243,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         datapath=datapath,
         mtu=mtu,
         fastdp=fastdp,
+        sleeve=sleeve,
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),

@@ -107,8 +107,12 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             peer_hosts=tuple(p.host for p in config.peers),
             fastdp=config.fastdp,
             retain=config.peer_retain,
+            sleeve=config.sleeve,
+            encrypt=config.password is not None,
         ),
         bridge_address,
+        link_keys=lambda name: router.established[name].conn.sleeve_keys if name in router.established else None,
+        records=lambda: router.topology.records,
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
 
@@ -140,11 +144,8 @@ async def run_router(config: RouterConfig) -> int:
     router = Router(config, identity, protocol_config)
     ipam = make_ipam(config, identity, router)
     overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
-    if overlay is not None and config.fastdp and config.password:
-        log.warning(
-            "a password encrypts the mesh, but pod traffic in the VXLAN fast datapath is not encrypted "
-            "(kernel VXLAN has no encryption); encrypted pod traffic needs the sleeve datapath"
-        )
+    if overlay is not None and config.password and not config.sleeve:
+        log.warning("a password is set but the sleeve is off (WEAVE_NO_SLEEVE): pods on other hosts are unreachable")
     metrics = RouterMetrics(lambda: full_status(router, ipam, overlay))
     pods = (
         PodService(

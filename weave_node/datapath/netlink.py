@@ -51,6 +51,7 @@ pyroute2_config.disable_mp_signal = True
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
 NTF_SELF = 0x02
+NTF_MASTER = 0x04
 RUN_TIMEOUT = 30.0
 PROC_SYS = Path("/proc/sys")
 
@@ -508,3 +509,58 @@ def pod_state(pod: Pod) -> dict[str, Any]:
             "addresses": addrs,
             "gateways": [g for g in gateways if g],
         }
+
+
+def attach_port(name: str, mtu: int, bridge: str = BRIDGE, tunnel: str = VXLAN, netns: str | None = None) -> bool:
+    """Put link `name` (the sleeve's TAP) on the bridge with the overlay's MTU, up, and isolate it and the
+    tunnel's port from each other: a frame that arrived from one overlay path must never leave by the other
+    (the bridge would otherwise flood VXLAN broadcasts into the sleeve, and peers would learn the MACs of
+    fastdp hosts behind their TAP). True if anything changed."""
+    changed = False
+    with _ipr(netns) as ipr:
+        idx, master = _index(ipr, name), _index(ipr, bridge)
+        msg = ipr.get_links(idx)[0]
+        if not (msg.get("IFLA_MASTER") == master and msg.get("IFLA_MTU") == mtu and msg["flags"] & 1):
+            ipr.link("set", index=idx, mtu=mtu)
+            ipr.link("set", index=idx, master=master, state="up")
+            changed = True
+        for port in (name, tunnel):
+            found = ipr.link_lookup(ifname=port)
+            if not found:
+                continue
+            msg = ipr.get_links(found[0])[0]
+            info = msg.get("IFLA_LINKINFO")
+            data = info.get("IFLA_INFO_SLAVE_DATA") if info else None
+            if msg.get("IFLA_MASTER") == master and not (data and data.get("IFLA_BRPORT_ISOLATED")):
+                ipr.brport("set", index=found[0], isolated=1)
+                changed = True
+    return changed
+
+
+def flush_learned(ports: Iterable[str], bridge: str = BRIDGE, netns: str | None = None) -> int:
+    """Forget the MACs the bridge learned behind these ports (not static or permanent entries), so traffic
+    for them floods until it is learned again on whichever port now leads to it. Returns how many."""
+    removed = 0
+    with _ipr(netns) as ipr:
+        found = [ipr.link_lookup(ifname=p) for p in ports]
+        idxs = {f[0] for f in found if f}
+        br = ipr.link_lookup(ifname=bridge)
+        if not idxs or not br:
+            return 0
+        for msg in list(ipr.fdb("dump")):
+            if (
+                msg["ifindex"] not in idxs
+                or msg.get("NDA_MASTER") != br[0]
+                or msg["state"] & (NUD_PERMANENT | NUD_NOARP)
+            ):
+                continue
+            with contextlib.suppress(NetlinkError):  # aged out meanwhile
+                ipr.neigh(
+                    "del",
+                    family=socket.AF_BRIDGE,
+                    ifindex=msg["ifindex"],
+                    lladdr=msg.get("NDA_LLADDR"),
+                    flags=NTF_MASTER,
+                )
+                removed += 1
+    return removed

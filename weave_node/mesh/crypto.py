@@ -42,6 +42,7 @@ TRANSCRIPT_HASH_SIZE = 32
 
 _PERSON_KDF = b"weave-node-kdf1"
 _PERSON_TRANSCRIPT = b"weave-node-hs1"
+_PERSON_SUB = b"weave-node-sub1"
 _PASSWORD_SALT = nacl.hash.blake2b(
     b"weave-node mesh password", digest_size=nacl.pwhash.argon2id.SALTBYTES, encoder=nacl.encoding.RawEncoder
 )
@@ -128,6 +129,16 @@ def derive_session_keys(password_key: PasswordKey, own: EphemeralKey, peer_publi
     if own.public == lo:
         return SessionKeys(send=lo_to_hi, receive=hi_to_lo)
     return SessionKeys(send=hi_to_lo, receive=lo_to_hi)
+
+
+def subkeys(keys: SessionKeys, label: bytes) -> SessionKeys:
+    """Independent keys for another use of the same connection (e.g. label b"sleeve" for the UDP datapath), so
+    no (key, nonce) pair is ever shared with the TCP channel: blake2b(label, key=direction key)."""
+    return SessionKeys(send=_subkey(keys.send, label), receive=_subkey(keys.receive, label))
+
+
+def _subkey(key: bytes, label: bytes) -> bytes:
+    return nacl.hash.blake2b(label, digest_size=KEY_SIZE, key=key, person=_PERSON_SUB, encoder=nacl.encoding.RawEncoder)
 
 
 def transcript_hash(own_public: bytes, own_hello: bytes, peer_public: bytes, peer_hello: bytes) -> bytes:

@@ -35,7 +35,9 @@ from weave_node.mesh.crypto import (
     PasswordKey,
     Rng,
     SecretBoxChannel,
+    SessionKeys,
     derive_session_keys,
+    subkeys,
     transcript_hash,
 )
 from weave_node.mesh.errors import ProtocolError
@@ -245,6 +247,7 @@ class Connection:
         self._send_channel: SecretBoxChannel | None = None
         self._recv_channel: SecretBoxChannel | None = None
         self._transcript: bytes | None = None
+        self._sleeve_keys: SessionKeys | None = None
         self._negotiated: RemoteInfo | None = None
         self._remote: RemoteInfo | None = None
         self._close_reason: str | None = None
@@ -277,6 +280,11 @@ class Connection:
     def remote(self) -> RemoteInfo | None:
         """What the peer told us, once established (kept after close)."""
         return self._remote
+
+    @property
+    def sleeve_keys(self) -> SessionKeys | None:
+        """Keys for this connection's sleeve datagrams (encrypted connections, once established); None otherwise."""
+        return self._sleeve_keys if self._phase is _Phase.ESTABLISHED else None
 
     @property
     def outbound(self) -> bool:
@@ -464,6 +472,7 @@ class Connection:
             self._establish(self._negotiated, events)
             return
         keys = derive_session_keys(config.password_key, self._ephemeral, hello.public_key)
+        self._sleeve_keys = subkeys(keys, b"sleeve")
         self._send_channel = SecretBoxChannel(keys.send)
         self._recv_channel = SecretBoxChannel(keys.receive)
         self._transcript = transcript_hash(self._ephemeral.public, self._hello, hello.public_key, frame)

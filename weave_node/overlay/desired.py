@@ -62,9 +62,15 @@ class Retention:
 
 
 def peer_entries(
-    peers: set[int], infos: Mapping[int, PeerInfo], direct: Mapping[int, str], me: int
+    peers: set[int],
+    infos: Mapping[int, PeerInfo],
+    direct: Mapping[int, str],
+    me: int,
+    no_flood: frozenset[int] = frozenset(),
 ) -> tuple[frozenset[Fdb], frozenset[Neigh], dict[int, str]]:
-    """(FDB entries, neighbour entries, {peer: bridge ip} of the peers whose heartbeats can run)."""
+    """(FDB entries, neighbour entries, {peer: bridge ip} of the peers whose heartbeats can run).
+    Peers in `no_flood` (those in sleeve mode) get no flood entry: the sleeve carries their broadcasts, and a
+    half-working tunnel must not deliver them twice. Their bridge MAC entry stays, for the heartbeats."""
     fdb: set[Fdb] = set()
     neigh: set[Neigh] = set()
     bridges: dict[int, str] = {}
@@ -72,7 +78,8 @@ def peer_entries(
         vtep = underlay_of(name, infos, direct)
         if not vtep:
             continue
-        fdb.add(Fdb(FLOOD_MAC, vtep))
+        if name not in no_flood:
+            fdb.add(Fdb(FLOOD_MAC, vtep))
         info = infos.get(name)
         if info and info.bridge_ip and info.bridge_mac:
             fdb.add(Fdb(info.bridge_mac, vtep))

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,8 +34,10 @@ from weave_node.datapath.model import (
     overlay_mtu,
 )
 from weave_node.datapath.plan import Plan, plan
+from weave_node.mesh.crypto import SessionKeys
 from weave_node.mesh.gossip import GossipChannel
 from weave_node.mesh.peer import format_name
+from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import peers as overlay_peers
 from weave_node.overlay.desired import (
     SYSCTL_BRIDGE_NF,
@@ -48,10 +51,18 @@ from weave_node.overlay.desired import (
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.health import decode as decode_heartbeat
 from weave_node.overlay.peers import PeerInfo, PeerTable
+from weave_node.overlay.sleeve import codec as sleeve_codec
+from weave_node.overlay.sleeve.forwarder import PORT as SLEEVE_PORT
+from weave_node.overlay.sleeve.forwarder import Config as SleeveConfig
+from weave_node.overlay.sleeve.forwarder import Forwarder, LinkSpec, open_socket
+from weave_node.overlay.sleeve.routing import sleeve_routes
+from weave_node.overlay.sleeve.tap import open_tap
 
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "overlay"
 HEARTBEAT_PORT = 6785  # inside the overlay only (bridge address to bridge address); never on the underlay
+TAP = "weave-sleeve"
+SLEEVE_OVERHEAD = 20 + 8 + 14 + sleeve_codec.VNET_HDR_SIZE  # IPv4 + UDP + the frame's Ethernet + virtio-net
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ class OverlayConfig:
     resync: float = 10.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 4.0
+    sleeve: bool = True  # the userspace fallback (and, with a password, the only path for pod traffic)
+    encrypt: bool = False  # a password is set: pod traffic only through the sleeve, sealed
 
 
 class _Heartbeats(asyncio.DatagramProtocol):
@@ -89,6 +102,8 @@ class OverlayService:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        link_keys: Callable[[int], SessionKeys | None] = lambda _name: None,
+        records: Callable[[], Mapping[int, PeerRecord]] = dict,
     ) -> None:
         self.me = me
         self.config = config
@@ -96,7 +111,15 @@ class OverlayService:
         self.wall_ns = wall_ns
         self._bridge_address = bridge_address
         self.mtu, self.mtu_source = config.mtu or 1450, "WEAVE_MTU" if config.mtu else "default"
-        self.settings = Settings(me=me, pod_range=config.pod_range, mtu=self.mtu, fastdp=config.fastdp)
+        self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
+        self.settings = Settings(me=me, pod_range=config.pod_range, mtu=self.mtu, fastdp=self.fastdp)
+        self.link_keys = link_keys
+        self.records = records
+        self.forwarder: Forwarder | None = None
+        self.sleeve_error: str | None = None
+        self.underlay_mtu = 1500
+        self._sleeve_pushed: SleeveConfig | None = None
+        self._routes_logged: dict[int, int] = {}
         self.table = PeerTable()
         self.mine = PeerInfo(me, wall_ns(), "", 0, bridge_mac(me), "")
         self.table.merge([self.mine])
@@ -196,6 +219,9 @@ class OverlayService:
         observed = await loop.run_in_executor(self.executor, self._observe)
         if self.config.mtu is None:
             self.mtu, self.mtu_source = await loop.run_in_executor(self.executor, self._underlay_mtu)
+        if self.config.sleeve:
+            await loop.run_in_executor(self.executor, self._start_sleeve)
+        self.health.sleeve_available = self.forwarder is not None
         bridge_nf = SYSCTL_BRIDGE_NF in observed.sysctls
         self.settings = replace(self.settings, bridge_nf=bridge_nf, mtu=self.mtu)
         self.retention.adopted_fdb = observed.fdb
@@ -204,7 +230,7 @@ class OverlayService:
         if bridge is not None and bridge.kind == "bridge":
             inside = [a for a in bridge.addresses if _in_range(a, self.config.pod_range)]
             self.bridge_cidr = inside[0] if len(inside) == 1 else None
-            if self.bridge_cidr and self.config.fastdp:
+            if self.bridge_cidr and self.fastdp:
                 ip, prefix = self.bridge_cidr.split("/")
                 self._update_mine(bridge_ip=ip, prefix=int(prefix))  # peers keep our entries across a restart
         log.info(
@@ -212,15 +238,51 @@ class OverlayService:
             BRIDGE,
             self.mtu,
             self.mtu_source,
-            f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.config.fastdp else "off",
+            f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.fastdp else "off",
             len(observed.fdb),
             len(observed.neigh),
         )
+        if self.forwarder is not None:
+            log.info(
+                "sleeve: %s on UDP %d, %s",
+                TAP,
+                SLEEVE_PORT,
+                "encrypted (NaCl secretbox, keys from each mesh connection): all pod traffic between hosts"
+                if self.config.encrypt
+                else "fallback for peers whose fast datapath fails",
+            )
         self._tasks = [
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._get_bridge_address()),
         ]
+
+    def _start_sleeve(self) -> None:
+        try:
+            sock = open_socket(SLEEVE_PORT)
+        except OSError as exc:
+            self.sleeve_error = f"cannot bind UDP {SLEEVE_PORT}: {exc.strerror}"
+        else:
+            try:
+                tap = open_tap(TAP, vnet_hdr=True)
+            except OSError as exc:
+                sock.close()
+                self.sleeve_error = f"cannot create TAP {TAP}: {exc.strerror} (is /dev/net/tun there?)"
+            else:
+                self.forwarder = Forwarder(self.me, tap, sock, on_verified=self._mtu_verified)
+                self.forwarder.start()
+                return
+        log.error("sleeve: %s; no fallback datapath%s", self.sleeve_error, ", no pod traffic" * self.config.encrypt)
+
+    def _mtu_verified(self, peer: int, size: int) -> None:
+        fits = size - sleeve_codec.overhead(self.config.encrypt) - 14 - sleeve_codec.VNET_HDR_SIZE
+        log.info(
+            "sleeve: peer %s(%s): effective MTU verified at %d (UDP payload; pod frames up to %d in one datagram)",
+            format_name(peer),
+            self.nicknames.get(peer, "?"),
+            size,
+            fits,
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -230,6 +292,10 @@ class OverlayService:
                 await task
         if self._transport is not None:
             self._transport.close()
+        if self.forwarder is not None:
+            await asyncio.to_thread(self.forwarder.stop)
+            os.close(self.forwarder.tap_fd)  # the TAP goes with it: the sleeve needs a router
+            self.forwarder.sock.close()
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self.pod_executor.shutdown, wait=True, cancel_futures=True)
 
@@ -262,9 +328,11 @@ class OverlayService:
         if not found:
             dev = netlink.default_route_mtu()
             found = [dev] if dev else []
-        if not found:
-            return overlay_mtu(1500), "no underlay route found: 1500 - 50 (VXLAN)"
-        dev_name, dev_mtu = min(found, key=lambda d: d[1])
+        dev_name, dev_mtu = min(found, key=lambda d: d[1]) if found else ("(no route found)", 1500)
+        self.underlay_mtu = dev_mtu
+        if self.config.encrypt:
+            overhead = SLEEVE_OVERHEAD + sleeve_codec.overhead(True)
+            return dev_mtu - overhead, f"underlay {dev_name} {dev_mtu} - {overhead} (encrypted sleeve)"
         return overlay_mtu(dev_mtu), f"underlay {dev_name} {dev_mtu} - 50 (VXLAN)"
 
     def _observe(self) -> Observed:
@@ -274,6 +342,12 @@ class OverlayService:
         observed = self._observe()
         result = plan(desired, observed)
         applied, errors = netlink.apply_all(result.ops)
+        if self.forwarder is not None:
+            try:
+                if netlink.attach_port(TAP, self.settings.mtu):
+                    log.info("sleeve: %s on bridge %s, MTU %d", TAP, BRIDGE, self.settings.mtu)
+            except (netlink.DatapathError, OSError) as exc:
+                errors.append(f"sleeve: cannot put {TAP} on {BRIDGE}: {exc}")
         return result, applied, errors
 
     def desired(self) -> Desired:
@@ -287,9 +361,9 @@ class OverlayService:
                 self.vteps[name] = vtep
         for name in [n for n in self.vteps if n not in kept]:
             del self.vteps[name]
-        fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.vteps, self.me)
+        fdb, neigh, bridges = peer_entries(kept, self.table.infos, self.vteps, self.me, self.sleeve_peers())
         fdb, neigh = merge_adopted(fdb, neigh, self.retention, now)
-        self.heartbeat_peers = bridges if self.config.fastdp else {}
+        self.heartbeat_peers = bridges if self.fastdp else {}
         desired = desired_state(self.settings, self.bridge_cidr, fdb, neigh)
         self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
         return desired
@@ -322,7 +396,7 @@ class OverlayService:
                     log.info("datapath: applied %d change(s): %s", applied, _summary(result))
                 if not errors:
                     self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
-                if desired.bridge.addresses and self.config.fastdp:
+                if desired.bridge.addresses and self.fastdp:
                     ip, prefix = desired.bridge.addresses[0].split("/")
                     self._update_mine(bridge_ip=ip, prefix=int(prefix))
             self.health.watch(set(self.heartbeat_peers), self.clock())
@@ -338,7 +412,7 @@ class OverlayService:
     # --- heartbeats --------------------------------------------------------------------------------------
 
     async def _bind_heartbeats(self) -> None:
-        ip = self._applied_cidr.split("/")[0] if self._applied_cidr and self.config.fastdp else None
+        ip = self._applied_cidr.split("/")[0] if self._applied_cidr and self.fastdp else None
         if ip == self._hb_bound:
             return
         if self._transport is not None:
@@ -364,7 +438,8 @@ class OverlayService:
                     dst = self.heartbeat_peers.get(name)
                     if dst:
                         self._transport.sendto(payload, (dst, HEARTBEAT_PORT))
-            for switch in self.health.evaluate(now):
+            switches = self.health.evaluate(now)
+            for switch in switches:
                 log.info(
                     "peer %s(%s): %s -> %s: %s",
                     format_name(switch.peer),
@@ -373,7 +448,61 @@ class OverlayService:
                     switch.new.value,
                     switch.reason,
                 )
+            if any(Mode.SLEEVE in (s.old, s.new) for s in switches):
+                self._dirty.set()  # flood entries follow the modes
+                self._push_sleeve()
+                # MACs learned behind the tunnel (or the TAP) must be learned again on the path now in use.
+                loop = asyncio.get_running_loop()
+                with contextlib.suppress(Exception):
+                    await loop.run_in_executor(self.executor, netlink.flush_learned, [VXLAN, TAP])
+            else:
+                self._push_sleeve()
             await asyncio.sleep(min(self.config.heartbeat_interval, 0.5))
+
+    # --- sleeve ------------------------------------------------------------------------------------------
+
+    def sleeve_peers(self) -> frozenset[int]:
+        """The peers whose pod traffic goes through the sleeve."""
+        if self.forwarder is None:
+            return frozenset()
+        if not self.fastdp:
+            return frozenset(self.peers)
+        return frozenset(n for n, h in self.health.peers.items() if h.mode is Mode.SLEEVE)
+
+    def sleeve_config(self, forwarder: Forwarder) -> SleeveConfig:
+        """What the forwarder should do now (pure apart from reading the forwarder's link states)."""
+        links = {}
+        for name, address in sorted(self.direct.items()):
+            keys = self.link_keys(name) if self.config.encrypt else None
+            if self.config.encrypt and keys is None:
+                continue  # never send a clear datagram when a password is set
+            links[name] = LinkSpec(name, address, keys, max_datagram=self.underlay_mtu - 28)
+        states, _, _ = forwarder.snapshot()
+        usable = {n for n, st in states.items() if st.up and n in links}
+        routes = sleeve_routes(self.records(), self.me, usable)
+        blocked: frozenset[bytes] = frozenset()
+        if self.fastdp:  # heartbeats prove the tunnel: bridge-to-bridge frames never take the sleeve
+            blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in self.peers | {self.me})
+        return SleeveConfig(links, routes, self.sleeve_peers(), blocked)
+
+    def _push_sleeve(self) -> None:
+        if self.forwarder is None:
+            return
+        config = self.sleeve_config(self.forwarder)
+        if config == self._sleeve_pushed:
+            return
+        for dst in sorted(config.sleeve):
+            hop = config.routes.get(dst)
+            if hop is not None and self._routes_logged.get(dst) != hop:
+                log.info(
+                    "sleeve: peer %s(%s) %s",
+                    format_name(dst),
+                    self.nicknames.get(dst, "?"),
+                    "direct" if hop == dst else f"relayed via {format_name(hop)}({self.nicknames.get(hop, '?')})",
+                )
+                self._routes_logged[dst] = hop
+        self.forwarder.configure(config)
+        self._sleeve_pushed = config
 
     # --- pods (the CNI plugin's work, done by the router) ------------------------------------------------
 
@@ -390,18 +519,46 @@ class OverlayService:
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
+        links, counters, drops = self.forwarder.snapshot() if self.forwarder is not None else ({}, {}, {})
+        pushed = self._sleeve_pushed or SleeveConfig()
+        sleeving = self.sleeve_peers()
         peers = []
         for name in sorted(self.peers | set(self.heartbeat_peers)):
             health = self.health.peers.get(name)
             info = self.table.infos.get(name)
             vtep = overlay_peers.underlay_of(name, self.table.infos, self.direct)
-            if not self.config.fastdp:
-                mode, reason = Mode.DOWN.value, "fast datapath disabled"
+            if not self.fastdp:
+                if name in sleeving:
+                    mode = Mode.SLEEVE.value
+                    reason = (
+                        "encrypted: the kernel's VXLAN cannot encrypt"
+                        if self.config.encrypt
+                        else "fast datapath disabled"
+                    )
+                else:
+                    mode = Mode.DOWN.value
+                    reason = (
+                        f"sleeve unavailable: {self.sleeve_error}" if self.sleeve_error else "fast datapath disabled"
+                    )
             elif health is None:
                 mode = Mode.PENDING.value
                 reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
             else:
                 mode, reason = health.mode.value, health.reason
+            hop = pushed.routes.get(name)
+            link = links.get(name)
+            sleeve = None
+            if self.forwarder is not None:
+                sleeve = {
+                    "via": None
+                    if hop is None
+                    else ("direct" if hop == name else self.nicknames.get(hop, format_name(hop))),
+                    "link": None
+                    if link is None
+                    else {"up": link.up, "verified_mtu": link.verified, "last_ack_ago": link.last_ack_ago},
+                }
+            if mode == Mode.SLEEVE.value and hop is None:
+                reason += "; no sleeve route yet"
             peers.append(
                 {
                     "name": format_name(name),
@@ -412,6 +569,7 @@ class OverlayService:
                     "reason": reason,
                     "last_heartbeat_ago": round(now - health.last_rx, 1) if health and health.last_rx else None,
                     "in_topology": name in self.peers,
+                    "sleeve": sleeve,
                 }
             )
         return {
@@ -421,8 +579,19 @@ class OverlayService:
             "mtu_source": self.mtu_source,
             "fastdp": (
                 {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": self.flood_entries}
-                if self.config.fastdp
+                if self.fastdp
                 else None
+            ),
+            "sleeve": (
+                {
+                    "device": TAP,
+                    "port": SLEEVE_PORT,
+                    "encrypted": self.config.encrypt,
+                    "counters": counters,
+                    "drops": drops,
+                }
+                if self.forwarder is not None
+                else ({"error": self.sleeve_error} if self.sleeve_error else None)
             ),
             "problems": list(self.problems),
             "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in self.last_sync.items()},

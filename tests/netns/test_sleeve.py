@@ -1,0 +1,203 @@
+"""The sleeve with real routers on the real kernel: hosts are network namespaces on an underlay bridge whose
+namespace filters traffic with iptables (bridged packets pass its FORWARD chain), pods are namespaces on each
+host's `weave` bridge.
+
+- UDP 6784 (VXLAN) blocked between two hosts: their pods' traffic falls back to the sleeve within the bound, a
+  running TCP transfer survives, the third host stays in fastdp; unblocked: back to fastdp.
+- All traffic between two hosts cut: their pods reach each other through the third host (relayed).
+- A password: pod traffic only in the sleeve, sealed; a capture on the underlay shows no plaintext, a captured
+  datagram replayed is dropped, a host with the wrong password carries nothing, 256 MiB arrive intact with loss
+  and reordering on the underlay.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import poll
+from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, start_mesh
+from tests.netns.pods import PodNs, finish, make_pod, remove_pods, tcp_transfer
+
+pytestmark = pytest.mark.netns
+FALLBACK_BOUND = 10.0  # seconds from the block to sleeve mode (heartbeat timeout 4 s + evaluation)
+PATTERN = "5eed5eed5eed5eed"  # ping -p: a payload to look for on the wire
+
+
+def _mode(r: RouterProc, peer: str) -> str | None:
+    p = r.status().get("datapath", {}).get("peers", [])
+    return next((x["mode"] for x in p if x["nickname"] == peer), None)
+
+
+def _peer(r: RouterProc, peer: str) -> dict[str, Any]:
+    p = r.status().get("datapath", {}).get("peers", [])
+    return next((x for x in p if x["nickname"] == peer), {})
+
+
+def _sleeve(r: RouterProc) -> dict[str, Any]:
+    doc: dict[str, Any] = r.status().get("datapath", {}).get("sleeve") or {}
+    return doc
+
+
+def _block(net: Net, a: int, b: int, *match: str, add: bool = True) -> None:
+    """Drop packets between hosts a and b (both directions) in the underlay's FORWARD chain."""
+    ha, hb = net.hosts[a - 1].address, net.hosts[b - 1].address
+    for src, dst in ((ha, hb), (hb, ha)):
+        subprocess.run(
+            ["ip", "netns", "exec", net.underlay, "iptables", "-w", "5", "-I" if add else "-D", "FORWARD",
+             "-s", src, "-d", dst, *match, "-j", "DROP"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+
+def _ping(pod: PodNs, ip: str, count: int = 3) -> bool:
+    return pod.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", ip, check=False).returncode == 0
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[tuple[Net, list[RouterProc], list[PodNs]]]:
+    with netns_hosts(3, tmp_path) as net:
+        routers = start_mesh(net)
+        pods = [make_pod(r, f"s{i}") for i, r in enumerate(routers, 1)]
+        try:
+            yield net, routers, pods
+        finally:
+            remove_pods(pods)
+
+
+def test_blocked_vxlan_falls_back_to_sleeve_and_returns_with_a_transfer_running(
+    three: tuple[Net, list[RouterProc], list[PodNs]],
+) -> None:
+    net, (r1, r2, r3), (p1, p2, _p3) = three
+    total = 96 << 20
+    assert _ping(p1, p2.ip)
+    server, client = tcp_transfer(p1, p2, total, pace=0.02)  # ~1500 chunks of 64 KiB over ~30 s
+    poll(lambda: "ESTAB" in p1.run("ss", "-tn", "dst", p2.ip).stdout, timeout=10, what="transfer under way")
+    _block(net, 1, 2, "-p", "udp", "--dport", "6784")
+    blocked = time.monotonic()
+    poll(lambda: _mode(r1, "h2") == "sleeve" and _mode(r2, "h1") == "sleeve", timeout=20, what="h1<->h2 in sleeve")
+    fell_back = time.monotonic() - blocked
+    assert fell_back < FALLBACK_BOUND, f"fallback took {fell_back:.1f} s"
+    assert _mode(r1, "h3") == "fastdp" and _mode(r3, "h1") == "fastdp", "h3 must stay in the kernel"
+    reason = _peer(r1, "h2")["reason"]
+    assert "6784" in reason, reason
+    # Traffic really crosses the sleeve now, and the flood list no longer names h2 (no duplicate broadcasts).
+    frames = _sleeve(r1)["counters"].get("frames_out", 0)
+    poll(lambda: _sleeve(r1)["counters"].get("frames_out", 0) > frames + 50, timeout=30, what="frames through h1's sleeve")
+    poll(lambda: r1.status()["datapath"]["fastdp"]["flood_entries"] == 1, timeout=10, what="one flood entry (h3)")
+    assert _ping(p1, p2.ip)
+    _block(net, 1, 2, "-p", "udp", "--dport", "6784", add=False)
+    unblocked = time.monotonic()
+    poll(lambda: _mode(r1, "h2") == "fastdp" and _mode(r2, "h1") == "fastdp", timeout=20, what="h1<->h2 back to fastdp")
+    returned = time.monotonic() - unblocked
+    s_out, c_out = finish(server, client, timeout=180)
+    n, digest, _src = s_out.split()
+    assert (int(n), digest) == tuple(x if i else int(x) for i, x in enumerate(c_out.split())), (s_out, c_out)
+    assert int(n) == total
+    for r, other in ((r1, "h2"), (r2, "h1")):
+        log = r.log_text()
+        assert f"({other}): fastdp -> sleeve" in log and f"({other}): sleeve -> fastdp" in log, log[-3000:]
+    assert "effective MTU verified at 1472" in r1.log_text()
+    print(f"fallback {fell_back:.1f} s, return {returned:.1f} s")  # noqa: T201
+
+
+def test_peers_cut_apart_are_relayed_through_a_third(three: tuple[Net, list[RouterProc], list[PodNs]]) -> None:
+    net, (r1, r2, r3), (p1, _p2, p3) = three
+    _block(net, 1, 3)
+    poll(lambda: "h3" not in r1.established() and "h1" not in r3.established(), timeout=30, what="h1-h3 cut")
+    poll(lambda: _mode(r1, "h3") == "sleeve" and _mode(r3, "h1") == "sleeve", timeout=20, what="h1<->h3 in sleeve")
+    poll(lambda: (_peer(r1, "h3").get("sleeve") or {}).get("via") == "h2", timeout=20, what="h1 -> h3 via h2")
+    relayed = _sleeve(r2)["counters"].get("relayed", 0)
+    poll(lambda: _ping(p1, p3.ip), timeout=20, what="p1 pings p3 through h2")
+    assert _sleeve(r2)["counters"].get("relayed", 0) > relayed
+    server, client = tcp_transfer(p3, p1, 16 << 20)
+    s_out, c_out = finish(server, client, timeout=120)
+    assert s_out.split()[:2] == c_out.split()
+    assert "relayed via" in r1.log_text()
+
+
+def _password_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def _udp_payloads(pcap: Path) -> list[bytes]:
+    """The UDP payloads in a classic pcap file (Ethernet, IPv4)."""
+    data = pcap.read_bytes()
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        pkt = data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) > 14 + 20 and pkt[12:14] == b"\x08\x00" and pkt[23] == 17:
+            ihl = (pkt[14] & 0x0F) * 4
+            out.append(pkt[14 + ihl + 8 :])
+    return out
+
+
+def test_encrypted_pod_traffic(tmp_path: Path) -> None:
+    with netns_hosts(3, tmp_path) as net:
+        good = _password_file(tmp_path / "good", "correct horse battery staple")
+        bad = _password_file(tmp_path / "bad", "wrong horse")
+        a1, a2 = net.hosts[0].address, net.hosts[1].address
+        r1 = net.start_router(1, *FAST, "--password-file", str(good), a2, datapath=True)
+        r2 = net.start_router(2, *FAST, "--password-file", str(good), a1, datapath=True)
+        r3 = net.start_router(3, *FAST, "--password-file", str(bad), a1, a2, datapath=True)
+        poll(lambda: _mode(r1, "h2") == "sleeve" and _mode(r2, "h1") == "sleeve", timeout=30, what="sleeve h1<->h2")
+        assert r1.status()["datapath"]["fastdp"] is None and _sleeve(r1)["encrypted"] is True
+        assert r1.status()["datapath"]["mtu"] == 1500 - 104
+        pods = [make_pod(r, f"e{i}") for i, r in enumerate((r1, r2, r3), 1)]
+        try:
+            p1, p2, p3 = pods
+            poll(lambda: _ping(p1, p2.ip), timeout=20, what="p1 pings p2 through the sealed sleeve")
+            # A capture on the underlay: datagrams, none with the payload in clear.
+            pcap = tmp_path / "u.pcap"
+            dump = subprocess.Popen(
+                ["ip", "netns", "exec", net.underlay, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w", str(pcap),
+                 "udp", "port", "6783"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                poll(lambda: pcap.exists() and pcap.stat().st_size >= 24, timeout=10, what="tcpdump started")
+                assert p1.run("ping", "-c", "5", "-i", "0.2", "-p", PATTERN, "-s", "1000", p2.ip).returncode == 0
+                poll(lambda: len(_udp_payloads(pcap)) >= 10, timeout=10, what="datagrams captured")
+            finally:
+                dump.terminate()
+                dump.wait(timeout=10)
+            payloads = _udp_payloads(pcap)
+            needle = bytes.fromhex(PATTERN)
+            assert not any(needle in p for p in payloads), "plaintext of the pod's payload on the underlay"
+            assert not any(b"weave" in p for p in payloads)
+            # A captured datagram from h1, replayed from h1's address, is dropped as a replay.
+            replays = _sleeve(r2)["drops"].get("replay", 0)
+            big = max(payloads, key=len)
+            net.hosts[0].run(
+                "python3", "-c",
+                "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"[s.sendto(bytes.fromhex(sys.argv[1]), ('{a2}', 6783)) for _ in range(3)]",
+                big.hex(),
+            )  # fmt: skip
+            poll(lambda: _sleeve(r2)["drops"].get("replay", 0) >= replays + 1, timeout=10, what="replay counted")
+            # The host with the wrong password has no connection, no sleeve link, and its pod reaches nobody.
+            assert not r3.established()
+            assert not _ping(p3, p1.ip, count=2) and not _ping(p1, p3.ip, count=2)
+            assert _sleeve(r3)["counters"].get("frames_in", 0) == 0
+            # 256 MiB intact, with loss and reordering on h1's underlay link.
+            subprocess.run(
+                ["ip", "netns", "exec", net.underlay, "tc", "qdisc", "add", "dev", "v1", "root", "netem",
+                 "loss", "0.5%", "delay", "1ms", "reorder", "10%", "50%"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            server, client = tcp_transfer(p1, p2, 256 << 20)
+            s_out, c_out = finish(server, client, timeout=400)
+            assert s_out.split()[:2] == c_out.split() and int(c_out.split()[0]) == 256 << 20
+            assert "wrong horse" not in r1.log_text() + r3.log_text()
+        finally:
+            remove_pods(pods)

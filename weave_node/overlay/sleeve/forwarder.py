@@ -1,0 +1,432 @@
+"""The sleeve forwarder: frames between the TAP on the `weave` bridge and UDP datagrams to other routers.
+
+The shell around the pure codec (codec.py), run in one thread of its own (the hot path must not wait for the
+asyncio loop). The overlay service decides *what* (`Config`: links, routes, which destinations use the sleeve) and
+hands it over with `configure`; this thread does the I/O:
+
+- TAP -> peers: one read per frame or TSO super-frame (IFF_VNET_HDR: the 10-byte virtio-net header travels with
+  it, so the far kernel takes the super-frame as is); the destination MAC picks the peer (learned from received
+  frames, like a bridge), broadcast/multicast/unknown go to every sleeve destination; each copy is packed into
+  one buffer of equal-sized datagrams and sent with UDP GSO (one sendmsg per 64 KiB).
+- peers -> TAP: recvmsg with UDP GRO (one syscall for many datagrams), open (authenticate, replay window) in
+  place, reassemble, one write per frame. A segment for another peer is relayed to the next hop of the mesh's
+  unicast route (re-sealed with that link's key, TTL one less).
+- Probes on every link each `probe_interval`: PROBE datagrams of several sizes with DF set, answered by
+  PROBE_ACK; the largest size acked recently is the link's segment size ("effective MTU verified"), and a link
+  with no ack for `link_timeout` is down (the overlay then routes around it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from weave_node.mesh.crypto import SessionKeys
+from weave_node.overlay.sleeve.codec import (
+    FLAG_VNET,
+    INNER,
+    MAX_TTL,
+    VNET_HDR_SIZE,
+    Kind,
+    Opener,
+    Reassembler,
+    Sealer,
+    Segment,
+    SleeveDropped,
+    overhead,
+    packed_size,
+)
+
+log = logging.getLogger("weave_node.sleeve")
+
+PORT = 6783
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3  # DF on every datagram, and the kernel's PMTU cache ignored: the probes decide
+MAX_UDP = 65507
+PROBE_SIZES = (8972, 1472, 1452, 1422, 1372, 1252, 1024, 548)  # datagram sizes (IPv4: MTU - 28)
+_U32 = struct.Struct("!I")
+
+
+def name_bytes(name: int) -> bytes:
+    return name.to_bytes(6, "big")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A direct neighbour in the mesh: where its sleeve listens and the keys of our connection to it."""
+
+    peer: int
+    address: str
+    keys: SessionKeys | None = None  # None: no password, plain datagrams
+    max_datagram: int = 1472  # from the underlay route's MTU
+
+    def same_session(self, other: LinkSpec) -> bool:
+        return self.address == other.address and self.keys == other.keys
+
+
+@dataclass(frozen=True)
+class Config:
+    links: dict[int, LinkSpec] = field(default_factory=dict)
+    routes: dict[int, int] = field(default_factory=dict)  # destination peer -> the link (next hop) to use
+    sleeve: frozenset[int] = frozenset()  # destinations whose frames the TAP hands us (flooded to all of them)
+    blocked_macs: frozenset[bytes] = frozenset()  # bridges' MACs: their traffic (heartbeats) stays in VXLAN
+
+
+class Link:
+    def __init__(self, spec: LinkSpec, now: float, wall_ns: int) -> None:
+        self.spec = spec
+        self.addr = (spec.address, PORT)
+        send, receive = (spec.keys.send, spec.keys.receive) if spec.keys else (None, None)
+        # Plain: the sequence starts at the wall clock, so a restarted router is not taken for a replay.
+        self.sealer = Sealer(send, seq=0 if send else wall_ns)
+        self.opener = Opener(receive)
+        self.sizes = tuple(s for s in PROBE_SIZES if s <= spec.max_datagram) or (PROBE_SIZES[-1],)
+        self.acked: dict[int, float] = {}
+        self.segment_size = min(1472, self.sizes[0])  # until a probe says otherwise
+        self.verified: int | None = None
+        self.created = now
+        self.last_ack: float | None = None
+
+    def up(self, now: float, timeout: float) -> bool:
+        return self.last_ack is not None and now - self.last_ack < timeout
+
+
+@dataclass
+class LinkStatus:
+    up: bool
+    segment_size: int
+    verified: int | None
+    last_ack_ago: float | None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        me: int,
+        tap_fd: int,
+        sock: socket.socket,
+        *,
+        probe_interval: float = 1.0,
+        link_timeout: float = 3.5,
+        clock: Callable[[], float] = time.monotonic,
+        on_verified: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.me = me
+        self.me_b = name_bytes(me)
+        self.tap_fd = tap_fd
+        self.sock = sock
+        self.probe_interval = probe_interval
+        self.link_timeout = link_timeout
+        self.clock = clock
+        self.on_verified = on_verified
+        self.counters: Counter[str] = Counter()
+        self.links: dict[int, Link] = {}
+        self._by_addr: dict[str, Link] = {}
+        self._routes: dict[bytes, Link] = {}
+        self._sleeve: list[bytes] = []
+        self._blocked: frozenset[bytes] = frozenset()
+        self._macs: dict[bytes, bytes] = {}
+        self._reasm = Reassembler(max_messages=512, max_bytes=32 << 20)
+        self._msg_id = 0
+        self._pending: Config | None = None
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gso = True
+        self._tap_buf = bytearray(VNET_HDR_SIZE + 65536 + 64)
+        self._udp_buf = bytearray(1 << 16)
+        self._send_buf = bytearray(packed_size(len(self._tap_buf), 548))
+        self._next_probe = 0.0
+        self._retired: Counter[str] = Counter()  # drops of links that were replaced
+
+    # --- control (any thread) ----------------------------------------------------------------------------
+
+    def configure(self, config: Config) -> None:
+        with self._lock:
+            self._pending = config
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="sleeve", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.configure(Config())
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def snapshot(self) -> tuple[dict[int, LinkStatus], dict[str, int], dict[str, int]]:
+        """(links, counters, drops) as of now; read from another thread."""
+        now = self.clock()
+        with self._lock:
+            links = {
+                name: LinkStatus(
+                    link.up(now, self.link_timeout),
+                    link.segment_size,
+                    link.verified,
+                    round(now - link.last_ack, 1) if link.last_ack is not None else None,
+                )
+                for name, link in list(self.links.items())
+            }
+            drops = Counter(self._retired)
+            for link in list(self.links.values()):
+                drops.update(link.opener.drops)
+            drops.update(self._reasm.drops)
+            return links, dict(self.counters), dict(drops)
+
+    # --- the thread --------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.tap_fd, selectors.EVENT_READ, self._from_tap)
+        sel.register(self.sock, selectors.EVENT_READ, self._from_udp)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._wake)
+        try:
+            while not self._stop.is_set():
+                now = self.clock()
+                if now >= self._next_probe:
+                    self._probe(now)
+                    self._reasm.expire(now)
+                    self._next_probe = now + self.probe_interval
+                for key, _ in sel.select(max(0.0, self._next_probe - now)):
+                    try:
+                        key.data()
+                    except Exception:  # one bad frame or peer must never stop the datapath
+                        log.exception("sleeve: unexpected error")
+                        self.counters["error"] += 1
+        finally:
+            sel.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        with self._lock:
+            config, self._pending = self._pending, None
+            if config is not None:
+                self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        now = self.clock()
+        wall = time.time_ns()
+        for name in [n for n in self.links if n not in config.links]:
+            self._retire(self.links.pop(name))
+        for name, spec in config.links.items():
+            old = self.links.get(name)
+            if old is None or not old.spec.same_session(spec):
+                if old is not None:
+                    self._retire(old)
+                self.links[name] = Link(spec, now, wall)
+                self._next_probe = now  # probe a new link at once
+        self._by_addr = {link.addr[0]: link for link in self.links.values()}
+        self._routes = {name_bytes(dst): self.links[hop] for dst, hop in config.routes.items() if hop in self.links}
+        self._sleeve = [name_bytes(p) for p in sorted(config.sleeve)]
+        self._blocked = config.blocked_macs
+
+    def _retire(self, link: Link) -> None:
+        self._retired.update(link.opener.drops)
+
+    # TAP -> peers
+
+    def _from_tap(self) -> None:
+        buf = self._tap_buf
+        view = memoryview(buf)
+        for _ in range(64):  # then let the other direction have a turn
+            try:
+                n = os.readv(self.tap_fd, [buf])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return
+                raise
+            if n < VNET_HDR_SIZE + 14:
+                continue
+            frame = view[:n]
+            dst_mac = bytes(frame[VNET_HDR_SIZE : VNET_HDR_SIZE + 6])
+            src_mac = bytes(frame[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12])
+            if dst_mac in self._blocked or src_mac in self._blocked:
+                self.counters["bridge_mac_dropped"] += 1
+                continue
+            owner = None if dst_mac[0] & 1 else self._macs.get(dst_mac)
+            targets = [owner] if owner is not None else self._sleeve
+            for dst in targets:
+                link = self._routes.get(dst)
+                if link is None:
+                    self.counters["no_route"] += 1
+                    continue
+                self._send_message(link, frame, dst, Kind.FRAME, FLAG_VNET)
+            self.counters["frames_out"] += 1
+            self.counters["bytes_out"] += n - VNET_HDR_SIZE
+
+    def _send_message(self, link: Link, message: memoryview | bytes, dst: bytes, kind: Kind, flags: int) -> None:
+        self._msg_id += 1
+        seg = link.segment_size
+        count, total = link.sealer.pack(
+            self._send_buf, message, msg_id=self._msg_id, src=self.me_b, dst=dst, segment_size=seg, kind=kind,
+            flags=flags,
+        )  # fmt: skip
+        self._send_packed(link, count, total, seg)
+
+    def _send_packed(self, link: Link, count: int, total: int, seg: int) -> None:
+        out = memoryview(self._send_buf)
+        try:
+            if count == 1:
+                self.sock.sendto(out[:total], link.addr)
+            elif self._gso:
+                per_call = MAX_UDP // seg
+                for start in range(0, count, per_call):
+                    chunk = out[start * seg : min(total, (start + per_call) * seg)]
+                    self.sock.sendmsg([chunk], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))], 0, link.addr)
+            else:
+                for start in range(0, total, seg):
+                    self.sock.sendto(out[start : min(total, start + seg)], link.addr)
+            self.counters["datagrams_out"] += count
+        except OSError as exc:
+            if self._gso and count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                log.warning("sleeve: UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
+                self._gso = False
+                self._send_packed(link, count, total, seg)
+                return
+            self.counters["send_error"] += 1
+
+    # peers -> TAP
+
+    def _from_udp(self) -> None:
+        buf = self._udp_buf
+        view = memoryview(buf)
+        anc_size = socket.CMSG_SPACE(4)
+        for _ in range(64):
+            try:
+                n, anc, _flags, addr = self.sock.recvmsg_into([buf], anc_size)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. an ICMP error queued on the socket: never stop receiving
+                self.counters["recv_error"] += 1
+                continue
+            link = self._by_addr.get(addr[0])
+            if link is None:
+                self.counters["unknown_sender"] += 1
+                continue
+            size = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+                    size = int.from_bytes(data[:4] if len(data) >= 4 else data[:2], "little") or n
+            for start in range(0, n, size):
+                self._datagram(link, view[start : min(n, start + size)])
+
+    def _datagram(self, link: Link, datagram: memoryview) -> None:
+        try:
+            seg = link.opener.open(datagram)
+        except SleeveDropped:
+            return
+        self.counters["datagrams_in"] += 1
+        if seg.dst != self.me_b:
+            self._relay(link, seg)
+        elif seg.kind is Kind.FRAME:
+            self._deliver(seg)
+        elif seg.kind is Kind.PROBE:
+            self._send_message(link, _U32.pack(len(datagram)), seg.src, Kind.PROBE_ACK, 0)
+        elif len(seg.data) == 4:  # PROBE_ACK
+            now = self.clock()
+            link.acked[_U32.unpack(seg.data)[0]] = now
+            link.last_ack = now
+
+    def _deliver(self, seg: Segment) -> None:
+        message = self._reasm.add(seg, self.clock())
+        if message is None:
+            return
+        if not seg.flags & FLAG_VNET:
+            message = bytes(VNET_HDR_SIZE) + message
+        if len(message) < VNET_HDR_SIZE + 14:
+            self.counters["runt"] += 1
+            return
+        src_mac = message[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12]
+        dst_mac = message[VNET_HDR_SIZE : VNET_HDR_SIZE + 6]
+        if src_mac in self._blocked or dst_mac in self._blocked:
+            self.counters["bridge_mac_dropped"] += 1
+            return
+        if not src_mac[0] & 1:
+            if len(self._macs) > 65536:
+                self._macs.clear()
+            self._macs[src_mac] = seg.src
+        try:
+            os.write(self.tap_fd, message)
+        except OSError:
+            self.counters["tap_write_error"] += 1
+            return
+        self.counters["frames_in"] += 1
+        self.counters["bytes_in"] += len(message) - VNET_HDR_SIZE
+
+    def _relay(self, came_from: Link, seg: Segment) -> None:
+        nxt = self._routes.get(seg.dst)
+        if nxt is None or nxt is came_from or seg.ttl <= 1:
+            self.counters["relay_dropped"] += 1
+            return
+        try:
+            self.sock.sendto(nxt.sealer.forward(seg), nxt.addr)
+        except OSError:
+            self.counters["send_error"] += 1
+            return
+        self.counters["relayed"] += 1
+
+    # probes
+
+    def _probe(self, now: float) -> None:
+        for name, link in self.links.items():
+            dst = name_bytes(name)
+            for size in link.sizes:
+                room = size - overhead(link.sealer.key is not None)
+                try:
+                    inner = INNER.pack(Kind.PROBE, 0, 1, self._next_id(), 0, MAX_TTL, 0, self.me_b, dst)
+                    datagram = link.sealer.seal(inner, bytes(room))
+                    self.sock.sendto(datagram, link.addr)
+                except OSError:  # EMSGSIZE: bigger than our own device's MTU
+                    continue
+            recent = [s for s, t in link.acked.items() if now - t < self.link_timeout]
+            best = max(recent, default=None)
+            if best is not None and best != link.verified:
+                link.verified = best
+                link.segment_size = best
+                if self.on_verified is not None:
+                    self.on_verified(name, best)
+
+    def _next_id(self) -> int:
+        self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
+        return self._msg_id
+
+
+def open_socket(port: int = PORT, address: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - all underlays
+    """The sleeve's UDP socket: non-blocking, DF on everything, GRO on when the kernel has it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            log.info("sleeve: no UDP GRO in this kernel: one datagram per receive")
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
