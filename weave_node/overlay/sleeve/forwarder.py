@@ -267,6 +267,9 @@ class Forwarder:
                 continue
             owner = None if dst_mac[0] & 1 else self._macs.get(dst_mac)
             targets = [owner] if owner is not None else self._sleeve
+            if not targets:
+                self.counters["frames_dropped_no_peer"] += 1
+                continue
             for dst in targets:
                 link = self._routes.get(dst)
                 if link is None:
