@@ -107,10 +107,17 @@ def test_blocked_vxlan_falls_back_to_sleeve_and_returns_with_a_transfer_running(
     print(f"fallback {fell_back:.1f} s, return {returned:.1f} s")  # noqa: T201
 
 
-def test_peers_cut_apart_are_relayed_through_a_third(three: tuple[Net, list[RouterProc], list[PodNs]]) -> None:
+@pytest.mark.parametrize("cut", ["all", "udp"])
+def test_peers_cut_apart_are_relayed_through_a_third(three: tuple[Net, list[RouterProc], list[PodNs]], cut: str) -> None:
+    """All traffic between h1 and h3 dropped (no mesh connection), or only UDP (the TCP connection stays, but
+    neither VXLAN nor the sleeve's datagrams pass): h1's pods reach h3's through h2."""
     net, (r1, r2, r3), (p1, _p2, p3) = three
-    _block(net, 1, 3)
-    poll(lambda: "h3" not in r1.established() and "h1" not in r3.established(), timeout=30, what="h1-h3 cut")
+    _block(net, 1, 3, *(["-p", "udp"] if cut == "udp" else []))
+    if cut == "all":
+        poll(lambda: "h3" not in r1.established() and "h1" not in r3.established(), timeout=30, what="h1-h3 cut")
+    else:
+        poll(lambda: not _peer(r1, "h3")["sleeve"]["link"]["up"], timeout=20, what="h1's sleeve link to h3 down")
+        assert "h3" in r1.established()
     poll(lambda: _mode(r1, "h3") == "sleeve" and _mode(r3, "h1") == "sleeve", timeout=20, what="h1<->h3 in sleeve")
     poll(lambda: (_peer(r1, "h3").get("sleeve") or {}).get("via") == "h2", timeout=20, what="h1 -> h3 via h2")
     relayed = _sleeve(r2)["counters"].get("relayed", 0)

@@ -166,3 +166,10 @@ def test_adopted_entries_are_dropped_once_adoption_ends() -> None:
     assert r.next_deadline() == 10.0
     r.kept(10.0)
     assert r.adopted_fdb == frozenset() and r.next_deadline() is None
+
+
+def test_a_peer_in_sleeve_mode_loses_its_flood_entry_but_keeps_its_bridge_entry() -> None:
+    infos = {B: PeerInfo(B, 1, "10.32.0.2", 12, bridge_mac(B), "198.19.0.2")}
+    fdb, neigh, bridges = peer_entries({A, B}, infos, {}, A, no_flood=frozenset({B}))
+    assert fdb == {Fdb(bridge_mac(B), "198.19.0.2")}  # heartbeats still probe the tunnel
+    assert neigh == {Neigh("10.32.0.2", bridge_mac(B))} and bridges == {B: "10.32.0.2"}
