@@ -89,7 +89,11 @@ def test_blocked_vxlan_falls_back_to_sleeve_and_returns_with_a_transfer_running(
     assert "6784" in reason, reason
     # Traffic really crosses the sleeve now, and the flood list no longer names h2 (no duplicate broadcasts).
     frames = _sleeve(r1)["counters"].get("frames_out", 0)
-    poll(lambda: _sleeve(r1)["counters"].get("frames_out", 0) > frames + 50, timeout=30, what="frames through h1's sleeve")
+    poll(
+        lambda: _sleeve(r1)["counters"].get("frames_out", 0) > frames + 50,
+        timeout=30,
+        what="frames through h1's sleeve",
+    )
     poll(lambda: r1.status()["datapath"]["fastdp"]["flood_entries"] == 1, timeout=10, what="one flood entry (h3)")
     assert _ping(p1, p2.ip)
     _block(net, 1, 2, "-p", "udp", "--dport", "6784", add=False)
@@ -108,7 +112,9 @@ def test_blocked_vxlan_falls_back_to_sleeve_and_returns_with_a_transfer_running(
 
 
 @pytest.mark.parametrize("cut", ["all", "udp"])
-def test_peers_cut_apart_are_relayed_through_a_third(three: tuple[Net, list[RouterProc], list[PodNs]], cut: str) -> None:
+def test_peers_cut_apart_are_relayed_through_a_third(
+    three: tuple[Net, list[RouterProc], list[PodNs]], cut: str
+) -> None:
     """All traffic between h1 and h3 dropped (no mesh connection), or only UDP (the TCP connection stays, but
     neither VXLAN nor the sleeve's datagrams pass): h1's pods reach h3's through h2."""
     net, (r1, r2, r3), (p1, _p2, p3) = three
