@@ -91,6 +91,7 @@ class RouterConfig:
     mtu: int | None = None  # WEAVE_MTU; None = underlay MTU minus the VXLAN overhead
     fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off
     sleeve: bool = True  # WEAVE_NO_SLEEVE turns the userspace fallback (and encrypted pod traffic) off
+    sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
     metrics_addr: str = "127.0.0.1:6782"  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
@@ -244,6 +245,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         mtu=mtu,
         fastdp=fastdp,
         sleeve=sleeve,
+        sleeve_aesgcm=_flag_off(pick("no_sleeve_aesgcm", "WEAVE_NO_SLEEVE_AESGCM")),
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),

@@ -20,13 +20,14 @@ from weave_node.ipam.allocator import Allocator, Key, parse_init
 from weave_node.ipam.errors import IpamError
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
-from weave_node.mesh.crypto import PasswordKey
+from weave_node.mesh.crypto import PasswordKey, SessionKeys
 from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
 from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
 from weave_node.overlay.service import OverlayConfig, OverlayService
+from weave_node.overlay.sleeve import codec
 
 log = logging.getLogger("weave_node")
 BRIDGE_CONTAINER_ID = "weave:bridge"  # the IPAM allocation of the bridge's own address (Weave's "weave:expose")
@@ -37,6 +38,9 @@ def setup_logging(level: str = "info") -> None:
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+SLEEVE_AESGCM = "sleeve-aes256gcm"  # mesh feature: this router's CPU can seal sleeve datagrams with AES-256-GCM
 
 
 def make_identity(config: RouterConfig) -> Identity:
@@ -111,7 +115,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             encrypt=config.password is not None,
         ),
         bridge_address,
-        link_keys=lambda name: router.established[name].conn.sleeve_keys if name in router.established else None,
+        link_keys=lambda name: _sleeve_keys(router, name),
         records=lambda: router.topology.records,
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
@@ -132,6 +136,16 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
     return overlay
 
 
+def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
+    """The sleeve keys of our connection to `name`, and the cipher both ends can do."""
+    pc = router.established.get(name)
+    keys = pc.conn.sleeve_keys if pc is not None else None
+    if pc is None or keys is None or pc.conn.remote is None:
+        return None
+    aes = SLEEVE_AESGCM in pc.conn.remote.features  # the intersection of both ends' features
+    return keys, codec.MODE_AESGCM if aes else codec.MODE_SECRETBOX
+
+
 async def run_router(config: RouterConfig) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -140,6 +154,7 @@ async def run_router(config: RouterConfig) -> int:
         password_key=PasswordKey.from_password(config.password) if config.password else None,
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
+        features=frozenset({SLEEVE_AESGCM}) if config.sleeve_aesgcm and codec.aesgcm_available() else frozenset(),
     )
     router = Router(config, identity, protocol_config)
     ipam = make_ipam(config, identity, router)

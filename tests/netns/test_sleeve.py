@@ -24,6 +24,7 @@ import pytest
 from tests.helpers import poll
 from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, start_mesh
 from tests.netns.pods import PodNs, finish, make_pod, remove_pods, tcp_transfer
+from weave_node.overlay.sleeve.codec import aesgcm_available
 
 pytestmark = pytest.mark.netns
 FALLBACK_BOUND = 10.0  # seconds from the block to sleeve mode (heartbeat timeout 4 s + evaluation)
@@ -155,13 +156,18 @@ def _udp_payloads(pcap: Path) -> list[bytes]:
     return out
 
 
-def test_encrypted_pod_traffic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("h2_aes", [True, False], ids=["aes-gcm", "h2-without-aes"])
+def test_encrypted_pod_traffic(tmp_path: Path, h2_aes: bool) -> None:
+    """With `h2-without-aes`, h2 does not offer AES-256-GCM: the link falls back to NaCl secretbox."""
     with netns_hosts(3, tmp_path) as net:
         good = _password_file(tmp_path / "good", "correct horse battery staple")
         bad = _password_file(tmp_path / "bad", "wrong horse")
         a1, a2 = net.hosts[0].address, net.hosts[1].address
         r1 = net.start_router(1, *FAST, "--password-file", str(good), a2, datapath=True)
-        r2 = net.start_router(2, *FAST, "--password-file", str(good), a1, datapath=True)
+        r2 = net.start_router(
+            2, *FAST, "--password-file", str(good), a1, datapath=True,
+            env={} if h2_aes else {"WEAVE_NO_SLEEVE_AESGCM": "1"},
+        )  # fmt: skip
         # Alone with its wrong password: it takes the whole range for itself (consensus among one).
         r3 = net.start_router(
             3, *FAST, "--password-file", str(bad), a1, a2, datapath=True, env={"IPALLOC_INIT": "consensus=1"}
@@ -169,6 +175,9 @@ def test_encrypted_pod_traffic(tmp_path: Path) -> None:
         poll(lambda: _mode(r1, "h2") == "sleeve" and _mode(r2, "h1") == "sleeve", timeout=30, what="sleeve h1<->h2")
         assert r1.status()["datapath"]["fastdp"] is None and _sleeve(r1)["encrypted"] is True
         assert r1.status()["datapath"]["mtu"] == 1500 - 104
+        want = "AES-256-GCM" if aesgcm_available() and h2_aes else "NaCl secretbox (XSalsa20-Poly1305)"
+        poll(lambda: (_peer(r1, "h2")["sleeve"]["link"] or {}).get("cipher") == want, timeout=10, what=want)
+        assert f"datagrams sealed with {want}" in r1.log_text()
         pods = [make_pod(r, f"e{i}") for i, r in enumerate((r1, r2, r3), 1)]
         try:
             p1, p2, p3 = pods

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from weave_node.overlay.sleeve.codec import (
     INNER,
     MAX_SEGMENTS,
+    MODE_AESGCM,
     OUTER,
     Kind,
     Opener,
@@ -20,6 +21,7 @@ from weave_node.overlay.sleeve.codec import (
     ReplayWindow,
     Sealer,
     SleeveDropped,
+    aesgcm_available,
     overhead,
 )
 
@@ -184,3 +186,21 @@ def test_header_sizes_are_what_the_mtu_arithmetic_assumes() -> None:
     assert (OUTER.size, INNER.size) == (12, 24)
     assert overhead(True) == 52 and overhead(False) == 36
     assert Kind.PROBE == 2
+
+
+@pytest.mark.skipif(not aesgcm_available(), reason="no AES-NI: AES-256-GCM is not offered")
+def test_aes_gcm_round_trips_and_refuses_forgeries_and_the_other_cipher() -> None:
+    message = os.urandom(5000)
+    datagrams = Sealer(KEY, mode=MODE_AESGCM).datagrams(message, msg_id=3, src=A, dst=B, segment_size=1400)
+    assert all(b"\x00" * 64 not in d for d in datagrams)
+    assert _deliver(datagrams, Opener(KEY, mode=MODE_AESGCM), Reassembler()) == [message]
+    # The clear header is additional data: moving a datagram to another seq breaks it.
+    moved = bytearray(datagrams[0])
+    moved[11] ^= 1
+    opener = Opener(KEY, mode=MODE_AESGCM)
+    with pytest.raises(SleeveDropped, match="forged"):
+        opener.open(bytes(moved))
+    with pytest.raises(SleeveDropped, match="mode"):
+        Opener(KEY).open(datagrams[0])  # a secretbox receiver refuses AES-GCM datagrams, and the reverse
+    with pytest.raises(SleeveDropped, match="mode"):
+        Opener(KEY, mode=MODE_AESGCM).open(Sealer(KEY).datagrams(b"x", msg_id=1, src=A, dst=B, segment_size=100)[0])

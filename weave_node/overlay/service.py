@@ -102,7 +102,7 @@ class OverlayService:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
-        link_keys: Callable[[int], SessionKeys | None] = lambda _name: None,
+        link_keys: Callable[[int], tuple[SessionKeys, int] | None] = lambda _name: None,
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
     ) -> None:
         self.me = me
@@ -473,10 +473,14 @@ class OverlayService:
         """What the forwarder should do now (pure apart from reading the forwarder's link states)."""
         links = {}
         for name, address in sorted(self.direct.items()):
-            keys = self.link_keys(name) if self.config.encrypt else None
-            if self.config.encrypt and keys is None:
+            if not self.config.encrypt:
+                links[name] = LinkSpec(name, address, None, max_datagram=self.underlay_mtu - 28)
+                continue
+            sealed = self.link_keys(name)
+            if sealed is None:
                 continue  # never send a clear datagram when a password is set
-            links[name] = LinkSpec(name, address, keys, max_datagram=self.underlay_mtu - 28)
+            keys, cipher = sealed
+            links[name] = LinkSpec(name, address, keys, max_datagram=self.underlay_mtu - 28, cipher=cipher)
         states, _, _ = forwarder.snapshot()
         usable = {n for n, st in states.items() if st.up and n in links}
         routes = sleeve_routes(self.records(), self.me, usable)
@@ -491,6 +495,15 @@ class OverlayService:
         config = self.sleeve_config(self.forwarder)
         if config == self._sleeve_pushed:
             return
+        old_links = self._sleeve_pushed.links if self._sleeve_pushed else {}
+        for name, spec in config.links.items():
+            if spec.keys is not None and (name not in old_links or old_links[name].cipher != spec.cipher):
+                log.info(
+                    "sleeve: peer %s(%s): datagrams sealed with %s, keys from this mesh connection",
+                    format_name(name),
+                    self.nicknames.get(name, "?"),
+                    sleeve_codec.CIPHERS[spec.cipher],
+                )
         for dst in sorted(config.sleeve):
             hop = config.routes.get(dst)
             if hop is not None and self._routes_logged.get(dst) != hop:
@@ -555,7 +568,12 @@ class OverlayService:
                     else ("direct" if hop == name else self.nicknames.get(hop, format_name(hop))),
                     "link": None
                     if link is None
-                    else {"up": link.up, "verified_mtu": link.verified, "last_ack_ago": link.last_ack_ago},
+                    else {
+                        "up": link.up,
+                        "verified_mtu": link.verified,
+                        "last_ack_ago": link.last_ack_ago,
+                        "cipher": link.cipher,
+                    },
                 }
             if mode == Mode.SLEEVE.value and hop is None:
                 reason += "; no sleeve route yet"

@@ -2,13 +2,15 @@
 
 One datagram carries one segment of one message (a frame, or a TSO super-frame with its virtio-net header):
 
-    outer (12 B, clear):  version u8 | mode u8 (0 plain, 1 secretbox) | reserved u16 | seq u64
-    body:                 plain: inner | data          secretbox: MAC (16 B) + encrypt(inner | data)
+    outer (12 B, clear):  version u8 | mode u8 (0 plain, 1 secretbox, 2 AES-256-GCM) | reserved u16 | seq u64
+    body:                 plain: inner | data          sealed: tag (16 B) + encrypt(inner | data)
     inner (24 B):         kind u8 | flags u8 | count u16 | msg_id u32 | index u16 | ttl u8 | reserved u8 |
                           src peer (6 B) | dst peer (6 B)
 
 - `seq` counts datagrams per sending key (one key per mesh connection and direction, so a nonce never repeats:
-  nonce = 16 zero bytes + seq). Everything a receiver acts on (kind, flags, reassembly fields, peers) is inside
+  nonce = zero bytes + seq). Ciphers: NaCl secretbox, or AES-256-GCM (with the clear header as additional
+  data) when both routers' CPUs have AES-NI (negotiated as a mesh feature): 2.6x faster per datagram here.
+  Everything a receiver acts on (kind, flags, reassembly fields, peers) is inside
   the sealed part; only the version, mode and seq are clear, and seq is bound to the ciphertext by the nonce.
 - A receiver drops (and counts) a datagram that is short, of another version, of the wrong mode (a clear
   datagram when a password is set, or the reverse), replayed or older than the window, forged (MAC), or whose
@@ -23,19 +25,64 @@ import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
-from nacl._sodium import ffi, lib  # type: ignore[import-not-found]  # cffi module, no stubs
+import nacl.bindings  # noqa: F401 - its import runs sodium_init(): CPU-specific (fast) crypto implementations
+from nacl._sodium import ffi as ffi  # type: ignore[import-not-found]  # noqa: PLC0414 - re-exported (cffi, no stubs)
+from nacl._sodium import lib
 
 VERSION = 1
 OUTER = struct.Struct("!BBHQ")
 INNER = struct.Struct("!BBHIHBB6s6s")
+HEADERS = struct.Struct("!BBHQBBHIHBB6s6s")  # OUTER + INNER of a plain datagram, unpacked in one call
+_ZERO16 = bytes(16)
+_ZERO4 = bytes(4)
 MAC_SIZE = 16
 KEY_SIZE = 32
 VNET_HDR_SIZE = 10
 MAX_SEGMENTS = 160  # a 64 KiB super-frame at a 548-byte path MTU
 MAX_MESSAGE = 65536 + VNET_HDR_SIZE
 MAX_TTL = 8
-MODE_PLAIN, MODE_SECRETBOX = 0, 1
+MODE_PLAIN, MODE_SECRETBOX, MODE_AESGCM = 0, 1, 2
+CIPHERS = {MODE_SECRETBOX: "NaCl secretbox (XSalsa20-Poly1305)", MODE_AESGCM: "AES-256-GCM"}
+
+
+def aesgcm_available() -> bool:
+    """libsodium's AES-256-GCM needs the CPU's AES-NI and CLMUL instructions."""
+    return bool(lib.crypto_aead_aes256gcm_is_available())
+
+
+BODY_AT = {MODE_PLAIN: OUTER.size, MODE_SECRETBOX: OUTER.size + MAC_SIZE, MODE_AESGCM: OUTER.size}
+"""Where the inner header starts: secretbox puts its tag in front of the ciphertext, AES-GCM after it."""
+TAIL = {MODE_PLAIN: 0, MODE_SECRETBOX: 0, MODE_AESGCM: MAC_SIZE}
+
+
+def _seal_at(  # noqa: PLR0917 - hot path
+    mode: int, buf: object, offset: int, length: int, seq: int, key: object
+) -> None:
+    """Seal in place the datagram at buf[offset:offset + length] (clear header written, inner header and data
+    at offset + BODY_AT[mode], room for the tag)."""
+    b: Any = buf
+    if mode == MODE_SECRETBOX:  # secretbox_easy writes tag + ciphertext from c, reading m: overlap allowed
+        lib.crypto_secretbox_easy(b + offset + OUTER.size, b + offset + OUTER.size + MAC_SIZE,
+                                  length - OUTER.size - MAC_SIZE, _ZERO16 + seq.to_bytes(8, "big"), key)  # fmt: skip
+    else:  # AES-GCM in place (c == m), tag appended; the clear header is additional data (authenticated too)
+        body = b + offset + OUTER.size
+        lib.crypto_aead_aes256gcm_encrypt(body, ffi.NULL, body, length - OUTER.size - MAC_SIZE, b + offset,
+                                          OUTER.size, ffi.NULL, _ZERO4 + seq.to_bytes(8, "big"), key)  # fmt: skip
+
+
+def _open_at(  # noqa: PLR0917 - hot path
+    mode: int, buf: object, offset: int, length: int, seq: int, key: object
+) -> bool:
+    b: Any = buf
+    if mode == MODE_SECRETBOX:
+        nonce = _ZERO16 + seq.to_bytes(8, "big")
+        c = b + offset + OUTER.size
+        return bool(lib.crypto_secretbox_open_easy(c + MAC_SIZE, c, length - OUTER.size, nonce, key) == 0)
+    body = b + offset + OUTER.size
+    return bool(lib.crypto_aead_aes256gcm_decrypt(body, ffi.NULL, ffi.NULL, body, length - OUTER.size, b + offset,
+                                                  OUTER.size, _ZERO4 + seq.to_bytes(8, "big"), key) == 0)  # fmt: skip
 
 
 class Kind(IntEnum):
@@ -44,6 +91,7 @@ class Kind(IntEnum):
     PROBE_ACK = 3  # data: the probe's size (u32) and its msg_id echoed in msg_id
 
 
+_KINDS = {k.value: k for k in Kind}
 FLAG_VNET = 0x01  # the message starts with a 10-byte virtio_net_hdr
 
 
@@ -70,7 +118,7 @@ class Segment:
     ttl: int
     src: bytes
     dst: bytes
-    data: bytes
+    data: bytes | memoryview  # a view into the datagram's buffer: no copy (keep the buffer, don't reuse it)
     seq: int
 
 
@@ -81,6 +129,7 @@ class ReplayWindow:
         self.size = size
         self.highest = -1
         self._bits = 0
+        self._mask = (1 << size) - 1
 
     def check(self, seq: int) -> None:
         if seq > self.highest:
@@ -94,7 +143,9 @@ class ReplayWindow:
         """Mark seq seen; call only after the datagram authenticated."""
         if seq > self.highest:
             shift = seq - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            bits = (self._bits << shift) | 1 if shift < self.size else 1
+            # Trim lazily (bits beyond the window are never read): one mask per `size` datagrams, not per one.
+            self._bits = bits & self._mask if bits.bit_length() > 2 * self.size else bits
             self.highest = seq
         else:
             self._bits |= 1 << (self.highest - seq)
@@ -108,12 +159,14 @@ class Sealer:
     (libsodium's secretbox_easy through PyNaCl's cffi binding): one copy of the data per datagram, no more.
     """
 
-    def __init__(self, key: bytes | None, *, seq: int = 0) -> None:
+    def __init__(self, key: bytes | None, *, seq: int = 0, mode: int = MODE_SECRETBOX) -> None:
         if key is not None and len(key) != KEY_SIZE:
             raise ValueError("a sleeve key is 32 bytes")
+        if mode not in CIPHERS:
+            raise ValueError(f"unknown cipher mode {mode}")
         self.key = key
         self.seq = seq
-        self._nonce = bytearray(24)
+        self.mode = MODE_PLAIN if key is None else mode
         self._key_c = None if key is None else ffi.from_buffer(key)
 
     def seal(self, inner: bytes, data: bytes | memoryview) -> bytes:
@@ -130,15 +183,13 @@ class Sealer:
             out[offset + OUTER.size : offset + OUTER.size + INNER.size] = inner
             out[offset + OUTER.size + INNER.size : end] = data
             return end - offset
-        body = offset + OUTER.size + MAC_SIZE
+        body = offset + BODY_AT[self.mode]
         end = body + INNER.size + len(data)
-        OUTER.pack_into(out, offset, VERSION, MODE_SECRETBOX, 0, seq)
+        OUTER.pack_into(out, offset, VERSION, self.mode, 0, seq)
         out[body : body + INNER.size] = inner
         out[body + INNER.size : end] = data
-        self._nonce[16:] = seq.to_bytes(8, "big")
-        buf = ffi.from_buffer(out)
-        # In place: the tag goes in front of the message (libsodium allows the overlap).
-        lib.crypto_secretbox_easy(buf + offset + OUTER.size, buf + body, end - body, bytes(self._nonce), self._key_c)
+        end += TAIL[self.mode]
+        _seal_at(self.mode, ffi.from_buffer(out), offset, end - offset, seq, self._key_c)
         return end - offset
 
     def pack(
@@ -203,12 +254,24 @@ class Opener:
     """The receiving side of one direction of one peer connection. key=None: plain datagrams only.
     A sealed datagram given as a writable buffer is decrypted in place."""
 
-    def __init__(self, key: bytes | None, *, window: int = 4096) -> None:
+    def __init__(self, key: bytes | None, *, window: int = 4096, mode: int = MODE_SECRETBOX) -> None:
+        if mode not in CIPHERS:
+            raise ValueError(f"unknown cipher mode {mode}")
         self.key = key
+        self.mode = MODE_PLAIN if key is None else mode
         self.window = ReplayWindow(window)
         self.drops: Counter[str] = Counter()
-        self._nonce = bytearray(24)
         self._key_c = None if key is None else ffi.from_buffer(key)
+
+    def unseal_at(self, cbuf: object, offset: int, length: int, seq: int) -> bool:
+        """Decrypt in place the sealed datagram at cbuf[offset:offset + length] (cbuf: ffi.from_buffer of a
+        writable buffer); the inner header and data are then at offset + BODY_AT[mode], TAIL[mode] before the
+        end. The caller
+        checks the window first and accepts seq only if this returns True. A forged one is counted."""
+        ok = _open_at(self.mode, cbuf, offset, length, seq, self._key_c)
+        if not ok:
+            self.drops["forged"] += 1
+        return ok
 
     def open(self, datagram: bytes | bytearray | memoryview) -> Segment:
         try:
@@ -225,7 +288,7 @@ class Opener:
             raise SleeveDropped("version")
         if reserved:  # the clear header is not authenticated: nothing in it may be ignored
             raise SleeveDropped("malformed")
-        if mode != (MODE_PLAIN if self.key is None else MODE_SECRETBOX):
+        if mode != self.mode:
             raise SleeveDropped("mode")
         self.window.check(seq)
         if self.key is None:
@@ -235,26 +298,21 @@ class Opener:
                 raise SleeveDropped("short")
             if view.readonly:
                 view = memoryview(bytearray(view))
-            self._nonce[16:] = seq.to_bytes(8, "big")
-            buf = ffi.from_buffer(view)
-            clen = len(view) - OUTER.size
-            if lib.crypto_secretbox_open_easy(
-                buf + OUTER.size + MAC_SIZE, buf + OUTER.size, clen, bytes(self._nonce), self._key_c
-            ):
+            if not _open_at(self.mode, ffi.from_buffer(view), 0, len(view), seq, self._key_c):
                 raise SleeveDropped("forged")
-            body = view[OUTER.size + MAC_SIZE :]
+            body = view[BODY_AT[self.mode] : len(view) - TAIL[self.mode]]
         kind, flags, count, msg_id, index, ttl, _r, src, dst = INNER.unpack_from(body)
-        if kind not in (1, 2, 3) or not 1 <= count <= MAX_SEGMENTS or index >= count or ttl > MAX_TTL:
+        if kind not in _KINDS or not 1 <= count <= MAX_SEGMENTS or index >= count or ttl > MAX_TTL:
             raise SleeveDropped("malformed")
         self.window.accept(seq)
-        return Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, bytes(body[INNER.size :]), seq)
+        return Segment(_KINDS[kind], flags, msg_id, index, count, ttl, src, dst, body[INNER.size :], seq)
 
 
 @dataclass
 class _Partial:
     count: int
     first_seen: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, bytes | memoryview] = field(default_factory=dict)
     size: int = 0
 
 
@@ -268,8 +326,13 @@ class Reassembler:
         self.drops: Counter[str] = Counter()
 
     def add(self, seg: Segment, now: float) -> bytes | None:
+        parts = self.add_parts(seg, now)
+        return None if parts is None else b"".join(parts)
+
+    def add_parts(self, seg: Segment, now: float) -> list[bytes | memoryview] | None:
+        """The whole message as its segments' data in order (for writev: no copy), once the last one is in."""
         if seg.count == 1:
-            return seg.data
+            return [seg.data]
         key = (seg.src, seg.msg_id)
         partial = self._partial.get(key)
         if partial is None:
@@ -280,16 +343,18 @@ class Reassembler:
         if seg.index in partial.parts:
             self.drops["duplicate"] += 1
             return None
-        if partial.size + len(seg.data) > MAX_MESSAGE:
+        size = len(seg.data)
+        if partial.size + size > MAX_MESSAGE:
             self._forget(key, "oversize")
             return None
         partial.parts[seg.index] = seg.data
-        partial.size += len(seg.data)
-        self._bytes += len(seg.data)
+        partial.size += size
+        self._bytes += size
         if len(partial.parts) == partial.count:
             del self._partial[key]
             self._bytes -= partial.size
-            return b"".join(partial.parts[i] for i in range(partial.count))
+            parts = partial.parts
+            return [parts[i] for i in range(partial.count)]
         while len(self._partial) > self.max_messages or self._bytes > self.max_bytes:
             self._forget(next(iter(self._partial)), "overflow")
         return None

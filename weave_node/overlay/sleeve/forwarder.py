@@ -33,9 +33,19 @@ from dataclasses import dataclass, field
 
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.sleeve.codec import (
+    BODY_AT,
+    CIPHERS,
     FLAG_VNET,
+    HEADERS,
     INNER,
+    MAC_SIZE,
+    MAX_SEGMENTS,
     MAX_TTL,
+    MODE_PLAIN,
+    MODE_SECRETBOX,
+    OUTER,
+    TAIL,
+    VERSION,
     VNET_HDR_SIZE,
     Kind,
     Opener,
@@ -43,6 +53,7 @@ from weave_node.overlay.sleeve.codec import (
     Sealer,
     Segment,
     SleeveDropped,
+    ffi,
     overhead,
     packed_size,
 )
@@ -72,9 +83,10 @@ class LinkSpec:
     address: str
     keys: SessionKeys | None = None  # None: no password, plain datagrams
     max_datagram: int = 1472  # from the underlay route's MTU
+    cipher: int = MODE_SECRETBOX  # or MODE_AESGCM when both ends have it (a mesh feature)
 
     def same_session(self, other: LinkSpec) -> bool:
-        return self.address == other.address and self.keys == other.keys
+        return self.address == other.address and self.keys == other.keys and self.cipher == other.cipher
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,8 @@ class Link:
         self.addr = (spec.address, PORT)
         send, receive = (spec.keys.send, spec.keys.receive) if spec.keys else (None, None)
         # Plain: the sequence starts at the wall clock, so a restarted router is not taken for a replay.
-        self.sealer = Sealer(send, seq=0 if send else wall_ns)
-        self.opener = Opener(receive)
+        self.sealer = Sealer(send, seq=0 if send else wall_ns, mode=spec.cipher)
+        self.opener = Opener(receive, mode=spec.cipher)
         self.sizes = tuple(s for s in PROBE_SIZES if s <= spec.max_datagram) or (PROBE_SIZES[-1],)
         self.acked: dict[int, float] = {}
         self.segment_size = min(1472, self.sizes[0])  # until a probe says otherwise
@@ -110,6 +122,7 @@ class LinkStatus:
     segment_size: int
     verified: int | None
     last_ack_ago: float | None
+    cipher: str
 
 
 class Forwarder:
@@ -148,9 +161,9 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._gso = True
         self._tap_buf = bytearray(VNET_HDR_SIZE + 65536 + 64)
-        self._udp_buf = bytearray(1 << 16)
         self._send_buf = bytearray(packed_size(len(self._tap_buf), 548))
         self._next_probe = 0.0
+        self._run: tuple[bytes, int, int, int, list[bytes | memoryview]] | None = None
         self._retired: Counter[str] = Counter()  # drops of links that were replaced
 
     # --- control (any thread) ----------------------------------------------------------------------------
@@ -183,6 +196,7 @@ class Forwarder:
                     link.segment_size,
                     link.verified,
                     round(now - link.last_ack, 1) if link.last_ack is not None else None,
+                    CIPHERS.get(link.sealer.mode, "none (no password)"),
                 )
                 for name, link in list(self.links.items())
             }
@@ -313,10 +327,11 @@ class Forwarder:
     # peers -> TAP
 
     def _from_udp(self) -> None:
-        buf = self._udp_buf
-        view = memoryview(buf)
         anc_size = socket.CMSG_SPACE(4)
         for _ in range(64):
+            # A fresh buffer per receive: segments are views into it until their message is written (no copies).
+            buf = bytearray(65536)
+            view = memoryview(buf)
             try:
                 n, anc, _flags, addr = self.sock.recvmsg_into([buf], anc_size)
             except BlockingIOError:
@@ -332,51 +347,145 @@ class Forwarder:
             for level, kind, data in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                     size = int.from_bytes(data[:4] if len(data) >= 4 else data[:2], "little") or n
-            for start in range(0, n, size):
-                self._datagram(link, view[start : min(n, start + size)])
+            if link.sealer.key is None:
+                self._batch_plain(link, view, n, size)
+            else:
+                self._batch_sealed(link, buf, view, n, size)
+
+    # The fast paths: the common case (frames for us, in order, new sequence numbers) without per-datagram
+    # objects, method calls or copies; anything else goes through `_datagram` (the general, counted path).
+
+    def _batch_plain(self, link: Link, view: memoryview, n: int, size: int) -> None:
+        unpack = HEADERS.unpack_from
+        window = link.opener.window
+        me = self.me_b
+        for off in range(0, n, size):
+            end = min(n, off + size)
+            if end - off < HEADERS.size:
+                self._datagram(link, view[off:end])
+                continue
+            ver, mode, res, seq, kind, flags, count, msg_id, index, ttl, _r, src, dst = unpack(view, off)
+            if (
+                ver != VERSION or mode != MODE_PLAIN or res or kind != 1 or dst != me or seq <= window.highest
+                or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL
+            ):  # fmt: skip
+                self._datagram(link, view[off:end])
+                continue
+            window.accept(seq)
+            self._run_add(src, msg_id, index, count, flags, view[off + HEADERS.size : end])
+
+    def _batch_sealed(self, link: Link, buf: bytearray, view: memoryview, n: int, size: int) -> None:
+        cbuf = ffi.from_buffer(buf)
+        outer = OUTER.unpack_from
+        inner = INNER.unpack_from
+        opener = link.opener
+        window = opener.window
+        me = self.me_b
+        body, tail = BODY_AT[opener.mode], TAIL[opener.mode]
+        for off in range(0, n, size):
+            end = min(n, off + size)
+            if end - off < OUTER.size + MAC_SIZE + INNER.size:
+                self._datagram(link, view[off:end])
+                continue
+            ver, mode, res, seq = outer(view, off)
+            if ver != VERSION or mode != opener.mode or res or seq <= window.highest:
+                self._datagram(link, view[off:end])
+                continue
+            if not opener.unseal_at(cbuf, off, end - off, seq):
+                continue
+            kind, flags, count, msg_id, index, ttl, _r, src, dst = inner(view, off + body)
+            if kind not in (1, 2, 3) or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL:
+                opener.drops["malformed"] += 1
+                continue
+            window.accept(seq)
+            data = view[off + body + INNER.size : end - tail]
+            if kind == 1 and dst == me:
+                self._run_add(src, msg_id, index, count, flags, data)
+            else:  # probes, acks, relaying: already opened, so straight to the general handling
+                seg = Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq)
+                self._segment(link, seg, end - off)
+
+    def _run_add(  # noqa: PLR0917 - the hot path: no tuple to build per datagram
+        self, src: bytes, msg_id: int, index: int, count: int, flags: int, data: memoryview
+    ) -> None:
+        """Messages whose segments arrive in order are collected here (views, no copies) and written whole."""
+        run = self._run
+        if index == 0:
+            if run is not None:
+                self._run_to_reassembler()
+            if count == 1:
+                self._write(src, flags, [data])
+                return
+            self._run = (src, msg_id, count, flags, [data])
+            return
+        if run is not None and run[1] == msg_id and run[0] == src and len(run[4]) == index and run[2] == count:
+            run[4].append(data)
+            if index == count - 1:
+                self._run = None
+                self._write(src, flags, run[4])
+            return
+        if run is not None:
+            self._run_to_reassembler()
+        self._deliver(Segment(Kind.FRAME, flags, msg_id, index, count, MAX_TTL, src, self.me_b, data, 0))
+
+    def _run_to_reassembler(self) -> None:
+        run, self._run = self._run, None
+        if run is None:
+            return
+        src, msg_id, count, flags, parts = run
+        for i, part in enumerate(parts):
+            self._deliver(Segment(Kind.FRAME, flags, msg_id, i, count, MAX_TTL, src, self.me_b, part, 0))
 
     def _datagram(self, link: Link, datagram: memoryview) -> None:
         try:
             seg = link.opener.open(datagram)
         except SleeveDropped:
             return
-        self.counters["datagrams_in"] += 1
+        self._segment(link, seg, len(datagram))
+
+    def _segment(self, link: Link, seg: Segment, size: int) -> None:
         if seg.dst != self.me_b:
             self._relay(link, seg)
-        elif seg.kind is Kind.FRAME:
+        elif seg.kind == Kind.FRAME:
             self._deliver(seg)
-        elif seg.kind is Kind.PROBE:
-            self._send_message(link, _U32.pack(len(datagram)), seg.src, Kind.PROBE_ACK, 0)
+        elif seg.kind == Kind.PROBE:
+            self._send_message(link, _U32.pack(size), seg.src, Kind.PROBE_ACK, 0)
         elif len(seg.data) == 4:  # PROBE_ACK
             now = self.clock()
             link.acked[_U32.unpack(seg.data)[0]] = now
             link.last_ack = now
 
     def _deliver(self, seg: Segment) -> None:
-        message = self._reasm.add(seg, self.clock())
-        if message is None:
-            return
-        if not seg.flags & FLAG_VNET:
-            message = bytes(VNET_HDR_SIZE) + message
-        if len(message) < VNET_HDR_SIZE + 14:
-            self.counters["runt"] += 1
-            return
-        src_mac = message[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12]
-        dst_mac = message[VNET_HDR_SIZE : VNET_HDR_SIZE + 6]
+        parts = self._reasm.add_parts(seg, self.clock())
+        if parts is not None:
+            self._write(seg.src, seg.flags, parts)
+
+    def _write(self, src: bytes, flags: int, parts: list[bytes | memoryview]) -> None:
+        if not flags & FLAG_VNET:
+            parts.insert(0, bytes(VNET_HDR_SIZE))
+        head = parts[0]
+        if len(head) < VNET_HDR_SIZE + 14:
+            head = parts[0] = b"".join(parts)
+            del parts[1:]
+            if len(head) < VNET_HDR_SIZE + 14:
+                self.counters["runt"] += 1
+                return
+        dst_mac = bytes(head[VNET_HDR_SIZE : VNET_HDR_SIZE + 6])
+        src_mac = bytes(head[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12])
         if src_mac in self._blocked or dst_mac in self._blocked:
             self.counters["bridge_mac_dropped"] += 1
             return
         if not src_mac[0] & 1:
             if len(self._macs) > 65536:
                 self._macs.clear()
-            self._macs[src_mac] = seg.src
+            self._macs[src_mac] = src
         try:
-            os.write(self.tap_fd, message)
+            n = os.writev(self.tap_fd, parts)
         except OSError:
             self.counters["tap_write_error"] += 1
             return
         self.counters["frames_in"] += 1
-        self.counters["bytes_in"] += len(message) - VNET_HDR_SIZE
+        self.counters["bytes_in"] += n - VNET_HDR_SIZE
 
     def _relay(self, came_from: Link, seg: Segment) -> None:
         nxt = self._routes.get(seg.dst)
