@@ -17,7 +17,7 @@ import jinja2
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import Directory, File, Sha1File
+from pyinfra.facts.files import Directory, File, Link, Sha1File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
@@ -250,7 +250,10 @@ def remove(remove_state: bool = False) -> None:
     for path in (f"{bin_dir}/weave-net", f"{conf_dir}/10-weave.conflist", "/etc/modules-load.d/weave-node.conf"):
         files.file(name=f"Remove {path}", path=path, present=False)
     for name in ("loopback", "portmap", "bandwidth"):
-        files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
+        # Only the link the rollout made: a plugin binary there (or a link elsewhere) is someone else's and stays.
+        link = host.get_fact(Link, path=f"{bin_dir}/{name}")
+        if link and link.get("link_target") == f"/usr/lib/cni/{name}":
+            files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
     files.directory(name="Remove the installation", path=prefix, present=False)
     files.directory(name="Remove the configuration (and the password)", path="/etc/weave-node", present=False)
     if remove_state:
