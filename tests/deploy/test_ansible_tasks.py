@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import RunTasks, role_tasks
+from tests.helpers import REPO
 
 
 def _script(path: Path, body: str) -> Path:
@@ -70,3 +71,123 @@ def test_removal_takes_only_our_links_to_debians_plugins_never_a_plugin_binary(
     assert os.readlink(bin_dir / "bandwidth") == "/opt/other-cni/bandwidth"
     again = run_tasks(tasks, play_vars={"weave": _weave(tmp_path)})
     assert not any(r["res"].get("changed") for r in again), again
+
+
+def _wheelhouse(tmp_path: Path) -> Path:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "weave_node-0.1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    (wheels / "SHA256SUMS").write_text("")
+    return wheels
+
+
+SETTINGS = {"name": "Settings", "weave_node_settings": {}}
+
+
+def test_settings_are_templated_for_this_host_as_for_the_others(run_tasks: RunTasks, tmp_path: Path) -> None:
+    hosts = {
+        "node1": {"ansible_host": "198.18.0.1", "weave_address": "{{ ansible_host }}"},
+        "node2": {"ansible_host": "198.18.0.2", "weave_address": "{{ ansible_host }}", "weave_mtu": "{{ 1400 }}"},
+    }
+    results = run_tasks(
+        [SETTINGS],
+        host_vars=hosts,
+        play_vars={"weave_conn_limit": "{{ 5 * 2 }}"},
+        extravars={"weave_wheelhouse": str(_wheelhouse(tmp_path))},
+    )
+    by_host = {r["host"]: r for r in results}
+    assert {r["event"] for r in results} == {"runner_on_ok"}, results
+    node1 = by_host["node1"]["res"]["ansible_facts"]["weave"]
+    node2 = by_host["node2"]["res"]["ansible_facts"]["weave"]
+    assert (node1["weave_address"], node1["weave_peers"]) == ("198.18.0.1", ["198.18.0.2"])
+    assert (node2["weave_address"], node2["weave_peers"], node2["weave_mtu"]) == ("198.18.0.2", ["198.18.0.1"], 1400)
+    assert node1["weave_conn_limit"] == node2["weave_conn_limit"] == 10
+
+
+def test_removal_settings_are_templated_too(run_tasks: RunTasks, tmp_path: Path) -> None:
+    (result,) = run_tasks(
+        [{"name": "Settings", "weave_node_settings": {"validate": False}}],
+        host_vars={"node1": {"prefix_var": str(tmp_path), "weave_prefix": "{{ prefix_var }}/opt"}},
+        extravars={"weave_remove_state": "true"},
+    )
+    weave = result["res"]["ansible_facts"]["weave"]
+    assert (weave["weave_prefix"], weave["weave_remove_state"]) == (f"{tmp_path}/opt", True)
+
+
+def test_the_playbooks_target_hosts_variable_is_not_taken_for_a_setting(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """site.yml/remove.yml: `hosts: "{{ target_hosts | default('all') }}"`; a weave_* name would be validated as
+    a setting (and refused as an unknown one)."""
+    import yaml
+
+    for playbook in ("site.yml", "remove.yml"):
+        (play,) = yaml.safe_load((REPO / "deploys/ansible" / playbook).read_text())
+        assert play["hosts"] == "{{ target_hosts | default('all') }}", playbook
+    hosts = {"node1": {"weave_address": "198.18.0.1"}, "node2": {"weave_address": "198.18.0.2"}}
+    results = run_tasks(
+        [SETTINGS],
+        host_vars=hosts,
+        extravars={"target_hosts": "node2", "weave_wheelhouse": str(_wheelhouse(tmp_path))},
+        play={"hosts": "{{ target_hosts | default('all') }}"},
+    )
+    assert [(r["host"], r["event"]) for r in results] == [("node2", "runner_on_ok")], results
+
+
+def test_an_unknown_setting_still_fails_naming_host_and_setting(run_tasks: RunTasks, tmp_path: Path) -> None:
+    hosts = {"node1": {"weave_address": "198.18.0.1", "weave_colour": "blue"}}
+    (result,) = run_tasks([SETTINGS], host_vars=hosts, extravars={"weave_wheelhouse": str(_wheelhouse(tmp_path))})
+    assert result["event"] == "runner_on_failed"
+    assert "node1: unknown setting(s) weave_colour" in result["res"]["msg"], result
+
+
+def _settings_plugin() -> Any:
+    import importlib.util
+
+    path = REPO / "deploys/ansible/roles/weave_node/action_plugins/weave_node_settings.py"
+    spec = importlib.util.spec_from_file_location("weave_node_settings_plugin", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_role_asks_for_the_ansible_core_it_was_tested_with() -> None:
+    """2.19 keeps a single expression's type (`mtu: "{{ weave.weave_mtu }}"` stays None): one minimum, stated in
+    the rollout extra, the role's meta and checked by its first task."""
+    import tomllib
+
+    import yaml
+    from ansible.release import __version__
+
+    plugin = _settings_plugin()
+    need = ".".join(map(str, plugin.MIN_ANSIBLE))
+    assert need == "2.19"
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["rollout"]
+    assert f"ansible-core>={need}" in extra
+    meta = yaml.safe_load((REPO / "deploys/ansible/roles/weave_node/meta/main.yml").read_text())
+    assert meta["galaxy_info"]["min_ansible_version"] == need
+    assert plugin.ansible_too_old(__version__) is None
+    assert plugin.ansible_too_old("2.20.0rc1") is None
+    assert "needs ansible-core >= 2.19 (this is 2.16.14)" in plugin.ansible_too_old("2.16.14")
+
+
+def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """The env file from config.yml's template task, rendered by this ansible-core into a temporary file."""
+    (task,) = role_tasks("config.yml", "Router settings")
+    task["ansible.builtin.template"]["dest"] = str(tmp_path / "weave-node.env")
+    task.pop("register")
+    weave = {
+        **_weave(tmp_path),
+        "repo": str(REPO),
+        "weave_peers": ["198.18.0.2"],
+        "weave_ipalloc_range": "10.32.0.0/12",
+        "weave_ipalloc_init": "",
+        "weave_conn_limit": 100,
+        "weave_mtu": None,
+        "weave_password_file": None,
+        "weave_metrics_addr": "127.0.0.1:6782",
+    }
+    (result,) = run_tasks([task], play_vars={"weave": weave})
+    assert result["event"] == "runner_on_ok", result
+    env = (tmp_path / "weave-node.env").read_text()
+    assert "WEAVE_PEERS=198.18.0.2" in env and "CONN_LIMIT=100" in env
+    assert "WEAVE_MTU" not in env and "None" not in env, env
