@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import RunTasks, role_tasks
+from tests.deploy.conftest import ROLE, RunTasks, role_tasks
 from tests.helpers import REPO
+
+ROLE_TASKS = ROLE / "tasks"
 
 
 def _script(path: Path, body: str) -> Path:
@@ -191,3 +193,53 @@ def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -
     env = (tmp_path / "weave-node.env").read_text()
     assert "WEAVE_PEERS=198.18.0.2" in env and "CONN_LIMIT=100" in env
     assert "WEAVE_MTU" not in env and "None" not in env, env
+
+
+def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:
+    """prerequisites.yml's module task, with /proc/modules (absent on a kernel without loadable modules, like
+    this machine's) and modprobe faked under tmp_path."""
+    (task,) = role_tasks("prerequisites.yml", "Kernel modules (loaded only when neither loaded nor built in)")
+    proc_modules = tmp_path / "proc-modules"
+    proc_modules.write_text("")
+    task["ansible.builtin.shell"] = task["ansible.builtin.shell"].replace("/proc/modules", str(proc_modules))
+    _script(tmp_path / "fakebin/modprobe", modprobe)
+    task["environment"] = {"PATH": f"{tmp_path / 'fakebin'}:/usr/bin:/bin"}
+    return task
+
+
+def _modules(tmp_path: Path) -> list[list[str]]:
+    (tmp_path / "loaded-br").mkdir()
+    return [["vxlan", str(tmp_path / "no-vxlan")], ["br_netfilter", str(tmp_path / "loaded-br")]]
+
+
+def test_a_module_that_cannot_be_loaded_fails_the_task(run_tasks: RunTasks, tmp_path: Path) -> None:
+    task = _modules_task(tmp_path, 'echo "modprobe: FATAL: Module $1 not found in directory /lib/modules" >&2; exit 1')
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    assert result["event"] == "runner_on_failed", result
+    assert "FATAL: Module vxlan not found" in result["res"]["stderr"]
+
+
+def test_a_missing_module_is_loaded_and_reported(run_tasks: RunTasks, tmp_path: Path) -> None:
+    task = _modules_task(tmp_path, f'echo "$1" >> {tmp_path}/loaded')
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    assert (result["event"], result["res"]["changed"]) == ("runner_on_ok", True), result
+    assert (tmp_path / "loaded").read_text() == "vxlan\n"
+
+
+@pytest.mark.parametrize(("value", "removed"), [("false", False), ("true", True), (False, False), (True, True)])
+def test_remove_state_is_read_as_a_boolean(run_tasks: RunTasks, tmp_path: Path, value: Any, removed: bool) -> None:
+    (task,) = role_tasks("remove.yml", "The IPAM state")
+    (tmp_path / "state").mkdir()
+    (result,) = run_tasks([task], play_vars={"weave": _weave(tmp_path, weave_remove_state=value)})
+    assert not result["event"].endswith("_failed"), result
+    assert (tmp_path / "state").exists() is not removed
+
+
+@pytest.mark.parametrize("value", ["false", False])
+def test_the_kubernetes_tasks_are_skipped_unless_asked_for(run_tasks: RunTasks, tmp_path: Path, value: Any) -> None:
+    """main.yml's import of kubernetes.yml, with its condition, on a host that is not a control plane."""
+    (entry,) = role_tasks("main.yml", "Kubernetes DaemonSet")
+    entry["ansible.builtin.import_tasks"] = str(ROLE_TASKS / entry["ansible.builtin.import_tasks"])
+    weave = {**_weave(tmp_path), "weave_kubernetes": value, "weave_kube_control_plane": value}
+    results = run_tasks([entry], play_vars={"weave": weave})
+    assert results and {r["event"] for r in results} == {"runner_on_skipped"}, results
