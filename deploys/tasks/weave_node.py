@@ -94,6 +94,16 @@ def config(data: dict[str, Any]) -> list[Any]:
     files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
     changes = []
     if data["weave_password_file"]:
+        # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
+        # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
+        # that exists keeps its mode. A no-op once the file is there with that mode and owner.
+        files.file(
+            name="Password file (empty, mode 0600, root, before the password goes in)",
+            path="/etc/weave-node/password",
+            mode="600",
+            user="root",
+            group="root",
+        )
         changes.append(
             files.put(
                 name="Password (mode 0600, root)",

@@ -4,6 +4,7 @@ the logic that is Ansible's (conditions, loops, modules' file handling) checked 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,70 @@ def test_the_kubernetes_tasks_are_skipped_unless_asked_for(run_tasks: RunTasks, 
     weave = {**_weave(tmp_path), "weave_kubernetes": value, "weave_kube_control_plane": value}
     results = run_tasks([entry], play_vars={"weave": weave})
     assert results and {r["event"] for r in results} == {"runner_on_skipped"}, results
+
+
+PASSWORD_TASKS = ("Password file (empty, mode 0600, root, before the password goes in)", "Password (mode 0600, root)")
+# A sitecustomize for the modules' interpreter: every chmod and rename that lands on the password file, with what it
+# would expose (the mode it sets, or the mode of the file renamed onto it) and whether that file has content.
+AUDIT = """
+import os, sys
+def _hook(event, args):
+    if event not in ("os.chmod", "os.rename") or not os.environ.get("WATCH"):
+        return
+    watch, log = os.environ["WATCH"], os.environ["WATCH_LOG"]
+    try:
+        if event == "os.chmod" and os.fsdecode(args[0]) == watch and isinstance(args[1], int):
+            st = os.stat(watch)
+            entry = ("chmod", oct(args[1] & 0o777), st.st_size)
+        elif event == "os.rename" and os.fsdecode(args[1]) == watch:
+            st = os.stat(args[0])
+            entry = ("rename", oct(st.st_mode & 0o777), st.st_size)
+        else:
+            return
+    except (OSError, TypeError):
+        return
+    with open(log, "a") as f:
+        f.write(repr(entry) + "\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def test_the_password_is_never_in_a_file_others_can_read(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """config.yml's password tasks on a first run (no file yet), then with a new password: at no chmod or rename
+    onto the password file does it have content and a mode that lets group or others read it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT)
+    conf = tmp_path / "etc-weave-node"
+    conf.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("first password\n")
+    secret.chmod(0o600)
+    tasks = role_tasks("config.yml", *PASSWORD_TASKS)
+    for task in tasks:
+        module = next(k for k in task if k.startswith("ansible.builtin."))
+        args = task[module]
+        for key in ("path", "dest"):
+            if key in args:
+                args[key] = args[key].replace("/etc/weave-node", str(conf))
+        args.pop("owner", None)
+        args.pop("group", None)
+        task["environment"] = {
+            "PYTHONPATH": str(hook),
+            "WATCH": str(conf / "password"),
+            "WATCH_LOG": str(tmp_path / "log"),
+        }
+    weave = {**_weave(tmp_path), "weave_password_file": str(secret)}
+    first = run_tasks(tasks, play_vars={"weave": weave})
+    assert not [r for r in first if r["event"].endswith("_failed")], first
+    assert (conf / "password").read_text() == "first password\n"
+    assert stat.S_IMODE((conf / "password").stat().st_mode) == 0o600
+    secret.write_text("second password\n")
+    second = run_tasks(tasks, play_vars={"weave": weave})
+    assert not [r for r in second if r["event"].endswith("_failed")], second
+    assert second[0]["res"]["changed"] is False, second  # the file is there, 0600: touching it changes nothing
+    assert (conf / "password").read_text() == "second password\n"
+    log = [eval(line) for line in (tmp_path / "log").read_text().splitlines()]  # noqa: S307 - our own repr()s
+    assert log, "the audit hook saw nothing: the test does not test anything"
+    exposed = [e for e in log if e[2] > 0 and int(e[1], 8) & 0o077]
+    assert not exposed, log
