@@ -25,8 +25,8 @@ def _write(tmp_path: Path, text: str, name: str = "inv.py") -> Path:
 
 
 def test_the_example_inventory_becomes_ansible_hosts_with_the_same_settings() -> None:
-    inv = inventory.load(REPO / "inventory/example.py")
-    assert list(inv.groups) == ["nodes"] and len(inv.hosts) == 3
+    inv = inventory.load(REPO / "inventory/example.py", cwd=REPO)
+    assert list(inv.groups) == ["nodes", "example"] and len(inv.hosts) == 3  # pyinfra's group named after the file
     doc = inventory.to_ansible(inv)
     c = doc["all"]["hosts"]["node-c.example.internal"]
     assert c == {
@@ -53,8 +53,8 @@ def test_connection_data_maps_and_host_data_beats_group_data(tmp_path: Path) -> 
         " {'ssh_user': 'admin', 'ssh_config_file': '/x y/cfg', 'ssh_strict_host_key_checking': 'yes'})\n"
         "_private = ['not-a-group']\n",
     )
-    inv = inventory.load(path)
-    assert list(inv.groups) == ["web"]  # `os` and `_private` are not groups
+    inv = inventory.load(path, cwd=tmp_path)
+    assert list(inv.groups) == ["web", "inv"]  # `os` and `_private` are not groups; `inv` is the file's
     w1 = inventory.host_vars("w1", inv.hosts["w1"])
     assert w1["ansible_host"] == "10.0.0.1" and w1["ansible_port"] == 2222 and w1["ansible_user"] == "admin"
     assert w1["ansible_ssh_common_args"] == "-F '/x y/cfg' -o StrictHostKeyChecking=yes"
@@ -136,3 +136,85 @@ def test_progress_names_the_failed_host_task_and_reason() -> None:
     ]
     assert lines[:2] == ["play: weave-node", "  n1: changed  Unit file"]
     assert progress.stats == {"n1": {"ok": 3, "changed": 1}, "n2": {"failures": 1}}
+
+
+# Inventories whose data comes from everywhere pyinfra takes it: inline group data, group_data/ in the working
+# directory and beside the file, hosts in several groups, an explicit `all`, the file's own group.
+INVENTORIES = {
+    "groups": (
+        "import os\n"
+        "web = ([('w1', {'weave_mtu': 1201, 'k': 'w1-in-web'}), 'both', 'w2'],"
+        " {'weave_mtu': 1300, 'g': 'web', 'w': 1})\n"
+        "db = (['both', ('d1', {'k': 'd1'}), ('w1', {'k': 'w1-in-db'})], {'g': 'db', 'd': 1, 'weave_mtu': 1400})\n"
+        "solo = ['s1']\n"
+        "_hidden = ['x1']\n"
+    ),
+    "explicit-all": (
+        "web = ([('w1', {'k': 'web'}), 'only-in-web'], {'g': 'web'})\n"
+        "all = ([('w1', {'k': 'all'}), 'a1'], {'g': 'all', 'a': 1})\n"
+    ),
+    "file-group-defined": "inv = (['h1', 'h2'], {'g': 'inline-inv'})\nweb = ['h2']\n",
+}
+GROUP_DATA = {
+    "cwd": {
+        "all.py": "g = 'cwd-all'\na_cwd = 1\nweave_mtu = 1100\n",
+        "web.py": "g = 'cwd-web'\nc = 'cwd'\n",
+        "inv.py": "f = 'cwd-inv'\nfrom pathlib import Path\n",
+    },
+    "beside": {
+        "web.py": "import json\ng = 'file-web'\n_single = 'kept'\n__dunder = 'dropped'\n",
+        "db.py": "__all__ = ['g']\ng = 'file-db'\nnot_exported = 1\n",
+        "all.py": "a = 'file-all'\n",
+        "nogroup.py": "z = 1\n",
+        "notes.txt": "not python\n",
+    },
+}
+
+
+def _layout(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    cwd, beside = tmp_path / "cwd", tmp_path / "inventories"
+    for folder, files in ((cwd, GROUP_DATA["cwd"]), (beside, GROUP_DATA["beside"])):
+        (folder / "group_data").mkdir(parents=True)
+        for name, content in files.items():
+            (folder / "group_data" / name).write_text(content)
+    return _write(beside, text, "inv.py"), cwd
+
+
+def _pyinfra_view(path: Path, cwd: Path, override: dict[str, object]) -> dict[str, tuple[dict[str, object], list[str]]]:
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory_from_files
+
+    with ctx_state.use(State()):
+        inv = make_inventory_from_files(str(path), override_data=override, cwd=str(cwd))
+    return {host.name: (host.data.dict(), list(dict.fromkeys(host.groups))) for host in inv}
+
+
+@pytest.mark.parametrize("name", list(INVENTORIES))
+@pytest.mark.parametrize("override", [{}, {"weave_mtu": 1500, "g": "override"}])
+def test_hosts_data_and_groups_are_pyinfras_exactly(tmp_path: Path, name: str, override: dict[str, object]) -> None:
+    path, cwd = _layout(tmp_path, INVENTORIES[name])
+    theirs = _pyinfra_view(path, cwd, override)
+    inv = inventory.load(path, cwd=cwd, override=override)
+    ours = {host: (data, [g for g, names in inv.groups.items() if host in names]) for host, data in inv.hosts.items()}
+    assert ours == theirs
+    assert list(ours) == list(theirs)  # and in pyinfra's order
+
+
+def test_the_precedence_spelled_out(tmp_path: Path) -> None:
+    """What the parity test above pins down, readable: strongest first."""
+    path, cwd = _layout(tmp_path, INVENTORIES["groups"])
+    hosts = inventory.load(path, cwd=cwd).hosts
+    # the host's own data beats every group's; from several groups, the group listed later in the file wins
+    assert hosts["w1"]["k"] == "w1-in-db" and hosts["w1"]["weave_mtu"] == 1201
+    # group_data/<group>.py beats the inline (hosts, data); group_data/ beside the file beats the cwd's
+    assert hosts["w2"]["g"] == "file-web" and hosts["w1"]["g"] == "file-db"
+    # every host is in the group named after the file (`inv`), listed after the file's groups
+    assert hosts["s1"]["f"] == "cwd-inv" and inventory.load(path, cwd=cwd).groups["inv"][0] == "w1"
+    # a host in two groups gets both groups' data; the later group's wins
+    assert (hosts["both"]["w"], hosts["both"]["d"], hosts["both"]["weave_mtu"]) == (1, 1, 1400)
+    # group_data/all.py is the weakest, under every group; single-underscore names are data, __dunder__ and imports
+    # are not, __all__ says what a file exports
+    assert (hosts["s1"]["weave_mtu"], hosts["s1"]["a_cwd"], hosts["s1"]["a"]) == (1100, 1, "file-all")
+    assert hosts["both"]["_single"] == "kept" and "__dunder" not in hosts["both"] and "json" not in hosts["both"]
+    assert "not_exported" not in hosts["d1"] and "Path" not in hosts["s1"]
