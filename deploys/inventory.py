@@ -4,12 +4,14 @@
 data) tuples; `group_data/<group>.py` in the working directory and beside the file; the same precedence: see
 load()), `to_ansible()` turns it into an Ansible inventory (YAML/dict form, what ansible-runner takes) and
 `to_script()` into a dynamic inventory script's --list output. pyinfra's connection data (ssh_*) becomes
-Ansible's (ansible_*); weave_* settings pass through unchanged. No weave_node import, no pyinfra import.
+Ansible's (ansible_*); weave_* settings pass through unchanged; files on the control machine are named by absolute
+paths. No weave_node import, no pyinfra import.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import runpy
 import shlex
@@ -168,6 +170,49 @@ def _merge(groups: Groups, override: Mapping[str, Any]) -> Inventory:
     return inv
 
 
+def parse_data(items: Mapping[str, str]) -> dict[str, Any]:
+    """`--data key=value` values as pyinfra reads them (pyinfra_cli.util.parse_cli_arg): true/false, integers, JSON,
+    else the string."""
+    return {key: _parse_value(value) for key, value in items.items()}
+
+
+def _parse_value(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+# Data naming a file on the control machine. pyinfra opens these relative to its working directory (the caller's,
+# for `weave-node rollout`); ansible-runner runs in deploys/ansible and Ansible looks for a relative `copy` source
+# in the role: they reach Ansible absolute. `~` is expanded too.
+PATHS = (
+    "weave_password_file",
+    "weave_wheelhouse",
+    "ssh_key",
+    "ssh_config_file",
+    "ssh_known_hosts_file",
+    "ansible_ssh_private_key_file",
+    "ansible_private_key_file",
+)
+
+
+def absolute_paths(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    for key in PATHS:
+        value = out.get(key)
+        if isinstance(value, str | Path) and str(value):
+            path = Path(value).expanduser()
+            out[key] = str(path if path.is_absolute() else base / path)
+    return out
+
+
 SSH_ARGS = {
     "ssh_config_file": "-F {}",
     "ssh_strict_host_key_checking": "-o StrictHostKeyChecking={}",
@@ -184,11 +229,12 @@ DIRECT = {
 }
 
 
-def host_vars(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """One host's Ansible variables from its pyinfra data."""
+def host_vars(name: str, data: Mapping[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """One host's Ansible variables from its pyinfra data; relative paths (PATHS) from `base` (default: the working
+    directory, as pyinfra reads them)."""
     out: dict[str, Any] = {}
     args = []
-    for key, value in data.items():
+    for key, value in absolute_paths(data, Path(base or os.getcwd())).items():
         if key in DIRECT:
             out[DIRECT[key]] = value
         elif key in SSH_ARGS:
@@ -206,19 +252,19 @@ def host_vars(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_ansible(inv: Inventory) -> dict[str, Any]:
+def to_ansible(inv: Inventory, base: str | Path | None = None) -> dict[str, Any]:
     """The YAML-inventory form: {"all": {"hosts": {...}, "children": {group: {"hosts": {...}}}}}."""
     return {
         "all": {
-            "hosts": {name: host_vars(name, data) for name, data in inv.hosts.items()},
+            "hosts": {name: host_vars(name, data, base) for name, data in inv.hosts.items()},
             "children": {group: {"hosts": {n: {} for n in names}} for group, names in inv.groups.items()},
         }
     }
 
 
-def to_script(inv: Inventory) -> dict[str, Any]:
+def to_script(inv: Inventory, base: str | Path | None = None) -> dict[str, Any]:
     """A dynamic inventory script's `--list` output."""
-    out: dict[str, Any] = {"_meta": {"hostvars": {n: host_vars(n, d) for n, d in inv.hosts.items()}}}
+    out: dict[str, Any] = {"_meta": {"hostvars": {n: host_vars(n, d, base) for n, d in inv.hosts.items()}}}
     out["all"] = {"children": [*inv.groups, "ungrouped"]}
     for group, names in inv.groups.items():
         out[group] = {"hosts": names}

@@ -124,6 +124,7 @@ def test_progress_names_the_failed_host_task_and_reason() -> None:
         {
             "event": "runner_on_failed",
             "event_data": {"host": "n3", "task": "Password", "res": {"censored": "the output has been hidden"}},
+            "stdout": 'fatal: [n3]: FAILED! => {"censored": "the output has been hidden", "changed": false}',
         },
         {"event": "runner_on_failed", "event_data": {"host": "n1", "task": "probe", "ignore_errors": True}},
         {"event": "playbook_on_stats", "event_data": {"ok": {"n1": 3}, "changed": {"n1": 1}, "failures": {"n2": 1}}},
@@ -131,11 +132,114 @@ def test_progress_names_the_failed_host_task_and_reason() -> None:
     for event in events:
         assert progress(event) is True
     assert progress.failures == [
-        ("n2", "Install", "no space left on device"),
-        ("n3", "Password", "the output has been hidden"),
+        ("n2", "Install", "pip: one / no space left on device"),  # the last lines of its output
+        ("n3", "Password", None),  # no_log: nothing to show
     ]
     assert lines[:2] == ["play: weave-node", "  n1: changed  Unit file"]
+    assert "  n3: FAILED (output hidden)  Password" in lines
     assert progress.stats == {"n1": {"ok": 3, "changed": 1}, "n2": {"failures": 1}}
+
+
+@pytest.mark.parametrize(
+    ("res", "reason"),
+    [
+        # command/shell: Ansible's msg is generic, the command's own output says why
+        (
+            {
+                "msg": "non-zero return code",
+                "rc": 1,
+                "stderr": "",
+                "stdout": "x\n\nsha256sum: WARNING: 1 did NOT match\n",
+            },
+            "x / sha256sum: WARNING: 1 did NOT match",
+        ),
+        (
+            {
+                "msg": "non-zero return code",
+                "stderr": "a\nb\nmodprobe: FATAL: Module vxlan not found\n",
+                "stdout": "ok",
+            },
+            "b / modprobe: FATAL: Module vxlan not found",
+        ),
+        (
+            {
+                "msg": "MODULE FAILURE\nSee stdout/stderr for the exact error",
+                "module_stderr": "Traceback\nKeyError: 'x'",
+            },
+            "Traceback / KeyError: 'x'",
+        ),
+        # a module's own message is the reason; output it does not contain is added
+        ({"msg": "Destination directory /etc/x does not exist"}, "Destination directory /etc/x does not exist"),
+        (
+            {"msg": "apt failed", "stderr": "E: Unable to locate package foo"},
+            "apt failed: E: Unable to locate package foo",
+        ),
+        (
+            {"msg": "E: Unable to locate package foo", "stderr": "E: Unable to locate package foo"},
+            "E: Unable to locate package foo",
+        ),
+        (
+            {"unreachable": True, "msg": "ssh: connect to host 198.18.0.9 port 22: No route to host"},
+            "ssh: connect to host 198.18.0.9 port 22: No route to host",
+        ),
+        (
+            {"results": [{"item": "a", "failed": False}, {"item": "b", "failed": True, "msg": "no such file"}]},
+            "b: no such file",
+        ),
+        ({}, "failed"),
+    ],
+)
+def test_a_failure_reason_is_what_the_command_said(res: dict[str, object], reason: str) -> None:
+    from deploys.rollout import _reason
+
+    assert _reason(res) == reason
+
+
+def test_a_long_reason_keeps_its_end() -> None:
+    from deploys.rollout import REASON_CHARS, _reason
+
+    reason = _reason({"msg": "non-zero return code", "stderr": "x" * 1000 + " the end"})
+    assert len(reason) == REASON_CHARS and reason.startswith("...") and reason.endswith("x the end")
+
+
+def test_hidden_results_say_changed_or_failed_and_nothing_else() -> None:
+    """ansible-runner replaces a no_log result with {"censored": ...} (even `changed` goes); the event's display
+    line still says "changed"."""
+    lines: list[str] = []
+    progress = Progress(out=lines.append)
+    hidden = {"censored": "the output has been hidden due to the fact that 'no_log: true' was specified"}
+    events = [
+        {
+            "event": "runner_on_ok",
+            "event_data": {"host": "n1", "task": "Password", "res": hidden},
+            "stdout": "\x1b[0;33mchanged: [n1]\x1b[0m",
+        },
+        {
+            "event": "runner_on_ok",
+            "event_data": {"host": "n2", "task": "Password", "res": hidden},
+            "stdout": "\x1b[0;32mok: [n2]\x1b[0m",
+        },
+        {
+            "event": "runner_item_on_ok",
+            "event_data": {"host": "n1", "task": "Secrets", "res": hidden},
+            "stdout": "changed: [n1] => (item=(censored due to no_log))",
+        },
+        {"event": "runner_on_ok", "event_data": {"host": "n1", "task": "Secrets", "res": hidden}, "stdout": ""},
+        {
+            "event": "runner_on_failed",
+            "event_data": {"host": "n2", "task": "Password", "res": hidden},
+            "stdout": "fatal: [n2]: FAILED! => {...}",
+        },
+    ]
+    for event in events:
+        progress(event)
+    assert lines == [
+        "  n1: changed (output hidden)  Password",
+        "  n1: changed (output hidden)  Secrets",
+        "  n2: FAILED (output hidden)  Password",
+    ]
+    assert progress.failures == [("n2", "Password", None)]
+    assert not [line for line in lines if "censored" in line or "hidden due to" in line]
 
 
 # Inventories whose data comes from everywhere pyinfra takes it: inline group data, group_data/ in the working
@@ -218,3 +322,59 @@ def test_the_precedence_spelled_out(tmp_path: Path) -> None:
     assert (hosts["s1"]["weave_mtu"], hosts["s1"]["a_cwd"], hosts["s1"]["a"]) == (1100, 1, "file-all")
     assert hosts["both"]["_single"] == "kept" and "__dunder" not in hosts["both"] and "json" not in hosts["both"]
     assert "not_exported" not in hosts["d1"] and "Path" not in hosts["s1"]
+
+
+def test_relative_paths_are_the_callers_as_pyinfra_reads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(
+        tmp_path,
+        "nodes = [('n1', {'weave_address': '10.0.0.1', 'ssh_key': 'keys/id', 'ssh_config_file': 'lab/ssh config',"
+        " 'weave_password_file': 'secret', 'ansible_ssh_private_key_file': '~/k', 'weave_prefix': 'opt'})]\n",
+    )
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    inv = inventory.load(path, override=inventory.parse_data({"weave_wheelhouse": "dist/wheels"}))
+    n1 = inventory.to_ansible(inv)["all"]["hosts"]["n1"]
+    assert n1["ansible_ssh_private_key_file"] == str(Path("~/k").expanduser())  # given twice: Ansible's own wins
+    assert n1["weave_password_file"] == f"{caller}/secret"
+    assert n1["weave_wheelhouse"] == f"{caller}/dist/wheels"
+    assert n1["ansible_ssh_common_args"] == f"-F '{caller}/lab/ssh config'"
+    assert n1["weave_prefix"] == "opt"  # a path on the host, not here
+    assert inventory.host_vars("n1", {"ssh_key": "/abs/id"}, base="/elsewhere")["ansible_ssh_private_key_file"] == (
+        "/abs/id"
+    )
+    script = inventory.to_script(inv, base="/base")["_meta"]["hostvars"]["n1"]
+    assert script["weave_password_file"] == "/base/secret"  # noqa: S105 - a path
+
+
+def test_data_is_typed_as_pyinfra_types_it() -> None:
+    from pyinfra_cli.util import parse_cli_arg
+
+    for value in ("true", "False", "1400", "-3", '["10.0.0.1", "10.0.0.2"]', '{"a": 1}', "10.0.0.1", "", "1.5"):
+        assert inventory.parse_data({"k": value}) == {"k": parse_cli_arg(value)}, value
+
+
+def test_data_overrides_the_inventory_and_maps_to_ansible(tmp_path: Path) -> None:
+    path = _write(tmp_path, "nodes = ([('n1', {'weave_mtu': 1300})], {'ssh_user': 'admin'})\n")
+    inv = inventory.load(path, cwd=tmp_path, override=inventory.parse_data({"weave_mtu": "1400", "ssh_user": "root"}))
+    n1 = inventory.to_ansible(inv, base=tmp_path)["all"]["hosts"]["n1"]
+    assert (n1["weave_mtu"], n1["ansible_user"]) == (1400, "root")
+
+
+def test_the_pyinfra_engine_splits_limit_and_runs_this_checkouts_deploy_from_anywhere() -> None:
+    import argparse
+
+    from deploys.rollout import pyinfra_command
+
+    args = argparse.Namespace(inventory="mine.py", limit="node-a, nodes,,node-c", remove=False)
+    cmd, env = pyinfra_command(args, {"weave_mtu": "1400"})
+    assert cmd[1:] == [
+        "-y",
+        "mine.py",
+        str(REPO / "deploys/weave_node.py"),
+        *["--limit", "node-a", "--limit", "nodes", "--limit", "node-c"],
+        *["--data", "weave_mtu=1400"],
+    ]
+    assert env["PYTHONPATH"].split(":")[0] == str(REPO)
+    cmd, _ = pyinfra_command(argparse.Namespace(inventory="mine.py", limit=None, remove=True), {})
+    assert cmd[3:] == [str(REPO / "deploys/remove.py")]
