@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,14 +285,35 @@ def _layout(tmp_path: Path, text: str) -> tuple[Path, Path]:
     return _write(beside, text, "inv.py"), cwd
 
 
-def _pyinfra_view(path: Path, cwd: Path, override: dict[str, object]) -> dict[str, tuple[dict[str, object], list[str]]]:
-    from pyinfra.api import State
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory_from_files
+# pyinfra's CLI package monkey-patches the whole process with gevent when imported: ask it in a child process.
+PYINFRA_VIEW = """
+import json, sys
+from pyinfra.api import State
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory_from_files
+from pyinfra_cli.util import parse_cli_arg
 
-    with ctx_state.use(State()):
-        inv = make_inventory_from_files(str(path), override_data=override, cwd=str(cwd))
-    return {host.name: (host.data.dict(), list(dict.fromkeys(host.groups))) for host in inv}
+path, cwd, override, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+with ctx_state.use(State()):
+    inv = make_inventory_from_files(path, override_data=override, cwd=cwd)
+hosts = [[h.name, h.data.dict(), list(dict.fromkeys(h.groups))] for h in inv]
+print(json.dumps({"hosts": hosts, "parsed": [parse_cli_arg(v) for v in values]}))
+"""
+
+
+def _pyinfra(path: Path, cwd: Path, override: dict[str, object], values: list[str] | None = None) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", PYINFRA_VIEW, str(path), str(cwd), json.dumps(override), json.dumps(values or [])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def _pyinfra_view(path: Path, cwd: Path, override: dict[str, object]) -> dict[str, tuple[dict[str, object], list[str]]]:
+    return {name: (data, groups) for name, data, groups in _pyinfra(path, cwd, override)["hosts"]}
 
 
 @pytest.mark.parametrize("name", list(INVENTORIES))
@@ -347,11 +369,10 @@ def test_relative_paths_are_the_callers_as_pyinfra_reads_them(tmp_path: Path, mo
     assert script["weave_password_file"] == "/base/secret"  # noqa: S105 - a path
 
 
-def test_data_is_typed_as_pyinfra_types_it() -> None:
-    from pyinfra_cli.util import parse_cli_arg
-
-    for value in ("true", "False", "1400", "-3", '["10.0.0.1", "10.0.0.2"]', '{"a": 1}', "10.0.0.1", "", "1.5"):
-        assert inventory.parse_data({"k": value}) == {"k": parse_cli_arg(value)}, value
+def test_data_is_typed_as_pyinfra_types_it(tmp_path: Path) -> None:
+    values = ["true", "False", "1400", "-3", '["10.0.0.1", "10.0.0.2"]', '{"a": 1}', "10.0.0.1", "", "1.5", "null"]
+    parsed = _pyinfra(_write(tmp_path, "nodes = ['n1']\n"), tmp_path, {}, values)["parsed"]
+    assert [inventory.parse_data({"k": v})["k"] for v in values] == parsed
 
 
 def test_data_overrides_the_inventory_and_maps_to_ansible(tmp_path: Path) -> None:
