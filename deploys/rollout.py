@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -42,13 +43,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pyinfra(args: argparse.Namespace, data: dict[str, str]) -> int:
-    deploy = "deploys/remove.py" if args.remove else "deploys/weave_node.py"
-    cmd = [str(BIN / "pyinfra"), "-y", args.inventory, deploy]
-    if args.limit:
-        cmd += ["--limit", args.limit]
+    cmd, env = pyinfra_command(args, data)
+    os.execve(cmd[0], cmd, env)  # noqa: S606 - pyinfra's own output and exit code
+
+
+def pyinfra_command(args: argparse.Namespace, data: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """pyinfra's command line and environment. It runs in the caller's directory (relative paths in the inventory
+    and --data mean what they mean to pyinfra); the deploy file is this checkout's, whose `deploys` package is put
+    on PYTHONPATH. pyinfra's --limit takes one pattern each: `--limit a,b` becomes two."""
+    deploy = REPO / "deploys" / ("remove.py" if args.remove else "weave_node.py")
+    cmd = [str(BIN / "pyinfra"), "-y", args.inventory, str(deploy)]
+    for pattern in _patterns(args.limit):
+        cmd += ["--limit", pattern]
     for key, value in data.items():
         cmd += ["--data", f"{key}={value}"]
-    os.execv(cmd[0], cmd)  # noqa: S606 - pyinfra's own output and exit code
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return cmd, env
+
+
+def _patterns(limit: str | None) -> list[str]:
+    return [p.strip() for p in (limit or "").split(",") if p.strip()]
 
 
 @dataclass
@@ -56,7 +71,7 @@ class Progress:
     """ansible-runner events -> one line per change or failure; the failures for the summary."""
 
     out: Callable[[str], None] = print
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # host, task, reason
+    failures: list[tuple[str, str, str | None]] = field(default_factory=list)  # host, task, reason (None: hidden)
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __call__(self, event: dict[str, Any]) -> bool:
@@ -64,16 +79,18 @@ class Progress:
         data = event.get("event_data", {})
         host, task = data.get("host", ""), data.get("task", "")
         res = data.get("res", {}) or {}
+        hidden = "censored" in res  # no_log: ansible-runner keeps nothing of the result, not even `changed`
         item = f" ({_item(res)})" if "item" in res else ""
         if kind == "playbook_on_play_start":
             self.out(f"play: {data.get('play', '')}")
-        elif res.get("changed") and (kind == "runner_item_on_ok" or (kind == "runner_on_ok" and "results" not in res)):
-            self.out(f"  {host}: changed  {task}{item}")
+        elif kind in ("runner_on_ok", "runner_item_on_ok") and _changed(event, res):
+            if kind == "runner_item_on_ok" or "results" not in res:
+                self.out(f"  {host}: changed{f' {HIDDEN}' if hidden else ''}  {task}{item}")
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            reason = _reason(res)
+            reason = None if hidden else _reason(res)
             what = "UNREACHABLE" if kind == "runner_on_unreachable" else "FAILED"
             self.failures.append((host, task, reason))
-            self.out(f"  {host}: {what}  {task}: {reason}")
+            self.out(f"  {host}: {what} {HIDDEN}  {task}" if reason is None else f"  {host}: {what}  {task}: {reason}")
         elif kind == "playbook_on_stats":
             for key in ("ok", "changed", "failures", "dark", "skipped"):
                 for h, n in (data.get(key) or {}).items():
@@ -86,25 +103,57 @@ def _item(res: dict[str, Any]) -> str:
     return str(item.get("key", item) if isinstance(item, dict) else item)
 
 
+HIDDEN = "(output hidden)"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What Ansible says when the command's own output says why.
+GENERIC = ("non-zero return code", "module failure", "see stdout/stderr")
+REASON_LINES, REASON_CHARS = 2, 400
+
+
+def _changed(event: dict[str, Any], res: dict[str, Any]) -> bool:
+    if "censored" not in res:
+        return bool(res.get("changed"))
+    # The censored result lost `changed`; the default callback's line for the event still says it.
+    return bool(re.search(r"^changed: \[", ANSI.sub("", str(event.get("stdout") or "")), re.M))
+
+
+def _tail(text: Any) -> str:
+    """The last non-empty lines of a command's output: where a failure says why."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return " / ".join(lines[-REASON_LINES:])
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_CHARS else "..." + text[-(REASON_CHARS - 3) :]
+
+
 def _reason(res: dict[str, Any]) -> str:
-    if res.get("censored"):
-        return str(res["censored"])
+    if "censored" in res:
+        return HIDDEN
     failed_items = [r for r in res.get("results", []) if isinstance(r, dict) and r.get("failed")]
     if failed_items:
         return "; ".join(f"{_item(r)}: {_reason(r)}" for r in failed_items)
-    for key in ("msg", "stderr", "stdout", "reason"):
-        text = str(res.get(key) or "").strip()
-        if text:
-            return text.splitlines()[-1] if key in ("stderr", "stdout") else text
-    return "failed"
+    msg = str(res.get("msg") or res.get("reason") or "").strip()
+    output = next(
+        (t for t in map(_tail, (res.get(k) for k in ("stderr", "module_stderr", "stdout", "module_stdout"))) if t),
+        "",
+    )
+    if output and (not msg or msg.lower().startswith(GENERIC)):
+        return _short(output)
+    if output and output not in msg:
+        return _short(f"{msg}: {output}")
+    return _short(msg) if msg else "failed"
 
 
 def _ansible(args: argparse.Namespace, data: dict[str, str]) -> int:
     import ansible_runner  # the control machine's rollout extra
 
     try:
-        inv = pyinfra_inventory.load(args.inventory)
-        ansible_inventory = pyinfra_inventory.to_ansible(inv)
+        # --data is pyinfra's override data (typed as pyinfra types it), so it maps to Ansible like the inventory's
+        # (ssh_* to ansible_*) and its relative paths, like the inventory's, are the caller's (to_ansible).
+        inv = pyinfra_inventory.load(args.inventory, override=pyinfra_inventory.parse_data(data))
+        ansible_inventory = pyinfra_inventory.to_ansible(inv, base=Path.cwd())
     except pyinfra_inventory.InventoryError as exc:
         print(f"weave-node rollout: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +166,6 @@ def _ansible(args: argparse.Namespace, data: dict[str, str]) -> int:
             project_dir=str(ANSIBLE),
             playbook="remove.yml" if args.remove else "site.yml",
             inventory=ansible_inventory,
-            extravars=data,
             limit=args.limit,
             envvars={
                 "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
@@ -139,7 +187,8 @@ def _ansible(args: argparse.Namespace, data: dict[str, str]) -> int:
         )
     if result.rc != 0 or progress.failures:
         for host, task, reason in progress.failures:
-            print(f"weave-node rollout: {host}: task {task!r} failed: {reason}", file=sys.stderr)
+            why = f"failed {HIDDEN}" if reason is None else f"failed: {reason}"
+            print(f"weave-node rollout: {host}: task {task!r} {why}", file=sys.stderr)
         if not progress.failures:
             print(f"weave-node rollout: ansible-playbook ended with {result.status} (rc {result.rc})", file=sys.stderr)
         return result.rc or 1

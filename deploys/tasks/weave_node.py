@@ -17,7 +17,7 @@ import jinja2
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import Directory, File, Sha1File
+from pyinfra.facts.files import Directory, File, Link, Sha1File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
@@ -94,6 +94,16 @@ def config(data: dict[str, Any]) -> list[Any]:
     files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
     changes = []
     if data["weave_password_file"]:
+        # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
+        # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
+        # that exists keeps its mode. A no-op once the file is there with that mode and owner.
+        files.file(
+            name="Password file (empty, mode 0600, root, before the password goes in)",
+            path="/etc/weave-node/password",
+            mode="600",
+            user="root",
+            group="root",
+        )
         changes.append(
             files.put(
                 name="Password (mode 0600, root)",
@@ -250,7 +260,10 @@ def remove(remove_state: bool = False) -> None:
     for path in (f"{bin_dir}/weave-net", f"{conf_dir}/10-weave.conflist", "/etc/modules-load.d/weave-node.conf"):
         files.file(name=f"Remove {path}", path=path, present=False)
     for name in ("loopback", "portmap", "bandwidth"):
-        files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
+        # Only the link the rollout made: a plugin binary there (or a link elsewhere) is someone else's and stays.
+        link = host.get_fact(Link, path=f"{bin_dir}/{name}")
+        if link and link.get("link_target") == f"/usr/lib/cni/{name}":
+            files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
     files.directory(name="Remove the installation", path=prefix, present=False)
     files.directory(name="Remove the configuration (and the password)", path="/etc/weave-node", present=False)
     if remove_state:

@@ -5,6 +5,7 @@ hosts, failures that name host, task and reason before anything is written, and 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -30,8 +31,11 @@ FILES = [
 
 
 def _lab_up(name: str, hosts: int = HOSTS) -> str:
+    """Bring the lab up; its ssh_config, as the lab reports it."""
     run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), check=True)
-    return f"/var/lib/weave-node-lab/labs/{name}/ssh_config"
+    status = run_cli("weave-node", "lab", "status", "--name", name, "--json", check=True)
+    ssh_config: str = json.loads(status.stdout)["ssh_config"]
+    return ssh_config
 
 
 def _ssh(ssh_config: str, host: str, command: str) -> str:
@@ -41,8 +45,8 @@ def _ssh(ssh_config: str, host: str, command: str) -> str:
     return out.stdout
 
 
-def _rollout(lab: str, engine: str, *data: str) -> subprocess.CompletedProcess[str]:
-    args = ["weave-node", "rollout", "--engine", engine, "--inventory", "inventory/lab.py"]
+def _rollout(lab: str, engine: str, *data: str, remove: bool = False) -> subprocess.CompletedProcess[str]:
+    args = ["weave-node", "rollout", "--engine", engine, "--inventory", "inventory/lab.py", *(["--remove"] * remove)]
     for item in data:
         args += ["--data", item]
     return run_cli(*args, env={"WEAVE_LAB": lab})
@@ -87,14 +91,19 @@ def test_a_bad_range_fails_naming_host_task_and_reason_and_writes_nothing(labs: 
         assert left.strip() == "", f"{node} was touched: {left}"
 
 
-def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
-    data = [
+def _data(labs: dict[str, str]) -> list[str]:
+    return [
         "weave_mtu=1400",
         "weave_bandwidth=true",
         "weave_ipalloc_range=10.40.0.0/16",
         "weave_cni_version=1.1.0",
-        f"weave_password_file={labs['password']}",
+        # relative to where the rollout runs (the repository): ansible-runner runs elsewhere, and still finds it
+        f"weave_password_file={os.path.relpath(labs['password'], REPO)}",
     ]
+
+
+def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
+    data = _data(labs)
     pyinfra = _rollout(labs["pyinfra_lab"], "pyinfra", *data)
     assert pyinfra.returncode == 0, pyinfra.stdout + pyinfra.stderr
     ansible = _rollout(labs["ansible_lab"], "ansible", *data)
@@ -117,6 +126,37 @@ def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
         assert re.search(rf"^{node}: ok=\d+ changed=0 failed=0 unreachable=0$", again.stdout, re.M), again.stdout
     status = _ssh(labs["ansible"], "node3", "/opt/weave-node/venv/bin/weave-node status")
     assert "Encryption: enabled" in status and "2 established" in status, status
+
+
+def test_removal_takes_everything_but_a_plugin_binary_and_changes_nothing_the_second_time(
+    labs: dict[str, str],
+) -> None:
+    """`--remove` with Ansible resets the kernel state and removes our files, but a real plugin binary where the
+    rollout had linked Debian's stays; a second removal changes nothing."""
+    cfg = labs["ansible"]
+    rolled_out = _rollout(labs["ansible_lab"], "ansible", *_data(labs))  # a no-op after the test above
+    assert rolled_out.returncode == 0, rolled_out.stdout + rolled_out.stderr
+    before = _ssh(cfg, "node1", "ip -o link show weave >/dev/null 2>&1 && echo bridge; :")
+    assert before.strip() == "bridge", before
+    # someone installs a real portmap binary over our link
+    _ssh(cfg, "node1", "rm /opt/cni/bin/portmap && cp /usr/lib/cni/portmap /opt/cni/bin/portmap")
+    out = _rollout(labs["ansible_lab"], "ansible", remove=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for node in NODES:
+        left = _ssh(
+            cfg,
+            node,
+            "ip -o link show weave 2>/dev/null; iptables-save | grep WEAVE-NODE; "
+            "ls -d /etc/weave-node /opt/weave-node /etc/systemd/system/weave-node.service /opt/cni/bin/weave-net "
+            "/etc/cni/net.d/10-weave.conflist /opt/cni/bin/loopback /opt/cni/bin/bandwidth 2>/dev/null; :",
+        )
+        assert left.strip() == "", f"{node} still has: {left}"
+    kept = _ssh(cfg, "node1", "[ -f /opt/cni/bin/portmap ] && [ ! -L /opt/cni/bin/portmap ] && echo kept")
+    assert kept.strip() == "kept"
+    again = _rollout(labs["ansible_lab"], "ansible", remove=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for node in NODES:
+        assert re.search(rf"^{node}: ok=\d+ changed=0 failed=0 unreachable=0$", again.stdout, re.M), again.stdout
 
 
 def test_molecule_converges_is_idempotent_and_verifies(labs: dict[str, str]) -> None:

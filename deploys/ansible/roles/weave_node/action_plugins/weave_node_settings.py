@@ -7,17 +7,33 @@ connects to no host."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from ansible.plugins.action import ActionBase
+from ansible.release import __version__ as ansible_version
 
 REPO = Path(__file__).resolve().parents[5]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from deploys import settings, validate, wheelhouse  # noqa: E402 - after the path is known
+
+# ansible-core 2.19's templating keeps a single expression's type ("{{ weave.weave_mtu }}" stays None, a number
+# stays a number), which the role's template vars rely on to render the bytes pyinfra renders; this action uses its
+# Templar API. Also in pyproject.toml (the rollout extra) and meta/main.yml.
+MIN_ANSIBLE = (2, 19)
+
+
+def ansible_too_old(version: str) -> str | None:
+    """Why this ansible-core cannot run the role, or None."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts >= MIN_ANSIBLE:
+        return None
+    need = ".".join(map(str, MIN_ANSIBLE))
+    return f"the weave_node role needs ansible-core >= {need} (this is {version}): pip install 'ansible-core>={need}'"
 
 
 def _plain(value: Any) -> Any:
@@ -32,9 +48,15 @@ class ActionModule(ActionBase):  # type: ignore[misc]
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
+        too_old = ansible_too_old(ansible_version)
+        if too_old:
+            return {**result, "failed": True, "msg": too_old}
         hostvars = task_vars["hostvars"]
         me = task_vars["inventory_hostname"]
-        own = {k: task_vars[k] for k in task_vars if k.startswith("weave_")}
+        # task_vars are raw (`weave_address: "{{ ansible_host }}"` as written); hostvars[...] template on access.
+        # Template this host's the same way, with every variable the task sees (play and role vars too).
+        templar = self._templar.copy_with_new_env(available_variables=task_vars)
+        own = {k: templar.template(task_vars[k]) for k in task_vars if k.startswith("weave_")}
         if not self._task.args.get("validate", True):  # removal: defaults and types only
             data = settings.typed({**settings.DEFAULTS, "weave_remove_state": False, **_plain(own)})
             return {**result, "changed": False, "ansible_facts": {"weave": data}}

@@ -1,0 +1,313 @@
+"""The role's task files, run by real Ansible on this machine against a temporary directory (tests/deploy/conftest.py):
+the logic that is Ansible's (conditions, loops, modules' file handling) checked where it runs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import ROLE, RunTasks, role_tasks
+from tests.helpers import REPO
+
+ROLE_TASKS = ROLE / "tasks"
+
+
+def _script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def _weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "weave_prefix": str(tmp_path / "prefix"),
+        "weave_cni_bin_dir": str(tmp_path / "cni-bin"),
+        "weave_cni_conf_dir": str(tmp_path / "cni-conf"),
+        "weave_state_dir": str(tmp_path / "state"),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("link", "chains", "reset"),
+    [(True, False, True), (False, True, True), (True, True, True), (False, False, False)],
+    ids=["bridge-only", "chains-only", "both", "neither"],
+)
+def test_removal_resets_when_the_bridge_or_our_chains_exist(
+    run_tasks: RunTasks, tmp_path: Path, link: bool, chains: bool, reset: bool
+) -> None:
+    fake = tmp_path / "fakebin"
+    _script(fake / "ip", "echo '5: weave: <BROADCAST,UP> mtu 1376'" if link else "echo 'no weave' >&2; exit 1")
+    chain = "echo ':WEAVE-NODE-FORWARD - [0:0]'; " if chains else ""
+    _script(fake / "iptables-save", f"echo '*filter'; {chain}echo COMMIT")
+    calls = tmp_path / "calls"
+    _script(tmp_path / "prefix/venv/bin/weave-node", f'echo "$@" >> {calls}; echo "removed link weave"')
+    (task,) = role_tasks("remove.yml", "Remove the bridge, the VXLAN device and our iptables chains")
+    task["environment"] = {"PATH": f"{fake}:/usr/bin:/bin"}
+    (result,) = run_tasks([task], play_vars={"weave": _weave(tmp_path)})
+    assert result["event"] == "runner_on_ok", result
+    assert result["res"]["changed"] is reset
+    assert (calls.read_text() if calls.exists() else "") == ("reset --force\n" if reset else "")
+
+
+LINK_TASKS = ("What is at Debian's CNI plugins' places", "Debian's CNI plugins (only our links)")
+
+
+def test_removal_takes_only_our_links_to_debians_plugins_never_a_plugin_binary(
+    run_tasks: RunTasks, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "cni-bin"
+    bin_dir.mkdir()
+    (bin_dir / "loopback").write_bytes(b"\x7fELF a real plugin, installed by someone else")
+    (bin_dir / "portmap").symlink_to("/usr/lib/cni/portmap")  # ours (what the rollout creates)
+    (bin_dir / "bandwidth").symlink_to("/opt/other-cni/bandwidth")  # someone else's link
+    tasks = role_tasks("remove.yml", *LINK_TASKS)
+    results = run_tasks(tasks, play_vars={"weave": _weave(tmp_path)})
+    assert not [r for r in results if r["event"].endswith(("_failed", "_unreachable"))], results
+    assert (bin_dir / "loopback").read_bytes().startswith(b"\x7fELF")
+    assert not os.path.lexists(bin_dir / "portmap")
+    assert os.readlink(bin_dir / "bandwidth") == "/opt/other-cni/bandwidth"
+    again = run_tasks(tasks, play_vars={"weave": _weave(tmp_path)})
+    assert not any(r["res"].get("changed") for r in again), again
+
+
+def _wheelhouse(tmp_path: Path) -> Path:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "weave_node-0.1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    (wheels / "SHA256SUMS").write_text("")
+    return wheels
+
+
+SETTINGS = {"name": "Settings", "weave_node_settings": {}}
+
+
+def test_settings_are_templated_for_this_host_as_for_the_others(run_tasks: RunTasks, tmp_path: Path) -> None:
+    hosts = {
+        "node1": {"ansible_host": "198.18.0.1", "weave_address": "{{ ansible_host }}"},
+        "node2": {"ansible_host": "198.18.0.2", "weave_address": "{{ ansible_host }}", "weave_mtu": "{{ 1400 }}"},
+    }
+    results = run_tasks(
+        [SETTINGS],
+        host_vars=hosts,
+        play_vars={"weave_conn_limit": "{{ 5 * 2 }}"},
+        extravars={"weave_wheelhouse": str(_wheelhouse(tmp_path))},
+    )
+    by_host = {r["host"]: r for r in results}
+    assert {r["event"] for r in results} == {"runner_on_ok"}, results
+    node1 = by_host["node1"]["res"]["ansible_facts"]["weave"]
+    node2 = by_host["node2"]["res"]["ansible_facts"]["weave"]
+    assert (node1["weave_address"], node1["weave_peers"]) == ("198.18.0.1", ["198.18.0.2"])
+    assert (node2["weave_address"], node2["weave_peers"], node2["weave_mtu"]) == ("198.18.0.2", ["198.18.0.1"], 1400)
+    assert node1["weave_conn_limit"] == node2["weave_conn_limit"] == 10
+
+
+def test_removal_settings_are_templated_too(run_tasks: RunTasks, tmp_path: Path) -> None:
+    (result,) = run_tasks(
+        [{"name": "Settings", "weave_node_settings": {"validate": False}}],
+        host_vars={"node1": {"prefix_var": str(tmp_path), "weave_prefix": "{{ prefix_var }}/opt"}},
+        extravars={"weave_remove_state": "true"},
+    )
+    weave = result["res"]["ansible_facts"]["weave"]
+    assert (weave["weave_prefix"], weave["weave_remove_state"]) == (f"{tmp_path}/opt", True)
+
+
+def test_the_playbooks_target_hosts_variable_is_not_taken_for_a_setting(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """site.yml/remove.yml: `hosts: "{{ target_hosts | default('all') }}"`; a weave_* name would be validated as
+    a setting (and refused as an unknown one)."""
+    import yaml
+
+    for playbook in ("site.yml", "remove.yml"):
+        (play,) = yaml.safe_load((REPO / "deploys/ansible" / playbook).read_text())
+        assert play["hosts"] == "{{ target_hosts | default('all') }}", playbook
+    hosts = {"node1": {"weave_address": "198.18.0.1"}, "node2": {"weave_address": "198.18.0.2"}}
+    results = run_tasks(
+        [SETTINGS],
+        host_vars=hosts,
+        extravars={"target_hosts": "node2", "weave_wheelhouse": str(_wheelhouse(tmp_path))},
+        play={"hosts": "{{ target_hosts | default('all') }}"},
+    )
+    assert [(r["host"], r["event"]) for r in results] == [("node2", "runner_on_ok")], results
+
+
+def test_an_unknown_setting_still_fails_naming_host_and_setting(run_tasks: RunTasks, tmp_path: Path) -> None:
+    hosts = {"node1": {"weave_address": "198.18.0.1", "weave_colour": "blue"}}
+    (result,) = run_tasks([SETTINGS], host_vars=hosts, extravars={"weave_wheelhouse": str(_wheelhouse(tmp_path))})
+    assert result["event"] == "runner_on_failed"
+    assert "node1: unknown setting(s) weave_colour" in result["res"]["msg"], result
+
+
+def _settings_plugin() -> Any:
+    import importlib.util
+
+    path = REPO / "deploys/ansible/roles/weave_node/action_plugins/weave_node_settings.py"
+    spec = importlib.util.spec_from_file_location("weave_node_settings_plugin", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_role_asks_for_the_ansible_core_it_was_tested_with() -> None:
+    """2.19 keeps a single expression's type (`mtu: "{{ weave.weave_mtu }}"` stays None): one minimum, stated in
+    the rollout extra, the role's meta and checked by its first task."""
+    import tomllib
+
+    import yaml
+    from ansible.release import __version__
+
+    plugin = _settings_plugin()
+    need = ".".join(map(str, plugin.MIN_ANSIBLE))
+    assert need == "2.19"
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["rollout"]
+    assert f"ansible-core>={need}" in extra
+    meta = yaml.safe_load((REPO / "deploys/ansible/roles/weave_node/meta/main.yml").read_text())
+    assert meta["galaxy_info"]["min_ansible_version"] == need
+    assert plugin.ansible_too_old(__version__) is None
+    assert plugin.ansible_too_old("2.20.0rc1") is None
+    assert "needs ansible-core >= 2.19 (this is 2.16.14)" in plugin.ansible_too_old("2.16.14")
+
+
+def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """The env file from config.yml's template task, rendered by this ansible-core into a temporary file."""
+    (task,) = role_tasks("config.yml", "Router settings")
+    task["ansible.builtin.template"]["dest"] = str(tmp_path / "weave-node.env")
+    task.pop("register")
+    weave = {
+        **_weave(tmp_path),
+        "repo": str(REPO),
+        "weave_peers": ["198.18.0.2"],
+        "weave_ipalloc_range": "10.32.0.0/12",
+        "weave_ipalloc_init": "",
+        "weave_conn_limit": 100,
+        "weave_mtu": None,
+        "weave_password_file": None,
+        "weave_metrics_addr": "127.0.0.1:6782",
+    }
+    (result,) = run_tasks([task], play_vars={"weave": weave})
+    assert result["event"] == "runner_on_ok", result
+    env = (tmp_path / "weave-node.env").read_text()
+    assert "WEAVE_PEERS=198.18.0.2" in env and "CONN_LIMIT=100" in env
+    assert "WEAVE_MTU" not in env and "None" not in env, env
+
+
+def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:
+    """prerequisites.yml's module task, with /proc/modules (absent on a kernel without loadable modules, like
+    this machine's) and modprobe faked under tmp_path."""
+    (task,) = role_tasks("prerequisites.yml", "Kernel modules (loaded only when neither loaded nor built in)")
+    proc_modules = tmp_path / "proc-modules"
+    proc_modules.write_text("")
+    task["ansible.builtin.shell"] = task["ansible.builtin.shell"].replace("/proc/modules", str(proc_modules))
+    _script(tmp_path / "fakebin/modprobe", modprobe)
+    task["environment"] = {"PATH": f"{tmp_path / 'fakebin'}:/usr/bin:/bin"}
+    return task
+
+
+def _modules(tmp_path: Path) -> list[list[str]]:
+    (tmp_path / "loaded-br").mkdir()
+    return [["vxlan", str(tmp_path / "no-vxlan")], ["br_netfilter", str(tmp_path / "loaded-br")]]
+
+
+def test_a_module_that_cannot_be_loaded_fails_the_task(run_tasks: RunTasks, tmp_path: Path) -> None:
+    task = _modules_task(tmp_path, 'echo "modprobe: FATAL: Module $1 not found in directory /lib/modules" >&2; exit 1')
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    assert result["event"] == "runner_on_failed", result
+    assert "FATAL: Module vxlan not found" in result["res"]["stderr"]
+
+
+def test_a_missing_module_is_loaded_and_reported(run_tasks: RunTasks, tmp_path: Path) -> None:
+    task = _modules_task(tmp_path, f'echo "$1" >> {tmp_path}/loaded')
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    assert (result["event"], result["res"]["changed"]) == ("runner_on_ok", True), result
+    assert (tmp_path / "loaded").read_text() == "vxlan\n"
+
+
+@pytest.mark.parametrize(("value", "removed"), [("false", False), ("true", True), (False, False), (True, True)])
+def test_remove_state_is_read_as_a_boolean(run_tasks: RunTasks, tmp_path: Path, value: Any, removed: bool) -> None:
+    (task,) = role_tasks("remove.yml", "The IPAM state")
+    (tmp_path / "state").mkdir()
+    (result,) = run_tasks([task], play_vars={"weave": _weave(tmp_path, weave_remove_state=value)})
+    assert not result["event"].endswith("_failed"), result
+    assert (tmp_path / "state").exists() is not removed
+
+
+@pytest.mark.parametrize("value", ["false", False])
+def test_the_kubernetes_tasks_are_skipped_unless_asked_for(run_tasks: RunTasks, tmp_path: Path, value: Any) -> None:
+    """main.yml's import of kubernetes.yml, with its condition, on a host that is not a control plane."""
+    (entry,) = role_tasks("main.yml", "Kubernetes DaemonSet")
+    entry["ansible.builtin.import_tasks"] = str(ROLE_TASKS / entry["ansible.builtin.import_tasks"])
+    weave = {**_weave(tmp_path), "weave_kubernetes": value, "weave_kube_control_plane": value}
+    results = run_tasks([entry], play_vars={"weave": weave})
+    assert results and {r["event"] for r in results} == {"runner_on_skipped"}, results
+
+
+PASSWORD_TASKS = ("Password file (empty, mode 0600, root, before the password goes in)", "Password (mode 0600, root)")
+# A sitecustomize for the modules' interpreter: every chmod and rename that lands on the password file, with what it
+# would expose (the mode it sets, or the mode of the file renamed onto it) and whether that file has content.
+AUDIT = """
+import os, sys
+def _hook(event, args):
+    if event not in ("os.chmod", "os.rename") or not os.environ.get("WATCH"):
+        return
+    watch, log = os.environ["WATCH"], os.environ["WATCH_LOG"]
+    try:
+        if event == "os.chmod" and os.fsdecode(args[0]) == watch and isinstance(args[1], int):
+            st = os.stat(watch)
+            entry = ("chmod", oct(args[1] & 0o777), st.st_size)
+        elif event == "os.rename" and os.fsdecode(args[1]) == watch:
+            st = os.stat(args[0])
+            entry = ("rename", oct(st.st_mode & 0o777), st.st_size)
+        else:
+            return
+    except (OSError, TypeError):
+        return
+    with open(log, "a") as f:
+        f.write(repr(entry) + "\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def test_the_password_is_never_in_a_file_others_can_read(run_tasks: RunTasks, tmp_path: Path) -> None:
+    """config.yml's password tasks on a first run (no file yet), then with a new password: at no chmod or rename
+    onto the password file does it have content and a mode that lets group or others read it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT)
+    conf = tmp_path / "etc-weave-node"
+    conf.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("first password\n")
+    secret.chmod(0o600)
+    tasks = role_tasks("config.yml", *PASSWORD_TASKS)
+    for task in tasks:
+        module = next(k for k in task if k.startswith("ansible.builtin."))
+        args = task[module]
+        for key in ("path", "dest"):
+            if key in args:
+                args[key] = args[key].replace("/etc/weave-node", str(conf))
+        args.pop("owner", None)
+        args.pop("group", None)
+        task["environment"] = {
+            "PYTHONPATH": str(hook),
+            "WATCH": str(conf / "password"),
+            "WATCH_LOG": str(tmp_path / "log"),
+        }
+    weave = {**_weave(tmp_path), "weave_password_file": str(secret)}
+    first = run_tasks(tasks, play_vars={"weave": weave})
+    assert not [r for r in first if r["event"].endswith("_failed")], first
+    assert (conf / "password").read_text() == "first password\n"
+    assert stat.S_IMODE((conf / "password").stat().st_mode) == 0o600
+    secret.write_text("second password\n")
+    second = run_tasks(tasks, play_vars={"weave": weave})
+    assert not [r for r in second if r["event"].endswith("_failed")], second
+    assert second[0]["res"]["changed"] is False, second  # the file is there, 0600: touching it changes nothing
+    assert (conf / "password").read_text() == "second password\n"
+    log = [eval(line) for line in (tmp_path / "log").read_text().splitlines()]  # noqa: S307 - our own repr()s
+    assert log, "the audit hook saw nothing: the test does not test anything"
+    exposed = [e for e in log if e[2] > 0 and int(e[1], 8) & 0o077]
+    assert not exposed, log
