@@ -36,7 +36,11 @@ DEFAULTS: dict[str, Any] = {
 BOOLS = ("weave_kubernetes", "weave_kube_control_plane", "weave_hairpin", "weave_bandwidth", "weave_remove_state")
 INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
 PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
-MODULES = (("vxlan", "/sys/module/vxlan"), ("br_netfilter", "/proc/sys/net/bridge"))
+MODULES = (
+    ("vxlan", "/sys/module/vxlan"),
+    ("br_netfilter", "/proc/sys/net/bridge"),
+    ("tun", "/sys/class/misc/tun"),  # the sleeve's TAP (built in on many kernels: then /sys/module/tun is absent)
+)
 PLUGIN_SHEBANG = "#!/usr/bin/python3 -SI\n"
 
 

@@ -306,6 +306,7 @@ def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths) -> None:
         "--timezone=off",
         "--link-journal=no",
         "--console=read-only",
+        "--bind=/dev/net/tun",  # the sleeve's TAP (nspawn allows the device it binds in)
         # extra flags for debugging a host, e.g. WEAVE_LAB_NSPAWN_ARGS="--bind=/srv/debug"
         *shlex.split(os.environ.get("WEAVE_LAB_NSPAWN_ARGS", "")),
     ]
