@@ -149,6 +149,21 @@ def test_the_password_is_distributed_0600_and_never_shown(lab: Lab, tmp_path: Pa
         poll(lambda n=name: _established(lab, n) == HOSTS - 1, timeout=30, what=f"{name} meshed, encrypted")
         assert PASSWORD not in lab.ssh(name, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '", check=False).stdout
         assert PASSWORD not in lab.ssh(name, "journalctl -u weave-node --no-pager").stdout
+    # With a password, pod traffic between the hosts is sealed in the sleeve (no VXLAN device at all), and works.
+    hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
+    for name in hosts:
+        poll(
+            lambda n=name: [p["mode"] for p in lab.status(n).get("datapath", {}).get("peers", [])] == ["sleeve"] * 2,
+            timeout=30,
+            what=f"{name}: both peers in the encrypted sleeve",
+        )
+        assert lab.status(name)["datapath"]["fastdp"] is None
+    ips = {name: verify.add_pod(host, "sealed") for name, host in hosts.items()}
+    try:
+        verify.pods_reach_each_other(hosts, "sealed", ips)
+    finally:
+        for host in hosts.values():
+            verify.del_pod(host, "sealed")
 
 
 def test_dry_run_changes_nothing_and_a_failed_health_gate_stops_only_that_host(lab: Lab) -> None:
