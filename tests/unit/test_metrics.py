@@ -38,6 +38,10 @@ DOC = {
             {"name": "aa:bb:cc:dd:ee:02", "nickname": "n2", "mode": "fastdp"},
             {"name": "aa:bb:cc:dd:ee:03", "nickname": "n3", "mode": "down"},
         ],
+        "sleeve": {
+            "counters": {"frames_out": 5, "frames_in": 3, "bytes_out": 500, "bytes_in": 300, "relayed": 2},
+            "drops": {"replay": 4, "forged": 1},
+        },
     },
 }
 
@@ -72,6 +76,10 @@ def test_families_use_weave_names_and_values() -> None:
     assert s[("weave_ipam_pending_allocates", ())] == 2
     assert s[("weave_node_datapath_peers", (("mode", "down"),))] == 1
     assert s[("weave_node_datapath_problems", ())] == 1
+    assert s[("weave_node_sleeve_frames_total", (("direction", "out"),))] == 5
+    assert s[("weave_node_sleeve_bytes_total", (("direction", "in"),))] == 300
+    assert s[("weave_node_sleeve_drops_total", (("reason", "replay"),))] == 4
+    assert s[("weave_node_sleeve_relayed_total", ())] == 2
 
 
 def test_router_metrics_count_cni_operations() -> None:

@@ -94,9 +94,34 @@ def _datapath(d: dict[str, Any]) -> list[Metric]:
     return [
         modes,
         per_peer,
+        *_sleeve(d.get("sleeve") or {}),
         GaugeMetricFamily("weave_node_mtu", "MTU of the bridge, the VXLAN device and pods.", value=d["mtu"]),
         GaugeMetricFamily(
             "weave_node_datapath_problems", "Conflicts the router will not fix itself.", value=len(d["problems"])
+        ),
+    ]
+
+
+def _sleeve(sl: dict[str, Any]) -> list[Metric]:
+    if "counters" not in sl:
+        return []
+    c = sl["counters"]
+    frames = CounterMetricFamily("weave_node_sleeve_frames", "Frames carried by the sleeve.", labels=["direction"])
+    octets = CounterMetricFamily("weave_node_sleeve_bytes", "Frame bytes carried by the sleeve.", labels=["direction"])
+    for direction, key in (("out", "out"), ("in", "in")):
+        frames.add_metric([direction], c.get(f"frames_{key}", 0))
+        octets.add_metric([direction], c.get(f"bytes_{key}", 0))
+    drops = CounterMetricFamily(
+        "weave_node_sleeve_drops", "Datagrams the sleeve dropped, by reason.", labels=["reason"]
+    )
+    for reason, n in sorted(sl.get("drops", {}).items()):
+        drops.add_metric([reason], n)
+    return [
+        frames,
+        octets,
+        drops,
+        CounterMetricFamily(
+            "weave_node_sleeve_relayed", "Segments relayed for other peers.", value=c.get("relayed", 0)
         ),
     ]
 
