@@ -220,6 +220,23 @@ class Sealer:
             offset += self.pack_one(out, offset, inner, view[i * room : (i + 1) * room])
         return count, offset
 
+    def plain_iovecs(
+        self, message: memoryview, *, msg_id: int, src: bytes, dst: bytes, segment_size: int, flags: int = 0
+    ) -> list[bytes | memoryview]:
+        """Plain mode, scatter/gather: [header, data view, header, data view, ...] — the same datagrams as
+        `pack` (every one but the last `segment_size` bytes) for sendmsg to gather, without copying the data."""
+        room = segment_size - HEADERS.size
+        count = max(1, -(-len(message) // room))
+        if count > MAX_SEGMENTS or len(message) > MAX_MESSAGE or room <= 0:
+            raise ValueError(f"a message of {len(message)} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
+        seq, pack, msg_id = self.seq, HEADERS.pack, msg_id & 0xFFFFFFFF
+        self.seq += count
+        out: list[bytes | memoryview] = []
+        for i in range(count):
+            out.append(pack(VERSION, MODE_PLAIN, 0, seq + i, Kind.FRAME, flags, count, msg_id, i, MAX_TTL, 0, src, dst))
+            out.append(message[i * room : (i + 1) * room])
+        return out
+
     def datagrams(
         self,
         message: bytes | memoryview,

@@ -296,6 +296,9 @@ class Forwarder:
     def _send_message(self, link: Link, message: memoryview | bytes, dst: bytes, kind: Kind, flags: int) -> None:
         self._msg_id += 1
         seg = link.segment_size
+        if link.sealer.key is None and kind == Kind.FRAME and self._gso:
+            self._send_gathered(link, memoryview(message), dst, flags, seg)
+            return
         count, total = link.sealer.pack(
             self._send_buf, message, msg_id=self._msg_id, src=self.me_b, dst=dst, segment_size=seg, kind=kind,
             flags=flags,
@@ -321,6 +324,28 @@ class Forwarder:
                 log.warning("sleeve: UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
                 self._gso = False
                 self._send_packed(link, count, total, seg)
+                return
+            self.counters["send_error"] += 1
+
+    def _send_gathered(self, link: Link, message: memoryview, dst: bytes, flags: int, seg: int) -> None:
+        """Plain frames: headers and views of the TAP buffer gathered by sendmsg (no copy in Python)."""
+        iov = link.sealer.plain_iovecs(
+            message, msg_id=self._msg_id, src=self.me_b, dst=dst, segment_size=seg, flags=flags
+        )
+        count = len(iov) // 2
+        per_call = 2 * (MAX_UDP // seg)
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))] if count > 1 else []
+        try:
+            for start in range(0, len(iov), per_call):
+                self.sock.sendmsg(iov[start : start + per_call], cmsg, 0, link.addr)
+            self.counters["datagrams_out"] += count
+        except OSError as exc:
+            if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                log.warning("sleeve: UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
+                self._gso = False
+                for start in range(0, len(iov), 2):
+                    with contextlib.suppress(OSError):
+                        self.sock.sendmsg(iov[start : start + 2], [], 0, link.addr)
                 return
             self.counters["send_error"] += 1
 
@@ -372,6 +397,18 @@ class Forwarder:
                 self._datagram(link, view[off:end])
                 continue
             window.accept(seq)
+            run = self._run
+            # Inline, the commonest case: the next segment of the message being collected.
+            if (
+                index
+                and run is not None
+                and run[1] == msg_id
+                and run[0] == src
+                and run[2] == count
+                and len(run[4]) == index < count - 1
+            ):
+                run[4].append(view[off + HEADERS.size : end])
+                continue
             self._run_add(src, msg_id, index, count, flags, view[off + HEADERS.size : end])
 
     def _batch_sealed(self, link: Link, buf: bytearray, view: memoryview, n: int, size: int) -> None:
