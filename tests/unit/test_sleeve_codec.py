@@ -204,3 +204,14 @@ def test_aes_gcm_round_trips_and_refuses_forgeries_and_the_other_cipher() -> Non
         Opener(KEY).open(datagrams[0])  # a secretbox receiver refuses AES-GCM datagrams, and the reverse
     with pytest.raises(SleeveDropped, match="mode"):
         Opener(KEY, mode=MODE_AESGCM).open(Sealer(KEY).datagrams(b"x", msg_id=1, src=A, dst=B, segment_size=100)[0])
+
+
+@given(message=st.binary(min_size=0, max_size=66000), seg=st.integers(min_value=600, max_value=9000))
+@settings(max_examples=60, deadline=None)
+def test_gathered_plain_datagrams_are_the_packed_ones(message: bytes, seg: int) -> None:
+    try:
+        packed = Sealer(None, seq=9).datagrams(message, msg_id=5, src=A, dst=B, segment_size=seg, flags=1)
+    except ValueError:
+        return
+    iov = Sealer(None, seq=9).plain_iovecs(memoryview(message), msg_id=5, src=A, dst=B, segment_size=seg, flags=1)
+    assert [bytes(iov[i]) + bytes(iov[i + 1]) for i in range(0, len(iov), 2)] == packed
