@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from tests.helpers import poll
 from tests.netns.hosts import NsHost, RouterProc
 from weave_node.api.client import request
 from weave_node.datapath import netlink
@@ -35,7 +36,11 @@ class PodNs:
 def make_pod(router: RouterProc, name: str) -> PodNs:
     """A pod on the router's host: an IPAM address, a veth onto the bridge, default route via the bridge."""
     host = router.host
-    dp = router.status()["datapath"]
+    dp = poll(
+        lambda: (router.status().get("datapath") or {}).get("bridge_address") and router.status()["datapath"],
+        timeout=30,
+        what=f"{host.netns}: the bridge's address",
+    )
     gateway, prefix = dp["bridge_address"].split("/")
     doc: dict[str, Any] = request(
         "POST", "/ipam/allocate", socket_path=str(router.socket), body={"container_id": name}, timeout=30
