@@ -29,6 +29,15 @@ from weave_node.overlay.sleeve.codec import aesgcm_available
 pytestmark = pytest.mark.netns
 FALLBACK_BOUND = 10.0  # seconds from the block to sleeve mode (heartbeat timeout 4 s + evaluation)
 PATTERN = "5eed5eed5eed5eed"  # ping -p: a payload to look for on the wire
+REPLAY = """
+import socket, struct, sys
+src, dst, payload = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+udp = struct.pack("!HHHH", 6783, 6783, 8 + len(payload), 0) + payload  # checksum 0: none (IPv4)
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(3):
+    s.sendto(ip + udp, (dst, 0))
+"""
 
 
 def _mode(r: RouterProc, peer: str) -> str | None:
@@ -200,15 +209,11 @@ def test_encrypted_pod_traffic(tmp_path: Path, h2_aes: bool) -> None:
             needle = bytes.fromhex(PATTERN)
             assert not any(needle in p for p in payloads), "plaintext of the pod's payload on the underlay"
             assert not any(b"weave" in p for p in payloads)
-            # A captured datagram from h1, replayed from h1's address, is dropped as a replay.
+            # A captured datagram from h1, replayed from h1's address and port (a raw socket: an attacker on the
+            # path writes what it likes), is dropped as a replay.
             replays = _sleeve(r2)["drops"].get("replay", 0)
             big = max(payloads, key=len)
-            net.hosts[0].run(
-                "python3", "-c",
-                "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"[s.sendto(bytes.fromhex(sys.argv[1]), ('{a2}', 6783)) for _ in range(3)]",
-                big.hex(),
-            )  # fmt: skip
+            net.hosts[0].run("python3", "-c", REPLAY, a1, a2, big.hex())
             poll(lambda: _sleeve(r2)["drops"].get("replay", 0) >= replays + 1, timeout=10, what="replay counted")
             # The host with the wrong password has no connection, no sleeve link, and its pod reaches nobody.
             assert not r3.established()

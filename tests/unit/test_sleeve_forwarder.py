@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_mesh_routes import graph
 from weave_node.mesh.crypto import SessionKeys
-from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Sealer
+from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Reassembler, Sealer, Segment
 from weave_node.overlay.sleeve.forwarder import Config, Forwarder, LinkSpec, name_bytes
 from weave_node.overlay.sleeve.routing import sleeve_routes
 
@@ -112,3 +113,79 @@ def test_routes_avoid_links_that_do_not_answer() -> None:
     assert sleeve_routes(records, 1, {2}) == {2: 2, 3: 2}  # UDP to 3 blocked: through 2
     assert sleeve_routes(records, 1, set()) == {}
     assert sleeve_routes(records, 9, {2}) == {}
+
+
+@pytest.fixture
+def duplex() -> Iterator[tuple[Forwarder, socket.socket]]:
+    """A forwarder whose TAP is one end of a packet socketpair (frames can be read from it and written to it)."""
+    tap_ours, tap_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tap_ours.setblocking(False)
+    tap_theirs.setblocking(False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    fwd = Forwarder(ME, tap_ours.fileno(), sock)
+    fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", SessionKeys(send=K1, receive=K2))}))
+    yield fwd, tap_theirs
+    sock.close()
+    tap_ours.close()
+    tap_theirs.close()
+
+
+def test_empty_and_wrong_port_datagrams_are_dropped_quietly(duplex: tuple[Forwarder, socket.socket]) -> None:
+    fwd, _tap = duplex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"", fwd.sock.getsockname())
+        s.sendto(_genuine(7)[0], fwd.sock.getsockname())  # genuine, but not from port 6783
+    deadline = time.monotonic() + 5
+    while fwd.counters["empty"] + fwd.counters["unknown_sender"] < 2 and time.monotonic() < deadline:
+        fwd._from_udp()
+    assert fwd.counters["empty"] == 1 and fwd.counters["unknown_sender"] == 1
+    assert fwd.counters["error"] == 0 and fwd.counters["frames_in"] == 0
+
+
+def test_probe_acks_count_only_for_sizes_probed_on_that_link(duplex: tuple[Forwarder, socket.socket]) -> None:
+    fwd, _tap = duplex
+    link = fwd.links[PEER]
+    forged = Sealer(K2, seq=1).datagrams(
+        (70000).to_bytes(4, "big"), msg_id=1, src=name_bytes(PEER), dst=name_bytes(ME), segment_size=1472,
+        kind=Kind.PROBE_ACK,
+    )[0]  # fmt: skip
+    fwd._datagram(link, memoryview(bytearray(forged)))
+    assert not link.up(fwd.clock(), fwd.link_timeout) and fwd.counters["bad_probe_ack"] == 1
+    assert link.segment_size == 1472
+
+
+def test_a_frame_for_a_peer_back_in_fastdp_is_left_to_vxlan(duplex: tuple[Forwarder, socket.socket]) -> None:
+    fwd, tap = duplex
+    fwd._macs[bytes.fromhex("02bb00000001")] = name_bytes(PEER)  # learned while PEER was in the sleeve
+    fwd._apply(Config(links={PEER: fwd.links[PEER].spec}, routes={PEER: PEER}))  # PEER not in the sleeve
+    assert fwd._macs == {}  # forgotten when PEER left the sleeve
+    fwd._macs[bytes.fromhex("02bb00000001")] = name_bytes(PEER)
+    tap.send(FRAME)
+    fwd._from_tap()
+    assert fwd.counters["frames_left_to_fastdp"] == 1 and fwd.counters["datagrams_out"] == 0
+
+
+def test_a_message_whose_first_segment_comes_last_is_still_delivered(duplex: tuple[Forwarder, socket.socket]) -> None:
+    fwd, tap = duplex
+    message = bytes(VNET_HDR_SIZE) + bytes.fromhex("02bb0000000102bb000000020800") + os.urandom(3000)
+    segs = Sealer(K2, seq=100).datagrams(
+        message, msg_id=9, src=name_bytes(PEER), dst=name_bytes(ME), segment_size=1400, flags=FLAG_VNET
+    )
+    assert len(segs) == 3
+    link = fwd.links[PEER]
+    for d in (segs[1], segs[2], segs[0]):  # 1 and 2 wait in the reassembler; 0 arrives on the fast path
+        buf = bytearray(d)
+        fwd._batch_sealed(link, buf, memoryview(buf), len(buf), len(buf))
+    assert tap.recv(1 << 16) == message
+
+
+def test_held_segments_are_copies_not_views_of_the_receive_buffer() -> None:
+    reasm = Reassembler()
+    buf = bytearray(b"abcdef")
+    seg = Segment(Kind.FRAME, 0, 1, 0, 2, 8, b"s" * 6, b"d" * 6, memoryview(buf)[:3], 1)
+    assert reasm.add_parts(seg, 0.0) is None
+    buf[:3] = b"XYZ"  # the receive buffer is reused
+    last = Segment(Kind.FRAME, 0, 1, 1, 2, 8, b"s" * 6, b"d" * 6, memoryview(buf)[3:], 2)
+    assert b"".join(reasm.add_parts(last, 0.0) or []) == b"abcdef"

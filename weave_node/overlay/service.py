@@ -432,32 +432,38 @@ class OverlayService:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            now = self.clock()
-            if self._transport is not None:
-                for name, payload in self.health.due(now):
-                    dst = self.heartbeat_peers.get(name)
-                    if dst:
-                        self._transport.sendto(payload, (dst, HEARTBEAT_PORT))
-            switches = self.health.evaluate(now)
-            for switch in switches:
-                log.info(
-                    "peer %s(%s): %s -> %s: %s",
-                    format_name(switch.peer),
-                    self.nicknames.get(switch.peer, "?"),
-                    switch.old.value,
-                    switch.new.value,
-                    switch.reason,
-                )
-            if any(Mode.SLEEVE in (s.old, s.new) for s in switches):
-                self._dirty.set()  # flood entries follow the modes
-                self._push_sleeve()
-                # MACs learned behind the tunnel (or the TAP) must be learned again on the path now in use.
-                loop = asyncio.get_running_loop()
-                with contextlib.suppress(Exception):
-                    await loop.run_in_executor(self.executor, netlink.flush_learned, [VXLAN, TAP])
-            else:
-                self._push_sleeve()
+            try:
+                await self._heartbeat_step()
+            except Exception:  # this loop decides every peer's mode: it must survive anything
+                log.exception("heartbeats: unexpected error")
             await asyncio.sleep(min(self.config.heartbeat_interval, 0.5))
+
+    async def _heartbeat_step(self) -> None:
+        now = self.clock()
+        if self._transport is not None:
+            for name, payload in self.health.due(now):
+                dst = self.heartbeat_peers.get(name)
+                if dst:
+                    self._transport.sendto(payload, (dst, HEARTBEAT_PORT))
+        switches = self.health.evaluate(now)
+        for switch in switches:
+            log.info(
+                "peer %s(%s): %s -> %s: %s",
+                format_name(switch.peer),
+                self.nicknames.get(switch.peer, "?"),
+                switch.old.value,
+                switch.new.value,
+                switch.reason,
+            )
+        if any(Mode.SLEEVE in (s.old, s.new) for s in switches):
+            self._dirty.set()  # flood entries follow the modes
+            self._push_sleeve()
+            # MACs learned behind the tunnel (or the TAP) must be learned again on the path now in use.
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self.executor, netlink.flush_learned, [VXLAN, TAP])
+        else:
+            self._push_sleeve()
 
     # --- sleeve ------------------------------------------------------------------------------------------
 

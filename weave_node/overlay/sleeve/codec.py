@@ -43,6 +43,8 @@ VNET_HDR_SIZE = 10
 MAX_SEGMENTS = 160  # a 64 KiB super-frame at a 548-byte path MTU
 MAX_MESSAGE = 65536 + VNET_HDR_SIZE
 MAX_TTL = 8
+PLAIN_STALE_RESET = 256  # consecutive too-old plain datagrams after which the window starts over
+SEGMENT_COST = 128  # what the reassembler charges per held segment on top of its data (objects, dict entry)
 MODE_PLAIN, MODE_SECRETBOX, MODE_AESGCM = 0, 1, 2
 CIPHERS = {MODE_SECRETBOX: "NaCl secretbox (XSalsa20-Poly1305)", MODE_AESGCM: "AES-256-GCM"}
 
@@ -226,8 +228,10 @@ class Sealer:
         """Plain mode, scatter/gather: [header, data view, header, data view, ...] — the same datagrams as
         `pack` (every one but the last `segment_size` bytes) for sendmsg to gather, without copying the data."""
         room = segment_size - HEADERS.size
+        if room <= 0:
+            raise ValueError(f"segment size {segment_size} leaves no room for data")
         count = max(1, -(-len(message) // room))
-        if count > MAX_SEGMENTS or len(message) > MAX_MESSAGE or room <= 0:
+        if count > MAX_SEGMENTS or len(message) > MAX_MESSAGE:
             raise ValueError(f"a message of {len(message)} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
         seq, pack, msg_id = self.seq, HEADERS.pack, msg_id & 0xFFFFFFFF
         self.seq += count
@@ -279,6 +283,7 @@ class Opener:
         self.window = ReplayWindow(window)
         self.drops: Counter[str] = Counter()
         self._key_c = None if key is None else ffi.from_buffer(key)
+        self._stale = 0
 
     def unseal_at(self, cbuf: object, offset: int, length: int, seq: int) -> bool:
         """Decrypt in place the sealed datagram at cbuf[offset:offset + length] (cbuf: ffi.from_buffer of a
@@ -292,10 +297,20 @@ class Opener:
 
     def open(self, datagram: bytes | bytearray | memoryview) -> Segment:
         try:
-            return self._open(memoryview(datagram))
+            seg = self._open(memoryview(datagram))
         except SleeveDropped as exc:
             self.drops[exc.reason] += 1
+            if self.key is None and exc.reason == "too_old":
+                # Plain datagrams are not authenticated: one with a huge seq (or a peer whose clock went back
+                # across a restart) must not silence the link for good. Start over after a run of stale ones.
+                self._stale += 1
+                if self._stale >= PLAIN_STALE_RESET:
+                    self.window = ReplayWindow(self.window.size)
+                    self._stale = 0
+                    self.drops["window_reset"] += 1
             raise
+        self._stale = 0
+        return seg
 
     def _open(self, view: memoryview) -> Segment:
         if len(view) < OUTER.size + INNER.size:
@@ -360,11 +375,13 @@ class Reassembler:
         if seg.index in partial.parts:
             self.drops["duplicate"] += 1
             return None
-        size = len(seg.data)
-        if partial.size + size > MAX_MESSAGE:
+        # Held for later: a copy (a view would pin its whole 64 KiB receive buffer), charged with a per-segment
+        # overhead so that empty segments count too.
+        size = len(seg.data) + SEGMENT_COST
+        if partial.size + size > MAX_MESSAGE + MAX_SEGMENTS * SEGMENT_COST:
             self._forget(key, "oversize")
             return None
-        partial.parts[seg.index] = seg.data
+        partial.parts[seg.index] = bytes(seg.data)
         partial.size += size
         self._bytes += size
         if len(partial.parts) == partial.count:
@@ -375,6 +392,10 @@ class Reassembler:
         while len(self._partial) > self.max_messages or self._bytes > self.max_bytes:
             self._forget(next(iter(self._partial)), "overflow")
         return None
+
+    def holds(self, src: bytes, msg_id: int) -> bool:
+        """Whether part of this message is waiting here."""
+        return (src, msg_id) in self._partial
 
     def expire(self, now: float) -> None:
         for key in [k for k, p in self._partial.items() if now - p.first_seen > self.timeout]:

@@ -67,6 +67,7 @@ UDP_GRO = 104
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_PROBE = 3  # DF on every datagram, and the kernel's PMTU cache ignored: the probes decide
 MAX_UDP = 65507
+UDP_MAX_SEGMENTS = 64  # the kernel's limit per GSO send (128 on the newest kernels)
 PROBE_SIZES = (8972, 1472, 1452, 1422, 1372, 1252, 1024, 548)  # datagram sizes (IPv4: MTU - 28)
 _U32 = struct.Struct("!I")
 
@@ -100,6 +101,7 @@ class Config:
 class Link:
     def __init__(self, spec: LinkSpec, now: float, wall_ns: int) -> None:
         self.spec = spec
+        self.peer_b = name_bytes(spec.peer)
         self.addr = (spec.address, PORT)
         send, receive = (spec.keys.send, spec.keys.receive) if spec.keys else (None, None)
         # Plain: the sequence starts at the wall clock, so a restarted router is not taken for a replay.
@@ -150,6 +152,8 @@ class Forwarder:
         self._by_addr: dict[str, Link] = {}
         self._routes: dict[bytes, Link] = {}
         self._sleeve: list[bytes] = []
+        self._sleeve_set: frozenset[bytes] = frozenset()
+        self._min_segment = 1472  # for relayed destinations: the path's MTU is not known beyond the first hop
         self._blocked: frozenset[bytes] = frozenset()
         self._macs: dict[bytes, bytes] = {}
         self._reasm = Reassembler(max_messages=512, max_bytes=32 << 20)
@@ -164,6 +168,7 @@ class Forwarder:
         self._send_buf = bytearray(packed_size(len(self._tap_buf), 548))
         self._next_probe = 0.0
         self._run: tuple[bytes, int, int, int, list[bytes | memoryview]] | None = None
+        self._run_at_tick: object = None
         self._retired: Counter[str] = Counter()  # drops of links that were replaced
 
     # --- control (any thread) ----------------------------------------------------------------------------
@@ -200,10 +205,10 @@ class Forwarder:
                 )
                 for name, link in list(self.links.items())
             }
-            drops = Counter(self._retired)
+            drops = Counter(dict(self._retired))
             for link in list(self.links.values()):
-                drops.update(link.opener.drops)
-            drops.update(self._reasm.drops)
+                drops.update(dict(link.opener.drops))  # dict(): a C-level copy, while the thread may add a key
+            drops.update(dict(self._reasm.drops))
             return links, dict(self.counters), dict(drops)
 
     # --- the thread --------------------------------------------------------------------------------------
@@ -217,8 +222,11 @@ class Forwarder:
             while not self._stop.is_set():
                 now = self.clock()
                 if now >= self._next_probe:
-                    self._probe(now)
-                    self._reasm.expire(now)
+                    try:
+                        self._tick(now)
+                    except Exception:
+                        log.exception("sleeve: unexpected error in the periodic work")
+                        self.counters["error"] += 1
                     self._next_probe = now + self.probe_interval
                 for key, _ in sel.select(max(0.0, self._next_probe - now)):
                     try:
@@ -228,6 +236,15 @@ class Forwarder:
                         self.counters["error"] += 1
         finally:
             sel.close()
+
+    def _tick(self, now: float) -> None:
+        self._probe(now)
+        # A message collected in order whose rest went another way (or was lost) waits in the reassembler,
+        # where it can complete or expire, instead of in the run.
+        if self._run is not None and self._run is self._run_at_tick:
+            self._run_to_reassembler()
+        self._run_at_tick = self._run
+        self._reasm.expire(now)
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -252,7 +269,11 @@ class Forwarder:
         self._by_addr = {link.addr[0]: link for link in self.links.values()}
         self._routes = {name_bytes(dst): self.links[hop] for dst, hop in config.routes.items() if hop in self.links}
         self._sleeve = [name_bytes(p) for p in sorted(config.sleeve)]
+        self._sleeve_set = frozenset(self._sleeve)
+        self._macs = {mac: peer for mac, peer in self._macs.items() if peer in self._sleeve_set}
         self._blocked = config.blocked_macs
+        sizes = [link.segment_size for link in self.links.values() if link.verified]
+        self._min_segment = min(sizes, default=1472)
 
     def _retire(self, link: Link) -> None:
         self._retired.update(link.opener.drops)
@@ -280,6 +301,11 @@ class Forwarder:
                 self.counters["bridge_mac_dropped"] += 1
                 continue
             owner = None if dst_mac[0] & 1 else self._macs.get(dst_mac)
+            if owner is not None and owner not in self._sleeve_set:
+                # That peer is back in fastdp: VXLAN carries this frame (the bridge flooded it to both ports
+                # while it relearns); a second copy through the sleeve would teach the far bridge the wrong port.
+                self.counters["frames_left_to_fastdp"] += 1
+                continue
             targets = [owner] if owner is not None else self._sleeve
             if not targets:
                 self.counters["frames_dropped_no_peer"] += 1
@@ -295,7 +321,7 @@ class Forwarder:
 
     def _send_message(self, link: Link, message: memoryview | bytes, dst: bytes, kind: Kind, flags: int) -> None:
         self._msg_id += 1
-        seg = link.segment_size
+        seg = link.segment_size if link.peer_b == dst else min(link.segment_size, self._min_segment)
         if link.sealer.key is None and kind == Kind.FRAME and self._gso:
             self._send_gathered(link, memoryview(message), dst, flags, seg)
             return
@@ -311,7 +337,7 @@ class Forwarder:
             if count == 1:
                 self.sock.sendto(out[:total], link.addr)
             elif self._gso:
-                per_call = MAX_UDP // seg
+                per_call = min(UDP_MAX_SEGMENTS, MAX_UDP // seg)
                 for start in range(0, count, per_call):
                     chunk = out[start * seg : min(total, (start + per_call) * seg)]
                     self.sock.sendmsg([chunk], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))], 0, link.addr)
@@ -320,7 +346,7 @@ class Forwarder:
                     self.sock.sendto(out[start : min(total, start + seg)], link.addr)
             self.counters["datagrams_out"] += count
         except OSError as exc:
-            if self._gso and count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+            if self._gso and count > 1 and exc.errno in (errno.EIO, errno.ENOPROTOOPT):
                 log.warning("sleeve: UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
                 self._gso = False
                 self._send_packed(link, count, total, seg)
@@ -333,14 +359,14 @@ class Forwarder:
             message, msg_id=self._msg_id, src=self.me_b, dst=dst, segment_size=seg, flags=flags
         )
         count = len(iov) // 2
-        per_call = 2 * (MAX_UDP // seg)
+        per_call = 2 * min(UDP_MAX_SEGMENTS, MAX_UDP // seg)
         cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))] if count > 1 else []
         try:
             for start in range(0, len(iov), per_call):
                 self.sock.sendmsg(iov[start : start + per_call], cmsg, 0, link.addr)
             self.counters["datagrams_out"] += count
         except OSError as exc:
-            if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+            if count > 1 and exc.errno in (errno.EIO, errno.ENOPROTOOPT):
                 log.warning("sleeve: UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
                 self._gso = False
                 for start in range(0, len(iov), 2):
@@ -365,13 +391,14 @@ class Forwarder:
                 self.counters["recv_error"] += 1
                 continue
             link = self._by_addr.get(addr[0])
-            if link is None:
-                self.counters["unknown_sender"] += 1
+            if link is None or addr[1] != PORT or n == 0:
+                self.counters["unknown_sender" if n else "empty"] += 1
                 continue
             size = n
             for level, kind, data in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                     size = int.from_bytes(data[:4] if len(data) >= 4 else data[:2], "little") or n
+            size = max(1, size)
             if link.sealer.key is None:
                 self._batch_plain(link, view, n, size)
             else:
@@ -450,6 +477,9 @@ class Forwarder:
         if index == 0:
             if run is not None:
                 self._run_to_reassembler()
+            if count > 1 and self._reasm.holds(src, msg_id):  # the rest came first: finish it there
+                self._deliver(Segment(Kind.FRAME, flags, msg_id, 0, count, MAX_TTL, src, self.me_b, data, 0))
+                return
             if count == 1:
                 self._write(src, flags, [data])
                 return
@@ -487,12 +517,21 @@ class Forwarder:
             self._deliver(seg)
         elif seg.kind == Kind.PROBE:
             self._send_message(link, _U32.pack(size), seg.src, Kind.PROBE_ACK, 0)
-        elif len(seg.data) == 4:  # PROBE_ACK
+        elif len(seg.data) == 4 and seg.src == link.peer_b:  # PROBE_ACK, for a size we probe on this link
+            size = _U32.unpack(seg.data)[0]
+            if size not in link.sizes:
+                self.counters["bad_probe_ack"] += 1
+                return
             now = self.clock()
-            link.acked[_U32.unpack(seg.data)[0]] = now
+            link.acked[size] = now
             link.last_ack = now
+            if link.verified is None or size > link.verified:
+                self._verified(link, size)
 
     def _deliver(self, seg: Segment) -> None:
+        run = self._run
+        if run is not None and run[0] == seg.src and run[1] == seg.msg_id:
+            self._run_to_reassembler()  # the rest of that message: all of it in one place
         parts = self._reasm.add_parts(seg, self.clock())
         if parts is not None:
             self._write(seg.src, seg.flags, parts)
@@ -552,10 +591,13 @@ class Forwarder:
             recent = [s for s, t in link.acked.items() if now - t < self.link_timeout]
             best = max(recent, default=None)
             if best is not None and best != link.verified:
-                link.verified = best
-                link.segment_size = best
-                if self.on_verified is not None:
-                    self.on_verified(name, best)
+                self._verified(link, best)
+
+    def _verified(self, link: Link, size: int) -> None:
+        link.verified = link.segment_size = size
+        self._min_segment = min((x.segment_size for x in self.links.values() if x.verified), default=1472)
+        if self.on_verified is not None:
+            self.on_verified(link.spec.peer, size)
 
     def _next_id(self) -> int:
         self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
