@@ -208,13 +208,8 @@ class Sealer:
         ttl: int = MAX_TTL,
     ) -> tuple[int, int]:
         """The message's datagrams into `out` (big enough: see `packed_size`); returns (count, total length)."""
-        room = segment_size - overhead(self.key is not None)
-        if room <= 0:
-            raise ValueError(f"segment size {segment_size} leaves no room for data")
         view = memoryview(message)
-        count = max(1, -(-len(view) // room))
-        if count > MAX_SEGMENTS or len(view) > MAX_MESSAGE:
-            raise ValueError(f"a message of {len(view)} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
+        room, count = _cut(len(view), segment_size - overhead(self.key is not None), segment_size)
         offset = 0
         msg_id &= 0xFFFFFFFF
         for i in range(count):
@@ -227,12 +222,7 @@ class Sealer:
     ) -> list[bytes | memoryview]:
         """Plain mode, scatter/gather: [header, data view, header, data view, ...] — the same datagrams as
         `pack` (every one but the last `segment_size` bytes) for sendmsg to gather, without copying the data."""
-        room = segment_size - HEADERS.size
-        if room <= 0:
-            raise ValueError(f"segment size {segment_size} leaves no room for data")
-        count = max(1, -(-len(message) // room))
-        if count > MAX_SEGMENTS or len(message) > MAX_MESSAGE:
-            raise ValueError(f"a message of {len(message)} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
+        room, count = _cut(len(message), segment_size - HEADERS.size, segment_size)
         seq, pack, msg_id = self.seq, HEADERS.pack, msg_id & 0xFFFFFFFF
         self.seq += count
         out: list[bytes | memoryview] = []
@@ -264,6 +254,16 @@ class Sealer:
         """A received segment re-sealed for the next hop (relaying), its TTL one less."""
         inner = INNER.pack(seg.kind, seg.flags, seg.count, seg.msg_id, seg.index, seg.ttl - 1, 0, seg.src, seg.dst)
         return self.seal(inner, seg.data)
+
+
+def _cut(length: int, room: int, segment_size: int) -> tuple[int, int]:
+    """(data bytes per segment, segments) for a message of `length` bytes; ValueError if it cannot be sent."""
+    if room <= 0:
+        raise ValueError(f"segment size {segment_size} leaves no room for data")
+    count = max(1, -(-length // room))
+    if count > MAX_SEGMENTS or length > MAX_MESSAGE:
+        raise ValueError(f"a message of {length} B does not fit {MAX_SEGMENTS} segments of {segment_size} B")
+    return room, count
 
 
 def packed_size(message_len: int, segment_size: int) -> int:
