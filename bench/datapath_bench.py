@@ -251,7 +251,8 @@ def throughput(base: Path, runs: int, seconds: int) -> dict[str, Any]:
                 hand_pods += build_by_hand(net)
             add_weave_rules(hand_ipt)
             routers = start_mesh(ours)
-            pods = [make_pod(routers[0], "ta"), make_pod(routers[1], "tb")]
+            pods.append(make_pod(routers[0], "ta"))  # one by one: a failure still removes those made
+            pods.append(make_pod(routers[1], "tb"))
             h1, h2 = hand.hosts
             pairs = {  # (source netns, destination netns, destination address)
                 "underlay": (h1.netns, h2.netns, h2.address),

@@ -80,8 +80,9 @@ def throughput(base: Path, runs: int, seconds: int, switch_runs: int) -> dict[st
             for key, net in nets.items():
                 mode, extra = args[key]
                 routers[key] = mesh(net, *extra, mode=mode)
-                a, b = make_pod(routers[key][0], f"{key[:3]}a"), make_pod(routers[key][1], f"{key[:3]}b")
-                pods += [a, b]
+                pods.append(make_pod(routers[key][0], f"{key[:3]}a"))  # one by one: a failure still cleans up
+                pods.append(make_pod(routers[key][1], f"{key[:3]}b"))
+                a, b = pods[-2:]
                 pairs[key] = (a.name, b.name, b.ip)
                 ns_run(a.name, "ping", "-c", "1", "-W", "5", b.ip)
             mtus = {k: r[0].status()["datapath"]["mtu"] for k, r in routers.items()}

@@ -74,8 +74,10 @@ def _ping(pod: PodNs, ip: str, count: int = 3) -> bool:
 def three(tmp_path: Path) -> Iterator[tuple[Net, list[RouterProc], list[PodNs]]]:
     with netns_hosts(3, tmp_path) as net:
         routers = start_mesh(net)
-        pods = [make_pod(r, f"s{i}") for i, r in enumerate(routers, 1)]
+        pods: list[PodNs] = []
         try:
+            for i, r in enumerate(routers, 1):
+                pods.append(make_pod(r, f"s{i}"))  # one by one: a failure still removes those made
             yield net, routers, pods
         finally:
             remove_pods(pods)
@@ -187,8 +189,10 @@ def test_encrypted_pod_traffic(tmp_path: Path, h2_aes: bool) -> None:
         want = "AES-256-GCM" if aesgcm_available() and h2_aes else "NaCl secretbox (XSalsa20-Poly1305)"
         poll(lambda: (_peer(r1, "h2")["sleeve"]["link"] or {}).get("cipher") == want, timeout=10, what=want)
         assert f"datagrams sealed with {want}" in r1.log_text()
-        pods = [make_pod(r, f"e{i}") for i, r in enumerate((r1, r2, r3), 1)]
+        pods: list[PodNs] = []
         try:
+            for i, r in enumerate((r1, r2, r3), 1):
+                pods.append(make_pod(r, f"e{i}"))  # one by one: a failure still removes those made
             p1, p2, p3 = pods
             poll(lambda: _ping(p1, p2.ip), timeout=20, what="p1 pings p2 through the sealed sleeve")
             # A capture on the underlay: datagrams, none with the payload in clear.
