@@ -247,7 +247,7 @@ class OverlayService:
                 "sleeve: %s on UDP %d, %s",
                 TAP,
                 SLEEVE_PORT,
-                "encrypted (NaCl secretbox, keys from each mesh connection): all pod traffic between hosts"
+                "encrypted (keys from each mesh connection, cipher per link): all pod traffic between hosts"
                 if self.config.encrypt
                 else "fallback for peers whose fast datapath fails",
             )

@@ -99,7 +99,7 @@ class Config:
 
 
 class Link:
-    def __init__(self, spec: LinkSpec, now: float, wall_ns: int) -> None:
+    def __init__(self, spec: LinkSpec, wall_ns: int) -> None:
         self.spec = spec
         self.peer_b = name_bytes(spec.peer)
         self.addr = (spec.address, PORT)
@@ -111,7 +111,6 @@ class Link:
         self.acked: dict[int, float] = {}
         self.segment_size = min(1472, self.sizes[0])  # until a probe says otherwise
         self.verified: int | None = None
-        self.created = now
         self.last_ack: float | None = None
 
     def up(self, now: float, timeout: float) -> bool:
@@ -264,7 +263,7 @@ class Forwarder:
             if old is None or not old.spec.same_session(spec):
                 if old is not None:
                     self._retire(old)
-                self.links[name] = Link(spec, now, wall)
+                self.links[name] = Link(spec, wall)
                 self._next_probe = now  # probe a new link at once
         self._by_addr = {link.addr[0]: link for link in self.links.values()}
         self._routes = {name_bytes(dst): self.links[hop] for dst, hop in config.routes.items() if hop in self.links}
@@ -272,8 +271,7 @@ class Forwarder:
         self._sleeve_set = frozenset(self._sleeve)
         self._macs = {mac: peer for mac, peer in self._macs.items() if peer in self._sleeve_set}
         self._blocked = config.blocked_macs
-        sizes = [link.segment_size for link in self.links.values() if link.verified]
-        self._min_segment = min(sizes, default=1472)
+        self._update_min_segment()
 
     def _retire(self, link: Link) -> None:
         self._retired.update(link.opener.drops)
@@ -320,7 +318,7 @@ class Forwarder:
             self.counters["bytes_out"] += n - VNET_HDR_SIZE
 
     def _send_message(self, link: Link, message: memoryview | bytes, dst: bytes, kind: Kind, flags: int) -> None:
-        self._msg_id += 1
+        self._next_id()
         seg = link.segment_size if link.peer_b == dst else min(link.segment_size, self._min_segment)
         if link.sealer.key is None and kind == Kind.FRAME and self._gso:
             self._send_gathered(link, memoryview(message), dst, flags, seg)
@@ -578,12 +576,11 @@ class Forwarder:
     # probes
 
     def _probe(self, now: float) -> None:
-        for name, link in self.links.items():
-            dst = name_bytes(name)
+        for link in self.links.values():
             for size in link.sizes:
                 room = size - overhead(link.sealer.key is not None)
                 try:
-                    inner = INNER.pack(Kind.PROBE, 0, 1, self._next_id(), 0, MAX_TTL, 0, self.me_b, dst)
+                    inner = INNER.pack(Kind.PROBE, 0, 1, self._next_id(), 0, MAX_TTL, 0, self.me_b, link.peer_b)
                     datagram = link.sealer.seal(inner, bytes(room))
                     self.sock.sendto(datagram, link.addr)
                 except OSError:  # EMSGSIZE: bigger than our own device's MTU
@@ -595,9 +592,12 @@ class Forwarder:
 
     def _verified(self, link: Link, size: int) -> None:
         link.verified = link.segment_size = size
-        self._min_segment = min((x.segment_size for x in self.links.values() if x.verified), default=1472)
+        self._update_min_segment()
         if self.on_verified is not None:
             self.on_verified(link.spec.peer, size)
+
+    def _update_min_segment(self) -> None:
+        self._min_segment = min((x.segment_size for x in self.links.values() if x.verified), default=1472)
 
     def _next_id(self) -> int:
         self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
