@@ -12,6 +12,7 @@ host's `weave` bridge.
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
 import time
@@ -153,8 +154,9 @@ def _password_file(path: Path, text: str) -> Path:
     return path
 
 
-def _udp_payloads(pcap: Path) -> list[bytes]:
-    """The UDP payloads in a classic pcap file (Ethernet, IPv4)."""
+def _udp_datagrams(pcap: Path) -> list[tuple[str, str, bytes]]:
+    """(source address, destination address, UDP payload) of each datagram in a classic pcap file (Ethernet,
+    IPv4)."""
     data = pcap.read_bytes()
     out, off = [], 24
     while off + 16 <= len(data):
@@ -163,7 +165,8 @@ def _udp_payloads(pcap: Path) -> list[bytes]:
         off += 16 + incl
         if len(pkt) > 14 + 20 and pkt[12:14] == b"\x08\x00" and pkt[23] == 17:
             ihl = (pkt[14] & 0x0F) * 4
-            out.append(pkt[14 + ihl + 8 :])
+            src, dst = socket.inet_ntoa(pkt[26:30]), socket.inet_ntoa(pkt[30:34])
+            out.append((src, dst, pkt[14 + ihl + 8 :]))
     return out
 
 
@@ -205,18 +208,20 @@ def test_encrypted_pod_traffic(tmp_path: Path, h2_aes: bool) -> None:
             try:
                 poll(lambda: pcap.exists() and pcap.stat().st_size >= 24, timeout=10, what="tcpdump started")
                 assert p1.run("ping", "-c", "5", "-i", "0.2", "-p", PATTERN, "-s", "1000", p2.ip).returncode == 0
-                poll(lambda: len(_udp_payloads(pcap)) >= 10, timeout=10, what="datagrams captured")
+                poll(lambda: len(_udp_datagrams(pcap)) >= 10, timeout=10, what="datagrams captured")
             finally:
                 dump.terminate()
                 dump.wait(timeout=10)
-            payloads = _udp_payloads(pcap)
+            datagrams = _udp_datagrams(pcap)
+            payloads = [p for _s, _d, p in datagrams]
             needle = bytes.fromhex(PATTERN)
             assert not any(needle in p for p in payloads), "plaintext of the pod's payload on the underlay"
             assert not any(b"weave" in p for p in payloads)
-            # A captured datagram from h1, replayed from h1's address and port (a raw socket: an attacker on the
-            # path writes what it likes), is dropped as a replay.
+            # A captured datagram from h1 to h2, replayed from h1's address and port (a raw socket: an attacker on
+            # the path writes what it likes), is dropped as a replay. (One h2 sent would fail h2's check as
+            # forged: each direction has its own key.)
             replays = _sleeve(r2)["drops"].get("replay", 0)
-            big = max(payloads, key=len)
+            big = max((p for s, d, p in datagrams if (s, d) == (a1, a2)), key=len)
             net.hosts[0].run("python3", "-c", REPLAY, a1, a2, big.hex())
             poll(lambda: _sleeve(r2)["drops"].get("replay", 0) >= replays + 1, timeout=10, what="replay counted")
             # The host with the wrong password has no connection, no sleeve link, and its pod reaches nobody.
