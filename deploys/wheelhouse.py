@@ -54,7 +54,11 @@ def _build(target: Path) -> Path:
     try:
         # From a copy of the sources: pip builds in-tree, and two builds of one checkout would share build/.
         src = tmp / "src"
-        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
+        # Caches and tools' state stay out: a cache written while we copy (mypy's sqlite WAL) would fail the copy.
+        ignore = shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", ".molecule"
+        )
+        shutil.copytree(REPO, src, ignore=ignore)
         wheels = tmp / "wheels"
         out = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-qq", "--wheel-dir", str(wheels), f"{src}[router]"],
