@@ -215,3 +215,26 @@ def test_gathered_plain_datagrams_are_the_packed_ones(message: bytes, seg: int) 
         return
     iov = Sealer(None, seq=9).plain_iovecs(memoryview(message), msg_id=5, src=A, dst=B, segment_size=seg, flags=1)
     assert [bytes(iov[i]) + bytes(iov[i + 1]) for i in range(0, len(iov), 2)] == packed
+
+
+@given(steps=st.lists(st.tuples(st.integers(1, 200), st.integers(1, 100)), min_size=1, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_accepting_a_run_at_once_is_accepting_each_of_it(steps: list[tuple[int, int]]) -> None:
+    """`accept_run(first, last)` (a batch's consecutive datagrams marked in one step) leaves the window exactly as
+    accepting first..last one by one: the same sequence numbers replayed, too old and new."""
+    one, runs = ReplayWindow(64), ReplayWindow(64)
+    for gap, length in steps:
+        first = runs.highest + gap
+        for seq in range(first, first + length):
+            one.accept(seq)
+        runs.accept_run(first, first + length - 1)
+        assert runs.highest == one.highest
+    for seq in range(max(0, one.highest - 70), one.highest + 2):
+        verdicts = []
+        for w in (one, runs):
+            try:
+                w.check(seq)
+                verdicts.append("new")
+            except SleeveDropped as exc:
+                verdicts.append(exc.reason)
+        assert verdicts[0] == verdicts[1], (seq, verdicts)

@@ -189,3 +189,58 @@ def test_held_segments_are_copies_not_views_of_the_receive_buffer() -> None:
     buf[:3] = b"XYZ"  # the receive buffer is reused
     last = Segment(Kind.FRAME, 0, 1, 1, 2, 8, b"s" * 6, b"d" * 6, memoryview(buf)[3:], 2)
     assert b"".join(reasm.add_parts(last, 0.0) or []) == b"abcdef"
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plain"])
+def test_a_batch_with_a_duplicate_a_gap_and_a_forgery_delivers_each_message_once(
+    duplex: tuple[Forwarder, socket.socket], sealed: bool
+) -> None:
+    """One GRO batch as the kernel hands it over: equal-sized datagrams back to back. The fast paths mark runs of
+    consecutive sequence numbers seen in one step; a datagram repeated inside the batch, a gap in the numbers and
+    (sealed) a forged datagram between them must not break that: each message reaches the TAP once, the repeat
+    is counted as a replay, and the whole batch replayed later delivers nothing."""
+    fwd, tap = duplex
+    key = K2 if sealed else None
+    if not sealed:
+        fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1")}))
+    link = fwd.links[PEER]
+    base = link.opener.window.highest + 1
+    size = 1400
+
+    def message(seq: int, msg_id: int) -> tuple[bytes, list[bytes]]:
+        m = bytes(VNET_HDR_SIZE) + bytes.fromhex("02bb0000000102bb000000020800") + os.urandom(2 * size + 100)
+        segs = Sealer(key, seq=seq).datagrams(
+            m, msg_id=msg_id, src=name_bytes(PEER), dst=name_bytes(ME), segment_size=size, flags=FLAG_VNET
+        )
+        return m, [s.ljust(size, b"\0") if i < len(segs) - 1 else s for i, s in enumerate(segs)]
+
+    m1, s1 = message(base, 1)  # seq base .. base+2
+    m2, s2 = message(base + 10, 2)  # a gap of 7
+    assert len(s1) == len(s2) == 3 and all(len(s) == size for s in s1[:2])
+    forged = bytearray(s2[0])
+    forged[-1] ^= 1
+    # The last datagram of a batch may be short; the others are `size`. Short datagrams cut a batch, so each
+    # message's last segment ends one.
+    batches = [[s1[0], s1[0], s1[1], s1[2]]]
+    batches.append([bytes(forged), *s2] if sealed else list(s2))
+    replays = link.opener.drops["replay"]
+    for batch in batches:
+        buf = bytearray(b"".join(batch))
+        if sealed:
+            fwd._batch_sealed(link, buf, memoryview(buf), len(buf), size)
+        else:
+            fwd._batch_plain(link, memoryview(buf), len(buf), size)
+    assert tap.recv(1 << 16) == m1 and tap.recv(1 << 16) == m2
+    assert link.opener.drops["replay"] == replays + 1
+    if sealed:
+        assert link.opener.drops["forged"] >= 1
+    assert link.opener.window.highest == base + 12
+    for batch in batches:  # all of it again
+        buf = bytearray(b"".join(batch))
+        if sealed:
+            fwd._batch_sealed(link, buf, memoryview(buf), len(buf), size)
+        else:
+            fwd._batch_plain(link, memoryview(buf), len(buf), size)
+    with pytest.raises(BlockingIOError):
+        tap.recv(1 << 16)
+    assert link.opener.drops["replay"] >= replays + 7

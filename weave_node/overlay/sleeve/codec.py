@@ -29,14 +29,14 @@ from typing import Any
 
 import nacl.bindings  # noqa: F401 - its import runs sodium_init(): CPU-specific (fast) crypto implementations
 from nacl._sodium import ffi as ffi  # type: ignore[import-not-found]  # noqa: PLC0414 - re-exported (cffi, no stubs)
-from nacl._sodium import lib
+from nacl._sodium import lib as lib  # noqa: PLC0414 - re-exported
 
 VERSION = 1
 OUTER = struct.Struct("!BBHQ")
 INNER = struct.Struct("!BBHIHBB6s6s")
 HEADERS = struct.Struct("!BBHQBBHIHBB6s6s")  # OUTER + INNER of a plain datagram, unpacked in one call
-_ZERO16 = bytes(16)
-_ZERO4 = bytes(4)
+ZERO16 = bytes(16)  # nonce = these zero bytes + seq (u64, big-endian)
+ZERO4 = bytes(4)
 MAC_SIZE = 16
 KEY_SIZE = 32
 VNET_HDR_SIZE = 10
@@ -67,11 +67,11 @@ def _seal_at(  # noqa: PLR0917 - hot path
     b: Any = buf
     if mode == MODE_SECRETBOX:  # secretbox_easy writes tag + ciphertext from c, reading m: overlap allowed
         lib.crypto_secretbox_easy(b + offset + OUTER.size, b + offset + OUTER.size + MAC_SIZE,
-                                  length - OUTER.size - MAC_SIZE, _ZERO16 + seq.to_bytes(8, "big"), key)  # fmt: skip
+                                  length - OUTER.size - MAC_SIZE, ZERO16 + seq.to_bytes(8, "big"), key)  # fmt: skip
     else:  # AES-GCM in place (c == m), tag appended; the clear header is additional data (authenticated too)
         body = b + offset + OUTER.size
         lib.crypto_aead_aes256gcm_encrypt(body, ffi.NULL, body, length - OUTER.size - MAC_SIZE, b + offset,
-                                          OUTER.size, ffi.NULL, _ZERO4 + seq.to_bytes(8, "big"), key)  # fmt: skip
+                                          OUTER.size, ffi.NULL, ZERO4 + seq.to_bytes(8, "big"), key)  # fmt: skip
 
 
 def _open_at(  # noqa: PLR0917 - hot path
@@ -79,12 +79,12 @@ def _open_at(  # noqa: PLR0917 - hot path
 ) -> bool:
     b: Any = buf
     if mode == MODE_SECRETBOX:
-        nonce = _ZERO16 + seq.to_bytes(8, "big")
+        nonce = ZERO16 + seq.to_bytes(8, "big")
         c = b + offset + OUTER.size
         return bool(lib.crypto_secretbox_open_easy(c + MAC_SIZE, c, length - OUTER.size, nonce, key) == 0)
     body = b + offset + OUTER.size
     return bool(lib.crypto_aead_aes256gcm_decrypt(body, ffi.NULL, ffi.NULL, body, length - OUTER.size, b + offset,
-                                                  OUTER.size, _ZERO4 + seq.to_bytes(8, "big"), key) == 0)  # fmt: skip
+                                                  OUTER.size, ZERO4 + seq.to_bytes(8, "big"), key) == 0)  # fmt: skip
 
 
 class Kind(IntEnum):
@@ -152,6 +152,15 @@ class ReplayWindow:
         else:
             self._bits |= 1 << (self.highest - seq)
 
+    def accept_run(self, first: int, last: int) -> None:
+        """Mark first..last seen, all newer than `highest` (a batch of consecutive datagrams): one shift, not one
+        per datagram. Call only after every one of them authenticated."""
+        shift = last - self.highest
+        run = (1 << min(last - first + 1, self.size)) - 1
+        bits = (self._bits << shift) | run if shift < self.size else run
+        self._bits = bits & self._mask if bits.bit_length() > 2 * self.size else bits
+        self.highest = last
+
 
 class Sealer:
     """The sending side of one direction of one peer connection. key=None: plain (no password).
@@ -169,7 +178,7 @@ class Sealer:
         self.key = key
         self.seq = seq
         self.mode = MODE_PLAIN if key is None else mode
-        self._key_c = None if key is None else ffi.from_buffer(key)
+        self.key_c = None if key is None else ffi.from_buffer(key)
 
     def seal(self, inner: bytes, data: bytes | memoryview) -> bytes:
         out = bytearray(OUTER.size + MAC_SIZE + len(inner) + len(data))
@@ -191,7 +200,7 @@ class Sealer:
         out[body : body + INNER.size] = inner
         out[body + INNER.size : end] = data
         end += TAIL[self.mode]
-        _seal_at(self.mode, ffi.from_buffer(out), offset, end - offset, seq, self._key_c)
+        _seal_at(self.mode, ffi.from_buffer(out), offset, end - offset, seq, self.key_c)
         return end - offset
 
     def pack(
@@ -212,9 +221,48 @@ class Sealer:
         room, count = _cut(len(view), segment_size - overhead(self.key is not None), segment_size)
         offset = 0
         msg_id &= 0xFFFFFFFF
+        if self.key is None:
+            for i in range(count):
+                inner = INNER.pack(kind, flags, count, msg_id, i, ttl, 0, src, dst)
+                offset += self.pack_one(out, offset, inner, view[i * room : (i + 1) * room])
+            return count, offset
+        # Sealed, the hot path: one cffi buffer for the whole message, libsodium called here (no call per
+        # datagram in Python besides it), the sequence numbers taken in one step.
+        mode, key, cbuf, seq = self.mode, self.key_c, ffi.from_buffer(out), self.seq
+        self.seq += count
+        body_at, tail, inner_pack, outer_pack = BODY_AT[mode], TAIL[mode], INNER.pack_into, OUTER.pack_into
+        aes = mode == MODE_AESGCM
+        encrypt, secretbox, null = lib.crypto_aead_aes256gcm_encrypt, lib.crypto_secretbox_easy, ffi.NULL
         for i in range(count):
-            inner = INNER.pack(kind, flags, count, msg_id, i, ttl, 0, src, dst)
-            offset += self.pack_one(out, offset, inner, view[i * room : (i + 1) * room])
+            data = view[i * room : (i + 1) * room]
+            outer_pack(out, offset, VERSION, mode, 0, seq + i)
+            body = offset + body_at
+            inner_pack(out, body, kind, flags, count, msg_id, i, ttl, 0, src, dst)
+            end = body + INNER.size + len(data)
+            out[body + INNER.size : end] = data
+            length = end - body  # bytes to encrypt
+            if aes:  # in place (c == m), tag appended; the clear header is additional data
+                p = cbuf + body
+                encrypt(
+                    p,
+                    null,
+                    p,
+                    length,
+                    cbuf + offset,
+                    OUTER.size,
+                    null,
+                    ZERO4 + (seq + i).to_bytes(8, "big"),
+                    key,
+                )
+            else:  # secretbox_easy writes tag + ciphertext from c, reading m: overlap allowed
+                secretbox(
+                    cbuf + (body - MAC_SIZE),
+                    cbuf + body,
+                    length,
+                    ZERO16 + (seq + i).to_bytes(8, "big"),
+                    key,
+                )
+            offset = end + tail
         return count, offset
 
     def plain_iovecs(
@@ -282,7 +330,7 @@ class Opener:
         self.mode = MODE_PLAIN if key is None else mode
         self.window = ReplayWindow(window)
         self.drops: Counter[str] = Counter()
-        self._key_c = None if key is None else ffi.from_buffer(key)
+        self.key_c = None if key is None else ffi.from_buffer(key)
         self._stale = 0
 
     def unseal_at(self, cbuf: object, offset: int, length: int, seq: int) -> bool:
@@ -290,7 +338,7 @@ class Opener:
         writable buffer); the inner header and data are then at offset + BODY_AT[mode], TAIL[mode] before the
         end. The caller
         checks the window first and accepts seq only if this returns True. A forged one is counted."""
-        ok = _open_at(self.mode, cbuf, offset, length, seq, self._key_c)
+        ok = _open_at(self.mode, cbuf, offset, length, seq, self.key_c)
         if not ok:
             self.drops["forged"] += 1
         return ok
@@ -330,7 +378,7 @@ class Opener:
                 raise SleeveDropped("short")
             if view.readonly:
                 view = memoryview(bytearray(view))
-            if not _open_at(self.mode, ffi.from_buffer(view), 0, len(view), seq, self._key_c):
+            if not _open_at(self.mode, ffi.from_buffer(view), 0, len(view), seq, self.key_c):
                 raise SleeveDropped("forged")
             body = view[BODY_AT[self.mode] : len(view) - TAIL[self.mode]]
         kind, flags, count, msg_id, index, ttl, _r, src, dst = INNER.unpack_from(body)

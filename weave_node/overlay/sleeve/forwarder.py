@@ -41,12 +41,15 @@ from weave_node.overlay.sleeve.codec import (
     MAC_SIZE,
     MAX_SEGMENTS,
     MAX_TTL,
+    MODE_AESGCM,
     MODE_PLAIN,
     MODE_SECRETBOX,
     OUTER,
     TAIL,
     VERSION,
     VNET_HDR_SIZE,
+    ZERO4,
+    ZERO16,
     Kind,
     Opener,
     Reassembler,
@@ -54,6 +57,7 @@ from weave_node.overlay.sleeve.codec import (
     Segment,
     SleeveDropped,
     ffi,
+    lib,
     overhead,
     packed_size,
 )
@@ -406,22 +410,32 @@ class Forwarder:
     # objects, method calls or copies; anything else goes through `_datagram` (the general, counted path).
 
     def _batch_plain(self, link: Link, view: memoryview, n: int, size: int) -> None:
-        unpack = HEADERS.unpack_from
+        unpack, hsize = HEADERS.unpack_from, HEADERS.size
         window = link.opener.window
         me = self.me_b
+        # Consecutive new sequence numbers are marked seen once per run (`accept_run`), not once per datagram.
+        first = nxt = window.highest + 1
         for off in range(0, n, size):
-            end = min(n, off + size)
-            if end - off < HEADERS.size:
+            end = off + size if off + size < n else n
+            if end - off >= hsize:
+                ver, mode, res, seq, kind, flags, count, msg_id, index, ttl, _r, src, dst = unpack(view, off)
+                good = (
+                    seq >= nxt and ver == VERSION and mode == MODE_PLAIN and not res and kind == 1 and dst == me
+                    and index < count <= MAX_SEGMENTS and ttl <= MAX_TTL
+                )  # fmt: skip
+            else:
+                good = False
+            if not good:  # the general path, against the window as it stands
+                if nxt > first:
+                    window.accept_run(first, nxt - 1)
                 self._datagram(link, view[off:end])
+                first = nxt = window.highest + 1
                 continue
-            ver, mode, res, seq, kind, flags, count, msg_id, index, ttl, _r, src, dst = unpack(view, off)
-            if (
-                ver != VERSION or mode != MODE_PLAIN or res or kind != 1 or dst != me or seq <= window.highest
-                or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL
-            ):  # fmt: skip
-                self._datagram(link, view[off:end])
-                continue
-            window.accept(seq)
+            if seq != nxt:  # a gap (lost datagrams, or a restarted peer): a new run
+                if nxt > first:
+                    window.accept_run(first, nxt - 1)
+                first = seq
+            nxt = seq + 1
             run = self._run
             # Inline, the commonest case: the next segment of the message being collected.
             if (
@@ -432,40 +446,79 @@ class Forwarder:
                 and run[2] == count
                 and len(run[4]) == index < count - 1
             ):
-                run[4].append(view[off + HEADERS.size : end])
+                run[4].append(view[off + hsize : end])
                 continue
-            self._run_add(src, msg_id, index, count, flags, view[off + HEADERS.size : end])
+            self._run_add(src, msg_id, index, count, flags, view[off + hsize : end])
+        if nxt > first:
+            window.accept_run(first, nxt - 1)
 
-    def _batch_sealed(self, link: Link, buf: bytearray, view: memoryview, n: int, size: int) -> None:
+    def _batch_sealed(  # noqa: PLR0912, PLR0915 - the receive hot path, inline on purpose
+        self, link: Link, buf: bytearray, view: memoryview, n: int, size: int
+    ) -> None:
         cbuf = ffi.from_buffer(buf)
         outer = OUTER.unpack_from
         inner = INNER.unpack_from
         opener = link.opener
         window = opener.window
         me = self.me_b
-        body, tail = BODY_AT[opener.mode], TAIL[opener.mode]
+        mode, key, drops = opener.mode, opener.key_c, opener.drops
+        body_at, tail = BODY_AT[mode], TAIL[mode]
+        shortest = OUTER.size + MAC_SIZE + INNER.size
+        aes = mode == MODE_AESGCM
+        decrypt, secretbox_open, null = lib.crypto_aead_aes256gcm_decrypt, lib.crypto_secretbox_open_easy, ffi.NULL
+        first = nxt = window.highest + 1  # as in _batch_plain: runs of authenticated sequence numbers
         for off in range(0, n, size):
-            end = min(n, off + size)
-            if end - off < OUTER.size + MAC_SIZE + INNER.size:
+            end = off + size if off + size < n else n
+            if end - off < shortest:
                 self._datagram(link, view[off:end])
                 continue
-            ver, mode, res, seq = outer(view, off)
-            if ver != VERSION or mode != opener.mode or res or seq <= window.highest:
+            ver, dmode, res, seq = outer(view, off)
+            if ver != VERSION or dmode != mode or res or seq < nxt:
+                if nxt > first:
+                    window.accept_run(first, nxt - 1)
                 self._datagram(link, view[off:end])
+                first = nxt = window.highest + 1
                 continue
-            if not opener.unseal_at(cbuf, off, end - off, seq):
+            # Opened in place, libsodium called here (this loop is the receive hot path).
+            if aes:
+                p = cbuf + (off + OUTER.size)
+                nonce = ZERO4 + seq.to_bytes(8, "big")
+                ok = decrypt(p, null, null, p, end - off - OUTER.size, cbuf + off, OUTER.size, nonce, key) == 0
+            else:
+                p = cbuf + (off + OUTER.size)
+                ok = secretbox_open(p + MAC_SIZE, p, end - off - OUTER.size, ZERO16 + seq.to_bytes(8, "big"), key) == 0
+            if not ok:
+                drops["forged"] += 1
                 continue
-            kind, flags, count, msg_id, index, ttl, _r, src, dst = inner(view, off + body)
+            kind, flags, count, msg_id, index, ttl, _r, src, dst = inner(view, off + body_at)
             if kind not in (1, 2, 3) or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL:
-                opener.drops["malformed"] += 1
+                drops["malformed"] += 1
                 continue
-            window.accept(seq)
-            data = view[off + body + INNER.size : end - tail]
-            if kind == 1 and dst == me:
-                self._run_add(src, msg_id, index, count, flags, data)
-            else:  # probes, acks, relaying: already opened, so straight to the general handling
-                seg = Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq)
-                self._segment(link, seg, end - off)
+            if seq != nxt:
+                if nxt > first:
+                    window.accept_run(first, nxt - 1)
+                first = seq
+            nxt = seq + 1
+            data = view[off + body_at + INNER.size : end - tail]
+            if kind != 1 or dst != me:  # probes, acks, relaying: already opened, so straight to the general handling
+                self._segment(
+                    link, Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq), end - off
+                )
+                continue
+            run = self._run
+            if (
+                index
+                and run is not None
+                and run[1] == msg_id
+                and run[0] == src
+                and run[2] == count
+                and len(run[4]) == index < count - 1
+            ):
+                run[4].append(data)
+                continue
+            self._run_add(src, msg_id, index, count, flags, data)
+        if nxt > first:
+            window.accept_run(first, nxt - 1)
 
     def _run_add(  # noqa: PLR0917 - the hot path: no tuple to build per datagram
         self, src: bytes, msg_id: int, index: int, count: int, flags: int, data: memoryview
