@@ -129,6 +129,12 @@ def test_simultaneous_dials_end_in_one_connection_both_sides_agree_on(net: Net) 
         return len(c1) == 1 and len(c2) == 1 and (c1[0]["direction"] == "->") == (c2[0]["direction"] == "<-")
 
     poll(one_each, timeout=20, what="exactly one connection, seen the same way from both ends")
+    # The side whose dial lost is connected all the same: no target left "retrying" a peer it is connected to
+    # (a dial refused before the other router listened is retried, and then resolved as a duplicate).
+    for r in (r1, r2):
+        poll(lambda r=r: [t["state"] for t in r.status()["targets"]] == ["connected"], timeout=20,
+             what=f"{r.host.netns}: its target connected")  # fmt: skip
+    assert one_each()
     terminations = r1.status()["router"]["terminations"]
     # stable: a few heartbeat and gossip rounds later it is the same single connection
     poll(lambda: r1.status()["router"]["uptime_seconds"] > 4, timeout=10, what="a few rounds")

@@ -73,24 +73,29 @@ def build_status(
         }
         for c in connections_list
     ]
-    target_list = [
-        {
-            "address": str(t.address),
-            "origin": t.origin,
-            "state": t.state,
-            "peer": format_name(t.peer) if t.peer is not None else None,
-            "attempts": t.attempts,
-            "retry_in": round(max(0.0, t.next_try - now), 1) if t.state == "retrying" else None,
-            "last_error": t.last_error,
-        }
-        for t in sorted(targets, key=lambda t: str(t.address))
-    ]
+    # A target whose peer we are connected to by another connection (it dialled us, and the duplicate was resolved
+    # in favour of that one) is connected, whatever its own last attempt said; the connector skips it meanwhile.
+    connected = {c.name for c in connections_list if c.state == "established" and c.name is not None}
+    target_list: list[dict[str, Any]] = []
+    for t in sorted(targets, key=lambda t: str(t.address)):
+        state = "connected" if t.peer in connected and t.state in ("idle", "retrying") else t.state
+        target_list.append(
+            {
+                "address": str(t.address),
+                "origin": t.origin,
+                "state": state,
+                "peer": format_name(t.peer) if t.peer is not None else None,
+                "attempts": t.attempts,
+                "retry_in": round(max(0.0, t.next_try - now), 1) if state == "retrying" else None,
+                "last_error": t.last_error if state != "connected" else "",
+            }
+        )
     by_state: dict[str, int] = {}
     for view in connections_list:
         by_state[view.state] = by_state.get(view.state, 0) + 1
-    for t in target_list:
-        if t["state"] in ("retrying", "connecting"):
-            by_state[t["state"]] = by_state.get(t["state"], 0) + 1
+    for doc in target_list:
+        if doc["state"] in ("retrying", "connecting"):
+            by_state[doc["state"]] = by_state.get(doc["state"], 0) + 1
     return {
         "version": __version__,
         "router": {

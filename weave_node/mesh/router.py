@@ -258,7 +258,9 @@ class Router:
                 pc.conn.close(f"bad message: {exc}")
                 pc.failure = f"bad message: {exc}"
         elif isinstance(event, ConnectionFailed):
-            pc.failure = event.reason
+            # The first cause stands: a connection closed as the loser of a duplicate is then also closed by
+            # the peer (which resolved it the same way), and that must not read as a failure to retry.
+            pc.failure = pc.failure or event.reason
 
     def _established(self, pc: PeerConn, event: Established) -> None:
         remote = event.remote.identity
@@ -308,8 +310,8 @@ class Router:
             log.debug("->[%s] next attempt in %.1f s", pc.target, delay)
         elif pc.target is not None:
             t = self.connector.targets.get(pc.target)
-            if t is not None:
-                t.state = "connected" if pc.name in self.established else "idle"
+            if t is not None:  # idle: skipped while its peer is connected by the other connection, dialled after
+                t.state, t.peer, t.last_error = "idle", pc.name if pc.name is not None else t.peer, ""
         self._wakeup.set()
 
     # ---- topology -------------------------------------------------------------------------------------------
