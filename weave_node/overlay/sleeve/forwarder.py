@@ -429,6 +429,7 @@ class Forwarder:
                 if nxt > first:
                     window.accept_run(first, nxt - 1)
                 self._datagram(link, view[off:end])
+                window = link.opener.window  # (a run of stale plain datagrams starts a new one)
                 first = nxt = window.highest + 1
                 continue
             if seq != nxt:  # a gap (lost datagrams, or a restarted peer): a new run
@@ -452,9 +453,7 @@ class Forwarder:
         if nxt > first:
             window.accept_run(first, nxt - 1)
 
-    def _batch_sealed(  # noqa: PLR0912, PLR0915 - the receive hot path, inline on purpose
-        self, link: Link, buf: bytearray, view: memoryview, n: int, size: int
-    ) -> None:
+    def _batch_sealed(self, link: Link, buf: bytearray, view: memoryview, n: int, size: int) -> None:
         cbuf = ffi.from_buffer(buf)
         outer = OUTER.unpack_from
         inner = INNER.unpack_from
@@ -480,13 +479,11 @@ class Forwarder:
                 first = nxt = window.highest + 1
                 continue
             # Opened in place, libsodium called here (this loop is the receive hot path).
+            p, length = cbuf + (off + OUTER.size), end - off - OUTER.size
             if aes:
-                p = cbuf + (off + OUTER.size)
-                nonce = ZERO4 + seq.to_bytes(8, "big")
-                ok = decrypt(p, null, null, p, end - off - OUTER.size, cbuf + off, OUTER.size, nonce, key) == 0
+                ok = decrypt(p, null, null, p, length, cbuf + off, OUTER.size, ZERO4 + seq.to_bytes(8, "big"), key) == 0
             else:
-                p = cbuf + (off + OUTER.size)
-                ok = secretbox_open(p + MAC_SIZE, p, end - off - OUTER.size, ZERO16 + seq.to_bytes(8, "big"), key) == 0
+                ok = secretbox_open(p + MAC_SIZE, p, length, ZERO16 + seq.to_bytes(8, "big"), key) == 0
             if not ok:
                 drops["forged"] += 1
                 continue
@@ -505,18 +502,7 @@ class Forwarder:
                     link, Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq), end - off
                 )
                 continue
-            run = self._run
-            if (
-                index
-                and run is not None
-                and run[1] == msg_id
-                and run[0] == src
-                and run[2] == count
-                and len(run[4]) == index < count - 1
-            ):
-                run[4].append(data)
-                continue
-            self._run_add(src, msg_id, index, count, flags, data)
+            self._run_add(src, msg_id, index, count, flags, data)  # (the cipher's call costs far more than this one)
         if nxt > first:
             window.accept_run(first, nxt - 1)
 
