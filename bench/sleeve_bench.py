@@ -68,7 +68,7 @@ def block(net: Net, add: bool) -> None:
                "-p", "udp", "--dport", "6784", "-j", "DROP")  # fmt: skip
 
 
-def throughput(base: Path, runs: int, seconds: int, switch_runs: int) -> dict[str, Any]:
+def throughput(base: Path, runs: int, seconds: int, switch_runs: int, mtu: int = 1500) -> dict[str, Any]:
     pw = base / "password"
     pw.write_text("sleeve benchmark password")
     pw.chmod(0o600)
@@ -77,9 +77,9 @@ def throughput(base: Path, runs: int, seconds: int, switch_runs: int) -> dict[st
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k, _ in PATHS}  # (bit/s, user, system)
     pods: list[PodNs] = []
     with (
-        netns_hosts(2, base / "fastdp") as n_fast,
-        netns_hosts(2, base / "sleeve") as n_sleeve,
-        netns_hosts(2, base / "enc") as n_enc,
+        netns_hosts(2, base / "fastdp", mtu) as n_fast,
+        netns_hosts(2, base / "sleeve", mtu) as n_sleeve,
+        netns_hosts(2, base / "enc", mtu) as n_enc,
     ):
         nets = {"fastdp": n_fast, "sleeve": n_sleeve, "encrypted": n_enc}
         try:
@@ -95,7 +95,10 @@ def throughput(base: Path, runs: int, seconds: int, switch_runs: int) -> dict[st
                 ns_run(a.name, "ping", "-c", "1", "-W", "5", b.ip)
             mtus = {k: r[0].status()["datapath"]["mtu"] for k, r in routers.items()}
             print(f"throughput: iperf3, 1 TCP stream, {seconds} s (first second omitted), median of {runs} runs")
-            print(f"  pod MTU: {mtus}")
+            print(f"  underlay MTU {mtu}, pod MTU: {mtus}")
+            for key in ("sleeve", "encrypted"):  # the datagram size the probes verified
+                link = routers[key][0].status()["datapath"]["peers"][0]["sleeve"]["link"]
+                print(f"  {key}: sleeve datagrams verified at {link['verified_mtu']} B")
             keys = list(pairs)
             for run in range(runs):
                 for key in keys[run % len(keys) :] + keys[: run % len(keys)]:
@@ -261,6 +264,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--switch-runs", type=int, default=3)
     ap.add_argument("--codec-only", action="store_true")
+    ap.add_argument("--mtu", type=int, default=1500, help="the underlay's MTU (9000: jumbo frames)")
     args = ap.parse_args()
     codec()
     receive()
@@ -269,7 +273,7 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="sleeve-bench-") as tmp:
-        throughput(Path(tmp), args.runs, args.seconds, args.switch_runs)
+        throughput(Path(tmp), args.runs, args.seconds, args.switch_runs, args.mtu)
 
 
 if __name__ == "__main__":

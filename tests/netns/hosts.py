@@ -66,8 +66,9 @@ class RouterProc:
 
 
 class Net:
-    def __init__(self, tag: str, count: int, base: Path) -> None:
+    def __init__(self, tag: str, count: int, base: Path, mtu: int = 1500) -> None:
         self.tag = tag
+        self.mtu = mtu
         self.underlay = f"wnt-{tag}-u"
         self.hosts = [NsHost(f"wnt-{tag}-h{i}", SUBNET.format(0, i), base / f"h{i}") for i in range(1, count + 1)]
         self.routers: list[RouterProc] = []
@@ -81,12 +82,15 @@ class Net:
         ip_batch(None, cmds)
         ip_batch(
             self.underlay,
-            ["link set lo up", "link add br0 type bridge", "link set br0 up"]
-            + [f"link set v{i} master br0 up" for i in range(1, len(self.hosts) + 1)],
+            ["link set lo up", f"link add br0 mtu {self.mtu} type bridge", "link set br0 up"]
+            + [f"link set v{i} mtu {self.mtu} master br0 up" for i in range(1, len(self.hosts) + 1)],
         )
         for h in self.hosts:
             h.workdir.mkdir(parents=True, exist_ok=True)
-            ip_batch(h.netns, ["link set lo up", f"addr add {h.address}/24 dev eth0", "link set eth0 up"])
+            ip_batch(
+                h.netns,
+                ["link set lo up", f"addr add {h.address}/24 dev eth0", f"link set eth0 mtu {self.mtu} up"],
+            )
 
     def start_router(
         self, index: int, *args: str, env: dict[str, str] | None = None, datapath: bool = False
@@ -136,9 +140,10 @@ _nets = itertools.count()
 
 
 @contextlib.contextmanager
-def netns_hosts(count: int, base: Path) -> Iterator[Net]:
-    """`count` hosts; several sets may be up at once (named after this process and a counter)."""
-    net = Net(f"{os.getpid() % 100000}{next(_nets)}", count, base)
+def netns_hosts(count: int, base: Path, mtu: int = 1500) -> Iterator[Net]:
+    """`count` hosts; several sets may be up at once (named after this process and a counter). `mtu`: the
+    underlay's (9000: jumbo frames)."""
+    net = Net(f"{os.getpid() % 100000}{next(_nets)}", count, base, mtu)
     try:
         net.up()
         yield net
