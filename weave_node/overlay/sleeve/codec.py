@@ -333,6 +333,10 @@ class Opener:
         self.key_c = None if key is None else ffi.from_buffer(key)
         self._stale = 0
 
+    def fresh(self) -> None:
+        """Fresh datagrams were accepted (by the forwarder's fast path): the run of stale ones is over."""
+        self._stale = 0
+
     def unseal_at(self, cbuf: object, offset: int, length: int, seq: int) -> bool:
         """Decrypt in place the sealed datagram at cbuf[offset:offset + length] (cbuf: ffi.from_buffer of a
         writable buffer); the inner header and data are then at offset + BODY_AT[mode], TAIL[mode] before the

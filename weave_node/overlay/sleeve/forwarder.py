@@ -413,45 +413,53 @@ class Forwarder:
         unpack, hsize = HEADERS.unpack_from, HEADERS.size
         window = link.opener.window
         me = self.me_b
-        # Consecutive new sequence numbers are marked seen once per run (`accept_run`), not once per datagram.
-        first = nxt = window.highest + 1
-        for off in range(0, n, size):
-            end = off + size if off + size < n else n
-            if end - off >= hsize:
-                ver, mode, res, seq, kind, flags, count, msg_id, index, ttl, _r, src, dst = unpack(view, off)
-                good = (
-                    seq >= nxt and ver == VERSION and mode == MODE_PLAIN and not res and kind == 1 and dst == me
-                    and index < count <= MAX_SEGMENTS and ttl <= MAX_TTL
-                )  # fmt: skip
-            else:
-                good = False
-            if not good:  # the general path, against the window as it stands
-                if nxt > first:
-                    window.accept_run(first, nxt - 1)
-                self._datagram(link, view[off:end])
-                window = link.opener.window  # (a run of stale plain datagrams starts a new one)
-                first = nxt = window.highest + 1
-                continue
-            if seq != nxt:  # a gap (lost datagrams, or a restarted peer): a new run
-                if nxt > first:
-                    window.accept_run(first, nxt - 1)
-                first = seq
-            nxt = seq + 1
-            run = self._run
-            # Inline, the commonest case: the next segment of the message being collected.
-            if (
-                index
-                and run is not None
-                and run[1] == msg_id
-                and run[0] == src
-                and run[2] == count
-                and len(run[4]) == index < count - 1
-            ):
-                run[4].append(view[off + hsize : end])
-                continue
-            self._run_add(src, msg_id, index, count, flags, view[off + hsize : end])
-        if nxt > first:
-            window.accept_run(first, nxt - 1)
+        # Consecutive new sequence numbers are marked seen once per run (`accept_run`), not once per datagram: at
+        # a gap, before a datagram takes the general path, and at the end (also when something raised).
+        first = nxt = start = window.highest + 1
+        try:
+            for off in range(0, n, size):
+                end = off + size if off + size < n else n
+                if end - off >= hsize:
+                    ver, mode, res, seq, kind, flags, count, msg_id, index, ttl, _r, src, dst = unpack(view, off)
+                    good = (
+                        seq >= nxt and ver == VERSION and mode == MODE_PLAIN and not res and kind == 1 and dst == me
+                        and index < count <= MAX_SEGMENTS and ttl <= MAX_TTL
+                    )  # fmt: skip
+                else:
+                    good = False
+                if not good:  # the general path, against the window as it stands
+                    if nxt > first:
+                        window.accept_run(first, nxt - 1)
+                        first = nxt
+                    if nxt > start:  # fresh datagrams before this one: a run of stale ones is over
+                        link.opener.fresh()
+                    self._datagram(link, view[off:end])
+                    window = link.opener.window  # (a run of stale plain datagrams starts a new one)
+                    first = nxt = start = window.highest + 1
+                    continue
+                if seq != nxt:  # a gap (lost datagrams, or a restarted peer): a new run
+                    if nxt > first:
+                        window.accept_run(first, nxt - 1)
+                    first = seq
+                nxt = seq + 1
+                run = self._run
+                # Inline, the commonest case: the next segment of the message being collected.
+                if (
+                    index
+                    and run is not None
+                    and run[1] == msg_id
+                    and run[0] == src
+                    and run[2] == count
+                    and len(run[4]) == index < count - 1
+                ):
+                    run[4].append(view[off + hsize : end])
+                    continue
+                self._run_add(src, msg_id, index, count, flags, view[off + hsize : end])
+        finally:
+            if nxt > first:
+                window.accept_run(first, nxt - 1)
+            if nxt > start:
+                link.opener.fresh()
 
     def _batch_sealed(self, link: Link, buf: bytearray, view: memoryview, n: int, size: int) -> None:
         cbuf = ffi.from_buffer(buf)
@@ -466,45 +474,45 @@ class Forwarder:
         aes = mode == MODE_AESGCM
         decrypt, secretbox_open, null = lib.crypto_aead_aes256gcm_decrypt, lib.crypto_secretbox_open_easy, ffi.NULL
         first = nxt = window.highest + 1  # as in _batch_plain: runs of authenticated sequence numbers
-        for off in range(0, n, size):
-            end = off + size if off + size < n else n
-            if end - off < shortest:
-                self._datagram(link, view[off:end])
-                continue
-            ver, dmode, res, seq = outer(view, off)
-            if ver != VERSION or dmode != mode or res or seq < nxt:
-                if nxt > first:
-                    window.accept_run(first, nxt - 1)
-                self._datagram(link, view[off:end])
-                first = nxt = window.highest + 1
-                continue
-            # Opened in place, libsodium called here (this loop is the receive hot path).
-            p, length = cbuf + (off + OUTER.size), end - off - OUTER.size
-            if aes:
-                ok = decrypt(p, null, null, p, length, cbuf + off, OUTER.size, ZERO4 + seq.to_bytes(8, "big"), key) == 0
-            else:
-                ok = secretbox_open(p + MAC_SIZE, p, length, ZERO16 + seq.to_bytes(8, "big"), key) == 0
-            if not ok:
-                drops["forged"] += 1
-                continue
-            kind, flags, count, msg_id, index, ttl, _r, src, dst = inner(view, off + body_at)
-            if kind not in (1, 2, 3) or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL:
-                drops["malformed"] += 1
-                continue
-            if seq != nxt:
-                if nxt > first:
-                    window.accept_run(first, nxt - 1)
-                first = seq
-            nxt = seq + 1
-            data = view[off + body_at + INNER.size : end - tail]
-            if kind != 1 or dst != me:  # probes, acks, relaying: already opened, so straight to the general handling
-                self._segment(
-                    link, Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq), end - off
-                )
-                continue
-            self._run_add(src, msg_id, index, count, flags, data)  # (the cipher's call costs far more than this one)
-        if nxt > first:
-            window.accept_run(first, nxt - 1)
+        try:
+            for off in range(0, n, size):
+                end = off + size if off + size < n else n
+                ver, dmode, res, seq = outer(view, off) if end - off >= shortest else (0, 0, 0, 0)
+                if ver != VERSION or dmode != mode or res or seq < nxt:  # short, or not ours, or not new
+                    if nxt > first:
+                        window.accept_run(first, nxt - 1)
+                        first = nxt
+                    self._datagram(link, view[off:end])
+                    first = nxt = window.highest + 1
+                    continue
+                # Opened in place, libsodium called here (this loop is the receive hot path).
+                p, length = cbuf + (off + OUTER.size), end - off - OUTER.size
+                nonce = seq.to_bytes(8, "big")
+                if aes:
+                    ok = decrypt(p, null, null, p, length, cbuf + off, OUTER.size, ZERO4 + nonce, key) == 0
+                else:
+                    ok = secretbox_open(p + MAC_SIZE, p, length, ZERO16 + nonce, key) == 0
+                if not ok:
+                    drops["forged"] += 1
+                    continue
+                kind, flags, count, msg_id, index, ttl, _r, src, dst = inner(view, off + body_at)
+                if kind not in (1, 2, 3) or index >= count or count > MAX_SEGMENTS or ttl > MAX_TTL:
+                    drops["malformed"] += 1
+                    continue
+                if seq != nxt:
+                    if nxt > first:
+                        window.accept_run(first, nxt - 1)
+                    first = seq
+                nxt = seq + 1
+                data = view[off + body_at + INNER.size : end - tail]
+                if kind != 1 or dst != me:  # probes, acks, relaying: opened already, so to the general handling
+                    seg = Segment(Kind(kind), flags, msg_id, index, count, ttl, src, dst, data, seq)
+                    self._segment(link, seg, end - off)
+                    continue
+                self._run_add(src, msg_id, index, count, flags, data)  # (the cipher's call costs far more)
+        finally:
+            if nxt > first:
+                window.accept_run(first, nxt - 1)
 
     def _run_add(  # noqa: PLR0917 - the hot path: no tuple to build per datagram
         self, src: bytes, msg_id: int, index: int, count: int, flags: int, data: memoryview
