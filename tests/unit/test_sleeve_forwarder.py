@@ -8,11 +8,13 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import poll
 from tests.unit.test_mesh_routes import graph
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Reassembler, Sealer, Segment
@@ -244,3 +246,14 @@ def test_a_batch_with_a_duplicate_a_gap_and_a_forgery_delivers_each_message_once
     with pytest.raises(BlockingIOError):
         tap.recv(1 << 16)
     assert link.opener.drops["replay"] >= replays + 7
+
+
+def test_the_forwarder_thread_is_named_for_top(duplex: tuple[Forwarder, socket.socket]) -> None:
+    fwd, _tap = duplex
+    fwd.start()
+    try:
+        assert fwd._thread is not None
+        comm = Path(f"/proc/self/task/{fwd._thread.native_id}/comm")
+        poll(lambda: comm.read_text().strip() == "weave-sleeve", timeout=5, what="the thread's name")
+    finally:
+        fwd.stop()
