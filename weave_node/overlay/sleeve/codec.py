@@ -337,16 +337,6 @@ class Opener:
         """Fresh datagrams were accepted (by the forwarder's fast path): the run of stale ones is over."""
         self._stale = 0
 
-    def unseal_at(self, cbuf: object, offset: int, length: int, seq: int) -> bool:
-        """Decrypt in place the sealed datagram at cbuf[offset:offset + length] (cbuf: ffi.from_buffer of a
-        writable buffer); the inner header and data are then at offset + BODY_AT[mode], TAIL[mode] before the
-        end. The caller
-        checks the window first and accepts seq only if this returns True. A forged one is counted."""
-        ok = _open_at(self.mode, cbuf, offset, length, seq, self.key_c)
-        if not ok:
-            self.drops["forged"] += 1
-        return ok
-
     def open(self, datagram: bytes | bytearray | memoryview) -> Segment:
         try:
             seg = self._open(memoryview(datagram))
