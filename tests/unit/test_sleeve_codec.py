@@ -228,6 +228,7 @@ def test_accepting_a_run_at_once_is_accepting_each_of_it(steps: list[tuple[int, 
         for seq in range(first, first + length):
             one.accept(seq)
         runs.accept_run(first, first + length - 1)
+        runs.accept_run(runs.highest + 1, runs.highest)  # an empty run: nothing changes
         assert runs.highest == one.highest
     for seq in range(max(0, one.highest - 70), one.highest + 2):
         verdicts = []

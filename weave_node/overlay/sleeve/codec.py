@@ -154,7 +154,9 @@ class ReplayWindow:
 
     def accept_run(self, first: int, last: int) -> None:
         """Mark first..last seen, all newer than `highest` (a batch of consecutive datagrams): one shift, not one
-        per datagram. Call only after every one of them authenticated."""
+        per datagram. Call only after every one of them authenticated. An empty run (last < first) changes nothing."""
+        if last < first:
+            return
         shift = last - self.highest
         run = (1 << min(last - first + 1, self.size)) - 1
         bits = (self._bits << shift) | run if shift < self.size else run

@@ -430,9 +430,8 @@ class Forwarder:
                 else:
                     good = False
                 if not good:  # the general path, against the window as it stands
-                    if nxt > first:
-                        window.accept_run(first, nxt - 1)
-                        first = nxt
+                    window.accept_run(first, nxt - 1)
+                    first = nxt
                     if nxt > start:  # fresh datagrams before this one: a run of stale ones is over
                         link.opener.fresh()
                     self._datagram(link, view[off:end])
@@ -440,8 +439,7 @@ class Forwarder:
                     first = nxt = start = window.highest + 1
                     continue
                 if seq != nxt:  # a gap (lost datagrams, or a restarted peer): a new run
-                    if nxt > first:
-                        window.accept_run(first, nxt - 1)
+                    window.accept_run(first, nxt - 1)
                     first = seq
                 nxt = seq + 1
                 run = self._run
@@ -458,8 +456,7 @@ class Forwarder:
                     continue
                 self._run_add(src, msg_id, index, count, flags, view[off + hsize : end])
         finally:
-            if nxt > first:
-                window.accept_run(first, nxt - 1)
+            window.accept_run(first, nxt - 1)
             if nxt > start:
                 link.opener.fresh()
 
@@ -481,9 +478,8 @@ class Forwarder:
                 end = off + size if off + size < n else n
                 ver, dmode, res, seq = outer(view, off) if end - off >= shortest else (0, 0, 0, 0)
                 if ver != VERSION or dmode != mode or res or seq < nxt:  # short, or not ours, or not new
-                    if nxt > first:
-                        window.accept_run(first, nxt - 1)
-                        first = nxt
+                    window.accept_run(first, nxt - 1)
+                    first = nxt
                     self._datagram(link, view[off:end])
                     first = nxt = window.highest + 1
                     continue
@@ -502,8 +498,7 @@ class Forwarder:
                     drops["malformed"] += 1
                     continue
                 if seq != nxt:
-                    if nxt > first:
-                        window.accept_run(first, nxt - 1)
+                    window.accept_run(first, nxt - 1)
                     first = seq
                 nxt = seq + 1
                 data = view[off + body_at + INNER.size : end - tail]
@@ -513,8 +508,7 @@ class Forwarder:
                     continue
                 self._run_add(src, msg_id, index, count, flags, data)  # (the cipher's call costs far more)
         finally:
-            if nxt > first:
-                window.accept_run(first, nxt - 1)
+            window.accept_run(first, nxt - 1)
 
     def _run_add(  # noqa: PLR0917 - the hot path: no tuple to build per datagram
         self, src: bytes, msg_id: int, index: int, count: int, flags: int, data: memoryview
