@@ -59,3 +59,17 @@ def test_digests_round_trip(fp: int, echo: bool) -> None:
 def test_bad_digests_are_rejected(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         gossip.decode_digest(gossip.decode(bytes([gossip.KIND_DIGEST]) + payload))
+
+
+@pytest.mark.parametrize("kind", [gossip.KIND_UNICAST, gossip.KIND_BROADCAST])
+@pytest.mark.parametrize("where", [0, 8])
+def test_names_beyond_48_bits_are_rejected(kind: int, where: int) -> None:
+    names = [1, 2]
+    names[where // 8] = 1 << 48
+    fields = b"".join(n.to_bytes(8, "big") for n in names[: 2 if kind == gossip.KIND_UNICAST else 1])
+    data = bytes([kind, 4]) + b"ipam" + fields + b"payload"
+    if kind == gossip.KIND_BROADCAST and where == 8:
+        assert gossip.decode(data).src == 1  # (a broadcast has one name: those 8 bytes are payload)
+        return
+    with pytest.raises(ProtocolError, match="not a 48-bit peer name"):
+        gossip.decode(data)

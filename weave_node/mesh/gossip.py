@@ -6,7 +6,7 @@ A subsystem registers a `Gossiper` under a channel name and gets a `GossipChanne
 - `broadcast(data)`: to every reachable peer exactly once, along the broadcast trees.
 
 Every router message is one of the envelopes below (the first byte is its kind). Decoding raises only
-ProtocolError.
+ProtocolError, and a decoded envelope holds only valid values: peer names (8 bytes on the wire) below 2**48.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.peer import NAME_LIMIT
 
 KIND_TOPOLOGY = 1
 KIND_GOSSIP = 2
@@ -134,9 +135,15 @@ def decode(data: bytes) -> Envelope:
     if kind == KIND_UNICAST:
         if len(rest) < 16:
             raise ProtocolError("truncated unicast message")
-        (src,), (dst,) = _NAME.unpack_from(rest, 0), _NAME.unpack_from(rest, 8)
+        src, dst = _peer(rest, 0, "source"), _peer(rest, 8, "destination")
         return Envelope(kind=kind, channel=channel, src=src, dst=dst, payload=rest[16:])
     if len(rest) < 8:
         raise ProtocolError("truncated broadcast message")
-    (src,) = _NAME.unpack_from(rest, 0)
-    return Envelope(kind=kind, channel=channel, src=src, payload=rest[8:])
+    return Envelope(kind=kind, channel=channel, src=_peer(rest, 0, "source"), payload=rest[8:])
+
+
+def _peer(data: bytes, offset: int, what: str) -> int:
+    (name,) = _NAME.unpack_from(data, offset)
+    if name >= NAME_LIMIT:  # 8 bytes on the wire, 48 bits in a peer name
+        raise ProtocolError(f"{what} {name:#x} of a router message is not a 48-bit peer name")
+    return int(name)

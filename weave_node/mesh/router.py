@@ -2,8 +2,14 @@
 
 Pure cores it drives: protocol.Connection (one per TCP connection: framing, handshake, crypto, heartbeats),
 topology.Topology (the peers CRDT), routes (next hops, broadcast trees), connector.Connector (whom to dial),
-gossip envelopes (channels for other subsystems). State changes happen in one task at a time (asyncio), so no
-locks; nothing here decides protocol behaviour.
+gossip envelopes (channels for other subsystems), admission (which inbound connections may start a
+handshake). State changes happen in one task at a time (asyncio), so no locks; nothing here decides protocol
+behaviour.
+
+Hostile input costs at most one connection: every received message is dispatched inside one boundary
+(`_dispatch`): a ProtocolError closes that connection, an error of a gossip channel's handler drops that message
+only, and anything unexpected closes the connection; each is counted (`message_errors`) and logged through a
+rate limiter, so that no connection task ever dies with an exception and no peer can flood the log.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +26,8 @@ from typing import Any
 from weave_node.config import PeerAddress, RouterConfig, parse_peer
 from weave_node.core.clock import Clock, MonotonicClock
 from weave_node.core.errors import ConfigError
-from weave_node.mesh import gossip
+from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
+from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
 from weave_node.mesh.errors import ProtocolError
 from weave_node.mesh.peer import format_name
@@ -84,6 +92,8 @@ class Router:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        admission_limits: admission.Limits | None = None,
+        log_limiter: LogLimiter | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -96,6 +106,10 @@ class Router:
         self.connector = Connector(initial=config.peers, conn_limit=config.conn_limit, rng=self.rng)
         self.established: dict[int, PeerConn] = {}
         self.pending: set[PeerConn] = set()
+        self.admission = admission_limits or admission.Limits()
+        self.handshaking: dict[PeerConn, admission.Pending] = {}  # inbound connections still in their handshake
+        self.refused: Counter[str] = Counter()  # inbound connections refused or evicted, by reason
+        self.message_errors: Counter[str] = Counter()  # received messages that failed, by outcome
         self.routes: dict[int, int] = {}
         self.channels: dict[str, gossip.Gossiper] = {}
         self.terminations = 0
@@ -106,6 +120,7 @@ class Router:
         self._next_gossip = 0.0
         self.listen_port = config.port
         self.on_change: list[Callable[[], None]] = []
+        self.rlog = RateLimitedLog(log, log_limiter or LogLimiter(), self.clock.now)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -117,13 +132,17 @@ class Router:
         sock = self._server.sockets[0]
         self.listen_port = sock.getsockname()[1]
         log.info(
-            "router %s(%s) listening on %s:%d, %d initial peer(s), connection limit %d, encryption %s",
+            "router %s(%s) listening on %s:%d, %d initial peer(s), connection limit %d (handshakes: %d, %d per "
+            "address, %g s), encryption %s",
             format_name(self.identity.name),
             self.identity.nickname,
             self.config.listen_host,
             self.listen_port,
             len(self.config.peers),
             self.config.conn_limit,
+            self.admission.total,
+            self.admission.per_source,
+            self.protocol_config.handshake_timeout,
             "on" if self.protocol_config.password_key else "off",
         )
         self._spawn(self._maintain())
@@ -169,26 +188,36 @@ class Router:
 
     async def _maintain(self) -> None:
         while True:
-            now = self.clock.now()
-            connected = set(self.established)
-            for addr in self.connector.due(now, connected, len(self.established)):
-                self._spawn(self._dial(addr))
-            if now >= self._next_gossip:
-                self._periodic_gossip()
-                self._next_gossip = now + self.config.gossip_interval
-            deadline = min(d for d in (self.connector.next_deadline(), self._next_gossip) if d is not None)
+            try:
+                deadline = self._maintain_step()
+            except Exception:  # this loop dials and gossips: it must survive anything
+                self.rlog.log(logging.ERROR, "mesh.maintain-error", "mesh maintenance failed", exc_info=True)
+                deadline = self.clock.now() + 1.0
             self._wakeup.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races a wake-up
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.01, deadline - self.clock.now())):
                     await self._wakeup.wait()
 
+    def _maintain_step(self) -> float:
+        """Dial what is due, gossip when it is time, write due log summaries; returns when to run again."""
+        now = self.clock.now()
+        connected = set(self.established)
+        for addr in self.connector.due(now, connected, len(self.established)):
+            self._spawn(self._dial(addr))
+        if now >= self._next_gossip:
+            self._periodic_gossip()
+            self._next_gossip = now + self.config.gossip_interval
+        self.rlog.flush()
+        deadlines = (self.connector.next_deadline(), self._next_gossip, self.rlog.next_deadline())
+        return min(d for d in deadlines if d is not None)
+
     async def _dial(self, addr: PeerAddress) -> None:
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 reader, writer = await asyncio.open_connection(addr.host, addr.port)
-        except (OSError, TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a learned host name IDNA cannot encode
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             delay = self.connector.failed(addr, self.clock.now(), f"connect: {reason}")
             log.info("->[%s] connect failed: %s; retrying in %.1f s", addr, reason, delay)
             self._wakeup.set()
@@ -196,67 +225,98 @@ class Router:
         await self._serve(reader, writer, outbound=True, target=addr)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.established) + len(self.pending) >= self.config.conn_limit:
-            log.warning("<-[%s] refused: too many connections", _peername(writer))
+        # Unauthenticated connections have limits of their own (admission.py); CONN_LIMIT counts established ones.
+        source = admission.source_of(_peerhost(writer))
+        verdict = admission.admit(self.handshaking, source, self.admission)
+        if not verdict.admit:
+            self.refused[verdict.code] += 1
+            self.rlog.log(logging.WARNING, "mesh.refused", "<-[%s] refused: %s", _peername(writer), verdict.reason)
             writer.close()
             return
-        await self._serve(reader, writer, outbound=False, target=None)
+        if verdict.evict is not None:  # every slot taken, most of them by the victim's address: it makes room
+            self.refused["evicted"] += 1
+            self.handshaking.pop(verdict.evict, None)
+            self._drop(verdict.evict, f"evicted: {len(self.handshaking)} handshakes in progress, most from its address")
+        await self._serve(reader, writer, outbound=False, target=None, source=source)
 
     # ---- one connection ---------------------------------------------------------------------------------
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, outbound: bool, target: PeerAddress | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        outbound: bool,
+        target: PeerAddress | None,
+        source: str | None = None,
     ) -> None:
         now = self.clock.now()
         conn = Connection(self.identity, self.protocol_config, outbound=outbound, now=now)
         pc = PeerConn(conn=conn, writer=writer, outbound=outbound, socket_addr=_peername(writer), target=target)
         self.pending.add(pc)
+        if source is not None:
+            self.handshaking[pc] = admission.Pending(source, now)
         try:
-            self._flush(pc)
-            while conn.state != "closed":
-                deadline = conn.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.clock.now())
-                events: list[Event]
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await reader.read(READ_SIZE)
-                except TimeoutError:
-                    events = conn.tick(self.clock.now())
-                except OSError as exc:
-                    conn.close(f"read: {exc.strerror or exc}")
-                    events = [ConnectionFailed(f"read: {exc.strerror or exc}")]
-                else:
-                    now = self.clock.now()
-                    if not data:
-                        conn.close("connection closed by peer")
-                        events = [ConnectionFailed("connection closed by peer")]
-                    else:
-                        events = conn.receive_data(data, now)
-                        nd = conn.next_deadline()
-                        if nd is not None and now >= nd:
-                            events += conn.tick(now)
-                for event in events:
-                    self._handle(pc, event)
-                self._flush(pc)
-                if writer.transport.get_write_buffer_size() > 4 * READ_SIZE:
-                    await writer.drain()
+            await self._run(pc, reader)
+        except Exception as exc:  # a bug costs this connection, never a task dying with its exception unseen
+            self.message_errors["internal_error"] += 1
+            self.rlog.log(logging.ERROR, "mesh.internal-error", "%s internal error", pc.label, exc_info=True)
+            self._drop(pc, f"internal error: {exc!r}")
         finally:
             self._finish(pc)
+
+    async def _run(self, pc: PeerConn, reader: asyncio.StreamReader) -> None:
+        conn, writer = pc.conn, pc.writer
+        self._flush(pc)
+        while conn.state != "closed":
+            deadline = conn.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock.now())
+            events: list[Event]
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                events = conn.tick(self.clock.now())
+            except OSError as exc:
+                conn.close(f"read: {exc.strerror or exc}")
+                events = [ConnectionFailed(f"read: {exc.strerror or exc}")]
+            else:
+                now = self.clock.now()
+                if not data:
+                    conn.close("connection closed by peer")
+                    events = [ConnectionFailed("connection closed by peer")]
+                else:
+                    events = conn.receive_data(data, now)
+                    nd = conn.next_deadline()
+                    if nd is not None and now >= nd:
+                        events += conn.tick(now)
+            for event in events:
+                self._handle(pc, event)
+            self._flush(pc)
+            if writer.transport.get_write_buffer_size() > 4 * READ_SIZE:
+                try:
+                    await writer.drain()
+                except OSError as exc:
+                    self._drop(pc, f"write: {exc.strerror or exc}")
 
     def _flush(self, pc: PeerConn) -> None:
         data = pc.conn.data_to_send()
         if data and not pc.writer.is_closing():
             pc.writer.write(data)
 
+    def _drop(self, pc: PeerConn, reason: str) -> None:
+        """Close a connection from our side; its task then ends (and `_finish` says why)."""
+        pc.conn.close(reason)
+        pc.failure = pc.failure or reason
+        with contextlib.suppress(Exception):
+            pc.writer.close()
+
     def _handle(self, pc: PeerConn, event: Event) -> None:
         if isinstance(event, Established):
             self._established(pc, event)
         elif isinstance(event, MessageReceived):
-            try:
-                self._message(pc, event.payload)
-            except ProtocolError as exc:
-                pc.conn.close(f"bad message: {exc}")
-                pc.failure = f"bad message: {exc}"
+            if pc.conn.state == "established":  # not from a connection just closed (a duplicate, over the limit)
+                self._dispatch(pc, event.payload)
         elif isinstance(event, ConnectionFailed):
             # The first cause stands: a connection closed as the loser of a duplicate is then also closed by
             # the peer (which resolved it the same way), and that must not read as a failure to retry.
@@ -265,6 +325,7 @@ class Router:
     def _established(self, pc: PeerConn, event: Established) -> None:
         remote = event.remote.identity
         pc.established_at = self.clock.now()
+        self.handshaking.pop(pc, None)
         existing = self.established.get(remote.name)
         if existing is not None:
             keep_new = existing.conn.remote is not None and existing.conn.remote.identity.uid != remote.uid
@@ -284,6 +345,10 @@ class Router:
             if not keep_new:
                 return
             self.established.pop(remote.name, None)
+        elif len(self.established) >= self.config.conn_limit:  # (a replacement above keeps the count)
+            self.refused["conn_limit"] += 1
+            self._drop(pc, f"too many connections: {len(self.established)} established, the limit")
+            return
         self.pending.discard(pc)
         self.established[remote.name] = pc
         if pc.target is not None:
@@ -295,16 +360,23 @@ class Router:
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
+        self.handshaking.pop(pc, None)
         reason = pc.failure or "closed"
         with contextlib.suppress(Exception):
             pc.writer.close()
         if pc.name is not None and self.established.get(pc.name) is pc:
             del self.established[pc.name]
             self.terminations += 1
-            log.info("%s connection shut down: %s", pc.label, reason)
+            if reason.startswith("bad message"):  # a peer can repeat this at will: rate-limited
+                self.rlog.log(logging.INFO, "mesh.bad-message", "%s connection shut down: %s", pc.label, reason)
+            else:
+                log.info("%s connection shut down: %s", pc.label, reason)
             self._local_connections_changed()
         elif reason != "duplicate connection":
-            log.info("%s connection failed: %s", pc.label, reason)
+            if pc.outbound:  # ours: paced by the connector's backoff
+                log.info("%s connection failed: %s", pc.label, reason)
+            else:  # anyone can open connections that fail, as often as they like: rate-limited
+                self.rlog.log(logging.INFO, "mesh.inbound-failed", "%s connection failed: %s", pc.label, reason)
         if pc.target is not None and reason != "duplicate connection":
             delay = self.connector.disconnected(pc.target, self.clock.now(), reason)
             log.debug("->[%s] next attempt in %.1f s", pc.target, delay)
@@ -340,7 +412,10 @@ class Router:
         self.routes = unicast_routes(self.topology.records, self.identity.name)
         self._learn_targets()
         for callback in self.on_change:
-            callback()
+            try:
+                callback()
+            except Exception:  # a subscriber's bug must not cut the others (or the connection that brought it) off
+                self.rlog.log(logging.ERROR, "mesh.on-change-error", "topology subscriber failed", exc_info=True)
 
     def _learn_targets(self) -> None:
         keep: set[PeerAddress] = set()
@@ -380,8 +455,45 @@ class Router:
     def _send(self, pc: PeerConn, env: gossip.Envelope) -> None:
         if pc.conn.state != "established":
             return
-        pc.conn.send_message(gossip.encode(env), self.clock.now())
+        data = gossip.encode(env)
+        if len(data) > pc.conn.max_message_size:
+            self.message_errors["too_big_to_send"] += 1
+            self.rlog.log(
+                logging.ERROR, "mesh.too-big", "%s message of kind %d (%d bytes) not sent: over the limit of %d",
+                pc.label, env.kind, len(data), pc.conn.max_message_size,
+            )  # fmt: skip
+            return
+        pc.conn.send_message(data, self.clock.now())
         self._flush(pc)
+
+    def _dispatch(self, pc: PeerConn, payload: bytes) -> None:
+        """The boundary every received message passes: nothing raised below gets past it (see the module doc)."""
+        try:
+            self._message(pc, payload)
+        except ProtocolError as exc:
+            self.message_errors["bad_message"] += 1
+            self._drop(pc, f"bad message: {exc}")
+        except Exception as exc:
+            self.message_errors["internal_error"] += 1
+            self.rlog.log(logging.ERROR, "mesh.internal-error", "%s message handling failed", pc.label, exc_info=True)
+            self._drop(pc, f"internal error: {exc!r}")
+
+    def _to_channel(self, pc: PeerConn, channel: str, call: Callable[[], bytes | None]) -> bytes | None:
+        """A gossip channel's handler; what it raises drops this message only (gossip.Gossiper's contract)."""
+        try:
+            return call()
+        except ProtocolError as exc:
+            self.message_errors["channel_rejected"] += 1
+            self.rlog.log(
+                logging.WARNING, "mesh.channel-rejected", "%s message on channel %s dropped: %s", pc.label, channel, exc
+            )
+        except Exception:
+            self.message_errors["channel_error"] += 1
+            self.rlog.log(
+                logging.ERROR, "mesh.channel-error", "%s channel %s failed on a message", pc.label, channel,
+                exc_info=True,
+            )  # fmt: skip
+        return None
 
     def _message(self, pc: PeerConn, payload: bytes) -> None:
         env = gossip.decode(payload)
@@ -404,18 +516,19 @@ class Router:
         elif env.kind == gossip.KIND_UNICAST:
             if env.dst == self.identity.name:
                 if gossiper is not None:
-                    gossiper.on_unicast(env.src, env.payload)
+                    self._to_channel(pc, env.channel, lambda: gossiper.on_unicast(env.src, env.payload))
             else:
                 self._relay_unicast(env)
         elif env.kind == gossip.KIND_BROADCAST:
             if gossiper is not None and env.src != self.identity.name:
-                gossiper.on_broadcast(env.src, env.payload)
+                self._to_channel(pc, env.channel, lambda: gossiper.on_broadcast(env.src, env.payload))
             self._forward_broadcast(env)
 
     def _channel_gossip(self, pc: PeerConn, env: gossip.Envelope, gossiper: gossip.Gossiper | None) -> None:
         if gossiper is None or pc.name is None:
             return
-        delta = gossiper.on_gossip(pc.name, env.payload)
+        src = pc.name
+        delta = self._to_channel(pc, env.channel, lambda: gossiper.on_gossip(src, env.payload))
         if delta:
             out = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=env.channel, payload=delta)
             for other in list(self.established.values()):
@@ -452,6 +565,11 @@ class Router:
         self._forward_broadcast(
             gossip.Envelope(kind=gossip.KIND_BROADCAST, channel=channel, src=self.identity.name, payload=data)
         )
+
+
+def _peerhost(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:
