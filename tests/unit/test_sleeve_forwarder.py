@@ -4,6 +4,7 @@ writes a frame to the TAP; a genuine datagram does reach it (so the assertion co
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import poll
 from tests.unit.test_mesh_routes import graph
+from tests.unit.test_metrics import DOC
+from weave_node.api.metrics import families
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Reassembler, Sealer, Segment
 from weave_node.overlay.sleeve.forwarder import Config, Forwarder, LinkSpec, name_bytes
@@ -140,10 +143,17 @@ def test_empty_and_wrong_port_datagrams_are_dropped_quietly(duplex: tuple[Forwar
         s.sendto(b"", fwd.sock.getsockname())
         s.sendto(_genuine(7)[0], fwd.sock.getsockname())  # genuine, but not from port 6783
     deadline = time.monotonic() + 5
-    while fwd.counters["empty"] + fwd.counters["unknown_sender"] < 2 and time.monotonic() < deadline:
+    while fwd.drops["empty"] + fwd.drops["unknown_sender"] < 2 and time.monotonic() < deadline:
         fwd._from_udp()
-    assert fwd.counters["empty"] == 1 and fwd.counters["unknown_sender"] == 1
+    assert fwd.drops == {"empty": 1, "unknown_sender": 1}
     assert fwd.counters["error"] == 0 and fwd.counters["frames_in"] == 0
+    # counted as drops, where the status and the metrics look (weave_node_sleeve_drops_total{reason=...})
+    _links, counters, drops = fwd.snapshot()
+    assert drops["empty"] == 1 and drops["unknown_sender"] == 1 and "unknown_sender" not in counters
+    doc = {**DOC, "datapath": {**DOC["datapath"], "sleeve": {"counters": counters, "drops": drops}}}  # type: ignore[dict-item]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families(doc) for s in f.samples}
+    assert samples[("weave_node_sleeve_drops_total", (("reason", "unknown_sender"),))] == 1
+    assert samples[("weave_node_sleeve_drops_total", (("reason", "empty"),))] == 1
 
 
 def test_probe_acks_count_only_for_sizes_probed_on_that_link(duplex: tuple[Forwarder, socket.socket]) -> None:
@@ -257,3 +267,25 @@ def test_the_forwarder_thread_is_named_for_top(duplex: tuple[Forwarder, socket.s
         poll(lambda: comm.read_text().strip() == "weave-sleeve", timeout=5, what="the thread's name")
     finally:
         fwd.stop()
+
+
+def test_a_failing_receive_path_neither_stops_the_thread_nor_floods_the_log(
+    duplex: tuple[Forwarder, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    fwd, _tap = duplex
+
+    def broken() -> None:
+        raise RuntimeError("a bug on the receive path")  # (the datagram stays queued: select fires again at once)
+
+    fwd._from_udp = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="weave_node.sleeve"):
+        fwd.start()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"x", fwd.sock.getsockname())
+            poll(lambda: fwd.counters["error"] >= 1000, timeout=10, what="a thousand failures")
+            assert fwd._thread is not None and fwd._thread.is_alive()
+        finally:
+            fwd.stop()
+    errors = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert 1 <= len(errors) <= fwd.rlog.limiter.burst

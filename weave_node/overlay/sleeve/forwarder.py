@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.sleeve.codec import (
     BODY_AT,
@@ -152,6 +153,8 @@ class Forwarder:
         self.clock = clock
         self.on_verified = on_verified
         self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # datagrams dropped before a link's opener sees them, by reason
+        self.rlog = RateLimitedLog(log, LogLimiter(), clock)  # this thread's own (the limiter holds no lock)
         self.links: dict[int, Link] = {}
         self._by_addr: dict[str, Link] = {}
         self._routes: dict[bytes, Link] = {}
@@ -213,6 +216,7 @@ class Forwarder:
             for link in list(self.links.values()):
                 drops.update(dict(link.opener.drops))  # dict(): a C-level copy, while the thread may add a key
             drops.update(dict(self._reasm.drops))
+            drops.update(dict(self.drops))
             return links, dict(self.counters), dict(drops)
 
     # --- the thread --------------------------------------------------------------------------------------
@@ -230,14 +234,15 @@ class Forwarder:
                     try:
                         self._tick(now)
                     except Exception:
-                        log.exception("sleeve: unexpected error in the periodic work")
+                        self.rlog.log(logging.ERROR, "sleeve.tick", "sleeve: error in the periodic work", exc_info=True)
                         self.counters["error"] += 1
+                    self.rlog.flush()
                     self._next_probe = now + self.probe_interval
                 for key, _ in sel.select(max(0.0, self._next_probe - now)):
                     try:
                         key.data()
-                    except Exception:  # one bad frame or peer must never stop the datapath
-                        log.exception("sleeve: unexpected error")
+                    except Exception:  # one bad frame or peer must never stop the datapath (nor flood the log)
+                        self.rlog.log(logging.ERROR, "sleeve.error", "sleeve: unexpected error", exc_info=True)
                         self.counters["error"] += 1
         finally:
             sel.close()
@@ -395,8 +400,8 @@ class Forwarder:
                 self.counters["recv_error"] += 1
                 continue
             link = self._by_addr.get(addr[0])
-            if link is None or addr[1] != PORT or n == 0:
-                self.counters["unknown_sender" if n else "empty"] += 1
+            if link is None or addr[1] != PORT or n == 0:  # drops like any other (status, metrics): not logged
+                self.drops["unknown_sender" if n else "empty"] += 1
                 continue
             size = n
             for level, kind, data in anc:
