@@ -235,7 +235,6 @@ class Router:
             return
         if verdict.evict is not None:  # every slot taken, most of them by the victim's address: it makes room
             self.refused["evicted"] += 1
-            self.handshaking.pop(verdict.evict, None)
             self._drop(verdict.evict, f"evicted: {len(self.handshaking)} handshakes in progress, most from its address")
         await self._serve(reader, writer, outbound=False, target=None, source=source)
 
@@ -308,6 +307,8 @@ class Router:
         """Close a connection from our side; its task then ends (and `_finish` says why)."""
         pc.conn.close(reason)
         pc.failure = pc.failure or reason
+        self.pending.discard(pc)  # (no longer shown, nor counted, as handshaking)
+        self.handshaking.pop(pc, None)
         with contextlib.suppress(Exception):
             pc.writer.close()
 
