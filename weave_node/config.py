@@ -49,7 +49,7 @@ def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> PeerAddress:
         host, port_text = text.split(":")
     port = default_port
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ConfigError(f"bad port in peer address {text!r}")
         port = int(port_text)
     if not host or any(c.isspace() for c in host):

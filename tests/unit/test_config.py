@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from weave_node.config import PeerAddress, from_env_and_flags, parse_peer, parse_peers
 from weave_node.core.errors import ConfigError
@@ -24,9 +27,16 @@ def test_peer_addresses_follow_weave_launch(text: str, want: PeerAddress) -> Non
     assert parse_peer(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "a:b", "host:0", "host:70000", "[fd00::1", "[::1]x"])
+@pytest.mark.parametrize("text", ["", "a:b", "host:0", "host:70000", "[fd00::1", "[::1]x", "host:²", "host:٣"])
 def test_bad_peer_addresses(text: str) -> None:
     with pytest.raises(ConfigError):
+        parse_peer(text)
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_a_peer_address_or_a_config_error(text: str) -> None:
+    """Addresses also come from gossiped topologies (learned peers): nothing else may escape."""
+    with contextlib.suppress(ConfigError):
         parse_peer(text)
 
 

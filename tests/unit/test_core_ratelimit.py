@@ -94,6 +94,7 @@ def test_the_logger_adapter_writes_bursts_and_summaries(caplog: pytest.LogCaptur
         for i in range(1000):
             rlog.log(logging.WARNING, "refused", "<-[%s] refused: too many handshakes", f"10.0.0.{i % 250}:1")
         assert len(caplog.records) == 2
+        assert caplog.records[0].filename == "test_core_ratelimit.py"  # the caller's line, not the adapter's
         rlog.flush()
         assert len(caplog.records) == 2 and rlog.next_deadline() == 60.0
         clock.advance(60.0)

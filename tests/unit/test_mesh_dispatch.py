@@ -160,7 +160,7 @@ payloads = st.binary(max_size=40) | st.sampled_from([b"P", b"V", b"Pbad", b"Vbug
 def records(draw: st.DrawFn) -> PeerRecord:
     name = draw(peer_names)
     peers = sorted(draw(st.sets(peer_names.filter(lambda p: p != name), max_size=3)))
-    addresses = st.sampled_from(["", "10.0.0.1:6783", "a..b:1", "[::1]:6783"])
+    addresses = st.sampled_from(["", "10.0.0.1:6783", "a..b:1", "[::1]:6783", "1.2.3.4:²", "h:٣", "x y:1", "[::1"])
     conns = tuple(ConnectionInfo(p, draw(addresses), draw(st.booleans()), draw(st.booleans())) for p in peers)
     return PeerRecord(name, draw(st.text(max_size=4)), draw(st.integers(0, 3)), draw(st.integers(1, 4)), conns)
 

@@ -131,7 +131,7 @@ class RateLimitedLog:
         admitted = self.limiter.admit(key, Sample(level, msg, args), self.clock())
         self._write(self.limiter.ready())
         if admitted:
-            self.logger.log(level, msg, *args, exc_info=exc_info)
+            self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=2)  # (the caller's line in the record)
 
     def flush(self) -> None:
         self._write(self.limiter.due(self.clock()))
