@@ -126,6 +126,11 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--json", action="store_true")
     p = isub.add_parser("rmpeer", help="take over the address space of a peer that is gone, now")
     p.add_argument("peer", help="the peer's name (aa:bb:cc:dd:ee:ff) or nickname")
+    p = isub.add_parser(
+        "leave", help="hand this peer's address space to a reachable peer before removing the host for good"
+    )
+    p.add_argument("--force", action="store_true", help="even if pods here still hold addresses (they must go too)")
+    p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for a peer to confirm (default 20)")
     p = isub.add_parser("allocate", help="allocate an address for a container id (idempotent)")
     p.add_argument("container_id")
     p.add_argument("--ifname", default="eth0")
@@ -201,6 +206,14 @@ def cmd_ipam(args: argparse.Namespace) -> int:
     if args.ipam_cmd == "rmpeer":
         doc = _get(args, f"/ipam/rmpeer/{quote(args.peer, safe='')}", "POST")
         print(f"took over {doc['addresses']} addresses of peer {doc['peer']}")
+        return 0
+    if args.ipam_cmd == "leave":
+        doc = _get(args, "/ipam/leave", "POST", {"force": args.force, "wait": args.wait})
+        if doc["handed_to"] is None:
+            print("this peer owns no address space: nothing to hand over")
+        else:
+            nick = f" ({doc['nickname']})" if doc.get("nickname") else ""
+            print(f"handed {doc['addresses']} addresses to peer {doc['handed_to']}{nick}")
         return 0
     body: dict[str, Any] = {"container_id": args.container_id}
     if args.ifname:
@@ -407,7 +420,12 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
         for col in ("peer", "nickname", "addresses", "free", "reachable", "ranges"):
             table.add_column(col)
         for o in i["owners"]:
-            reach = "yes" if o["reachable"] else f"no, {o['unreachable_for']:.0f} s"
+            if o["reachable"]:
+                reach = "yes"
+            elif o["unreachable_for"] is None:
+                reach = "no, never seen from here"
+            else:
+                reach = f"no, last seen {o['last_seen']} ({o['unreachable_for']:.0f} s ago)"
             table.add_row(
                 o["peer"], o["nickname"], str(o["size"]), str(o["free_reported"]), reach, " ".join(o["ranges"][:2])
             )

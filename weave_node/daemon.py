@@ -69,6 +69,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         claims=loaded.claims,
         allocations=loaded.allocations,
         away=store.away(time.time()),
+        seen_ago=loaded.seen_ago,
     )
     log.info(
         "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs",

@@ -5,6 +5,8 @@ POST /ipam/claim    {"container_id", "ifname"?, "ip"}     -> {"ip", "cidr", "ran
 POST /ipam/release  {"container_id", "ifname"?}           -> {"released": [ip...]}      404 if none
 GET  /ipam/allocations                                    -> [{"ip", "container_id", "ifname"}]
 POST /ipam/rmpeer/{peer}                                  -> {"peer", "addresses"}
+POST /ipam/leave    {"force"?, "wait"?}                   -> {"handed_to", "nickname", "addresses", "acknowledged"}
+                    409 pods still hold addresses (without force), 503 no peer to take it / none confirmed
 """
 
 from __future__ import annotations
@@ -104,8 +106,16 @@ def add_ipam_routes(app: web.Application, ipam: IpamService) -> None:
         peer, moved = ipam.rmpeer(req.match_info["peer"])
         return _json({"peer": format_name(peer), "addresses": moved})
 
+    async def leave(req: web.Request) -> web.Response:
+        doc = await _body(req)
+        force = doc.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest('"force" must be true or false')
+        return _json(await ipam.leave(force=force, wait=_wait(doc)))
+
     app.router.add_post("/ipam/allocate", allocate)
     app.router.add_post("/ipam/claim", claim)
     app.router.add_post("/ipam/release", release)
     app.router.add_get("/ipam/allocations", allocations)
     app.router.add_post("/ipam/rmpeer/{peer}", rmpeer)
+    app.router.add_post("/ipam/leave", leave)

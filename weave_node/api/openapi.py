@@ -82,6 +82,13 @@ OPENAPI: dict[str, Any] = {
                 "take over a departed peer's space", {"200": _OBJ, "400": _ERROR, "404": _ERROR}, parameters=_PEER
             )
         },
+        "/ipam/leave": {
+            "post": _op(
+                "hand this peer's space to a reachable peer before the host is removed for good",
+                {"200": _OBJ, "400": _ERROR, "409": _ERROR, "503": _ERROR},
+                {"type": "object", "properties": {"force": {"type": "boolean"}, "wait": {"type": "number"}}},
+            )
+        },
         "/cni/add": {"post": _op("CNI ADD", {"200": _OBJ, "400": _ERROR, "403": _ERROR, "503": _ERROR}, _POD)},
         "/cni/del": {"post": _op("CNI DEL (idempotent)", {"200": _OBJ, "400": _ERROR, "403": _ERROR}, _POD)},
         "/cni/check": {"post": _op("CNI CHECK", {"200": _OBJ, "400": _ERROR, "403": _ERROR, "409": _ERROR}, _POD)},

@@ -7,11 +7,15 @@ any request, so nothing we say was ever forgotten by a crash.
 
 Reclaim and fencing (what Weave lacked): the owners reachable from us have *quorum* when they are more than
 half of the ring's owners (exactly half counts when it holds the lowest-named owner), so at most one side of a
-partition has it. On the quorum side, the lowest-named reachable owner takes over the space of an owner that has
-been unreachable for `reclaim_after` seconds. On the other side a peer stops allocating after `reclaim_after/2`
-("fenced"), before anyone can have reclaimed its space, and allocates again only after it has merged a peer's
-ring since quorum returned. A peer whose space was reclaimed discards it (and the allocations in it) when it
-learns so, and asks for space anew.
+partition has it. On the quorum side, the lowest-named reachable owner takes over the space of an owner that a
+quorum of owners vouches has been away for `reclaim_after` seconds (presence.py). On the other side a peer stops
+allocating after `reclaim_after/2` ("fenced"), before anyone can have reclaimed its space, and allocates again
+only after it has merged a peer's ring since quorum returned. A peer whose space was reclaimed discards it (and
+the allocations in it) when it learns so, and asks for space anew. Only a peer with quorum gives space to a peer
+that owns none (a new owner): otherwise a cut-off minority could grow itself into a second "majority".
+
+Leaving (`leave`, before a host is removed for good): we hand all our space to a reachable peer, so an identity
+that goes away never counts against the quorum. Owners that die without leaving are what reclaim is for.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from weave_node.ipam import messages
 from weave_node.ipam.address import Range, ip_str, span_str
 from weave_node.ipam.consensus import Claim, Consensus
 from weave_node.ipam.errors import BadRequest, Conflict, DecodeError, NotFound, RingConflict, Unavailable
+from weave_node.ipam.presence import NEVER, Presence, is_quorum
 from weave_node.ipam.ring import Ring
 from weave_node.ipam.space import Space
 from weave_node.mesh.peer import format_name, parse_name
@@ -35,6 +40,7 @@ PROPOSE_RETRY = 3.0  # seconds without consensus progress before a new ballot
 FREE_REPORT = 1.0  # at most this often, refresh our free counts in the ring
 MAX_ID = 256
 WANT_TTL = 10.0  # seconds an unanswered allocation keeps us asking for space
+REPLACED_AFTER = 5.0  # seconds an owner is away, while a peer with its host name is here, before it counts replaced
 
 
 @dataclass(frozen=True, order=True)
@@ -106,11 +112,23 @@ Effect = Gossip | Unicast | Log
 class Changes:
     ring: bool = False
     consensus: bool = False
+    seen: bool = False  # who is reachable changed: persist when we last saw each owner
     put: dict[int, Key] = field(default_factory=dict)
     delete: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return self.ring or self.consensus or bool(self.put) or bool(self.delete)
+        return self.ring or self.consensus or self.seen or bool(self.put) or bool(self.delete)
+
+
+@dataclass
+class Leaving:
+    """Our space handed over (`leave`): to whom, which entries at which rank, and whether a peer has them."""
+
+    receiver: int
+    addresses: int
+    entries: dict[int, tuple[int, int, int, int]]
+    acknowledged: bool = False
+    resend_at: float = 0.0
 
 
 def ring_id_for(kind: str, *parts: int) -> int:
@@ -131,21 +149,29 @@ class Allocator:
         claims: dict[int, Claim] | None = None,
         allocations: dict[Key, int] | None = None,
         away: float | None = None,
+        seen_ago: dict[int, float] | None = None,
+        reclaim_replaced: bool = True,
     ) -> None:
         """`ring`, `claims`, `allocations`: what the store kept. `away`: seconds since we last saw a quorum of the
-        space's owners (the store's wall-clock mark), None if unknown."""
+        space's owners (the store's wall-clock mark), None if unknown. `seen_ago`: seconds since we last saw each
+        peer (the store's marks), None if the store never kept them."""
         self.me = me
         self.range = span
         self.init = init
         self.reclaim_after = reclaim_after
+        self.reclaim_replaced = reclaim_replaced
         self.ring = ring
         self.consensus: Consensus | None = None
         self.allocations: dict[Key, int] = {}
         self.by_ip: dict[int, Key] = {}
         self.space = Space(span)
         self.cursor = span.start
-        self.reachable: set[int] = {me}
-        self.absent_since: dict[int, float] = {}
+        # A fresh identity was never with anyone; an old store without sightings vouches only from now on.
+        floor = NEVER if ring is None or seen_ago is not None else now
+        self.presence = Presence(me, now, floor=floor, seen_ago=seen_ago)
+        self.ipam_peers: set[int] = set()  # peers that sent us a ring: receivers of a hand-over besides owners
+        self.leaving: Leaving | None = None
+        self.fence_logged = False
         self.no_quorum_since: float | None = None
         self.resync = False  # fenced until we merge a peer's ring after quorum returned
         self.resync_quorum_since: float | None = None
@@ -155,7 +181,15 @@ class Allocator:
         self.donor_deadline = 0.0
         self.next_free_report = 0.0
         self.free_dirty = True
-        self.counters = {"donated": 0, "received": 0, "reclaimed": 0, "lost": 0, "bad_messages": 0, "conflicts": 0}
+        self.counters = {
+            "donated": 0,
+            "received": 0,
+            "reclaimed": 0,
+            "lost": 0,
+            "bad_messages": 0,
+            "conflicts": 0,
+            "handed_over": 0,
+        }
         self._effects: list[Effect] = []
         self._changes = Changes()
         self.last_now = now  # the latest `now` of any input (for flags of messages built inside)
@@ -193,6 +227,10 @@ class Allocator:
     def _log(self, level: int, message: str) -> None:
         self._effects.append(Log(level, message))
 
+    @property
+    def reachable(self) -> set[int]:
+        return self.presence.reachable
+
     def _changed(self, *, ring: bool = False, consensus: bool = False) -> None:
         self._changes.ring |= ring
         self._changes.consensus |= consensus
@@ -200,7 +238,8 @@ class Allocator:
     def state_message(self, now: float | None = None) -> bytes:
         if self.ring is not None:
             unsynced = self.resync or (now is not None and self.fenced(now))
-            return messages.encode_state(self.range, self.ring, unsynced=unsynced)
+            sightings = self.presence.sightings(self.ring.owners() - {self.me}, self.last_now)
+            return messages.encode_state(self.range, self.ring, unsynced=unsynced, sightings=sightings)
         if self.consensus is not None:
             return messages.encode_state(self.range, None, self.consensus.quorum, self.consensus.claims)
         return b""
@@ -216,11 +255,7 @@ class Allocator:
         return self.ring.owned(self.me) if self.ring is not None else []
 
     def has_quorum(self) -> bool:
-        if self.ring is None:
-            return False
-        owners = self.ring.owners()
-        live = owners & self.reachable
-        return 2 * len(live) > len(owners) or (2 * len(live) == len(owners) and min(owners) in live)
+        return self.ring is not None and is_quorum(self.reachable, self.ring.owners())
 
     def fenced(self, now: float) -> bool:
         if self.resync:
@@ -246,6 +281,9 @@ class Allocator:
             return "waiting for the ring"
         if self.init.mode == "observer":
             return "observer: owns no space"
+        if self.leaving is not None:
+            lv = self.leaving
+            return f"left the ring: handed {lv.addresses} addresses to peer {self._who(lv.receiver)}"
         if self.fenced(now):
             return "fenced: cut off from a majority of the space's owners" + (
                 " (waiting to sync the ring)" if self.resync else ""
@@ -266,6 +304,7 @@ class Allocator:
             return ip
         if self.init.mode == "observer":
             raise Unavailable("this peer is an IPAM observer (IPALLOC_INIT=observer): it owns no space")
+        self._refuse_if_left()
         if self.ring is None or self.fenced(now):
             self.wanted_at = now
             return None
@@ -294,6 +333,7 @@ class Allocator:
             raise Conflict(f"{ip_str(ip)} is in use by {holder.container_id}/{holder.ifname}")
         if self.ring is None:
             return False
+        self._refuse_if_left()
         if self.fenced(now):
             raise Unavailable("fenced: cut off from a majority of the space's owners; claims wait until it heals")
         owner = self.ring.owner_of(ip)
@@ -325,8 +365,67 @@ class Allocator:
             self.counters["reclaimed"] += 1
             self._log(logging.WARNING, f"rmpeer: took over {moved} addresses of peer {format_name(peer)}")
             self._ring_changed()
-        self.absent_since.pop(peer, None)
         return moved
+
+    def leave(self, now: float, *, force: bool = False) -> Leaving | None:
+        """Hand all our space to a reachable peer before this peer is removed for good (Weave's `weave reset`):
+        the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. None:
+        we own nothing. Done once a peer's ring shows the hand-over (`leaving.acknowledged`)."""
+        if self.leaving is not None:
+            return self.leaving
+        if self.ring is None:
+            raise Unavailable("the ring is not initialised yet: there is no space to hand over")
+        owned = self.owned()
+        if not owned:
+            return None
+        size = sum(e - s for s, e in owned)
+        if self.allocations and not force:
+            raise Conflict(
+                f"{len(self.allocations)} address(es) here are still in use by pods: remove those pods first, or "
+                "force it (their pods must not keep running, or their addresses answer twice)"
+            )
+        receiver = self._receiver(self.ring)
+        if receiver is None:
+            raise Conflict(
+                f"no reachable peer to hand our {size} addresses to. Once this host is gone, they return "
+                f"{self.reclaim_after:g} s later if a majority of the space's owners stays connected, or at once "
+                f"with `weave-node ipam rmpeer {format_name(self.me)}` on a live host"
+            )
+        for key in sorted(self.allocations):
+            self._drop(key)
+        before = self.ring.copy()
+        self.ring.hand_over(self.me, receiver)
+        self.ring.check_invariants(before)
+        entries = {e.token: e.rank() for e in self.ring if e.owner == receiver and before.entries.get(e.token) != e}
+        self.leaving = Leaving(receiver, size, entries, resend_at=now + DONATION_RETRY)
+        self.counters["handed_over"] += 1
+        self._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {self._who(receiver)}")
+        self._ring_changed()
+        self._effects.append(Unicast(receiver, self.state_message(now)))
+        return self.leaving
+
+    def _receiver(self, ring: Ring) -> int | None:
+        """Who takes our space when we leave: the reachable owner with the least space (it fills up first), else a
+        reachable peer that has a ring (a non-owner: then the number of owners stays the same)."""
+        sizes = ring.sizes()
+        owners = sorted((sizes[p], p) for p in (ring.owners() & self.reachable) - {self.me})
+        if owners:
+            return owners[0][1]
+        others = sorted((self.ipam_peers & self.reachable) - {self.me})
+        # A new owner for an old one: only with a quorum, as for a donation (the lowest name, which breaks ties
+        # between halves, could change sides).
+        return others[0] if others and self.has_quorum() else None
+
+    def _refuse_if_left(self) -> None:
+        if self.leaving is not None:
+            raise Unavailable(
+                f"this peer left the ring (handed its space to peer {self._who(self.leaving.receiver)}): "
+                "restart the router to join again"
+            )
+
+    def _who(self, peer: int) -> str:
+        nick = self.presence.nicknames.get(peer)
+        return f"{format_name(peer)} ({nick})" if nick else format_name(peer)
 
     # ---- inputs -------------------------------------------------------------------------------------------
 
@@ -348,11 +447,16 @@ class Allocator:
             self.counters["conflicts"] += 1
             self._log(logging.ERROR, f"IPAM conflict with peer {format_name(src)}: {exc}")
 
-    def set_reachable(self, peers: set[int], now: float) -> None:
-        """The peers in the topology (reachable from us), ourselves included."""
+    def set_reachable(self, peers: set[int], now: float, nicknames: dict[int, str] | None = None) -> None:
+        """The peers in the topology (reachable from us), ourselves included, and their nicknames."""
         self.last_now = now
         grew = bool(peers - self.reachable)
-        self.reachable = set(peers) | {self.me}
+        if nicknames:
+            self.presence.learn_nicknames(nicknames)
+        self.presence.set_reachable(peers, self.ring.owners() if self.ring is not None else set(), now)
+        if self.presence.dirty:
+            self.presence.dirty = False
+            self._changes.seen = True
         self._update_presence(now)
         if grew:
             self._gossip()  # a new or returning neighbour learns our state now, not at the next periodic gossip
@@ -371,6 +475,11 @@ class Allocator:
         if self.ring is None:
             return
         self._reclaim(now)
+        self._note_fence(now)
+        lv = self.leaving
+        if lv is not None and not lv.acknowledged and now >= lv.resend_at and lv.receiver in self.reachable:
+            lv.resend_at = now + DONATION_RETRY
+            self._effects.append(Unicast(lv.receiver, self.state_message(now)))
         if self._wants_space(now):
             self._ask_for_space(now)
         if self.free_dirty and now >= self.next_free_report and not self.fenced(now):
@@ -385,8 +494,14 @@ class Allocator:
                 times.append(self.donor_deadline if self.donor is not None else now + DONATION_RETRY)
             if self.free_dirty:
                 times.append(self.next_free_report)
+            if self.leaving is not None and not self.leaving.acknowledged:
+                times.append(self.leaving.resend_at)
             if self.reclaim_after > 0:
-                times += [t + self.reclaim_after for t in self.absent_since.values()]
+                owners = self.ring.owners()
+                for owner in owners - self.reachable:  # a certified absence grows with time while nothing changes
+                    times.append(now + self.reclaim_after - self.presence.certified(owner, owners, now))
+                    if self.reclaim_replaced and owner in self.presence.nicknames:
+                        times.append(now + REPLACED_AFTER - self.presence.absent_for(owner, now))
                 if self.no_quorum_since is not None:
                     times.append(self.no_quorum_since + self.reclaim_after / 2)
         future = [t for t in times if t > now]
@@ -437,8 +552,14 @@ class Allocator:
         self._gossip()
 
     def _merge_state(self, src: int, msg: messages.State, now: float) -> None:
+        if msg.sightings is not None:
+            self.presence.merge(src, msg.sightings, now)
         if msg.ring is not None:
+            self.ipam_peers.add(src)
+            self._check_hand_over(src, msg.ring)
             if self.ring is None:
+                if self.me in msg.ring.owners():  # space we do not remember: our memory of sightings is gone too
+                    self.presence.memory_lost(now)
                 self._set_ring(msg.ring.copy(), now)
                 return
             before_owned = self.owned()
@@ -473,6 +594,14 @@ class Allocator:
             self._think(now)
         elif self.ring is not None and msg.claims is not None:
             self._gossip()  # a peer still bootstrapping: our ring ends it
+
+    def _check_hand_over(self, src: int, ring: Ring) -> None:
+        lv = self.leaving
+        if lv is None or lv.acknowledged or src == self.me:
+            return
+        if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
+            lv.acknowledged = True
+            self._log(logging.INFO, f"hand-over acknowledged: peer {self._who(src)} has our former space")
 
     def _think(self, now: float) -> None:
         c = self.consensus
@@ -543,6 +672,8 @@ class Allocator:
     def _donate(self, src: int, now: float) -> None:
         if self.ring is None or src == self.me or self.fenced(now) or self.init.mode == "observer":
             return
+        if src not in self.ring.owners() and not self.has_quorum():
+            return  # a new owner needs a quorum's blessing: a cut-off minority must not grow into a "majority"
         run = self.space.largest_free_run([(s, e) for s, e, x in self.ring.spans() if x.owner == self.me])
         if run is None:
             self._report_free(now)
@@ -550,6 +681,8 @@ class Allocator:
         start, end = run
         if end - start >= 2:
             start += (end - start) // 2
+        if sum(e - s for s, e in self.owned()) <= end - start:
+            return  # never our last address: a peer that owns nothing stops counting towards the quorum
         before = self.ring.copy()
         self.ring.grant(start, end, src, self.me)
         self.ring.check_invariants(before)
@@ -565,24 +698,49 @@ class Allocator:
     def _update_presence(self, now: float) -> None:
         if self.ring is None:
             return
-        for owner in self.ring.owners():
-            if owner in self.reachable:
-                self.absent_since.pop(owner, None)
-            else:
-                self.absent_since.setdefault(owner, now)
-        for gone in set(self.absent_since) - self.ring.owners():
-            del self.absent_since[gone]
+        self.presence.update(self.ring.owners(), now)
         self._end_lonely_resync(now)
         if self.has_quorum():
+            # Absence clocks carry on: whether we were away or not, a reclaim waits for a quorum's vouches.
             if self.no_quorum_since is not None:
                 if self.fenced(now):
                     self.resync = True
                     self._log(logging.INFO, "quorum of space owners reachable again: allocating after a ring sync")
                 self.no_quorum_since = None
-                for owner in self.absent_since:  # we were the one away: their absence counts from now
-                    self.absent_since[owner] = now
         elif self.no_quorum_since is None:
             self.no_quorum_since = now
+
+    def _note_fence(self, now: float) -> None:
+        """One log line when we fence (with what the operator can do) and one when we allocate again."""
+        fenced = self.ring is not None and self.fenced(now) and self.leaving is None
+        if fenced == self.fence_logged or self.ring is None:
+            return
+        self.fence_logged = fenced
+        if not fenced:
+            self._log(logging.INFO, "IPAM unfenced: allocating again")
+            return
+        if self.resync:
+            self._log(
+                logging.WARNING,
+                "IPAM fenced: away long enough that our space may have been reclaimed; allocating once the ring "
+                "is synced with a peer",
+            )
+            return
+        owners = self.ring.owners()
+        away = sorted(owners - self.reachable)
+        listed = ", ".join(
+            f"{self._who(o)} (unseen for {self._ago(self.presence.absent_for(o, now))})" for o in away[:8]
+        ) + (f" and {len(away) - 8} more" if len(away) > 8 else "")
+        self._log(
+            logging.ERROR,
+            f"IPAM fenced: only {len(owners & self.reachable)} of the {len(owners)} owners of the address space are "
+            f"reachable, no allocation until a majority is back. Unreachable: {listed}. If those hosts are gone "
+            "for good, run `weave-node ipam rmpeer <name>` for each of them on one live host",
+        )
+
+    @staticmethod
+    def _ago(seconds: float) -> str:
+        return "ever" if seconds == float("inf") else f"{seconds:.0f} s"
 
     def _end_lonely_resync(self, now: float) -> None:
         if self.ring is None or not self.resync:
@@ -603,25 +761,43 @@ class Allocator:
     def _reclaim(self, now: float) -> None:
         if self.reclaim_after <= 0 or self.ring is None or not self.has_quorum() or self.fenced(now):
             return
-        owners = self.ring.owners()
-        if min(owners & self.reachable, default=None) != self.me:
+        if min(self.ring.owners() & self.reachable, default=None) != self.me:
             return
-        for owner in sorted(owners - self.reachable):
-            since = self.absent_since.get(owner, now)
-            if now - since < self.reclaim_after:
-                continue
+        for owner in sorted(self.ring.owners() - self.reachable):
+            if not self.has_quorum():
+                return
+            successor = self._successor(owner, now)
+            if successor is not None:
+                why = (
+                    f"replaced by peer {self._who(successor)}, which runs on its host (the same host name; "
+                    "WEAVE_NO_IPAM_RECLAIM_REPLACED=1 turns this off)"
+                )
+            else:
+                away = self.presence.certified(owner, self.ring.owners(), now)
+                if away < self.reclaim_after:
+                    continue
+                why = (
+                    f"unreachable for {self._ago(away)}, as a majority of owners vouches "
+                    f"(--ipam-reclaim-after {self.reclaim_after:g})"
+                )
             before = self.ring.copy()
             moved = self.ring.transfer(owner, self.me)
             self.ring.check_invariants(before)
-            self.absent_since.pop(owner, None)
+            self.presence.update(self.ring.owners(), now)
             self.counters["reclaimed"] += 1
             self.free_dirty = True
-            self._log(
-                logging.WARNING,
-                f"reclaimed {moved} addresses of peer {format_name(owner)}: unreachable for {now - since:.0f} s "
-                f"(--ipam-reclaim-after {self.reclaim_after:g})",
-            )
+            self._log(logging.WARNING, f"reclaimed {moved} addresses of peer {self._who(owner)}: {why}")
             self._ring_changed()
+
+    def _successor(self, owner: int, now: float) -> int | None:
+        """The one reachable peer with the host name (nickname) of the absent `owner`: the same host, re-imaged or
+        re-installed with a new identity, so the old one can never come back. Host names must be unique in the
+        cluster (as Kubernetes requires of node names); two reachable peers with one name turn this off for it."""
+        nick = self.presence.nicknames.get(owner, "")
+        if not self.reclaim_replaced or not nick or self.presence.absent_for(owner, now) < REPLACED_AFTER:
+            return None
+        same = [p for p in self.reachable if p != owner and self.presence.nicknames.get(p) == nick]
+        return same[0] if len(same) == 1 else None
 
     # ---- status -------------------------------------------------------------------------------------------
 
@@ -643,18 +819,29 @@ class Allocator:
         }
         if self.ring is not None:
             free = self.ring.reported_free()
+            owners = self.ring.owners()
             for owner, n in sorted(self.ring.sizes().items()):
-                absent = self.absent_since.get(owner)
+                absent = self.presence.absent_for(owner, now)
+                certified = self.presence.certified(owner, owners, now)
                 doc["owners"].append(
                     {
                         "peer": owner,
+                        "nickname": self.presence.nicknames.get(owner, ""),
                         "size": n,
                         "free_reported": free.get(owner, 0),
                         "reachable": owner in self.reachable,
-                        "unreachable_for": round(now - absent, 1) if absent is not None else 0.0,
+                        # None: never seen by us (we joined after it went away)
+                        "unreachable_for": round(absent, 1) if absent != float("inf") else None,
+                        "certified_absent": round(certified, 1) if certified != float("inf") else None,
                         "ranges": [span_str(s, e) for s, e in self.ring.owned(owner)][:8],
                     }
                 )
+            if self.leaving is not None:
+                doc["leaving"] = {
+                    "handed_to": self.leaving.receiver,
+                    "addresses": self.leaving.addresses,
+                    "acknowledged": self.leaving.acknowledged,
+                }
         elif self.consensus is not None:
             c = self.consensus
             doc["consensus"] = {

@@ -1,21 +1,26 @@
 """The IPAM channel's wire format (pure). Decoding validates everything and raises only DecodeError.
 
 b"I" version kind | range: start u32, prefix u8 | body
-STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus, 4 sender not in sync: fenced or resyncing)
+STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus, 4 sender not in sync: fenced or resyncing,
+        8 sightings)
         ring:      ring_id u64, count u32, count x (token u32, owner u64, epoch u32, version u32, free u32)
         consensus: quorum u16, count u16, count x (node u64, promise (u32, u64), accepted (u32, u64),
                    n u16, n x peer u64)
+        sightings: count u32, count x (owner u64, absent u32 (deciseconds; 0 reachable now, 2^32-1 never),
+                   n u8, n bytes of nickname, UTF-8)
 REQUEST (unicast): "give me some of your free space"
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
 from weave_node.ipam.address import Range
 from weave_node.ipam.consensus import Ballot, Claim
 from weave_node.ipam.errors import DecodeError
+from weave_node.ipam.presence import Sighting
 from weave_node.ipam.ring import Entry, Ring
 
 MAGIC = b"I"
@@ -32,6 +37,9 @@ NAME_LIMIT = 1 << 48  # peer names are 48-bit
 _CONS = struct.Struct(">HH")
 _CLAIM = struct.Struct(">QIQIQH")
 _PEER = struct.Struct(">Q")
+_COUNT = struct.Struct(">I")
+_SIGHTING = struct.Struct(">QIB")
+NEVER_SEEN = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class State:
     quorum: int = 0
     claims: dict[int, Claim] | None = None
     unsynced: bool = False
+    sightings: dict[int, Sighting] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,14 @@ def encode_state(
     claims: dict[int, Claim] | None = None,
     *,
     unsynced: bool = False,
+    sightings: dict[int, Sighting] | None = None,
 ) -> bytes:
-    flags = (1 if ring is not None else 0) | (2 if claims is not None else 0) | (4 if unsynced else 0)
+    flags = (
+        (1 if ring is not None else 0)
+        | (2 if claims is not None else 0)
+        | (4 if unsynced else 0)
+        | (8 if sightings is not None else 0)
+    )
     out = [_HEAD.pack(MAGIC, VERSION, KIND_STATE, span.start, span.prefix), bytes([flags])]
     if ring is not None:
         out.append(_RING.pack(ring.ring_id, len(ring)))
@@ -69,7 +84,19 @@ def encode_state(
         for node, c in sorted(claims.items()):
             out.append(_CLAIM.pack(node, *c.promise, *c.accepted, len(c.value)))
             out.extend(_PEER.pack(p) for p in c.value)
+    if sightings is not None:
+        out.append(_COUNT.pack(len(sightings)))
+        for owner, seen in sorted(sightings.items()):
+            nick = seen.nickname.encode()[:255]
+            out.append(_SIGHTING.pack(owner, _deciseconds(seen.absent_for), len(nick)))
+            out.append(nick)
     return b"".join(out)
+
+
+def _deciseconds(seconds: float) -> int:
+    if seconds == math.inf:
+        return NEVER_SEEN
+    return min(NEVER_SEEN - 1, max(0, math.floor(seconds * 10)))  # down: a shorter absence is the safe error
 
 
 def encode_request(span: Range) -> bytes:
@@ -80,6 +107,12 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+
+    def raw(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise DecodeError("truncated IPAM message")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
 
     def take(self, s: struct.Struct) -> tuple[int, ...]:
         if self.pos + s.size > len(self.data):
@@ -104,13 +137,31 @@ def decode(data: bytes) -> Message:
     if kind != KIND_STATE:
         raise DecodeError(f"unknown IPAM message kind {kind}")
     (flags,) = r.take(_FLAGS)
-    if flags > 7:
+    if flags > 15:
         raise DecodeError("bad IPAM state flags")
     ring = _decode_ring(r, span) if flags & 1 else None
     quorum, claims = _decode_claims(r) if flags & 2 else (0, None)
+    sightings = _decode_sightings(r) if flags & 8 else None
     if r.pos != len(data):
         raise DecodeError("trailing bytes in IPAM state")
-    return State(span, ring, quorum, claims, unsynced=bool(flags & 4))
+    return State(span, ring, quorum, claims, unsynced=bool(flags & 4), sightings=sightings)
+
+
+def _decode_sightings(r: _Reader) -> dict[int, Sighting]:
+    (count,) = r.take(_COUNT)
+    if count > MAX_ENTRIES or r.pos + count * _SIGHTING.size > len(r.data):
+        raise DecodeError("bad sightings count")
+    out: dict[int, Sighting] = {}
+    for _ in range(count):
+        owner, ds, n = r.take(_SIGHTING)
+        try:
+            nick = r.raw(n).decode()
+        except UnicodeDecodeError:
+            raise DecodeError("nickname is not UTF-8") from None
+        if not 0 < owner < NAME_LIMIT or owner in out or not nick.isprintable():
+            raise DecodeError("bad sighting")
+        out[owner] = Sighting(math.inf if ds == NEVER_SEEN else ds / 10, nick)
+    return out
 
 
 def _decode_ring(r: _Reader, span: Range) -> Ring:

@@ -137,6 +137,16 @@ class Ring:
                 moved += end - start
         return moved
 
+    def hand_over(self, me: int, to: int) -> int:
+        """Every entry of ours to `to`, all of it free (we are leaving); returns the number of addresses. A change
+        by the owner, so it needs no quorum: it outranks our older versions and loses to a reclaim's epoch."""
+        moved = 0
+        for start, end, e in list(self.spans()):
+            if e.owner == me:
+                self._put(Entry(e.token, to, e.version + 1, _usable(self.range, start, end), e.epoch))
+                moved += end - start
+        return moved
+
     def report_free(self, me: int, free: dict[int, int]) -> bool:
         """Update the free counts of our entries (token -> free); True when something changed."""
         changed = False

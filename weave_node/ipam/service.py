@@ -19,13 +19,13 @@ from weave_node.core.errors import ConfigError
 from weave_node.ipam.address import ip_str
 from weave_node.ipam.allocator import Allocator, Gossip, Key, Log, Unicast
 from weave_node.ipam.errors import BadRequest, NotFound, Unavailable
+from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.store import Store
 from weave_node.mesh.gossip import GossipChannel
 from weave_node.mesh.peer import format_name, parse_name
 
 log = logging.getLogger("weave_node.ipam")
 CHANNEL = "ipam"
-QUORUM_MARK = 2.0  # seconds between wall-clock marks of "a quorum of owners reachable" (see Allocator `away`)
 DEFAULT_WAIT = 10.0  # seconds an API allocation waits for the ring or for space before 503
 
 
@@ -87,8 +87,10 @@ class IpamService:
             now = self.clock.now()
             self.alloc.tick(now)
             self._after()
-            if self.alloc.has_quorum() and not self.alloc.resync and now - marked >= QUORUM_MARK:
-                self.store.mark_quorum(time.time())
+            if now - marked >= MARK_INTERVAL:
+                self.store.mark_seen(self.alloc)
+                if self.alloc.has_quorum() and not self.alloc.resync:
+                    self.store.mark_quorum(time.time())
                 marked = now
             deadline = self.alloc.next_deadline(now)
             timeout = 1.0 if deadline is None else min(1.0, max(0.005, deadline - self.clock.now()))
@@ -129,7 +131,7 @@ class IpamService:
     def set_reachable(self, peers: dict[int, str]) -> None:
         """The topology changed: `peers` are the reachable peers (name -> nickname), ourselves included."""
         self.nicknames.update(peers)
-        self.alloc.set_reachable(set(peers), self.clock.now())
+        self.alloc.set_reachable(set(peers), self.clock.now(), peers)
         self._after()
 
     # ---- requests -----------------------------------------------------------------------------------------
@@ -171,12 +173,34 @@ class IpamService:
         self._after()
         return peer, moved
 
+    async def leave(self, *, force: bool, wait: float = DEFAULT_WAIT) -> dict[str, Any]:
+        """Hand our space to a reachable peer and wait until a peer has it (see Allocator.leave)."""
+        until = self.clock.now() + wait
+        leaving = self.alloc.leave(self.clock.now(), force=force)
+        self._after()
+        if leaving is None:
+            return {"handed_to": None, "addresses": 0, "acknowledged": True}
+        while not leaving.acknowledged:
+            if not await self._wait_change(until):
+                raise Unavailable(
+                    f"handed our space to peer {format_name(leaving.receiver)} but no peer confirmed it within "
+                    f"{wait:g} s: keep this router running a little longer, or run `weave-node ipam rmpeer "
+                    f"{format_name(self.alloc.me)}` on a live host after removing this one"
+                )
+        return {
+            "handed_to": format_name(leaving.receiver),
+            "nickname": self.alloc.presence.nicknames.get(leaving.receiver, ""),
+            "addresses": leaving.addresses,
+            "acknowledged": True,
+        }
+
     def resolve(self, text: str) -> int:
         try:
             return parse_name(text)
         except ConfigError:
             pass
-        found = [n for n, nick in self.nicknames.items() if nick == text]
+        nicknames = {**self.alloc.presence.nicknames, **self.nicknames}
+        found = [n for n, nick in nicknames.items() if nick == text]
         if len(found) > 1:
             raise BadRequest(f"nickname {text!r} is ambiguous: use the peer name")
         if not found:
@@ -188,10 +212,15 @@ class IpamService:
     def status(self) -> dict[str, Any]:
         doc = self.alloc.status(self.clock.now())
         doc["pending_allocates"] = self.pending
+        wall = time.time()
         for owner in doc["owners"]:
             name = owner["peer"]
             owner["peer"] = format_name(name)
-            owner["nickname"] = self.nicknames.get(name, "")
+            owner["nickname"] = self.nicknames.get(name) or owner["nickname"]
+            away = owner["unreachable_for"]
+            owner["last_seen"] = None if away is None else _iso(wall - away) if away else "now"
+        if "leaving" in doc:
+            doc["leaving"]["handed_to"] = format_name(doc["leaving"]["handed_to"])
         return doc
 
     def allocations(self) -> list[dict[str, Any]]:
@@ -199,3 +228,7 @@ class IpamService:
             {"ip": ip_str(ip), "container_id": k.container_id, "ifname": k.ifname}
             for ip, k in sorted(self.alloc.by_ip.items())
         ]
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))

@@ -16,6 +16,8 @@ from weave_node.ipam import messages
 from weave_node.ipam.address import Range, parse_range
 from weave_node.ipam.allocator import Allocator, Gossip, Init, Key, Log, Unicast
 from weave_node.ipam.consensus import Claim
+from weave_node.ipam.errors import Conflict, Unavailable
+from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 
 
@@ -24,6 +26,7 @@ class Disk:
     ring: bytes = b""
     claims: dict[int, Claim] = field(default_factory=dict)
     allocations: dict[int, Key] = field(default_factory=dict)
+    seen: dict[int, float] | None = None  # peer -> simulated time last seen (the store's sightings)
 
 
 @dataclass
@@ -43,38 +46,46 @@ class IpamSim:
         reclaim_after: float = 600.0,
         gossip_interval: float = 1.0,
         seed: int = 0,
+        reclaim_replaced: bool = True,
     ) -> None:
         self.names = sorted(names)
         self.range = span or parse_range("10.32.0.0/12")
         default = Init("consensus", peers=len(self.names))
         self.init_for: Callable[[int], Init] = init if callable(init) else (lambda _n: init or default)
         self.reclaim_after = reclaim_after
+        self.reclaim_replaced = reclaim_replaced
         self.gossip_interval = gossip_interval
         self.rng = random.Random(seed)
         self.now = 0.0
         self.disks: dict[int, Disk] = {n: Disk() for n in self.names}
         self.peers: dict[int, Allocator] = {}
         self.group: dict[int, int] = {}
+        self.nickname: dict[int, str] = {}
+        self.crashed_at: dict[int, float] = {}  # host names: a replacement on the same host keeps its predecessor's
         self.quorum_at: dict[int, float] = {}  # the store's wall-clock mark: last time it saw a quorum, in sync
         self.queue: list[Pending] = []
         self.logs: list[tuple[int, int, str]] = []
         self.messages = 0
         self.bytes = 0
         self._next_gossip = 0.0
+        self._next_mark = 0.0
         for n in self.names:
             self.start(n)
 
     # ---- membership -------------------------------------------------------------------------------------
 
-    def start(self, name: int, *, group: int = 0, away: float | None = -1.0) -> Allocator:
+    def start(self, name: int, *, group: int = 0, away: float | None = -1.0, nickname: str | None = None) -> Allocator:
         """Start (or restart after `crash`) a peer from its disk. `away`: what its store says about how long ago
-        it last saw a quorum; by default the time since its crash; None: unknown."""
+        it last saw a quorum; by default the time since its crash; None: unknown. `nickname`: its host name
+        (default: one of its own)."""
+        self.nickname[name] = nickname or self.nickname.get(name) or f"host-{name:x}"
         if away is not None and away < 0:
             away = self.now - self.quorum_at.get(name, self.now)
         if name not in self.disks:
             self.disks[name] = Disk()
             self.names = sorted([*self.names, name])
         disk = self.disks[name]
+        seen = (disk.seen or {}).items()
         ring = None
         if disk.ring:
             state = messages.decode(disk.ring)
@@ -90,6 +101,8 @@ class IpamSim:
             claims=dict(disk.claims) or None,
             allocations={k: ip for ip, k in disk.allocations.items()},
             away=away,
+            seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - MARK_INTERVAL) for n, at in seen},
+            reclaim_replaced=self.reclaim_replaced,
         )
         self.peers[name] = a
         self.group[name] = group
@@ -100,6 +113,7 @@ class IpamSim:
         """Stop a peer without warning: only what reached its disk survives."""
         del self.peers[name]
         self.group.pop(name, None)
+        self.crashed_at[name] = self.now
 
     def partition(self, *groups: Iterable[int]) -> None:
         for i, g in enumerate(groups):
@@ -125,6 +139,8 @@ class IpamSim:
             disk.ring = messages.encode_state(self.range, a.ring)
         if changes.consensus and a.consensus is not None:
             disk.claims = dict(a.consensus.claims)
+        if changes.seen:
+            self._mark_seen(name)
         for ip in changes.delete:
             disk.allocations.pop(ip, None)
         disk.allocations.update(changes.put)
@@ -135,6 +151,10 @@ class IpamSim:
                 self.queue.append(Pending(name, e.dst, e.data))
             elif isinstance(e, Log):
                 self.logs.append((name, e.level, e.message))
+
+    def _mark_seen(self, name: int) -> None:
+        a = self.peers[name]
+        self.disks[name].seen = {n: self.now - ago for n, ago in a.presence.seen_ago(self.now).items() if n != name}
 
     def step(self, dt: float = 0.1) -> None:
         self.now += dt
@@ -150,12 +170,18 @@ class IpamSim:
         periodic = self.now >= self._next_gossip
         if periodic:
             self._next_gossip = self.now + self.gossip_interval
+        mark = self.now >= self._next_mark
+        if mark:
+            self._next_mark = self.now + MARK_INTERVAL
         for name in sorted(self.peers):
             a = self.peers[name]
-            a.set_reachable(self.reachable(name), self.now)
+            here = self.reachable(name)
+            a.set_reachable(here, self.now, {n: self.nickname[n] for n in here})
             a.tick(self.now)
             if a.has_quorum() and not a.resync:
                 self.quorum_at[name] = self.now
+            if mark:
+                self._mark_seen(name)
             others = sorted(self.reachable(name) - {name})
             if periodic and others:
                 data = a.state_message()
@@ -202,6 +228,29 @@ class IpamSim:
         self._flush(name)
         return ips
 
+    def remove(self, name: int) -> None:
+        """The host is gone for good, with its disk and its pods (a removal with its state, or a re-imaged host)."""
+        self.peers.pop(name, None)
+        self.group.pop(name, None)
+        self.disks.pop(name, None)
+
+    def leave(self, name: int, *, force: bool = True, timeout: float = 10.0) -> bool:
+        """`weave-node ipam leave` then removal: hand the space over, wait for a peer to confirm, remove the host.
+        False (and nothing removed) when there is nobody to hand it to or nobody confirmed in time."""
+        try:
+            leaving = self.peers[name].leave(self.now, force=force)
+        except (Conflict, Unavailable):
+            return False
+        finally:
+            self._flush(name)
+        if leaving is not None:
+            try:
+                self.run_until(lambda: leaving.acknowledged, timeout)
+            except AssertionError:
+                return False
+        self.remove(name)
+        return True
+
     def rmpeer(self, name: int, gone: int) -> int:
         n = self.peers[name].rmpeer(gone, self.now)
         self._flush(name)
@@ -216,22 +265,31 @@ class IpamSim:
         rings = [a.ring for a in self.peers.values()]
         return all(r is not None for r in rings) and all(r == rings[0] for r in rings)
 
-    def check(self, *, include_down: bool = True) -> None:
+    def check(self, *, include_down: bool = True, stale_ok: bool = False) -> None:
         """Invariants every test asserts after every step: each ring valid; every allocation inside the space
         its peer owns by its own ring; no address allocated by two peers (counting what crashed peers hold on
-        disk: their pods still have those addresses)."""
+        disk: their pods still have those addresses).
+
+        `stale_ok`: what the design promises when partitions outlast the grace period. A peer cut off that long
+        is fenced (it hands out nothing) and its space is reclaimed; its pods keep their addresses until it is
+        back and learns so (see `orphans`). So only peers that may hand out addresses now (not fenced, or down
+        for less than half the grace period) are held to "no address twice"."""
         seen: dict[int, tuple[int, Key]] = {}
         if include_down:
             for name, disk in self.disks.items():
-                if name not in self.peers:
+                stale = self.now - self.crashed_at.get(name, self.now) >= self.reclaim_after / 2
+                if name not in self.peers and not (stale_ok and stale):
                     for ip, key in disk.allocations.items():
                         seen[ip] = (name, key)
         for name, a in self.peers.items():
             if a.ring is not None:
                 a.ring.check_invariants()
             owned = a.owned()
+            fenced = stale_ok and a.fenced(self.now)
             for key, ip in a.allocations.items():
                 assert any(s <= ip < e for s, e in owned), f"{name:x} holds {ip} outside its space"
+                if fenced:
+                    continue
                 assert ip not in seen, f"{ip} allocated twice: {seen[ip]} and {(name, key)}"
                 seen[ip] = (name, key)
             assert a.by_ip == {ip: k for k, ip in a.allocations.items()}

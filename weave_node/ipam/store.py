@@ -5,6 +5,7 @@ anything that depends on it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from weave_node.ipam.address import Range
 from weave_node.ipam.allocator import Allocator, Changes, Key
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import DecodeError
+from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 
 log = logging.getLogger("weave_node.ipam")
@@ -39,6 +41,7 @@ class Loaded:
     ring: Ring | None
     claims: dict[int, Claim] | None
     allocations: dict[Key, int]
+    seen_ago: dict[int, float] | None  # seconds since we last saw each peer; None: an old store without it
 
 
 class Store:
@@ -97,11 +100,23 @@ class Store:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: {exc}") from None
         rows = self.db.execute("SELECT ip, container_id, ifname FROM allocations")
         allocations = {Key(cid, ifname): ip for ip, cid, ifname in rows}
-        return Loaded(ring, claims, allocations)
+        return Loaded(ring, claims, allocations, self._seen_ago(meta.get("seen"), time.time()))
+
+    def _seen_ago(self, raw: bytes | None, wall: float) -> dict[int, float] | None:
+        """The last sightings, as seconds ago. A mark is up to MARK_INTERVAL old when we stop: counted as fresh."""
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            return {int(name, 16): max(0.0, wall - float(at) - MARK_INTERVAL) for name, at in doc.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"the IPAM state in {self.path} is damaged: sightings: {exc}") from None
 
     def commit(self, alloc: Allocator, changes: Changes) -> None:
         now = time.time()
         with self._tx():  # one transaction: COMMIT (fsync of the WAL) or ROLLBACK
+            if changes.seen:
+                self._put_seen(alloc, now)
             if changes.ring and alloc.ring is not None:
                 self._put_meta("ring", messages.encode_state(self.span, alloc.ring))
             if changes.consensus:
@@ -122,6 +137,16 @@ class Store:
         """We see a quorum of the space's owners at wall-clock time `wall` (read back as `away` on restart)."""
         with self._tx():
             self._put_meta("quorum_at", repr(wall).encode())
+
+    def mark_seen(self, alloc: Allocator) -> None:
+        """Every MARK_INTERVAL: the peers we see now were seen now (read back as `seen_ago` on restart)."""
+        with self._tx():
+            self._put_seen(alloc, time.time())
+
+    def _put_seen(self, alloc: Allocator, wall: float) -> None:
+        ago = alloc.presence.seen_ago(alloc.last_now)
+        doc = {f"{name:x}": round(wall - seconds, 1) for name, seconds in sorted(ago.items()) if name != alloc.me}
+        self._put_meta("seen", json.dumps(doc).encode())
 
     def away(self, wall: float) -> float | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'quorum_at'").fetchone()
