@@ -70,6 +70,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         allocations=loaded.allocations,
         away=store.away(time.time()),
         seen_ago=loaded.seen_ago,
+        orphans=loaded.orphans,
     )
     log.info(
         "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs",

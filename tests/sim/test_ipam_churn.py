@@ -506,3 +506,36 @@ def test_handing_over_to_a_non_owner_needs_a_quorum() -> None:
         for n in (a, y):
             fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
         sim.check(stale_ok=True)
+
+
+# ---- a host back after its space was reclaimed (issue 18 item 3) --------------------------------------------------
+
+
+def test_a_returning_host_takes_back_its_pods_free_addresses_and_flags_the_ones_in_use() -> None:
+    sim, (p1, p2, p3) = three()
+    pods = {f"x{i}": sim.allocate(p3, Key(f"x{i}")) for i in range(4)}
+    assert None not in pods.values()
+    sim.partition({p1, p2}, {p3})
+    sim.run(1.5 * G)  # p1 reclaims p3's space; p3's pods keep running with their addresses
+    assert p3 not in owners(sim, p1)
+    taken = pods["x0"]
+    assert taken is not None
+    assert sim.peers[p1].claim(Key("newcomer"), taken, sim.now)  # one of them is handed out again meanwhile
+    sim.heal()
+    sim.run_until(
+        lambda: len(sim.peers[p3].orphans) == 1 and not sim.peers[p3].orphans.keys() - sim.peers[p3].conflicts, 10
+    )
+    held = {k.container_id: ip for k, ip in sim.peers[p3].allocations.items()}
+    assert held == {c: ip for c, ip in pods.items() if c != "x0"}, "the free ones are the pods' again"
+    assert sim.peers[p3].orphans == {Key("x0"): taken}
+    logs = [msg for _, lvl, msg in sim.logs if lvl == logging.ERROR and "address conflict" in msg]
+    assert len(logs) == 2 and all("10.32.0." in m for m in logs), logs  # both ends say so, once
+    status = sim.peers[p3].status(sim.now)
+    assert [(o["container_id"], o["state"]) for o in status["orphans"]] == [("x0", "conflict")]
+    sim.check()
+    assert sim.release(p3, "x0") == [taken]  # DEL of the conflicting pod ends it; the address stays p1's
+    assert not sim.peers[p3].orphans and sim.peers[p1].allocations[Key("newcomer")] == taken
+    sim.crash(p3)  # what is left persists: a restart neither forgets the taken-back ones nor the orphans
+    sim.start(p3)
+    assert {k.container_id for k in sim.peers[p3].allocations} == {"x1", "x2", "x3"}
+    sim.check()

@@ -150,6 +150,12 @@ class PodService:
 
     async def _check(self, key: Key, netns: str, want_ip: str | None) -> None:
         ip = self.ipam.alloc.allocations.get(key)
+        lost = self.ipam.alloc.orphans.get(key)
+        if lost is not None:
+            why = "in use by another pod too: restart this pod" if key in self.ipam.alloc.conflicts else "asking"
+            raise Conflict(
+                f"{ip_str(lost)} of {key.container_id}/{key.ifname} was reclaimed while this host was cut off ({why})"
+            )
         if ip is None:
             raise Conflict(f"no address is allocated to {key.container_id}/{key.ifname}")
         if want_ip and ip_str(ip) != want_ip:
@@ -182,9 +188,8 @@ class PodService:
         return {"ready": True}
 
     async def gc(self, valid: set[Key]) -> list[str]:
-        stale = [
-            k for k in self.ipam.alloc.allocations if k not in valid and not k.container_id.startswith(INTERNAL_PREFIX)
-        ]
+        held = [*self.ipam.alloc.allocations, *self.ipam.alloc.orphans]
+        stale = [k for k in held if k not in valid and not k.container_id.startswith(INTERNAL_PREFIX)]
         released = []
         for key in stale:
             result = await self.delete(key, "")

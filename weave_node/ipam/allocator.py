@@ -113,11 +113,12 @@ class Changes:
     ring: bool = False
     consensus: bool = False
     seen: bool = False  # who is reachable changed: persist when we last saw each owner
+    orphans: bool = False
     put: dict[int, Key] = field(default_factory=dict)
     delete: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return self.ring or self.consensus or self.seen or bool(self.put) or bool(self.delete)
+        return self.ring or self.consensus or self.seen or self.orphans or bool(self.put) or bool(self.delete)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Allocator:
         away: float | None = None,
         seen_ago: dict[int, float] | None = None,
         reclaim_replaced: bool = True,
+        orphans: dict[Key, int] | None = None,
     ) -> None:
         """`ring`, `claims`, `allocations`: what the store kept. `away`: seconds since we last saw a quorum of the
         space's owners (the store's wall-clock mark), None if unknown. `seen_ago`: seconds since we last saw each
@@ -171,6 +173,11 @@ class Allocator:
         self.presence = Presence(me, now, floor=floor, seen_ago=seen_ago)
         self.ipam_peers: set[int] = set()  # peers that sent us a ring: receivers of a hand-over besides owners
         self.leaving: Leaving | None = None
+        # Pods' addresses in space reclaimed while we were cut off: asked back from the new owner (a conflict
+        # when it has them in use). Released by DEL/GC like allocations.
+        self.orphans: dict[Key, int] = dict(orphans or {})
+        self.conflicts: set[Key] = set()
+        self.orphans_retry = 0.0
         self.fence_logged = False
         self.no_quorum_since: float | None = None
         self.resync = False  # fenced until we merge a peer's ring after quorum returned
@@ -189,6 +196,8 @@ class Allocator:
             "bad_messages": 0,
             "conflicts": 0,
             "handed_over": 0,
+            "given_back": 0,
+            "taken_back": 0,
         }
         self._effects: list[Effect] = []
         self._changes = Changes()
@@ -344,9 +353,13 @@ class Allocator:
 
     def release(self, container_id: str, ifname: str | None = None) -> list[int]:
         keys = [k for k in self.allocations if k.container_id == container_id and ifname in (None, k.ifname)]
-        if not keys:
+        lost = [k for k in self.orphans if k.container_id == container_id and ifname in (None, k.ifname)]
+        if not keys and not lost:
             raise NotFound(f"no address is allocated to {container_id}" + (f"/{ifname}" if ifname else ""))
-        return [self._drop(k) for k in sorted(keys)]
+        for k in lost:  # not ours to free: the pod is gone, so we stop asking for its address
+            self.conflicts.discard(k)
+            self._changes.orphans = True
+        return [self._drop(k) for k in sorted(keys)] + [self.orphans.pop(k) for k in sorted(lost)]
 
     def rmpeer(self, peer: int, now: float) -> int:
         """`weave-node ipam rmpeer`: take over an unreachable peer's space at once; the number of addresses."""
@@ -438,6 +451,11 @@ class Allocator:
                 raise RingConflict(f"peer uses range {msg.span}, we use {self.range}: set the same IPALLOC_RANGE")
             if isinstance(msg, messages.Request):
                 self._donate(src, now)
+            elif isinstance(msg, messages.Addresses):
+                if msg.kind == messages.KIND_RECLAIMED:
+                    self._give_back(src, msg.ips, now)
+                else:
+                    self._in_use_elsewhere(src, msg.ips)
             else:
                 self._merge_state(src, msg, now)
         except DecodeError as exc:
@@ -482,6 +500,8 @@ class Allocator:
             self._effects.append(Unicast(lv.receiver, self.state_message(now)))
         if self._wants_space(now):
             self._ask_for_space(now)
+        if self.orphans.keys() - self.conflicts and now >= self.orphans_retry:
+            self._ask_orphans(now)
         if self.free_dirty and now >= self.next_free_report and not self.fenced(now):
             self._report_free(now)
 
@@ -496,6 +516,8 @@ class Allocator:
                 times.append(self.next_free_report)
             if self.leaving is not None and not self.leaving.acknowledged:
                 times.append(self.leaving.resend_at)
+            if self.orphans.keys() - self.conflicts:
+                times.append(self.orphans_retry)
             if self.reclaim_after > 0:
                 owners = self.ring.owners()
                 for owner in owners - self.reachable:  # a certified absence grows with time while nothing changes
@@ -630,13 +652,86 @@ class Allocator:
             by = self.ring.owner_of(self.allocations[lost[0]])
             self._log(
                 logging.ERROR,
-                f"our space was reclaimed by peer {format_name(by)} while we were unreachable: "
-                f"discarding {len(lost)} allocation(s) in it (restart those pods): "
+                f"our space was reclaimed by peer {self._who(by)} while we were unreachable: {len(lost)} pod "
+                "address(es) in it are no longer ours; asking for them back (a free one is taken back, one in use "
+                "there is a conflict: restart that pod here): "
                 + ", ".join(f"{k.container_id}/{k.ifname}={ip_str(self.allocations[k])}" for k in sorted(lost)[:10]),
             )
             for k in lost:
-                self._drop(k)
+                self.orphans[k] = self._drop(k)
+            self._changes.orphans = True
             self.counters["lost"] += len(lost)
+        for k, ip in sorted(self.orphans.items()):  # given back (or ours again some other way): the pod keeps it
+            if any(s <= ip < e for s, e in owned) and ip not in self.by_ip:
+                del self.orphans[k]
+                self.conflicts.discard(k)
+                self._record(k, ip)
+                self._changes.orphans = True
+                self.counters["taken_back"] += 1
+                self._log(logging.WARNING, f"took back {ip_str(ip)} for pod {k.container_id}/{k.ifname}")
+        self.orphans_retry = 0.0  # ask again at once: the owners may have changed
+
+    # ---- internals: addresses of ours reclaimed while we were cut off ------------------------------------------
+
+    def _ask_orphans(self, now: float) -> None:
+        """Ask each address's owner now to give back those our pods still use."""
+        self.orphans_retry = now + DONATION_RETRY
+        if self.ring is None or self.fenced(now):
+            return
+        by_owner: dict[int, list[int]] = {}
+        for k, ip in self.orphans.items():
+            if k not in self.conflicts:
+                by_owner.setdefault(self.ring.owner_of(ip), []).append(ip)
+        for owner, ips in sorted(by_owner.items()):
+            if owner in self.reachable and owner != self.me:
+                data = messages.encode_addresses(self.range, messages.KIND_RECLAIMED, ips)
+                self._effects.append(Unicast(owner, data))
+
+    def _give_back(self, src: int, ips: tuple[int, ...], now: float) -> None:
+        """A returning peer's pods still use these addresses of our space: the free ones go back to it (a new
+        owner needs our quorum, as for a donation); the ones our pods use are a conflict it must resolve."""
+        if self.ring is None or src == self.me or self.fenced(now) or self.leaving is not None:
+            return
+        if src not in self.ring.owners() and not self.has_quorum():
+            return
+        mine = [ip for ip in ips if self.ring.owner_of(ip) == self.me]
+        in_use = [ip for ip in mine if ip in self.by_ip]
+        free = [ip for ip in mine if ip not in self.by_ip]
+        if free:
+            before = self.ring.copy()
+            for ip in free:
+                self.ring.grant(ip, ip + 1, src, self.me)
+            self.ring.check_invariants(before)
+            self.counters["given_back"] += len(free)
+            self.free_dirty = True
+            self._log(
+                logging.WARNING,
+                f"gave back {len(free)} address(es) to peer {self._who(src)}, whose pods still use them: "
+                + ", ".join(ip_str(ip) for ip in free[:10]),
+            )
+            self._changed(ring=True)
+            self._effects.append(Unicast(src, self.state_message(now)))
+            self._gossip()
+        if in_use:
+            self._log(
+                logging.ERROR,
+                f"address conflict: {len(in_use)} address(es) of pods here are also used by pods on peer "
+                f"{self._who(src)} (its space was reclaimed while it was cut off); the pods there must be restarted: "
+                + ", ".join(f"{ip_str(ip)} ({self.by_ip[ip].container_id})" for ip in in_use[:10]),
+            )
+            self._effects.append(Unicast(src, messages.encode_addresses(self.range, messages.KIND_IN_USE, in_use)))
+
+    def _in_use_elsewhere(self, src: int, ips: tuple[int, ...]) -> None:
+        taken = set(ips)
+        for k, ip in sorted(self.orphans.items()):
+            if ip in taken and k not in self.conflicts and self.ring is not None and self.ring.owner_of(ip) == src:
+                self.conflicts.add(k)
+                self._log(
+                    logging.ERROR,
+                    f"address conflict: {ip_str(ip)} of pod {k.container_id}/{k.ifname} is in use by a pod on peer "
+                    f"{self._who(src)} too (our space was reclaimed while we were cut off): restart this pod, it "
+                    "gets a new address",
+                )
 
     # ---- internals: donation ------------------------------------------------------------------------------
 
@@ -836,6 +931,16 @@ class Allocator:
                         "ranges": [span_str(s, e) for s, e in self.ring.owned(owner)][:8],
                     }
                 )
+            doc["orphans"] = [
+                {
+                    "ip": ip_str(ip),
+                    "container_id": k.container_id,
+                    "ifname": k.ifname,
+                    "state": "conflict" if k in self.conflicts else "asking",
+                    "owner": self.ring.owner_of(ip),
+                }
+                for k, ip in sorted(self.orphans.items())
+            ]
             if self.leaving is not None:
                 doc["leaving"] = {
                     "handed_to": self.leaving.receiver,

@@ -9,6 +9,9 @@ STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus, 4 sender not in syn
         sightings: count u32, count x (owner u64, absent u32 (deciseconds; 0 reachable now, 2^32-1 never),
                    n u8, n bytes of nickname, UTF-8)
 REQUEST (unicast): "give me some of your free space"
+RECLAIMED (unicast): count u16, count x ip u32: "my pods still use these addresses of your space (it was mine
+        and was reclaimed while I was cut off): give back the ones that are free"
+IN_USE  (unicast): count u16, count x ip u32: "these are in use by pods of mine: yours must go"
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ MAGIC = b"I"
 VERSION = 1
 KIND_STATE = 1
 KIND_REQUEST = 2
+KIND_RECLAIMED = 3
+KIND_IN_USE = 4
+MAX_ADDRESSES = 4096
+_ADDRS = struct.Struct(">H")
+_IP = struct.Struct(">I")
 MAX_ENTRIES = 1 << 20
 MAX_CLAIMS = 4096
 _HEAD = struct.Struct(">cBBIB")
@@ -57,7 +65,14 @@ class Request:
     span: Range
 
 
-Message = State | Request
+@dataclass(frozen=True)
+class Addresses:
+    span: Range
+    kind: int  # KIND_RECLAIMED or KIND_IN_USE
+    ips: tuple[int, ...]
+
+
+Message = State | Request | Addresses
 
 
 def encode_state(
@@ -103,6 +118,12 @@ def encode_request(span: Range) -> bytes:
     return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, span.start, span.prefix)
 
 
+def encode_addresses(span: Range, kind: int, ips: list[int]) -> bytes:
+    ips = sorted(set(ips))[:MAX_ADDRESSES]
+    head = _HEAD.pack(MAGIC, VERSION, kind, span.start, span.prefix) + _ADDRS.pack(len(ips))
+    return head + b"".join(_IP.pack(ip) for ip in ips)
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -134,6 +155,14 @@ def decode(data: bytes) -> Message:
         if r.pos != len(data):
             raise DecodeError("trailing bytes in IPAM request")
         return Request(span)
+    if kind in (KIND_RECLAIMED, KIND_IN_USE):
+        (count,) = r.take(_ADDRS)
+        if count > MAX_ADDRESSES or r.pos + count * _IP.size != len(data):
+            raise DecodeError("bad address list in IPAM message")
+        ips = tuple(r.take(_IP)[0] for _ in range(count))
+        if any(not span.usable(ip) for ip in ips):
+            raise DecodeError("address outside the range in IPAM message")
+        return Addresses(span, kind, ips)
     if kind != KIND_STATE:
         raise DecodeError(f"unknown IPAM message kind {kind}")
     (flags,) = r.take(_FLAGS)

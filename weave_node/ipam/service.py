@@ -219,6 +219,8 @@ class IpamService:
             owner["nickname"] = self.nicknames.get(name) or owner["nickname"]
             away = owner["unreachable_for"]
             owner["last_seen"] = None if away is None else _iso(wall - away) if away else "now"
+        for orphan in doc.get("orphans", []):
+            orphan["owner"] = format_name(orphan["owner"])
         if "leaving" in doc:
             doc["leaving"]["handed_to"] = format_name(doc["leaving"]["handed_to"])
         return doc

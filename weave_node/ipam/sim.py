@@ -27,6 +27,7 @@ class Disk:
     claims: dict[int, Claim] = field(default_factory=dict)
     allocations: dict[int, Key] = field(default_factory=dict)
     seen: dict[int, float] | None = None  # peer -> simulated time last seen (the store's sightings)
+    orphans: dict[Key, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class IpamSim:
             away=away,
             seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - MARK_INTERVAL) for n, at in seen},
             reclaim_replaced=self.reclaim_replaced,
+            orphans=dict(disk.orphans),
         )
         self.peers[name] = a
         self.group[name] = group
@@ -141,6 +143,8 @@ class IpamSim:
             disk.claims = dict(a.consensus.claims)
         if changes.seen:
             self._mark_seen(name)
+        if changes.orphans:
+            disk.orphans = dict(a.orphans)
         for ip in changes.delete:
             disk.allocations.pop(ip, None)
         disk.allocations.update(changes.put)

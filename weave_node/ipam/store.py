@@ -42,6 +42,7 @@ class Loaded:
     claims: dict[int, Claim] | None
     allocations: dict[Key, int]
     seen_ago: dict[int, float] | None  # seconds since we last saw each peer; None: an old store without it
+    orphans: dict[Key, int]  # pods' addresses in space reclaimed while we were cut off (Allocator.orphans)
 
 
 class Store:
@@ -100,7 +101,11 @@ class Store:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: {exc}") from None
         rows = self.db.execute("SELECT ip, container_id, ifname FROM allocations")
         allocations = {Key(cid, ifname): ip for ip, cid, ifname in rows}
-        return Loaded(ring, claims, allocations, self._seen_ago(meta.get("seen"), time.time()))
+        try:
+            orphans = {Key(cid, ifname): int(ip) for cid, ifname, ip in json.loads(meta.get("orphans") or b"[]")}
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the IPAM state in {self.path} is damaged: orphans: {exc}") from None
+        return Loaded(ring, claims, allocations, self._seen_ago(meta.get("seen"), time.time()), orphans)
 
     def _seen_ago(self, raw: bytes | None, wall: float) -> dict[int, float] | None:
         """The last sightings, as seconds ago. A mark is up to MARK_INTERVAL old when we stop: counted as fresh."""
@@ -117,6 +122,9 @@ class Store:
         with self._tx():  # one transaction: COMMIT (fsync of the WAL) or ROLLBACK
             if changes.seen:
                 self._put_seen(alloc, now)
+            if changes.orphans:
+                rows = [[k.container_id, k.ifname, ip] for k, ip in sorted(alloc.orphans.items())]
+                self._put_meta("orphans", json.dumps(rows).encode())
             if changes.ring and alloc.ring is not None:
                 self._put_meta("ring", messages.encode_state(self.span, alloc.ring))
             if changes.consensus:
