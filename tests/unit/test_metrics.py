@@ -30,6 +30,7 @@ DOC = {
             {"size": 2**18, "reachable": True},
             {"size": 2**19, "reachable": False},
         ],
+        "orphans": [{"state": "asking"}, {"state": "conflict"}, {"state": "conflict"}],
     },
     "datapath": {
         "mtu": 1450,
@@ -74,6 +75,8 @@ def test_families_use_weave_names_and_values() -> None:
     assert s[("weave_ipam_unreachable_count", ())] == 1
     assert s[("weave_ipam_unreachable_percentage", ())] == 50.0
     assert s[("weave_ipam_pending_allocates", ())] == 2
+    assert s[("weave_node_ipam_orphaned_addresses", (("state", "conflict"),))] == 2
+    assert s[("weave_node_ipam_orphaned_addresses", (("state", "asking"),))] == 1
     assert s[("weave_node_datapath_peers", (("mode", "down"),))] == 1
     assert s[("weave_node_datapath_problems", ())] == 1
     assert s[("weave_node_sleeve_frames_total", (("direction", "out"),))] == 5

@@ -62,6 +62,13 @@ def _ipam(i: dict[str, Any]) -> list[Metric]:
     size = 2 ** (32 - prefix)
     unreachable = [o for o in i["owners"] if not o["reachable"]]
     lost = sum(o["size"] for o in unreachable)
+    orphans = GaugeMetricFamily(
+        "weave_node_ipam_orphaned_addresses",
+        "Pods' addresses in space reclaimed while this host was cut off: asking for them back, or in conflict.",
+        labels=["state"],
+    )
+    for state in ("asking", "conflict"):
+        orphans.add_metric([state], sum(1 for o in i.get("orphans", []) if o["state"] == state))
     return [
         ips,
         GaugeMetricFamily("weave_max_ips", "Size of IP address space used by allocator.", value=size),
@@ -79,6 +86,7 @@ def _ipam(i: dict[str, Any]) -> list[Metric]:
             "weave_ipam_pending_allocates", "Number of pending allocates.", value=i.get("pending_allocates", 0)
         ),
         GaugeMetricFamily("weave_node_ipam_ready", "1 when IPAM can allocate.", value=1 if i["ready"] else 0),
+        orphans,
     ]
 
 
