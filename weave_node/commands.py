@@ -75,6 +75,13 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seconds a peer must be unreachable before its address space is taken over (default 600; 0 = never)",
     )
     r.add_argument(
+        "--no-ipam-reclaim-replaced",
+        action="store_const",
+        const="1",
+        help="a re-imaged host's old identity (same host name) waits --ipam-reclaim-after like any other, instead of "
+        "being reclaimed at once (also WEAVE_NO_IPAM_RECLAIM_REPLACED)",
+    )
+    r.add_argument(
         "--datapath",
         choices=("kernel", "none"),
         help="kernel = weave bridge + VXLAN (default); none = mesh and IPAM only (also WEAVE_DATAPATH)",

@@ -87,6 +87,7 @@ class RouterConfig:
     ipalloc_range: str = "10.32.0.0/12"
     ipalloc_init: str = ""  # "" = consensus among the initial peers and us
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
+    ipam_reclaim_replaced: bool = True  # WEAVE_NO_IPAM_RECLAIM_REPLACED: a re-imaged host's old identity waits too
     datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
     mtu: int | None = None  # WEAVE_MTU; None = underlay MTU minus the VXLAN overhead
     fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off
@@ -241,6 +242,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         ipalloc_range=ipalloc_range,
         ipalloc_init=ipalloc_init,
         ipam_reclaim_after=reclaim_after,
+        ipam_reclaim_replaced=_flag_off(pick("no_ipam_reclaim_replaced", "WEAVE_NO_IPAM_RECLAIM_REPLACED")),
         datapath=datapath,
         mtu=mtu,
         fastdp=fastdp,

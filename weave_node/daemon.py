@@ -64,6 +64,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         span,
         init,
         reclaim_after=config.ipam_reclaim_after,
+        reclaim_replaced=config.ipam_reclaim_replaced,
         now=router.clock.now(),
         ring=loaded.ring,
         claims=loaded.claims,
@@ -73,11 +74,12 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         orphans=loaded.orphans,
     )
     log.info(
-        "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs",
+        "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs%s",
         span,
         init.mode if init.mode != "consensus" else f"consensus among {init.peers} peer(s)",
         len(loaded.allocations),
         config.ipam_reclaim_after,
+        "" if config.ipam_reclaim_replaced else ", a replaced host's old identity too (WEAVE_NO_IPAM_RECLAIM_REPLACED)",
     )
     service = IpamService(alloc, store, router.clock)
     service.attach(router.register_channel(CHANNEL, service))

@@ -98,3 +98,58 @@ def test_datapath_settings_use_weave_names() -> None:
 def test_bad_datapath_settings(env: dict[str, str], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         from_env_and_flags(env, {})
+
+
+def test_reclaim_of_a_replaced_host_is_on_unless_turned_off() -> None:
+    assert from_env_and_flags({}, {}).ipam_reclaim_replaced is True
+    for value in ("", "0", "false", "no", "False"):
+        assert from_env_and_flags({"WEAVE_NO_IPAM_RECLAIM_REPLACED": value}, {}).ipam_reclaim_replaced is True, value
+    for value in ("1", "yes", "true"):
+        assert from_env_and_flags({"WEAVE_NO_IPAM_RECLAIM_REPLACED": value}, {}).ipam_reclaim_replaced is False, value
+    assert from_env_and_flags({}, {"no_ipam_reclaim_replaced": "1"}).ipam_reclaim_replaced is False
+
+
+def test_the_router_flag_turns_reclaim_of_a_replaced_host_off() -> None:
+    from weave_node.cli import build_parser
+
+    args = build_parser().parse_args(["router", "--no-ipam-reclaim-replaced", "--ipam-reclaim-after", "30"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "cmd")}
+    cfg = from_env_and_flags({}, flags)
+    assert (cfg.ipam_reclaim_replaced, cfg.ipam_reclaim_after) == (False, 30.0)
+    args = build_parser().parse_args(["router"])
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "cmd")}
+    assert from_env_and_flags({"WEAVE_NO_IPAM_RECLAIM_REPLACED": "1"}, flags).ipam_reclaim_replaced is False
+
+
+@pytest.mark.parametrize(
+    ("env", "msg"),
+    [
+        ({"WEAVE_IPAM_RECLAIM_AFTER": "soon"}, "must be seconds"),
+        ({"WEAVE_IPAM_RECLAIM_AFTER": "-1"}, ">= 0"),
+    ],
+)
+def test_bad_reclaim_after(env: dict[str, str], msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        from_env_and_flags(env, {})
+
+
+@pytest.mark.parametrize("replaced", [True, False])
+def test_the_router_passes_the_setting_to_its_allocator(tmp_path: Path, replaced: bool) -> None:
+    """daemon.make_ipam, the composition root, against a stand-in for the router (clock, channel, topology)."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from weave_node import daemon
+
+    env = {"WEAVE_STATE_DIR": str(tmp_path), "WEAVE_NO_IPAM_RECLAIM_REPLACED": "" if replaced else "1"}
+    config = from_env_and_flags(env, {"name": "02:00:00:00:00:01", "nickname": "node1"})
+    identity = daemon.make_identity(config)
+    router = SimpleNamespace(
+        clock=SimpleNamespace(now=lambda: 100.0),
+        register_channel=lambda name, service: None,
+        topology=SimpleNamespace(records={}),
+        on_change=[],
+    )
+    service = daemon.make_ipam(config, identity, cast(Any, router))
+    assert service.alloc.reclaim_replaced is replaced
+    service.store.close()
