@@ -383,6 +383,30 @@ def _wait_ready(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
         time.sleep(0.2)  # polling a remote state with a deadline
 
 
+def _ipam_table(console: Any, table: Any, i: dict[str, Any]) -> None:
+    console.print(
+        f"range {i['range']} ({i['init']}): {'ready' if i['ready'] else i['waiting']}; here "
+        f"{i['used']} used, {i['free']} free of {i['owned']} ({i['used_percent']}%)"
+    )
+    rows = []
+    for o in i["owners"]:
+        if o["reachable"]:
+            reach = "yes"
+        elif o["unreachable_for"] is None:
+            reach = "no, never seen here"
+        else:
+            reach = f"no, seen {o['unreachable_for']:.0f} s ago"
+        rows.append([o["peer"], o["nickname"], str(o["size"]), str(o["free_reported"]), reach])
+    # Every column in full (the peer name is what rmpeer takes); on a narrow terminal only the ranges give way.
+    heads = ["peer", "nickname", "addresses", "free", "reachable"]
+    used = sum(max(len(c) for c in [h, *(r[k] for r in rows)]) + 2 for k, h in enumerate(heads))
+    for h in heads:
+        table.add_column(h, no_wrap=True)
+    table.add_column("ranges", no_wrap=True, overflow="ellipsis", max_width=max(6, console.width - used - 2))
+    for o, row in zip(i["owners"], rows, strict=True):
+        table.add_row(*row, " ".join(o["ranges"][:2]))
+
+
 def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch per table
     from rich.console import Console
     from rich.table import Table
@@ -419,23 +443,7 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
     if args.section == "datapath":
         _datapath_table(console, table, doc.get("datapath"))
     elif args.section == "ipam":
-        i = doc["ipam"]
-        console.print(
-            f"range {i['range']} ({i['init']}): {'ready' if i['ready'] else i['waiting']}; here "
-            f"{i['used']} used, {i['free']} free of {i['owned']} ({i['used_percent']}%)"
-        )
-        for col in ("peer", "nickname", "addresses", "free", "reachable", "ranges"):
-            table.add_column(col)
-        for o in i["owners"]:
-            if o["reachable"]:
-                reach = "yes"
-            elif o["unreachable_for"] is None:
-                reach = "no, never seen from here"
-            else:
-                reach = f"no, last seen {o['last_seen']} ({o['unreachable_for']:.0f} s ago)"
-            table.add_row(
-                o["peer"], o["nickname"], str(o["size"]), str(o["free_reported"]), reach, " ".join(o["ranges"][:2])
-            )
+        _ipam_table(console, table, doc["ipam"])
     elif args.section == "peers":
         for col in ("name", "nickname", "version", "next hop", "connections"):
             table.add_column(col)

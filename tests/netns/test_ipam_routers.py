@@ -154,13 +154,16 @@ def test_a_killed_router_s_space_is_reclaimed_and_it_comes_back_clean(net: Net) 
     reclaimer = [r for r in (r1, r2) if "reclaimed" in r.log_text()]
     assert len(reclaimer) == 1, "exactly one survivor reclaims"
     assert "unreachable for" in reclaimer[0].log_text()
-    # h3 comes back with its old state: it drops the reclaimed space and the allocation in it, then asks anew.
+    # h3 comes back with its old state: its space is gone, but its pod's address is still free at the reclaimer,
+    # so h3 asks for it back and the pod keeps it (issue 18 item 3); new pods get space anew.
     r3 = net.start_router(3, *FAST, *reclaim, h[0].address, h[1].address)
     poll(lambda: "our space was reclaimed by peer" in r3.log_text(), timeout=15, what="h3 learns of the reclaim")
     assert "pod-on-h3/eth0=" + held in r3.log_text()
+    poll(lambda: f"took back {held} for pod pod-on-h3/eth0" in r3.log_text(), timeout=15, what="the pod's address back")
     again = allocate(r3, "pod-on-h3-again")
     _, rows1 = call(r1, "GET", "/ipam/allocations")
     _, rows2 = call(r2, "GET", "/ipam/allocations")
     _, rows3 = call(r3, "GET", "/ipam/allocations")
     ips = [row["ip"] for row in rows1 + rows2 + rows3]
-    assert len(ips) == len(set(ips)) == 2 and again in ips
+    assert len(ips) == len(set(ips)) == 3 and again in ips
+    assert {row["container_id"]: row["ip"] for row in rows3}["pod-on-h3"] == held
