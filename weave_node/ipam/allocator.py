@@ -103,6 +103,7 @@ class Unicast:
 class Log:
     level: int
     message: str
+    key: str = ""  # a kind of message a peer can repeat at will (a flood): the shell rate-limits those per key
 
 
 Effect = Gossip | Unicast | Log
@@ -233,8 +234,8 @@ class Allocator:
         out, self._changes = self._changes, Changes()
         return out
 
-    def _log(self, level: int, message: str) -> None:
-        self._effects.append(Log(level, message))
+    def _log(self, level: int, message: str, key: str = "") -> None:
+        self._effects.append(Log(level, message, key))
 
     @property
     def reachable(self) -> set[int]:
@@ -460,10 +461,10 @@ class Allocator:
                 self._merge_state(src, msg, now)
         except DecodeError as exc:
             self.counters["bad_messages"] += 1
-            self._log(logging.WARNING, f"dropped a bad IPAM message from {format_name(src)}: {exc}")
+            self._log(logging.WARNING, f"dropped a bad IPAM message from {format_name(src)}: {exc}", "ipam.bad")
         except RingConflict as exc:
             self.counters["conflicts"] += 1
-            self._log(logging.ERROR, f"IPAM conflict with peer {format_name(src)}: {exc}")
+            self._log(logging.ERROR, f"IPAM conflict with peer {format_name(src)}: {exc}", "ipam.conflict")
 
     def set_reachable(self, peers: set[int], now: float, nicknames: dict[int, str] | None = None) -> None:
         """The peers in the topology (reachable from us), ourselves included, and their nicknames."""

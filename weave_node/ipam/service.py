@@ -16,6 +16,7 @@ from typing import Any
 
 from weave_node.core.clock import Clock
 from weave_node.core.errors import ConfigError
+from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.ipam.address import ip_str
 from weave_node.ipam.allocator import Allocator, Gossip, Key, Log, Unicast
 from weave_node.ipam.errors import BadRequest, NotFound, Unavailable
@@ -40,6 +41,7 @@ class IpamService:
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.rlog = RateLimitedLog(log, LogLimiter(), clock.now)  # what peers can repeat at will (bad messages)
         self._after()
 
     def attach(self, channel: GossipChannel) -> None:
@@ -69,7 +71,9 @@ class IpamService:
                 log.critical("cannot persist IPAM state to %s: stopping", self.store.path, exc_info=True)
                 os._exit(70)
         for effect in self.alloc.take_effects():
-            if isinstance(effect, Log):
+            if isinstance(effect, Log) and effect.key:
+                self.rlog.log(effect.level, effect.key, "%s", effect.message)
+            elif isinstance(effect, Log):
                 log.log(effect.level, "%s", effect.message)
             elif self.channel is None:
                 continue
@@ -87,6 +91,7 @@ class IpamService:
             now = self.clock.now()
             self.alloc.tick(now)
             self._after()
+            self.rlog.flush()
             if now - marked >= MARK_INTERVAL:
                 self.store.mark_seen(self.alloc)
                 if self.alloc.has_quorum() and not self.alloc.resync:
