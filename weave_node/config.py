@@ -12,7 +12,7 @@ from pathlib import Path
 
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.address import parse_range
-from weave_node.ipam.allocator import parse_init
+from weave_node.ipam.model import parse_init
 
 DEFAULT_PORT = 6783
 DEFAULT_STATUS_ADDR = "127.0.0.1:6784"

@@ -16,8 +16,9 @@ from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig
 from weave_node.datapath.model import BRIDGE
 from weave_node.ipam.address import ip_str, parse_ip, parse_range
-from weave_node.ipam.allocator import Allocator, Key, parse_init
+from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
+from weave_node.ipam.model import Key, parse_init
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey, SessionKeys

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weave_node.ipam.address import parse_range
-from weave_node.ipam.allocator import Init, Key
 from weave_node.ipam.errors import Conflict, Unavailable
+from weave_node.ipam.model import Init, Key
 from weave_node.ipam.presence import Presence, Sighting, is_quorum
 from weave_node.ipam.sim import IpamSim
 

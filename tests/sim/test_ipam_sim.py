@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weave_node.ipam.address import parse_range
-from weave_node.ipam.allocator import Init, Key
 from weave_node.ipam.errors import Conflict, NotFound
+from weave_node.ipam.model import Init, Key
 from weave_node.ipam.sim import IpamSim
 
 P1, P2, P3, P4 = 0x0200000000A1, 0x0200000000A2, 0x0200000000A3, 0x0200000000A4

@@ -6,8 +6,9 @@ import pytest
 
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.address import parse_ip, parse_range
-from weave_node.ipam.allocator import Allocator, Init, Key, parse_init
+from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import BadRequest, Conflict, NotFound, Unavailable
+from weave_node.ipam.model import Init, Key, parse_init
 
 ME = 0x02_00_00_00_00_01
 SPAN = parse_range("10.32.0.0/28")

@@ -10,7 +10,8 @@ import pytest
 
 from weave_node.core.clock import FakeClock
 from weave_node.ipam.address import parse_range
-from weave_node.ipam.allocator import Allocator, Init
+from weave_node.ipam.allocator import Allocator
+from weave_node.ipam.model import Init
 from weave_node.ipam.service import IpamService
 from weave_node.ipam.store import Store
 

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.address import ip_str, parse_ip
-from weave_node.ipam.allocator import Key
 from weave_node.ipam.errors import BadRequest, IpamError
+from weave_node.ipam.model import Key
 from weave_node.ipam.service import DEFAULT_WAIT, IpamService
 from weave_node.mesh.peer import format_name
 

@@ -33,13 +33,12 @@ from weave_node.cni.plugin import pending_name
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError
 from weave_node.ipam.address import ip_str
-from weave_node.ipam.allocator import Key
 from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable
+from weave_node.ipam.model import INTERNAL_PREFIX, Key
 from weave_node.ipam.service import IpamService
 from weave_node.overlay.service import OverlayService
 
 log = logging.getLogger("weave_node.cni")
-INTERNAL_PREFIX = "weave:"  # the router's own allocations (the bridge address): never a pod's, never GC'd
 PENDING_SCAN = 2.0
 
 

@@ -20,122 +20,33 @@ that goes away never counts against the quorum. Owners that die without leaving 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from weave_node.core.errors import ConfigError
-from weave_node.ipam import messages
-from weave_node.ipam.address import Range, ip_str, span_str
+from weave_node.ipam import churn, donation, messages, report
+from weave_node.ipam import orphans as returning
+from weave_node.ipam.address import Range, ip_str
 from weave_node.ipam.consensus import Claim, Consensus
 from weave_node.ipam.errors import BadRequest, Conflict, DecodeError, NotFound, RingConflict, Unavailable
+from weave_node.ipam.model import (
+    DONATION_RETRY,
+    FREE_REPORT,
+    PROPOSE_RETRY,
+    REPLACED_AFTER,
+    Changes,
+    Effect,
+    Gossip,
+    Init,
+    Key,
+    Leaving,
+    Log,
+    Unicast,
+    ring_id_for,
+)
 from weave_node.ipam.presence import NEVER, Presence, is_quorum
 from weave_node.ipam.ring import Ring
 from weave_node.ipam.space import Space
-from weave_node.mesh.peer import format_name, parse_name
-
-DONATION_RETRY = 2.0  # seconds before asking another donor
-PROPOSE_RETRY = 3.0  # seconds without consensus progress before a new ballot
-FREE_REPORT = 1.0  # at most this often, refresh our free counts in the ring
-MAX_ID = 256
-WANT_TTL = 10.0  # seconds an unanswered allocation keeps us asking for space
-REPLACED_AFTER = 5.0  # seconds an owner is away, while a peer with its host name is here, before it counts replaced
-
-
-@dataclass(frozen=True, order=True)
-class Key:
-    container_id: str
-    ifname: str = "eth0"
-
-    def validate(self) -> None:
-        if not 0 < len(self.container_id) <= MAX_ID or not self.container_id.isprintable():
-            raise BadRequest("container_id must be 1-256 printable characters")
-        if not 0 < len(self.ifname) <= 15 or not self.ifname.isprintable() or "/" in self.ifname:
-            raise BadRequest("ifname must be 1-15 printable characters without '/'")
-
-
-@dataclass(frozen=True)
-class Init:
-    """`IPALLOC_INIT`: consensus=N (default), seed=NAME,NAME... or observer."""
-
-    mode: Literal["consensus", "seed", "observer"] = "consensus"
-    peers: int = 1  # consensus: the number of initial peers
-    seeds: tuple[int, ...] = ()
-
-    @property
-    def quorum(self) -> int:
-        return self.peers // 2 + 1
-
-
-def parse_init(text: str, default_peers: int) -> Init:
-    """`IPALLOC_INIT` as Weave spells it: `consensus[=N]`, `seed=NAME,NAME...` or `observer`."""
-    text = text.strip()
-    mode, _, arg = text.partition("=")
-    if mode in ("", "consensus"):
-        if not arg:
-            return Init("consensus", peers=max(1, default_peers))
-        if not arg.isdigit() or int(arg) < 1:
-            raise ConfigError(f"IPALLOC_INIT consensus=N needs N >= 1, not {arg!r}")
-        return Init("consensus", peers=int(arg))
-    if mode == "seed":
-        seeds = tuple(sorted({parse_name(n.strip()) for n in arg.split(",") if n.strip()}))
-        if not seeds:
-            raise ConfigError("IPALLOC_INIT seed= needs at least one peer name")
-        return Init("seed", seeds=seeds)
-    if mode == "observer" and not arg:
-        return Init("observer")
-    raise ConfigError(f"IPALLOC_INIT {text!r}: use consensus[=N], seed=NAME[,NAME...] or observer")
-
-
-@dataclass(frozen=True)
-class Gossip:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Unicast:
-    dst: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Log:
-    level: int
-    message: str
-    key: str = ""  # a kind of message a peer can repeat at will (a flood): the shell rate-limits those per key
-
-
-Effect = Gossip | Unicast | Log
-
-
-@dataclass
-class Changes:
-    ring: bool = False
-    consensus: bool = False
-    seen: bool = False  # who is reachable changed: persist when we last saw each owner
-    orphans: bool = False
-    put: dict[int, Key] = field(default_factory=dict)
-    delete: set[int] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return self.ring or self.consensus or self.seen or self.orphans or bool(self.put) or bool(self.delete)
-
-
-@dataclass
-class Leaving:
-    """Our space handed over (`leave`): to whom, which entries at which rank, and whether a peer has them."""
-
-    receiver: int
-    addresses: int
-    entries: dict[int, tuple[int, int, int, int]]
-    acknowledged: bool = False
-    resend_at: float = 0.0
-
-
-def ring_id_for(kind: str, *parts: int) -> int:
-    digest = hashlib.blake2b(repr((kind, *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+from weave_node.mesh.peer import format_name
 
 
 class Allocator:
@@ -213,7 +124,7 @@ class Allocator:
                 self._changed(consensus=True)
                 self._think(now)
         else:
-            self._update_presence(now)
+            churn.update_presence(self, now)
             if reclaim_after > 0 and ring.owners() - {me}:
                 # Restarted. Away long enough that our space may have been reclaimed: no allocation before we
                 # have merged a peer's ring. Back quickly (an upgrade, a crash): carry on, fencing as usual.
@@ -293,7 +204,7 @@ class Allocator:
             return "observer: owns no space"
         if self.leaving is not None:
             lv = self.leaving
-            return f"left the ring: handed {lv.addresses} addresses to peer {self._who(lv.receiver)}"
+            return f"left the ring: handed {lv.addresses} addresses to peer {churn.who(self, lv.receiver)}"
         if self.fenced(now):
             return "fenced: cut off from a majority of the space's owners" + (
                 " (waiting to sync the ring)" if self.resync else ""
@@ -314,14 +225,14 @@ class Allocator:
             return ip
         if self.init.mode == "observer":
             raise Unavailable("this peer is an IPAM observer (IPALLOC_INIT=observer): it owns no space")
-        self._refuse_if_left()
+        churn.refuse_if_left(self)
         if self.ring is None or self.fenced(now):
             self.wanted_at = now
             return None
         ip = self.space.find_free(self.owned(), self.cursor)
         if ip is None:
             self.wanted_at = now
-            self._ask_for_space(now)
+            donation.ask_for_space(self, now)
             return None
         self._record(key, ip)
         self.cursor = ip + 1
@@ -343,7 +254,7 @@ class Allocator:
             raise Conflict(f"{ip_str(ip)} is in use by {holder.container_id}/{holder.ifname}")
         if self.ring is None:
             return False
-        self._refuse_if_left()
+        churn.refuse_if_left(self)
         if self.fenced(now):
             raise Unavailable("fenced: cut off from a majority of the space's owners; claims wait until it heals")
         owner = self.ring.owner_of(ip)
@@ -382,64 +293,8 @@ class Allocator:
         return moved
 
     def leave(self, now: float, *, force: bool = False) -> Leaving | None:
-        """Hand all our space to a reachable peer before this peer is removed for good (Weave's `weave reset`):
-        the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. None:
-        we own nothing. Done once a peer's ring shows the hand-over (`leaving.acknowledged`)."""
-        if self.leaving is not None:
-            return self.leaving
-        if self.ring is None:
-            raise Unavailable("the ring is not initialised yet: there is no space to hand over")
-        owned = self.owned()
-        if not owned:
-            return None
-        size = sum(e - s for s, e in owned)
-        if self.allocations and not force:
-            raise Conflict(
-                f"{len(self.allocations)} address(es) here are still in use by pods: remove those pods first, or "
-                "force it (their pods must not keep running, or their addresses answer twice)"
-            )
-        receiver = self._receiver(self.ring)
-        if receiver is None:
-            raise Conflict(
-                f"no reachable peer to hand our {size} addresses to. Once this host is gone, they return "
-                f"{self.reclaim_after:g} s later if a majority of the space's owners stays connected, or at once "
-                f"with `weave-node ipam rmpeer {format_name(self.me)}` on a live host"
-            )
-        for key in sorted(self.allocations):
-            self._drop(key)
-        before = self.ring.copy()
-        self.ring.hand_over(self.me, receiver)
-        self.ring.check_invariants(before)
-        entries = {e.token: e.rank() for e in self.ring if e.owner == receiver and before.entries.get(e.token) != e}
-        self.leaving = Leaving(receiver, size, entries, resend_at=now + DONATION_RETRY)
-        self.counters["handed_over"] += 1
-        self._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {self._who(receiver)}")
-        self._ring_changed()
-        self._effects.append(Unicast(receiver, self.state_message(now)))
-        return self.leaving
-
-    def _receiver(self, ring: Ring) -> int | None:
-        """Who takes our space when we leave: the reachable owner with the least space (it fills up first), else a
-        reachable peer that has a ring (a non-owner: then the number of owners stays the same)."""
-        sizes = ring.sizes()
-        owners = sorted((sizes[p], p) for p in (ring.owners() & self.reachable) - {self.me})
-        if owners:
-            return owners[0][1]
-        others = sorted((self.ipam_peers & self.reachable) - {self.me})
-        # A new owner for an old one: only with a quorum, as for a donation (the lowest name, which breaks ties
-        # between halves, could change sides).
-        return others[0] if others and self.has_quorum() else None
-
-    def _refuse_if_left(self) -> None:
-        if self.leaving is not None:
-            raise Unavailable(
-                f"this peer left the ring (handed its space to peer {self._who(self.leaving.receiver)}): "
-                "restart the router to join again"
-            )
-
-    def _who(self, peer: int) -> str:
-        nick = self.presence.nicknames.get(peer)
-        return f"{format_name(peer)} ({nick})" if nick else format_name(peer)
+        """Hand all our space to a reachable peer before this peer is removed for good (see churn.leave)."""
+        return churn.leave(self, now, force=force)
 
     # ---- inputs -------------------------------------------------------------------------------------------
 
@@ -451,12 +306,12 @@ class Allocator:
             if msg.span != self.range:
                 raise RingConflict(f"peer uses range {msg.span}, we use {self.range}: set the same IPALLOC_RANGE")
             if isinstance(msg, messages.Request):
-                self._donate(src, now)
+                donation.donate(self, src, now)
             elif isinstance(msg, messages.Addresses):
                 if msg.kind == messages.KIND_RECLAIMED:
-                    self._give_back(src, msg.ips, now)
+                    returning.give_back(self, src, msg.ips, now)
                 else:
-                    self._in_use_elsewhere(src, msg.ips)
+                    returning.in_use_elsewhere(self, src, msg.ips)
             else:
                 self._merge_state(src, msg, now)
         except DecodeError as exc:
@@ -476,13 +331,13 @@ class Allocator:
         if self.presence.dirty:
             self.presence.dirty = False
             self._changes.seen = True
-        self._update_presence(now)
+        churn.update_presence(self, now)
         if grew:
             self._gossip()  # a new or returning neighbour learns our state now, not at the next periodic gossip
 
     def tick(self, now: float) -> None:
         self.last_now = now
-        self._update_presence(now)
+        churn.update_presence(self, now)
         if self.consensus is not None and self.ring is None:
             c = self.consensus
             if now - c.last_progress >= PROPOSE_RETRY and c.decision() is None:
@@ -493,16 +348,16 @@ class Allocator:
             self._think(now)
         if self.ring is None:
             return
-        self._reclaim(now)
-        self._note_fence(now)
+        churn.reclaim(self, now)
+        churn.note_fence(self, now)
         lv = self.leaving
         if lv is not None and not lv.acknowledged and now >= lv.resend_at and lv.receiver in self.reachable:
             lv.resend_at = now + DONATION_RETRY
             self._effects.append(Unicast(lv.receiver, self.state_message(now)))
-        if self._wants_space(now):
-            self._ask_for_space(now)
+        if donation.wants_space(self, now):
+            donation.ask_for_space(self, now)
         if self.orphans.keys() - self.conflicts and now >= self.orphans_retry:
-            self._ask_orphans(now)
+            returning.ask_orphans(self, now)
         if self.free_dirty and now >= self.next_free_report and not self.fenced(now):
             self._report_free(now)
 
@@ -511,7 +366,7 @@ class Allocator:
         if self.consensus is not None and self.ring is None:
             times.append(self.consensus.last_progress + PROPOSE_RETRY)
         if self.ring is not None:
-            if self._wants_space(now):
+            if donation.wants_space(self, now):
                 times.append(self.donor_deadline if self.donor is not None else now + DONATION_RETRY)
             if self.free_dirty:
                 times.append(self.next_free_report)
@@ -568,7 +423,7 @@ class Allocator:
     def _set_ring(self, ring: Ring, now: float) -> None:
         self.ring = ring
         self.consensus = None
-        self._update_presence(now)
+        churn.update_presence(self, now)
         self._log(logging.INFO, f"IPAM ring ready: {self.range} split among {len(ring.owners())} peer(s)")
         self.free_dirty = True
         self._changed(ring=True, consensus=True)
@@ -579,7 +434,7 @@ class Allocator:
             self.presence.merge(src, msg.sightings, now)
         if msg.ring is not None:
             self.ipam_peers.add(src)
-            self._check_hand_over(src, msg.ring)
+            churn.check_hand_over(self, src, msg.ring)
             if self.ring is None:
                 if self.me in msg.ring.owners():  # space we do not remember: our memory of sightings is gone too
                     self.presence.memory_lost(now)
@@ -618,14 +473,6 @@ class Allocator:
         elif self.ring is not None and msg.claims is not None:
             self._gossip()  # a peer still bootstrapping: our ring ends it
 
-    def _check_hand_over(self, src: int, ring: Ring) -> None:
-        lv = self.leaving
-        if lv is None or lv.acknowledged or src == self.me:
-            return
-        if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
-            lv.acknowledged = True
-            self._log(logging.INFO, f"hand-over acknowledged: peer {self._who(src)} has our former space")
-
     def _think(self, now: float) -> None:
         c = self.consensus
         if c is None:
@@ -653,7 +500,7 @@ class Allocator:
             by = self.ring.owner_of(self.allocations[lost[0]])
             self._log(
                 logging.ERROR,
-                f"our space was reclaimed by peer {self._who(by)} while we were unreachable: {len(lost)} pod "
+                f"our space was reclaimed by peer {churn.who(self, by)} while we were unreachable: {len(lost)} pod "
                 "address(es) in it are no longer ours; asking for them back (a free one is taken back, one in use "
                 "there is a conflict: restart that pod here): "
                 + ", ".join(f"{k.container_id}/{k.ifname}={ip_str(self.allocations[k])}" for k in sorted(lost)[:10]),
@@ -674,285 +521,9 @@ class Allocator:
 
     # ---- internals: addresses of ours reclaimed while we were cut off ------------------------------------------
 
-    def _ask_orphans(self, now: float) -> None:
-        """Ask each address's owner now to give back those our pods still use."""
-        self.orphans_retry = now + DONATION_RETRY
-        if self.ring is None or self.fenced(now):
-            return
-        by_owner: dict[int, list[int]] = {}
-        for k, ip in self.orphans.items():
-            if k not in self.conflicts:
-                by_owner.setdefault(self.ring.owner_of(ip), []).append(ip)
-        for owner, ips in sorted(by_owner.items()):
-            if owner in self.reachable and owner != self.me:
-                data = messages.encode_addresses(self.range, messages.KIND_RECLAIMED, ips)
-                self._effects.append(Unicast(owner, data))
-
-    def _give_back(self, src: int, ips: tuple[int, ...], now: float) -> None:
-        """A returning peer's pods still use these addresses of our space: the free ones go back to it (a new
-        owner needs our quorum, as for a donation); the ones our pods use are a conflict it must resolve."""
-        if self.ring is None or src == self.me or self.fenced(now) or self.leaving is not None:
-            return
-        if src not in self.ring.owners() and not self.has_quorum():
-            return
-        mine = [ip for ip in ips if self.ring.owner_of(ip) == self.me]
-        in_use = [ip for ip in mine if ip in self.by_ip]
-        free = [ip for ip in mine if ip not in self.by_ip]
-        if free:
-            before = self.ring.copy()
-            for ip in free:
-                self.ring.grant(ip, ip + 1, src, self.me)
-            self.ring.check_invariants(before)
-            self.counters["given_back"] += len(free)
-            self.free_dirty = True
-            self._log(
-                logging.WARNING,
-                f"gave back {len(free)} address(es) to peer {self._who(src)}, whose pods still use them: "
-                + ", ".join(ip_str(ip) for ip in free[:10]),
-            )
-            self._changed(ring=True)
-            self._effects.append(Unicast(src, self.state_message(now)))
-            self._gossip()
-        if in_use:
-            self._log(
-                logging.ERROR,
-                f"address conflict: {len(in_use)} address(es) of pods here are also used by pods on peer "
-                f"{self._who(src)} (its space was reclaimed while it was cut off); the pods there must be restarted: "
-                + ", ".join(f"{ip_str(ip)} ({self.by_ip[ip].container_id})" for ip in in_use[:10]),
-            )
-            self._effects.append(Unicast(src, messages.encode_addresses(self.range, messages.KIND_IN_USE, in_use)))
-
-    def _in_use_elsewhere(self, src: int, ips: tuple[int, ...]) -> None:
-        taken = set(ips)
-        for k, ip in sorted(self.orphans.items()):
-            if ip in taken and k not in self.conflicts and self.ring is not None and self.ring.owner_of(ip) == src:
-                self.conflicts.add(k)
-                self._log(
-                    logging.ERROR,
-                    f"address conflict: {ip_str(ip)} of pod {k.container_id}/{k.ifname} is in use by a pod on peer "
-                    f"{self._who(src)} too (our space was reclaimed while we were cut off): restart this pod, it "
-                    "gets a new address",
-                )
-
-    # ---- internals: donation ------------------------------------------------------------------------------
-
-    def _wants_space(self, now: float) -> bool:
-        """An allocation asked recently (its caller retries), and our own space is full."""
-        return (
-            self.wanted_at is not None
-            and now - self.wanted_at < WANT_TTL
-            and self.ring is not None
-            and not self.fenced(now)
-            and self.space.find_free(self.owned(), self.cursor) is None
-        )
-
-    def _ask_for_space(self, now: float) -> None:
-        if self.ring is None or (self.donor is not None and now < self.donor_deadline):
-            return
-        free = self.ring.reported_free()
-        tried = self.donor
-        candidates = sorted(
-            (p for p in self.ring.owners() & self.reachable if p not in (self.me, tried) and free.get(p, 0) > 0),
-            key=lambda p: (-free.get(p, 0), p),
-        )
-        if not candidates and tried is not None and tried in self.reachable and free.get(tried, 0) > 0:
-            candidates = [tried]
-        if not candidates:
-            self.donor = None
-            return
-        self.donor = candidates[0]
-        self.donor_deadline = now + DONATION_RETRY
-        self._effects.append(Unicast(self.donor, messages.encode_request(self.range)))
-        self._log(logging.INFO, f"out of space: asking peer {format_name(self.donor)} for a donation")
-
-    def _donate(self, src: int, now: float) -> None:
-        if self.ring is None or src == self.me or self.fenced(now) or self.init.mode == "observer":
-            return
-        if src not in self.ring.owners() and not self.has_quorum():
-            return  # a new owner needs a quorum's blessing: a cut-off minority must not grow into a "majority"
-        run = self.space.largest_free_run([(s, e) for s, e, x in self.ring.spans() if x.owner == self.me])
-        if run is None:
-            self._report_free(now)
-            return
-        start, end = run
-        if end - start >= 2:
-            start += (end - start) // 2
-        if sum(e - s for s, e in self.owned()) <= end - start:
-            return  # never our last address: a peer that owns nothing stops counting towards the quorum
-        before = self.ring.copy()
-        self.ring.grant(start, end, src, self.me)
-        self.ring.check_invariants(before)
-        self.counters["donated"] += 1
-        self._report_free(now)
-        self._log(logging.INFO, f"donated {span_str(start, end)} ({end - start} addresses) to peer {format_name(src)}")
-        self._changed(ring=True)
-        self._effects.append(Unicast(src, self.state_message()))
-        self._gossip()
-
     # ---- internals: presence, fencing, reclaim -------------------------------------------------------------
-
-    def _update_presence(self, now: float) -> None:
-        if self.ring is None:
-            return
-        self.presence.update(self.ring.owners(), now)
-        self._end_lonely_resync(now)
-        if self.has_quorum():
-            # Absence clocks carry on: whether we were away or not, a reclaim waits for a quorum's vouches.
-            if self.no_quorum_since is not None:
-                if self.fenced(now):
-                    self.resync = True
-                    self._log(logging.INFO, "quorum of space owners reachable again: allocating after a ring sync")
-                self.no_quorum_since = None
-        elif self.no_quorum_since is None:
-            self.no_quorum_since = now
-
-    def _note_fence(self, now: float) -> None:
-        """One log line when we fence (with what the operator can do) and one when we allocate again."""
-        fenced = self.ring is not None and self.fenced(now) and self.leaving is None
-        if fenced == self.fence_logged or self.ring is None:
-            return
-        self.fence_logged = fenced
-        if not fenced:
-            self._log(logging.INFO, "IPAM unfenced: allocating again")
-            return
-        if self.resync:
-            self._log(
-                logging.WARNING,
-                "IPAM fenced: away long enough that our space may have been reclaimed; allocating once the ring "
-                "is synced with a peer",
-            )
-            return
-        owners = self.ring.owners()
-        away = sorted(owners - self.reachable)
-        listed = ", ".join(
-            f"{self._who(o)} (unseen for {self._ago(self.presence.absent_for(o, now))})" for o in away[:8]
-        ) + (f" and {len(away) - 8} more" if len(away) > 8 else "")
-        self._log(
-            logging.ERROR,
-            f"IPAM fenced: only {len(owners & self.reachable)} of the {len(owners)} owners of the address space are "
-            f"reachable, no allocation until a majority is back. Unreachable: {listed}. If those hosts are gone "
-            "for good, run `weave-node ipam rmpeer <name>` for each of them on one live host",
-        )
-
-    @staticmethod
-    def _ago(seconds: float) -> str:
-        return "ever" if seconds == float("inf") else f"{seconds:.0f} s"
-
-    def _end_lonely_resync(self, now: float) -> None:
-        if self.ring is None or not self.resync:
-            self.resync_quorum_since = None
-            return
-        if self.ring.owners() <= {self.me}:
-            self.resync = False  # nobody else owns space: nobody can have taken ours
-        elif self.has_quorum() and self.reclaim_after > 0:
-            # Quorum but nobody in sync to sync with: after a full grace period uncontradicted, trust our ring.
-            if self.resync_quorum_since is None:
-                self.resync_quorum_since = now
-            if now - self.resync_quorum_since >= self.reclaim_after:
-                self.resync = False
-                self._log(logging.WARNING, "no peer to sync the ring with for a grace period: trusting ours")
-        else:
-            self.resync_quorum_since = None
-
-    def _reclaim(self, now: float) -> None:
-        if self.reclaim_after <= 0 or self.ring is None or not self.has_quorum() or self.fenced(now):
-            return
-        if min(self.ring.owners() & self.reachable, default=None) != self.me:
-            return
-        for owner in sorted(self.ring.owners() - self.reachable):
-            if not self.has_quorum():
-                return
-            successor = self._successor(owner, now)
-            if successor is not None:
-                why = (
-                    f"replaced by peer {self._who(successor)}, which runs on its host (the same host name; "
-                    "WEAVE_NO_IPAM_RECLAIM_REPLACED=1 turns this off)"
-                )
-            else:
-                away = self.presence.certified(owner, self.ring.owners(), now)
-                if away < self.reclaim_after:
-                    continue
-                why = (
-                    f"unreachable for {self._ago(away)}, as a majority of owners vouches "
-                    f"(--ipam-reclaim-after {self.reclaim_after:g})"
-                )
-            before = self.ring.copy()
-            moved = self.ring.transfer(owner, self.me)
-            self.ring.check_invariants(before)
-            self.presence.update(self.ring.owners(), now)
-            self.counters["reclaimed"] += 1
-            self.free_dirty = True
-            self._log(logging.WARNING, f"reclaimed {moved} addresses of peer {self._who(owner)}: {why}")
-            self._ring_changed()
-
-    def _successor(self, owner: int, now: float) -> int | None:
-        """The one reachable peer with the host name (nickname) of the absent `owner`: the same host, re-imaged or
-        re-installed with a new identity, so the old one can never come back. Host names must be unique in the
-        cluster (as Kubernetes requires of node names); two reachable peers with one name turn this off for it."""
-        nick = self.presence.nicknames.get(owner, "")
-        if not self.reclaim_replaced or not nick or self.presence.absent_for(owner, now) < REPLACED_AFTER:
-            return None
-        same = [p for p in self.reachable if p != owner and self.presence.nicknames.get(p) == nick]
-        return same[0] if len(same) == 1 else None
 
     # ---- status -------------------------------------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, Any]:
-        owned = self.owned()
-        size = sum(self.space.usable_in(s, e) for s, e in owned)
-        used = len(self.allocations)
-        doc: dict[str, Any] = {
-            "range": str(self.range),
-            "init": self.init.mode if self.init.mode != "consensus" else f"consensus={self.init.peers}",
-            "ready": self.ready(now),
-            "waiting": self.waiting_reason(now),
-            "owned": size,
-            "used": used,
-            "free": size - used,
-            "used_percent": round(100.0 * used / size, 2) if size else 0.0,
-            "counters": dict(self.counters),
-            "owners": [],
-        }
-        if self.ring is not None:
-            free = self.ring.reported_free()
-            owners = self.ring.owners()
-            for owner, n in sorted(self.ring.sizes().items()):
-                absent = self.presence.absent_for(owner, now)
-                certified = self.presence.certified(owner, owners, now)
-                doc["owners"].append(
-                    {
-                        "peer": owner,
-                        "nickname": self.presence.nicknames.get(owner, ""),
-                        "size": n,
-                        "free_reported": free.get(owner, 0),
-                        "reachable": owner in self.reachable,
-                        # None: never seen by us (we joined after it went away)
-                        "unreachable_for": round(absent, 1) if absent != float("inf") else None,
-                        "certified_absent": round(certified, 1) if certified != float("inf") else None,
-                        "ranges": [span_str(s, e) for s, e in self.ring.owned(owner)][:8],
-                    }
-                )
-            doc["orphans"] = [
-                {
-                    "ip": ip_str(ip),
-                    "container_id": k.container_id,
-                    "ifname": k.ifname,
-                    "state": "conflict" if k in self.conflicts else "asking",
-                    "owner": self.ring.owner_of(ip),
-                }
-                for k, ip in sorted(self.orphans.items())
-            ]
-            if self.leaving is not None:
-                doc["leaving"] = {
-                    "handed_to": self.leaving.receiver,
-                    "addresses": self.leaving.addresses,
-                    "acknowledged": self.leaving.acknowledged,
-                }
-        elif self.consensus is not None:
-            c = self.consensus
-            doc["consensus"] = {
-                "quorum": c.quorum,
-                "ballot": list(c.highest_ballot()),
-                "claims": {format_name(n): [list(cl.promise), list(cl.accepted)] for n, cl in sorted(c.claims.items())},
-            }
-        return doc
+        return report.status(self, now)

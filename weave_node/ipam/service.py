@@ -18,8 +18,9 @@ from weave_node.core.clock import Clock
 from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.ipam.address import ip_str
-from weave_node.ipam.allocator import Allocator, Gossip, Key, Log, Unicast
+from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import BadRequest, NotFound, Unavailable
+from weave_node.ipam.model import Gossip, Key, Log, Unicast
 from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.store import Store
 from weave_node.mesh.gossip import GossipChannel

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from weave_node.ipam import messages
 from weave_node.ipam.address import Range, parse_range
-from weave_node.ipam.allocator import Allocator, Gossip, Init, Key, Log, Unicast
+from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import Conflict, Unavailable
+from weave_node.ipam.model import Gossip, Init, Key, Log, Unicast
 from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from weave_node.core.errors import ConfigError
 from weave_node.ipam import messages
 from weave_node.ipam.address import Range
-from weave_node.ipam.allocator import Allocator, Changes, Key
+from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import DecodeError
+from weave_node.ipam.model import Changes, Key
 from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 

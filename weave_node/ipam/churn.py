@@ -1,0 +1,197 @@
+"""Membership through churn (pure): leaving with a hand-over, presence and fencing, reclaim of owners that are
+gone (vouched by a quorum, or replaced on their host). A mixin of `Allocator`: see its docstring for the rules."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from weave_node.ipam.errors import Conflict, Unavailable
+from weave_node.ipam.model import DONATION_RETRY, REPLACED_AFTER, Leaving, Unicast
+from weave_node.ipam.ring import Ring
+from weave_node.mesh.peer import format_name
+
+if TYPE_CHECKING:
+    from weave_node.ipam.allocator import Allocator
+
+
+def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving | None:
+    """Hand all our space to a reachable peer before this peer is removed for good (Weave's `weave reset`):
+    the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. None:
+    we own nothing. Done once a peer's ring shows the hand-over (`leaving.acknowledged`)."""
+    if a.leaving is not None:
+        return a.leaving
+    if a.ring is None:
+        raise Unavailable("the ring is not initialised yet: there is no space to hand over")
+    owned = a.owned()
+    if not owned:
+        return None
+    size = sum(e - s for s, e in owned)
+    if a.allocations and not force:
+        raise Conflict(
+            f"{len(a.allocations)} address(es) here are still in use by pods: remove those pods first, or "
+            "force it (their pods must not keep running, or their addresses answer twice)"
+        )
+    receiver = choose_receiver(a, a.ring)
+    if receiver is None:
+        raise Conflict(
+            f"no reachable peer to hand our {size} addresses to. Once this host is gone, they return "
+            f"{a.reclaim_after:g} s later if a majority of the space's owners stays connected, or at once "
+            f"with `weave-node ipam rmpeer {format_name(a.me)}` on a live host"
+        )
+    for key in sorted(a.allocations):
+        a._drop(key)
+    before = a.ring.copy()
+    a.ring.hand_over(a.me, receiver)
+    a.ring.check_invariants(before)
+    entries = {e.token: e.rank() for e in a.ring if e.owner == receiver and before.entries.get(e.token) != e}
+    a.leaving = Leaving(receiver, size, entries, resend_at=now + DONATION_RETRY)
+    a.counters["handed_over"] += 1
+    a._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {who(a, receiver)}")
+    a._ring_changed()
+    a._effects.append(Unicast(receiver, a.state_message(now)))
+    return a.leaving
+
+
+def choose_receiver(a: Allocator, ring: Ring) -> int | None:
+    """Who takes our space when we leave: the reachable owner with the least space (it fills up first), else a
+    reachable peer that has a ring (a non-owner: then the number of owners stays the same)."""
+    sizes = ring.sizes()
+    owners = sorted((sizes[p], p) for p in (ring.owners() & a.reachable) - {a.me})
+    if owners:
+        return owners[0][1]
+    others = sorted((a.ipam_peers & a.reachable) - {a.me})
+    # A new owner for an old one: only with a quorum, as for a donation (the lowest name, which breaks ties
+    # between halves, could change sides).
+    return others[0] if others and a.has_quorum() else None
+
+
+def refuse_if_left(a: Allocator) -> None:
+    if a.leaving is not None:
+        raise Unavailable(
+            f"this peer left the ring (handed its space to peer {who(a, a.leaving.receiver)}): "
+            "restart the router to join again"
+        )
+
+
+def who(a: Allocator, peer: int) -> str:
+    nick = a.presence.nicknames.get(peer)
+    return f"{format_name(peer)} ({nick})" if nick else format_name(peer)
+
+
+def check_hand_over(a: Allocator, src: int, ring: Ring) -> None:
+    lv = a.leaving
+    if lv is None or lv.acknowledged or src == a.me:
+        return
+    if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
+        lv.acknowledged = True
+        a._log(logging.INFO, f"hand-over acknowledged: peer {who(a, src)} has our former space")
+
+
+def update_presence(a: Allocator, now: float) -> None:
+    if a.ring is None:
+        return
+    a.presence.update(a.ring.owners(), now)
+    end_lonely_resync(a, now)
+    if a.has_quorum():
+        # Absence clocks carry on: whether we were away or not, a reclaim waits for a quorum's vouches.
+        if a.no_quorum_since is not None:
+            if a.fenced(now):
+                a.resync = True
+                a._log(logging.INFO, "quorum of space owners reachable again: allocating after a ring sync")
+            a.no_quorum_since = None
+    elif a.no_quorum_since is None:
+        a.no_quorum_since = now
+
+
+def note_fence(a: Allocator, now: float) -> None:
+    """One log line when we fence (with what the operator can do) and one when we allocate again."""
+    fenced = a.ring is not None and a.fenced(now) and a.leaving is None
+    if fenced == a.fence_logged or a.ring is None:
+        return
+    a.fence_logged = fenced
+    if not fenced:
+        a._log(logging.INFO, "IPAM unfenced: allocating again")
+        return
+    if a.resync:
+        a._log(
+            logging.WARNING,
+            "IPAM fenced: away long enough that our space may have been reclaimed; allocating once the ring "
+            "is synced with a peer",
+        )
+        return
+    owners = a.ring.owners()
+    away = sorted(owners - a.reachable)
+    listed = ", ".join(f"{who(a, o)} (unseen for {ago(a.presence.absent_for(o, now))})" for o in away[:8]) + (
+        f" and {len(away) - 8} more" if len(away) > 8 else ""
+    )
+    a._log(
+        logging.ERROR,
+        f"IPAM fenced: only {len(owners & a.reachable)} of the {len(owners)} owners of the address space are "
+        f"reachable, no allocation until a majority is back. Unreachable: {listed}. If those hosts are gone "
+        "for good, run `weave-node ipam rmpeer <name>` for each of them on one live host",
+    )
+
+
+def ago(seconds: float) -> str:
+    return "ever" if seconds == float("inf") else f"{seconds:.0f} s"
+
+
+def end_lonely_resync(a: Allocator, now: float) -> None:
+    if a.ring is None or not a.resync:
+        a.resync_quorum_since = None
+        return
+    if a.ring.owners() <= {a.me}:
+        a.resync = False  # nobody else owns space: nobody can have taken ours
+    elif a.has_quorum() and a.reclaim_after > 0:
+        # Quorum but nobody in sync to sync with: after a full grace period uncontradicted, trust our ring.
+        if a.resync_quorum_since is None:
+            a.resync_quorum_since = now
+        if now - a.resync_quorum_since >= a.reclaim_after:
+            a.resync = False
+            a._log(logging.WARNING, "no peer to sync the ring with for a grace period: trusting ours")
+    else:
+        a.resync_quorum_since = None
+
+
+def reclaim(a: Allocator, now: float) -> None:
+    if a.reclaim_after <= 0 or a.ring is None or not a.has_quorum() or a.fenced(now):
+        return
+    if min(a.ring.owners() & a.reachable, default=None) != a.me:
+        return
+    for owner in sorted(a.ring.owners() - a.reachable):
+        if not a.has_quorum():
+            return
+        successor = successor_of(a, owner, now)
+        if successor is not None:
+            why = (
+                f"replaced by peer {who(a, successor)}, which runs on its host (the same host name; "
+                "WEAVE_NO_IPAM_RECLAIM_REPLACED=1 turns this off)"
+            )
+        else:
+            away = a.presence.certified(owner, a.ring.owners(), now)
+            if away < a.reclaim_after:
+                continue
+            why = (
+                f"unreachable for {ago(away)}, as a majority of owners vouches "
+                f"(--ipam-reclaim-after {a.reclaim_after:g})"
+            )
+        before = a.ring.copy()
+        moved = a.ring.transfer(owner, a.me)
+        a.ring.check_invariants(before)
+        a.presence.update(a.ring.owners(), now)
+        a.counters["reclaimed"] += 1
+        a.free_dirty = True
+        a._log(logging.WARNING, f"reclaimed {moved} addresses of peer {who(a, owner)}: {why}")
+        a._ring_changed()
+
+
+def successor_of(a: Allocator, owner: int, now: float) -> int | None:
+    """The one reachable peer with the host name (nickname) of the absent `owner`: the same host, re-imaged or
+    re-installed with a new identity, so the old one can never come back. Host names must be unique in the
+    cluster (as Kubernetes requires of node names); two reachable peers with one name turn this off for it."""
+    nick = a.presence.nicknames.get(owner, "")
+    if not a.reclaim_replaced or not nick or a.presence.absent_for(owner, now) < REPLACED_AFTER:
+        return None
+    same = [p for p in a.reachable if p != owner and a.presence.nicknames.get(p) == nick]
+    return same[0] if len(same) == 1 else None
