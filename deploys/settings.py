@@ -28,13 +28,17 @@ DEFAULTS: dict[str, Any] = {
     "weave_hairpin": True,
     "weave_bandwidth": False,
     "weave_health_timeout": 90,
+    "weave_ipam_reclaim_after": 600,  # seconds before the others take a departed host's space over (0: never)
+    "weave_ipam_reclaim_replaced": True,  # a re-imaged host's old identity (same host name): taken over at once
     "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
     "weave_kubernetes": False,  # also apply the DaemonSet (on hosts with weave_kube_control_plane, once up)
     "weave_kube_control_plane": False,
     "weave_image": "weave-node:0.1.0",  # the DaemonSet's image reference
 }
-BOOLS = ("weave_kubernetes", "weave_kube_control_plane", "weave_hairpin", "weave_bandwidth", "weave_remove_state")
+BOOLS = validate.BOOLEANS
 INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
+NUMBERS = ("weave_ipam_reclaim_after",)  # seconds: a whole number stays an int (rendered "600", not "600.0")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
 MODULES = (
     ("vxlan", "/sys/module/vxlan"),
@@ -49,18 +53,31 @@ def ours(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def typed(data: Mapping[str, Any]) -> dict[str, Any]:
-    """`--data key=value` (pyinfra) and `-e key=value` (Ansible) give strings: read booleans and numbers as such."""
+    """`--data key=value` (pyinfra) and `-e key=value` (Ansible) give strings: read booleans and numbers as such.
+    A string that is neither stays a string, for validation to name."""
     out = dict(data)
     for key in BOOLS:
         if isinstance(out.get(key), str):
-            out[key] = out[key].strip().lower() in ("1", "true", "yes", "on")
+            word = out[key].strip().lower()
+            out[key] = True if word in TRUE else False if word in FALSE else out[key]
     for key in INTS:
         if isinstance(out.get(key), str) and out[key].strip().lstrip("-").isdigit():
             out[key] = int(out[key])
+    for key in NUMBERS:
+        if isinstance(out.get(key), str):
+            out[key] = _number(out[key])
     for key in ("weave_mtu", "weave_ipalloc_init", "weave_password_file", "weave_wheelhouse"):
         if out.get(key) == "":
             out[key] = DEFAULTS[key]
     return out
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() else value
 
 
 def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the run with a precise message before the first operation executes.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,8 @@ KNOWN = {
     "weave_hairpin",
     "weave_bandwidth",
     "weave_health_timeout",
+    "weave_ipam_reclaim_after",
+    "weave_ipam_reclaim_replaced",
     "weave_wheelhouse",
     "weave_remove_state",
     "weave_kubernetes",
@@ -36,10 +39,37 @@ KNOWN = {
     "weave_image",
 }
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+BOOLEANS = (
+    "weave_kubernetes",
+    "weave_kube_control_plane",
+    "weave_hairpin",
+    "weave_bandwidth",
+    "weave_remove_state",
+    "weave_ipam_reclaim_replaced",
+)
 
 
 class InvalidData(ValueError):
     """A message that names the host and the setting."""
+
+
+def _check_seconds(data: Mapping[str, Any], fail: Any) -> None:
+    timeout = data.get("weave_health_timeout", 90)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        fail(f"weave_health_timeout must be seconds, a whole number > 0, not {timeout!r}")
+    reclaim = data.get("weave_ipam_reclaim_after", 600)
+    if isinstance(reclaim, bool) or not isinstance(reclaim, int | float) or not 0 <= reclaim < math.inf:
+        fail(
+            "weave_ipam_reclaim_after must be seconds, a number >= 0 (0: a departed host's space is never taken over "
+            f"by itself), not {reclaim!r}"
+        )
+
+
+def check_booleans(host: str, data: Mapping[str, Any]) -> None:
+    """After settings.typed(): a boolean setting that is still not a boolean was neither true nor false."""
+    for key in BOOLEANS:
+        if key in data and not isinstance(data[key], bool):
+            raise InvalidData(f"{host}: {key} must be true or false (true, false, yes, no, 1, 0), not {data[key]!r}")
 
 
 def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -75,6 +105,7 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
     if ip in pod_range:
         fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
     _check_numbers(data, fail)
+    check_booleans(host, data)
 
 
 def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
@@ -84,6 +115,7 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
     limit = data.get("weave_conn_limit")
     if not isinstance(limit, int) or limit < 0:
         fail(f"weave_conn_limit must be a number >= 0, not {limit!r}")
+    _check_seconds(data, fail)
     if data.get("weave_cni_version") not in CNI_VERSIONS:
         fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
     password = data.get("weave_password_file")

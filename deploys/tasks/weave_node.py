@@ -123,6 +123,8 @@ def config(data: dict[str, Any]) -> list[Any]:
             peers=data["weave_peers"],
             ipalloc_range=data["weave_ipalloc_range"],
             ipalloc_init=data["weave_ipalloc_init"],
+            ipam_reclaim_after=data["weave_ipam_reclaim_after"],
+            ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
             conn_limit=data["weave_conn_limit"],
             mtu=data["weave_mtu"],
             password_file="/etc/weave-node/password" if data["weave_password_file"] else "",

@@ -173,27 +173,64 @@ def test_the_role_asks_for_the_ansible_core_it_was_tested_with() -> None:
     assert "needs ansible-core >= 2.19 (this is 2.16.14)" in plugin.ansible_too_old("2.16.14")
 
 
-def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
-    """The env file from config.yml's template task, rendered by this ansible-core into a temporary file."""
-    (task,) = role_tasks("config.yml", "Router settings")
-    task["ansible.builtin.template"]["dest"] = str(tmp_path / "weave-node.env")
-    task.pop("register")
-    weave = {
+def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
         **_weave(tmp_path),
         "repo": str(REPO),
         "weave_peers": ["198.18.0.2"],
         "weave_ipalloc_range": "10.32.0.0/12",
         "weave_ipalloc_init": "",
+        "weave_ipam_reclaim_after": 600,
+        "weave_ipam_reclaim_replaced": True,
         "weave_conn_limit": 100,
         "weave_mtu": None,
         "weave_password_file": None,
         "weave_metrics_addr": "127.0.0.1:6782",
+        **extra,
     }
+
+
+def _render_env(run_tasks: RunTasks, tmp_path: Path, weave: dict[str, Any]) -> str:
+    """The env file from config.yml's template task, rendered by this ansible-core into a temporary file."""
+    (task,) = role_tasks("config.yml", "Router settings")
+    task["ansible.builtin.template"]["dest"] = str(tmp_path / "weave-node.env")
+    task.pop("register")
     (result,) = run_tasks([task], play_vars={"weave": weave})
     assert result["event"] == "runner_on_ok", result
-    env = (tmp_path / "weave-node.env").read_text()
+    return (tmp_path / "weave-node.env").read_text()
+
+
+def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
+    env = _render_env(run_tasks, tmp_path, _env_weave(tmp_path))
     assert "WEAVE_PEERS=198.18.0.2" in env and "CONN_LIMIT=100" in env
     assert "WEAVE_MTU" not in env and "None" not in env, env
+    assert "WEAVE_IPAM_RECLAIM_AFTER=600" in env.splitlines() and "WEAVE_NO_IPAM_RECLAIM_REPLACED" not in env
+
+
+@pytest.mark.parametrize(("after", "replaced"), [(600, True), (0, False), (90.5, False)])
+def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
+    run_tasks: RunTasks, tmp_path: Path, after: float, replaced: bool
+) -> None:
+    """Ansible keeps a value's type through the template vars (a number, a boolean): the same file as pyinfra's."""
+    from pyinfra.api.util import get_template
+
+    weave = _env_weave(tmp_path, weave_ipam_reclaim_after=after, weave_ipam_reclaim_replaced=replaced)
+    env = _render_env(run_tasks, tmp_path, weave)
+    pyinfra = get_template(str(REPO / "templates/weave-node/weave-node.env.j2")).render(
+        peers=weave["weave_peers"],
+        ipalloc_range=weave["weave_ipalloc_range"],
+        ipalloc_init=weave["weave_ipalloc_init"],
+        ipam_reclaim_after=after,
+        ipam_reclaim_replaced=replaced,
+        conn_limit=weave["weave_conn_limit"],
+        mtu=weave["weave_mtu"],
+        password_file="",
+        state_dir=weave["weave_state_dir"],
+        metrics_addr=weave["weave_metrics_addr"],
+    )
+    assert env == pyinfra
+    assert f"WEAVE_IPAM_RECLAIM_AFTER={after}" in env.splitlines()
+    assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in env.splitlines()) is not replaced
 
 
 def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:

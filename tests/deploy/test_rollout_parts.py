@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from deploys import manifest
+from deploys import manifest, settings
 from deploys.paths import TEMPLATES
 from deploys.validate import InvalidData, validate
 
@@ -45,12 +45,92 @@ def test_good_settings_pass() -> None:
         ({"weave_conn_limit": "many"}, HOSTS, "weave_conn_limit must be a number"),
         ({"weave_cni_version": "2.0.0"}, HOSTS, "weave_cni_version must be one of"),
         ({"weave_password_file": "/nonexistent"}, HOSTS, "No such file or directory"),
+        ({"weave_ipam_reclaim_after": -1}, HOSTS, "weave_ipam_reclaim_after must be seconds, a number >= 0"),
+        ({"weave_ipam_reclaim_after": "10m"}, HOSTS, "weave_ipam_reclaim_after must be seconds"),
+        ({"weave_ipam_reclaim_after": True}, HOSTS, "weave_ipam_reclaim_after must be seconds"),
+        ({"weave_ipam_reclaim_after": float("nan")}, HOSTS, "weave_ipam_reclaim_after must be seconds"),
+        ({"weave_ipam_reclaim_replaced": "maybe"}, HOSTS, "weave_ipam_reclaim_replaced must be true or false"),
+        ({"weave_hairpin": None}, HOSTS, "weave_hairpin must be true or false"),
+        ({"weave_health_timeout": 0}, HOSTS, "weave_health_timeout must be seconds, a whole number > 0"),
     ],
 )
 def test_bad_settings_are_named_precisely(change: dict[str, Any], hosts: list[Any], message: str) -> None:
     with pytest.raises(InvalidData, match=r"^node1: ") as err:
         validate("node1", {**GOOD, **change}, hosts)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "after", "replaced"),
+    [
+        ({}, 600, True),
+        ({"weave_ipam_reclaim_after": "300", "weave_ipam_reclaim_replaced": "false"}, 300, False),
+        ({"weave_ipam_reclaim_after": "0", "weave_ipam_reclaim_replaced": "no"}, 0, False),
+        ({"weave_ipam_reclaim_after": "90.5", "weave_ipam_reclaim_replaced": "YES"}, 90.5, True),
+        ({"weave_ipam_reclaim_after": 120, "weave_ipam_reclaim_replaced": False}, 120, False),
+    ],
+)
+def test_reclaim_settings_are_typed_as_given_on_the_command_line(
+    given: dict[str, Any], after: float, replaced: bool
+) -> None:
+    """`--data` / `-e` give strings: seconds stay whole when they are (rendered "300", not "300.0")."""
+    data = settings.effective("node1", {"weave_address": "198.18.0.1", **given}, HOSTS)
+    assert (data["weave_ipam_reclaim_after"], data["weave_ipam_reclaim_replaced"]) == (after, replaced)
+    assert type(data["weave_ipam_reclaim_after"]) is type(after)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"weave_ipam_reclaim_after": "-1"}, "node1: weave_ipam_reclaim_after must be seconds, a number >= 0"),
+        ({"weave_ipam_reclaim_after": "soon"}, "node1: weave_ipam_reclaim_after must be seconds"),
+        ({"weave_ipam_reclaim_after": "inf"}, "node1: weave_ipam_reclaim_after must be seconds"),
+        ({"weave_ipam_reclaim_replaced": "ture"}, "node1: weave_ipam_reclaim_replaced must be true or false"),
+    ],
+)
+def test_bad_reclaim_settings_stop_the_run(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=f"^{message}"):
+        settings.effective("node1", {"weave_address": "198.18.0.1", **given}, HOSTS)
+
+
+def _router_config(env_text: str) -> Any:
+    """The env file as the router reads it (systemd's EnvironmentFile: KEY=VALUE lines, # comments)."""
+    from weave_node.config import from_env_and_flags
+
+    env = dict(line.split("=", 1) for line in env_text.splitlines() if line and not line.startswith("#"))
+    return from_env_and_flags(env, {})
+
+
+@pytest.mark.parametrize(
+    ("given", "after", "replaced"),
+    [
+        ({}, 600.0, True),
+        ({"weave_ipam_reclaim_after": "0", "weave_ipam_reclaim_replaced": "false"}, 0.0, False),
+        ({"weave_ipam_reclaim_after": "90.5"}, 90.5, True),
+    ],
+)
+def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
+    given: dict[str, Any], after: float, replaced: bool
+) -> None:
+    """Setting -> env file (the template, as pyinfra renders it) -> the router's configuration."""
+    from pyinfra.api.util import get_template
+
+    data = settings.effective("node1", {"weave_address": "198.18.0.1", **given}, HOSTS)
+    text = get_template(str(TEMPLATES / "weave-node/weave-node.env.j2")).render(
+        peers=data["weave_peers"],
+        ipalloc_range=data["weave_ipalloc_range"],
+        ipalloc_init=data["weave_ipalloc_init"],
+        ipam_reclaim_after=data["weave_ipam_reclaim_after"],
+        ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
+        conn_limit=data["weave_conn_limit"],
+        mtu=data["weave_mtu"],
+        password_file="",
+        state_dir=data["weave_state_dir"],
+        metrics_addr=data["weave_metrics_addr"],
+    )
+    assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in text.splitlines()) is not replaced, text
+    config = _router_config(text)
+    assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
@@ -79,6 +159,8 @@ def test_env_file_names_the_password_file_never_the_password() -> None:
         peers=["198.18.0.2", "198.18.0.3"],
         ipalloc_range="10.32.0.0/12",
         ipalloc_init="",
+        ipam_reclaim_after=600,
+        ipam_reclaim_replaced=True,
         conn_limit=100,
         mtu=1376,
         password_file="/etc/weave-node/password",  # noqa: S106 - a path
