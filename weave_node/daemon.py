@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import sys
-import time
 
 from weave_node.api.metrics import MetricsServer, RouterMetrics
 from weave_node.api.pods import PodService
@@ -70,9 +69,11 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         ring=loaded.ring,
         claims=loaded.claims,
         allocations=loaded.allocations,
-        away=store.away(time.time()),
+        away=store.away(),
         seen_ago=loaded.seen_ago,
         orphans=loaded.orphans,
+        shared_nicknames=loaded.shared,
+        leaving=loaded.leaving,
     )
     log.info(
         "IPAM: range %s, %s, %d allocation(s) restored, reclaim after %gs%s",

@@ -539,3 +539,109 @@ def test_a_returning_host_takes_back_its_pods_free_addresses_and_flags_the_ones_
     sim.start(p3)
     assert {k.container_id for k in sim.peers[p3].allocations} == {"x1", "x2", "x3"}
     sim.check()
+
+
+# ---- found in review (each failed before its fix) ------------------------------------------------------------------
+
+
+def test_a_seed_whose_state_was_lost_waits_for_the_ring_and_vouches_only_from_then() -> None:
+    """Seed mode builds its ring locally, so a wiped seed never merges one: it vouched "never seen" for everyone
+    and allocated from a stale initial split at once."""
+    five = names(5)
+    a, b, c, d, e = five
+    sim = IpamSim(five, span=parse_range("10.32.0.0/26"), init=Init("seed", seeds=tuple(five)), reclaim_after=G)
+    sim.run(2)
+    sim.partition({a, b}, {c, d, e})
+    sim.run(2 * G)  # c, d, e reclaim a and b
+    sim.remove(c)
+    sim.start(c, group=0)  # wiped; joins a and b
+    assert sim.allocate(c, Key("at-once")) is None, "nothing from a stale initial split before a sync"
+    for _ in range(int(0.45 * G)):
+        sim.step(1.0)
+        for n in five:
+            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
+        sim.check(stale_ok=True)
+
+
+def test_two_hosts_with_one_host_name_are_never_each_others_successor() -> None:
+    five = names(5)
+    sim = IpamSim(five, span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=5), reclaim_after=G)
+    sim.nickname[five[3]] = sim.nickname[five[4]] = "localhost"  # two hosts from one image, both alive
+    sim.run_until(sim.converged, timeout=10)
+    sim.partition(five[:4], [five[4]])
+    for _ in range(int(0.45 * G)):
+        sim.step(1.0)
+        for n in five:
+            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
+        sim.check(stale_ok=True)
+    assert five[4] in owners(sim, five[0])
+    assert "localhost" in sim.peers[five[0]].presence.shared
+    sim.crash(five[0])  # remembered across a restart
+    sim.start(five[0])
+    assert "localhost" in sim.peers[five[0]].presence.shared
+
+
+def test_a_host_name_that_cannot_be_shown_does_not_stop_ipam_gossip() -> None:
+    three_ = names(3)
+    sim = IpamSim(three_, span=parse_range("10.32.0.0/24"), init=Init("consensus", peers=3), reclaim_after=G)
+    sim.nickname[three_[2]] = "node\u00a03\x07"  # WEAVE_NICKNAME with a no-break space and a bell
+    sim.run_until(sim.converged, timeout=10)
+    sim.start(names(1, start=80)[0])
+    sim.allocate_wait(names(1, start=80)[0], Key("pod"), timeout=20)
+    assert all(p.counters["bad_messages"] == 0 for p in sim.peers.values())
+
+
+def test_in_a_partial_mesh_the_reclaimer_hears_vouches_from_peers_it_is_not_connected_to() -> None:
+    """Gossip reaches neighbours only: a's one link is to b, so a (the lowest name, the reclaimer) heard no
+    vouches from c and d and never reclaimed e."""
+    five = names(5)
+    a, b, c, d, e = five
+    links = [(a, b), (b, c), (b, d), (b, e), (c, d), (c, e), (d, e)]
+    sim = IpamSim(five, span=parse_range("10.32.0.0/24"), init=Init("consensus", peers=5), reclaim_after=G, links=links)
+    sim.run_until(sim.converged, timeout=10)
+    sim.remove(e)
+    took = sim.run_until(lambda: e not in owners(sim, a), timeout=2 * G)
+    assert took <= G + 15
+    sim.check()
+
+
+def test_a_donation_on_its_way_when_a_peer_leaves_follows_the_rest() -> None:
+    sim, (p1, _p2, _p3) = three()
+    newcomer = names(1, start=90)[0]
+    sim.start(newcomer)
+    sim.run_until(lambda: sim.peers[newcomer].ring is not None, timeout=5)
+    assert sim.allocate(newcomer, Key("pod")) is None  # asks a donor
+    leaving = sim.peers[newcomer].leave(sim.now, force=True)  # before the donation arrives: it owns nothing yet
+    sim.run(5)
+    assert not sim.peers[newcomer].owned(), "what arrived was handed on"
+    assert newcomer not in owners(sim, p1)
+    assert leaving.acknowledged
+    with pytest.raises(Unavailable, match="left the ring"):
+        sim.peers[newcomer].allocate(Key("again"), sim.now)
+
+
+def test_a_router_restarted_before_its_hand_over_was_confirmed_finishes_it() -> None:
+    sim, (p1, _p2, p3) = three()
+    sim.peers[p3].leave(sim.now)
+    sim._flush(p3)
+    sim.queue.clear()  # the hand-over never got out
+    sim.crash(p3)
+    sim.start(p3)
+    leaving = sim.peers[p3].leaving
+    assert leaving is not None and not leaving.acknowledged, "the store kept it"
+    with pytest.raises(Unavailable, match="left the ring"):
+        sim.peers[p3].allocate(Key("p"), sim.now)
+    sim.run_until(lambda: leaving.acknowledged and p3 not in owners(sim, p1), timeout=10)
+
+
+def test_the_timer_never_spins_on_work_it_cannot_do() -> None:
+    sim, (p1, p2, p3) = three()
+    a = sim.peers[p3]
+    sim.partition([p1], [p2, p3])
+    sim.run(1)
+    leaving = a.leave(sim.now)
+    sim.crash(leaving.receiver)  # the receiver is gone before it confirms
+    for _ in range(300):
+        sim.step(0.1)
+        deadline = a.next_deadline(sim.now)
+        assert deadline is None or deadline > sim.now

@@ -33,6 +33,7 @@ from weave_node.ipam.model import (
     FREE_REPORT,
     PROPOSE_RETRY,
     REPLACED_AFTER,
+    VOUCH_INTERVAL,
     Changes,
     Effect,
     Gossip,
@@ -40,13 +41,24 @@ from weave_node.ipam.model import (
     Key,
     Leaving,
     Log,
-    Unicast,
     ring_id_for,
 )
 from weave_node.ipam.presence import NEVER, Presence, is_quorum
 from weave_node.ipam.ring import Ring
 from weave_node.ipam.space import Space
 from weave_node.mesh.peer import format_name
+
+COUNTERS = (
+    "donated",
+    "received",
+    "reclaimed",
+    "lost",
+    "bad_messages",
+    "conflicts",
+    "handed_over",
+    "given_back",
+    "taken_back",
+)
 
 
 class Allocator:
@@ -65,6 +77,8 @@ class Allocator:
         seen_ago: dict[int, float] | None = None,
         reclaim_replaced: bool = True,
         orphans: dict[Key, int] | None = None,
+        shared_nicknames: set[str] | None = None,
+        leaving: Leaving | None = None,
     ) -> None:
         """`ring`, `claims`, `allocations`: what the store kept. `away`: seconds since we last saw a quorum of the
         space's owners (the store's wall-clock mark), None if unknown. `seen_ago`: seconds since we last saw each
@@ -82,9 +96,10 @@ class Allocator:
         self.cursor = span.start
         # A fresh identity was never with anyone; an old store without sightings vouches only from now on.
         floor = NEVER if ring is None or seen_ago is not None else now
-        self.presence = Presence(me, now, floor=floor, seen_ago=seen_ago)
+        self.presence = Presence(me, now, floor=floor, seen_ago=seen_ago, shared=shared_nicknames)
         self.ipam_peers: set[int] = set()  # peers that sent us a ring: receivers of a hand-over besides owners
-        self.leaving: Leaving | None = None
+        self.leaving: Leaving | None = leaving  # we left the ring (persisted: a restart does not rejoin)
+        self.next_vouch = 0.0
         # Pods' addresses in space reclaimed while we were cut off: asked back from the new owner (a conflict
         # when it has them in use). Released by DEL/GC like allocations.
         self.orphans: dict[Key, int] = dict(orphans or {})
@@ -100,40 +115,42 @@ class Allocator:
         self.donor_deadline = 0.0
         self.next_free_report = 0.0
         self.free_dirty = True
-        self.counters = {
-            "donated": 0,
-            "received": 0,
-            "reclaimed": 0,
-            "lost": 0,
-            "bad_messages": 0,
-            "conflicts": 0,
-            "handed_over": 0,
-            "given_back": 0,
-            "taken_back": 0,
-        }
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self._effects: list[Effect] = []
         self._changes = Changes()
         self.last_now = now  # the latest `now` of any input (for flags of messages built inside)
+        self._start(ring, claims, away, now)
+        for key, ip in (allocations or {}).items():
+            self._record(key, ip, persist=False)
+
+    def _start(self, ring: Ring | None, claims: dict[int, Claim] | None, away: float | None, now: float) -> None:
+        """From what the store kept: a ring (a restart), or how to get one (seed, consensus, observer)."""
         if ring is None:
-            if init.mode == "seed":
-                self._set_ring(Ring.initial(span, ring_id_for("seed", *sorted(init.seeds)), list(init.seeds)), now)
-            elif init.mode == "consensus":
-                self.consensus = Consensus(me, init.quorum, claims)
+            if self.init.mode == "seed":
+                if self.me in self.init.seeds and set(self.init.seeds) - {self.me}:
+                    # We may be a seed whose state was lost, in a network that moved on since: the initial
+                    # split may be stale (space donated or reclaimed), and we remember nobody. Allocate only
+                    # once synced with a peer (or a majority of the seeds), and vouch only from now.
+                    self.resync = True
+                    self.presence.memory_lost(now)
+                self._set_ring(
+                    Ring.initial(self.range, ring_id_for("seed", *sorted(self.init.seeds)), list(self.init.seeds)), now
+                )
+            elif self.init.mode == "consensus":
+                self.consensus = Consensus(self.me, self.init.quorum, claims)
                 self.consensus.propose()  # eagerly: IPAM is ready before the first pod asks
                 self.consensus.last_progress = now
                 self._changed(consensus=True)
                 self._think(now)
         else:
             churn.update_presence(self, now)
-            if reclaim_after > 0 and ring.owners() - {me}:
+            if self.reclaim_after > 0 and ring.owners() - {self.me}:
                 # Restarted. Away long enough that our space may have been reclaimed: no allocation before we
                 # have merged a peer's ring. Back quickly (an upgrade, a crash): carry on, fencing as usual.
-                if away is None or away >= reclaim_after / 2:
+                if away is None or away >= self.reclaim_after / 2:
                     self.resync = True
                 else:
                     self.no_quorum_since = now - away
-        for key, ip in (allocations or {}).items():
-            self._record(key, ip, persist=False)
 
     # ---- outbox -------------------------------------------------------------------------------------------
 
@@ -159,7 +176,7 @@ class Allocator:
     def state_message(self, now: float | None = None) -> bytes:
         if self.ring is not None:
             unsynced = self.resync or (now is not None and self.fenced(now))
-            sightings = self.presence.sightings(self.ring.owners() - {self.me}, self.last_now)
+            sightings = self.presence.sightings(self.ring.owners() - {self.me}, self.last_now if now is None else now)
             return messages.encode_state(self.range, self.ring, unsynced=unsynced, sightings=sightings)
         if self.consensus is not None:
             return messages.encode_state(self.range, None, self.consensus.quorum, self.consensus.claims)
@@ -292,7 +309,7 @@ class Allocator:
             self._ring_changed()
         return moved
 
-    def leave(self, now: float, *, force: bool = False) -> Leaving | None:
+    def leave(self, now: float, *, force: bool = False) -> Leaving:
         """Hand all our space to a reachable peer before this peer is removed for good (see churn.leave)."""
         return churn.leave(self, now, force=force)
 
@@ -328,8 +345,7 @@ class Allocator:
         if nicknames:
             self.presence.learn_nicknames(nicknames)
         self.presence.set_reachable(peers, self.ring.owners() if self.ring is not None else set(), now)
-        if self.presence.dirty:
-            self.presence.dirty = False
+        if self.presence.take_dirty():
             self._changes.seen = True
         churn.update_presence(self, now)
         if grew:
@@ -350,10 +366,10 @@ class Allocator:
             return
         churn.reclaim(self, now)
         churn.note_fence(self, now)
-        lv = self.leaving
-        if lv is not None and not lv.acknowledged and now >= lv.resend_at and lv.receiver in self.reachable:
-            lv.resend_at = now + DONATION_RETRY
-            self._effects.append(Unicast(lv.receiver, self.state_message(now)))
+        churn.resend_hand_over(self, now)
+        if self.reclaim_after > 0 and now >= self.next_vouch:
+            self.next_vouch = now + VOUCH_INTERVAL
+            churn.send_vouches(self, now)
         if donation.wants_space(self, now):
             donation.ask_for_space(self, now)
         if self.orphans.keys() - self.conflicts and now >= self.orphans_retry:
@@ -370,20 +386,24 @@ class Allocator:
                 times.append(self.donor_deadline if self.donor is not None else now + DONATION_RETRY)
             if self.free_dirty:
                 times.append(self.next_free_report)
-            if self.leaving is not None and not self.leaving.acknowledged:
-                times.append(self.leaving.resend_at)
+            lv = self.leaving
+            if lv is not None and not lv.acknowledged and lv.receiver in self.reachable:
+                times.append(lv.resend_at)
             if self.orphans.keys() - self.conflicts:
                 times.append(self.orphans_retry)
             if self.reclaim_after > 0:
                 owners = self.ring.owners()
+                if owners - self.reachable:
+                    times.append(self.next_vouch)
                 for owner in owners - self.reachable:  # a certified absence grows with time while nothing changes
                     times.append(now + self.reclaim_after - self.presence.certified(owner, owners, now))
                     if self.reclaim_replaced and owner in self.presence.nicknames:
                         times.append(now + REPLACED_AFTER - self.presence.absent_for(owner, now))
                 if self.no_quorum_since is not None:
                     times.append(self.no_quorum_since + self.reclaim_after / 2)
+        # What is due now and was not done by tick could not be done (e.g. nobody to send to): not a busy loop.
         future = [t for t in times if t > now]
-        return min(future) if future else (now if times else None)
+        return min(future) if future else None
 
     # ---- internals: allocations ------------------------------------------------------------------------------
 
@@ -488,6 +508,8 @@ class Allocator:
 
     def _after_merge(self, before_owned: list[tuple[int, int]]) -> None:
         """Our space may have grown (a donation) or shrunk (reclaimed while we were away)."""
+        if self.leaving is not None:  # a donation that was on its way when we left: it goes where the rest went
+            churn.hand_over(self, self.last_now)
         owned = self.owned()
         if sum(e - s for s, e in owned) > sum(e - s for s, e in before_owned):
             self.counters["received"] += 1

@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from weave_node.ipam.errors import Conflict, Unavailable
-from weave_node.ipam.model import DONATION_RETRY, REPLACED_AFTER, Leaving, Unicast
+from weave_node.ipam.model import DONATION_RETRY, INTERNAL_PREFIX, REPLACED_AFTER, Leaving, Unicast
 from weave_node.ipam.ring import Ring
 from weave_node.mesh.peer import format_name
 
@@ -15,24 +15,25 @@ if TYPE_CHECKING:
     from weave_node.ipam.allocator import Allocator
 
 
-def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving | None:
+def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving:
     """Hand all our space to a reachable peer before this peer is removed for good (Weave's `weave reset`):
-    the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. None:
-    we own nothing. Done once a peer's ring shows the hand-over (`leaving.acknowledged`)."""
+    the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. Done once
+    a peer's ring shows the hand-over (`leaving.acknowledged`); a peer that owned nothing is done at once. Kept
+    in the store: a router restarted before the end carries on, and a peer that left never asks for space."""
     if a.leaving is not None:
         return a.leaving
     if a.ring is None:
         raise Unavailable("the ring is not initialised yet: there is no space to hand over")
-    owned = a.owned()
-    if not owned:
-        return None
-    size = sum(e - s for s, e in owned)
-    if a.allocations and not force:
+    pods = sorted(k for k in a.allocations if not k.container_id.startswith(INTERNAL_PREFIX))
+    if pods and not force:
         raise Conflict(
-            f"{len(a.allocations)} address(es) here are still in use by pods: remove those pods first, or "
-            "force it (their pods must not keep running, or their addresses answer twice)"
+            f"{len(pods)} address(es) here are still in use by pods ({', '.join(k.container_id for k in pods[:5])}"
+            f"{', ...' if len(pods) > 5 else ''}): remove those pods first, or force it (their pods must not keep "
+            "running, or their addresses answer twice)"
         )
-    receiver = choose_receiver(a, a.ring)
+    owned = a.owned()
+    size = sum(e - s for s, e in owned)
+    receiver = choose_receiver(a, a.ring, now) if owned else 0
     if receiver is None:
         raise Conflict(
             f"no reachable peer to hand our {size} addresses to. Once this host is gone, they return "
@@ -41,19 +42,50 @@ def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving | None:
         )
     for key in sorted(a.allocations):
         a._drop(key)
-    before = a.ring.copy()
-    a.ring.hand_over(a.me, receiver)
-    a.ring.check_invariants(before)
-    entries = {e.token: e.rank() for e in a.ring if e.owner == receiver and before.entries.get(e.token) != e}
-    a.leaving = Leaving(receiver, size, entries, resend_at=now + DONATION_RETRY)
-    a.counters["handed_over"] += 1
-    a._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {who(a, receiver)}")
-    a._ring_changed()
-    a._effects.append(Unicast(receiver, a.state_message(now)))
+    a.wanted_at = a.donor = None  # and never ask for space again
+    a.leaving = Leaving(receiver, size, {}, acknowledged=not owned)
+    a._changes.leaving = True
+    if owned:
+        hand_over(a, now)
+    else:
+        a._log(logging.WARNING, "left the ring: this peer owned no address space")
     return a.leaving
 
 
-def choose_receiver(a: Allocator, ring: Ring) -> int | None:
+def hand_over(a: Allocator, now: float) -> None:
+    """Our space (all of it, or what reached us since we left) to the leaving receiver."""
+    lv = a.leaving
+    if lv is None or a.ring is None or not a.owned():
+        return
+    if lv.receiver == 0:  # owned nothing when we left, and a donation reached us since: to anyone who can take it
+        receiver = choose_receiver(a, a.ring, now)
+        if receiver is None:
+            return
+        lv.receiver = receiver
+    size = sum(e - s for s, e in a.owned())
+    before = a.ring.copy()
+    a.ring.hand_over(a.me, lv.receiver)
+    a.ring.check_invariants(before)
+    lv.entries.update(
+        {e.token: e.rank() for e in a.ring if e.owner == lv.receiver and before.entries.get(e.token) != e}
+    )
+    lv.acknowledged = False
+    lv.resend_at = now + DONATION_RETRY
+    a._changes.leaving = True
+    a.counters["handed_over"] += 1
+    a._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {who(a, lv.receiver)}")
+    a._ring_changed()
+    a._effects.append(Unicast(lv.receiver, a.state_message(now)))
+
+
+def resend_hand_over(a: Allocator, now: float) -> None:
+    lv = a.leaving
+    if lv is not None and not lv.acknowledged and now >= lv.resend_at and lv.receiver in a.reachable:
+        lv.resend_at = now + DONATION_RETRY
+        a._effects.append(Unicast(lv.receiver, a.state_message(now)))
+
+
+def choose_receiver(a: Allocator, ring: Ring, now: float) -> int | None:
     """Who takes our space when we leave: the reachable owner with the least space (it fills up first), else a
     reachable peer that has a ring (a non-owner: then the number of owners stays the same)."""
     sizes = ring.sizes()
@@ -63,15 +95,27 @@ def choose_receiver(a: Allocator, ring: Ring) -> int | None:
     others = sorted((a.ipam_peers & a.reachable) - {a.me})
     # A new owner for an old one: only with a quorum, as for a donation (the lowest name, which breaks ties
     # between halves, could change sides).
-    return others[0] if others and a.has_quorum() else None
+    return others[0] if others and a.has_quorum() and not a.fenced(now) else None
 
 
 def refuse_if_left(a: Allocator) -> None:
     if a.leaving is not None:
+        to = f"handed its space to peer {who(a, a.leaving.receiver)}" if a.leaving.receiver else "it owned nothing"
         raise Unavailable(
-            f"this peer left the ring (handed its space to peer {who(a, a.leaving.receiver)}): "
-            "restart the router to join again"
+            f"this peer left the ring ({to}): to join again, start it as a new peer (remove its state directory)"
         )
+
+
+def send_vouches(a: Allocator, now: float) -> None:
+    """Our sightings to the reclaimer, every VOUCH_INTERVAL while an owner is away: gossip reaches neighbours
+    only, and in a partial mesh the lowest-named owner may not be one of ours."""
+    if a.ring is None:
+        return
+    owners = a.ring.owners()
+    reclaimer = min(owners & a.reachable, default=None)
+    if owners - a.reachable and reclaimer not in (None, a.me):
+        a._effects.append(Unicast(reclaimer, a.state_message(now)))
+    a.presence.prune(owners, now, 2 * a.reclaim_after)
 
 
 def who(a: Allocator, peer: int) -> str:
@@ -85,6 +129,7 @@ def check_hand_over(a: Allocator, src: int, ring: Ring) -> None:
         return
     if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
         lv.acknowledged = True
+        a._changes.leaving = True
         a._log(logging.INFO, f"hand-over acknowledged: peer {who(a, src)} has our former space")
 
 
@@ -191,7 +236,9 @@ def successor_of(a: Allocator, owner: int, now: float) -> int | None:
     re-installed with a new identity, so the old one can never come back. Host names must be unique in the
     cluster (as Kubernetes requires of node names); two reachable peers with one name turn this off for it."""
     nick = a.presence.nicknames.get(owner, "")
-    if not a.reclaim_replaced or not nick or a.presence.absent_for(owner, now) < REPLACED_AFTER:
+    if not a.reclaim_replaced or not nick or nick in a.presence.shared:
+        return None
+    if a.presence.absent_for(owner, now) < REPLACED_AFTER:
         return None
     same = [p for p in a.reachable if p != owner and a.presence.nicknames.get(p) == nick]
     return same[0] if len(same) == 1 else None

@@ -20,6 +20,7 @@ def wants_space(a: Allocator, now: float) -> bool:
     """An allocation asked recently (its caller retries), and our own space is full."""
     return (
         a.wanted_at is not None
+        and a.leaving is None
         and now - a.wanted_at < WANT_TTL
         and a.ring is not None
         and not a.fenced(now)
@@ -28,7 +29,7 @@ def wants_space(a: Allocator, now: float) -> bool:
 
 
 def ask_for_space(a: Allocator, now: float) -> None:
-    if a.ring is None or (a.donor is not None and now < a.donor_deadline):
+    if a.ring is None or a.leaving is not None or (a.donor is not None and now < a.donor_deadline):
         return
     free = a.ring.reported_free()
     tried = a.donor

@@ -102,10 +102,16 @@ def encode_state(
     if sightings is not None:
         out.append(_COUNT.pack(len(sightings)))
         for owner, seen in sorted(sightings.items()):
-            nick = seen.nickname.encode()[:255]
+            nick = _nickname(seen.nickname)
             out.append(_SIGHTING.pack(owner, _deciseconds(seen.absent_for), len(nick)))
             out.append(nick)
     return b"".join(out)
+
+
+def _nickname(text: str) -> bytes:
+    """A nickname as sent: printable, at most 255 bytes of UTF-8 (cut at a character boundary)."""
+    data = "".join(c for c in text if c.isprintable()).encode()[:255]
+    return data.decode(errors="ignore").encode()
 
 
 def _deciseconds(seconds: float) -> int:
@@ -183,11 +189,10 @@ def _decode_sightings(r: _Reader) -> dict[int, Sighting]:
     out: dict[int, Sighting] = {}
     for _ in range(count):
         owner, ds, n = r.take(_SIGHTING)
-        try:
-            nick = r.raw(n).decode()
-        except UnicodeDecodeError:
-            raise DecodeError("nickname is not UTF-8") from None
-        if not 0 < owner < NAME_LIMIT or owner in out or not nick.isprintable():
+        nick = r.raw(n).decode(errors="replace")
+        if not nick.isprintable():
+            nick = ""  # a name is only shown: one we cannot show is dropped, not the peer's whole state
+        if not 0 < owner < NAME_LIMIT or owner in out:
             raise DecodeError("bad sighting")
         out[owner] = Sighting(math.inf if ds == NEVER_SEEN else ds / 10, nick)
     return out

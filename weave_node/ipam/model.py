@@ -16,6 +16,7 @@ FREE_REPORT = 1.0  # at most this often, refresh our free counts in the ring
 MAX_ID = 256
 INTERNAL_PREFIX = "weave:"  # the router's own allocations (the bridge address): never a pod's, never GC'd
 WANT_TTL = 10.0  # seconds an unanswered allocation keeps us asking for space
+VOUCH_INTERVAL = 10.0  # seconds between our sightings sent to the reclaimer (it may not be a neighbour)
 REPLACED_AFTER = 5.0  # seconds an owner is away, while a peer with its host name is here, before it counts replaced
 
 
@@ -91,18 +92,20 @@ class Changes:
     consensus: bool = False
     seen: bool = False  # who is reachable changed: persist when we last saw each owner
     orphans: bool = False
+    leaving: bool = False
     put: dict[int, Key] = field(default_factory=dict)
     delete: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return self.ring or self.consensus or self.seen or self.orphans or bool(self.put) or bool(self.delete)
+        flags = self.ring or self.consensus or self.seen or self.orphans or self.leaving
+        return flags or bool(self.put) or bool(self.delete)
 
 
 @dataclass
 class Leaving:
     """Our space handed over (`leave`): to whom, which entries at which rank, and whether a peer has them."""
 
-    receiver: int
+    receiver: int  # 0: we owned nothing
     addresses: int
     entries: dict[int, tuple[int, int, int, int]]
     acknowledged: bool = False

@@ -49,25 +49,35 @@ def is_quorum(members: Iterable[int], owners: set[int]) -> bool:
 
 
 class Presence:
-    def __init__(self, me: int, now: float, *, floor: float = NEVER, seen_ago: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        me: int,
+        now: float,
+        *,
+        floor: float = NEVER,
+        seen_ago: dict[int, float] | None = None,
+        shared: set[str] | None = None,
+    ) -> None:
         """`floor`: the earliest time we can vouch for (NEVER for a fresh identity or one whose memory of sightings
         was kept; `now` for an old store without it). `seen_ago`: seconds since we last saw each owner, as the
-        store kept them (an owner missing there was never seen by us)."""
+        store kept them (an owner missing there was never seen by us). `shared`: nicknames seen on two peers at
+        once, as the store kept them."""
         self.me = me
         self.floor = floor
         self.reachable: set[int] = {me}
         self.absent_since: dict[int, float] = {}
         self.last_seen = {n: now - max(0.0, ago) for n, ago in (seen_ago or {}).items()}  # not counting now
         self.nicknames: dict[int, str] = {}
+        self.shared: set[str] = set(shared or ())  # host names two live peers had at once: not a host's identity
         self.vouches: dict[int, tuple[float, dict[int, float]]] = {}  # voucher -> (received at, owner -> absent_for)
-        self.dirty = True  # the persisted sightings are behind (who is reachable changed)
+        self._dirty = True  # the persisted sightings are behind (who is reachable changed)
 
     # ---- inputs ---------------------------------------------------------------------------------------------
 
     def set_reachable(self, peers: set[int], owners: set[int], now: float) -> None:
         peers = set(peers) | {self.me}
         if peers != self.reachable:
-            self.dirty = True
+            self._dirty = True
         for gone in self.reachable - peers:
             self.vouches.pop(gone, None)
             self.last_seen[gone] = now
@@ -98,6 +108,10 @@ class Presence:
         for owner, s in sightings.items():
             if s.nickname and owner not in self.nicknames:
                 self.nicknames[owner] = s.nickname
+        here = [s.nickname for o, s in sightings.items() if s.absent_for == 0 and s.nickname] + [
+            self.nicknames.get(src, "")
+        ]
+        self._note_shared([n for n in here if n])
         if src not in self.reachable or src == self.me:
             return
         self.vouches[src] = (
@@ -106,7 +120,27 @@ class Presence:
         )
 
     def learn_nicknames(self, nicknames: dict[int, str]) -> None:
+        """The topology's nicknames (of reachable peers: two with one name share it)."""
         self.nicknames.update({n: nick for n, nick in nicknames.items() if nick})
+        self._note_shared([nick for nick in nicknames.values() if nick])
+
+    def _note_shared(self, names: list[str]) -> None:
+        twice = {n for n in names if names.count(n) > 1} - self.shared
+        if twice:
+            self.shared |= twice
+            self._dirty = True
+
+    def take_dirty(self) -> bool:
+        """True once after what the store keeps (sightings, shared names) changed."""
+        dirty, self._dirty = self._dirty, False
+        return dirty
+
+    def prune(self, owners: set[int], now: float, horizon: float) -> None:
+        """Forget sightings of peers that own nothing and were last seen more than `horizon` ago: a vouch that
+        long is as good as "never" for any reclaim, so nothing is lost."""
+        for peer, at in list(self.last_seen.items()):
+            if peer not in owners and peer not in self.reachable and now - at > horizon:
+                del self.last_seen[peer]
 
     # ---- queries ----------------------------------------------------------------------------------------------
 

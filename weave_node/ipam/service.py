@@ -37,7 +37,6 @@ class IpamService:
         self.store = store
         self.clock = clock
         self.channel: GossipChannel | None = None
-        self.nicknames: dict[int, str] = {}
         self.pending = 0  # API requests waiting (weave_ipam_pending_allocates)
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -94,9 +93,11 @@ class IpamService:
             self._after()
             self.rlog.flush()
             if now - marked >= MARK_INTERVAL:
-                self.store.mark_seen(self.alloc)
-                if self.alloc.has_quorum() and not self.alloc.resync:
-                    self.store.mark_quorum(time.time())
+                try:
+                    self.store.mark(self.alloc, quorum=self.alloc.has_quorum() and not self.alloc.resync)
+                except Exception:  # like a failed commit: fail-stop rather than go on with a memory the disk lacks
+                    log.critical("cannot persist IPAM marks to %s: stopping", self.store.path, exc_info=True)
+                    os._exit(70)
                 marked = now
             deadline = self.alloc.next_deadline(now)
             timeout = 1.0 if deadline is None else min(1.0, max(0.005, deadline - self.clock.now()))
@@ -136,7 +137,6 @@ class IpamService:
 
     def set_reachable(self, peers: dict[int, str]) -> None:
         """The topology changed: `peers` are the reachable peers (name -> nickname), ourselves included."""
-        self.nicknames.update(peers)
         self.alloc.set_reachable(set(peers), self.clock.now(), peers)
         self._after()
 
@@ -184,7 +184,7 @@ class IpamService:
         until = self.clock.now() + wait
         leaving = self.alloc.leave(self.clock.now(), force=force)
         self._after()
-        if leaving is None:
+        if not leaving.receiver:
             return {"handed_to": None, "addresses": 0, "acknowledged": True}
         while not leaving.acknowledged:
             if not await self._wait_change(until):
@@ -205,8 +205,7 @@ class IpamService:
             return parse_name(text)
         except ConfigError:
             pass
-        nicknames = {**self.alloc.presence.nicknames, **self.nicknames}
-        found = [n for n, nick in nicknames.items() if nick == text]
+        found = [n for n, nick in self.alloc.presence.nicknames.items() if nick == text]
         if len(found) > 1:
             raise BadRequest(f"nickname {text!r} is ambiguous: use the peer name")
         if not found:
@@ -222,13 +221,13 @@ class IpamService:
         for owner in doc["owners"]:
             name = owner["peer"]
             owner["peer"] = format_name(name)
-            owner["nickname"] = self.nicknames.get(name) or owner["nickname"]
             away = owner["unreachable_for"]
             owner["last_seen"] = None if away is None else _iso(wall - away) if away else "now"
         for orphan in doc.get("orphans", []):
             orphan["owner"] = format_name(orphan["owner"])
         if "leaving" in doc:
-            doc["leaving"]["handed_to"] = format_name(doc["leaving"]["handed_to"])
+            to = doc["leaving"]["handed_to"]
+            doc["leaving"]["handed_to"] = format_name(to) if to else None
         return doc
 
     def allocations(self) -> list[dict[str, Any]]:

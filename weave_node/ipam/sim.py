@@ -8,6 +8,7 @@ partition then; a periodic anti-entropy gossip goes to one random reachable peer
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from weave_node.ipam.address import Range, parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import Conflict, Unavailable
-from weave_node.ipam.model import Gossip, Init, Key, Log, Unicast
+from weave_node.ipam.model import Gossip, Init, Key, Leaving, Log, Unicast
 from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 
@@ -29,6 +30,8 @@ class Disk:
     allocations: dict[int, Key] = field(default_factory=dict)
     seen: dict[int, float] | None = None  # peer -> simulated time last seen (the store's sightings)
     orphans: dict[Key, int] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)
+    leaving: Leaving | None = None
 
 
 @dataclass
@@ -49,13 +52,17 @@ class IpamSim:
         gossip_interval: float = 1.0,
         seed: int = 0,
         reclaim_replaced: bool = True,
+        links: Iterable[tuple[int, int]] | None = None,
     ) -> None:
+        """`links`: the mesh's direct connections (default: everyone with everyone). Gossip reaches neighbours
+        only, as in the router; unicasts are routed to any reachable peer."""
         self.names = sorted(names)
         self.range = span or parse_range("10.32.0.0/12")
         default = Init("consensus", peers=len(self.names))
         self.init_for: Callable[[int], Init] = init if callable(init) else (lambda _n: init or default)
         self.reclaim_after = reclaim_after
         self.reclaim_replaced = reclaim_replaced
+        self.links = None if links is None else {frozenset(pair) for pair in links}
         self.gossip_interval = gossip_interval
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -106,6 +113,8 @@ class IpamSim:
             seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - MARK_INTERVAL) for n, at in seen},
             reclaim_replaced=self.reclaim_replaced,
             orphans=dict(disk.orphans),
+            shared_nicknames=set(disk.shared),
+            leaving=copy.deepcopy(disk.leaving),
         )
         self.peers[name] = a
         self.group[name] = group
@@ -128,6 +137,10 @@ class IpamSim:
         for n in self.group:
             self.group[n] = 0
 
+    def neighbours(self, name: int) -> set[int]:
+        near = self.reachable(name) - {name}
+        return near if self.links is None else {n for n in near if frozenset((name, n)) in self.links}
+
     def reachable(self, name: int) -> set[int]:
         g = self.group.get(name)
         return {n for n, gn in self.group.items() if gn == g} if g is not None else set()
@@ -146,6 +159,8 @@ class IpamSim:
             self._mark_seen(name)
         if changes.orphans:
             disk.orphans = dict(a.orphans)
+        if changes.leaving:
+            disk.leaving = copy.deepcopy(a.leaving)
         for ip in changes.delete:
             disk.allocations.pop(ip, None)
         disk.allocations.update(changes.put)
@@ -160,12 +175,13 @@ class IpamSim:
     def _mark_seen(self, name: int) -> None:
         a = self.peers[name]
         self.disks[name].seen = {n: self.now - ago for n, ago in a.presence.seen_ago(self.now).items() if n != name}
+        self.disks[name].shared = set(a.presence.shared)
 
     def step(self, dt: float = 0.1) -> None:
         self.now += dt
         queue, self.queue = self.queue, []
         for m in queue:
-            targets = self.reachable(m.src) - {m.src} if m.dst == 0 else {m.dst} & self.reachable(m.src)
+            targets = self.neighbours(m.src) if m.dst == 0 else {m.dst} & self.reachable(m.src)
             for dst in sorted(targets):
                 if dst in self.peers:
                     self.messages += 1
@@ -187,7 +203,7 @@ class IpamSim:
                 self.quorum_at[name] = self.now
             if mark:
                 self._mark_seen(name)
-            others = sorted(self.reachable(name) - {name})
+            others = sorted(self.neighbours(name))
             if periodic and others:
                 data = a.state_message()
                 if data:
@@ -248,11 +264,10 @@ class IpamSim:
             return False
         finally:
             self._flush(name)
-        if leaving is not None:
-            try:
-                self.run_until(lambda: leaving.acknowledged, timeout)
-            except AssertionError:
-                return False
+        try:
+            self.run_until(lambda: leaving.acknowledged, timeout)
+        except AssertionError:
+            return False
         self.remove(name)
         return True
 

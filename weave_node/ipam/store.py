@@ -9,8 +9,8 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weave_node.core.errors import ConfigError
@@ -19,7 +19,7 @@ from weave_node.ipam.address import Range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import DecodeError
-from weave_node.ipam.model import Changes, Key
+from weave_node.ipam.model import Changes, Key, Leaving
 from weave_node.ipam.presence import MARK_INTERVAL
 from weave_node.ipam.ring import Ring
 
@@ -44,11 +44,53 @@ class Loaded:
     allocations: dict[Key, int]
     seen_ago: dict[int, float] | None  # seconds since we last saw each peer; None: an old store without it
     orphans: dict[Key, int]  # pods' addresses in space reclaimed while we were cut off (Allocator.orphans)
+    shared: set[str] = field(default_factory=set)  # host names two peers had at once (Presence.shared)
+    leaving: Leaving | None = None  # we left the ring (Allocator.leaving)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A moment as the store keeps it: which boot, the boot clock (CLOCK_BOOTTIME: it counts suspend, and NTP
+    never steps it) and the wall clock (only to bound the time between two boots)."""
+
+    boot: str
+    up: float
+    wall: float
+
+    @classmethod
+    def now(cls) -> Mark:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot = ""
+        return cls(boot, time.clock_gettime(time.CLOCK_BOOTTIME), time.time())
+
+    def surely_since(self, earlier: Mark) -> float:
+        """Seconds from `earlier` to now, never more than certain (for vouches): on the same boot the boot clock
+        tells; across a reboot, at most our uptime (a wall clock stepped forward must not stretch a vouch)."""
+        if earlier.boot and earlier.boot == self.boot:
+            return max(0.0, self.up - earlier.up)
+        return max(0.0, min(self.wall - earlier.wall, self.up))
+
+    def maybe_since(self, earlier: Mark) -> float:
+        """Seconds from `earlier` to now, at least what the clocks say (for "how long were we away"): on the same
+        boot the boot clock; across a reboot, the wall clock or our uptime, whichever is longer."""
+        if earlier.boot and earlier.boot == self.boot:
+            return max(0.0, self.up - earlier.up)
+        return max(0.0, self.wall - earlier.wall, self.up)
+
+    def encode(self) -> dict[str, object]:
+        return {"boot": self.boot, "up": round(self.up, 3), "wall": round(self.wall, 3)}
+
+    @classmethod
+    def decode(cls, doc: dict[str, object]) -> Mark:
+        return cls(str(doc["boot"]), float(str(doc["up"])), float(str(doc["wall"])))
 
 
 class Store:
-    def __init__(self, path: Path, *, me: int, span: Range) -> None:
+    def __init__(self, path: Path, *, me: int, span: Range, clock: Callable[[], Mark] = Mark.now) -> None:
         self.path = path
+        self.clock = clock
         self.span = span
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = self._open()
@@ -106,23 +148,49 @@ class Store:
             orphans = {Key(cid, ifname): int(ip) for cid, ifname, ip in json.loads(meta.get("orphans") or b"[]")}
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: orphans: {exc}") from None
-        return Loaded(ring, claims, allocations, self._seen_ago(meta.get("seen"), time.time()), orphans)
+        seen_ago, shared = self._sightings(meta.get("seen"))
+        return Loaded(ring, claims, allocations, seen_ago, orphans, shared, self._leaving(meta.get("leaving")))
 
-    def _seen_ago(self, raw: bytes | None, wall: float) -> dict[int, float] | None:
-        """The last sightings, as seconds ago. A mark is up to MARK_INTERVAL old when we stop: counted as fresh."""
+    def _leaving(self, raw: bytes | None) -> Leaving | None:
         if raw is None:
             return None
         try:
             doc = json.loads(raw)
-            return {int(name, 16): max(0.0, wall - float(at) - MARK_INTERVAL) for name, at in doc.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
+            entries = {int(t): (int(r[0]), int(r[1]), int(r[2]), int(r[3])) for t, r in doc["entries"].items()}
+            return Leaving(int(doc["receiver"]), int(doc["addresses"]), entries, bool(doc["acknowledged"]))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise ConfigError(f"the IPAM state in {self.path} is damaged: leaving: {exc}") from None
+
+    def _sightings(self, raw: bytes | None) -> tuple[dict[int, float] | None, set[str]]:
+        """The last sightings, as seconds ago now. Peers seen at the last mark may have stayed in sight until we
+        stopped, up to two mark intervals later: every sighting counts as that much fresher (the safe error)."""
+        if raw is None:
+            return None, set()
+        try:
+            doc = json.loads(raw)
+            if "ago" not in doc:
+                return None, set()  # written before sightings had a boot clock: as if never kept
+            elapsed = self.clock().surely_since(Mark.decode(doc["mark"]))
+            margin = 2 * MARK_INTERVAL
+            seen = {int(name, 16): max(0.0, float(ago) + elapsed - margin) for name, ago in doc["ago"].items()}
+            return seen, {str(n) for n in doc.get("shared", [])}
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: sightings: {exc}") from None
 
     def commit(self, alloc: Allocator, changes: Changes) -> None:
         now = time.time()
         with self._tx():  # one transaction: COMMIT (fsync of the WAL) or ROLLBACK
             if changes.seen:
-                self._put_seen(alloc, now)
+                self._put_seen(alloc)
+            if changes.leaving and alloc.leaving is not None:
+                lv = alloc.leaving
+                doc = {
+                    "receiver": lv.receiver,
+                    "addresses": lv.addresses,
+                    "entries": {str(t): list(r) for t, r in lv.entries.items()},
+                    "acknowledged": lv.acknowledged,
+                }
+                self._put_meta("leaving", json.dumps(doc).encode())
             if changes.orphans:
                 rows = [[k.container_id, k.ifname, ip] for k, ip in sorted(alloc.orphans.items())]
                 self._put_meta("orphans", json.dumps(rows).encode())
@@ -142,26 +210,29 @@ class Store:
                     [(ip, k.container_id, k.ifname, now) for ip, k in changes.put.items()],
                 )
 
-    def mark_quorum(self, wall: float) -> None:
-        """We see a quorum of the space's owners at wall-clock time `wall` (read back as `away` on restart)."""
+    def mark(self, alloc: Allocator, *, quorum: bool) -> None:
+        """Every MARK_INTERVAL, in one transaction: whom we see now (read back as `seen_ago`) and, with `quorum`,
+        that we see a quorum of the owners now (read back as `away`)."""
         with self._tx():
-            self._put_meta("quorum_at", repr(wall).encode())
+            self._put_seen(alloc)
+            if quorum:
+                self._put_meta("quorum_mark", json.dumps(self.clock().encode()).encode())
 
-    def mark_seen(self, alloc: Allocator) -> None:
-        """Every MARK_INTERVAL: the peers we see now were seen now (read back as `seen_ago` on restart)."""
-        with self._tx():
-            self._put_seen(alloc, time.time())
-
-    def _put_seen(self, alloc: Allocator, wall: float) -> None:
+    def _put_seen(self, alloc: Allocator) -> None:
         ago = alloc.presence.seen_ago(alloc.last_now)
-        doc = {f"{name:x}": round(wall - seconds, 1) for name, seconds in sorted(ago.items()) if name != alloc.me}
+        doc = {
+            "mark": self.clock().encode(),
+            "ago": {f"{name:x}": round(seconds, 1) for name, seconds in sorted(ago.items()) if name != alloc.me},
+            "shared": sorted(alloc.presence.shared),
+        }
         self._put_meta("seen", json.dumps(doc).encode())
 
-    def away(self, wall: float) -> float | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'quorum_at'").fetchone()
+    def away(self) -> float | None:
+        """Seconds since we last saw a quorum of the owners (None: never, or not known)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'quorum_mark'").fetchone()
         try:
-            return max(0.0, wall - float(row[0])) if row else None
-        except ValueError:
+            return self.clock().maybe_since(Mark.decode(json.loads(row[0]))) if row else None
+        except (ValueError, TypeError, KeyError):
             return None
 
     def _put_meta(self, key: str, value: bytes) -> None:
