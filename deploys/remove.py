@@ -3,8 +3,6 @@
 pyinfra -y inventory/lab.py deploys/remove.py [--data weave_remove_state=true]
 """
 
-from pyinfra import host
+from deploys.tasks.weave_node import removal_settings, remove
 
-from deploys.tasks.weave_node import remove
-
-remove(remove_state=str(host.data.get("weave_remove_state", "")).lower() in ("1", "true", "yes"))
+remove(remove_state=removal_settings()["weave_remove_state"])

@@ -72,6 +72,7 @@ class Progress:
 
     out: Callable[[str], None] = print
     failures: list[tuple[str, str, str | None]] = field(default_factory=list)  # host, task, reason (None: hidden)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # host, warning (repeated after the recap)
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __call__(self, event: dict[str, Any]) -> bool:
@@ -81,11 +82,19 @@ class Progress:
         res = data.get("res", {}) or {}
         hidden = "censored" in res  # no_log: ansible-runner keeps nothing of the result, not even `changed`
         item = f" ({_item(res)})" if "item" in res else ""
+        # Our own actions' messages are written for the operator (the IPAM hand-over says what it handed to whom).
+        ours = str(data.get("task_action", "")).startswith("weave_node_")
+        note = f": {res['msg']}" if ours and res.get("msg") else ""
+        if kind.startswith("runner_"):
+            for warning in res.get("warnings") or []:
+                text = str(warning).removeprefix(f"{host}: ")
+                self.warnings.append((host, text))
+                self.out(f"  {host}: WARNING  {text}")
         if kind == "playbook_on_play_start":
             self.out(f"play: {data.get('play', '')}")
         elif kind in ("runner_on_ok", "runner_item_on_ok") and _changed(event, res):
             if kind == "runner_item_on_ok" or "results" not in res:
-                self.out(f"  {host}: changed{f' {HIDDEN}' if hidden else ''}  {task}{item}")
+                self.out(f"  {host}: changed{f' {HIDDEN}' if hidden else ''}  {task}{item}{note}")
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             reason = None if hidden else _reason(res)
             what = "UNREACHABLE" if kind == "runner_on_unreachable" else "FAILED"
@@ -185,6 +194,8 @@ def _ansible(args: argparse.Namespace, data: dict[str, str]) -> int:
             f"{host}: ok={counts.get('ok', 0)} changed={counts.get('changed', 0)} "
             f"failed={counts.get('failures', 0)} unreachable={counts.get('dark', 0)}"
         )
+    for host, text in progress.warnings:
+        print(f"weave-node rollout: {host}: WARNING: {text}", file=sys.stderr)
     if result.rc != 0 or progress.failures:
         for host, task, reason in progress.failures:
             why = f"failed {HIDDEN}" if reason is None else f"failed: {reason}"

@@ -53,6 +53,16 @@ class InvalidData(ValueError):
     """A message that names the host and the setting."""
 
 
+def check_removal(host: str, data: Mapping[str, Any]) -> None:
+    """The settings the removal uses (deploys/remove.py, remove.yml), after settings.typed()."""
+
+    def fail(msg: str) -> None:
+        raise InvalidData(f"{host}: {msg}")
+
+    check_booleans(host, {"weave_remove_state": data.get("weave_remove_state", False)})
+    _check_seconds(data, fail)
+
+
 def _check_seconds(data: Mapping[str, Any], fail: Any) -> None:
     timeout = data.get("weave_health_timeout", 90)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:

@@ -19,12 +19,12 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import Directory, File, Link, Sha1File
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, pip, server, systemd
+from pyinfra.operations import apt, files, pip, python, server, systemd
 from pyinfra.operations.util import any_changed
 
-from deploys import manifest, validate, wheelhouse
+from deploys import handover, manifest, validate, wheelhouse
 from deploys.paths import TEMPLATES
-from deploys.settings import DEFAULTS, MODULES, PACKAGES, PLUGIN_SHEBANG, effective
+from deploys.settings import DEFAULTS, MODULES, PACKAGES, PLUGIN_SHEBANG, effective, ours, typed
 
 REPO = Path(__file__).resolve().parent.parent.parent
 _built: dict[str, Path] = {}
@@ -236,23 +236,56 @@ def rollout() -> None:
     kubernetes(data)
 
 
+def removal_settings() -> dict[str, Any]:
+    """This host's data for the removal, with defaults and types; what the removal uses is checked (a bad value
+    stops the run before any host is touched), the rest is not: a host must stay removable."""
+    data = typed({**DEFAULTS, "weave_remove_state": False, **ours(host.data.dict())})
+    try:
+        validate.check_removal(host.name, data)
+    except validate.InvalidData as exc:
+        raise DeployError(f"invalid weave-node settings: {exc}") from None
+    return data
+
+
+def _report_handover(op: Any, reclaim_after: float) -> None:
+    """python.call, after the hand-over's shell step: say what it did, or warn with what to do (never fails)."""
+    result = handover.outcome(op.stdout if op.is_complete() else "", reclaim_after)
+    if result.ok:
+        host.log_styled(f"IPAM hand-over: {result.message}", log_func=logger.info)
+    else:
+        host.log_styled(f"WARNING: {result.message}", fg="yellow", log_func=logger.warning)
+
+
 @deploy("weave-node: removal")
 def remove(remove_state: bool = False) -> None:
     """Everything the rollout installed goes: the service, its files, the CNI plugin and conflist, the bridge,
-    the VXLAN device and our iptables chains. The IPAM state (<state dir>) only with remove_state=True.
+    the VXLAN device and our iptables chains. The IPAM state (<state dir>) only with remove_state=True, and then
+    the router first hands its address space to a peer (deploys/handover.py; a failure warns, the removal goes on).
     Idempotent: a second run changes nothing."""
-    prefix = host.data.get("weave_prefix", DEFAULTS["weave_prefix"])
-    state_dir = host.data.get("weave_state_dir", DEFAULTS["weave_state_dir"])
-    bin_dir = host.data.get("weave_cni_bin_dir", DEFAULTS["weave_cni_bin_dir"])
-    conf_dir = host.data.get("weave_cni_conf_dir", DEFAULTS["weave_cni_conf_dir"])
+    data = removal_settings()
+    prefix, state_dir = data["weave_prefix"], data["weave_state_dir"]
+    bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
     unit_path = "/etc/systemd/system/weave-node.service"
     if host.get_fact(File, path=unit_path):
+        if remove_state:
+            # The identity goes with the state: its space goes to a peer first (a stopped router is started).
+            step = server.shell(
+                name="IPAM: hand this host's address space to a peer (the state goes)",
+                commands=[handover.script(prefix, state_dir, data["weave_health_timeout"])],
+            )
+            python.call(
+                name="IPAM: what the hand-over did",
+                function=_report_handover,
+                op=step,
+                reclaim_after=data["weave_ipam_reclaim_after"],
+            )
+        # Planned now but decided when it runs: the router the hand-over started is stopped too.
         systemd.service(name="Stop and disable the router", service="weave-node.service", running=False, enabled=False)
-    ours = host.get_fact(
+    kernel_state = host.get_fact(
         Command,
         command="{ ip -o link show weave; iptables-save 2>/dev/null | grep -m1 WEAVE-NODE; } 2>/dev/null || true",
     )
-    if (ours or "").strip() and host.get_fact(File, path=f"{prefix}/venv/bin/weave-node"):
+    if (kernel_state or "").strip() and host.get_fact(File, path=f"{prefix}/venv/bin/weave-node"):
         server.shell(
             name="Remove the bridge, the VXLAN device and our iptables chains",
             commands=[f"{prefix}/venv/bin/weave-node reset --force"],

@@ -5,6 +5,8 @@ results come back as one dict per task (or loop item)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from deploys import handover
 from tests.helpers import BIN, REPO
 
 ROLE = REPO / "deploys/ansible/roles/weave_node"
@@ -112,19 +115,28 @@ PlanDeploy = Callable[..., Plan]
 
 @pytest.fixture
 def pyinfra_plan(monkeypatch: pytest.MonkeyPatch) -> PlanDeploy:
-    """pyinfra_plan(deploy, facts, data, *args) -> [(operation name, [commands])], in order: a @deploy planned for
-    one host whose facts are given (facts[(FactClass name, path)] or facts[FactClass name], default None); no
-    connection, nothing runs. Uploads show as `upload <dest>`."""
+    """pyinfra_plan(deploy, facts, data, *args, later=None) -> [(operation name, [commands])], in order: a @deploy
+    planned for one host whose facts are given (facts[(FactClass name, path)] or facts[FactClass name], default
+    None); no connection, nothing runs. Uploads show as `upload <dest>`, Python callbacks as `call <function>`.
+    `later`: facts changed by the time the operations run (pyinfra generates an operation's commands then, from
+    the facts of that moment; the deploy's own code ran with `facts`)."""
     from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.command import FileUploadCommand
     from pyinfra.api.deploy import add_deploy
     from pyinfra.api.host import Host
     from pyinfra.context import ctx_host, ctx_state
 
-    def plan(deploy: Callable[..., Any], facts: Facts, data: dict[str, Any] | None = None, *args: Any) -> Plan:
+    def plan(
+        deploy: Callable[..., Any],
+        facts: Facts,
+        data: dict[str, Any] | None = None,
+        *args: Any,
+        later: Facts | None = None,
+    ) -> Plan:
+        current = dict(facts)
+
         def get_fact(self: Host, cls: type, *_: Any, **kwargs: Any) -> Any:
             key = (cls.__name__, kwargs.get("path"))
-            return facts[key] if key in facts else facts.get(cls.__name__)
+            return current[key] if key in current else current.get(cls.__name__)
 
         monkeypatch.setattr(Host, "get_fact", get_fact)
         inventory = Inventory((["node1"], data or {}))
@@ -134,16 +146,87 @@ def pyinfra_plan(monkeypatch: pytest.MonkeyPatch) -> PlanDeploy:
         state.active_hosts.add(host)
         state.activated_hosts.add(host)
         add_deploy(state, deploy, *args, host=host)
+        current.update(later or {})
         out: Plan = []
         with ctx_state.use(state), ctx_host.use(host):
             for op_hash in state.get_op_order():
                 op = state.get_op_data_for_host(host, op_hash)
-                commands = [
-                    f"upload {c.dest}" if isinstance(c, FileUploadCommand) else c.get_raw_value()
-                    for c in op.command_generator()
-                ]
+                commands = [_shown(c) for c in op.command_generator()]
                 (name,) = state.get_op_meta(op_hash).names
                 out.append((name.split(" | ", 1)[-1], commands))
         return out
 
     return plan
+
+
+def _shown(command: Any) -> str:
+    from pyinfra.api.command import FileUploadCommand, FunctionCommand
+
+    if isinstance(command, FileUploadCommand):
+        return f"upload {command.dest}"
+    if isinstance(command, FunctionCommand):
+        return f"call {command.function.__name__}"
+    return str(command.get_raw_value())
+
+
+FAKE_WEAVE_NODE = """\
+echo "$*" >> "$CALLS"
+case "$1 $2" in
+  "status --wait")
+    if [ -n "${NOT_READY:-}" ]; then echo "weave-node: error: $NOT_READY" >&2; exit 1; fi
+    echo '{"ok": true}';;
+  "status --json")
+    if [ -z "${STATUS_JSON:-}" ]; then echo "weave-node: error: cannot reach the router's API" >&2; exit 1; fi
+    echo "$STATUS_JSON";;
+  "ipam leave")
+    if [ -n "${LEAVE_ERROR:-}" ]; then echo "weave-node: error: $LEAVE_ERROR" >&2; exit 1; fi
+    echo "$LEAVE_OUT";;
+  *) echo "unexpected: $*" >&2; exit 2;;
+esac
+"""
+FAKE_SYSTEMCTL = """\
+echo "systemctl $*" >> "$CALLS"
+case "$1" in
+  is-active) [ "${ACTIVE:-yes}" = yes ];;
+  start) if [ -n "${START_ERROR:-}" ]; then echo "$START_ERROR" >&2; exit 1; fi;;
+  *) exit 2;;
+esac
+"""
+HANDED = "handed 1024 addresses to peer 0a:00:00:00:00:01 (node1)"
+STATUS = '{"router": {"name": "0a:00:00:00:00:03", "nickname": "node3"}}'
+
+
+def _script(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+class HandoverHost:
+    """A host for deploys/handover.py's script: a prefix, a state directory and an env file under tmp_path, a fake
+    systemctl and a fake weave-node (what they do: environment variables, see FAKE_*; every call is recorded in
+    `calls`); the venv's python3 is this interpreter (weave_node importable, as in the installed venv)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.prefix, self.state = tmp_path / "opt", tmp_path / "state"
+        self.env_file = tmp_path / "weave-node.env"
+        self.calls = tmp_path / "calls"
+        _script(self.prefix / "venv/bin/weave-node", FAKE_WEAVE_NODE)
+        (self.prefix / "venv/bin/python3").symlink_to(sys.executable)
+        _script(tmp_path / "bin/systemctl", FAKE_SYSTEMCTL)
+        self.state.mkdir()
+
+    def run(self, health_timeout: int = 7, **env: str) -> tuple[str, list[str]]:
+        script = handover.script(str(self.prefix), str(self.state), health_timeout, str(self.env_file))
+        done = subprocess.run(
+            ["/bin/sh", "-c", script],
+            env={"PATH": f"{self.tmp / 'bin'}:/usr/bin:/bin", "CALLS": str(self.calls), **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done  # never fails: the removal goes on
+        calls = self.calls.read_text().splitlines() if self.calls.exists() else []
+        return done.stdout, calls

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import ROLE, RunTasks, role_tasks
+from deploys import handover
+from tests.deploy.conftest import HANDED, ROLE, STATUS, HandoverHost, RunTasks, role_tasks
 from tests.helpers import REPO
 
 ROLE_TASKS = ROLE / "tasks"
@@ -348,3 +349,99 @@ def test_the_password_is_never_in_a_file_others_can_read(run_tasks: RunTasks, tm
     assert log, "the audit hook saw nothing: the test does not test anything"
     exposed = [e for e in log if e[2] > 0 and int(e[1], 8) & 0o077]
     assert not exposed, log
+
+
+HANDOVER_TASKS = ("Is the unit installed?", "IPAM hand-over to a peer (the state goes)", "IPAM hand-over, what it did")
+
+
+def _handover_tasks(tmp_path: Path, node: HandoverHost, unit: bool, **env: str) -> list[dict[str, Any]]:
+    """remove.yml's hand-over tasks, the unit's path under tmp_path, the shell step against deploys/handover.py's
+    fakes (tests/deploy/conftest.py: HandoverHost)."""
+    unit_path = tmp_path / "weave-node.service"
+    if unit:
+        unit_path.write_text("[Unit]\n")
+    stat_task, shell_task, report_task = role_tasks("remove.yml", *HANDOVER_TASKS)
+    stat_task["ansible.builtin.stat"]["path"] = str(unit_path)
+    shell_task["environment"] = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CALLS": str(node.calls), **env}
+    return [stat_task, shell_task, report_task]
+
+
+def _handover_weave(tmp_path: Path, node: HandoverHost, remove_state: Any) -> dict[str, Any]:
+    script = handover.script(str(node.prefix), str(node.state), 7, str(node.env_file))
+    return _weave(
+        tmp_path,
+        weave_remove_state=remove_state,
+        weave_ipam_reclaim_after=300,
+        weave_prefix=str(node.prefix),
+        handover_script=script,
+    )
+
+
+@pytest.mark.parametrize(
+    ("remove_state", "unit", "runs"),
+    [(True, True, True), ("true", True, True), (False, True, False), ("false", True, False), (True, False, False)],
+    ids=["state-unit", "state-unit-string", "no-state", "no-state-string", "state-no-unit"],
+)
+def test_removal_hands_the_space_over_only_with_the_state_and_the_unit(
+    run_tasks: RunTasks, tmp_path: Path, remove_state: Any, unit: bool, runs: bool
+) -> None:
+    node = HandoverHost(tmp_path)
+    tasks = _handover_tasks(tmp_path, node, unit, LEAVE_OUT=HANDED)
+    _, shell, report = run_tasks(tasks, play_vars={"weave": _handover_weave(tmp_path, node, remove_state)})
+    if not runs:
+        assert shell["event"] == report["event"] == "runner_on_skipped", (shell, report)
+        assert not node.calls.exists()
+        return
+    assert shell["event"] == "runner_on_ok" and shell["res"]["changed"] is False, shell
+    assert f"ipam leave --force --wait {handover.LEAVE_WAIT}" in node.calls.read_text()
+    assert report["event"] == "runner_on_ok", report
+    assert (report["res"]["changed"], report["res"]["msg"]) == (True, HANDED)
+    assert not report["res"].get("warnings"), report
+
+
+def test_a_hand_over_that_fails_is_a_warning_and_the_removal_goes_on(run_tasks: RunTasks, tmp_path: Path) -> None:
+    node = HandoverHost(tmp_path)
+    tasks = _handover_tasks(
+        tmp_path,
+        node,
+        True,
+        NOT_READY="the router is not ready after 7 s: 0 of 1 expected peer(s) reachable",
+        LEAVE_ERROR="no reachable peer to hand our 1024 addresses to",
+        STATUS_JSON=STATUS,
+    )
+    _, shell, report = run_tasks(tasks, play_vars={"weave": _handover_weave(tmp_path, node, True)})
+    assert shell["event"] == "runner_on_ok", shell  # failed_when: false
+    assert report["event"] == "runner_on_ok" and report["res"]["changed"] is False, report
+    (warning,) = report["res"]["warnings"]
+    assert warning.startswith("localhost: the IPAM address space was not handed over to a peer: no reachable peer")
+    assert "run `weave-node ipam rmpeer 0a:00:00:00:00:03` on a live host" in warning
+    assert "300 s after this host is gone" in warning  # weave_ipam_reclaim_after
+
+
+@pytest.mark.parametrize(
+    ("extravars", "message"),
+    [
+        ({"weave_remove_state": "maybe"}, "node1: weave_remove_state must be true or false"),
+        ({"weave_remove_state": "true", "weave_ipam_reclaim_after": "soon"}, "node1: weave_ipam_reclaim_after must"),
+    ],
+)
+def test_removal_settings_refuse_what_the_removal_cannot_use(
+    run_tasks: RunTasks, extravars: dict[str, str], message: str
+) -> None:
+    (result,) = run_tasks(
+        [{"name": "Settings", "weave_node_settings": {"validate": False}}],
+        host_vars={"node1": {}},
+        extravars=extravars,
+    )
+    assert result["event"] == "runner_on_failed", result
+    assert f"invalid weave-node settings: {message}" in result["res"]["msg"]
+
+
+def test_removal_settings_carry_the_hand_over_script(run_tasks: RunTasks) -> None:
+    (result,) = run_tasks(
+        [{"name": "Settings", "weave_node_settings": {"validate": False}}],
+        host_vars={"node1": {"weave_prefix": "/srv/wn", "weave_health_timeout": 30}},
+        extravars={"weave_remove_state": "true"},
+    )
+    weave = result["res"]["ansible_facts"]["weave"]
+    assert weave["handover_script"] == handover.script("/srv/wn", "/var/lib/weave-node", 30)

@@ -141,6 +141,52 @@ def test_progress_names_the_failed_host_task_and_reason() -> None:
     assert progress.stats == {"n1": {"ok": 3, "changed": 1}, "n2": {"failures": 1}}
 
 
+def test_progress_shows_warnings_and_what_our_own_actions_say() -> None:
+    """The IPAM hand-over of a removal: what it handed to whom (the action's msg), or a warning with what to do
+    (kept, to be repeated after the recap). Other modules' messages stay out."""
+    lines: list[str] = []
+    progress = Progress(out=lines.append)
+    said = "handed 1024 addresses to peer 0a:00:00:00:00:01 (node1)"
+    warning = "the IPAM address space was not handed over to a peer: no reachable peer"
+    events = [
+        {
+            "event": "runner_on_ok",
+            "event_data": {
+                "host": "n2",
+                "task": "IPAM hand-over, what it did",
+                "task_action": "weave_node_handover",
+                "res": {"changed": True, "msg": said},
+            },
+        },
+        {
+            "event": "runner_on_ok",
+            "event_data": {
+                "host": "n3",
+                "task": "IPAM hand-over, what it did",
+                "task_action": "weave_node_handover",
+                "res": {"changed": False, "msg": warning, "warnings": [f"n3: {warning}"]},
+            },
+        },
+        {
+            "event": "runner_on_ok",
+            "event_data": {
+                "host": "n3",
+                "task": "Unit file",
+                "task_action": "ansible.builtin.file",
+                "res": {"changed": True, "msg": "file removed"},
+            },
+        },
+    ]
+    for event in events:
+        assert progress(event) is True
+    assert lines == [
+        f"  n2: changed  IPAM hand-over, what it did: {said}",
+        f"  n3: WARNING  {warning}",
+        "  n3: changed  Unit file",
+    ]
+    assert progress.warnings == [("n3", warning)]
+
+
 @pytest.mark.parametrize(
     ("res", "reason"),
     [

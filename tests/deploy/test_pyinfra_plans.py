@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deploys import settings
 from deploys.tasks import weave_node
 from tests.deploy.conftest import PlanDeploy
@@ -49,3 +51,104 @@ def test_an_existing_private_password_file_is_left_as_it_is(pyinfra_plan: PlanDe
     facts = {("File", PASSWORD): {"mode": 600, "user": "root", "group": "root", "size": 11}}
     plan = dict(pyinfra_plan(weave_node.config, facts, None, _config(tmp_path)))
     assert plan["Password file (empty, mode 0600, root, before the password goes in)"] == []
+
+
+UNIT = "/etc/systemd/system/weave-node.service"
+HANDOVER = "IPAM: hand this host's address space to a peer (the state goes)"
+REPORT = "IPAM: what the hand-over did"
+
+
+def _installed(running: bool) -> dict[Any, Any]:
+    return {
+        ("File", UNIT): {"mode": 644, "user": "root", "group": "root", "size": 900},
+        "SystemdStatus": {"weave-node.service": running},
+        "SystemdEnabled": {"weave-node.service": True},
+    }
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+def test_removing_the_state_hands_the_space_over_before_the_router_stops(
+    pyinfra_plan: PlanDeploy, running: bool
+) -> None:
+    plan = pyinfra_plan(weave_node.remove, _installed(running), {"weave_prefix": "/srv/wn"}, True)
+    names = [name for name, _ in plan]
+    assert names.index(HANDOVER) < names.index(REPORT) < names.index("Stop and disable the router")
+    assert names.index("Stop and disable the router") < names.index("Remove the IPAM state")
+    (script,) = dict(plan)[HANDOVER]
+    assert "/srv/wn/venv/bin/weave-node ipam leave --force --wait 25" in script
+    assert "systemctl start weave-node.service" in script  # a stopped router is started from its state
+    assert "status --wait 90 " in script  # weave_health_timeout
+    assert dict(plan)[REPORT] == ["call _report_handover"]
+
+
+def test_a_router_the_hand_over_started_is_stopped_too(pyinfra_plan: PlanDeploy) -> None:
+    """Planned while the router was stopped (nothing to stop then), the stop is decided when it runs: after the
+    hand-over started the router."""
+    later = {"SystemdStatus": {"weave-node.service": True}}
+    plan = dict(pyinfra_plan(weave_node.remove, _installed(False), None, True, later=later))
+    assert "systemctl stop weave-node.service" in plan["Stop and disable the router"]
+
+
+def test_without_removing_the_state_nothing_is_handed_over(pyinfra_plan: PlanDeploy) -> None:
+    """The identity stays with the state: the host may come back as itself, with its space."""
+    names = [name for name, _ in pyinfra_plan(weave_node.remove, _installed(True), None, False)]
+    assert "Stop and disable the router" in names
+    assert HANDOVER not in names and REPORT not in names and "Remove the IPAM state" not in names
+
+
+def test_the_hand_over_is_skipped_when_the_unit_is_gone(pyinfra_plan: PlanDeploy) -> None:
+    """A second removal run: the unit went in the first, so there is no router to hand anything over."""
+    names = [name for name, _ in pyinfra_plan(weave_node.remove, {}, None, True)]
+    assert HANDOVER not in names and REPORT not in names and "Stop and disable the router" not in names
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"weave_remove_state": "maybe"}, "node1: weave_remove_state must be true or false"),
+        ({"weave_remove_state": "true", "weave_health_timeout": "soon"}, "node1: weave_health_timeout must be"),
+        ({"weave_remove_state": "yes", "weave_ipam_reclaim_after": "-5"}, "node1: weave_ipam_reclaim_after must be"),
+    ],
+)
+def test_a_bad_removal_setting_stops_the_run_before_any_host_is_touched(
+    pyinfra_plan: PlanDeploy, data: dict[str, Any], message: str
+) -> None:
+    from pyinfra.api.exceptions import DeployError
+
+    with pytest.raises(DeployError, match=f"invalid weave-node settings: {message}"):
+        pyinfra_plan(weave_node.remove, _installed(True), data, True)
+
+
+class _Host:
+    name = "node3"
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, str]] = []
+
+    def log_styled(self, message: str, log_func: Any = None, **_: Any) -> None:
+        self.logged.append((getattr(log_func, "__name__", ""), message))
+
+
+class _Op:
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+
+    def is_complete(self) -> bool:
+        return True
+
+
+def test_the_report_warns_with_what_to_do_and_never_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Host()
+    monkeypatch.setattr(weave_node, "host", fake)
+    failed = (
+        "weave-node-handover: failed no reachable peer to hand our 1024 addresses to.\n"
+        "weave-node-handover: name 0a:00:00:00:00:03 node3\n"
+    )
+    weave_node._report_handover(_Op(failed), 600)
+    ((level, text),) = fake.logged
+    assert level == "warning" and text.startswith("WARNING: the IPAM address space was not handed over"), text
+    assert "no reachable peer to hand our 1024 addresses to" in text
+    assert "run `weave-node ipam rmpeer 0a:00:00:00:00:03` on a live host" in text and "600 s" in text
+    fake.logged.clear()
+    weave_node._report_handover(_Op("weave-node-handover: ok handed 1024 addresses to peer 0a:00:00:00:00:01\n"), 600)
+    assert fake.logged == [("info", "IPAM hand-over: handed 1024 addresses to peer 0a:00:00:00:00:01")]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[5]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deploys import settings, validate, wheelhouse  # noqa: E402 - after the path is known
+from deploys import handover, settings, validate, wheelhouse  # noqa: E402 - after the path is known
 
 # ansible-core 2.19's templating keeps a single expression's type ("{{ weave.weave_mtu }}" stays None, a number
 # stays a number), which the role's template vars rely on to render the bytes pyinfra renders; this action uses its
@@ -57,8 +57,16 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         # Template this host's the same way, with every variable the task sees (play and role vars too).
         templar = self._templar.copy_with_new_env(available_variables=task_vars)
         own = {k: templar.template(task_vars[k]) for k in task_vars if k.startswith("weave_")}
-        if not self._task.args.get("validate", True):  # removal: defaults and types only
+        if not self._task.args.get("validate", True):  # removal: defaults, types, and what the removal uses
             data = settings.typed({**settings.DEFAULTS, "weave_remove_state": False, **_plain(own)})
+            try:
+                validate.check_removal(me, data)
+            except validate.InvalidData as exc:
+                return {**result, "failed": True, "msg": f"invalid weave-node settings: {exc}"}
+            # Not a weave_* name (those are settings): the IPAM hand-over's script (remove.yml).
+            data["handover_script"] = handover.script(
+                data["weave_prefix"], data["weave_state_dir"], data["weave_health_timeout"]
+            )
             return {**result, "changed": False, "ansible_facts": {"weave": data}}
         others = []
         for name in task_vars["groups"]["all"]:
