@@ -186,10 +186,12 @@ def cmd_router(args: argparse.Namespace) -> int:
     return daemon.main(config, args.log_level)
 
 
-def _get(args: argparse.Namespace, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
+def _get(
+    args: argparse.Namespace, path: str, method: str = "GET", body: dict[str, Any] | None = None, timeout: float = 30.0
+) -> Any:
     from weave_node.api.client import request
 
-    return request(method, path, addr=args.addr, socket_path=args.socket, body=body, timeout=30.0)
+    return request(method, path, addr=args.addr, socket_path=args.socket, body=body, timeout=timeout)
 
 
 def cmd_ipam(args: argparse.Namespace) -> int:
@@ -215,7 +217,8 @@ def cmd_ipam(args: argparse.Namespace) -> int:
         print(f"took over {doc['addresses']} addresses of peer {doc['peer']}")
         return 0
     if args.ipam_cmd == "leave":
-        doc = _get(args, "/ipam/leave", "POST", {"force": args.force, "wait": args.wait})
+        # The request outlives the router's own wait, so a timeout there is answered with its reason, not ours.
+        doc = _get(args, "/ipam/leave", "POST", {"force": args.force, "wait": args.wait}, timeout=args.wait + 10)
         if doc["handed_to"] is None:
             print("this peer owns no address space: nothing to hand over")
         else:
@@ -354,6 +357,8 @@ def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
     if reachable < peers:
         return f"{reachable} of {peers} expected peer(s) reachable"
     ipam = doc.get("ipam")
+    if ipam is not None and "leaving" in ipam:
+        return ""  # it left the ring (it is being removed): as settled as it will get
     if ipam is not None and not ipam["ready"]:
         return f"IPAM: {ipam['waiting'] or 'not ready'}"
     dp = doc.get("datapath")
