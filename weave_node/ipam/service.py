@@ -86,15 +86,19 @@ class IpamService:
         self._wakeup.set()
 
     async def _timer(self) -> None:
-        marked = 0.0
+        marked, had_quorum = 0.0, False
         while True:
             now = self.clock.now()
             self.alloc.tick(now)
             self._after()
             self.rlog.flush()
-            if now - marked >= MARK_INTERVAL:
+            quorum = self.alloc.has_quorum() and not self.alloc.resync
+            # At once when quorum comes (a router killed right after would otherwise look "away, for how long?"
+            # on restart and wait for a ring sync), then every MARK_INTERVAL.
+            if now - marked >= MARK_INTERVAL or (quorum and not had_quorum):
+                had_quorum = quorum
                 try:
-                    self.store.mark(self.alloc, quorum=self.alloc.has_quorum() and not self.alloc.resync)
+                    self.store.mark(self.alloc, quorum=quorum)
                 except Exception:  # like a failed commit: fail-stop rather than go on with a memory the disk lacks
                     log.critical("cannot persist IPAM marks to %s: stopping", self.store.path, exc_info=True)
                     os._exit(70)
