@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -427,6 +428,15 @@ def fill(sim: IpamSim, peer: int, tag: str, n: int = 40) -> None:
             sim.allocate(peer, Key(f"{tag}-{i}"))
 
 
+def allocate_everywhere(sim: IpamSim, peers: Iterable[int], seconds: float) -> None:
+    """Every simulated second for `seconds`: three allocations on each of `peers`, then the invariant."""
+    for _ in range(int(seconds)):
+        sim.step(1.0)
+        for n in peers:
+            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
+        sim.check(stale_ok=True)
+
+
 def test_reclaim_waits_for_the_vouches_of_peers_that_saw_the_owner_last() -> None:
     """a is cut off for a while; then b and c join a, while d and e (with b and c until now) are cut off. a's own
     clock says d and e have been gone long, but b and c saw them a moment ago and d and e have not fenced yet:
@@ -461,11 +471,7 @@ def test_a_cut_off_minority_growing_would_reclaim_the_majority() -> None:
     sim.partition(five[:3], five[3:])
     for n in newcomers:
         sim.start(n, group=1)
-    for _ in range(int(3 * G)):
-        sim.step(1.0)
-        for n in [*five, *newcomers]:
-            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
-        sim.check(stale_ok=True)
+    allocate_everywhere(sim, [*five, *newcomers], 3 * G)
 
 
 def test_a_peer_that_lost_its_memory_vouches_only_from_when_it_knew() -> None:
@@ -481,11 +487,7 @@ def test_a_peer_that_lost_its_memory_vouches_only_from_when_it_knew() -> None:
     sim.remove(c)
     sim.start(c, group=0)  # a fresh store, the same name
     sim.run_until(lambda: sim.peers[c].ring is not None, timeout=10)
-    for _ in range(int(0.45 * G)):
-        sim.step(1.0)
-        for n in five:
-            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
-        sim.check(stale_ok=True)
+    allocate_everywhere(sim, five, 0.45 * G)
 
 
 def test_handing_over_to_a_non_owner_needs_a_quorum() -> None:
@@ -501,11 +503,7 @@ def test_handing_over_to_a_non_owner_needs_a_quorum() -> None:
     sim.run(1)
     sim.leave(x)  # refused (nobody to take it), so x goes silently
     sim.remove(x)
-    for _ in range(int(2 * G)):
-        sim.step(1.0)
-        for n in (a, y):
-            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
-        sim.check(stale_ok=True)
+    allocate_everywhere(sim, (a, y), 2 * G)
 
 
 # ---- a host back after its space was reclaimed (issue 18 item 3) --------------------------------------------------
@@ -556,11 +554,7 @@ def test_a_seed_whose_state_was_lost_waits_for_the_ring_and_vouches_only_from_th
     sim.remove(c)
     sim.start(c, group=0)  # wiped; joins a and b
     assert sim.allocate(c, Key("at-once")) is None, "nothing from a stale initial split before a sync"
-    for _ in range(int(0.45 * G)):
-        sim.step(1.0)
-        for n in five:
-            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
-        sim.check(stale_ok=True)
+    allocate_everywhere(sim, five, 0.45 * G)
 
 
 def test_two_hosts_with_one_host_name_are_never_each_others_successor() -> None:
@@ -569,11 +563,7 @@ def test_two_hosts_with_one_host_name_are_never_each_others_successor() -> None:
     sim.nickname[five[3]] = sim.nickname[five[4]] = "localhost"  # two hosts from one image, both alive
     sim.run_until(sim.converged, timeout=10)
     sim.partition(five[:4], [five[4]])
-    for _ in range(int(0.45 * G)):
-        sim.step(1.0)
-        for n in five:
-            fill(sim, n, f"{n:x}-{sim.now:.0f}", 3)
-        sim.check(stale_ok=True)
+    allocate_everywhere(sim, five, 0.45 * G)
     assert five[4] in owners(sim, five[0])
     assert "localhost" in sim.peers[five[0]].presence.shared
     sim.crash(five[0])  # remembered across a restart
