@@ -635,3 +635,72 @@ def test_the_timer_never_spins_on_work_it_cannot_do() -> None:
         sim.step(0.1)
         deadline = a.next_deadline(sim.now)
         assert deadline is None or deadline > sim.now
+
+
+# ---- found in the second review (each failed before its fix) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["rmpeer", "reclaim"])
+def test_an_orphan_s_address_back_in_our_space_is_the_pod_s_not_a_new_one_s(how: str) -> None:
+    """a's pod keeps its address while a is cut off and its space reclaimed by b, which then goes before a is back
+    (a cannot ask it). When a takes b's space over (rmpeer, or reclaim as the lowest owner), the pod's address is
+    a's again and must stay the pod's, not go to the next new pod."""
+    five = names(5)
+    a, b, c, d, e = five
+    sim = IpamSim(five, span=parse_range("10.32.0.0/26"), init=Init("consensus", peers=5), reclaim_after=G)
+    sim.run_until(sim.converged, timeout=10)
+    held = sim.allocate(a, Key("pod"))
+    sim.partition({a}, {b, c, d, e})
+    sim.run(2 * G)  # b (the lowest reachable) reclaims a's space
+    sim.crash(b)
+    sim.heal()
+    sim.run_until(lambda: Key("pod") in sim.peers[a].orphans, timeout=10)
+    sim.allocate_wait(a, Key("first-new"), timeout=10)  # a owns space again (a donation): the lowest owner
+    if how == "rmpeer":
+        sim.rmpeer(a, b)
+    else:
+        sim.run_until(lambda: b not in owners(sim, a), timeout=2 * G)
+    for i in range(80):
+        fill(sim, a, f"new-{i}", 1)
+        sim.check(stale_ok=True)
+    assert sim.peers[a].allocations.get(Key("pod")) == held
+
+
+def test_adding_a_pod_whose_address_is_being_asked_back_is_refused_not_doubled() -> None:
+    sim, (p1, _p2, p3) = three()
+    held = sim.allocate(p3, Key("pod"))
+    sim.partition({p1, _p2}, {p3})
+    sim.run(1.5 * G)
+    sim.heal()
+    sim.run_until(lambda: Key("pod") in sim.peers[p3].orphans, timeout=10)
+    with pytest.raises(Unavailable, match="being asked back"):
+        sim.peers[p3].allocate(Key("pod"), sim.now)
+    sim.run_until(lambda: sim.peers[p3].allocations.get(Key("pod")) == held, timeout=10)
+    sim.check()
+
+
+def test_a_peer_that_leaves_while_addresses_are_asked_back_hands_them_on() -> None:
+    sim, (p1, p2, p3) = three()
+    sim.allocate(p3, Key("pod"))
+    sim.partition({p1, p2}, {p3})
+    sim.run(1.5 * G)
+    sim.heal()
+    sim.run_until(lambda: bool(sim.peers[p3].orphans), timeout=10)
+    leaving = sim.peers[p3].leave(sim.now, force=True)  # owns nothing now, but a give-back is on its way
+    assert not leaving.acknowledged, "done only once what was on its way is handed on"
+    sim.run_until(lambda: leaving.acknowledged, timeout=10)
+    sim.remove(p3)
+    sim.run(2)
+    assert p3 not in owners(sim, p1), "the host removed after its leave owns nothing"
+
+
+def test_an_address_listed_twice_is_a_bad_message_and_changes_nothing() -> None:
+    from weave_node.ipam import messages
+
+    sim, (p1, p2, _p3) = three()
+    ip = sim.peers[p1].owned()[0][0] + 5
+    raw = messages.encode_addresses(sim.range, messages.KIND_RECLAIMED, [ip])
+    twice = raw[:-6] + b"\x00\x02" + raw[-4:] * 2
+    before = sim.peers[p1].ring.copy()  # type: ignore[union-attr]
+    sim.peers[p1].receive(p2, twice, sim.now)
+    assert sim.peers[p1].ring == before and sim.peers[p1].counters["bad_messages"] == 1

@@ -10,9 +10,10 @@ half of the ring's owners (exactly half counts when it holds the lowest-named ow
 partition has it. On the quorum side, the lowest-named reachable owner takes over the space of an owner that a
 quorum of owners vouches has been away for `reclaim_after` seconds (presence.py). On the other side a peer stops
 allocating after `reclaim_after/2` ("fenced"), before anyone can have reclaimed its space, and allocates again
-only after it has merged a peer's ring since quorum returned. A peer whose space was reclaimed discards it (and
-the allocations in it) when it learns so, and asks for space anew. Only a peer with quorum gives space to a peer
-that owns none (a new owner): otherwise a cut-off minority could grow itself into a second "majority".
+only after it has merged a peer's ring since quorum returned. A peer whose space was reclaimed learns so, asks
+the new owner for the addresses its pods still use (orphans.py), and asks for space anew. Only a peer with
+quorum gives space to a peer that owns none (a new owner): otherwise a cut-off minority could grow itself into a
+second "majority".
 
 Leaving (`leave`, before a host is removed for good): we hand all our space to a reachable peer, so an identity
 that goes away never counts against the quorum. Owners that die without leaving are what reclaim is for.
@@ -97,6 +98,7 @@ class Allocator:
         # A fresh identity was never with anyone; an old store without sightings vouches only from now on.
         floor = NEVER if ring is None or seen_ago is not None else now
         self.presence = Presence(me, now, floor=floor, seen_ago=seen_ago, shared=shared_nicknames)
+        self.fresh_store = ring is None  # until we first merge a peer's ring
         self.ipam_peers: set[int] = set()  # peers that sent us a ring: receivers of a hand-over besides owners
         self.leaving: Leaving | None = leaving  # we left the ring (persisted: a restart does not rejoin)
         self.next_vouch = 0.0
@@ -105,6 +107,7 @@ class Allocator:
         self.orphans: dict[Key, int] = dict(orphans or {})
         self.conflicts: set[Key] = set()
         self.orphans_retry = 0.0
+        self.conflicts_retry = 0.0
         self.fence_logged = False
         self.no_quorum_since: float | None = None
         self.resync = False  # fenced until we merge a peer's ring after quorum returned
@@ -221,6 +224,8 @@ class Allocator:
             return "observer: owns no space"
         if self.leaving is not None:
             lv = self.leaving
+            if not lv.receiver:
+                return "left the ring (it owned no address space)"
             return f"left the ring: handed {lv.addresses} addresses to peer {churn.who(self, lv.receiver)}"
         if self.fenced(now):
             return "fenced: cut off from a majority of the space's owners" + (
@@ -240,6 +245,7 @@ class Allocator:
         ip = self.allocations.get(key)
         if ip is not None:
             return ip
+        self._refuse_orphan(key)
         if self.init.mode == "observer":
             raise Unavailable("this peer is an IPAM observer (IPALLOC_INIT=observer): it owns no space")
         churn.refuse_if_left(self)
@@ -264,6 +270,7 @@ class Allocator:
         have = self.allocations.get(key)
         if have == ip:
             return True
+        self._refuse_orphan(key)
         if have is not None:
             raise Conflict(f"{key.container_id}/{key.ifname} already has {ip_str(have)}")
         holder = self.by_ip.get(ip)
@@ -279,6 +286,17 @@ class Allocator:
             raise Conflict(f"{ip_str(ip)} is in the space of peer {format_name(owner)}, not ours")
         self._record(key, ip)
         return True
+
+    def _refuse_orphan(self, key: Key) -> None:
+        lost = self.orphans.get(key)
+        if lost is None:
+            return
+        if key in self.conflicts:
+            raise Conflict(
+                f"{ip_str(lost)} of {key.container_id}/{key.ifname} is in use by another pod too (our space was "
+                "reclaimed while we were cut off): delete this pod first, then it gets a new address"
+            )
+        raise Unavailable(f"{ip_str(lost)} of {key.container_id}/{key.ifname} is being asked back from its new owner")
 
     def release(self, container_id: str, ifname: str | None = None) -> list[int]:
         keys = [k for k in self.allocations if k.container_id == container_id and ifname in (None, k.ifname)]
@@ -305,7 +323,7 @@ class Allocator:
         if moved:
             self.ring.check_invariants(before)
             self.counters["reclaimed"] += 1
-            self._log(logging.WARNING, f"rmpeer: took over {moved} addresses of peer {format_name(peer)}")
+            self._log(logging.WARNING, f"rmpeer: took over {moved} addresses of peer {churn.who(self, peer)}")
             self._ring_changed()
         return moved
 
@@ -387,7 +405,7 @@ class Allocator:
             if self.free_dirty:
                 times.append(self.next_free_report)
             lv = self.leaving
-            if lv is not None and not lv.acknowledged and lv.receiver in self.reachable:
+            if lv is not None and not lv.acknowledged and (lv.receiver in self.reachable or not lv.receiver):
                 times.append(lv.resend_at)
             if self.orphans.keys() - self.conflicts:
                 times.append(self.orphans_retry)
@@ -435,6 +453,8 @@ class Allocator:
         self.next_free_report = now + FREE_REPORT
 
     def _ring_changed(self) -> None:
+        """We changed the ring (reclaim, rmpeer, hand-over, free counts): store it, tell everyone."""
+        returning.take_back(self)
         self._changed(ring=True)
         self._gossip()
 
@@ -455,9 +475,8 @@ class Allocator:
         if msg.ring is not None:
             self.ipam_peers.add(src)
             churn.check_hand_over(self, src, msg.ring)
+            self._first_ring(msg.ring, now)
             if self.ring is None:
-                if self.me in msg.ring.owners():  # space we do not remember: our memory of sightings is gone too
-                    self.presence.memory_lost(now)
                 self._set_ring(msg.ring.copy(), now)
                 return
             before_owned = self.owned()
@@ -493,6 +512,15 @@ class Allocator:
         elif self.ring is not None and msg.claims is not None:
             self._gossip()  # a peer still bootstrapping: our ring ends it
 
+    def _first_ring(self, ring: Ring, now: float) -> None:
+        if not self.fresh_store:
+            return
+        self.fresh_store = False
+        if self.me in ring.owners() and not self.owned():
+            # A peer's ring gives our name space we never had: an identity whose state was lost (a name fixed by
+            # --name). Our memory of sightings went with it: vouch only from now.
+            self.presence.memory_lost(now)
+
     def _think(self, now: float) -> None:
         c = self.consensus
         if c is None:
@@ -514,7 +542,7 @@ class Allocator:
         if sum(e - s for s, e in owned) > sum(e - s for s, e in before_owned):
             self.counters["received"] += 1
             if self.donor is not None:
-                self._log(logging.INFO, f"received space from peer {format_name(self.donor)}")
+                self._log(logging.INFO, f"received space from peer {churn.who(self, self.donor)}")
             self.donor = None
             self.free_dirty = True
         lost = [k for k, ip in self.allocations.items() if not any(s <= ip < e for s, e in owned)]
@@ -531,19 +559,8 @@ class Allocator:
                 self.orphans[k] = self._drop(k)
             self._changes.orphans = True
             self.counters["lost"] += len(lost)
-        for k, ip in sorted(self.orphans.items()):  # given back (or ours again some other way): the pod keeps it
-            if any(s <= ip < e for s, e in owned) and ip not in self.by_ip:
-                del self.orphans[k]
-                self.conflicts.discard(k)
-                self._record(k, ip)
-                self._changes.orphans = True
-                self.counters["taken_back"] += 1
-                self._log(logging.WARNING, f"took back {ip_str(ip)} for pod {k.container_id}/{k.ifname}")
+        returning.take_back(self)
         self.orphans_retry = 0.0  # ask again at once: the owners may have changed
-
-    # ---- internals: addresses of ours reclaimed while we were cut off ------------------------------------------
-
-    # ---- internals: presence, fencing, reclaim -------------------------------------------------------------
 
     # ---- status -------------------------------------------------------------------------------------------
 

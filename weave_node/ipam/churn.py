@@ -1,5 +1,6 @@
-"""Membership through churn (pure): leaving with a hand-over, presence and fencing, reclaim of owners that are
-gone (vouched by a quorum, or replaced on their host). A mixin of `Allocator`: see its docstring for the rules."""
+"""Membership through churn (pure functions over an `Allocator`): leaving with a hand-over, presence and fencing,
+reclaim of owners that are gone (vouched by a quorum, or replaced on their host). The rules: allocator.py's
+module docstring and docs/architecture.md ("IPAM through host churn")."""
 
 from __future__ import annotations
 
@@ -42,13 +43,19 @@ def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving:
         )
     for key in sorted(a.allocations):
         a._drop(key)
-    a.wanted_at = a.donor = None  # and never ask for space again
-    a.leaving = Leaving(receiver, size, {}, acknowledged=not owned)
+    # Space may still be on its way to us (a donation we asked for, addresses asked back): wait for it a moment,
+    # to hand it on, before we call it done. And never ask for space again.
+    in_flight = a.donor is not None or bool(a.orphans)
+    a.wanted_at = a.donor = None
+    a.orphans.clear()
+    a.conflicts.clear()
+    a._changes.orphans = True
+    a.leaving = Leaving(receiver, 0, {}, acknowledged=not owned and not in_flight, resend_at=now + DONATION_RETRY)
     a._changes.leaving = True
     if owned:
         hand_over(a, now)
     else:
-        a._log(logging.WARNING, "left the ring: this peer owned no address space")
+        a._log(logging.WARNING, "left the ring: this peer owns no address space")
     return a.leaving
 
 
@@ -63,6 +70,7 @@ def hand_over(a: Allocator, now: float) -> None:
             return
         lv.receiver = receiver
     size = sum(e - s for s, e in a.owned())
+    lv.addresses += size
     before = a.ring.copy()
     a.ring.hand_over(a.me, lv.receiver)
     a.ring.check_invariants(before)
@@ -80,7 +88,12 @@ def hand_over(a: Allocator, now: float) -> None:
 
 def resend_hand_over(a: Allocator, now: float) -> None:
     lv = a.leaving
-    if lv is not None and not lv.acknowledged and now >= lv.resend_at and lv.receiver in a.reachable:
+    if lv is None or lv.acknowledged or now < lv.resend_at:
+        return
+    if lv.receiver == 0 and not a.owned():  # nothing arrived while we waited: done
+        lv.acknowledged = True
+        a._changes.leaving = True
+    elif lv.receiver in a.reachable:
         lv.resend_at = now + DONATION_RETRY
         a._effects.append(Unicast(lv.receiver, a.state_message(now)))
 
@@ -125,7 +138,7 @@ def who(a: Allocator, peer: int) -> str:
 
 def check_hand_over(a: Allocator, src: int, ring: Ring) -> None:
     lv = a.leaving
-    if lv is None or lv.acknowledged or src == a.me:
+    if lv is None or lv.acknowledged or src == a.me or not lv.entries:
         return
     if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
         lv.acknowledged = True

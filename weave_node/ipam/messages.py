@@ -16,6 +16,7 @@ IN_USE  (unicast): count u16, count x ip u32: "these are in use by pods of mine:
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ def decode(data: bytes) -> Message:
         ips = tuple(r.take(_IP)[0] for _ in range(count))
         if any(not span.usable(ip) for ip in ips):
             raise DecodeError("address outside the range in IPAM message")
+        if any(a >= b for a, b in itertools.pairwise(ips)):
+            raise DecodeError("addresses in an IPAM message must be sorted and unique")
         return Addresses(span, kind, ips)
     if kind != KIND_STATE:
         raise DecodeError(f"unknown IPAM message kind {kind}")

@@ -188,8 +188,6 @@ class IpamService:
         until = self.clock.now() + wait
         leaving = self.alloc.leave(self.clock.now(), force=force)
         self._after()
-        if not leaving.receiver:
-            return {"handed_to": None, "addresses": 0, "acknowledged": True}
         while not leaving.acknowledged:
             if not await self._wait_change(until):
                 raise Unavailable(
@@ -197,6 +195,8 @@ class IpamService:
                     f"{wait:g} s: keep this router running a little longer, or run `weave-node ipam rmpeer "
                     f"{format_name(self.alloc.me)}` on a live host after removing this one"
                 )
+        if not leaving.receiver:
+            return {"handed_to": None, "addresses": 0, "acknowledged": True}
         return {
             "handed_to": format_name(leaving.receiver),
             "nickname": self.alloc.presence.nicknames.get(leaving.receiver, ""),

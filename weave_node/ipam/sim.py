@@ -110,7 +110,7 @@ class IpamSim:
             claims=dict(disk.claims) or None,
             allocations={k: ip for ip, k in disk.allocations.items()},
             away=away,
-            seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - MARK_INTERVAL) for n, at in seen},
+            seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - 2 * MARK_INTERVAL) for n, at in seen},
             reclaim_replaced=self.reclaim_replaced,
             orphans=dict(disk.orphans),
             shared_nicknames=set(disk.shared),
@@ -312,5 +312,7 @@ class IpamSim:
                     continue
                 assert ip not in seen, f"{ip} allocated twice: {seen[ip]} and {(name, key)}"
                 seen[ip] = (name, key)
+            for k, ip in a.orphans.items():  # a pod of ours still uses it: never handed out here to another
+                assert ip not in a.by_ip, f"{name:x} handed out {ip}, which its pod {k} still uses"
             assert a.by_ip == {ip: k for k, ip in a.allocations.items()}
             assert a.space.used == sorted(a.by_ip)
