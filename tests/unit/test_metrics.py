@@ -19,6 +19,8 @@ DOC = {
         "terminations": 4,
         "peers": 4,
         "reachable": 3,
+        "refused": {"handshakes_per_source": 12, "conn_limit": 1},
+        "message_errors": {"bad_message": 2},
     },
     "ipam": {
         "range": "10.32.0.0/12",
@@ -70,6 +72,8 @@ def test_families_use_weave_names_and_values() -> None:
 
     assert (conns("established"), conns("pending"), conns("retrying"), conns("connecting")) == (2, 1, 1, 0)
     assert s[("weave_connection_terminations_total", ())] == 4
+    assert s[("weave_node_connections_refused_total", (("reason", "handshakes_per_source"),))] == 12
+    assert s[("weave_node_messages_failed_total", (("outcome", "bad_message"),))] == 2
     assert s[("weave_ips", (("state", "local-used"),))] == 7
     assert s[("weave_max_ips", ())] == 2**20
     assert s[("weave_ipam_unreachable_count", ())] == 1

@@ -43,6 +43,17 @@ def families(doc: dict[str, Any]) -> list[Metric]:
             "weave_connection_terminations", "Number of peer-to-peer connections terminated.", value=r["terminations"]
         )
     )
+    refused = CounterMetricFamily(
+        "weave_node_connections_refused", "Inbound connections refused or evicted, by reason.", labels=["reason"]
+    )
+    for reason, n in r.get("refused", {}).items():
+        refused.add_metric([reason], n)
+    failed = CounterMetricFamily(
+        "weave_node_messages_failed", "Received peer messages that failed, by outcome.", labels=["outcome"]
+    )
+    for outcome, n in r.get("message_errors", {}).items():
+        failed.add_metric([outcome], n)
+    out += [refused, failed]
     out.append(GaugeMetricFamily("weave_node_peers", "Peers in the topology, this one included.", value=r["peers"]))
     out.append(
         GaugeMetricFamily("weave_node_reachable_peers", "Peers this router has a route to.", value=r["reachable"])

@@ -46,6 +46,8 @@ def router_status(router: Router) -> dict[str, Any]:
         connections=views,
         targets=router.connector.targets.values(),
         terminations=router.terminations,
+        refused=router.refused,
+        message_errors=router.message_errors,
         now=router.clock.now(),
         started_at=router.started_at,
     )

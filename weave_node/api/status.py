@@ -37,6 +37,8 @@ def build_status(
     targets: Iterable[Target],
     terminations: int,
     now: float,
+    refused: Mapping[str, int] | None = None,
+    message_errors: Mapping[str, int] | None = None,
     started_at: float,
 ) -> dict[str, Any]:
     local = records[name]
@@ -111,6 +113,8 @@ def build_status(
             "reachable": len(routes) + 1,
             "connections_by_state": by_state,
             "terminations": terminations,
+            "refused": dict(sorted((refused or {}).items())),  # inbound connections refused or evicted, by reason
+            "message_errors": dict(sorted((message_errors or {}).items())),  # received messages that failed
         },
         "peers": peers,
         "connections": conns,
