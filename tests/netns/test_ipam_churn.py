@@ -48,6 +48,8 @@ def test_leave_hands_the_space_over_then_the_host_goes_without_costing_a_quorum(
     allocate(r3, "pod-on-h3")
     name3 = r3.status()["router"]["name"]
     poll(lambda: name3 in owners(r1), timeout=10, what="h3 an owner")
+    code, _, err = cli(r1, "ipam", "rmpeer", "h3")
+    assert code == 1 and "is reachable: stop it" in err, err  # rmpeer of a live peer stays refused
     code, _, err = cli(r3, "ipam", "leave")
     assert code == 1 and "still in use by pods" in err, err
     assert name3 in owners(r1), "a refused leave changes nothing"
