@@ -33,7 +33,6 @@ from weave_node.ipam.model import (
     DONATION_RETRY,
     FREE_REPORT,
     PROPOSE_RETRY,
-    REPLACED_AFTER,
     VOUCH_INTERVAL,
     Changes,
     Effect,
@@ -179,7 +178,9 @@ class Allocator:
     def state_message(self, now: float | None = None) -> bytes:
         if self.ring is not None:
             unsynced = self.resync or (now is not None and self.fenced(now))
-            sightings = self.presence.sightings(self.ring.owners() - {self.me}, self.last_now if now is None else now)
+            # Only the owners we cannot reach: the others' names travel with the topology, and nothing to vouch.
+            away = self.ring.owners() - self.reachable
+            sightings = self.presence.sightings(away, self.last_now if now is None else now)
             return messages.encode_state(self.range, self.ring, unsynced=unsynced, sightings=sightings)
         if self.consensus is not None:
             return messages.encode_state(self.range, None, self.consensus.quorum, self.consensus.claims)
@@ -410,13 +411,7 @@ class Allocator:
             if self.orphans.keys() - self.conflicts:
                 times.append(self.orphans_retry)
             if self.reclaim_after > 0:
-                owners = self.ring.owners()
-                if owners - self.reachable:
-                    times.append(self.next_vouch)
-                for owner in owners - self.reachable:  # a certified absence grows with time while nothing changes
-                    times.append(now + self.reclaim_after - self.presence.certified(owner, owners, now))
-                    if self.reclaim_replaced and owner in self.presence.nicknames:
-                        times.append(now + REPLACED_AFTER - self.presence.absent_for(owner, now))
+                times += churn.reclaim_deadlines(self, now)
                 if self.no_quorum_since is not None:
                     times.append(self.no_quorum_since + self.reclaim_after / 2)
         # What is due now and was not done by tick could not be done (e.g. nobody to send to): not a busy loop.

@@ -217,10 +217,11 @@ def reclaim(a: Allocator, now: float) -> None:
         return
     if min(a.ring.owners() & a.reachable, default=None) != a.me:
         return
+    here = reachable_by_name(a)
     for owner in sorted(a.ring.owners() - a.reachable):
         if not a.has_quorum():
             return
-        successor = successor_of(a, owner, now)
+        successor = successor_of(a, owner, now, here)
         if successor is not None:
             why = (
                 f"replaced by peer {who(a, successor)}, which runs on its host (the same host name; "
@@ -244,14 +245,42 @@ def reclaim(a: Allocator, now: float) -> None:
         a._ring_changed()
 
 
-def successor_of(a: Allocator, owner: int, now: float) -> int | None:
-    """The one reachable peer with the host name (nickname) of the absent `owner`: the same host, re-imaged or
-    re-installed with a new identity, so the old one can never come back. Host names must be unique in the
-    cluster (as Kubernetes requires of node names); two reachable peers with one name turn this off for it."""
+def reclaim_deadlines(a: Allocator, now: float) -> list[float]:
+    """When reclaim has something to do next: vouches to send; for the reclaimer, certified absences reaching
+    reclaim_after (they grow with time until a vouch changes) and replaced owners' waits."""
+    if a.ring is None:
+        return []
+    owners = a.ring.owners()
+    away = owners - a.reachable
+    if not away:
+        return []
+    times = [a.next_vouch]
+    if min(owners & a.reachable, default=None) == a.me:  # only the reclaimer weighs vouches
+        for owner in away:
+            since = a.presence.since_quorum(owner, owners)
+            if since is not None:
+                times.append(since + a.reclaim_after)
+            if a.reclaim_replaced and owner in a.presence.nicknames:
+                times.append(now + REPLACED_AFTER - a.presence.absent_for(owner, now))
+    return times
+
+
+def reachable_by_name(a: Allocator) -> dict[str, list[int]]:
+    here: dict[str, list[int]] = {}
+    for p in a.reachable:
+        here.setdefault(a.presence.nicknames.get(p, ""), []).append(p)
+    return here
+
+
+def successor_of(a: Allocator, owner: int, now: float, here: dict[str, list[int]]) -> int | None:
+    """The one reachable peer (`here`: reachable peers by nickname) with the host name of the absent `owner`: the
+    same host, re-imaged or re-installed with a new identity, so the old one can never come back. Host names must
+    be unique in the cluster (as Kubernetes requires of node names); a name ever seen on two live peers at once
+    (`presence.shared`) never names a successor."""
     nick = a.presence.nicknames.get(owner, "")
     if not a.reclaim_replaced or not nick or nick in a.presence.shared:
         return None
     if a.presence.absent_for(owner, now) < REPLACED_AFTER:
         return None
-    same = [p for p in a.reachable if p != owner and a.presence.nicknames.get(p) == nick]
+    same = [p for p in here.get(nick, ()) if p != owner]
     return same[0] if len(same) == 1 else None

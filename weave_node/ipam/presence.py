@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 NEVER = -math.inf  # "since the beginning of time": a fresh identity has never seen anyone
+SINCE_SLACK = 0.5  # seconds a voucher's "not seen since" may move later before we take it (wire rounding)
 MARK_INTERVAL = 2.0  # seconds between the shell's marks of whom it sees (persisted; a mark may be this old)
 
 
@@ -69,7 +70,10 @@ class Presence:
         self.last_seen = {n: now - max(0.0, ago) for n, ago in (seen_ago or {}).items()}  # not counting now
         self.nicknames: dict[int, str] = {}
         self.shared: set[str] = set(shared or ())  # host names two live peers had at once: not a host's identity
-        self.vouches: dict[int, tuple[float, dict[int, float]]] = {}  # voucher -> (received at, owner -> absent_for)
+        # owner -> voucher -> since when (our clock) the voucher has not seen it; a voucher's view only moves later
+        self.vouched: dict[int, dict[int, float]] = {}
+        self._certified: dict[int, float | None] = {}  # owner -> since when a quorum vouches (see since_quorum)
+        self._owners: frozenset[int] = frozenset()  # the owners the cache was computed for
         self._dirty = True  # the persisted sightings are behind (who is reachable changed)
 
     # ---- inputs ---------------------------------------------------------------------------------------------
@@ -79,11 +83,13 @@ class Presence:
         if peers != self.reachable:
             self._dirty = True
         for gone in self.reachable - peers:
-            self.vouches.pop(gone, None)
+            for by in self.vouched.values():
+                by.pop(gone, None)
             self.last_seen[gone] = now
         for back in peers - self.reachable:  # X reachable again: every vouch about it is stale
-            for _at, about in self.vouches.values():
-                about.pop(back, None)
+            self.vouched.pop(back, None)
+        if peers != self.reachable:
+            self._certified.clear()
         self.reachable = peers
         self.update(owners, now)
 
@@ -94,14 +100,17 @@ class Presence:
                 self.absent_since.pop(owner, None)
             elif owner not in self.absent_since:
                 self.absent_since[owner] = max(self.floor, self.last_seen.get(owner, NEVER))
+                self._certified.pop(owner, None)
         for gone in set(self.absent_since) - owners:
             del self.absent_since[gone]
+            self.vouched.pop(gone, None)
 
     def memory_lost(self, now: float) -> None:
         """We own space we do not remember: we cannot vouch for any time before now."""
         self.floor = max(self.floor, now)
         for owner, since in self.absent_since.items():
             self.absent_since[owner] = max(since, now)
+        self._certified.clear()
 
     def merge(self, src: int, sightings: dict[int, Sighting], now: float) -> None:
         """A reachable peer's sightings: its nicknames fill gaps; its absences become its vouches."""
@@ -114,10 +123,22 @@ class Presence:
         self._note_shared([n for n in here if n])
         if src not in self.reachable or src == self.me:
             return
-        self.vouches[src] = (
-            now,
-            {o: s.absent_for for o, s in sightings.items() if s.absent_for > 0 and o not in self.reachable},
-        )
+        for owner, s in sightings.items():
+            if owner in self.reachable:
+                continue
+            by = self.vouched.setdefault(owner, {})
+            if s.absent_for <= 0:  # src sees it: no vouch (and it will be reachable for us in a moment)
+                if by.pop(src, None) is not None:
+                    self._certified.pop(owner, None)
+                continue
+            since = now - s.absent_for
+            old = by.get(src)
+            # A voucher's "not seen since" only moves later while it stays reachable, but each message rounds its
+            # duration down to 0.1 s, so messages jitter: a move of less than SINCE_SLACK is not worth recomputing
+            # for (it makes an absence look that much longer at most: far inside the reclaim_after/2 margin).
+            if old is None or since > old + SINCE_SLACK:
+                by[src] = since
+                self._certified.pop(owner, None)
 
     def learn_nicknames(self, nicknames: dict[int, str]) -> None:
         """The topology's nicknames (of reachable peers: two with one name share it)."""
@@ -153,17 +174,31 @@ class Presence:
         """The longest absence of `owner` that a quorum of `owners` vouches for (0.0 if none does)."""
         if owner in self.reachable:
             return 0.0
-        vouched = [(self.absent_for(owner, now), self.me)]
-        for voucher, (at, about) in self.vouches.items():
-            if voucher in owners and owner in about:
-                vouched.append((about[owner] + (now - at), voucher))
-        vouched.sort(reverse=True)
-        members: set[int] = set()
-        for d, voucher in vouched:
-            members.add(voucher)
-            if is_quorum(members, owners):
-                return d
-        return 0.0
+        since = self.since_quorum(owner, owners)
+        return 0.0 if since is None else now - since
+
+    def since_quorum(self, owner: int, owners: set[int]) -> float | None:
+        """Since when (our clock) a quorum of `owners` has not seen `owner`, None if no quorum vouches. Every vouch
+        grows with time at the same rate, so this moves only when a vouch or the owners change: it is cached."""
+        if frozenset(owners) != self._owners:
+            self._owners = frozenset(owners)
+            self._certified.clear()
+        if owner in self._certified:
+            return self._certified[owner]
+        ours = self.absent_since.get(owner)
+        pairs = [(since, v) for v, since in self.vouched.get(owner, {}).items() if v in owners and v != self.me]
+        if ours is not None and self.me in owners:
+            pairs.append((ours, self.me))
+        pairs.sort()
+        lowest, needed = min(owners), len(owners)
+        has_lowest, found = False, None
+        for count, (since, voucher) in enumerate(pairs, 1):  # the longest absences first, until a quorum
+            has_lowest |= voucher == lowest
+            if 2 * count > needed or (2 * count == needed and has_lowest):
+                found = since
+                break
+        self._certified[owner] = found
+        return found
 
     def sightings(self, owners: Iterable[int], now: float) -> dict[int, Sighting]:
         return {o: Sighting(self.absent_for(o, now), self.nicknames.get(o, "")) for o in owners}
