@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from weave_node.config import RouterConfig
 from weave_node.mesh import gossip
 from weave_node.mesh.errors import ProtocolError
-from weave_node.mesh.protocol import Connection, Established, Identity, ProtocolConfig
+from weave_node.mesh.protocol import Connection, Established, Identity, MessageReceived, ProtocolConfig
 from weave_node.mesh.router import PeerConn, Router
 from weave_node.mesh.topology import ConnectionInfo, PeerRecord, encode_records
 from weave_node.overlay import peers as overlay_peers
@@ -342,3 +342,37 @@ def test_an_idle_inbound_connection_is_closed_at_the_handshake_deadline() -> Non
         assert writer.closed and not router.handshaking and not router.pending
 
     asyncio.run(scenario())
+
+
+# ---- a duplicate connection resolved: nothing a channel said is lost -------------------------------------------
+
+
+def test_a_connection_that_replaces_a_duplicate_carries_the_channels_state_again() -> None:
+    """When a connection replaces one the peer may already have closed as a duplicate (with our channels' first
+    gossip in it), the channels' state goes out again on the new one; what the peer sent on the loser before it
+    was closed still counts. (Seen on the lab: a peer's datapath info lost that way left the fast datapath
+    pending for 30 s, until a periodic gossip happened to go that way.)"""
+    rig = Rig()
+    rig.channel.gossip_state = lambda: b"the state"  # type: ignore[method-assign]
+    first = rig.pc
+    seen: list[Any] = []
+    receive = Connection.receive_data
+
+    def recording(self: Connection, data: bytes, now: float) -> list[Any]:
+        events = receive(self, data, now)
+        seen.extend(e for e in events if type(e).__name__ == "MessageReceived")
+        return events
+
+    Connection.receive_data = recording  # type: ignore[method-assign]
+    try:
+        rig.connect()  # the same peer again: the newer connection wins, the first is closed as a duplicate
+    finally:
+        Connection.receive_data = receive  # type: ignore[method-assign]
+    assert first.failure == "duplicate connection" and rig.router.established == {PEER.name: rig.pc}
+    sent = [gossip.decode(e.payload) for e in seen]
+    assert any(env.channel == "test" and env.payload == b"the state" for env in sent), sent
+    # a message that arrived on the loser after it was closed is still dispatched
+    msg = gossip.encode(gossip.Envelope(kind=gossip.KIND_GOSSIP, channel="test", payload=b"late"))
+    rig.router._handle(first, MessageReceived(msg))
+    assert ("gossip", PEER.name, b"late") in rig.channel.received
+    rig.close()

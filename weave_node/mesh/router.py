@@ -316,7 +316,9 @@ class Router:
         if isinstance(event, Established):
             self._established(pc, event)
         elif isinstance(event, MessageReceived):
-            if pc.conn.state == "established":  # not from a connection just closed (a duplicate, over the limit)
+            # Not from a connection refused over the limit. One closed as the loser of a duplicate is the same
+            # authenticated peer: what it sent before it learnt so (its first gossip, often) still counts.
+            if pc.conn.state == "established" or pc.failure == "duplicate connection":
                 self._dispatch(pc, event.payload)
         elif isinstance(event, ConnectionFailed):
             # The first cause stands: a connection closed as the loser of a duplicate is then also closed by
@@ -358,6 +360,11 @@ class Router:
         self._local_connections_changed()
         # Compare fingerprints with the new neighbour: full topologies cross only when they differ.
         self._send(pc, gossip.encode_digest(self.topology.fingerprint(), echo=True))
+        if existing is not None:
+            # It replaces a connection the peer may already have closed as a duplicate, with our channels' first
+            # gossip (sent when the peer became reachable) still in it: send their state again on this one, or the
+            # peer waits for periodic gossip (seen: a fast datapath pending for 30 s after a rollout).
+            self._send_states(pc)
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
@@ -433,6 +440,16 @@ class Router:
                     if self.connector.add(addr, "learned", peer=c.peer):
                         self._wakeup.set()
         self.connector.forget_learned_except(keep)
+
+    def _send_states(self, pc: PeerConn) -> None:
+        for name, gossiper in self.channels.items():
+            try:
+                state = gossiper.gossip_state()
+            except Exception:
+                log.exception("gossip channel %s failed to produce its state", name)
+                continue
+            if state:
+                self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
 
     def _periodic_gossip(self) -> None:
         if not self.established:
