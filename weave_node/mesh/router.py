@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,7 +441,8 @@ class Router:
                         self._wakeup.set()
         self.connector.forget_learned_except(keep)
 
-    def _send_states(self, pc: PeerConn) -> None:
+    def _channel_states(self) -> Iterator[tuple[str, bytes]]:
+        """Each gossip channel's whole state (a channel that fails to produce it is logged and skipped)."""
         for name, gossiper in self.channels.items():
             try:
                 state = gossiper.gossip_state()
@@ -449,7 +450,11 @@ class Router:
                 log.exception("gossip channel %s failed to produce its state", name)
                 continue
             if state:
-                self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
+                yield name, state
+
+    def _send_states(self, pc: PeerConn) -> None:
+        for name, state in self._channel_states():
+            self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
 
     def _periodic_gossip(self) -> None:
         if not self.established:
@@ -457,16 +462,8 @@ class Router:
         peers = list(self.established.values())
         # Anti-entropy: 9 bytes to one random neighbour; full topologies cross only when the fingerprints differ.
         self._send(self.rng.choice(peers), gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        for name, gossiper in self.channels.items():
-            try:
-                state = gossiper.gossip_state()
-            except Exception:
-                log.exception("gossip channel %s failed to produce its state", name)
-                continue
-            if state:
-                self._send(
-                    self.rng.choice(peers), gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state)
-                )
+        for name, state in self._channel_states():
+            self._send(self.rng.choice(peers), gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
 
     # ---- messages -----------------------------------------------------------------------------------------
 
