@@ -32,6 +32,13 @@ SINCE_SLACK = 0.5  # seconds a voucher's "not seen since" may move later before 
 MARK_INTERVAL = 2.0  # seconds between the shell's marks of whom it sees (persisted; a mark may be this old)
 
 
+def restored_ago(seconds: float) -> float:
+    """A persisted "not seen for `seconds`", read back after a restart: a peer in sight at the last mark may have
+    stayed so until we stopped, up to two mark intervals later (the timer can be late), so every sighting counts
+    as that much fresher (the safe error)."""
+    return max(0.0, seconds - 2 * MARK_INTERVAL)
+
+
 @dataclass(frozen=True)
 class Sighting:
     """What a peer says about one owner: `absent_for` seconds not seen (0.0: it reaches it now; math.inf: never

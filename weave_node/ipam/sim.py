@@ -19,7 +19,7 @@ from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import Conflict, Unavailable
 from weave_node.ipam.model import Gossip, Init, Key, Leaving, Log, Unicast
-from weave_node.ipam.presence import MARK_INTERVAL
+from weave_node.ipam.presence import MARK_INTERVAL, restored_ago
 from weave_node.ipam.ring import Ring
 
 
@@ -110,7 +110,7 @@ class IpamSim:
             claims=dict(disk.claims) or None,
             allocations={k: ip for ip, k in disk.allocations.items()},
             away=away,
-            seen_ago=None if disk.seen is None else {n: max(0.0, self.now - at - 2 * MARK_INTERVAL) for n, at in seen},
+            seen_ago=None if disk.seen is None else {n: restored_ago(self.now - at) for n, at in seen},
             reclaim_replaced=self.reclaim_replaced,
             orphans=dict(disk.orphans),
             shared_nicknames=set(disk.shared),

@@ -20,7 +20,7 @@ from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import DecodeError
 from weave_node.ipam.model import Changes, Key, Leaving
-from weave_node.ipam.presence import MARK_INTERVAL
+from weave_node.ipam.presence import restored_ago
 from weave_node.ipam.ring import Ring
 
 log = logging.getLogger("weave_node.ipam")
@@ -171,8 +171,7 @@ class Store:
             if "ago" not in doc:
                 return None, set()  # written before sightings had a boot clock: as if never kept
             elapsed = self.clock().surely_since(Mark.decode(doc["mark"]))
-            margin = 2 * MARK_INTERVAL
-            seen = {int(name, 16): max(0.0, float(ago) + elapsed - margin) for name, ago in doc["ago"].items()}
+            seen = {int(name, 16): restored_ago(float(ago) + elapsed) for name, ago in doc["ago"].items()}
             return seen, {str(n) for n in doc.get("shared", [])}
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: sightings: {exc}") from None
