@@ -347,6 +347,29 @@ def test_an_idle_inbound_connection_is_closed_at_the_handshake_deadline() -> Non
 # ---- a duplicate connection resolved: nothing a channel said is lost -------------------------------------------
 
 
+def test_every_new_connection_carries_the_channels_whole_state() -> None:
+    """A restarted peer learns our overlay and IPAM state on its first connection, not when a periodic gossip
+    happens to come its way. (Seen on the lab: a restarted router without its neighbour's bridge address for 5 s
+    sent no heartbeats, the neighbour put it in the sleeve, and a rolling restart lost 2.5 s of pod pings.)"""
+    seen: list[Any] = []
+    receive = Connection.receive_data
+
+    def recording(self: Connection, data: bytes, now: float) -> list[Any]:
+        events = receive(self, data, now)
+        seen.extend(e for e in events if type(e).__name__ == "MessageReceived")
+        return events
+
+    Connection.receive_data = recording  # type: ignore[method-assign]
+    try:
+        rig = Rig()  # the first connection from PEER, no duplicate anywhere
+    finally:
+        Connection.receive_data = receive  # type: ignore[method-assign]
+    sent = [gossip.decode(e.payload) for e in seen]
+    states = [env for env in sent if env.kind == gossip.KIND_GOSSIP and env.channel == "overlay"]
+    assert states and overlay_peers.decode(states[0].payload), sent  # our PeerInfo, at once
+    rig.close()
+
+
 def test_a_connection_that_replaces_a_duplicate_carries_the_channels_state_again() -> None:
     """When a connection replaces one the peer may already have closed as a duplicate (with our channels' first
     gossip in it), the channels' state goes out again on the new one; what the peer sent on the loser before it

@@ -360,11 +360,12 @@ class Router:
         self._local_connections_changed()
         # Compare fingerprints with the new neighbour: full topologies cross only when they differ.
         self._send(pc, gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        if existing is not None:
-            # It replaces a connection the peer may already have closed as a duplicate, with our channels' first
-            # gossip (sent when the peer became reachable) still in it: send their state again on this one, or the
-            # peer waits for periodic gossip (seen: a fast datapath pending for 30 s after a rollout).
-            self._send_states(pc)
+        # Every channel's whole state goes down a new connection (as Weave's sendAllGossipDown does): a restarted
+        # peer learns the others' overlay and IPAM state at once, not when a periodic gossip happens to come its
+        # way (seen: a restarted router without its neighbours' bridge addresses for 5 s, so its heartbeats
+        # stopped, the neighbour switched it to the sleeve, and a rolling restart lost 2.5 s of pod pings). It
+        # also covers a connection that replaces a duplicate the peer may have closed with our gossip still in it.
+        self._send_states(pc)
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
