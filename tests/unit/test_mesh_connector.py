@@ -64,3 +64,13 @@ def test_learned_targets_are_dropped_when_their_peer_is_gone_but_flags_stay() ->
     c.forget_learned_except(set())
     assert set(c.targets) == {A}
     assert c.forget(A) and not c.targets
+
+
+def test_an_address_that_leads_back_to_us_is_never_dialled_again() -> None:
+    """A DaemonSet gives every router the whole node list, its own address included."""
+    c = make(peers=(A, B))
+    assert set(c.due(0.0, set(), 0)) == {A, B}
+    assert c.ourself(A) is True and c.ourself(A) is False  # logged once
+    c.failed(B, 0.0, "refused")
+    assert c.due(1000.0, set(), 0) == [B]
+    assert c.targets[A].state == "ourself" and c.next_deadline() is None

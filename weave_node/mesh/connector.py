@@ -18,7 +18,7 @@ class Target:
     address: PeerAddress
     origin: str  # "flag" (given by the operator) or "learned" (from the topology)
     peer: int | None = None  # the peer name behind this address, once known
-    state: str = "idle"  # idle | connecting | connected | retrying
+    state: str = "idle"  # idle | connecting | connected | retrying | ourself (never dialled again)
     attempts: int = 0
     next_try: float = 0.0
     last_error: str = ""
@@ -71,7 +71,7 @@ class Connector:
         for t in sorted(self.targets.values(), key=lambda t: (t.next_try, str(t.address))):
             if room <= 0:
                 break
-            if t.state in ("connecting", "connected") or t.next_try > now:
+            if t.state in ("connecting", "connected", "ourself") or t.next_try > now:
                 continue
             if t.peer is not None and t.peer in connected_peers:
                 continue
@@ -95,6 +95,15 @@ class Connector:
         t.attempts += 1
         t.state, t.next_try, t.last_error = "retrying", now + delay, reason
         return delay
+
+    def ourself(self, address: PeerAddress) -> bool:
+        """The address led back to this router (a peer list that names every node, ours too, as a DaemonSet's
+        does): it is not dialled again. True the first time."""
+        t = self.targets.get(address)
+        if t is None or t.state == "ourself":
+            return False
+        t.state, t.last_error = "ourself", "this router's own address"
+        return True
 
     def disconnected(self, address: PeerAddress, now: float, reason: str) -> float:
         t = self.targets.get(address)

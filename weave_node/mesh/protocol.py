@@ -46,6 +46,7 @@ from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, HEADER_SIZE, MAX_FRAME,
 MAGIC = b"weave-node"
 HANDSHAKE_FORMAT = 1
 PREAMBLE = MAGIC + bytes([HANDSHAKE_FORMAT])
+OURSELF = "connection to ourself"  # the failure of a dial that reached this very router
 
 TAG_HELLO = 0x01
 TAG_PROOF = 0x02
@@ -450,7 +451,7 @@ class Connection:
     def _on_hello(self, frame: bytes, now: float, events: list[Event]) -> None:
         hello = decode_hello(frame)
         if hello.identity.name == self._local.name:
-            raise ProtocolError("connection to ourself")
+            raise ProtocolError(OURSELF)
         config = self._config
         low, high = max(config.min_version, hello.min_version), min(config.max_version, hello.max_version)
         if low > high:

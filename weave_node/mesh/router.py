@@ -32,6 +32,7 @@ from weave_node.mesh.connector import Connector
 from weave_node.mesh.errors import ProtocolError
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.protocol import (
+    OURSELF,
     Connection,
     ConnectionFailed,
     Established,
@@ -381,12 +382,15 @@ class Router:
             else:
                 log.info("%s connection shut down: %s", pc.label, reason)
             self._local_connections_changed()
-        elif reason != "duplicate connection":
+        elif reason not in ("duplicate connection", OURSELF):
             if pc.outbound:  # ours: paced by the connector's backoff
                 log.info("%s connection failed: %s", pc.label, reason)
             else:  # anyone can open connections that fail, as often as they like: rate-limited
                 self.rlog.log(logging.INFO, "mesh.inbound-failed", "%s connection failed: %s", pc.label, reason)
-        if pc.target is not None and reason != "duplicate connection":
+        if pc.target is not None and reason == OURSELF:
+            if self.connector.ourself(pc.target):
+                log.info("->[%s] is this router's own address: not dialled again", pc.target)
+        elif pc.target is not None and reason != "duplicate connection":
             delay = self.connector.disconnected(pc.target, self.clock.now(), reason)
             log.debug("->[%s] next attempt in %.1f s", pc.target, delay)
         elif pc.target is not None:
