@@ -178,3 +178,23 @@ def test_image_names_are_local_references_and_follow_the_package_version() -> No
     assert {name: spec.reference for name, spec in specs.items()} == images.IMAGE_NAMES
     assert specs["weave-node"].cmd == ("weave-node", "router")
     assert specs["pause"].entrypoint[:2] == ("/bin/sh", "-c") and "TERM" in specs["pause"].entrypoint[2]
+
+
+def test_pruning_keeps_the_newest_archives_and_any_a_running_lab_may_still_use(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    ages = {"a": 10 * 86400, "b": 9 * 86400, "c": 8 * 86400, "d": 7 * 86400, "e": 3600, "f": 60}
+    for key, age in ages.items():
+        for path in (tmp_path / f"weave-node-{key}.tar", tmp_path / f"weave-node-{key}.tar.json"):
+            path.write_text(key)
+            os.utime(path, (now - age, now - age))
+    (tmp_path / "busybox-x.tar").write_text("other image")
+    os.utime(tmp_path / "busybox-x.tar", (now - 30 * 86400, now - 30 * 86400))
+    images._prune(tmp_path, "weave-node", keep=1, min_age=86400, now=now)
+    # f is the newest; e is not, but was built within the day (a running lab may have it bind-mounted).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "busybox-x.tar",
+        "weave-node-e.tar",
+        "weave-node-e.tar.json",
+        "weave-node-f.tar",
+        "weave-node-f.tar.json",
+    ]

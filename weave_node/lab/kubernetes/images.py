@@ -369,12 +369,20 @@ def build_images(cache: Path, on_line: Callable[[str], None], only: Iterable[str
             if not cached:
                 on_line(f"building {specs[name].reference}")
                 _build(name, specs[name], archive, on_line, wheelhouse if name == "weave-node" else None)
-                for old in images.glob(f"{name}-*.tar*"):  # older inputs' archives (47 MiB per source change)
-                    if old not in (archive, info):
-                        old.unlink()
+                _prune(images, name)
             doc = json.loads(info.read_text())
             built.append(Built(name, doc["reference"], archive, doc["digest"], doc["size"], doc["seconds"], cached))
     return built
+
+
+def _prune(images: Path, name: str, keep: int = 3, min_age: float = 86400, now: float | None = None) -> None:
+    """Older inputs' archives go (47 MiB per source change), but not the `keep` newest nor any built in the last
+    `min_age` seconds: a running lab bind-mounts the archives it booted with into its hosts."""
+    archives = sorted(images.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        if (now or time.time()) - old.stat().st_mtime > min_age:
+            old.with_name(old.name + ".json").unlink(missing_ok=True)
+            old.unlink()
 
 
 def _build(name: str, spec: ImageSpec, archive: Path, on_line: Callable[[str], None], wheels: Path | None) -> None:
