@@ -31,9 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "weave_ipam_reclaim_after": 600,  # seconds before the others take a departed host's space over (0: never)
     "weave_ipam_reclaim_replaced": True,  # a re-imaged host's old identity (same host name): taken over at once
     "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
-    "weave_kubernetes": False,  # also apply the DaemonSet (on hosts with weave_kube_control_plane, once up)
+    "weave_kubernetes": False,  # the router runs as the DaemonSet (applied from weave_kube_control_plane, once up)
     "weave_kube_control_plane": False,
-    "weave_image": "weave-node:0.1.0",  # the DaemonSet's image reference
+    "weave_image": "localhost/weave-node:0.1.0",  # the DaemonSet's image (scripts/build-image makes this one)
+    "weave_image_pull_policy": "",  # empty: Never for a localhost/ image (imported into the nodes), else IfNotPresent
 }
 BOOLS = validate.BOOLEANS
 INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
@@ -66,7 +67,13 @@ def typed(data: Mapping[str, Any]) -> dict[str, Any]:
     for key in NUMBERS:
         if isinstance(out.get(key), str):
             out[key] = _number(out[key])
-    for key in ("weave_mtu", "weave_ipalloc_init", "weave_password_file", "weave_wheelhouse"):
+    for key in (
+        "weave_mtu",
+        "weave_ipalloc_init",
+        "weave_password_file",
+        "weave_wheelhouse",
+        "weave_image_pull_policy",
+    ):
         if out.get(key) == "":
             out[key] = DEFAULTS[key]
     return out

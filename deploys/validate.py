@@ -37,7 +37,9 @@ KNOWN = {
     "weave_kubernetes",
     "weave_kube_control_plane",
     "weave_image",
+    "weave_image_pull_policy",
 }
+PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 BOOLEANS = (
     "weave_kubernetes",
@@ -114,8 +116,37 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
             fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
     if ip in pod_range:
         fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
+    if data.get("weave_kubernetes") is True:
+        _check_daemonset(host, data, all_hosts, fail)
     _check_numbers(data, fail)
     check_booleans(host, data)
+
+
+DAEMONSET_FIXED = {
+    "weave_state_dir": "/var/lib/weave-node",
+    "weave_cni_bin_dir": "/opt/cni/bin",
+    "weave_cni_conf_dir": "/etc/cni/net.d",
+}
+
+
+def _check_daemonset(
+    host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, Mapping[str, Any]]], fail: Any
+) -> None:
+    """What the DaemonSet path cannot honour (yet) is refused rather than silently ignored."""
+    if data.get("weave_password_file"):
+        fail(
+            "weave_password_file with weave_kubernetes: the DaemonSet does not carry the password yet (its mesh "
+            "would run unencrypted): run the router as the systemd service for an encrypted mesh"
+        )
+    for key, fixed in DAEMONSET_FIXED.items():
+        if key in data and data[key] != fixed:
+            fail(f"{key} must be {fixed} with weave_kubernetes (the DaemonSet's host paths), not {data[key]!r}")
+    planes = sorted(h for h, d in all_hosts if d.get("weave_kube_control_plane") in (True, "true", "yes", "1"))
+    if len(planes) > 1:
+        fail(
+            f"weave_kube_control_plane is set on {', '.join(planes)}: set it on one host (the DaemonSet is applied "
+            "from there)"
+        )
 
 
 def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
@@ -131,6 +162,15 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
     password = data.get("weave_password_file")
     if password:
         _check_password_file(str(password), fail)
+    policy = data.get("weave_image_pull_policy") or ""
+    if policy not in PULL_POLICIES:
+        fail(
+            "weave_image_pull_policy must be Always, IfNotPresent or Never (empty: chosen by the image), "
+            f"not {policy!r}"
+        )
+    image = data.get("weave_image")
+    if "weave_image" in data and (not isinstance(image, str) or not image or any(c.isspace() for c in image)):
+        fail(f"weave_image must be an image reference (e.g. localhost/weave-node:0.1.0), not {image!r}")
 
 
 def _check_password_file(path: str, fail: Any) -> None:

@@ -44,3 +44,7 @@ _ssh = {
 # weave_address: where the other nodes reach this one (the router's peers, its VXLAN endpoint).
 _addresses = _state.get("addresses") or {f"node{i}": f"198.18.0.{i}" for i in range(1, int(_state["hosts"]) + 1)}
 nodes = [(f"node{i}", {**_ssh, "weave_address": _addresses[f"node{i}"]}) for i in range(1, int(_state["hosts"]) + 1)]
+if _state.get("kubernetes"):
+    # `weave-node lab up --kubernetes`: node1 runs the control plane (with kubectl and an admin kubeconfig), where
+    # the DaemonSet is applied from when the rollout runs with weave_kubernetes=true.
+    nodes[0][1]["weave_kube_control_plane"] = True

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -163,6 +164,14 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--dir", default="/opt/cni/bin", help="where the runtime looks for plugins (default /opt/cni/bin)"
     )
     inst.add_argument("--python", default="/usr/bin/python3", help="the interpreter of its #! line")
+    inst.add_argument(
+        "--conflist",
+        metavar="FILE",
+        help="also install this network configuration list (e.g. from the DaemonSet's ConfigMap) into --conf-dir",
+    )
+    inst.add_argument(
+        "--conf-dir", default="/etc/cni/net.d", help="where the runtime reads configurations (default /etc/cni/net.d)"
+    )
     inst.set_defaults(func=cmd_install_cni_plugin)
     reset = sub.add_parser("reset", help="remove the weave bridge, the VXLAN device and our iptables chains")
     reset.add_argument("--force", action="store_true", help="even if a router answers (it would recreate them)")
@@ -294,31 +303,47 @@ def _sleeve_cell(peer: dict[str, Any]) -> str:
 
 def cmd_install_cni_plugin(args: argparse.Namespace) -> int:
     """The plugin is one standard-library file: installed with `-S -I` in its #! line it starts without site
-    packages or the venv (the runtime pays the start-up on every ADD/DEL). Written atomically, mode 0755."""
+    packages or the venv (the runtime pays the start-up on every ADD/DEL). Written atomically, mode 0755.
+    With --conflist, the network configuration goes in last (atomically too): a runtime that sees it finds the
+    plugin already there."""
     import importlib.util
-    import tempfile
-    from pathlib import Path
 
+    conflist = None
+    if args.conflist:
+        try:
+            conflist = Path(args.conflist).read_text()
+            doc = json.loads(conflist)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"weave-node: cannot install {args.conflist}: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("plugins"), list) or "name" not in doc:
+            raise SystemExit(f"weave-node: {args.conflist} is not a CNI network configuration list")
     spec = importlib.util.find_spec("weave_node.cni.plugin")
     assert spec is not None and spec.origin is not None  # noqa: S101 - our own module
     source = Path(spec.origin).read_text()
-    target = Path(args.dir) / "weave-net"
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = f"#!{args.python} -SI\n" + source  # one argument on a #! line: -SI, not "-S -I"
+    _install_file(Path(args.dir) / "weave-net", text, 0o755)
+    if conflist is not None:
+        _install_file(Path(args.conf_dir) / Path(args.conflist).name, conflist, 0o644)
+    return 0
+
+
+def _install_file(target: Path, text: str, mode: int) -> None:
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and target.read_text() == text:
         print(f"{target} is up to date")
-        return 0
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".weave-net-")
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
     try:
         with open(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o755)  # noqa: S103 - an executable for the runtime, like the other plugins
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"installed {target}")
-    return 0
 
 
 def cmd_reset(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
@@ -27,6 +26,7 @@ from deploys.paths import TEMPLATES
 from deploys.settings import DEFAULTS, MODULES, PACKAGES, PLUGIN_SHEBANG, effective, ours, typed
 
 REPO = Path(__file__).resolve().parent.parent.parent
+MANIFEST = "/etc/weave-node/weave-node.yaml"
 _built: dict[str, Path] = {}
 logger = logging.getLogger("pyinfra")
 
@@ -172,16 +172,8 @@ def cni(data: dict[str, Any]) -> None:
     _atomic_put("weave-net plugin", plugin, f"{bin_dir}/weave-net", "755")
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
-    env = jinja2.Environment(  # noqa: S701 - JSON, not HTML
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined
-    )
-    conflist = env.get_template("10-weave.conflist.j2").render(
-        cni_version=data["weave_cni_version"],
-        hairpin_mode=data["weave_hairpin"],
-        bandwidth=data["weave_bandwidth"],
-        pending_dir=f"{data['weave_state_dir']}/cni-pending",
-    )
-    _atomic_put("Network configuration list", conflist + "\n", f"{conf_dir}/10-weave.conflist", "644")
+    text = manifest.conflist(data)
+    _atomic_put("Network configuration list", text, f"{conf_dir}/10-weave.conflist", "644")
 
 
 def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
@@ -196,19 +188,14 @@ def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
 
 @deploy("weave-node: Kubernetes DaemonSet")
 def kubernetes(data: dict[str, Any]) -> None:
-    """Optional (weave_kubernetes): on the control-plane host, apply the DaemonSet once the API server answers
-    /readyz; otherwise say so and skip. The manifest is validated against the Kubernetes schemas first."""
+    """weave_kubernetes: the router runs as the DaemonSet (no systemd service on the nodes). On the host with
+    weave_kube_control_plane: apply the manifest once the API server answers /readyz (otherwise say so and skip),
+    then the health gate: every weave-node pod Ready, or the run fails naming each pod that is not and why.
+    The manifest is validated against the Kubernetes schemas before anything is applied."""
     if not data["weave_kubernetes"] or not data["weave_kube_control_plane"]:
         return
     try:
-        text = manifest.render(
-            image=data["weave_image"],
-            peers=[data["weave_address"], *data["weave_peers"]],
-            ipalloc_range=data["weave_ipalloc_range"],
-            conn_limit=data["weave_conn_limit"],
-            metrics_addr=data["weave_metrics_addr"],
-            mtu=data["weave_mtu"],
-        )
+        text = manifest.from_settings(data)
     except manifest.InvalidManifest as exc:
         raise DeployError(f"the weave-node manifest is invalid: {exc}") from None
     ready = host.get_fact(Command, command="kubectl get --raw=/readyz 2>/dev/null || true")
@@ -219,21 +206,57 @@ def kubernetes(data: dict[str, Any]) -> None:
             host.name,
         )
         return
-    put = files.put(name="Manifest", src=io.StringIO(text), dest="/etc/weave-node/weave-node.yaml", mode="600")
+    files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
+    files.put(name="Manifest", src=io.StringIO(text), dest=MANIFEST, mode="600")
+    # Applied when what the cluster runs differs from it (not when the file changed: an apply that failed, or a
+    # DaemonSet deleted by hand, is applied again by the next run); gated whenever it was applied or is not
+    # fully rolled out and Ready (a gate that failed fails again on the next run until the pods are Ready).
+    live = (host.get_fact(Command, command=manifest.LIVE_STATE) or "").split()
+    current = live[:1] == [manifest.config_hash(text)]
+    if current and manifest.rolled_out(live[1:]):
+        return
+    timeout = manifest.gate_timeout(data)
+    if not current:
+        server.shell(name="kubectl apply", commands=[f"kubectl apply -f {MANIFEST}"])
     server.shell(
-        name="kubectl apply", commands=["kubectl apply -f /etc/weave-node/weave-node.yaml"], _if=put.did_change
+        name="Health gate: a weave-node pod Ready on every node",
+        commands=[manifest.health_gate(timeout)],
     )
 
 
+@deploy("weave-node: a node of the DaemonSet")
+def daemonset_node(data: dict[str, Any]) -> None:
+    """With weave_kubernetes: the standard CNI plugins the conflist names, in the CNI bin directory (as kubeadm's
+    kubernetes-cni gives them), and no router service of ours beside the DaemonSet's (a host rolled out the
+    systemd way before: its service is stopped and disabled; the state directory stays, so the pod takes over
+    the router's identity, its IPAM state and the kernel datapath)."""
+    bin_dir = data["weave_cni_bin_dir"]
+    files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
+    for name in ("loopback", "portmap", "bandwidth"):
+        if not host.get_fact(File, path=f"{bin_dir}/{name}"):
+            files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+    if host.get_fact(File, path="/etc/systemd/system/weave-node.service"):
+        systemd.service(
+            name="The router's systemd service stopped and disabled (the DaemonSet runs the router)",
+            service="weave-node.service",
+            running=False,
+            enabled=False,
+        )
+
+
 def rollout() -> None:
-    """Everything, in order: what `deploys/weave_node.py` runs."""
+    """Everything, in order: what `deploys/weave_node.py` runs. With weave_kubernetes the router runs as the
+    DaemonSet, which installs the CNI plugin and configuration itself: the nodes get only the prerequisites."""
     data = settings()
     prerequisites()
+    if data["weave_kubernetes"]:
+        daemonset_node(data)
+        kubernetes(data)
+        return
     install = router(data)
     changed = config(data)
     service(data, [install, *changed])
     cni(data)
-    kubernetes(data)
 
 
 def removal_settings() -> dict[str, Any]:

@@ -216,3 +216,52 @@ def test_an_invalid_manifest_is_refused() -> None:
         manifest.validate(text)
     with pytest.raises(manifest.InvalidManifest, match="not valid YAML"):
         manifest.validate("a: [")
+
+
+def _settings(**changes: Any) -> dict[str, Any]:
+    from deploys.settings import DEFAULTS
+
+    return {**DEFAULTS, "weave_address": "198.18.0.1", "weave_peers": ["198.18.0.2", "198.18.0.3"], **changes}
+
+
+def test_the_daemonset_carries_the_same_conflist_as_the_systemd_path_and_every_node() -> None:
+    import yaml
+
+    data = _settings()
+    docs = {d["kind"]: d for d in yaml.safe_load_all(manifest.from_settings(data)) if d}
+    assert docs["ConfigMap"]["data"]["10-weave.conflist"] == manifest.conflist(data)
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["WEAVE_PEERS"] == "198.18.0.1 198.18.0.2 198.18.0.3" and env["IPALLOC_INIT"] == "consensus=3"
+    assert {c["imagePullPolicy"] for c in pod["containers"] + pod["initContainers"]} == {"Never"}  # localhost/
+    assert "--conflist" in pod["initContainers"][0]["command"]
+    other = yaml.safe_load_all(manifest.from_settings(_settings(weave_image="registry.example/weave-node:1")))
+    ds = next(d for d in other if d and d["kind"] == "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_config_hash_follows_the_settings_and_nothing_else() -> None:
+    base = manifest.config_hash(manifest.from_settings(_settings()))
+    assert manifest.config_hash(manifest.from_settings(_settings())) == base  # rendering is deterministic
+    for change in ({"weave_conn_limit": 50}, {"weave_hairpin": False}, {"weave_image": "localhost/weave-node:9"}):
+        assert manifest.config_hash(manifest.from_settings(_settings(**change))) != base, change
+
+
+def test_what_the_daemonset_cannot_honour_is_refused_before_any_host_is_touched(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    pw.chmod(0o600)
+    hosts = [("node1", {"weave_address": "198.18.0.1"}), ("node2", {"weave_address": "198.18.0.2"})]
+    cases = [
+        ({"weave_password_file": str(pw)}, "does not carry the password"),
+        ({"weave_state_dir": "/srv/weave"}, "weave_state_dir must be /var/lib/weave-node"),
+        ({"weave_cni_bin_dir": "/usr/libexec/cni"}, "weave_cni_bin_dir must be /opt/cni/bin"),
+    ]
+    for change, message in cases:
+        data = settings.typed({**settings.DEFAULTS, **_settings(weave_kubernetes=True), **change})
+        with pytest.raises(InvalidData, match=message):
+            validate("node1", data, hosts)
+        validate("node1", {**data, "weave_kubernetes": False}, hosts)  # the systemd path takes it
+    planes = [(h, {**d, "weave_kube_control_plane": True}) for h, d in hosts]
+    with pytest.raises(InvalidData, match="set it on one host"):
+        validate("node1", settings.typed({**settings.DEFAULTS, **_settings(weave_kubernetes=True)}), planes)

@@ -74,3 +74,13 @@ def test_an_address_that_leads_back_to_us_is_never_dialled_again() -> None:
     c.failed(B, 0.0, "refused")
     assert c.due(1000.0, set(), 0) == [B]
     assert c.targets[A].state == "ourself" and c.next_deadline() is None
+
+
+def test_an_explicit_connect_gives_an_ourself_address_one_more_try() -> None:
+    c = make(peers=(A,))
+    c.due(0.0, set(), 0)
+    c.ourself(A)
+    c.add(A, "learned")
+    assert c.due(10.0, set(), 0) == []
+    c.add(A, "flag")  # `weave-node connect A`
+    assert c.due(10.0, set(), 0) == [A]

@@ -138,9 +138,19 @@ def test_features_are_the_intersection() -> None:
 
 @pytest.mark.parametrize("config", [PLAIN, SECRET], ids=["plain", "password"])
 def test_connection_to_ourself_is_rejected(config: ProtocolConfig) -> None:
-    a, b = connect(config, b=replace(A, uid=9))
+    a, b = connect(config, b=A)  # the very same router (name and uid): a dial that came back to us
     events_a, events_b = pump(a, b, 0.0)
     assert failures(events_a) == failures(events_b) == ["connection to ourself"]
+
+
+@pytest.mark.parametrize("config", [PLAIN, SECRET], ids=["plain", "password"])
+def test_another_router_with_our_name_is_rejected_as_a_collision_not_as_ourself(config: ProtocolConfig) -> None:
+    """Not 'ourself' (which is never dialled again): a copied state directory, which the operator must fix."""
+    a, b = connect(config, b=replace(A, uid=9))
+    events_a, events_b = pump(a, b, 0.0)
+    for events in (events_a, events_b):
+        (reason,) = failures(events)
+        assert "uses this router's own name" in reason and "copied state directory" in reason
 
 
 def test_password_on_one_side_only_is_rejected_with_a_clear_reason_on_both_sides() -> None:

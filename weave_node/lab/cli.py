@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = named(lab_sub.add_parser("up", help="bring up N hosts (reuses a running lab of the same size)"))
     p.add_argument("--hosts", type=int, default=3, help=f"number of hosts, 1-{MAX_HOSTS} (default 3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="make the hosts a Kubernetes 1.20 cluster: containerd, kubelet and kube-proxy on every host, the "
+        "control plane on node1 (binaries built from Debian's source package once per machine, ~7 min)",
+    )
     p.set_defaults(func=cmd_up)
     p = named(lab_sub.add_parser("down", help="stop every host and remove everything the lab created"))
     p.add_argument("-q", "--quiet", action="store_true")
@@ -35,6 +41,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("host", help="host name, e.g. node1")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: a login shell)")
     p.set_defaults(func=cmd_ssh)
+    # Every argument goes to kubectl (-n, -o...): only a leading --name LAB is ours.
+    p = lab_sub.add_parser(
+        "kubectl",
+        help="kubectl against a --kubernetes lab (from this machine)",
+        usage="weave-node lab kubectl [--name LAB] KUBECTL-ARGS...",
+        prefix_chars="+",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="kubectl's arguments, e.g. -n kube-system get pods")
+    p.set_defaults(func=cmd_kubectl)
     p = named(lab_sub.add_parser("ssh-config", help="print the path of the lab's ssh_config"))
     p.set_defaults(func=cmd_ssh_config)
 
@@ -44,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from weave_node.lab.progress import Progress
 
     progress = Progress(quiet=args.quiet)
-    st = lab.up(args.name, args.hosts, progress)
+    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes)
     total = sum(progress.timings.values())
     if not args.quiet and st.paths is not None:
         progress.console.print(
@@ -104,6 +120,19 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     argv = lab.ssh_argv(args.name, args.host, list(args.command))
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh on purpose
+
+
+def cmd_kubectl(args: argparse.Namespace) -> int:
+    from weave_node.lab import lab
+
+    rest, name = list(args.args), DEFAULT_NAME
+    if rest[:1] == ["--name"] and len(rest) > 1:
+        name, rest = rest[1], rest[2:]
+    elif rest[:1] and rest[0].startswith("--name="):
+        name, rest = rest[0].split("=", 1)[1], rest[1:]
+    argv = lab.kubectl_argv(name, rest)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with kubectl on purpose
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:

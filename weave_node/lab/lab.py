@@ -7,6 +7,7 @@ Layout on disk (WEAVE_LAB_HOME, default /var/lib/weave-node-lab):
     labs/<name>/known_hosts          the hosts' own (per-host) keys, pinned
     labs/<name>/id_ed25519           the lab's client key (root on every host)
     labs/<name>/hosts/<host>/upper   the host's copy-on-write layer; console.log beside it
+    labs/<name>/kubeconfig           with --kubernetes: the cluster's admin (use `weave-node lab kubectl`)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from weave_node.lab import system
 from weave_node.lab.progress import Progress
-from weave_node.lab.rootfs import ensure_rootfs
+from weave_node.lab.rootfs import KUBERNETES_PACKAGES, PACKAGES, ensure_rootfs
 from weave_node.lab.spec import (
     UNDERLAY_GATEWAY,
     UNDERLAY_NET,
@@ -120,7 +121,7 @@ def _load_state(paths: LabPaths) -> dict[str, Any] | None:
 def leftovers(name: str) -> list[str]:
     """Everything of lab `name` that exists on this machine (namespaces, cgroups, files)."""
     found = [f"netns {ns}" for ns in system.netns_list() if ns.startswith(f"wnl-{name}-")]
-    found += [f"cgroup {cg}" for cg in system.lab_cgroups(name) if cg.exists()]
+    found += [f"cgroup {cg}" for cg in system.lab_cgroups(name, controllers=True) if cg.exists()]
     paths = LabPaths.of(name)
     if paths.root.exists():
         found.append(f"dir {paths.root}")
@@ -170,7 +171,7 @@ def _system_state(pid1: int) -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def up(name: str, count: int, progress: Progress) -> LabStatus:
+def up(name: str, count: int, progress: Progress, kubernetes: bool = False) -> LabStatus:
     spec = make_spec(name, count)  # bad input fails here, before anything is touched
     system.require_root()
     system.require_tools(TOOLS)
@@ -178,11 +179,13 @@ def up(name: str, count: int, progress: Progress) -> LabStatus:
     with _lock(name):
         current = status(name, probe_systemd=False)
         if current.up and current.spec is not None:
-            if len(current.spec.hosts) == count:
+            if len(current.spec.hosts) == count and is_kubernetes(name) == kubernetes:
                 progress.note(f"lab {name!r} is already up with {count} hosts: reusing it")
                 return current
             raise LabError(
-                f"lab {name!r} is already up with {len(current.spec.hosts)} hosts, not {count}: "
+                f"lab {name!r} is already up with {len(current.spec.hosts)} hosts"
+                f"{' as a Kubernetes cluster' if is_kubernetes(name) else ''}, not {count}"
+                f"{' as a Kubernetes cluster' if kubernetes else ''}: "
                 f"run `weave-node lab down{_name_flag(name)}` first"
             )
         if current.leftovers or current.spec is not None:
@@ -190,7 +193,7 @@ def up(name: str, count: int, progress: Progress) -> LabStatus:
                 step.update(", ".join(current.leftovers) or "stale state")
                 _teardown(name)
         try:
-            _bring_up(spec, progress)
+            _bring_up(spec, progress, kubernetes)
         except BaseException:
             kept = _keep_console_logs(spec)
             progress.note(f"lab up failed: removing everything it created (console logs kept in {kept})")
@@ -203,25 +206,48 @@ def _name_flag(name: str) -> str:
     return "" if name == "lab" else f" --name {name}"
 
 
-def _bring_up(spec: LabSpec, progress: Progress) -> None:
+def is_kubernetes(name: str) -> bool:
+    state = _load_state(LabPaths.of(name))
+    return bool(state and state.get("kubernetes"))
+
+
+def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> None:
     paths = LabPaths.of(spec.name)
+    packages = PACKAGES + KUBERNETES_PACKAGES if kubernetes else PACKAGES
     with progress.step("root filesystem (Debian bookworm, cached)") as step:
-        rootfs, built = ensure_rootfs(home() / "cache", step.update)
+        rootfs, built = ensure_rootfs(home() / "cache", step.update, packages)
         step.update(("built " if built else "cached ") + str(rootfs))
+    prepared = None
+    if kubernetes:
+        from weave_node.lab.kubernetes import bringup
+
+        with progress.step("Kubernetes 1.20 binaries and images (built once per machine)") as step:
+            prepared = bringup.prepare(home() / "cache", step.update)
+            step.update(f"{prepared.bin_dir}; images: {', '.join(sorted(prepared.images))}")
     with progress.step("keys and host layers") as step:
         host_keys = _prepare_files(spec, paths)
         step.update(f"{len(spec.hosts)} hosts, per-host SSH host keys")
+        if prepared is not None:
+            admin = bringup.write_host_files(spec, lambda host: paths.host_dir(host) / "upper")
+            system.write_atomic(paths.root / "kubeconfig", admin.decode(), mode=0o600)
+            step.update("certificates, kubeconfigs and units of a Kubernetes cluster (control plane on node1)")
     with progress.step("network namespaces and underlay bridge") as step:
         _make_network(spec)
         step.update(f"{spec.underlay_netns}: br0 {UNDERLAY_GATEWAY}/{UNDERLAY_NET.prefixlen}")
     with progress.step(f"booting {len(spec.hosts)} hosts (systemd-nspawn -b)") as step:
         for host in spec.hosts:
-            _boot(spec, host, rootfs, paths)
+            _boot(spec, host, rootfs, paths, prepared.nspawn_args if prepared else ())
         step.update("systemd is PID 1 in each")
     with progress.step("waiting for sshd on every host") as step:
         _wait_ssh(spec, paths, step.update)
     system.write_atomic(paths.ssh_config, render_ssh_config(spec, str(paths.key), str(paths.known_hosts)))
     system.write_atomic(paths.known_hosts, render_known_hosts(spec, host_keys))
+    if prepared is not None:
+        with progress.step("images into each node's containerd") as step:
+            bringup.import_images(spec, paths.ssh_config, prepared.images)
+            step.update(", ".join(sorted(prepared.images)))
+        with progress.step("Kubernetes control plane and nodes") as step:
+            bringup.wait_cluster(spec, prepared.bin_dir, paths.root / "kubeconfig", step.update)
     state = {
         "name": spec.name,
         "hosts": len(spec.hosts),
@@ -230,6 +256,8 @@ def _bring_up(spec: LabSpec, progress: Progress) -> None:
         "ssh_config": str(paths.ssh_config),
         "addresses": {h.name: str(h.address) for h in spec.hosts},
         "created": time.time(),
+        "kubernetes": prepared is not None,
+        "kubernetes_bin": str(prepared.bin_dir) if prepared else None,
     }
     system.write_atomic(paths.state, json.dumps(state, indent=2) + "\n")
 
@@ -286,8 +314,9 @@ def _make_network(spec: LabSpec) -> None:
         )
 
 
-def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths) -> None:
-    cgroups = system.lab_cgroups(spec.name, host.name)
+def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths, extra: tuple[str, ...] = ()) -> None:
+    # A Kubernetes host joins its own cgroup in every v1 controller too: its pods' cgroups go under it.
+    cgroups = system.lab_cgroups(spec.name, host.name, controllers=bool(extra))
     system.make_cgroups(cgroups)
     host_dir = paths.host_dir(host.name)
     cmd = [
@@ -307,6 +336,7 @@ def _boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths) -> None:
         "--link-journal=no",
         "--console=read-only",
         "--bind=/dev/net/tun",  # the sleeve's TAP (nspawn allows the device it binds in)
+        *extra,
         # extra flags for debugging a host, e.g. WEAVE_LAB_NSPAWN_ARGS="--bind=/srv/debug"
         *shlex.split(os.environ.get("WEAVE_LAB_NSPAWN_ARGS", "")),
     ]
@@ -387,7 +417,8 @@ def down(name: str, progress: Progress) -> bool:
 def _teardown(name: str) -> None:
     """Stop every host, then delete cgroups, namespaces and files. Safe to call on any partial state."""
     _close_ssh_masters(LabPaths.of(name).root / "ssh-control")
-    cgroups = system.lab_cgroups(name)
+    system.stop_pods(name)  # containers first: a host halting with pods waits ~90 s for them
+    cgroups = system.lab_cgroups(name, controllers=True)
     system.kill_tree(cgroups, grace=8.0)
     for cg in cgroups:
         system.remove_cgroup_tree(cg)
@@ -438,6 +469,17 @@ def require_up(name: str) -> tuple[LabSpec, LabPaths]:
     if state is None:
         raise LabError(f"lab {name!r} is not up: run `weave-node lab up{_name_flag(name)}`")
     return make_spec(name, int(state["hosts"])), paths
+
+
+def kubectl_argv(name: str, args: list[str]) -> list[str]:
+    """kubectl 1.20 (from the lab's cache) with the lab's admin kubeconfig, inside the underlay namespace."""
+    spec, paths = require_up(name)
+    state = _load_state(paths) or {}
+    if not state.get("kubernetes"):
+        raise LabError(f"lab {name!r} is not a Kubernetes cluster: bring it up with `weave-node lab up --kubernetes`")
+    from weave_node.lab.kubernetes.bringup import kubectl_argv as argv
+
+    return argv(spec, Path(state["kubernetes_bin"]), paths.root / "kubeconfig", args)
 
 
 def ssh_argv(name: str, host: str, command: list[str]) -> list[str]:

@@ -38,6 +38,8 @@ PACKAGES = (
     "containernetworking-plugins",
     "less",
 )
+# A Kubernetes host also runs containerd (with its CRI plugin) and runc; kubelet wants socat for port-forward.
+KUBERNETES_PACKAGES = ("containerd", "runc", "socat")
 # Bump when the customisation below changes: it is part of the cache key.
 CUSTOMIZE_VERSION = 1
 # Timers and units that only slow a lab host's boot or wake it up for nothing.
@@ -72,8 +74,8 @@ def cache_key(suite: str = SUITE, packages: tuple[str, ...] = PACKAGES) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def rootfs_path(cache_dir: Path) -> Path:
-    return cache_dir / f"rootfs-{SUITE}-{cache_key()}"
+def rootfs_path(cache_dir: Path, packages: tuple[str, ...] = PACKAGES) -> Path:
+    return cache_dir / f"rootfs-{SUITE}-{cache_key(packages=packages)}"
 
 
 def apt_sources() -> list[str]:
@@ -120,10 +122,12 @@ def customize(root: Path) -> None:
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
 
 
-def ensure_rootfs(cache_dir: Path, on_line: Callable[[str], None]) -> tuple[Path, bool]:
+def ensure_rootfs(
+    cache_dir: Path, on_line: Callable[[str], None], packages: tuple[str, ...] = PACKAGES
+) -> tuple[Path, bool]:
     """Return (path, built_now). Builds under a lock into a temporary directory, then renames."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = rootfs_path(cache_dir)
+    final = rootfs_path(cache_dir, packages)
     if final.is_dir():
         return final, False
     with open(cache_dir / ".lock", "w") as lock:
@@ -134,7 +138,7 @@ def ensure_rootfs(cache_dir: Path, on_line: Callable[[str], None]) -> tuple[Path
         if partial.exists():
             shutil.rmtree(partial)
         try:
-            _mmdebstrap(partial, on_line)
+            _mmdebstrap(partial, on_line, packages)
             customize(partial)
             partial.rename(final)
         except BaseException:
@@ -144,14 +148,14 @@ def ensure_rootfs(cache_dir: Path, on_line: Callable[[str], None]) -> tuple[Path
     return final, True
 
 
-def _mmdebstrap(target: Path, on_line: Callable[[str], None]) -> None:
+def _mmdebstrap(target: Path, on_line: Callable[[str], None], packages: tuple[str, ...]) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RootfsError("missing dependency: mmdebstrap (apt-get install mmdebstrap)")
     cmd = [
         "mmdebstrap",
         "--variant=apt",
         "--mode=root",
-        "--include=" + ",".join(PACKAGES),
+        "--include=" + ",".join(packages),
         SUITE,
         str(target),
         *apt_sources(),

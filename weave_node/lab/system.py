@@ -145,14 +145,42 @@ def cgroup_hierarchies() -> list[Path]:
     return present
 
 
-def lab_cgroups(lab: str, host: str | None = None) -> list[Path]:
+def v1_controllers() -> list[Path]:
+    """The v1 controller hierarchies (cpu, memory, cpuset...) of a hybrid or legacy machine; none on unified."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists() or not CGROUP_ROOT.is_dir():
+        return []
+    return sorted(
+        p
+        for p in CGROUP_ROOT.iterdir()
+        if p.name not in ("systemd", "unified") and not p.is_symlink() and (p / "cgroup.procs").exists()
+    )
+
+
+def lab_cgroups(lab: str, host: str | None = None, controllers: bool = False) -> list[Path]:
+    """The lab's (or one host's) cgroups: in the hierarchies nspawn needs, and with `controllers` also in every
+    v1 controller (a Kubernetes host's pods get their cgroups there, under the host's own)."""
     parts = [CGROUP_PARENT, lab] + ([host] if host else [])
-    return [h.joinpath(*parts) for h in cgroup_hierarchies()]
+    hierarchies = cgroup_hierarchies() + (v1_controllers() if controllers else [])
+    return [h.joinpath(*parts) for h in hierarchies]
 
 
 def make_cgroups(paths: Iterable[Path]) -> None:
     for path in paths:
         path.mkdir(parents=True, exist_ok=True)
+        if (path / "cpuset.cpus").exists():
+            _inherit_cpuset(path)
+
+
+def _inherit_cpuset(path: Path) -> None:
+    """A new v1 cpuset cgroup starts with no CPUs and no memory nodes (no task can join it): copy its parents'."""
+    chain = []
+    while (path / "cpuset.cpus").exists() and (path.parent / "cpuset.cpus").exists():
+        chain.append(path)
+        path = path.parent
+    for cg in reversed(chain):
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not (cg / name).read_text().strip():
+                (cg / name).write_text((cg.parent / name).read_text())
 
 
 def enter_cgroups(paths: Sequence[Path]) -> None:
@@ -263,6 +291,17 @@ def kill_tree(paths: Sequence[Path], grace: float) -> None:
         wait_empty(paths, min(deadline, time.monotonic() + 0.5))
     signal_pids({pid for p in paths for pid in cgroup_pids(p)}, signal.SIGKILL)
     wait_empty(paths, time.monotonic() + 5.0)
+
+
+def stop_pods(lab: str) -> None:
+    """Before a Kubernetes lab's hosts halt: SIGKILL every process in the pods' cgroups (a host waits ~90 s for
+    containers otherwise). Only processes inside this lab's own cgroup trees are touched."""
+    trees: list[Path] = []
+    for lab_cg in lab_cgroups(lab, controllers=True):
+        if lab_cg.is_dir():
+            trees += [h / "kubepods" for h in sorted(lab_cg.iterdir()) if (h / "kubepods").is_dir()]
+    signal_pids({pid for tree in trees for pid in cgroup_pids(tree)}, signal.SIGKILL)
+    wait_empty(trees, time.monotonic() + 5.0)
 
 
 @contextlib.contextmanager

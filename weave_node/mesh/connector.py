@@ -51,6 +51,8 @@ class Connector:
             target.peer = peer
         if origin == "flag":
             target.origin = "flag"
+            if target.state == "ourself":  # asked for again (`weave-node connect`): one more try
+                target.state, target.next_try = "idle", 0.0
         return False
 
     def forget(self, address: PeerAddress) -> bool:

@@ -451,7 +451,12 @@ class Connection:
     def _on_hello(self, frame: bytes, now: float, events: list[Event]) -> None:
         hello = decode_hello(frame)
         if hello.identity.name == self._local.name:
-            raise ProtocolError(OURSELF)
+            if hello.identity.uid == self._local.uid:
+                raise ProtocolError(OURSELF)
+            # Another router with our name: a copied state directory (or a machine-id baked into an image).
+            raise ProtocolError(
+                f"a peer uses this router's own name ({hello.identity.nickname or '?'}): a copied state directory?"
+            )
         config = self._config
         low, high = max(config.min_version, hello.min_version), min(config.max_version, hello.max_version)
         if low > high:

@@ -1,6 +1,9 @@
 """Action `weave_node_manifest`: the Kubernetes manifest rendered from templates/weave-node/daemonset.yaml.j2 and
 validated against the Kubernetes schemas on the control machine (deploys/manifest.py, as the pyinfra path does).
-Returns `manifest` (the text); fails with the schema error."""
+Takes `settings` (the role's effective `weave` settings, as deploys/tasks/weave_node.py passes them) or the
+template's values. Returns `manifest` (the text), `config_hash` (carried in its pod template), `live_state`
+(the command that reads the live one and its pod counts) and `health_gate` (its shell command); fails with
+the schema error."""
 
 from __future__ import annotations
 
@@ -25,7 +28,16 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         result: dict[str, Any] = super().run(tmp, task_vars)
         args = dict(self._task.args)
         try:
-            text = manifest.render(**args)
+            settings = args.get("settings")
+            text = manifest.from_settings(settings) if settings is not None else manifest.render(**args)
         except manifest.InvalidManifest as exc:
             return {**result, "failed": True, "msg": f"the weave-node manifest is invalid: {exc}"}
-        return {**result, "changed": False, "manifest": text}
+        timeout = manifest.gate_timeout(settings) if settings is not None else 90
+        return {
+            **result,
+            "changed": False,
+            "manifest": text,
+            "config_hash": manifest.config_hash(text),
+            "live_state": manifest.LIVE_STATE,
+            "health_gate": manifest.health_gate(timeout),
+        }
