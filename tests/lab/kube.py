@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 from tests.helpers import poll, run_cli
@@ -95,6 +96,17 @@ class Cluster:
     def pod_veths(self, node: str) -> int:
         out = self.ssh(node, "ip -o link show master weave type veth").stdout
         return len([line for line in out.splitlines() if line.strip()])
+
+
+def kubernetes_lab(name: str, hosts: int) -> Iterator[Cluster]:
+    """A module fixture's body: `lab up --kubernetes` (building the binaries on a machine's first run), the
+    cluster, and `lab down` whatever happens."""
+    try:
+        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), "--kubernetes", "-q",
+                env={"WEAVE_LAB": name}, check=True, timeout=3600)  # fmt: skip
+        yield Cluster(name, hosts)
+    finally:
+        run_cli("weave-node", "lab", "down", "--name", name, "-q")
 
 
 def deployment(name: str, replicas: int, command: list[str], spread: bool = True) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import poll, run_cli
-from tests.lab.kube import Cluster, deployment, http_get, web_pod
+from tests.helpers import poll
+from tests.lab.kube import Cluster, deployment, http_get, kubernetes_lab, web_pod
 from tests.lab.test_lab import grand_total
 
 HOSTS = 3
@@ -25,13 +25,7 @@ DAEMONSET = ("--data", "weave_kubernetes=true", "--data", "weave_ipam_reclaim_af
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    name = f"kb{os.getpid() % 100000}"
-    try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(HOSTS), "--kubernetes", "-q",
-                env={"WEAVE_LAB": name}, check=True, timeout=3600)  # fmt: skip
-        yield Cluster(name, HOSTS)
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
+    yield from kubernetes_lab(f"kb{os.getpid() % 100000}", HOSTS)
 
 
 def _weave_pods(cluster: Cluster) -> dict[str, dict[str, object]]:

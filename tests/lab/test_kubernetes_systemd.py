@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import poll, run_cli
-from tests.lab.kube import Cluster, deployment, http_get, web_pod
+from tests.helpers import poll
+from tests.lab.kube import Cluster, deployment, http_get, kubernetes_lab, web_pod
 from tests.lab.test_lab import grand_total
 
 HOSTS = 3
@@ -24,13 +24,7 @@ POD_RANGE = ipaddress.ip_network("10.32.0.0/12")
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    name = f"ka{os.getpid() % 100000}"
-    try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(HOSTS), "--kubernetes", "-q",
-                env={"WEAVE_LAB": name}, check=True, timeout=3600)  # fmt: skip
-        yield Cluster(name, HOSTS)
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
+    yield from kubernetes_lab(f"ka{os.getpid() % 100000}", HOSTS)
 
 
 def test_nodes_wait_for_the_network_then_the_rollout_makes_them_ready(cluster: Cluster) -> None:

@@ -8,8 +8,10 @@ logged with a traceback unless a channel's handler really failed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
@@ -347,24 +349,30 @@ def test_an_idle_inbound_connection_is_closed_at_the_handshake_deadline() -> Non
 # ---- a duplicate connection resolved: nothing a channel said is lost -------------------------------------------
 
 
-def test_every_new_connection_carries_the_channels_whole_state() -> None:
-    """A restarted peer learns our overlay and IPAM state on its first connection, not when a periodic gossip
-    happens to come its way. (Seen on the lab: a restarted router without its neighbour's bridge address for 5 s
-    sent no heartbeats, the neighbour put it in the sleeve, and a rolling restart lost 2.5 s of pod pings.)"""
-    seen: list[Any] = []
+@contextlib.contextmanager
+def messages_to_peers() -> Iterator[list[gossip.Envelope]]:
+    """Every message a (sans-IO) Connection receives meanwhile, decoded: what our router sent to its peers."""
+    sent: list[gossip.Envelope] = []
     receive = Connection.receive_data
 
     def recording(self: Connection, data: bytes, now: float) -> list[Any]:
         events = receive(self, data, now)
-        seen.extend(e for e in events if type(e).__name__ == "MessageReceived")
+        sent.extend(gossip.decode(e.payload) for e in events if isinstance(e, MessageReceived))
         return events
 
     Connection.receive_data = recording  # type: ignore[method-assign]
     try:
-        rig = Rig()  # the first connection from PEER, no duplicate anywhere
+        yield sent
     finally:
         Connection.receive_data = receive  # type: ignore[method-assign]
-    sent = [gossip.decode(e.payload) for e in seen]
+
+
+def test_every_new_connection_carries_the_channels_whole_state() -> None:
+    """A restarted peer learns our overlay and IPAM state on its first connection, not when a periodic gossip
+    happens to come its way. (Seen on the lab: a restarted router without its neighbour's bridge address for 5 s
+    sent no heartbeats, the neighbour put it in the sleeve, and a rolling restart lost 2.5 s of pod pings.)"""
+    with messages_to_peers() as sent:
+        rig = Rig()  # the first connection from PEER, no duplicate anywhere
     states = [env for env in sent if env.kind == gossip.KIND_GOSSIP and env.channel == "overlay"]
     assert states and overlay_peers.decode(states[0].payload), sent  # our PeerInfo, at once
     rig.close()
@@ -378,21 +386,9 @@ def test_a_connection_that_replaces_a_duplicate_carries_the_channels_state_again
     rig = Rig()
     rig.channel.gossip_state = lambda: b"the state"  # type: ignore[method-assign]
     first = rig.pc
-    seen: list[Any] = []
-    receive = Connection.receive_data
-
-    def recording(self: Connection, data: bytes, now: float) -> list[Any]:
-        events = receive(self, data, now)
-        seen.extend(e for e in events if type(e).__name__ == "MessageReceived")
-        return events
-
-    Connection.receive_data = recording  # type: ignore[method-assign]
-    try:
+    with messages_to_peers() as sent:
         rig.connect()  # the same peer again: the newer connection wins, the first is closed as a duplicate
-    finally:
-        Connection.receive_data = receive  # type: ignore[method-assign]
     assert first.failure == "duplicate connection" and rig.router.established == {PEER.name: rig.pc}
-    sent = [gossip.decode(e.payload) for e in seen]
     assert any(env.channel == "test" and env.payload == b"the state" for env in sent), sent
     # a message that arrived on the loser after it was closed is still dispatched
     msg = gossip.encode(gossip.Envelope(kind=gossip.KIND_GOSSIP, channel="test", payload=b"late"))
