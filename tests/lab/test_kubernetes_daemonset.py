@@ -11,10 +11,11 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.helpers import poll
+from tests.helpers import poll, run_cli
 from tests.lab.kube import Cluster, deployment, http_get, kubernetes_lab, web_pod
 from tests.lab.test_lab import grand_total
 
@@ -65,6 +66,40 @@ def test_the_rollout_applies_the_daemonset_once_the_api_answers_and_a_third_run_
     cluster.wait_nodes_ready()
     logs = cluster.kubectl("-n", "kube-system", "logs", pods[0]["metadata"]["name"]).stdout
     assert "router" in logs and "is up" in logs and "IPAM" in logs
+
+
+def test_the_ansible_role_renders_the_same_daemonset_and_applies_it_when_it_is_gone(cluster: Cluster) -> None:
+    """The same rollout through Ansible (`weave-node rollout --engine ansible`): it finds the DaemonSet pyinfra
+    applied identical (no apply), and when it is gone applies the same manifest and passes the same gate."""
+
+    def ansible() -> subprocess.CompletedProcess[str]:
+        args = ["weave-node", "rollout", "--engine", "ansible", "--inventory", "inventory/lab.py"]
+        for item in DAEMONSET[1::2]:
+            args += ["--data", item]
+        return run_cli(*args, env=cluster.env, timeout=900)
+
+    def live() -> dict[str, Any]:
+        doc: dict[str, Any] = cluster.json("-n", "kube-system", "get", "daemonset", "weave-node")
+        return doc
+
+    def manifest_file() -> str:
+        return cluster.ssh("node1", "sha256sum /etc/weave-node/weave-node.yaml").stdout.split()[0]
+
+    before, written = live(), manifest_file()
+    same = ansible()
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert manifest_file() == written  # the role rendered the same bytes as pyinfra
+    after = live()
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]  # and did not apply again
+    cluster.kubectl("-n", "kube-system", "delete", "daemonset", "weave-node", "--wait=true")
+    cluster.gone("app.kubernetes.io/name=weave-node", "kube-system")
+    applied = ansible()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    fresh = live()
+    assert fresh["metadata"]["uid"] != before["metadata"]["uid"]
+    assert fresh["spec"]["template"] == before["spec"]["template"]
+    cluster.running("app.kubernetes.io/name=weave-node", HOSTS, namespace="kube-system")
+    cluster.wait_nodes_ready()
 
 
 def test_workloads_are_networked_by_the_daemonset(cluster: Cluster) -> None:
