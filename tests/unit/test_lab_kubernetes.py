@@ -100,3 +100,14 @@ def test_kubelet_and_kube_proxy_are_configured_for_a_node_in_a_container() -> No
     containerd = next(f for f in files if f.path == "etc/containerd/config.toml").content.decode()
     assert "restrict_oom_score_adj = true" in containerd and "NoNewKeyring = true" in containerd
     assert f'sandbox_image = "{cluster.PAUSE_IMAGE}"' in containerd
+
+
+def test_a_streamed_command_passes_each_line_on_and_keeps_its_tail() -> None:
+    """The builds' runner (mmdebstrap, apt, make): every non-empty line as it comes, the exit code, the tail."""
+    from weave_node.lab.system import stream
+
+    seen: list[str] = []
+    code, tail = stream(["sh", "-c", "echo one; echo; echo E: two >&2; echo three; exit 3"], seen.append, keep=2)
+    assert code == 3 and seen == ["one", "E: two", "three"] and tail == ["E: two", "three"]
+    code, every = stream(["sh", "-c", "echo a; echo b"], seen.append)
+    assert code == 0 and every == ["a", "b"]

@@ -7,11 +7,11 @@ import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from weave_node.core.errors import WeaveError
+from weave_node.lab.system import stream
 
 SUITE = "bookworm"
 # What a node needs (lab hosts have no route to package registries, so the deploys find it all here).
@@ -161,14 +161,7 @@ def _mmdebstrap(target: Path, on_line: Callable[[str], None], packages: tuple[st
         *apt_sources(),
     ]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        tail: list[str] = []
-        for raw in proc.stdout or ():
-            line = raw.rstrip()
-            tail = [*tail[-19:], line]
-            if line:
-                on_line(line)
-        code = proc.wait()
+    code, tail = stream(cmd, on_line, env=env, keep=20)
     if code != 0:
         last = next((t for t in reversed(tail) if t.startswith("E:")), tail[-1] if tail else "")
         raise RootfsError(f"mmdebstrap failed (exit {code}): {last}")

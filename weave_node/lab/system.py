@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from weave_node.core.errors import WeaveError
@@ -38,6 +38,31 @@ def run(cmd: Sequence[str], *, input_text: str | None = None, check: bool = True
         err = (proc.stderr or proc.stdout).strip().splitlines()
         raise LabError(f"`{' '.join(cmd)}` failed: {err[-1] if err else f'exit {proc.returncode}'}")
     return proc.stdout
+
+
+def stream(
+    cmd: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    keep: int | None = None,
+) -> tuple[int, list[str]]:
+    """Run a long command (a build), passing each non-empty output line (stdout and stderr) to on_line as it
+    comes; returns (exit code, its last `keep` lines, or all of them) for the caller's error message."""
+    tail: list[str] = []
+    with subprocess.Popen(
+        list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for raw in proc.stdout or ():
+            line = raw.rstrip()
+            tail.append(line)
+            if keep is not None and len(tail) > keep:
+                del tail[0]
+            if line:
+                on_line(line)
+        code = proc.wait()
+    return code, tail
 
 
 def require_tools(tools: dict[str, str]) -> None:

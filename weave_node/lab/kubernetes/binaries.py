@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from weave_node.core.errors import WeaveError
+from weave_node.lab.system import stream
 
 VERSION = "1.20.2"
 SOURCE_PACKAGE = "kubernetes"
@@ -217,14 +218,7 @@ def _machine_sources() -> list[tuple[str, str, str]]:
 
 
 def _run(cmd: list[str], cwd: Path, on_line: Callable[[str], None], env: dict[str, str] | None = None) -> None:
-    tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        for raw in proc.stdout or ():
-            line = raw.rstrip()
-            tail = [*tail[-29:], line]
-            if line:
-                on_line(line)
-        code = proc.wait()
+    code, tail = stream(cmd, on_line, cwd=cwd, env=env, keep=30)
     if code != 0:
         shown = "\n".join(tail[-10:])
         raise BuildError(f"{' '.join(cmd[:3])}... failed (exit {code}):\n{shown}")

@@ -40,6 +40,7 @@ from pathlib import Path
 import weave_node
 from weave_node.core.errors import WeaveError
 from weave_node.lab.rootfs import SUITE, apt_sources
+from weave_node.lab.system import stream
 
 BUILDER_VERSION = 1  # bump when a recipe below changes: part of every cache key
 SOURCE_DATE_EPOCH = 1704067200  # 2024-01-01T00:00:00Z: every mtime in a layer is clamped to it
@@ -232,13 +233,7 @@ def _run(cmd: list[str], on_line: Callable[[str], None], cwd: Path | None = None
     # The machine's pip and Python settings (PIP_FIND_LINKS, PYTHONPATH, ...) stay out of the image's build.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
     env.update(DEBIAN_FRONTEND="noninteractive", SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
-        lines = []
-        for raw in p.stdout or ():
-            lines.append(raw.rstrip())
-            if lines[-1]:
-                on_line(lines[-1])
-        code = p.wait()
+    code, lines = stream(cmd, on_line, cwd=cwd, env=env)
     if code != 0:
         last = next((x for x in reversed(lines) if x.startswith("E:")), lines[-1] if lines else "")
         raise ImageError(f"{cmd[0]} failed (exit {code}): {last}")
