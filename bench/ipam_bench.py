@@ -28,7 +28,7 @@ from typing import Any
 from common import BIN, free_port
 
 from weave_node.api.client import _UnixHTTPConnection
-from weave_node.ipam.address import parse_range
+from weave_node.core.address import parse_range
 from weave_node.ipam.model import Init, Key
 from weave_node.ipam.sim import IpamSim
 

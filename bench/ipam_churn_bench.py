@@ -16,8 +16,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
+from weave_node.core.address import parse_range
 from weave_node.ipam import messages
-from weave_node.ipam.address import parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.model import Init
 from weave_node.ipam.presence import Sighting

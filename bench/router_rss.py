@@ -21,7 +21,8 @@ from pathlib import Path
 
 from common import BIN, free_port
 
-from weave_node.config import PeerAddress, RouterConfig
+from weave_node.config import RouterConfig
+from weave_node.core.address import PeerAddress
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
 

@@ -5,75 +5,33 @@ the password file, which is checked for its mode before it is read.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weave_node.core.address import PeerAddress, Range, parse_hostport, parse_peers, parse_range
 from weave_node.core.errors import ConfigError
-from weave_node.ipam.address import parse_range
-from weave_node.ipam.model import parse_init
+from weave_node.core.facts import (
+    DEFAULT_MESH_PORT,
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_RANGE,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_ADDR,
+    DEFAULT_STATUS_SOCKET,
+    MTU_MAX,
+    MTU_MIN,
+    PASSWORD_FILE_MODE_MASK,
+)
+from weave_node.ipam.model import Init, parse_init
 
-DEFAULT_PORT = 6783
-DEFAULT_STATUS_ADDR = "127.0.0.1:6784"
-DEFAULT_STATUS_SOCKET = "/run/weave-node/weave.sock"
-DEFAULT_STATE_DIR = "/var/lib/weave-node"
 DEFAULT_CONN_LIMIT = 100
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> PeerAddress:
-    """`weave launch PEER...` semantics: an IP or host name, with or without a port ("[v6]:port" for IPv6)."""
-    text = text.strip()
-    if not text:
-        raise ConfigError("empty peer address")
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"bad peer address {text!r}: missing ']'")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"bad peer address {text!r}")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    port = default_port
-    if port_text:
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"bad port in peer address {text!r}")
-        port = int(port_text)
-    if not host or any(c.isspace() for c in host):
-        raise ConfigError(f"bad peer address {text!r}")
-    return PeerAddress(host, port)
-
-
-def parse_peers(text: str) -> tuple[PeerAddress, ...]:
-    """WEAVE_PEERS: peers separated by spaces or commas."""
-    return tuple(parse_peer(p) for p in text.replace(",", " ").split())
-
-
-def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    addr = parse_peer(text, default_port=-1)
-    if addr.port < 0:
-        raise ConfigError(f"{what} needs host:port, not {text!r}")
-    return addr.host, addr.port
 
 
 @dataclass(frozen=True)
 class RouterConfig:
     name: str | None = None  # MAC-formatted; default derived from the host id
     nickname: str = field(default_factory=lambda: os.uname().nodename)
-    port: int = DEFAULT_PORT
+    port: int = DEFAULT_MESH_PORT
     listen_host: str = "0.0.0.0"  # noqa: S104 - peers connect from other hosts by design
     peers: tuple[PeerAddress, ...] = ()
     conn_limit: int = DEFAULT_CONN_LIMIT
@@ -84,8 +42,8 @@ class RouterConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
     gossip_interval: float = 10.0
-    ipalloc_range: str = "10.32.0.0/12"
-    ipalloc_init: str = ""  # "" = consensus among the initial peers and us
+    ipalloc_range: Range = field(default_factory=lambda: parse_range(DEFAULT_RANGE))
+    ipalloc_init: Init = field(default_factory=lambda: Init("consensus", peers=1))  # "" = consensus, peers + us
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
     ipam_reclaim_replaced: bool = True  # WEAVE_NO_IPAM_RECLAIM_REPLACED: a re-imaged host's old identity waits too
     datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
@@ -93,7 +51,7 @@ class RouterConfig:
     fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off
     sleeve: bool = True  # WEAVE_NO_SLEEVE turns the userspace fallback (and encrypted pod traffic) off
     sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
-    metrics_addr: str = "127.0.0.1:6782"  # "" disables; open it to Prometheus explicitly (a firewall concern)
+    metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
 
@@ -104,7 +62,7 @@ def read_password_file(path: Path) -> bytes:
         st = path.stat()
     except OSError as exc:
         raise ConfigError(f"password file {path}: {exc.strerror}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & PASSWORD_FILE_MODE_MASK:
         raise ConfigError(f"password file {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
     data = path.read_bytes().strip()
     if not data:
@@ -112,11 +70,10 @@ def read_password_file(path: Path) -> bytes:
     return data
 
 
-def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[str, str, float]:
-    ipalloc_range = str(pick("ipalloc_range", "IPALLOC_RANGE") or "10.32.0.0/12")
-    ipalloc_init = str(pick("ipalloc_init", "IPALLOC_INIT") or "")
-    parse_range(ipalloc_range)  # fail now, with a clear message, rather than when the first pod starts
-    parse_init(ipalloc_init, n_peers + 1)
+def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[Range, Init, float]:
+    # Parsed here, once: a bad value fails at start with a clear message, and every domain gets a typed value.
+    ipalloc_range = parse_range(str(pick("ipalloc_range", "IPALLOC_RANGE") or DEFAULT_RANGE))
+    ipalloc_init = parse_init(str(pick("ipalloc_init", "IPALLOC_INIT") or ""), n_peers + 1)
     raw = pick("ipam_reclaim_after", "WEAVE_IPAM_RECLAIM_AFTER")
     try:
         reclaim_after = float(str(raw)) if raw is not None else 600.0
@@ -128,7 +85,7 @@ def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[st
 
 
 def _metrics_addr(pick: Callable[[str, str], object]) -> str:
-    addr = str(pick("metrics_addr", "WEAVE_METRICS_ADDR") or "127.0.0.1:6782")
+    addr = str(pick("metrics_addr", "WEAVE_METRICS_ADDR") or DEFAULT_METRICS_ADDR)
     if addr == "none":
         return ""
     parse_hostport(addr, "--metrics-addr")
@@ -150,8 +107,8 @@ def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | N
             mtu = int(str(raw))
         except ValueError:
             raise ConfigError(f"WEAVE_MTU must be a number, not {raw!r}") from None
-        if not 576 <= mtu <= 65485:
-            raise ConfigError(f"WEAVE_MTU must be between 576 and 65485, not {mtu}")
+        if not MTU_MIN <= mtu <= MTU_MAX:
+            raise ConfigError(f"WEAVE_MTU must be between {MTU_MIN} and {MTU_MAX}, not {mtu}")
     fastdp = _flag_off(pick("no_fastdp", "WEAVE_NO_FASTDP"))
     sleeve = _flag_off(pick("no_sleeve", "WEAVE_NO_SLEEVE"))
     return datapath, mtu, fastdp, sleeve
@@ -191,7 +148,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
 
     port_raw = pick("port", "WEAVE_PORT")
     try:
-        port = int(str(port_raw)) if port_raw is not None else DEFAULT_PORT
+        port = int(str(port_raw)) if port_raw is not None else DEFAULT_MESH_PORT
     except ValueError:
         raise ConfigError(f"port must be a number, not {port_raw!r}") from None
     if not 0 <= port < 65536:

@@ -13,11 +13,11 @@ from weave_node.api.metrics import MetricsServer, RouterMetrics
 from weave_node.api.pods import PodService
 from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig
+from weave_node.core.address import ip_str, parse_ip
 from weave_node.datapath.model import BRIDGE
-from weave_node.ipam.address import ip_str, parse_ip, parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
-from weave_node.ipam.model import Key, parse_init
+from weave_node.ipam.model import Key
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey, SessionKeys
@@ -54,8 +54,7 @@ def make_identity(config: RouterConfig) -> Identity:
 
 def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamService:
     """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology."""
-    span = parse_range(config.ipalloc_range)
-    init = parse_init(config.ipalloc_init, len(config.peers) + 1)
+    span, init = config.ipalloc_range, config.ipalloc_init
     config.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.state_dir / "ipam.db", me=identity.name, span=span)
     loaded = store.load()
@@ -96,7 +95,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
 
 def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService) -> OverlayService:
     """The kernel datapath, fed the topology, with the bridge's address from IPAM (like Weave's `weave expose`)."""
-    span = parse_range(config.ipalloc_range)
+    span = config.ipalloc_range
 
     async def bridge_address(current: str | None) -> str:
         key = Key(BRIDGE_CONTAINER_ID, BRIDGE)
@@ -173,7 +172,7 @@ async def run_router(config: RouterConfig) -> int:
             ipam,
             overlay,
             config.state_dir / "cni-pending",
-            parse_range(config.ipalloc_range).prefix,
+            config.ipalloc_range.prefix,
             on_op=metrics.observe_cni,
         )
         if overlay is not None

@@ -8,7 +8,8 @@ import random
 import time
 from collections.abc import Callable
 
-from weave_node.config import PeerAddress, RouterConfig
+from weave_node.config import RouterConfig
+from weave_node.core.address import PeerAddress
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
 

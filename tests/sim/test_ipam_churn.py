@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weave_node.ipam.address import parse_range
+from weave_node.core.address import parse_range
 from weave_node.ipam.errors import Conflict, Unavailable
 from weave_node.ipam.model import Init, Key
 from weave_node.ipam.presence import Presence, Sighting, is_quorum

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weave_node.config import PeerAddress, from_env_and_flags, parse_peer, parse_peers
+from weave_node.config import from_env_and_flags
+from weave_node.core.address import PeerAddress, parse_peer, parse_peers
 from weave_node.core.errors import ConfigError
 
 

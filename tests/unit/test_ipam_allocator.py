@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from weave_node.core.address import parse_ip, parse_range
 from weave_node.core.errors import ConfigError
-from weave_node.ipam.address import parse_ip, parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import BadRequest, Conflict, NotFound, Unavailable
 from weave_node.ipam.model import Init, Key, parse_init

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from weave_node.core.address import Range, parse_range
 from weave_node.ipam import messages
-from weave_node.ipam.address import Range, parse_range
 from weave_node.ipam.errors import DecodeError, RingConflict
 from weave_node.ipam.ring import Entry, Ring
 

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weave_node.ipam.address import Range
+from weave_node.core.address import Range
 from weave_node.ipam.space import Space
 
 SPAN = Range(0x0A200000, 26)  # 64 addresses: 0 and 63 unusable

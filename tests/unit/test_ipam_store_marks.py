@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from weave_node.core.address import parse_range
 from weave_node.ipam import messages
-from weave_node.ipam.address import parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.model import Init
 from weave_node.ipam.presence import MARK_INTERVAL, Sighting

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from weave_node.config import PeerAddress
+from weave_node.core.address import PeerAddress
 from weave_node.mesh.connector import Connector
 
 A, B, C = PeerAddress("10.0.0.1", 6783), PeerAddress("10.0.0.2", 6783), PeerAddress("node3", 7000)

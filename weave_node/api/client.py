@@ -8,8 +8,9 @@ import os
 import socket
 from typing import Any
 
-from weave_node.config import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET, parse_hostport
+from weave_node.core.address import parse_hostport
 from weave_node.core.errors import WeaveError
+from weave_node.core.facts import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
 
 
 class ApiError(WeaveError):

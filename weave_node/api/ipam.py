@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from weave_node.core.address import ip_str, parse_ip
 from weave_node.core.errors import ConfigError
-from weave_node.ipam.address import ip_str, parse_ip
 from weave_node.ipam.errors import BadRequest, IpamError
 from weave_node.ipam.model import Key
 from weave_node.ipam.service import DEFAULT_WAIT, IpamService

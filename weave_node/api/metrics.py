@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from weave_node.config import parse_hostport
+from weave_node.core.address import parse_hostport
 
 log = logging.getLogger("weave_node.metrics")
 CONNECTION_STATES = ("established", "pending", "connecting", "retrying")

@@ -16,7 +16,7 @@ from weave_node.api.ipam import add_ipam_routes, ipam_errors
 from weave_node.api.openapi import OPENAPI
 from weave_node.api.pods import PodService, add_pod_routes
 from weave_node.api.status import ConnView, build_status
-from weave_node.config import parse_hostport
+from weave_node.core.address import parse_hostport
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.service import IpamService
 from weave_node.mesh.router import PeerConn, Router

@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from weave_node.core.address import Range, ip_str
 from weave_node.ipam import churn, donation, messages, report
 from weave_node.ipam import orphans as returning
-from weave_node.ipam.address import Range, ip_str
 from weave_node.ipam.consensus import Claim, Consensus
 from weave_node.ipam.errors import BadRequest, Conflict, DecodeError, NotFound, RingConflict, Unavailable
 from weave_node.ipam.model import (

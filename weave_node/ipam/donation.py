@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from weave_node.core.address import span_str
 from weave_node.ipam import messages
-from weave_node.ipam.address import span_str
 from weave_node.ipam.model import DONATION_RETRY, WANT_TTL, Unicast
 from weave_node.mesh.peer import format_name
 

@@ -21,7 +21,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from weave_node.ipam.address import Range
+from weave_node.core.address import Range
 from weave_node.ipam.consensus import Ballot, Claim
 from weave_node.ipam.errors import DecodeError
 from weave_node.ipam.presence import Sighting

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from weave_node.core.address import ip_str
 from weave_node.ipam import churn, messages
-from weave_node.ipam.address import ip_str
 from weave_node.ipam.model import DONATION_RETRY, Unicast
 
 CONFLICT_RETRY = 30.0  # seconds between asking again for addresses in conflict (the other pod may be gone)

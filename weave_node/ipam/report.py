@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from weave_node.ipam.address import ip_str, span_str
+from weave_node.core.address import ip_str, span_str
 from weave_node.mesh.peer import format_name
 
 if TYPE_CHECKING:

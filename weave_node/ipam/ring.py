@@ -14,7 +14,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from weave_node.ipam.address import Range
+from weave_node.core.address import Range
 from weave_node.ipam.errors import RingConflict
 
 

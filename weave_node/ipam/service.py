@@ -14,10 +14,10 @@ import os
 import time
 from typing import Any
 
+from weave_node.core.address import ip_str
 from weave_node.core.clock import Clock
 from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
-from weave_node.ipam.address import ip_str
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import BadRequest, NotFound, Unavailable
 from weave_node.ipam.model import Gossip, Key, Log, Unicast

@@ -13,8 +13,8 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from weave_node.core.address import Range, parse_range
 from weave_node.ipam import messages
-from weave_node.ipam.address import Range, parse_range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import Conflict, Unavailable

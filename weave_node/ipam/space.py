@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from weave_node.ipam.address import Range
+from weave_node.core.address import Range
 
 
 class Space:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weave_node.core.address import Range
 from weave_node.core.errors import ConfigError
 from weave_node.ipam import messages
-from weave_node.ipam.address import Range
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.consensus import Claim
 from weave_node.ipam.errors import DecodeError

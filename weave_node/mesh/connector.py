@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from weave_node.config import PeerAddress
+from weave_node.core.address import PeerAddress
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0

@@ -23,7 +23,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from weave_node.config import PeerAddress, RouterConfig, parse_peer
+from weave_node.config import RouterConfig
+from weave_node.core.address import PeerAddress, parse_peer
 from weave_node.core.clock import Clock, MonotonicClock
 from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
