@@ -71,7 +71,7 @@ def _group_data_dir(folder: Path) -> dict[str, dict[str, Any]]:
 def _host_entries(value: Any) -> Entries | None:
     if not isinstance(value, list | tuple):
         return None
-    out = []
+    out: Entries = []
     for item in value:
         if isinstance(item, str):
             out.append((item, {}))

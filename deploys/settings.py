@@ -10,11 +10,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from deploys import validate
+from deploys.facts import DEFAULT_RANGE
 
 DEFAULTS: dict[str, Any] = {
     "weave_address": None,  # this host's address for its peers (required)
     "weave_peers": None,  # default: weave_address of every other host in the inventory
-    "weave_ipalloc_range": "10.32.0.0/12",
+    "weave_ipalloc_range": DEFAULT_RANGE,
     "weave_ipalloc_init": "",  # default: consensus among all the hosts of this rollout
     "weave_conn_limit": 100,
     "weave_mtu": None,  # default: underlay MTU - 50
@@ -46,7 +47,6 @@ MODULES = (
     ("br_netfilter", "/proc/sys/net/bridge"),
     ("tun", "/sys/class/misc/tun"),  # the sleeve's TAP (built in on many kernels: then /sys/module/tun is absent)
 )
-PLUGIN_SHEBANG = "#!/usr/bin/python3 -SI\n"
 
 
 def ours(data: Mapping[str, Any]) -> dict[str, Any]:

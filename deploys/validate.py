@@ -9,9 +9,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from deploys.facts import CNI_VERSIONS, MTU_MAX, MTU_MIN, PASSWORD_FILE_MODE_MASK
 
 KNOWN = {
     "weave_address",
@@ -40,7 +41,6 @@ KNOWN = {
     "weave_image_pull_policy",
 }
 PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
-CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 BOOLEANS = (
     "weave_kubernetes",
     "weave_kube_control_plane",
@@ -151,8 +151,8 @@ def _check_daemonset(
 
 def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
     mtu = data.get("weave_mtu")
-    if mtu is not None and (not isinstance(mtu, int) or not 576 <= mtu <= 65485):
-        fail(f"weave_mtu must be a number between 576 and 65485, not {mtu!r}")
+    if mtu is not None and (not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX):
+        fail(f"weave_mtu must be a number between {MTU_MIN} and {MTU_MAX}, not {mtu!r}")
     limit = data.get("weave_conn_limit")
     if not isinstance(limit, int) or limit < 0:
         fail(f"weave_conn_limit must be a number >= 0, not {limit!r}")
@@ -179,7 +179,7 @@ def _check_password_file(path: str, fail: Any) -> None:
     except OSError as exc:
         fail(f"weave_password_file {path}: {exc.strerror}")
         return
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & PASSWORD_FILE_MODE_MASK:
         fail(f"weave_password_file {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
     if st.st_size == 0:
         fail(f"weave_password_file {path} is empty")

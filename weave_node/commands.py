@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from weave_node.core.cni import CNI_PLUGIN
+from weave_node.core.facts import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
+
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_router(sub)
@@ -58,9 +61,9 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--listen-host", help="address to listen on for peers (default 0.0.0.0)")
     r.add_argument("--conn-limit", type=int, help="most connections to other peers (default 100, also CONN_LIMIT)")
     r.add_argument("--password-file", help="file (mode 0600) with the mesh password (also WEAVE_PASSWORD_FILE)")
-    r.add_argument("--status-addr", help="status API host:port, loopback only (default 127.0.0.1:6784; 'none')")
+    r.add_argument("--status-addr", help=f"status API host:port, loopback only (default {DEFAULT_STATUS_ADDR}; 'none')")
     r.add_argument("--status-any-addr", action="store_true", help="allow a non-loopback --status-addr")
-    r.add_argument("--status-socket", help="status API unix socket (default /run/weave-node/weave.sock; 'none')")
+    r.add_argument("--status-socket", help=f"status API unix socket (default {DEFAULT_STATUS_SOCKET}; 'none')")
     r.add_argument("--state-dir", help="persistent state (default /var/lib/weave-node)")
     r.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
     r.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a peer is dropped (3 x interval)")
@@ -124,7 +127,7 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="first wait until the router is ready: it answers, IPAM can allocate, the bridge has its address (60)",
     )
     s.add_argument("--peers", type=int, default=0, help="with --wait: also wait until this many peers are reachable")
-    s.set_defaults(func=cmd_status)
+    s.set_defaults(func=_cmd_status)
     rep = sub.add_parser("report", help="the router's full state as JSON, like `weave report`")
     _api_flags(rep)
     rep.set_defaults(func=cmd_report)
@@ -172,6 +175,9 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     inst.add_argument(
         "--conf-dir", default="/etc/cni/net.d", help="where the runtime reads configurations (default /etc/cni/net.d)"
     )
+    inst.add_argument(
+        "--check", action="store_true", help="change nothing: exit 0 if what would be installed is there, else 1"
+    )
     inst.set_defaults(func=cmd_install_cni_plugin)
     reset = sub.add_parser("reset", help="remove the weave bridge, the VXLAN device and our iptables chains")
     reset.add_argument("--force", action="store_true", help="even if a router answers (it would recreate them)")
@@ -180,7 +186,7 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _api_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", help="the router's unix socket (default /run/weave-node/weave.sock)")
+    p.add_argument("--socket", help=f"the router's unix socket (default {DEFAULT_STATUS_SOCKET})")
     p.add_argument("--addr", help="the router's status API host:port instead of the socket")
 
 
@@ -195,7 +201,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     return daemon.main(config, args.log_level)
 
 
-def _get(
+def api_get(
     args: argparse.Namespace, path: str, method: str = "GET", body: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> Any:
     from weave_node.api.client import request
@@ -210,7 +216,7 @@ def cmd_ipam(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     if args.ipam_cmd == "allocations":
-        rows = _get(args, "/ipam/allocations")
+        rows = api_get(args, "/ipam/allocations")
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -222,12 +228,12 @@ def cmd_ipam(args: argparse.Namespace) -> int:
         Console(highlight=False).print(table)
         return 0
     if args.ipam_cmd == "rmpeer":
-        doc = _get(args, f"/ipam/rmpeer/{quote(args.peer, safe='')}", "POST")
+        doc = api_get(args, f"/ipam/rmpeer/{quote(args.peer, safe='')}", "POST")
         print(f"took over {doc['addresses']} addresses of peer {doc['peer']}")
         return 0
     if args.ipam_cmd == "leave":
         # The request outlives the router's own wait, so a timeout there is answered with its reason, not ours.
-        doc = _get(args, "/ipam/leave", "POST", {"force": args.force, "wait": args.wait}, timeout=args.wait + 10)
+        doc = api_get(args, "/ipam/leave", "POST", {"force": args.force, "wait": args.wait}, timeout=args.wait + 10)
         if doc["handed_to"] is None:
             print("this peer owns no address space: nothing to hand over")
         else:
@@ -239,13 +245,13 @@ def cmd_ipam(args: argparse.Namespace) -> int:
         body["ifname"] = args.ifname
     if args.ipam_cmd == "claim":
         body["ip"] = args.ip
-    doc = _get(args, f"/ipam/{args.ipam_cmd}", "POST", body)
+    doc = api_get(args, f"/ipam/{args.ipam_cmd}", "POST", body)
     print(" ".join(doc["released"]) if args.ipam_cmd == "release" else doc["cidr"])
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(json.dumps(_get(args, "/report"), indent=2))
+    print(json.dumps(api_get(args, "/report"), indent=2))
     return 0
 
 
@@ -253,52 +259,8 @@ def cmd_peer(args: argparse.Namespace) -> int:
     """`connect PEER` / `forget PEER`."""
     from urllib.parse import quote
 
-    print(json.dumps(_get(args, f"/{args.verb}/{quote(args.peer, safe='')}", "POST")))
+    print(json.dumps(api_get(args, f"/{args.verb}/{quote(args.peer, safe='')}", "POST")))
     return 0
-
-
-def _datapath_summary(dp: dict[str, Any]) -> str:
-    modes: dict[str, int] = {}
-    for p in dp["peers"]:
-        modes[p["mode"]] = modes.get(p["mode"], 0) + 1
-    fast = f"fastdp ({dp['fastdp']['device']}, UDP {dp['fastdp']['port']})" if dp["fastdp"] else "fastdp off"
-    peers = ", ".join(f"{n} {m}" for m, n in sorted(modes.items())) or "no peers"
-    sleeve = dp.get("sleeve") or {}
-    if "device" in sleeve:
-        fast += f", sleeve ({sleeve['device']}, UDP {sleeve['port']}{', encrypted' if sleeve['encrypted'] else ''})"
-    elif "error" in sleeve:
-        fast += f", sleeve unavailable ({sleeve['error']})"
-    text = f"{fast}, bridge {dp['bridge']} {dp['bridge_address'] or '(no address yet)'}, MTU {dp['mtu']}; {peers}"
-    return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
-
-
-def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None:
-    if dp is None:
-        console.print("the kernel datapath is off (--datapath none)")
-        return
-    console.print(_datapath_summary(dp) + f"\nMTU from {dp['mtu_source']}")
-    for problem in dp["problems"]:
-        console.print(f"[bold red]problem:[/] {problem}")
-    for col in ("peer", "vtep", "mode", "heartbeat", "sleeve", "why"):
-        table.add_column(col)
-    for p in dp["peers"]:
-        ago = "never" if p["last_heartbeat_ago"] is None else f"{p['last_heartbeat_ago']} s ago"
-        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, _sleeve_cell(p), p["reason"])
-
-
-def _sleeve_cell(peer: dict[str, Any]) -> str:
-    sleeve = peer.get("sleeve")
-    if not sleeve:
-        return "-"
-    link = sleeve.get("link")
-    parts = []
-    if link:
-        parts.append(f"UDP {'ok' if link['up'] else 'no answer'}")
-        if link["verified_mtu"]:
-            parts.append(f"MTU {link['verified_mtu']}")
-    if sleeve.get("via") and sleeve["via"] != "direct":
-        parts.append(f"via {sleeve['via']}")
-    return ", ".join(parts) or "-"
 
 
 def cmd_install_cni_plugin(args: argparse.Namespace) -> int:
@@ -306,8 +268,6 @@ def cmd_install_cni_plugin(args: argparse.Namespace) -> int:
     packages or the venv (the runtime pays the start-up on every ADD/DEL). Written atomically, mode 0755.
     With --conflist, the network configuration goes in last (atomically too): a runtime that sees it finds the
     plugin already there."""
-    import importlib.util
-
     conflist = None
     if args.conflist:
         try:
@@ -317,21 +277,32 @@ def cmd_install_cni_plugin(args: argparse.Namespace) -> int:
             raise SystemExit(f"weave-node: cannot install {args.conflist}: {exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("plugins"), list) or "name" not in doc:
             raise SystemExit(f"weave-node: {args.conflist} is not a CNI network configuration list")
-    spec = importlib.util.find_spec("weave_node.cni.plugin")
-    assert spec is not None and spec.origin is not None  # noqa: S101 - our own module
-    source = Path(spec.origin).read_text()
-    text = f"#!{args.python} -SI\n" + source  # one argument on a #! line: -SI, not "-S -I"
-    _install_file(Path(args.dir) / "weave-net", text, 0o755)
+    from weave_node.cni.bundle import script
+
+    wanted = [(Path(args.dir) / CNI_PLUGIN, script(args.python), 0o755)]
     if conflist is not None:
-        _install_file(Path(args.conf_dir) / Path(args.conflist).name, conflist, 0o644)
+        wanted.append((Path(args.conf_dir) / Path(args.conflist).name, conflist, 0o644))
+    if args.check:
+        stale = [str(target) for target, text, mode in wanted if not _current(target, text, mode)]
+        print(f"not up to date: {' '.join(stale)}" if stale else "up to date")
+        return 1 if stale else 0
+    for target, text, mode in wanted:
+        _install_file(target, text, mode)
     return 0
+
+
+def _current(target: Path, text: str, mode: int) -> bool:
+    try:
+        return target.stat().st_mode & 0o7777 == mode and target.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _install_file(target: Path, text: str, mode: int) -> None:
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and target.read_text() == text:
+    if _current(target, text, mode):
         print(f"{target} is up to date")
         return
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
@@ -354,7 +325,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     if not args.force:
         try:
-            _get(args, "/status")
+            api_get(args, "/status")
         except ApiError:
             pass
         else:
@@ -376,129 +347,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
-    """Why a router is not ready yet ("" when it is): what deploy health gates wait for."""
-    reachable = doc["router"]["reachable"] - 1
-    if reachable < peers:
-        return f"{reachable} of {peers} expected peer(s) reachable"
-    ipam = doc.get("ipam")
-    if ipam is not None and "leaving" in ipam:
-        return ""  # it left the ring (it is being removed): as settled as it will get
-    if ipam is not None and not ipam["ready"]:
-        return f"IPAM: {ipam['waiting'] or 'not ready'}"
-    dp = doc.get("datapath")
-    if dp is not None and not dp["bridge_address"]:
-        return "the weave bridge has no address yet"
-    return ""
+def _cmd_status(args: argparse.Namespace) -> int:
+    from weave_node.status_view import cmd_status
 
-
-def _wait_ready(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
-    import time
-
-    from weave_node.api.client import ApiError
-    from weave_node.core.errors import WeaveError
-
-    deadline = time.monotonic() + seconds
-    why = "no answer"
-    while True:
-        try:
-            doc: dict[str, Any] = _get(args, "/status")
-            why = not_ready(doc, args.peers)
-            if not why:
-                return doc
-        except ApiError as exc:
-            why = str(exc)
-        if time.monotonic() >= deadline:
-            raise WeaveError(f"the router is not ready after {seconds:g} s: {why}")
-        time.sleep(0.2)  # polling a remote state with a deadline
-
-
-def _ipam_table(console: Any, table: Any, i: dict[str, Any]) -> None:
-    console.print(
-        f"range {i['range']} ({i['init']}): {'ready' if i['ready'] else i['waiting']}; here "
-        f"{i['used']} used, {i['free']} free of {i['owned']} ({i['used_percent']}%)"
-    )
-    rows = []
-    for o in i["owners"]:
-        if o["reachable"]:
-            reach = "yes"
-        elif o["unreachable_for"] is None:
-            reach = "no, never seen here"
-        else:
-            reach = f"no, seen {o['unreachable_for']:.0f} s ago"
-        rows.append([o["peer"], o["nickname"], str(o["size"]), str(o["free_reported"]), reach])
-    # Every column in full (the peer name is what rmpeer takes); on a narrow terminal only the ranges give way.
-    heads = ["peer", "nickname", "addresses", "free", "reachable"]
-    used = sum(max(len(c) for c in [h, *(r[k] for r in rows)]) + 2 for k, h in enumerate(heads))
-    for h in heads:
-        table.add_column(h, no_wrap=True)
-    table.add_column("ranges", no_wrap=True, overflow="ellipsis", max_width=max(6, console.width - used - 2))
-    for o, row in zip(i["owners"], rows, strict=True):
-        table.add_row(*row, " ".join(o["ranges"][:2]))
-
-
-def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch per table
-    from rich.console import Console
-    from rich.table import Table
-
-    doc = _wait_ready(args, args.wait) if args.wait is not None else _get(args, "/status")
-    if args.json:
-        print(json.dumps(doc[args.section] if args.section else doc, indent=2))
-        return 0
-    console = Console(highlight=False)
-    r = doc["router"]
-    if args.section is None:
-        states = ", ".join(f"{n} {s}" for s, n in sorted(r["connections_by_state"].items())) or "none"
-        rows = [
-            ("Version", doc["version"]),
-            ("Name", f"{r['name']} ({r['nickname']})"),
-            ("Encryption", "enabled" if r["encryption"] else "disabled"),
-            ("Peers", f"{r['peers']} (reachable {r['reachable']})"),
-            ("Connections", f"{sum(r['connections_by_state'].values())} ({states})"),
-            ("Targets", str(len(doc["targets"]))),
-            ("Port", str(r["port"])),
-            ("Uptime", f"{r['uptime_seconds']} s"),
-        ]
-        if "ipam" in doc:
-            i = doc["ipam"]
-            state = "ready" if i["ready"] else i["waiting"] or "not ready"
-            rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
-        if "datapath" in doc:
-            rows.append(("Datapath", _datapath_summary(doc["datapath"])))
-        width = max(len(k) for k, _ in rows)
-        for key, value in rows:
-            console.print(f"  {key:>{width}}: {value}")
-        return 0
-    table = Table(box=None)
-    if args.section == "datapath":
-        _datapath_table(console, table, doc.get("datapath"))
-    elif args.section == "ipam":
-        _ipam_table(console, table, doc["ipam"])
-    elif args.section == "peers":
-        for col in ("name", "nickname", "version", "next hop", "connections"):
-            table.add_column(col)
-        for p in doc["peers"]:
-            conns = ", ".join(
-                f"{'->' if c['outbound'] else '<-'}{c['nickname'] or c['name']}" for c in p["connections"]
-            )
-            hop = "(self)" if p["is_local"] else (p["next_hop"] or "unreachable")
-            table.add_row(p["name"], p["nickname"], str(p["version"]), hop, conns)
-    elif args.section == "connections":
-        for col in ("", "address", "state", "peer", "info"):
-            table.add_column(col)
-        for c in doc["connections"]:
-            who = f"{c['name']}({c['nickname']})" if c["name"] else ""
-            table.add_row(c["direction"], c["address"], c["state"], who, c["info"])
-        for t in doc["targets"]:
-            if t["state"] == "retrying":
-                table.add_row(
-                    "->", t["address"], "retrying", t["peer"] or "", f"{t['last_error']}; in {t['retry_in']} s"
-                )
-    else:
-        for col in ("address", "origin", "state", "peer", "attempts", "last error"):
-            table.add_column(col)
-        for t in doc["targets"]:
-            table.add_row(t["address"], t["origin"], t["state"], t["peer"] or "", str(t["attempts"]), t["last_error"])
-    console.print(table)
-    sys.stdout.flush()
-    return 0
+    return cmd_status(args)

@@ -23,9 +23,8 @@ from pyinfra.operations.util import any_changed
 
 from deploys import handover, manifest, validate, wheelhouse
 from deploys.paths import TEMPLATES
-from deploys.settings import DEFAULTS, MODULES, PACKAGES, PLUGIN_SHEBANG, effective, ours, typed
+from deploys.settings import DEFAULTS, MODULES, PACKAGES, effective, ours, typed
 
-REPO = Path(__file__).resolve().parent.parent.parent
 MANIFEST = "/etc/weave-node/weave-node.yaml"
 _built: dict[str, Path] = {}
 logger = logging.getLogger("pyinfra")
@@ -164,12 +163,20 @@ def service(data: dict[str, Any], changed: list[Any]) -> None:
 
 
 @deploy("weave-node: CNI")
-def cni(data: dict[str, Any]) -> None:
+def cni(data: dict[str, Any], installed: Any = None) -> None:
+    """The plugin is written by the installed router's own installer (`weave-node install-cni-plugin`, the one the
+    Ansible role and the DaemonSet use too): the plugin always matches the router's version. It runs only when the
+    host's plugin differs from what that installer would write, or the router was just (re)installed."""
     bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
     files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
     files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
-    plugin = PLUGIN_SHEBANG + (REPO / "weave_node/cni/plugin.py").read_text()
-    _atomic_put("weave-net plugin", plugin, f"{bin_dir}/weave-net", "755")
+    install = f"{data['weave_prefix']}/venv/bin/weave-node install-cni-plugin --dir {bin_dir}"
+    current = host.get_fact(Command, command=f"{install} --check >/dev/null 2>&1 && echo yes || echo no") == "yes"
+    server.shell(
+        name="weave-net plugin (by the installed router's installer)",
+        commands=[install],
+        _if=lambda: not current or (installed is not None and installed.did_change()),
+    )
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
     text = manifest.conflist(data)
@@ -256,7 +263,7 @@ def rollout() -> None:
     install = router(data)
     changed = config(data)
     service(data, [install, *changed])
-    cni(data)
+    cni(data, install)
 
 
 def removal_settings() -> dict[str, Any]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from tests.helpers import poll
+from weave_node.cni.bundle import script
 
-REPO = Path(__file__).resolve().parent.parent.parent
-PLUGIN = "#!/usr/bin/python3 -SI\n" + (REPO / "weave_node/cni/plugin.py").read_text()
+PLUGIN = script()  # what every installer writes
 
 
 def node_is_installed(host: Any, *, password: bool = False) -> None:

@@ -4,6 +4,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_cli
 
 
@@ -47,8 +49,27 @@ def test_install_cni_plugin_writes_one_executable_stdlib_file(tmp_path: Path) ->
     assert plugin.read_text().splitlines()[0] == "#!/usr/bin/python3 -SI"
     version = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True, check=True)
     assert json.loads(version.stdout)["supportedVersions"][-1] == "1.1.0"
+    assert "weave_node" not in "".join(
+        ln for ln in plugin.read_text().splitlines() if ln.startswith(("from", "import"))
+    )
     again = run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path), check=True)
     assert again.stdout.strip() == f"{plugin} is up to date"
+    # --check (what the rollout asks before it runs the installer) changes nothing and says whether it would.
+    assert run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path), "--check").returncode == 0
+    plugin.chmod(0o775)
+    stale = run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path), "--check")
+    assert stale.returncode == 1 and str(plugin) in stale.stdout and plugin.stat().st_mode & 0o777 == 0o775
+    assert run_cli("weave-node", "install-cni-plugin", "--dir", str(tmp_path)).stdout.strip() == f"installed {plugin}"
+    assert plugin.stat().st_mode & 0o777 == 0o755
+
+
+def test_the_bundle_refuses_a_weave_node_import_it_would_not_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from weave_node.cni import bundle
+
+    real = bundle._source
+    monkeypatch.setattr(bundle, "_source", lambda m: real(m) + "from weave_node.api import client\n")
+    with pytest.raises(RuntimeError, match="without `# inlined`"):
+        bundle.script()
 
 
 def test_install_cni_plugin_also_installs_a_conflist_and_refuses_a_bad_one(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from typing import Any
 from aiohttp import web
 
 from weave_node.api.ipam import _body, _json
-from weave_node.cni.plugin import pending_name
 from weave_node.core.address import ip_str
+from weave_node.core.cni import pending_name
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError
 from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable

@@ -1,6 +1,7 @@
 """The `weave-net` CNI plugin (spec 0.3.0 to 1.1.0): ADD, DEL, CHECK, STATUS, GC, VERSION.
 
-Hot path: the standard library only (the runtime execs this for every pod). The plugin is thin: it validates
+Hot path: the standard library only (the runtime execs this for every pod; cni/bundle.py inlines the two
+weave_node.core modules it imports, so the installed file stands alone). The plugin is thin: it validates
 its input, asks the local router over its unix socket (the router does IPAM and the netlink work), and prints
 the spec's result for the requested version. Errors are the spec's error JSON on stdout, never a traceback.
 A DEL while the router is down is recorded in the pending directory (atomically) and completed by the router
@@ -19,14 +20,14 @@ import stat
 import sys
 import time
 
+from weave_node.core.cni import CNI_LATEST, CNI_PLUGIN, CNI_VERSIONS, pending_name  # inlined
+from weave_node.core.facts import DEFAULT_PENDING_DIR, DEFAULT_STATUS_SOCKET  # inlined
+
 MYPY = False
 if MYPY:  # annotations only: importing typing/collections.abc costs start-up time the runtime pays per pod
     from collections.abc import Mapping
     from typing import Any
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-DEFAULT_SOCKET = "/run/weave-node/weave.sock"
-DEFAULT_PENDING = "/var/lib/weave-node/cni-pending"
 ERR_INCOMPATIBLE_VERSION = 1
 ERR_UNSUPPORTED_FIELD = 2
 ERR_INVALID_ENV = 4
@@ -143,11 +144,11 @@ def _conf(stdin: bytes) -> dict[str, Any]:
     version = conf.get("cniVersion")
     if not isinstance(version, str) or not version:
         raise CniError(ERR_INVALID_CONFIG, "cniVersion is missing")
-    if version not in SUPPORTED_VERSIONS:
+    if version not in CNI_VERSIONS:
         raise CniError(
             ERR_INCOMPATIBLE_VERSION,
             f"incompatible CNI version {version}",
-            f"weave-net supports {', '.join(SUPPORTED_VERSIONS)}",
+            f"{CNI_PLUGIN} supports {', '.join(CNI_VERSIONS)}",
         )
     for field in ("socket", "pendingDir"):
         if field in conf and (not isinstance(conf[field], str) or not conf[field].startswith("/")):
@@ -199,13 +200,6 @@ def _result(version: str, conf: dict[str, Any], add: dict[str, Any], ifname: str
     }
 
 
-def pending_name(container_id: str, ifname: str) -> str:
-    """The file a pending DEL of this attachment is recorded in (the router uses the same name)."""
-    import hashlib  # only here: its OpenSSL part costs 2 ms of every start-up
-
-    return hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:32] + ".json"
-
-
 def _record_pending_del(pending: str, cid: str, ifname: str, netns: str) -> None:
     """Durably note a DEL for the router: temp file, fsync, rename, fsync the directory."""
     os.makedirs(pending, mode=0o700, exist_ok=True)
@@ -235,7 +229,7 @@ def _record_pending_del(pending: str, cid: str, ifname: str, netns: str) -> None
 def run(env: Mapping[str, str], stdin: bytes, out: Any) -> int:
     command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
-        out.write(json.dumps({"cniVersion": "1.1.0", "supportedVersions": list(SUPPORTED_VERSIONS)}) + "\n")
+        out.write(json.dumps({"cniVersion": CNI_LATEST, "supportedVersions": list(CNI_VERSIONS)}) + "\n")
         return 0
     if not command:
         raise CniError(ERR_INVALID_ENV, "CNI_COMMAND is not set", "weave-net is a CNI plugin: a runtime runs it")
@@ -247,7 +241,7 @@ def run(env: Mapping[str, str], stdin: bytes, out: Any) -> int:
         raise CniError(ERR_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}")
     if command in ("STATUS", "GC") and _vt(version) < (1, 1, 0):
         raise CniError(ERR_INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0, not {version}")
-    sock = conf.get("socket", DEFAULT_SOCKET)
+    sock = conf.get("socket", DEFAULT_STATUS_SOCKET)
     try:
         return COMMANDS[command](env, conf, sock, out)
     except RouterDown as exc:
@@ -275,7 +269,7 @@ def _del(env: Mapping[str, str], conf: dict[str, Any], sock: str, out: Any) -> i
     try:
         status, doc = _call(sock, "POST", "/cni/del", {"container_id": cid, "ifname": ifname, "netns": netns})
     except RouterDown:
-        _record_pending_del(conf.get("pendingDir", DEFAULT_PENDING), cid, ifname, netns)
+        _record_pending_del(conf.get("pendingDir", DEFAULT_PENDING_DIR), cid, ifname, netns)
         return 0  # the router completes it when it is back
     if status != 200:
         raise _router_error(status, doc, f"DEL {cid}/{ifname}")
@@ -337,7 +331,7 @@ def _version_of(stdin: bytes) -> str:
         version = json.loads(stdin).get("cniVersion") if stdin.strip() else None
     except (ValueError, AttributeError, UnicodeDecodeError):
         version = None
-    return version if version in SUPPORTED_VERSIONS else "1.1.0"
+    return version if version in CNI_VERSIONS else CNI_LATEST
 
 
 def main() -> int:

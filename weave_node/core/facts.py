@@ -15,8 +15,4 @@ DEFAULT_RANGE = "10.32.0.0/12"
 MTU_MIN = 576  # WEAVE_MTU bounds: IPv4's minimum datagram every host must take ...
 MTU_MAX = 65485  # ... up to the largest VXLAN payload a 64 KiB underlay MTU leaves
 
-# The CNI spec versions the plugin speaks (the last is what it answers VERSION with and defaults to).
-CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CNI_PLUGIN = "weave-net"
-
 PASSWORD_FILE_MODE_MASK = 0o077  # a password file readable or writable by group or others is refused

@@ -88,5 +88,4 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         data["wheels"] = sorted(p.name for p in wheels.glob("*.whl"))
         data["packages"] = settings.PACKAGES
         data["modules"] = [list(m) for m in settings.MODULES]
-        data["cni_plugin"] = settings.PLUGIN_SHEBANG + (REPO / "weave_node/cni/plugin.py").read_text()
         return {**result, "changed": False, "ansible_facts": {"weave": data}}

@@ -1,0 +1,14 @@
+"""The rollout checks the router's facts on the control machine without importing weave_node (the Ansible role runs
+where it is not installed): deploys/facts.py restates them, and this keeps each equal to its home."""
+
+from __future__ import annotations
+
+from deploys import facts as rollout
+from weave_node.core import cni, facts
+
+
+def test_the_rollout_checks_the_facts_the_router_enforces() -> None:
+    assert rollout.DEFAULT_RANGE == facts.DEFAULT_RANGE
+    assert (rollout.MTU_MIN, rollout.MTU_MAX) == (facts.MTU_MIN, facts.MTU_MAX)
+    assert rollout.CNI_VERSIONS == cni.CNI_VERSIONS
+    assert rollout.PASSWORD_FILE_MODE_MASK == facts.PASSWORD_FILE_MODE_MASK

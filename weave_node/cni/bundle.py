@@ -1,0 +1,46 @@
+"""The plugin as the runtime execs it: one standard-library file (`#!python -SI`, no site packages, no venv).
+
+`cni/plugin.py` imports the facts it shares with the router from `weave_node.core` (one home each); lines marked
+`# inlined` are replaced here by those modules' code, so the installed file needs nothing but the interpreter.
+Every installer (the CLI, hence the rollout's pyinfra and Ansible paths and the DaemonSet's init container) writes
+what `script()` returns.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+DEFAULT_PYTHON = "/usr/bin/python3"
+_INLINE = re.compile(r"^from (weave_node\.core\.\w+) import [\w, ]+  # inlined$")
+
+
+def _source(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"{module} is not installed")
+    return Path(spec.origin).read_text()
+
+
+def _body(source: str) -> str:
+    """A module's code without its docstring and its `from __future__` line (the plugin has its own)."""
+    lines = source.splitlines(keepends=True)
+    end = 0
+    if lines and lines[0].startswith('"""'):
+        end = next(i for i, line in enumerate(lines) if line.rstrip().endswith('"""') and (i or line.count('"""') == 2))
+        end += 1
+    return "".join(line for line in lines[end:] if line.strip() != "from __future__ import annotations").strip()
+
+
+def script(python: str = DEFAULT_PYTHON) -> str:
+    out = []
+    for line in _source("weave_node.cni.plugin").splitlines(keepends=True):
+        match = _INLINE.match(line.rstrip("\n"))
+        if match:
+            out.append(f"# --- {match.group(1)} (inlined) ---\n{_body(_source(match.group(1)))}\n# ---\n")
+        elif line.startswith(("from weave_node", "import weave_node")):
+            raise RuntimeError(f"the plugin imports weave_node without `# inlined`: {line.strip()}")
+        else:
+            out.append(line)
+    return f"#!{python} -SI\n" + "".join(out)  # one argument on a #! line: -SI, not "-S -I"
