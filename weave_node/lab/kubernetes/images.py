@@ -402,7 +402,7 @@ def _build(name: str, spec: ImageSpec, archive: Path, on_line: Callable[[str], N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from weave_node.lab.lab import home
+    from weave_node.lab.paths import home
 
     parser = argparse.ArgumentParser(prog="build-image", description="Build the lab's OCI image archives.")
     parser.add_argument("--only", action="append", choices=list(IMAGE_NAMES), help="this image (repeatable)")
