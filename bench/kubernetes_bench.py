@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import run_cli
 from tests.lab.kube import Cluster, deployment
-from weave_node.lab import lab
 from weave_node.lab.kubernetes import binaries
+from weave_node.lab.paths import home
 
 NAME = "kbench"
 BRIDGE = "/etc/cni/net.d/05-bench-bridge.conflist"
@@ -109,8 +109,8 @@ def main() -> int:
               f"({', '.join(f'{s:.1f}' for s in bridge)}): ratio {w / b:.2f}x")  # fmt: skip
     finally:
         run_cli("weave-node", "lab", "down", "--name", NAME, "-q")
-    print("binaries:", json.dumps(binaries.build_info(lab.home() / "cache")))
-    for meta in sorted((lab.home() / "cache" / "images").glob("*.tar.json")):
+    print("binaries:", json.dumps(binaries.build_info(home() / "cache")))
+    for meta in sorted((home() / "cache" / "images").glob("*.tar.json")):
         doc = json.loads(meta.read_text())
         print(f"image {doc['reference']}: {doc['size'] / 2**20:.1f} MiB archive, built in {doc['seconds']} s")
     subprocess.run(["ip", "netns", "list"], check=False)

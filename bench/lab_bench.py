@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from weave_node.lab import lab
+from weave_node.lab.paths import home
 from weave_node.lab.progress import Progress
 from weave_node.lab.rootfs import ensure_rootfs
 
@@ -59,7 +60,7 @@ def main() -> int:
             print(f"cold rootfs build: {time.monotonic() - t0:.1f} s (goal <= 60 s)")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    ensure_rootfs(lab.home() / "cache", lambda _line: None)
+    ensure_rootfs(home() / "cache", lambda _line: None)
 
     rows: dict[int, list[tuple[float, float, float]]] = {}
     for count in (1, 3, args.big):

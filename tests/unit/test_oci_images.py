@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import weave_node
-from weave_node.lab.kubernetes import images
-from weave_node.lab.kubernetes.images import SOURCE_DATE_EPOCH, ImageSpec, busybox_tree, write_archive
+from weave_node.lab.kubernetes import images, oci
+from weave_node.lab.kubernetes.images import busybox_tree
+from weave_node.lab.kubernetes.oci import SOURCE_DATE_EPOCH, ImageSpec, write_archive
 
 pytestmark = pytest.mark.unit
 
@@ -87,10 +88,10 @@ def test_the_archive_is_an_oci_layout_whose_descriptors_match_their_blobs(tmp_pa
     layer_gz, config, _, raw = _layer(files)
     assert layer["size"] == len(layer_gz)
     assert config["rootfs"] == {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(raw).hexdigest()}"]}
-    assert (config["architecture"], config["os"], config["created"]) == ("amd64", "linux", images.CREATED)
+    assert (config["architecture"], config["os"], config["created"]) == ("amd64", "linux", oci.CREATED)
     assert config["config"] == {
         "Cmd": ["demo", "run"],
-        "Env": [images.PATH_ENV],
+        "Env": [oci.PATH_ENV],
         "Labels": {"org.opencontainers.image.version": "1.2"},
         "WorkingDir": "/",
     }

@@ -74,10 +74,10 @@ def _wait(doc: dict[str, Any]) -> float:
 
 
 def add_ipam_routes(app: web.Application, ipam: IpamService) -> None:
-    prefix = ipam.alloc.range.prefix
+    prefix = ipam.range.prefix
 
     def answer(ip: int) -> web.Response:
-        return _json({"ip": ip_str(ip), "cidr": f"{ip_str(ip)}/{prefix}", "range": str(ipam.alloc.range)})
+        return _json({"ip": ip_str(ip), "cidr": f"{ip_str(ip)}/{prefix}", "range": str(ipam.range)})
 
     async def allocate(req: web.Request) -> web.Response:
         doc = await _body(req)

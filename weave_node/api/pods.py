@@ -108,7 +108,7 @@ class PodService:
 
     async def _add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
         gateway = self._gateway()
-        existed = key in self.ipam.alloc.allocations
+        existed = self.ipam.lookup(key).ip is not None
         ip = ip_str(await self.ipam.allocate(key))
         pod = self._pod(key, netns, ip, gateway, hairpin)
         try:
@@ -148,10 +148,9 @@ class PodService:
             await self._check(key, netns, want_ip)
 
     async def _check(self, key: Key, netns: str, want_ip: str | None) -> None:
-        ip = self.ipam.alloc.allocations.get(key)
-        lost = self.ipam.alloc.orphans.get(key)
+        ip, lost, conflict = self.ipam.lookup(key)
         if lost is not None:
-            why = "in use by another pod too: restart this pod" if key in self.ipam.alloc.conflicts else "asking"
+            why = "in use by another pod too: restart this pod" if conflict else "asking"
             raise Conflict(
                 f"{ip_str(lost)} of {key.container_id}/{key.ifname} was reclaimed while this host was cut off ({why})"
             )
@@ -187,7 +186,7 @@ class PodService:
         return {"ready": True}
 
     async def gc(self, valid: set[Key]) -> list[str]:
-        held = [*self.ipam.alloc.allocations, *self.ipam.alloc.orphans]
+        held = self.ipam.held_keys()
         stale = [k for k in held if k not in valid and not k.container_id.startswith(INTERNAL_PREFIX)]
         released = []
         for key in stale:

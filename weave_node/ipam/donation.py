@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from weave_node.core.address import span_str
 from weave_node.ipam import messages
-from weave_node.ipam.model import DONATION_RETRY, WANT_TTL, Unicast
+from weave_node.ipam.model import DONATION_RETRY, FREE_REPORT, WANT_TTL, Unicast
 from weave_node.mesh.peer import format_name
 
 if TYPE_CHECKING:
@@ -48,6 +48,16 @@ def ask_for_space(a: Allocator, now: float) -> None:
     a._log(logging.INFO, f"out of space: asking peer {format_name(a.donor)} for a donation")
 
 
+def note_received(a: Allocator, before: list[tuple[int, int]]) -> None:
+    """After a merge: our space grew beyond `before` (what we owned), so a donation reached us."""
+    if sum(e - s for s, e in a.owned()) > sum(e - s for s, e in before):
+        a.counters["received"] += 1
+        if a.donor is not None:
+            a._log(logging.INFO, f"received space from peer {a.presence.who(a.donor)}")
+        a.donor = None
+        a.free_dirty = True
+
+
 def donate(a: Allocator, src: int, now: float) -> None:
     if a.ring is None or src == a.me or a.fenced(now) or a.init.mode == "observer":
         return
@@ -55,7 +65,7 @@ def donate(a: Allocator, src: int, now: float) -> None:
         return  # a new owner needs a quorum's blessing: a cut-off minority must not grow into a "majority"
     run = a.space.largest_free_run([(s, e) for s, e, x in a.ring.spans() if x.owner == a.me])
     if run is None:
-        a._report_free(now)
+        report_free(a, now)
         return
     start, end = run
     if end - start >= 2:
@@ -66,8 +76,19 @@ def donate(a: Allocator, src: int, now: float) -> None:
     a.ring.grant(start, end, src, a.me)
     a.ring.check_invariants(before)
     a.counters["donated"] += 1
-    a._report_free(now)
+    report_free(a, now)
     a._log(logging.INFO, f"donated {span_str(start, end)} ({end - start} addresses) to peer {format_name(src)}")
     a._changed(ring=True)
     a._effects.append(Unicast(src, a.state_message()))
     a._gossip()
+
+
+def report_free(a: Allocator, now: float) -> None:
+    """Our free counts into the ring (what donors are chosen by), at most every FREE_REPORT."""
+    if a.ring is None:
+        return
+    free = {s: a.space.free_in(s, e) for s, e, entry in a.ring.spans() if entry.owner == a.me}
+    if a.ring.report_free(a.me, free):
+        a._ring_changed()
+    a.free_dirty = False
+    a.next_free_report = now + FREE_REPORT

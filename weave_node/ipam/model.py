@@ -18,6 +18,17 @@ INTERNAL_PREFIX = "weave:"  # the router's own allocations (the bridge address):
 WANT_TTL = 10.0  # seconds an unanswered allocation keeps us asking for space
 VOUCH_INTERVAL = 10.0  # seconds between our sightings sent to the reclaimer (it may not be a neighbour)
 REPLACED_AFTER = 5.0  # seconds an owner is away, while a peer with its host name is here, before it counts replaced
+COUNTERS = (
+    "donated",
+    "received",
+    "reclaimed",
+    "lost",
+    "bad_messages",
+    "conflicts",
+    "handed_over",
+    "given_back",
+    "taken_back",
+)
 
 
 @dataclass(frozen=True, order=True)

@@ -9,13 +9,46 @@ import logging
 from typing import TYPE_CHECKING
 
 from weave_node.core.address import ip_str
-from weave_node.ipam import churn, messages
-from weave_node.ipam.model import DONATION_RETRY, Unicast
+from weave_node.ipam import messages
+from weave_node.ipam.errors import Conflict, Unavailable
+from weave_node.ipam.model import DONATION_RETRY, Key, Unicast
 
 CONFLICT_RETRY = 30.0  # seconds between asking again for addresses in conflict (the other pod may be gone)
 
 if TYPE_CHECKING:
     from weave_node.ipam.allocator import Allocator
+
+
+def refuse(a: Allocator, key: Key) -> None:
+    """An allocation or claim for an orphan's pod waits (its address is asked back) or is a conflict."""
+    lost = a.orphans.get(key)
+    if lost is None:
+        return
+    if key in a.conflicts:
+        raise Conflict(
+            f"{ip_str(lost)} of {key.container_id}/{key.ifname} is in use by another pod too (our space was "
+            "reclaimed while we were cut off): delete this pod first, then it gets a new address"
+        )
+    raise Unavailable(f"{ip_str(lost)} of {key.container_id}/{key.ifname} is being asked back from its new owner")
+
+
+def note_lost(a: Allocator) -> None:
+    """After a merge: allocations outside our space (reclaimed while we were unreachable) become orphans."""
+    owned = a.owned()
+    lost = [k for k, ip in a.allocations.items() if not any(s <= ip < e for s, e in owned)]
+    if lost and a.ring is not None:
+        by = a.ring.owner_of(a.allocations[lost[0]])
+        a._log(
+            logging.ERROR,
+            f"our space was reclaimed by peer {a.presence.who(by)} while we were unreachable: {len(lost)} pod "
+            "address(es) in it are no longer ours; asking for them back (a free one is taken back, one in use "
+            "there is a conflict: restart that pod here): "
+            + ", ".join(f"{k.container_id}/{k.ifname}={ip_str(a.allocations[k])}" for k in sorted(lost)[:10]),
+        )
+        for k in lost:
+            a.orphans[k] = a._drop(k)
+        a._changes.orphans = True
+        a.counters["lost"] += len(lost)
 
 
 def take_back(a: Allocator) -> None:
@@ -82,7 +115,7 @@ def give_back(a: Allocator, src: int, ips: tuple[int, ...], now: float) -> None:
         a.free_dirty = True
         a._log(
             logging.WARNING,
-            f"gave back {n} address(es) to peer {churn.who(a, src)}, whose pods still use them: "
+            f"gave back {n} address(es) to peer {a.presence.who(src)}, whose pods still use them: "
             + ", ".join(ip_str(s) if e - s == 1 else f"{ip_str(s)}-{ip_str(e - 1)}" for s, e in given[:10]),
         )
         a._changed(ring=True)
@@ -92,7 +125,7 @@ def give_back(a: Allocator, src: int, ips: tuple[int, ...], now: float) -> None:
         a._log(
             logging.ERROR,
             f"address conflict: {len(in_use)} address(es) of pods here are also used by pods on peer "
-            f"{churn.who(a, src)} (its space was reclaimed while it was cut off); the pods there must be restarted: "
+            f"{a.presence.who(src)} (its space was reclaimed while it was cut off); the pods there must be restarted: "
             + ", ".join(f"{ip_str(ip)} ({a.by_ip[ip].container_id})" for ip in in_use[:10]),
         )
         a._effects.append(Unicast(src, messages.encode_addresses(a.range, messages.KIND_IN_USE, in_use)))
@@ -107,6 +140,6 @@ def in_use_elsewhere(a: Allocator, src: int, ips: tuple[int, ...]) -> None:
             a._log(
                 logging.ERROR,
                 f"address conflict: {ip_str(ip)} of pod {k.container_id}/{k.ifname} is in use by a pod on peer "
-                f"{churn.who(a, src)} too (our space was reclaimed while we were cut off): restart this pod, it "
+                f"{a.presence.who(src)} too (our space was reclaimed while we were cut off): restart this pod, it "
                 "gets a new address",
             )

@@ -27,6 +27,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from weave_node.mesh.peer import format_name
+
 NEVER = -math.inf  # "since the beginning of time": a fresh identity has never seen anyone
 SINCE_SLACK = 0.5  # seconds a voucher's "not seen since" may move later before we take it (wire rounding)
 MARK_INTERVAL = 2.0  # seconds between the shell's marks of whom it sees (persisted; a mark may be this old)
@@ -206,6 +208,11 @@ class Presence:
                 break
         self._certified[owner] = found
         return found
+
+    def who(self, peer: int) -> str:
+        """A peer's name for log lines, with its nickname (its host name) when we know it."""
+        nick = self.nicknames.get(peer)
+        return f"{format_name(peer)} ({nick})" if nick else format_name(peer)
 
     def sightings(self, owners: Iterable[int], now: float) -> dict[int, Sighting]:
         return {o: Sighting(self.absent_for(o, now), self.nicknames.get(o, "")) for o in owners}

@@ -70,3 +70,31 @@ def status(a: Allocator, now: float) -> dict[str, Any]:
             "claims": {format_name(n): [list(cl.promise), list(cl.accepted)] for n, cl in sorted(c.claims.items())},
         }
     return doc
+
+
+def waiting_reason(a: Allocator, now: float) -> str:  # noqa: PLR0911 - one answer per state
+    """Why `a` cannot allocate now ("" if it can): the status's "waiting", and what a request that timed out says."""
+    if a.init.mode == "observer" and a.ring is None:
+        return "observer: waiting for another peer to initialise the ring"
+    if a.ring is None and a.consensus is not None:
+        c = a.consensus
+        have = sum(1 for cl in c.claims.values() if cl.promise == c.highest_ballot())
+        return f"awaiting consensus: {c.quorum} of {a.init.peers} peers needed, {have} agree so far"
+    if a.ring is None:
+        return "waiting for the ring"
+    if a.init.mode == "observer":
+        return "observer: owns no space"
+    if a.leaving is not None:
+        lv = a.leaving
+        if not lv.receiver:
+            return "left the ring (it owned no address space)"
+        return f"left the ring: handed {lv.addresses} addresses to peer {a.presence.who(lv.receiver)}"
+    if a.fenced(now):
+        return "fenced: cut off from a majority of the space's owners" + (
+            " (waiting to sync the ring)" if a.resync else ""
+        )
+    if a.donor is not None:
+        return f"out of space: asked peer {format_name(a.donor)} for a donation"
+    if a.wanted_at is not None and not a.space.find_free(a.owned(), a.cursor):
+        return "out of space: no reachable peer has free space"
+    return ""

@@ -5,7 +5,7 @@ the range, so the range is always covered exactly once. Only an entry's owner ch
 split it, report its free count), and every change bumps the entry's version. Merge is the union of tokens and,
 per token, the entry with the greatest (version, owner, free): a join, so merging is commutative, associative and
 idempotent, and every peer that has seen the same changes holds the same ring. The one exception to "only the
-owner changes it" is reclaim (and rmpeer), which happens only under the quorum rules in churn.py and presence.py.
+owner changes it" is reclaim (and rmpeer), which happens only under the quorum rules in reclaim.py and presence.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The IPAM shell: feeds the Allocator messages, topology changes, requests and time; persists its changes
-before anything leaves (a reply, a gossip, a unicast); waits for it on behalf of API requests.
+before anything leaves (a reply, a gossip, a unicast); waits for it on behalf of API requests, and answers the
+API's queries (`range`, `lookup`, `held_keys`, `allocations`, `status`): api/ never reaches into the allocator.
+The pure state machine is allocator.py, with bootstrap, donation, leaving, reclaim and orphans beside it.
 
 Commits are synchronous in the event loop: an fsync of sqlite's WAL costs ~0.1 ms here, well below what a
 thread hand-off would save, and it keeps the order "commit, then speak" trivially true.
@@ -12,9 +14,9 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from weave_node.core.address import ip_str
+from weave_node.core.address import Range, ip_str
 from weave_node.core.clock import Clock
 from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
@@ -29,6 +31,15 @@ from weave_node.mesh.peer import format_name, parse_name
 log = logging.getLogger("weave_node.ipam")
 CHANNEL = "ipam"
 DEFAULT_WAIT = 10.0  # seconds an API allocation waits for the ring or for space before 503
+
+
+class Held(NamedTuple):
+    """What an attachment holds here: its address, or its address in space reclaimed while we were cut off
+    (`orphan`, asked back from the new owner) and whether a pod there uses that one too (`conflict`)."""
+
+    ip: int | None
+    orphan: int | None
+    conflict: bool
 
 
 class IpamService:
@@ -233,6 +244,18 @@ class IpamService:
             to = doc["leaving"]["handed_to"]
             doc["leaving"]["handed_to"] = format_name(to) if to else None
         return doc
+
+    @property
+    def range(self) -> Range:
+        return self.alloc.range
+
+    def lookup(self, key: Key) -> Held:
+        a = self.alloc
+        return Held(a.allocations.get(key), a.orphans.get(key), key in a.conflicts)
+
+    def held_keys(self) -> list[Key]:
+        """Every attachment holding an address here, allocations then orphans (what CNI GC weighs)."""
+        return [*self.alloc.allocations, *self.alloc.orphans]
 
     def allocations(self) -> list[dict[str, Any]]:
         return [

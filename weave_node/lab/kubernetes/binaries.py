@@ -226,7 +226,7 @@ def _run(cmd: list[str], cwd: Path, on_line: Callable[[str], None], env: dict[st
 
 def main() -> int:
     """`python -m weave_node.lab.kubernetes.binaries`: build (or find) the cache and print where it is."""
-    from weave_node.lab.lab import home
+    from weave_node.lab.paths import home
 
     with contextlib.suppress(BrokenPipeError):
         bin_dir, built = ensure(home() / "cache", lambda line: print(line[:200], flush=True))  # noqa: T201

@@ -1,122 +1,72 @@
-"""Membership through churn (pure functions over an `Allocator`): leaving with a hand-over, presence and fencing,
-reclaim of owners that are gone (vouched by a quorum, or replaced on their host). The rules: allocator.py's
-module docstring and docs/architecture.md ("IPAM through host churn")."""
+"""Reclaim and fencing (pure functions over an `Allocator`): what Weave lacked, taking over the space of owners
+that are gone without two peers ever handing out one address.
+
+The owners reachable from us have *quorum* when they are more than half of the ring's owners (exactly half counts
+when it holds the lowest-named owner), so at most one side of a partition has it. On the quorum side, the
+lowest-named reachable owner takes over the space of an owner that a quorum of owners vouches has been away for
+`reclaim_after` seconds (presence.py), or of one replaced on its host (a peer with its host name is here). On the
+other side a peer stops allocating after `reclaim_after/2` ("fenced"), before anyone can have reclaimed its space,
+and allocates again only after it has merged a peer's ring since quorum returned (a resync). A peer whose space
+was reclaimed learns so and asks the new owner for the addresses its pods still use (orphans.py). The rules in
+full: docs/architecture.md ("IPAM through host churn").
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from weave_node.ipam.errors import Conflict, Unavailable
-from weave_node.ipam.model import DONATION_RETRY, INTERNAL_PREFIX, REPLACED_AFTER, Leaving, Unicast
-from weave_node.ipam.ring import Ring
+from weave_node.ipam.errors import BadRequest, Conflict, Unavailable
+from weave_node.ipam.model import REPLACED_AFTER, Unicast
 from weave_node.mesh.peer import format_name
 
 if TYPE_CHECKING:
     from weave_node.ipam.allocator import Allocator
 
 
-def leave(a: Allocator, now: float, *, force: bool = False) -> Leaving:
-    """Hand all our space to a reachable peer before this peer is removed for good (Weave's `weave reset`):
-    the identity then owns nothing, so its going away costs the others no quorum and no reclaim wait. Done once
-    a peer's ring shows the hand-over (`leaving.acknowledged`); a peer that owned nothing is done at once. Kept
-    in the store: a router restarted before the end carries on, and a peer that left never asks for space."""
-    if a.leaving is not None:
-        return a.leaving
+def restarted(a: Allocator, away: float | None, now: float) -> None:
+    """Back with the ring the store kept. Away long enough that our space may have been reclaimed: no allocation
+    before we have merged a peer's ring. Back quickly (an upgrade, a crash): carry on, fencing as usual."""
+    update_presence(a, now)
+    if a.reclaim_after > 0 and a.ring is not None and a.ring.owners() - {a.me}:
+        if away is None or away >= a.reclaim_after / 2:
+            a.resync = True
+        else:
+            a.no_quorum_since = now - away
+
+
+def note_sync(a: Allocator, src: int, unsynced: bool) -> None:
+    """After merging `src`'s ring while resyncing: done once we have quorum and the peer was in sync itself (or we
+    have merged the rings of a majority of the owners, ours included)."""
+    if not a.resync or a.ring is None:
+        return
+    a.synced_from.add(src)
+    owners = a.ring.owners()
+    heard = len((a.synced_from | {a.me}) & owners)
+    if a.has_quorum() and (not unsynced or 2 * heard > len(owners)):
+        a.resync = False
+        a.synced_from.clear()
+        a._log(logging.INFO, "ring synced with a peer: allocating again")
+
+
+def rmpeer(a: Allocator, peer: int, now: float) -> int:
+    """`weave-node ipam rmpeer`: take over an unreachable peer's space at once; the number of addresses."""
     if a.ring is None:
-        raise Unavailable("the ring is not initialised yet: there is no space to hand over")
-    pods = sorted(k for k in a.allocations if not k.container_id.startswith(INTERNAL_PREFIX))
-    if pods and not force:
-        raise Conflict(
-            f"{len(pods)} address(es) here are still in use by pods ({', '.join(k.container_id for k in pods[:5])}"
-            f"{', ...' if len(pods) > 5 else ''}): remove those pods first, or force it (their pods must not keep "
-            "running, or their addresses answer twice)"
-        )
-    owned = a.owned()
-    size = sum(e - s for s, e in owned)
-    receiver = choose_receiver(a, a.ring, now) if owned else 0
-    if receiver is None:
-        raise Conflict(
-            f"no reachable peer to hand our {size} addresses to. Once this host is gone, they return "
-            f"{a.reclaim_after:g} s later if a majority of the space's owners stays connected, or at once "
-            f"with `weave-node ipam rmpeer {format_name(a.me)}` on a live host"
-        )
-    for key in sorted(a.allocations):
-        a._drop(key)
-    # Space may still be on its way to us (a donation we asked for, addresses asked back): wait for it a moment,
-    # to hand it on, before we call it done. And never ask for space again.
-    in_flight = a.donor is not None or bool(a.orphans)
-    a.wanted_at = a.donor = None
-    a.orphans.clear()
-    a.conflicts.clear()
-    a._changes.orphans = True
-    a.leaving = Leaving(receiver, 0, {}, acknowledged=not owned and not in_flight, resend_at=now + DONATION_RETRY)
-    a._changes.leaving = True
-    if owned:
-        hand_over(a, now)
-    else:
-        a._log(logging.WARNING, "left the ring: this peer owns no address space")
-    return a.leaving
-
-
-def hand_over(a: Allocator, now: float) -> None:
-    """Our space (all of it, or what reached us since we left) to the leaving receiver."""
-    lv = a.leaving
-    if lv is None or a.ring is None or not a.owned():
-        return
-    if lv.receiver == 0:  # owned nothing when we left, and a donation reached us since: to anyone who can take it
-        receiver = choose_receiver(a, a.ring, now)
-        if receiver is None:
-            return
-        lv.receiver = receiver
-    size = sum(e - s for s, e in a.owned())
-    lv.addresses += size
+        raise Unavailable("the ring is not initialised yet")
+    if peer == a.me:
+        raise BadRequest("cannot remove ourselves; run rmpeer on another peer")
+    if a.init.mode == "observer":
+        raise Conflict("an observer owns no space: run rmpeer on a peer that does")
+    if peer in a.reachable:
+        raise Conflict(f"peer {format_name(peer)} is reachable: stop it (or cut it off) first")
     before = a.ring.copy()
-    a.ring.hand_over(a.me, lv.receiver)
-    a.ring.check_invariants(before)
-    lv.entries.update(
-        {e.token: e.rank() for e in a.ring if e.owner == lv.receiver and before.entries.get(e.token) != e}
-    )
-    lv.acknowledged = False
-    lv.resend_at = now + DONATION_RETRY
-    a._changes.leaving = True
-    a.counters["handed_over"] += 1
-    a._log(logging.WARNING, f"leaving: handed our {size} addresses to peer {who(a, lv.receiver)}")
-    a._ring_changed()
-    a._effects.append(Unicast(lv.receiver, a.state_message(now)))
-
-
-def resend_hand_over(a: Allocator, now: float) -> None:
-    lv = a.leaving
-    if lv is None or lv.acknowledged or now < lv.resend_at:
-        return
-    if lv.receiver == 0 and not a.owned():  # nothing arrived while we waited: done
-        lv.acknowledged = True
-        a._changes.leaving = True
-    elif lv.receiver in a.reachable:
-        lv.resend_at = now + DONATION_RETRY
-        a._effects.append(Unicast(lv.receiver, a.state_message(now)))
-
-
-def choose_receiver(a: Allocator, ring: Ring, now: float) -> int | None:
-    """Who takes our space when we leave: the reachable owner with the least space (it fills up first), else a
-    reachable peer that has a ring (a non-owner: then the number of owners stays the same)."""
-    sizes = ring.sizes()
-    owners = sorted((sizes[p], p) for p in (ring.owners() & a.reachable) - {a.me})
-    if owners:
-        return owners[0][1]
-    others = sorted((a.ipam_peers & a.reachable) - {a.me})
-    # A new owner for an old one: only with a quorum, as for a donation (the lowest name, which breaks ties
-    # between halves, could change sides).
-    return others[0] if others and a.has_quorum() and not a.fenced(now) else None
-
-
-def refuse_if_left(a: Allocator) -> None:
-    if a.leaving is not None:
-        to = f"handed its space to peer {who(a, a.leaving.receiver)}" if a.leaving.receiver else "it owned nothing"
-        raise Unavailable(
-            f"this peer left the ring ({to}): to join again, start it as a new peer (remove its state directory)"
-        )
+    moved = a.ring.transfer(peer, a.me)
+    if moved:
+        a.ring.check_invariants(before)
+        a.counters["reclaimed"] += 1
+        a._log(logging.WARNING, f"rmpeer: took over {moved} addresses of peer {a.presence.who(peer)}")
+        a._ring_changed()
+    return moved
 
 
 def send_vouches(a: Allocator, now: float) -> None:
@@ -129,21 +79,6 @@ def send_vouches(a: Allocator, now: float) -> None:
     if owners - a.reachable and reclaimer not in (None, a.me):
         a._effects.append(Unicast(reclaimer, a.state_message(now)))
     a.presence.prune(owners, now, 2 * a.reclaim_after)
-
-
-def who(a: Allocator, peer: int) -> str:
-    nick = a.presence.nicknames.get(peer)
-    return f"{format_name(peer)} ({nick})" if nick else format_name(peer)
-
-
-def check_hand_over(a: Allocator, src: int, ring: Ring) -> None:
-    lv = a.leaving
-    if lv is None or lv.acknowledged or src == a.me or not lv.entries:
-        return
-    if all(t in ring.entries and ring.entries[t].rank() >= rank for t, rank in lv.entries.items()):
-        lv.acknowledged = True
-        a._changes.leaving = True
-        a._log(logging.INFO, f"hand-over acknowledged: peer {who(a, src)} has our former space")
 
 
 def update_presence(a: Allocator, now: float) -> None:
@@ -180,7 +115,7 @@ def note_fence(a: Allocator, now: float) -> None:
         return
     owners = a.ring.owners()
     away = sorted(owners - a.reachable)
-    listed = ", ".join(f"{who(a, o)} (unseen for {ago(a.presence.absent_for(o, now))})" for o in away[:8]) + (
+    listed = ", ".join(f"{a.presence.who(o)} (unseen for {ago(a.presence.absent_for(o, now))})" for o in away[:8]) + (
         f" and {len(away) - 8} more" if len(away) > 8 else ""
     )
     a._log(
@@ -224,7 +159,7 @@ def reclaim(a: Allocator, now: float) -> None:
         successor = successor_of(a, owner, now, here)
         if successor is not None:
             why = (
-                f"replaced by peer {who(a, successor)}, which runs on its host (the same host name; "
+                f"replaced by peer {a.presence.who(successor)}, which runs on its host (the same host name; "
                 "WEAVE_NO_IPAM_RECLAIM_REPLACED=1 turns this off)"
             )
         else:
@@ -241,7 +176,7 @@ def reclaim(a: Allocator, now: float) -> None:
         a.presence.update(a.ring.owners(), now)
         a.counters["reclaimed"] += 1
         a.free_dirty = True
-        a._log(logging.WARNING, f"reclaimed {moved} addresses of peer {who(a, owner)}: {why}")
+        a._log(logging.WARNING, f"reclaimed {moved} addresses of peer {a.presence.who(owner)}: {why}")
         a._ring_changed()
 
 
