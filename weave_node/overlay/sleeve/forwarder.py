@@ -32,13 +32,13 @@ from collections import Counter
 from collections.abc import Callable
 
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
+from weave_node.overlay.sleeve.cipher import MAC_SIZE, ZERO4, ZERO16, ffi, lib
 from weave_node.overlay.sleeve.codec import (
     BODY_AT,
     CIPHERS,
     FLAG_VNET,
     HEADERS,
     INNER,
-    MAC_SIZE,
     MAX_SEGMENTS,
     MAX_TTL,
     MODE_AESGCM,
@@ -47,20 +47,16 @@ from weave_node.overlay.sleeve.codec import (
     TAIL,
     VERSION,
     VNET_HDR_SIZE,
-    ZERO4,
-    ZERO16,
     Kind,
     Opener,
-    Reassembler,
     Sealer,
     Segment,
     SleeveDropped,
-    ffi,
-    lib,
     overhead,
     packed_size,
 )
 from weave_node.overlay.sleeve.config import PORT, Config, LinkSpec, LinkStatus
+from weave_node.overlay.sleeve.reassembly import Reassembler
 
 log = logging.getLogger("weave_node.sleeve")
 
