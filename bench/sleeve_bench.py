@@ -213,7 +213,8 @@ def receive(batches: int = 600) -> None:
 
     from weave_node.mesh.crypto import SessionKeys
     from weave_node.overlay.sleeve.codec import FLAG_VNET, MODE_AESGCM, MODE_SECRETBOX, Sealer, aesgcm_available
-    from weave_node.overlay.sleeve.forwarder import Config, Forwarder, LinkSpec, name_bytes
+    from weave_node.overlay.sleeve.config import Config, LinkSpec
+    from weave_node.overlay.sleeve.forwarder import Forwarder, name_bytes
 
     modes = [("plain", None), ("secretbox", MODE_SECRETBOX)]
     if aesgcm_available():

@@ -321,7 +321,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     """Like `weave reset`: take our kernel state away (pods on the bridge lose their network). IPAM state stays."""
     from weave_node.api.client import ApiError
     from weave_node.datapath import netlink
-    from weave_node.datapath.plan import DeleteLink, RestoreTable, plan_removal
+    from weave_node.datapath.ops import DeleteLink, RestoreTable
+    from weave_node.datapath.plan import plan_removal
 
     if not args.force:
         try:

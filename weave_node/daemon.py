@@ -111,7 +111,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
     overlay = OverlayService(
         identity.name,
         OverlayConfig(
-            pod_range=str(span),
+            pod_range=span,
             mtu=config.mtu,
             peer_hosts=tuple(p.host for p in config.peers),
             fastdp=config.fastdp,

@@ -1,5 +1,5 @@
 """Pods for the datapath tests: network namespaces plumbed onto a host's `weave` bridge through the pod plumbing
-API (datapath.netlink.attach_pod, what the router does for the CNI plugin), with addresses from the host
+API (datapath.pods.attach_pod, what the router does for the CNI plugin), with addresses from the host
 router's IPAM. Plus small traffic tools run inside pods (system python3: no extra packages)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from tests.helpers import poll
 from tests.netns.hosts import NsHost, RouterProc
 from weave_node.api.client import request
-from weave_node.datapath import netlink
+from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import Pod
 
 
@@ -55,7 +55,7 @@ def make_pod(router: RouterProc, name: str) -> PodNs:
         gateway=gateway,
         mtu=int(dp["mtu"]),
     )
-    netlink.attach_pod(pod, host.netns)
+    pod_links.attach_pod(pod, host.netns)
     return PodNs(ns, str(doc["ip"]), pod, host)
 
 

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import BIN, poll
 from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, peers_fastdp, start_mesh
 from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
-from weave_node.datapath import netlink
+from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import Pod
 from weave_node.lab.system import ip_batch
 
@@ -75,7 +75,7 @@ def test_pods_on_three_hosts_ping_each_other_and_transfer(mesh: Mesh) -> None:
     assert received.split()[2] == a.ip  # pod to pod: no NAT inside the range
     # The pod's MTU is the bridge's, the underlay's minus VXLAN's 50 bytes.
     mtu = mesh.routers[0].status()["datapath"]["mtu"]
-    assert mtu == 1450 and netlink.pod_state(a.pod)["mtu"] == 1450
+    assert mtu == 1450 and pod_links.pod_state(a.pod)["mtu"] == 1450
     big = a.run("ping", "-c", "1", "-W", "5", "-M", "do", "-s", str(mtu - 28), c.ip, check=False)
     assert big.returncode == 0, big.stdout  # a full-size packet crosses without fragmentation
 
@@ -135,16 +135,16 @@ def test_kube_proxy_chains_survive_and_ours_are_in_place(mesh: Mesh) -> None:
 def test_pod_plumbing_is_idempotent_and_exactly_reversed(mesh: Mesh) -> None:
     p = mesh.pod(1, "plumb")
     host = mesh.net.hosts[0]
-    before = netlink.pod_state(p.pod)
-    assert netlink.attach_pod(p.pod, host.netns)["mac"] == before["mac"]  # again: nothing changes
-    assert netlink.pod_state(p.pod) == before
+    before = pod_links.pod_state(p.pod)
+    assert pod_links.attach_pod(p.pod, host.netns)["mac"] == before["mac"]  # again: nothing changes
+    assert pod_links.pod_state(p.pod) == before
     assert before["addresses"] == [p.pod.address] and before["gateways"] == [p.pod.gateway]
-    assert netlink.detach_pod(p.pod, host.netns) is True
-    assert netlink.pod_state(p.pod) == {}
+    assert pod_links.detach_pod(p.pod, host.netns) is True
+    assert pod_links.pod_state(p.pod) == {}
     assert p.pod.host_ifname not in host.run("ip", "-o", "link").stdout
-    assert netlink.detach_pod(p.pod, host.netns) is False  # already gone: fine
+    assert pod_links.detach_pod(p.pod, host.netns) is False  # already gone: fine
     subprocess.run(["ip", "netns", "delete", p.name], check=True)
-    assert netlink.detach_pod(p.pod, host.netns) is False  # the namespace is gone too: still fine
+    assert pod_links.detach_pod(p.pod, host.netns) is False  # the namespace is gone too: still fine
 
 
 def test_a_failed_attach_leaves_nothing_behind(mesh: Mesh) -> None:
@@ -153,12 +153,12 @@ def test_a_failed_attach_leaves_nothing_behind(mesh: Mesh) -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         bad = Pod(f"/run/netns/{ns}", "eth0", "vp-bad", "10.32.9.9/12", gateway="192.0.2.1", mtu=1450)
-        with pytest.raises(netlink.DatapathError, match=r"default route via 192\.0\.2\.1"):
-            netlink.attach_pod(bad, host.netns)
+        with pytest.raises(pod_links.DatapathError, match=r"default route via 192\.0\.2\.1"):
+            pod_links.attach_pod(bad, host.netns)
         assert "vp-bad" not in host.run("ip", "-o", "link").stdout
         missing = Pod("/run/netns/nope-not-there", "eth0", "vp-bad", "10.32.9.9/12", "10.32.0.1", 1450)
-        with pytest.raises(netlink.DatapathError, match="nope-not-there"):
-            netlink.attach_pod(missing, host.netns)
+        with pytest.raises(pod_links.DatapathError, match="nope-not-there"):
+            pod_links.attach_pod(missing, host.netns)
         assert not Path("/run/netns/nope-not-there").exists()
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
@@ -200,9 +200,12 @@ def test_sigkill_of_a_router_does_not_interrupt_a_transfer_and_restart_adopts(tm
             assert received.split()[:2] == sent.split()
             r1 = net.start_router(1, *FAST, net.hosts[1].address, datapath=True)
             poll(lambda: r1.status().get("datapath", {}).get("last_sync", {}).get("ops") == 0, timeout=20, what="sync")
-            # Adopted, not rebuilt: the same bridge, the same entries, and no change was needed at all.
+            # Adopted, not rebuilt: the same bridge, the same entries, and no change was needed but the one that
+            # puts the new sleeve TAP on the bridge (the old one went with the killed router).
             assert net.hosts[0].run("ip", "-o", "link", "show", "weave").stdout.split(":")[0] == links_before
-            assert "applied" not in r1.log_text()
+            applied = [line for line in r1.log_text().splitlines() if "datapath: applied" in line]
+            assert [line.split("datapath: ")[1] for line in applied] == ["applied 1 change(s): 1 SetLink"], applied
+            assert "sleeve: weave-sleeve on bridge weave" in r1.log_text()
             assert _permanent(net.hosts[0].run("bridge", "fdb", "show", "dev", "vxlan-6784").stdout) == _permanent(
                 fdb_before
             )

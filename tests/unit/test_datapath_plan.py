@@ -3,6 +3,8 @@ is not ours."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,25 +22,19 @@ from weave_node.datapath.model import (
     Link,
     Neigh,
     Observed,
+    Port,
     Vxlan,
     bridge_mac,
     overlay_mtu,
 )
-from weave_node.datapath.plan import (
-    CreateBridge,
-    CreateVxlan,
-    DeleteLink,
-    RestoreTable,
-    SetLink,
-    apply_to_model,
-    plan,
-    plan_removal,
-)
+from weave_node.datapath.ops import CreateBridge, CreateVxlan, DeleteLink, FlushLearned, RestoreTable, SetLink
+from weave_node.datapath.plan import apply_to_model, plan, plan_removal
 
 MACS = ["aa:00:00:00:00:01", "aa:00:00:00:00:02", "aa:00:00:00:00:03", FLOOD_MAC]
 IPS = ["198.19.0.1", "198.19.0.2", "198.19.0.3"]
 CIDRS = ["10.32.0.1/12", "10.32.0.2/12", "10.40.0.1/16"]
 KEYS = ["net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"]
+TAP = "weave-sleeve"
 
 fdbs = st.frozensets(st.builds(Fdb, st.sampled_from(MACS), st.sampled_from(IPS)), max_size=6)
 neighs = st.frozensets(st.builds(Neigh, st.sampled_from(["10.32.0.9", "10.33.0.1"]), st.sampled_from(MACS[:3])))
@@ -48,7 +44,10 @@ neighs = st.frozensets(st.builds(Neigh, st.sampled_from(["10.32.0.9", "10.33.0.1
 def desireds(draw: st.DrawFn) -> Desired:
     mtu = draw(st.sampled_from([1376, 1450, 8950]))
     addrs = draw(st.none() | st.lists(st.sampled_from(CIDRS), unique=True, max_size=2).map(tuple))
-    vxlan = draw(st.none() | st.builds(Vxlan, mtu=st.just(mtu), vni=st.sampled_from([1, 0x6784])))
+    sleeve = draw(st.booleans())
+    vxlan = draw(
+        st.none() | st.builds(Vxlan, mtu=st.just(mtu), vni=st.sampled_from([1, 0x6784]), isolated=st.just(sleeve))
+    )
     return Desired(
         bridge=Bridge(mtu=mtu, mac=bridge_mac(draw(st.integers(0, 2**48 - 1))), addresses=addrs),
         vxlan=vxlan,
@@ -56,6 +55,8 @@ def desireds(draw: st.DrawFn) -> Desired:
         neigh=draw(neighs),
         sysctls=tuple((k, "1") for k in draw(st.lists(st.sampled_from(KEYS), unique=True))),
         chains=weave_chains(draw(st.sampled_from(["10.32.0.0/12", "10.40.0.0/16"])), masquerade=draw(st.booleans())),
+        ports=(Port(TAP, mtu),) if sleeve else (),
+        flush=draw(st.integers(0, 2)),
     )
 
 
@@ -84,7 +85,16 @@ def observeds(draw: st.DrawFn) -> Observed:
             vni=draw(st.sampled_from([1, 0x6784])),
             port=VXLAN_PORT,
             learning=draw(st.booleans()),
+            isolated=draw(st.none() | st.booleans()),
         )
+    links[TAP] = Link(  # the sleeve's TAP exists whenever the sleeve runs (it is opened before the first sync)
+        TAP,
+        "tun",
+        mtu=draw(st.sampled_from([1450, 1500])),
+        up=draw(st.booleans()),
+        master=draw(st.sampled_from(["", BRIDGE])) if BRIDGE in links else "",
+        isolated=draw(st.none() | st.booleans()),
+    )
     present = [k for k in KEYS if draw(st.booleans())] + ["net/ipv4/ip_forward"]
     tables = {
         "filter": {
@@ -105,6 +115,7 @@ def observeds(draw: st.DrawFn) -> Observed:
         neigh=draw(neighs) if BRIDGE in links else frozenset(),
         sysctls={k: draw(st.sampled_from(["0", "1"])) for k in present},
         iptables=tables,
+        flushed=draw(st.integers(0, 2)),
     )
 
 
@@ -112,7 +123,9 @@ def _ours_only(ops: tuple[object, ...], observed: Observed) -> None:
     for op in ops:
         name = getattr(op, "name", None) or getattr(op, "link", None)
         if name is not None:
-            assert name in (BRIDGE, VXLAN), op
+            assert name in (BRIDGE, VXLAN, TAP), op
+        if isinstance(op, FlushLearned):
+            assert op.bridge == BRIDGE and set(op.ports) <= {VXLAN, TAP}
         if isinstance(op, DeleteLink):
             assert observed.links[op.name].alias == ALIAS
         if isinstance(op, RestoreTable):
@@ -136,6 +149,7 @@ def test_one_plan_converges_and_only_touches_ours(desired: Desired, observed: Ob
     kube = [r for r in after.iptables["filter"]["FORWARD"] if "KUBE" in r]
     assert kube == [r for r in observed.iptables["filter"]["FORWARD"] if "KUBE" in r]
     assert after.links["eth0"] == observed.links["eth0"]
+    assert sum(isinstance(op, FlushLearned) for op in first.ops) <= 1
 
 
 @given(desireds())
@@ -263,3 +277,61 @@ def test_a_stale_chain_of_ours_is_unhooked_wherever_it_is_referenced() -> None:
     )
     after = apply_to_model(observed, plan(Desired(Bridge(), None), observed).ops)
     assert after.iptables == {"filter": {"FORWARD": ("-j KUBE-FORWARD",)}}
+
+
+def _host(
+    *, tap_master: str = BRIDGE, tap_isolated: bool | None = True, vxlan_isolated: bool | None = True
+) -> Observed:
+    bridge = Link(BRIDGE, "bridge", mtu=1450, mac=bridge_mac(1), up=True, alias=ALIAS, mcast_snooping=False)
+    vxlan = Link(VXLAN, "vxlan", mtu=1450, up=True, master=BRIDGE, alias=ALIAS, vni=0x6784, port=VXLAN_PORT,
+                 learning=True, isolated=vxlan_isolated)  # fmt: skip
+    tap = Link(TAP, "tun", mtu=1450, up=True, master=tap_master, isolated=tap_isolated if tap_master else None)
+    return Observed(links={BRIDGE: bridge, VXLAN: vxlan, TAP: tap})
+
+
+SLEEVE = Desired(Bridge(mtu=1450, mac=bridge_mac(1)), Vxlan(mtu=1450, isolated=True), ports=(Port(TAP, 1450),))
+
+
+def test_the_sleeve_tap_is_put_on_the_bridge_isolated_and_both_overlay_ports_stay_isolated() -> None:
+    fresh = plan(SLEEVE, _host(tap_master="", vxlan_isolated=False)).ops
+    assert fresh == (SetLink(VXLAN, isolated=True), SetLink(TAP, master=BRIDGE, isolated=True))
+    assert plan(SLEEVE, _host()).ops == ()
+    after = apply_to_model(_host(tap_master="", vxlan_isolated=None), fresh)
+    assert after.links[TAP].master == BRIDGE and after.links[TAP].isolated and after.links[VXLAN].isolated
+    assert plan(SLEEVE, after).ops == ()
+
+
+def test_a_recreated_vxlan_device_is_isolated_again() -> None:
+    observed = _host()
+    stale = replace(observed.links[VXLAN], vni=7)
+    ops = plan(SLEEVE, replace(observed, links={**observed.links, VXLAN: stale})).ops
+    assert ops[:3] == (
+        DeleteLink(VXLAN),
+        CreateVxlan(VXLAN, 0x6784, VXLAN_PORT, 1450, True, BRIDGE),
+        SetLink(VXLAN, up=True, alias=ALIAS, isolated=True),
+    )
+
+
+def test_without_the_sleeve_the_vxlan_port_is_not_isolated() -> None:
+    ops = plan(Desired(Bridge(mtu=1450, mac=bridge_mac(1)), Vxlan(mtu=1450)), _host()).ops
+    assert ops == (SetLink(VXLAN, isolated=False),)
+
+
+def test_a_missing_tap_is_a_problem_not_an_error() -> None:
+    observed = _host()
+    links = {k: v for k, v in observed.links.items() if k != TAP}
+    result = plan(SLEEVE, replace(observed, links=links))
+    assert result.ops == () and result.problems == (f"link {TAP} does not exist: it cannot be put on bridge weave",)
+
+
+def test_learned_macs_are_flushed_once_per_generation() -> None:
+    observed = _host()
+    ops = plan(replace(SLEEVE, flush=3), observed).ops
+    assert ops == (FlushLearned(BRIDGE, (VXLAN, TAP), 3),)
+    after = apply_to_model(observed, ops)
+    assert after.flushed == 3 and plan(replace(SLEEVE, flush=3), after).ops == ()  # applied twice: nothing
+    # Without fastdp only the TAP is an overlay port; with a foreign `weave` link nothing is flushed.
+    no_vxlan = replace(SLEEVE, vxlan=None, flush=1)
+    assert FlushLearned(BRIDGE, (TAP,), 1) in plan(no_vxlan, observed).ops
+    foreign = replace(observed, links={**observed.links, BRIDGE: Link(BRIDGE, "dummy")})
+    assert not any(isinstance(op, FlushLearned) for op in plan(replace(SLEEVE, flush=1), foreign).ops)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weave_node.config import RouterConfig
+from weave_node.core.address import parse_range
 from weave_node.mesh import gossip
 from weave_node.mesh.errors import ProtocolError
 from weave_node.mesh.protocol import Connection, Established, Identity, MessageReceived, ProtocolConfig
@@ -108,7 +109,9 @@ class Rig:
         self.router = Router(RouterConfig(nickname="me", port=0, conn_limit=10), ME, PC, rng=random.Random(1))
         self.channel = RaisingChannel()
         self.router.register_channel("test", self.channel)
-        self.overlay = OverlayService(ME.name, OverlayConfig(pod_range="10.32.0.0/12"), _no_bridge, wall_ns=lambda: 1)
+        self.overlay = OverlayService(
+            ME.name, OverlayConfig(pod_range=parse_range("10.32.0.0/12")), _no_bridge, wall_ns=lambda: 1
+        )
         self.overlay.attach(self.router.register_channel("overlay", self.overlay))
         self.closed: list[str] = []  # why each connection of PEER's ended
         self.connect()

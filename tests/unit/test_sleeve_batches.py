@@ -27,7 +27,8 @@ from weave_node.overlay.sleeve.codec import (
     SleeveDropped,
     overhead,
 )
-from weave_node.overlay.sleeve.forwarder import Config, Forwarder, LinkSpec, name_bytes
+from weave_node.overlay.sleeve.config import Config, LinkSpec
+from weave_node.overlay.sleeve.forwarder import Forwarder, name_bytes
 
 pytestmark = pytest.mark.unit
 ME, PEER, OTHER = 0x02AA00000001, 0x02AA00000002, 0x02AA00000003

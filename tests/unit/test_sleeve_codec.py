@@ -17,13 +17,13 @@ from weave_node.overlay.sleeve.codec import (
     OUTER,
     Kind,
     Opener,
-    Reassembler,
     ReplayWindow,
     Sealer,
     SleeveDropped,
     aesgcm_available,
     overhead,
 )
+from weave_node.overlay.sleeve.reassembly import Reassembler
 
 pytestmark = pytest.mark.unit
 KEY = bytes(range(32))

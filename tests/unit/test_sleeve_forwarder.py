@@ -20,8 +20,10 @@ from tests.unit.test_mesh_routes import graph
 from tests.unit.test_metrics import DOC
 from weave_node.api.metrics import families
 from weave_node.mesh.crypto import SessionKeys
-from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Reassembler, Sealer, Segment
-from weave_node.overlay.sleeve.forwarder import Config, Forwarder, LinkSpec, name_bytes
+from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Sealer, Segment
+from weave_node.overlay.sleeve.config import Config, LinkSpec
+from weave_node.overlay.sleeve.forwarder import Forwarder, name_bytes
+from weave_node.overlay.sleeve.reassembly import Reassembler
 from weave_node.overlay.sleeve.routing import sleeve_routes
 
 pytestmark = pytest.mark.unit

@@ -2,8 +2,9 @@
 
 The router computes a `Desired` from the mesh and IPAM; netlink.py reads an `Observed` from the kernel; plan.py
 diffs them. Only what we own is modelled: the `weave` bridge, our VXLAN device, the permanent FDB/neigh entries
-on them, a few sysctls and our iptables chains. Everything else on the host is outside the model and is never
-touched (other VXLAN devices are only observed, to report a clash on our UDP port).
+on them, the ports we put on the bridge (the sleeve's TAP), a few sysctls and our iptables chains. Everything
+else on the host is outside the model and is never touched (other VXLAN devices are only observed, to report a
+clash on our UDP port).
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ class Vxlan:
     port: int = VXLAN_PORT
     mtu: int = 1450
     learning: bool = True  # remote pod MACs are learned from received frames; we only install flood entries
+    isolated: bool = False  # an isolated bridge port (with the sleeve's TAP): no frame crosses between the two
+
+
+@dataclass(frozen=True)
+class Port:
+    """A link created elsewhere (the sleeve's TAP) that we put on the bridge: its MTU, up, isolated or not.
+    Isolated ports never exchange frames: a frame that came from one overlay path never leaves by the other."""
+
+    name: str
+    mtu: int = 1450
+    isolated: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,10 @@ class Desired:
     neigh: frozenset[Neigh] = frozenset()
     sysctls: tuple[tuple[str, str], ...] = ()  # (path under /proc/sys, value)
     chains: tuple[Chain, ...] = ()
+    ports: tuple[Port, ...] = ()
+    # Generation of the flush of the MACs the bridge learned behind the overlay ports (VXLAN, `ports`): raised when
+    # a peer's path changes, so that its pods' MACs are learned again on the path now in use.
+    flush: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class Link:
     port: int | None = None
     learning: bool | None = None
     mcast_snooping: bool | None = None
+    isolated: bool | None = None  # as a bridge port; None when it is on no bridge
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ class Observed:
     sysctls: dict[str, str] = field(default_factory=dict)  # only the keys we asked for; missing = no such file
     # table -> chain -> rules (iptables-save form), or None when iptables is not available
     iptables: dict[str, dict[str, tuple[str, ...]]] | None = None
+    flushed: int = 0  # the flush generation last applied (the kernel keeps no record of a flush: the shell does)
 
 
 @dataclass(frozen=True)

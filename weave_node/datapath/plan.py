@@ -1,7 +1,8 @@
 """plan(desired, observed) -> the ordered, minimal operations that make the kernel match (pure).
 
 Applying a plan and observing again gives an empty plan. Order: sysctls, bridge, its addresses, the VXLAN
-device, FDB entries, neighbour entries, iptables (one transaction per table). What is not ours is never in a
+device, FDB entries, neighbour entries, the other ports on the bridge (the sleeve's TAP), the flush of learned
+MACs when its generation moved on, iptables (one transaction per table). What is not ours is never in a
 plan: a clash (a non-bridge link called `weave`, someone else's VXLAN device on our port) becomes a `problem`,
 reported in `status`, and the parts that depend on it are skipped.
 """
@@ -12,122 +13,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from weave_node.datapath.model import ALIAS, CHAIN_PREFIX, Chain, Desired, Fdb, Link, Neigh, Observed, Vxlan
-
-
-@dataclass(frozen=True)
-class SetSysctl:
-    key: str
-    value: str
-
-
-@dataclass(frozen=True)
-class CreateBridge:
-    name: str
-    mtu: int
-    mac: str
-    mcast_snooping: bool
-
-
-@dataclass(frozen=True)
-class CreateVxlan:
-    name: str
-    vni: int
-    port: int
-    mtu: int
-    learning: bool
-    master: str
-
-
-@dataclass(frozen=True)
-class SetLink:
-    """Change only the fields that are not None."""
-
-    name: str
-    mtu: int | None = None
-    mac: str | None = None
-    up: bool | None = None
-    master: str | None = None
-    alias: str | None = None
-    mcast_snooping: bool | None = None
-
-
-@dataclass(frozen=True)
-class DeleteLink:
-    name: str
-
-
-@dataclass(frozen=True)
-class AddAddress:
-    link: str
-    cidr: str
-
-
-@dataclass(frozen=True)
-class DelAddress:
-    link: str
-    cidr: str
-
-
-@dataclass(frozen=True)
-class AddFdb:
-    link: str
-    entry: Fdb
-
-
-@dataclass(frozen=True)
-class DelFdb:
-    link: str
-    entry: Fdb
-
-
-@dataclass(frozen=True)
-class AddNeigh:
-    link: str
-    entry: Neigh
-
-
-@dataclass(frozen=True)
-class DelNeigh:
-    link: str
-    entry: Neigh
-
-
-@dataclass(frozen=True)
-class RestoreTable:
-    """One `iptables-restore --noflush` transaction on one table: (re)write our chains, add the missing jumps
-    at the top of the built-in chains, remove duplicate jumps and chains of ours that are no longer wanted."""
-
-    table: str
-    write: tuple[Chain, ...] = ()
-    add_jumps: tuple[tuple[str, str], ...] = ()  # (built-in chain, rule)
-    del_jumps: tuple[tuple[str, str], ...] = ()
-    drop_chains: tuple[str, ...] = ()
-
-    def text(self) -> str:
-        lines = [f"*{self.table}"]
-        lines += [f":{c.name} - [0:0]" for c in self.write]  # declaring a chain with --noflush empties it
-        lines += [f":{name} - [0:0]" for name in self.drop_chains]
-        lines += [f"-D {hook} {rule}" for hook, rule in self.del_jumps]
-        for chain in self.write:
-            lines += [f"-A {chain.name} {rule}" for rule in chain.rules]
-        lines += [f"-I {hook} 1 {rule}" for hook, rule in self.add_jumps]
-        lines += [f"-X {name}" for name in self.drop_chains]
-        return "\n".join([*lines, "COMMIT", ""])
-
-
-Op = (
-    SetSysctl
-    | CreateBridge
-    | CreateVxlan
-    | SetLink
-    | DeleteLink
-    | AddAddress
-    | DelAddress
-    | AddFdb
-    | DelFdb
-    | AddNeigh
-    | DelNeigh
-    | RestoreTable
+from weave_node.datapath.ops import (
+    AddAddress,
+    AddFdb,
+    AddNeigh,
+    CreateBridge,
+    CreateVxlan,
+    DelAddress,
+    DeleteLink,
+    DelFdb,
+    DelNeigh,
+    FlushLearned,
+    Op,
+    RestoreTable,
+    SetLink,
+    SetSysctl,
 )
 
 
@@ -135,6 +35,13 @@ Op = (
 class Plan:
     ops: tuple[Op, ...] = ()
     problems: tuple[str, ...] = ()  # what we will not fix because it is not ours; shown in status
+
+    def summary(self) -> str:
+        """For the log: "2 AddFdb, 1 SetLink"."""
+        kinds: dict[str, int] = {}
+        for op in self.ops:
+            kinds[type(op).__name__] = kinds.get(type(op).__name__, 0) + 1
+        return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
 
 
 @dataclass
@@ -156,6 +63,11 @@ def plan(desired: Desired, observed: Observed) -> Plan:
         created = any(isinstance(op, CreateBridge) for op in b.ops)
         have = frozenset() if created else observed.neigh
         _entries(b, desired.bridge.name, want=desired.neigh, have=have, add=AddNeigh, delete=DelNeigh)
+        _ports(b, desired, observed)
+        tunnel = (desired.vxlan.name,) if vxlan_ok and desired.vxlan is not None else ()
+        ports = tunnel + tuple(p.name for p in desired.ports)
+        if desired.flush != observed.flushed and ports:
+            b.ops.append(FlushLearned(desired.bridge.name, ports, desired.flush))
     _iptables(b, desired.chains, observed)
     return Plan(tuple(b.ops), tuple(b.problems))
 
@@ -233,13 +145,14 @@ def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
         link = None
     if link is None:
         b.ops.append(CreateVxlan(want.name, want.vni, want.port, want.mtu, want.learning, desired.bridge.name))
-        b.ops.append(SetLink(want.name, up=True, alias=ALIAS))
+        b.ops.append(SetLink(want.name, up=True, alias=ALIAS, isolated=True if want.isolated else None))
         return True
     change = SetLink(
         want.name,
         mtu=want.mtu if link.mtu != want.mtu else None,
         master=desired.bridge.name if link.master != desired.bridge.name else None,
         up=True if not link.up else None,
+        isolated=want.isolated if bool(link.isolated) != want.isolated else None,
     )
     if change != SetLink(want.name):
         b.ops.append(change)
@@ -248,6 +161,25 @@ def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
 
 def _same_vxlan(link: Link, want: Vxlan) -> bool:
     return link.vni == want.vni and link.port == want.port and link.learning == want.learning
+
+
+def _ports(b: _Builder, desired: Desired, observed: Observed) -> None:
+    """Links made elsewhere (the sleeve's TAP) on the bridge: MTU, master, up, isolation."""
+    bridge = desired.bridge.name
+    for want in desired.ports:
+        link = observed.links.get(want.name)
+        if link is None:
+            b.problems.append(f"link {want.name} does not exist: it cannot be put on bridge {bridge}")
+            continue
+        change = SetLink(
+            want.name,
+            mtu=want.mtu if link.mtu != want.mtu else None,
+            master=bridge if link.master != bridge else None,
+            up=True if not link.up else None,
+            isolated=want.isolated if bool(link.isolated) != want.isolated else None,
+        )
+        if change != SetLink(want.name):
+            b.ops.append(change)
 
 
 def _entries(
@@ -313,6 +245,7 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
     fdb, neigh = set(observed.fdb), set(observed.neigh)
     sysctls = dict(observed.sysctls)
     iptables = {t: dict(c) for t, c in observed.iptables.items()} if observed.iptables is not None else None
+    flushed = observed.flushed
     for op in ops:
         if isinstance(op, SetSysctl):
             sysctls[op.key] = op.value
@@ -323,13 +256,15 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
         elif isinstance(op, RestoreTable):
             assert iptables is not None  # noqa: S101 - a plan never restores without iptables
             _restore_model(iptables.setdefault(op.table, {}), op)
+        elif isinstance(op, FlushLearned):
+            flushed = op.generation
         else:
             gone = _link_model(links, op)
             if gone in ("vxlan", "new-vxlan"):
                 fdb.clear()
             if gone == "bridge":
                 neigh.clear()
-    return Observed(links, frozenset(fdb), frozenset(neigh), sysctls, iptables)
+    return Observed(links, frozenset(fdb), frozenset(neigh), sysctls, iptables, flushed)
 
 
 def _link_model(links: dict[str, Link], op: Op) -> str:
@@ -351,6 +286,7 @@ def _link_model(links: dict[str, Link], op: Op) -> str:
             master=old.master if op.master is None else op.master,
             alias=old.alias if op.alias is None else op.alias,
             mcast_snooping=old.mcast_snooping if op.mcast_snooping is None else op.mcast_snooping,
+            isolated=old.isolated if op.isolated is None else op.isolated,
         )
     elif isinstance(op, DeleteLink):
         return links.pop(op.name).kind

@@ -9,15 +9,17 @@ kept for `retain` seconds while the mesh reconnects: a router restart (or a peer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from weave_node.core.address import Range
 from weave_node.datapath.iptables import weave_chains
-from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Vxlan, bridge_mac
-from weave_node.overlay.peers import PeerInfo, underlay_of
+from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
+from weave_node.overlay.peers import PeerInfo, in_range, underlay_of
 
 SYSCTL_FORWARD = "net/ipv4/ip_forward"
 SYSCTL_BRIDGE_NF = "net/bridge/bridge-nf-call-iptables"
+TAP = "weave-sleeve"  # the sleeve's TAP, on the bridge while the sleeve runs
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Settings:
     fastdp: bool = True
     masquerade: bool = True
     bridge_nf: bool = False  # br_netfilter is loaded: have bridged pod traffic seen by iptables (kube-proxy)
+    sleeve: bool = False  # the sleeve runs: its TAP is a port of the bridge, isolated from the VXLAN port
 
 
 @dataclass
@@ -59,6 +62,30 @@ class Retention:
         if self.adopted_fdb or self.adopted_neigh:
             times.append(self.started + self.retain)
         return min(times, default=None)
+
+
+def vteps_in_use(
+    vteps: Mapping[int, str],
+    present: Iterable[int],
+    kept: set[int],
+    infos: Mapping[int, PeerInfo],
+    direct: Mapping[int, str],
+) -> dict[int, str]:
+    """The VTEP per kept peer: a present peer's current one; a departed peer keeps the one it had (not whatever it
+    advertised): its entries must not move while it is away."""
+    out = {name: vtep for name, vtep in vteps.items() if name in kept}
+    for name in present:
+        vtep = underlay_of(name, infos, direct)
+        if vtep:
+            out[name] = vtep
+    return out
+
+
+def adopted_bridge_cidr(addresses: Iterable[str], pod_range: Range) -> str | None:
+    """The bridge's address found at start when exactly one is in the pod range: running pods use it as their
+    gateway, so the router keeps it if IPAM agrees."""
+    inside = [a for a in addresses if in_range(a, pod_range)]
+    return inside[0] if len(inside) == 1 else None
 
 
 def peer_entries(
@@ -93,7 +120,9 @@ def desired_state(
     bridge_cidr: str | None,
     fdb: frozenset[Fdb],
     neigh: frozenset[Neigh],
+    flush: int = 0,
 ) -> Desired:
+    """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch)."""
     sysctls = [(SYSCTL_FORWARD, "1")]
     if settings.bridge_nf:
         sysctls.append((SYSCTL_BRIDGE_NF, "1"))
@@ -103,11 +132,13 @@ def desired_state(
             mac=bridge_mac(settings.me),
             addresses=(bridge_cidr,) if bridge_cidr else None,
         ),
-        vxlan=Vxlan(mtu=settings.mtu) if settings.fastdp else None,
+        vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
         neigh=neigh,
         sysctls=tuple(sysctls),
         chains=weave_chains(settings.pod_range, masquerade=settings.masquerade),
+        ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
+        flush=flush,
     )
 
 

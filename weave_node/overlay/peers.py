@@ -3,7 +3,7 @@
 A `PeerInfo` is owned by the peer it describes (only that peer bumps its version), so the table is a
 last-writer-wins map per peer: merge keeps the higher version, is commutative and idempotent. The underlay
 address is the peer's own view (the local address of its mesh connections); a direct connection's address
-wins over it where we have one.
+wins over it where we have one. `merge` is what the shell does with gossip: filter, merge, re-assert our own.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from weave_node.core.address import Range
 from weave_node.datapath.model import bridge_mac as model_bridge_mac
 from weave_node.mesh.errors import ProtocolError
 
@@ -129,3 +130,44 @@ def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, s
         return direct[name]
     info = infos.get(name)
     return info.underlay if info else ""
+
+
+def in_range(address: str, pod_range: Range) -> bool:
+    """Whether an IPv4 address, or a CIDR's address ("10.32.0.1/12"), is in the pod range."""
+    return int(ipaddress.IPv4Interface(address).ip) in pod_range
+
+
+def accepted(infos: Iterable[PeerInfo], mine: PeerInfo, pod_range: Range) -> list[PeerInfo]:
+    """Others' entries whose bridge address is outside the pod range (or is ours) are dropped: they would install
+    a neighbour entry for an address that is not the overlay's."""
+    return [
+        i
+        for i in infos
+        if i.name == mine.name
+        or not i.bridge_ip
+        or (in_range(i.bridge_ip, pod_range) and i.bridge_ip != mine.bridge_ip)
+    ]
+
+
+@dataclass(frozen=True)
+class Merged:
+    news: list[PeerInfo]  # others' entries that were news to us: gossiped on, and a reason to reconcile
+    mine: PeerInfo | None  # ours again with a higher version, to gossip: someone had a newer one than ours
+
+
+def merge(table: PeerTable, infos: Iterable[PeerInfo], mine: PeerInfo, pod_range: Range) -> Merged:
+    """Merge gossip into `table`. An entry about us that wins over ours (an older incarnation of us, or a clock
+    that went back) is answered by re-asserting ours with a version one above it."""
+    news = table.merge(accepted(infos, mine, pod_range))
+    if not any(i.name == mine.name for i in news):
+        return Merged(news, None)
+    reasserted = replace(mine, version=table.infos[mine.name].version + 1)
+    table.infos[mine.name] = reasserted
+    return Merged([i for i in news if i.name != mine.name], reasserted)
+
+
+def updated(mine: PeerInfo, new: PeerInfo, wall_ns: int) -> PeerInfo | None:
+    """`new` with a version above `mine`'s (the wall clock's when that is later), or None if nothing changed."""
+    if new == mine:
+        return None
+    return replace(new, version=max(wall_ns, mine.version + 1))

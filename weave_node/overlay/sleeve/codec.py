@@ -16,75 +16,35 @@ One datagram carries one segment of one message (a frame, or a TSO super-frame w
   datagram when a password is set, or the reverse), replayed or older than the window, forged (MAC), or whose
   inner header is inconsistent. Only `SleeveDropped` is ever raised.
 - Segments of one message share msg_id and count; a message is at most MAX_SEGMENTS segments and MAX_MESSAGE
-  bytes; the reassembler holds at most `max_messages` partial messages and `max_bytes`, each for `timeout` s.
+  bytes (reassembly.py puts them together again). The ciphers themselves are in cipher.py.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
 
-import nacl.bindings  # noqa: F401 - its import runs sodium_init(): CPU-specific (fast) crypto implementations
-from nacl._sodium import ffi as ffi  # type: ignore[import-not-found]  # noqa: PLC0414 - re-exported (cffi, no stubs)
-from nacl._sodium import lib as lib  # noqa: PLC0414 - re-exported
+from weave_node.overlay.sleeve.cipher import CIPHERS as CIPHERS  # noqa: PLC0414 - the mode byte's values
+from weave_node.overlay.sleeve.cipher import KEY_SIZE, MAC_SIZE, ZERO4, ZERO16, ffi, lib, open_at, seal_at
+from weave_node.overlay.sleeve.cipher import MODE_AESGCM as MODE_AESGCM  # noqa: PLC0414
+from weave_node.overlay.sleeve.cipher import MODE_PLAIN as MODE_PLAIN  # noqa: PLC0414
+from weave_node.overlay.sleeve.cipher import MODE_SECRETBOX as MODE_SECRETBOX  # noqa: PLC0414
+from weave_node.overlay.sleeve.cipher import aesgcm_available as aesgcm_available  # noqa: PLC0414
 
 VERSION = 1
 OUTER = struct.Struct("!BBHQ")
 INNER = struct.Struct("!BBHIHBB6s6s")
 HEADERS = struct.Struct("!BBHQBBHIHBB6s6s")  # OUTER + INNER of a plain datagram, unpacked in one call
-ZERO16 = bytes(16)  # nonce = these zero bytes + seq (u64, big-endian)
-ZERO4 = bytes(4)
-MAC_SIZE = 16
-KEY_SIZE = 32
 VNET_HDR_SIZE = 10
 MAX_SEGMENTS = 160  # a 64 KiB super-frame at a 548-byte path MTU
 MAX_MESSAGE = 65536 + VNET_HDR_SIZE
 MAX_TTL = 8
 PLAIN_STALE_RESET = 256  # consecutive too-old plain datagrams after which the window starts over
-SEGMENT_COST = 128  # what the reassembler charges per held segment on top of its data (objects, dict entry)
-MODE_PLAIN, MODE_SECRETBOX, MODE_AESGCM = 0, 1, 2
-CIPHERS = {MODE_SECRETBOX: "NaCl secretbox (XSalsa20-Poly1305)", MODE_AESGCM: "AES-256-GCM"}
-
-
-def aesgcm_available() -> bool:
-    """libsodium's AES-256-GCM needs the CPU's AES-NI and CLMUL instructions."""
-    return bool(lib.crypto_aead_aes256gcm_is_available())
-
-
 BODY_AT = {MODE_PLAIN: OUTER.size, MODE_SECRETBOX: OUTER.size + MAC_SIZE, MODE_AESGCM: OUTER.size}
 """Where the inner header starts: secretbox puts its tag in front of the ciphertext, AES-GCM after it."""
 TAIL = {MODE_PLAIN: 0, MODE_SECRETBOX: 0, MODE_AESGCM: MAC_SIZE}
-
-
-def _seal_at(  # noqa: PLR0917 - hot path
-    mode: int, buf: object, offset: int, length: int, seq: int, key: object
-) -> None:
-    """Seal in place the datagram at buf[offset:offset + length] (clear header written, inner header and data
-    at offset + BODY_AT[mode], room for the tag)."""
-    b: Any = buf
-    if mode == MODE_SECRETBOX:  # secretbox_easy writes tag + ciphertext from c, reading m: overlap allowed
-        lib.crypto_secretbox_easy(b + offset + OUTER.size, b + offset + OUTER.size + MAC_SIZE,
-                                  length - OUTER.size - MAC_SIZE, ZERO16 + seq.to_bytes(8, "big"), key)  # fmt: skip
-    else:  # AES-GCM in place (c == m), tag appended; the clear header is additional data (authenticated too)
-        body = b + offset + OUTER.size
-        lib.crypto_aead_aes256gcm_encrypt(body, ffi.NULL, body, length - OUTER.size - MAC_SIZE, b + offset,
-                                          OUTER.size, ffi.NULL, ZERO4 + seq.to_bytes(8, "big"), key)  # fmt: skip
-
-
-def _open_at(  # noqa: PLR0917 - hot path
-    mode: int, buf: object, offset: int, length: int, seq: int, key: object
-) -> bool:
-    b: Any = buf
-    if mode == MODE_SECRETBOX:
-        nonce = ZERO16 + seq.to_bytes(8, "big")
-        c = b + offset + OUTER.size
-        return bool(lib.crypto_secretbox_open_easy(c + MAC_SIZE, c, length - OUTER.size, nonce, key) == 0)
-    body = b + offset + OUTER.size
-    return bool(lib.crypto_aead_aes256gcm_decrypt(body, ffi.NULL, ffi.NULL, body, length - OUTER.size, b + offset,
-                                                  OUTER.size, ZERO4 + seq.to_bytes(8, "big"), key) == 0)  # fmt: skip
 
 
 class Kind(IntEnum):
@@ -202,7 +162,7 @@ class Sealer:
         out[body : body + INNER.size] = inner
         out[body + INNER.size : end] = data
         end += TAIL[self.mode]
-        _seal_at(self.mode, ffi.from_buffer(out), offset, end - offset, seq, self.key_c)
+        seal_at(self.mode, ffi.from_buffer(out), offset, end - offset, seq, self.key_c, OUTER.size)
         return end - offset
 
     def pack(
@@ -374,7 +334,7 @@ class Opener:
                 raise SleeveDropped("short")
             if view.readonly:
                 view = memoryview(bytearray(view))
-            if not _open_at(self.mode, ffi.from_buffer(view), 0, len(view), seq, self.key_c):
+            if not open_at(self.mode, ffi.from_buffer(view), 0, len(view), seq, self.key_c, OUTER.size):
                 raise SleeveDropped("forged")
             body = view[BODY_AT[self.mode] : len(view) - TAIL[self.mode]]
         kind, flags, count, msg_id, index, ttl, _r, src, dst = INNER.unpack_from(body)
@@ -382,75 +342,3 @@ class Opener:
             raise SleeveDropped("malformed")
         self.window.accept(seq)
         return Segment(_KINDS[kind], flags, msg_id, index, count, ttl, src, dst, body[INNER.size :], seq)
-
-
-@dataclass
-class _Partial:
-    count: int
-    first_seen: float
-    parts: dict[int, bytes | memoryview] = field(default_factory=dict)
-    size: int = 0
-
-
-class Reassembler:
-    """Segments -> whole messages, with bounded memory; `drops` counts what was given up."""
-
-    def __init__(self, *, max_messages: int = 256, max_bytes: int = 8 << 20, timeout: float = 1.0) -> None:
-        self.max_messages, self.max_bytes, self.timeout = max_messages, max_bytes, timeout
-        self._partial: OrderedDict[tuple[bytes, int], _Partial] = OrderedDict()
-        self._bytes = 0
-        self.drops: Counter[str] = Counter()
-
-    def add(self, seg: Segment, now: float) -> bytes | None:
-        parts = self.add_parts(seg, now)
-        return None if parts is None else b"".join(parts)
-
-    def add_parts(self, seg: Segment, now: float) -> list[bytes | memoryview] | None:
-        """The whole message as its segments' data in order (for writev: no copy), once the last one is in."""
-        if seg.count == 1:
-            return [seg.data]
-        key = (seg.src, seg.msg_id)
-        partial = self._partial.get(key)
-        if partial is None:
-            partial = self._partial[key] = _Partial(seg.count, now)
-        if partial.count != seg.count:
-            self._forget(key, "inconsistent")
-            return None
-        if seg.index in partial.parts:
-            self.drops["duplicate"] += 1
-            return None
-        # Held for later: a copy (a view would pin its whole 64 KiB receive buffer), charged with a per-segment
-        # overhead so that empty segments count too.
-        size = len(seg.data) + SEGMENT_COST
-        if partial.size + size > MAX_MESSAGE + MAX_SEGMENTS * SEGMENT_COST:
-            self._forget(key, "oversize")
-            return None
-        partial.parts[seg.index] = bytes(seg.data)
-        partial.size += size
-        self._bytes += size
-        if len(partial.parts) == partial.count:
-            del self._partial[key]
-            self._bytes -= partial.size
-            parts = partial.parts
-            return [parts[i] for i in range(partial.count)]
-        while len(self._partial) > self.max_messages or self._bytes > self.max_bytes:
-            self._forget(next(iter(self._partial)), "overflow")
-        return None
-
-    def holds(self, src: bytes, msg_id: int) -> bool:
-        """Whether part of this message is waiting here."""
-        return (src, msg_id) in self._partial
-
-    def expire(self, now: float) -> None:
-        for key in [k for k, p in self._partial.items() if now - p.first_seen > self.timeout]:
-            self._forget(key, "timeout")
-
-    def _forget(self, key: tuple[bytes, int], reason: str) -> None:
-        partial = self._partial.pop(key)
-        self._bytes -= partial.size
-        self.drops[reason] += 1
-
-    @property
-    def pending(self) -> tuple[int, int]:
-        """(partial messages, bytes held)."""
-        return len(self._partial), self._bytes

@@ -30,43 +30,36 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
-from weave_node.mesh.crypto import SessionKeys
+from weave_node.overlay.sleeve.cipher import MAC_SIZE, ZERO4, ZERO16, ffi, lib
 from weave_node.overlay.sleeve.codec import (
     BODY_AT,
     CIPHERS,
     FLAG_VNET,
     HEADERS,
     INNER,
-    MAC_SIZE,
     MAX_SEGMENTS,
     MAX_TTL,
     MODE_AESGCM,
     MODE_PLAIN,
-    MODE_SECRETBOX,
     OUTER,
     TAIL,
     VERSION,
     VNET_HDR_SIZE,
-    ZERO4,
-    ZERO16,
     Kind,
     Opener,
-    Reassembler,
     Sealer,
     Segment,
     SleeveDropped,
-    ffi,
-    lib,
     overhead,
     packed_size,
 )
+from weave_node.overlay.sleeve.config import PORT, Config, LinkSpec, LinkStatus
+from weave_node.overlay.sleeve.reassembly import Reassembler
 
 log = logging.getLogger("weave_node.sleeve")
 
-PORT = 6783
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -80,28 +73,6 @@ _U32 = struct.Struct("!I")
 
 def name_bytes(name: int) -> bytes:
     return name.to_bytes(6, "big")
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """A direct neighbour in the mesh: where its sleeve listens and the keys of our connection to it."""
-
-    peer: int
-    address: str
-    keys: SessionKeys | None = None  # None: no password, plain datagrams
-    max_datagram: int = 1472  # from the underlay route's MTU
-    cipher: int = MODE_SECRETBOX  # or MODE_AESGCM when both ends have it (a mesh feature)
-
-    def same_session(self, other: LinkSpec) -> bool:
-        return self.address == other.address and self.keys == other.keys and self.cipher == other.cipher
-
-
-@dataclass(frozen=True)
-class Config:
-    links: dict[int, LinkSpec] = field(default_factory=dict)
-    routes: dict[int, int] = field(default_factory=dict)  # destination peer -> the link (next hop) to use
-    sleeve: frozenset[int] = frozenset()  # destinations whose frames the TAP hands us (flooded to all of them)
-    blocked_macs: frozenset[bytes] = frozenset()  # bridges' MACs: their traffic (heartbeats) stays in VXLAN
 
 
 class Link:
@@ -121,15 +92,6 @@ class Link:
 
     def up(self, now: float, timeout: float) -> bool:
         return self.last_ack is not None and now - self.last_ack < timeout
-
-
-@dataclass
-class LinkStatus:
-    up: bool
-    segment_size: int
-    verified: int | None
-    last_ack_ago: float | None
-    cipher: str
 
 
 class Forwarder:

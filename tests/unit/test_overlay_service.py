@@ -1,0 +1,146 @@
+"""The overlay shell built and driven without a kernel: a fake `Kernel`, a fake forwarder, a hand-moved clock."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+from weave_node.core.address import parse_range
+from weave_node.datapath.model import BRIDGE, Desired, Link, Observed, bridge_mac
+from weave_node.datapath.ops import FlushLearned, Op, SetLink
+from weave_node.datapath.plan import plan
+from weave_node.overlay import peers
+from weave_node.overlay.desired import TAP
+from weave_node.overlay.kernel import Kernel
+from weave_node.overlay.peers import PeerInfo
+from weave_node.overlay.service import OverlayConfig, OverlayService
+from weave_node.overlay.sleeve.config import Config
+
+ME, B = 0xA, 0xB
+PODS = parse_range("10.32.0.0/12")
+
+
+class FakeKernel:
+    def __init__(self, observed: Observed | None = None) -> None:
+        self.observed = observed or Observed(sysctls={"net/ipv4/ip_forward": "1"}, iptables={})
+        self.applied: list[tuple[Op, ...]] = []
+
+    def kernel(self) -> Kernel:
+        return Kernel(
+            observe=lambda: self.observed,
+            apply=self.apply,
+            route_mtu=lambda _host: ("eth0", 1500),
+            default_route_mtu=lambda: None,
+            attach_pod=lambda _pod: {},
+            detach_pod=lambda _pod: True,
+            pod_state=lambda _pod: {},
+        )
+
+    def apply(self, ops: Any) -> tuple[int, list[str]]:
+        self.applied.append(tuple(ops))
+        return len(ops), []
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def gossip(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class FakeForwarder:
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+
+    def snapshot(self) -> tuple[dict[int, Any], dict[str, int], dict[str, int]]:
+        return {}, {}, {}
+
+    def configure(self, config: Config) -> None:
+        self.configs.append(config)
+
+
+def _service(kernel: Kernel, now: list[float], **config: Any) -> OverlayService:
+    async def bridge_address(_current: str | None) -> str:
+        return "10.32.0.5/12"
+
+    return OverlayService(
+        ME, OverlayConfig(pod_range=PODS, **config), bridge_address, clock=lambda: now[0], wall_ns=lambda: 1000,
+        kernel=kernel,
+    )  # fmt: skip
+
+
+def test_construction_touches_no_kernel_and_status_has_its_shape() -> None:
+    def refuse(*_a: Any) -> Any:
+        raise AssertionError("the kernel was touched")
+
+    kernel = Kernel(refuse, refuse, refuse, refuse, refuse, refuse, refuse)
+    svc = _service(kernel, [0.0])
+    try:
+        doc = svc.status()
+        assert doc["bridge"] == BRIDGE and doc["mtu"] == 1450 and doc["mtu_source"] == "default"
+        assert doc["sleeve"] is None and doc["peers"] == [] and doc["fastdp"]["flood_entries"] == 0
+    finally:
+        svc.executor.shutdown()
+        svc.pod_executor.shutdown()
+
+
+def test_gossip_merges_others_and_reasserts_us() -> None:
+    svc = _service(FakeKernel().kernel(), [0.0])
+    channel = FakeChannel()
+    svc.attach(channel)  # type: ignore[arg-type]
+    other = PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")
+    outside = PeerInfo(0xC, 5, "192.168.0.1", 24, bridge_mac(0xC), "198.19.0.3")
+    assert peers.decode(svc.on_gossip(B, peers.encode([other, outside])) or b"") == [other]
+    assert channel.sent == []
+    svc.on_broadcast(B, peers.encode([PeerInfo(ME, 5000, "", 0, bridge_mac(ME), "198.19.0.9")]))
+    (sent,) = channel.sent
+    assert peers.decode(sent)[0].version == 5001 and svc.mine.version == 5001 and svc.mine.underlay == ""
+    svc.executor.shutdown()
+    svc.pod_executor.shutdown()
+
+
+def test_start_adopts_the_bridge_address_reconciles_and_stops() -> None:
+    bridge = Link(BRIDGE, "bridge", addresses=("10.32.0.5/12",))
+    fake = FakeKernel(Observed(links={BRIDGE: bridge}, sysctls={"net/ipv4/ip_forward": "1"}, iptables={}))
+    now = [0.0]
+    svc = _service(fake.kernel(), now, sleeve=False, fastdp=False, peer_hosts=("198.19.0.2", "node-3"))
+
+    async def run() -> None:
+        await svc.start()
+        assert svc.bridge_cidr == "10.32.0.5/12"
+        assert svc.mtu_choice.source == "underlay eth0 1500 - 50 (VXLAN)"
+        for _ in range(100):
+            if svc.last_sync:
+                break
+            await asyncio.sleep(0.01)
+        await svc.stop()
+
+    asyncio.run(run())
+    assert fake.applied and svc.last_sync["error"] is None
+    assert not any(isinstance(op, SetLink) and op.name == TAP for ops in fake.applied for op in ops)  # no sleeve
+
+
+def test_a_switch_to_the_sleeve_flushes_learned_macs_through_the_plan() -> None:
+    now = [0.0]
+    svc = _service(FakeKernel().kernel(), now, heartbeat_timeout=4.0)
+    forwarder = FakeForwarder()
+    svc.sleeve.forwarder = forwarder  # type: ignore[assignment]
+    svc.settings = replace(svc.settings, sleeve=True)  # what start() sets once the sleeve runs
+    svc.health.sleeve_available = True
+    svc.topology_changed({ME: "me", B: "b"}, {B: "198.19.0.2"}, "198.19.0.1")
+    svc.table.merge([PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")])
+    desired: Desired = svc.desired()
+    assert svc.heartbeats.peers == {B: "10.40.0.1"} and desired.flush == 0
+    svc.health.watch({B}, now[0])
+    now[0] = 10.0  # no heartbeat for longer than the timeout
+    svc._heartbeat_step()
+    assert svc.flush == 1 and forwarder.configs[-1].sleeve == {B}
+    desired = svc.desired()
+    assert desired.flush == 1 and TAP in [p.name for p in desired.ports]
+    observed = Observed(links={BRIDGE: Link(BRIDGE, "bridge"), TAP: Link(TAP, "tun")}, iptables={})
+    flushes = [op for op in plan(desired, observed).ops if isinstance(op, FlushLearned)]
+    assert flushes == [FlushLearned(BRIDGE, ("vxlan-6784", TAP), 1)]
+    svc.executor.shutdown()
+    svc.pod_executor.shutdown()

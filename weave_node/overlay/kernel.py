@@ -1,0 +1,52 @@
+"""The kernel calls the overlay shell makes, as one injectable value: netlink's in the router, fakes in tests (so
+the service is built and driven without a kernel). Every call runs in one of the service's worker threads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from weave_node.datapath import netlink
+from weave_node.datapath import pods as pod_links
+from weave_node.datapath.model import Observed, Pod
+from weave_node.datapath.ops import Op
+from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD
+
+
+@dataclass(frozen=True)
+class Kernel:
+    observe: Callable[[], Observed]
+    apply: Callable[[Sequence[Op]], tuple[int, list[str]]]  # (applied, errors): one failure does not stop the rest
+    route_mtu: Callable[[str], tuple[str, int] | None]  # the device (and its MTU) that reaches an address
+    default_route_mtu: Callable[[], tuple[str, int] | None]
+    attach_pod: Callable[[Pod], dict[str, str]]
+    detach_pod: Callable[[Pod], bool]
+    pod_state: Callable[[Pod], dict[str, Any]]
+
+
+def netlink_kernel() -> Kernel:
+    return Kernel(
+        observe=lambda: netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF]),
+        apply=netlink.apply_all,
+        route_mtu=netlink.route_mtu,
+        default_route_mtu=netlink.default_route_mtu,
+        attach_pod=pod_links.attach_pod,
+        detach_pod=pod_links.detach_pod,
+        pod_state=pod_links.pod_state,
+    )
+
+
+def underlay_devices(kernel: Kernel, hosts: Iterable[str]) -> list[tuple[str, int]]:
+    """The devices (name, MTU) that carry traffic to these hosts; if none, the default route's."""
+    found: list[tuple[str, int]] = []
+    for host in hosts:
+        with contextlib.suppress(netlink.DatapathError):
+            dev = kernel.route_mtu(host)
+            if dev:
+                found.append(dev)
+    if not found:
+        dev = kernel.default_route_mtu()
+        found = [dev] if dev else []
+    return found

@@ -1,0 +1,48 @@
+"""The overlay's MTU (pure): WEAVE_MTU when set, else the smallest MTU of the devices that carry traffic to the
+initial peers (or of the default route's device) minus the encapsulation: VXLAN's, or the encrypted sleeve's
+when a password is set (pod traffic then never takes VXLAN)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from weave_node.datapath.model import overlay_mtu
+from weave_node.overlay.sleeve import codec
+
+DEFAULT = 1450
+SLEEVE_OVERHEAD = 20 + 8 + 14 + codec.VNET_HDR_SIZE  # IPv4 + UDP + the frame's Ethernet + virtio-net
+
+
+@dataclass(frozen=True)
+class Mtu:
+    mtu: int  # of the bridge, the VXLAN device, the TAP and every pod
+    source: str  # how it was chosen, for status and the log
+    underlay: int = 1500  # the underlay device's: the sleeve's datagrams must fit it
+
+
+def configured(mtu: int | None) -> Mtu:
+    """Before the underlay is looked at (and for good when WEAVE_MTU is set)."""
+    return Mtu(mtu, "WEAVE_MTU") if mtu else Mtu(DEFAULT, "default")
+
+
+def probe_hosts(peer_hosts: Iterable[str]) -> list[str]:
+    """The initial peers given as IP addresses: the routes to them tell which device is the underlay."""
+    out = []
+    for host in peer_hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        out.append(host)
+    return out
+
+
+def from_underlay(found: Sequence[tuple[str, int]], *, encrypt: bool) -> Mtu:
+    """From the underlay devices found, (name, MTU) each; none found: 1500."""
+    name, mtu = min(found, key=lambda d: d[1]) if found else ("(no route found)", 1500)
+    if encrypt:
+        overhead = SLEEVE_OVERHEAD + codec.overhead(True)
+        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve)", mtu)
+    return Mtu(overlay_mtu(mtu), f"underlay {name} {mtu} - 50 (VXLAN)", mtu)

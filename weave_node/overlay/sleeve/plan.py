@@ -1,0 +1,79 @@
+"""What the sleeve forwarder should do now (pure): which peers use the sleeve, the links with their keys, the
+routes over the links that answer probes, and the bridges' MACs whose frames never take the sleeve."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from weave_node.datapath.model import bridge_mac
+from weave_node.mesh.crypto import SessionKeys
+from weave_node.mesh.topology import PeerRecord
+from weave_node.overlay.health import Mode
+from weave_node.overlay.sleeve.config import Config, LinkSpec
+from weave_node.overlay.sleeve.routing import sleeve_routes
+
+UDP_IPV4 = 28  # IPv4 + UDP headers: a datagram is the underlay MTU minus these
+
+
+def sleeve_peers(*, running: bool, fastdp: bool, peers: Iterable[int], modes: Mapping[int, Mode]) -> frozenset[int]:
+    """The peers whose pod traffic goes through the sleeve: none without it, all without fastdp, else those
+    whose fast path failed."""
+    if not running:
+        return frozenset()
+    if not fastdp:
+        return frozenset(peers)
+    return frozenset(n for n, mode in modes.items() if mode is Mode.SLEEVE)
+
+
+def link_specs(
+    direct: Mapping[int, str], keys: Mapping[int, tuple[SessionKeys, int]] | None, underlay_mtu: int
+) -> dict[int, LinkSpec]:
+    """A link per direct connection. `keys` None: no password, clear datagrams. With a password, only the
+    connections that have sleeve keys (and their cipher) get a link: never a clear datagram."""
+    links = {}
+    for name, address in sorted(direct.items()):
+        if keys is None:
+            links[name] = LinkSpec(name, address, None, max_datagram=underlay_mtu - UDP_IPV4)
+        elif name in keys:
+            sealed, cipher = keys[name]
+            links[name] = LinkSpec(name, address, sealed, max_datagram=underlay_mtu - UDP_IPV4, cipher=cipher)
+    return links
+
+
+def sleeve_config(
+    *,
+    me: int,
+    links: dict[int, LinkSpec],
+    up: Iterable[int],
+    records: Mapping[int, PeerRecord],
+    sleeve: frozenset[int],
+    fastdp: bool,
+    peers: Iterable[int],
+) -> Config:
+    """`up`: the links whose probes are answered (the forwarder's report); routes use only those."""
+    usable = {n for n in up if n in links}
+    routes = sleeve_routes(records, me, usable)
+    blocked: frozenset[bytes] = frozenset()
+    if fastdp:  # heartbeats prove the tunnel: bridge-to-bridge frames never take the sleeve
+        blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in {*peers, me})
+    return Config(links, routes, sleeve, blocked)
+
+
+def newly_sealed(old: Config | None, new: Config) -> list[tuple[int, int]]:
+    """(peer, cipher) of the links that start sealing, or change cipher: the log says so once."""
+    before = old.links if old else {}
+    return [
+        (name, spec.cipher)
+        for name, spec in new.links.items()
+        if spec.keys is not None and (name not in before or before[name].cipher != spec.cipher)
+    ]
+
+
+def new_routes(config: Config, logged: Mapping[int, int]) -> list[tuple[int, int]]:
+    """(destination, next hop) of the sleeve destinations whose route is new since it was last logged."""
+    out = []
+    for dst in sorted(config.sleeve):
+        hop = config.routes.get(dst)
+        if hop is not None and logged.get(dst) != hop:
+            out.append((dst, hop))
+    return out

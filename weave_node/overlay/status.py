@@ -1,0 +1,133 @@
+"""The overlay's part of `status` (the "datapath" document), as a function of a snapshot of values (pure).
+
+Each peer's mode: without fastdp (disabled, or a password set) it is `sleeve` or `down`; with it, what the
+heartbeats decided (overlay.health), or `pending` while the peer has no heartbeats yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from weave_node.datapath.model import BRIDGE, VNI, VXLAN, VXLAN_PORT
+from weave_node.mesh.peer import format_name
+from weave_node.overlay.desired import TAP
+from weave_node.overlay.health import Mode
+from weave_node.overlay.peers import PeerInfo, underlay_of
+from weave_node.overlay.sleeve.config import PORT as SLEEVE_PORT
+from weave_node.overlay.sleeve.config import LinkStatus
+
+
+@dataclass(frozen=True)
+class PeerHealthView:
+    mode: Mode
+    reason: str
+    last_rx: float | None  # when its last heartbeat arrived
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    fastdp: bool
+    encrypt: bool
+    sleeve_running: bool
+    sleeve_error: str | None
+    mtu: int
+    mtu_source: str
+    bridge_cidr: str | None = None
+    peers: frozenset[int] = frozenset()  # in the topology
+    heartbeat_peers: Mapping[int, str] = field(default_factory=dict)  # peer -> bridge address (fastdp only)
+    health: Mapping[int, PeerHealthView] = field(default_factory=dict)
+    infos: Mapping[int, PeerInfo] = field(default_factory=dict)
+    direct: Mapping[int, str] = field(default_factory=dict)
+    nicknames: Mapping[int, str] = field(default_factory=dict)
+    sleeving: frozenset[int] = frozenset()  # the peers in the sleeve
+    routes: Mapping[int, int] = field(default_factory=dict)  # the sleeve's, as last pushed
+    links: Mapping[int, LinkStatus] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
+    drops: Mapping[str, int] = field(default_factory=dict)
+    flood_entries: int = 0
+    problems: tuple[str, ...] = ()
+    last_sync: Mapping[str, Any] = field(default_factory=dict)
+
+
+def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
+    """(mode, reason) of one peer."""
+    health = snap.health.get(name)
+    if not snap.fastdp:
+        if name in snap.sleeving:
+            mode = Mode.SLEEVE
+            reason = "encrypted: the kernel's VXLAN cannot encrypt" if snap.encrypt else "fast datapath disabled"
+        else:
+            mode = Mode.DOWN
+            reason = f"sleeve unavailable: {snap.sleeve_error}" if snap.sleeve_error else "fast datapath disabled"
+    elif health is None:
+        mode = Mode.PENDING
+        vtep = underlay_of(name, snap.infos, snap.direct)
+        reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
+    else:
+        mode, reason = health.mode, health.reason
+    if mode is Mode.SLEEVE and snap.routes.get(name) is None:
+        reason += "; no sleeve route yet"
+    return mode, reason
+
+
+def _peer(snap: Snapshot, name: int, now: float) -> dict[str, Any]:
+    mode, reason = peer_mode(snap, name)
+    health = snap.health.get(name)
+    info = snap.infos.get(name)
+    hop = snap.routes.get(name)
+    link = snap.links.get(name)
+    sleeve = None
+    if snap.sleeve_running:
+        sleeve = {
+            "via": None if hop is None else ("direct" if hop == name else snap.nicknames.get(hop, format_name(hop))),
+            "link": None
+            if link is None
+            else {
+                "up": link.up,
+                "verified_mtu": link.verified,
+                "last_ack_ago": link.last_ack_ago,
+                "cipher": link.cipher,
+            },
+        }
+    return {
+        "name": format_name(name),
+        "nickname": snap.nicknames.get(name, ""),
+        "vtep": underlay_of(name, snap.infos, snap.direct),
+        "bridge_ip": info.bridge_ip if info else "",
+        "mode": mode.value,
+        "reason": reason,
+        "last_heartbeat_ago": round(now - health.last_rx, 1) if health and health.last_rx else None,
+        "in_topology": name in snap.peers,
+        "sleeve": sleeve,
+    }
+
+
+def status(snap: Snapshot, now: float) -> dict[str, Any]:
+    sleeve: dict[str, Any] | None = None
+    if snap.sleeve_running:
+        sleeve = {
+            "device": TAP,
+            "port": SLEEVE_PORT,
+            "encrypted": snap.encrypt,
+            "counters": dict(snap.counters),
+            "drops": dict(snap.drops),
+        }
+    elif snap.sleeve_error:
+        sleeve = {"error": snap.sleeve_error}
+    return {
+        "bridge": BRIDGE,
+        "bridge_address": snap.bridge_cidr,
+        "mtu": snap.mtu,
+        "mtu_source": snap.mtu_source,
+        "fastdp": (
+            {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": snap.flood_entries}
+            if snap.fastdp
+            else None
+        ),
+        "sleeve": sleeve,
+        "problems": list(snap.problems),
+        "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in snap.last_sync.items()},
+        "peers": [_peer(snap, name, now) for name in sorted(snap.peers | set(snap.heartbeat_peers))],
+    }
