@@ -70,6 +70,8 @@ class Connector:
         in_flight = sum(1 for t in self.targets.values() if t.state == "connecting")
         room = self.conn_limit - established - in_flight
         out: list[PeerAddress] = []
+        if room <= 0:
+            return out
         for t in sorted(self.targets.values(), key=lambda t: (t.next_try, str(t.address))):
             if room <= 0:
                 break
@@ -86,6 +88,15 @@ class Connector:
         t = self.targets.get(address)
         if t is not None:
             t.state, t.attempts, t.peer, t.last_error = "connected", 0, peer, ""
+
+    def superseded(self, address: PeerAddress, peer: int | None) -> None:
+        """Our connection lost to a duplicate: idle, skipped while its peer is connected by the other one and
+        dialled again after."""
+        t = self.targets.get(address)
+        if t is not None:
+            t.state, t.last_error = "idle", ""
+            if peer is not None:
+                t.peer = peer
 
     def failed(self, address: PeerAddress, now: float, reason: str) -> float:
         """Schedule the next attempt: exponential backoff, capped, with equal jitter. Returns the delay."""

@@ -19,11 +19,10 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from weave_node.config import RouterConfig
 from weave_node.core.address import PeerAddress, parse_peer
 from weave_node.core.clock import Clock, MonotonicClock
 from weave_node.core.errors import ConfigError
@@ -31,6 +30,19 @@ from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
 from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.neighbours import Neighbour, socket_host
+from weave_node.mesh.node import (
+    DUPLICATE,
+    Changed,
+    Close,
+    Dial,
+    Effect,
+    Link,
+    Node,
+    SendDigest,
+    SendRecords,
+    SendStates,
+)
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.protocol import (
     OURSELF,
@@ -42,8 +54,8 @@ from weave_node.mesh.protocol import (
     MessageReceived,
     ProtocolConfig,
 )
-from weave_node.mesh.routes import broadcast_next_hops, unicast_routes
-from weave_node.mesh.topology import ConnectionInfo, PeerRecord, Topology, decode_records, encode_records
+from weave_node.mesh.settings import MeshSettings
+from weave_node.mesh.topology import PeerRecord, Topology, decode_records, encode_records
 
 log = logging.getLogger("weave_node.router")
 READ_SIZE = 256 * 1024
@@ -88,7 +100,7 @@ class PeerConn:
 class Router:
     def __init__(
         self,
-        config: RouterConfig,
+        config: MeshSettings,
         identity: Identity,
         protocol_config: ProtocolConfig,
         *,
@@ -102,24 +114,25 @@ class Router:
         self.protocol_config = protocol_config
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter and gossip targets, not secrets
-        self.topology = Topology(
-            PeerRecord(name=identity.name, nickname=identity.nickname, uid=identity.uid, version=1, connections=())
+        self.node: Node[PeerConn] = Node(
+            PeerRecord(name=identity.name, nickname=identity.nickname, uid=identity.uid, version=1, connections=()),
+            conn_limit=config.conn_limit,
+            gossip_interval=config.gossip_interval,
+            rng=self.rng,
+            initial=config.peers,
         )
-        self.connector = Connector(initial=config.peers, conn_limit=config.conn_limit, rng=self.rng)
         self.established: dict[int, PeerConn] = {}
         self.pending: set[PeerConn] = set()
         self.admission = admission_limits or admission.Limits()
         self.handshaking: dict[PeerConn, admission.Pending] = {}  # inbound connections still in their handshake
         self.refused: Counter[str] = Counter()  # inbound connections refused or evicted, by reason
         self.message_errors: Counter[str] = Counter()  # received messages that failed, by outcome
-        self.routes: dict[int, int] = {}
         self.channels: dict[str, gossip.Gossiper] = {}
         self.terminations = 0
         self.started_at = self.clock.now()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._next_gossip = 0.0
         self.listen_port = config.port
         self.on_change: list[Callable[[], None]] = []
         self.rlog = RateLimitedLog(log, log_limiter or LogLimiter(), self.clock.now)
@@ -169,10 +182,36 @@ class Router:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def topology(self) -> Topology:
+        return self.node.topology
+
+    @property
+    def connector(self) -> Connector:
+        return self.node.connector
+
+    @property
+    def routes(self) -> dict[int, int]:
+        return self.node.routes
+
+    def neighbours(self) -> tuple[Neighbour, ...]:
+        """Our established connections, as values (addresses, features, sleeve keys)."""
+        return tuple(n for n in map(self.neighbour, sorted(self.established)) if n is not None)
+
+    def neighbour(self, name: int) -> Neighbour | None:
+        pc = self.established.get(name)
+        remote = pc.conn.remote if pc is not None else None
+        if pc is None or remote is None:
+            return None
+        remote_host = socket_host(pc.writer.get_extra_info("peername"))
+        local_host = socket_host(pc.writer.get_extra_info("sockname"))
+        return Neighbour(name, remote_host, local_host, remote.features, pc.conn.sleeve_keys)
+
     def register_channel(self, name: str, gossiper: gossip.Gossiper) -> gossip.GossipChannel:
         if name in self.channels:
             raise ValueError(f"gossip channel {name!r} is already registered")
         self.channels[name] = gossiper
+        self.node.channels.append(name)
         return gossip.GossipChannel(name=name, sender=self)
 
     # ---- runtime changes ----------------------------------------------------------------------------------
@@ -203,16 +242,10 @@ class Router:
 
     def _maintain_step(self) -> float:
         """Dial what is due, gossip when it is time, write due log summaries; returns when to run again."""
-        now = self.clock.now()
-        connected = set(self.established)
-        for addr in self.connector.due(now, connected, len(self.established)):
-            self._spawn(self._dial(addr))
-        if now >= self._next_gossip:
-            self._periodic_gossip()
-            self._next_gossip = now + self.config.gossip_interval
+        self._perform(self.node.tick(self.clock.now()))
         self.rlog.flush()
-        deadlines = (self.connector.next_deadline(), self._next_gossip, self.rlog.next_deadline())
-        return min(d for d in deadlines if d is not None)
+        logs = self.rlog.next_deadline()
+        return self.node.next_deadline() if logs is None else min(logs, self.node.next_deadline())
 
     async def _dial(self, addr: PeerAddress) -> None:
         try:
@@ -220,7 +253,7 @@ class Router:
                 reader, writer = await asyncio.open_connection(addr.host, addr.port)
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a learned host name IDNA cannot encode
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            delay = self.connector.failed(addr, self.clock.now(), f"connect: {reason}")
+            delay = self.node.dial_failed(addr, self.clock.now(), f"connect: {reason}")
             log.info("->[%s] connect failed: %s; retrying in %.1f s", addr, reason, delay)
             self._wakeup.set()
             return
@@ -331,43 +364,13 @@ class Router:
         remote = event.remote.identity
         pc.established_at = self.clock.now()
         self.handshaking.pop(pc, None)
-        existing = self.established.get(remote.name)
-        if existing is not None:
-            keep_new = existing.conn.remote is not None and existing.conn.remote.identity.uid != remote.uid
-            if not keep_new:
-                # Both sides keep the connection initiated by the peer with the greater name.
-                def initiator(c: PeerConn) -> int:
-                    return self.identity.name if c.outbound else remote.name
-
-                keep_new = initiator(pc) > initiator(existing) or (
-                    initiator(pc) == initiator(existing) and pc.established_at > existing.established_at
-                )
-            loser = existing if keep_new else pc
-            loser.conn.close("duplicate connection")
-            loser.failure = "duplicate connection"
-            with contextlib.suppress(Exception):
-                loser.writer.close()
-            if not keep_new:
-                return
-            self.established.pop(remote.name, None)
-        elif len(self.established) >= self.config.conn_limit:  # (a replacement above keeps the count)
-            self.refused["conn_limit"] += 1
-            self._drop(pc, f"too many connections: {len(self.established)} established, the limit")
-            return
-        self.pending.discard(pc)
-        self.established[remote.name] = pc
-        if pc.target is not None:
-            self.connector.succeeded(pc.target, remote.name)
-        log.info("%s connection established (protocol v%d)", pc.label, event.remote.version)
-        self._local_connections_changed()
-        # Compare fingerprints with the new neighbour: full topologies cross only when they differ.
-        self._send(pc, gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        # Every channel's whole state goes down a new connection (as Weave's sendAllGossipDown does): a restarted
-        # peer learns the others' overlay and IPAM state at once, not when a periodic gossip happens to come its
-        # way (seen: a restarted router without its neighbours' bridge addresses for 5 s, so its heartbeats
-        # stopped, the neighbour switched it to the sleeve, and a rolling restart lost 2.5 s of pod pings). It
-        # also covers a connection that replaces a duplicate the peer may have closed with our gossip still in it.
-        self._send_states(pc)
+        link = Link(pc, remote.name, remote.uid, pc.outbound, pc.address, pc.established_at, pc.target)
+        effects = self.node.established(link)
+        self._sync_established()
+        if self.established.get(remote.name) is pc:
+            self.pending.discard(pc)
+            log.info("%s connection established (protocol v%d)", pc.label, event.remote.version)
+        self._perform(effects)
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
@@ -375,101 +378,75 @@ class Router:
         reason = pc.failure or "closed"
         with contextlib.suppress(Exception):
             pc.writer.close()
-        if pc.name is not None and self.established.get(pc.name) is pc:
-            del self.established[pc.name]
+        was = pc.name is not None and self.established.get(pc.name) is pc
+        if was:
             self.terminations += 1
             if reason.startswith("bad message"):  # a peer can repeat this at will: rate-limited
                 self.rlog.log(logging.INFO, "mesh.bad-message", "%s connection shut down: %s", pc.label, reason)
             else:
                 log.info("%s connection shut down: %s", pc.label, reason)
-            self._local_connections_changed()
-        elif reason not in ("duplicate connection", OURSELF):
+        elif reason not in (DUPLICATE, OURSELF):
             if pc.outbound:  # ours: paced by the connector's backoff
                 log.info("%s connection failed: %s", pc.label, reason)
             else:  # anyone can open connections that fail, as often as they like: rate-limited
                 self.rlog.log(logging.INFO, "mesh.inbound-failed", "%s connection failed: %s", pc.label, reason)
-        if pc.target is not None and reason == OURSELF:
-            if self.connector.ourself(pc.target):
-                log.info("->[%s] is this router's own address: not dialled again", pc.target)
-        elif pc.target is not None and reason != "duplicate connection":
-            delay = self.connector.disconnected(pc.target, self.clock.now(), reason)
-            log.debug("->[%s] next attempt in %.1f s", pc.target, delay)
-        elif pc.target is not None:
-            t = self.connector.targets.get(pc.target)
-            if t is not None:  # idle: skipped while its peer is connected by the other connection, dialled after
-                t.state, t.peer, t.last_error = "idle", pc.name if pc.name is not None else t.peer, ""
+        effects, ended = self.node.lost(pc, pc.name, pc.target, reason, self.clock.now())
+        self._sync_established()
+        self._perform(effects)
+        if ended.ourself:
+            log.info("->[%s] is this router's own address: not dialled again", pc.target)
+        elif ended.retry_in is not None:
+            log.debug("->[%s] next attempt in %.1f s", pc.target, ended.retry_in)
         self._wakeup.set()
 
-    # ---- topology -------------------------------------------------------------------------------------------
+    def _sync_established(self) -> None:
+        """`established` mirrors the core's links (the core decides which connection a peer has)."""
+        self.established = {name: link.key for name, link in self.node.links.items()}
 
-    def _all_records(self) -> list[PeerRecord]:
-        return list(self.topology.records.values())
+    # ---- effects of the gossip core ---------------------------------------------------------------------------
 
-    def _local_connections_changed(self) -> None:
-        conns = [
-            ConnectionInfo(peer=name, address=pc.address, outbound=pc.outbound, established=True)
-            for name, pc in sorted(self.established.items())
-        ]
-        if self.topology.set_local_connections(conns):
-            self._topology_changed({self.identity.name}, exclude=None)
-
-    def _topology_changed(self, improved: set[int], exclude: PeerConn | None) -> None:
-        records = [self.topology.records[n] for n in sorted(improved) if n in self.topology.records]
-        nicknames = {n: r.nickname for n, r in self.topology.records.items()}
-        for name in sorted(self.topology.gc()):
-            log.info("peer %s(%s) left the topology", format_name(name), nicknames.get(name, "?"))
-        if records:
-            env = gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(records))
-            for pc in list(self.established.values()):
-                if pc is not exclude:
+    def _perform(self, effects: list[Effect[PeerConn]]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendRecords):
+                env = gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(effect.records))
+                for pc in effect.to:
                     self._send(pc, env)
-        self.routes = unicast_routes(self.topology.records, self.identity.name)
-        self._learn_targets()
+            elif isinstance(effect, SendDigest):
+                self._send(effect.to, gossip.encode_digest(effect.fingerprint, echo=effect.echo))
+            elif isinstance(effect, SendStates):
+                self._send_states(effect.to, effect.channel)
+            elif isinstance(effect, Close):
+                if effect.refused:
+                    self.refused[effect.refused] += 1
+                self._drop(effect.key, effect.reason)
+            elif isinstance(effect, Dial):
+                self._spawn(self._dial(effect.address))
+            elif isinstance(effect, Changed):
+                self._changed(effect)
+
+    def _changed(self, effect: Changed) -> None:
+        for name, nickname in effect.left:
+            log.info("peer %s(%s) left the topology", format_name(name), nickname)
+        if effect.learned:
+            self._wakeup.set()
         for callback in self.on_change:
             try:
                 callback()
             except Exception:  # a subscriber's bug must not cut the others (or the connection that brought it) off
                 self.rlog.log(logging.ERROR, "mesh.on-change-error", "topology subscriber failed", exc_info=True)
 
-    def _learn_targets(self) -> None:
-        keep: set[PeerAddress] = set()
-        for record in self.topology.records.values():
-            if record.name == self.identity.name:
-                continue
-            for c in record.connections:
-                if c.outbound and c.established and c.peer != self.identity.name and c.address:
-                    try:
-                        addr = parse_peer(c.address)
-                    except ConfigError:
-                        continue
-                    keep.add(addr)
-                    if self.connector.add(addr, "learned", peer=c.peer):
-                        self._wakeup.set()
-        self.connector.forget_learned_except(keep)
-
-    def _channel_states(self) -> Iterator[tuple[str, bytes]]:
+    def _send_states(self, pc: PeerConn, only: str) -> None:
         """Each gossip channel's whole state (a channel that fails to produce it is logged and skipped)."""
         for name, gossiper in self.channels.items():
+            if only and name != only:
+                continue
             try:
                 state = gossiper.gossip_state()
             except Exception:
                 log.exception("gossip channel %s failed to produce its state", name)
                 continue
             if state:
-                yield name, state
-
-    def _send_states(self, pc: PeerConn) -> None:
-        for name, state in self._channel_states():
-            self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
-
-    def _periodic_gossip(self) -> None:
-        if not self.established:
-            return
-        peers = list(self.established.values())
-        # Anti-entropy: 9 bytes to one random neighbour; full topologies cross only when the fingerprints differ.
-        self._send(self.rng.choice(peers), gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        for name, state in self._channel_states():
-            self._send(self.rng.choice(peers), gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
+                self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
 
     # ---- messages -----------------------------------------------------------------------------------------
 
@@ -519,17 +496,10 @@ class Router:
     def _message(self, pc: PeerConn, payload: bytes) -> None:
         env = gossip.decode(payload)
         if env.kind == gossip.KIND_TOPOLOGY:
-            improved = self.topology.merge(decode_records(env.payload))
-            if improved:
-                self._topology_changed(improved, exclude=pc)
+            self._perform(self.node.on_topology(pc, decode_records(env.payload)))
             return
         if env.kind == gossip.KIND_DIGEST:
-            theirs, echo = gossip.decode_digest(env)
-            ours = self.topology.fingerprint()
-            if theirs != ours:
-                self._send(pc, gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(self._all_records())))
-                if echo:  # so they send what we lack; a non-echo digest is never answered with a digest
-                    self._send(pc, gossip.encode_digest(ours, echo=False))
+            self._perform(self.node.on_digest(pc, *gossip.decode_digest(env)))
             return
         gossiper = self.channels.get(env.channel)
         if env.kind == gossip.KIND_GOSSIP:
@@ -552,13 +522,11 @@ class Router:
         delta = self._to_channel(pc, env.channel, lambda: gossiper.on_gossip(src, env.payload))
         if delta:
             out = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=env.channel, payload=delta)
-            for other in list(self.established.values()):
-                if other is not pc:
-                    self._send(other, out)
+            for other in self.node.neighbours_except(pc):
+                self._send(other, out)
 
     def _relay_unicast(self, env: gossip.Envelope) -> bool:
-        hop = self.routes.get(env.dst)
-        pc = self.established.get(hop) if hop is not None else None
+        pc = self.node.next_hop(env.dst)
         if pc is None:
             log.debug("unicast on %s to %s dropped: no route", env.channel, format_name(env.dst))
             return False
@@ -566,10 +534,8 @@ class Router:
         return True
 
     def _forward_broadcast(self, env: gossip.Envelope) -> None:
-        for hop in broadcast_next_hops(self.topology.records, env.src, self.identity.name):
-            pc = self.established.get(hop)
-            if pc is not None:
-                self._send(pc, env)
+        for pc in self.node.broadcast_hops(env.src):
+            self._send(pc, env)
 
     # ---- gossip.Sender ------------------------------------------------------------------------------------
 
