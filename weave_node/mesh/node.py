@@ -17,6 +17,7 @@ Decisions made here:
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -120,11 +121,11 @@ class Node(Generic[K]):
         self.gossip_interval = gossip_interval
         self.rng = rng
         self.links: dict[int, Link[K]] = {}  # established connections by peer
-        self.routes: dict[int, int] = {}
+        self._routes: dict[int, int] | None = {}  # None: recompute when asked for
         self.channels: list[str] = []  # gossip channels, for the periodic anti-entropy
         self.next_gossip = 0.0
-        self._learned: dict[int, frozenset[tuple[PeerAddress, int]]] = {}  # per record: what it teaches to dial
-        self._teachers: dict[PeerAddress, int] = {}  # learned address -> how many records teach it
+        self._learned: dict[int, frozenset[tuple[str, int]]] = {}  # per record: what it teaches to dial
+        self._teachers: dict[str, int] = {}  # learned address -> how many (record, peer) teach it
 
     # ---- connections -------------------------------------------------------------------------------------
 
@@ -208,38 +209,49 @@ class Node(Generic[K]):
 
     def _topology_changed(self, improved: set[int], exclude: K | None) -> list[Effect[K]]:
         held = self.topology.records
-        records = tuple(held[n] for n in sorted(improved) if n in held)
-        nicknames = {n: held[n].nickname for n in held}
-        left = self.topology.gc()
+        records = tuple(held[n] for n in sorted(improved) if n in held)  # (sent even if gc drops them below)
+        left = self.topology.collect()
         out: list[Effect[K]] = []
         if records:
             to = tuple(link.key for link in self.links.values() if link.key != exclude)
             if to:
                 out.append(SendRecords(to, records))
-        self.routes = unicast_routes(self.topology.records, self.name)
-        learned = self._learn_targets(improved | left)
-        out.append(Changed(tuple((n, nicknames.get(n, "?")) for n in sorted(left)), learned))
+        self._routes = None
+        learned = self._learn_targets(improved | set(left))
+        out.append(Changed(tuple((n, left[n].nickname) for n in sorted(left)), learned))
         return out
+
+    @property
+    def routes(self) -> dict[int, int]:
+        """Unicast next hops (computed when asked for after a change: changes come far more often)."""
+        if self._routes is None:
+            self._routes = unicast_routes(self.topology.records, self.name)
+        return self._routes
 
     def _learn_targets(self, changed: Iterable[int]) -> bool:
         """Addresses of other peers' established outbound connections become dial targets while listed."""
         held = self.topology.records
-        added = False
+        added = forgotten = False
         for name in changed:
             old = self._learned.pop(name, frozenset())
             record = held.get(name) if name != self.name else None
             new = frozenset(_teaches(record, self.name)) if record is not None else frozenset()
             if new:
                 self._learned[name] = new
-            for addr, _peer in old - new:
-                self._teachers[addr] -= 1
-                if not self._teachers[addr]:
-                    del self._teachers[addr]
-            for addr, peer in new:
-                if (addr, peer) not in old:
-                    self._teachers[addr] = self._teachers.get(addr, 0) + 1
+            if new == old:
+                continue
+            for text, _peer in old - new:
+                self._teachers[text] -= 1
+                if not self._teachers[text]:
+                    del self._teachers[text]
+                    forgotten = True
+            for text, peer in new - old:
+                self._teachers[text] = self._teachers.get(text, 0) + 1
+                addr = _address(text)
+                if addr is not None:
                     added = self.connector.add(addr, "learned", peer=peer) or added
-        self.connector.forget_learned_except(set(self._teachers))
+        if forgotten:  # (a learned target still connected stays; it goes at the next removal after it is not)
+            self.connector.forget_learned_except({a for t in self._teachers if (a := _address(t)) is not None})
         return added
 
     # ---- time ------------------------------------------------------------------------------------------------
@@ -275,10 +287,16 @@ class Node(Generic[K]):
         return [link.key for link in self.links.values() if link.key != key]
 
 
-def _teaches(record: PeerRecord, me: int) -> Iterable[tuple[PeerAddress, int]]:
+def _teaches(record: PeerRecord, me: int) -> Iterable[tuple[str, int]]:
+    """(address, peer) of each established outbound connection the record lists (to others than us)."""
     for c in record.connections:
-        if c.outbound and c.established and c.peer != me and c.address:
-            try:
-                yield parse_peer(c.address), c.peer
-            except ConfigError:
-                continue
+        if c.outbound and c.established and c.peer != me and c.address and _address(c.address) is not None:
+            yield c.address, c.peer
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> PeerAddress | None:
+    try:
+        return parse_peer(text)
+    except ConfigError:
+        return None

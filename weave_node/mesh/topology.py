@@ -264,12 +264,17 @@ class Topology:
 
     def gc(self) -> set[int]:
         """Forget every peer not reachable from the local peer; return the forgotten names."""
+        return set(self.collect())
+
+    def collect(self) -> dict[int, PeerRecord]:
+        """`gc()`, returning the forgotten records."""
         reach = self._reachable()
         if len(reach) == len(self._records):
-            return set()
-        removed = {n for n in self._records if n not in reach}
-        for n in removed:
-            self._fingerprint ^= self._records.pop(n).digest
+            return {}
+        removed = {n: r for n, r in self._records.items() if n not in reach}
+        for r in removed.values():
+            self._fingerprint ^= r.digest
+            del self._records[r.name]
         return removed
 
     def check_invariants(self) -> None:
