@@ -26,12 +26,12 @@ from typing import Generic, TypeAlias, TypeVar
 from weave_node.core.address import PeerAddress, parse_peer
 from weave_node.core.errors import ConfigError
 from weave_node.mesh.connector import Connector
+from weave_node.mesh.protocol import OURSELF
 from weave_node.mesh.routes import broadcast_next_hops, unicast_routes
 from weave_node.mesh.topology import ConnectionInfo, PeerRecord, Topology
 
 K = TypeVar("K", bound=Hashable)
 
-OURSELF = "connection to ourself"  # the failure of a dial that reached this very router
 DUPLICATE = "duplicate connection"
 
 

@@ -1,10 +1,10 @@
 """The router's asyncio shell: it moves bytes between TCP sockets and the pure cores, and time into them.
 
 Pure cores it drives: protocol.Connection (one per TCP connection: framing, handshake, crypto, heartbeats),
-topology.Topology (the peers CRDT), routes (next hops, broadcast trees), connector.Connector (whom to dial),
-gossip envelopes (channels for other subsystems), admission (which inbound connections may start a
-handshake). State changes happen in one task at a time (asyncio), so no locks; nothing here decides protocol
-behaviour.
+node.Node (the gossip core: topology CRDT, duplicates, the connection limit, anti-entropy, whom to dial, routes;
+the simulation runs the same one), gossip envelopes (channels for other subsystems), admission (which inbound
+connections may start a handshake). messages.py holds the sending and receiving on established connections.
+State changes happen in one task at a time (asyncio), so no locks; nothing here decides protocol behaviour.
 
 Hostile input costs at most one connection: every received message is dispatched inside one boundary
 (`_dispatch`): a ProtocolError closes that connection, an error of a gossip channel's handler drops that message
@@ -20,7 +20,6 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from weave_node.core.address import PeerAddress, parse_peer
@@ -29,21 +28,15 @@ from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
-from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.messages import Messages
 from weave_node.mesh.neighbours import Neighbour, socket_host
 from weave_node.mesh.node import (
     DUPLICATE,
-    Changed,
-    Close,
-    Dial,
-    Effect,
     Link,
     Node,
-    SendDigest,
-    SendRecords,
-    SendStates,
 )
 from weave_node.mesh.peer import format_name
+from weave_node.mesh.peerconn import PeerConn, peerhost, peername
 from weave_node.mesh.protocol import (
     OURSELF,
     Connection,
@@ -55,49 +48,16 @@ from weave_node.mesh.protocol import (
     ProtocolConfig,
 )
 from weave_node.mesh.settings import MeshSettings
-from weave_node.mesh.topology import PeerRecord, Topology, decode_records, encode_records
+from weave_node.mesh.topology import PeerRecord, Topology
+
+__all__ = ["PeerConn", "Router"]
 
 log = logging.getLogger("weave_node.router")
 READ_SIZE = 256 * 1024
 DIAL_TIMEOUT = 10.0
 
 
-@dataclass(eq=False)
-class PeerConn:
-    """One TCP connection and its protocol state."""
-
-    conn: Connection
-    writer: asyncio.StreamWriter
-    outbound: bool
-    socket_addr: str  # the remote end as seen by the socket
-    target: PeerAddress | None = None  # what we dialled (outbound only)
-    established_at: float = 0.0
-    failure: str = ""
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def name(self) -> int | None:
-        """The remote peer, once the handshake is done."""
-        remote = self.conn.remote
-        return remote.identity.name if remote else None
-
-    @property
-    def nickname(self) -> str:
-        remote = self.conn.remote
-        return remote.identity.nickname if remote else ""
-
-    @property
-    def address(self) -> str:
-        """What we dialled, or where an inbound connection came from."""
-        return str(self.target) if self.target else self.socket_addr
-
-    @property
-    def label(self) -> str:
-        who = f" {format_name(self.name)}({self.nickname})" if self.name is not None else ""
-        return f"{'->' if self.outbound else '<-'}[{self.address}]{who}"
-
-
-class Router:
+class Router(Messages):
     def __init__(
         self,
         config: MeshSettings,
@@ -176,6 +136,12 @@ class Router:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+
+    def _dial_soon(self, address: PeerAddress) -> None:
+        self._spawn(self._dial(address))
+
+    def _wake(self) -> None:
+        self._wakeup.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -261,11 +227,11 @@ class Router:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Unauthenticated connections have limits of their own (admission.py); CONN_LIMIT counts established ones.
-        source = admission.source_of(_peerhost(writer))
+        source = admission.source_of(peerhost(writer))
         verdict = admission.admit(self.handshaking, source, self.admission)
         if not verdict.admit:
             self.refused[verdict.code] += 1
-            self.rlog.log(logging.WARNING, "mesh.refused", "<-[%s] refused: %s", _peername(writer), verdict.reason)
+            self.rlog.log(logging.WARNING, "mesh.refused", "<-[%s] refused: %s", peername(writer), verdict.reason)
             writer.close()
             return
         if verdict.evict is not None:  # every slot taken, most of them by the victim's address: it makes room
@@ -286,7 +252,7 @@ class Router:
     ) -> None:
         now = self.clock.now()
         conn = Connection(self.identity, self.protocol_config, outbound=outbound, now=now)
-        pc = PeerConn(conn=conn, writer=writer, outbound=outbound, socket_addr=_peername(writer), target=target)
+        pc = PeerConn(conn=conn, writer=writer, outbound=outbound, socket_addr=peername(writer), target=target)
         self.pending.add(pc)
         if source is not None:
             self.handshaking[pc] = admission.Pending(source, now)
@@ -402,166 +368,3 @@ class Router:
     def _sync_established(self) -> None:
         """`established` mirrors the core's links (the core decides which connection a peer has)."""
         self.established = {name: link.key for name, link in self.node.links.items()}
-
-    # ---- effects of the gossip core ---------------------------------------------------------------------------
-
-    def _perform(self, effects: list[Effect[PeerConn]]) -> None:
-        for effect in effects:
-            if isinstance(effect, SendRecords):
-                env = gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(effect.records))
-                for pc in effect.to:
-                    self._send(pc, env)
-            elif isinstance(effect, SendDigest):
-                self._send(effect.to, gossip.encode_digest(effect.fingerprint, echo=effect.echo))
-            elif isinstance(effect, SendStates):
-                self._send_states(effect.to, effect.channel)
-            elif isinstance(effect, Close):
-                if effect.refused:
-                    self.refused[effect.refused] += 1
-                self._drop(effect.key, effect.reason)
-            elif isinstance(effect, Dial):
-                self._spawn(self._dial(effect.address))
-            elif isinstance(effect, Changed):
-                self._changed(effect)
-
-    def _changed(self, effect: Changed) -> None:
-        for name, nickname in effect.left:
-            log.info("peer %s(%s) left the topology", format_name(name), nickname)
-        if effect.learned:
-            self._wakeup.set()
-        for callback in self.on_change:
-            try:
-                callback()
-            except Exception:  # a subscriber's bug must not cut the others (or the connection that brought it) off
-                self.rlog.log(logging.ERROR, "mesh.on-change-error", "topology subscriber failed", exc_info=True)
-
-    def _send_states(self, pc: PeerConn, only: str) -> None:
-        """Each gossip channel's whole state (a channel that fails to produce it is logged and skipped)."""
-        for name, gossiper in self.channels.items():
-            if only and name != only:
-                continue
-            try:
-                state = gossiper.gossip_state()
-            except Exception:
-                log.exception("gossip channel %s failed to produce its state", name)
-                continue
-            if state:
-                self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
-
-    # ---- messages -----------------------------------------------------------------------------------------
-
-    def _send(self, pc: PeerConn, env: gossip.Envelope) -> None:
-        if pc.conn.state != "established":
-            return
-        data = gossip.encode(env)
-        if len(data) > pc.conn.max_message_size:
-            self.message_errors["too_big_to_send"] += 1
-            self.rlog.log(
-                logging.ERROR, "mesh.too-big", "%s message of kind %d (%d bytes) not sent: over the limit of %d",
-                pc.label, env.kind, len(data), pc.conn.max_message_size,
-            )  # fmt: skip
-            return
-        pc.conn.send_message(data, self.clock.now())
-        self._flush(pc)
-
-    def _dispatch(self, pc: PeerConn, payload: bytes) -> None:
-        """The boundary every received message passes: nothing raised below gets past it (see the module doc)."""
-        try:
-            self._message(pc, payload)
-        except ProtocolError as exc:
-            self.message_errors["bad_message"] += 1
-            self._drop(pc, f"bad message: {exc}")
-        except Exception as exc:
-            self.message_errors["internal_error"] += 1
-            self.rlog.log(logging.ERROR, "mesh.internal-error", "%s message handling failed", pc.label, exc_info=True)
-            self._drop(pc, f"internal error: {exc!r}")
-
-    def _to_channel(self, pc: PeerConn, channel: str, call: Callable[[], bytes | None]) -> bytes | None:
-        """A gossip channel's handler; what it raises drops this message only (gossip.Gossiper's contract)."""
-        try:
-            return call()
-        except ProtocolError as exc:
-            self.message_errors["channel_rejected"] += 1
-            self.rlog.log(
-                logging.WARNING, "mesh.channel-rejected", "%s message on channel %s dropped: %s", pc.label, channel, exc
-            )
-        except Exception:
-            self.message_errors["channel_error"] += 1
-            self.rlog.log(
-                logging.ERROR, "mesh.channel-error", "%s channel %s failed on a message", pc.label, channel,
-                exc_info=True,
-            )  # fmt: skip
-        return None
-
-    def _message(self, pc: PeerConn, payload: bytes) -> None:
-        env = gossip.decode(payload)
-        if env.kind == gossip.KIND_TOPOLOGY:
-            self._perform(self.node.on_topology(pc, decode_records(env.payload)))
-            return
-        if env.kind == gossip.KIND_DIGEST:
-            self._perform(self.node.on_digest(pc, *gossip.decode_digest(env)))
-            return
-        gossiper = self.channels.get(env.channel)
-        if env.kind == gossip.KIND_GOSSIP:
-            self._channel_gossip(pc, env, gossiper)
-        elif env.kind == gossip.KIND_UNICAST:
-            if env.dst == self.identity.name:
-                if gossiper is not None:
-                    self._to_channel(pc, env.channel, lambda: gossiper.on_unicast(env.src, env.payload))
-            else:
-                self._relay_unicast(env)
-        elif env.kind == gossip.KIND_BROADCAST:
-            if gossiper is not None and env.src != self.identity.name:
-                self._to_channel(pc, env.channel, lambda: gossiper.on_broadcast(env.src, env.payload))
-            self._forward_broadcast(env)
-
-    def _channel_gossip(self, pc: PeerConn, env: gossip.Envelope, gossiper: gossip.Gossiper | None) -> None:
-        if gossiper is None or pc.name is None:
-            return
-        src = pc.name
-        delta = self._to_channel(pc, env.channel, lambda: gossiper.on_gossip(src, env.payload))
-        if delta:
-            out = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=env.channel, payload=delta)
-            for other in self.node.neighbours_except(pc):
-                self._send(other, out)
-
-    def _relay_unicast(self, env: gossip.Envelope) -> bool:
-        pc = self.node.next_hop(env.dst)
-        if pc is None:
-            log.debug("unicast on %s to %s dropped: no route", env.channel, format_name(env.dst))
-            return False
-        self._send(pc, env)
-        return True
-
-    def _forward_broadcast(self, env: gossip.Envelope) -> None:
-        for pc in self.node.broadcast_hops(env.src):
-            self._send(pc, env)
-
-    # ---- gossip.Sender ------------------------------------------------------------------------------------
-
-    def send_gossip(self, channel: str, data: bytes) -> None:
-        env = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=channel, payload=data)
-        for pc in list(self.established.values()):
-            self._send(pc, env)
-
-    def send_unicast(self, channel: str, dst: int, data: bytes) -> bool:
-        env = gossip.Envelope(kind=gossip.KIND_UNICAST, channel=channel, src=self.identity.name, dst=dst, payload=data)
-        return self._relay_unicast(env)
-
-    def send_broadcast(self, channel: str, data: bytes) -> None:
-        self._forward_broadcast(
-            gossip.Envelope(kind=gossip.KIND_BROADCAST, channel=channel, src=self.identity.name, payload=data)
-        )
-
-
-def _peerhost(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-
-
-def _peername(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer)
