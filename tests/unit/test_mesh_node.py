@@ -150,3 +150,28 @@ def test_unicast_and_broadcast_hops_are_connections() -> None:
     n.on_topology("a", [record(A, 5, ConnectionInfo(ME, "", False, True))])
     assert n.next_hop(A) == "a" and n.next_hop(B) is None
     assert n.broadcast_hops(ME) == ["a"] and n.neighbours_except("a") == []
+
+
+def test_a_forgotten_learned_address_comes_back_while_a_record_teaches_it() -> None:
+    n = node()
+    n.established(link("a", A))
+    teaching = ConnectionInfo(C, "192.0.2.163:6783", True, True)
+    n.on_topology("a", [record(A, 5, ConnectionInfo(ME, "", False, True), teaching)])
+    addr = PeerAddress("192.0.2.163", 6783)
+    assert n.forget(addr) and addr not in n.connector.targets
+    n.on_topology("a", [record(A, 6, ConnectionInfo(ME, "", False, True), teaching)])  # any change
+    assert n.connector.targets[addr].origin == "learned"
+
+
+def test_an_untaught_target_kept_while_connected_goes_at_the_next_change_after() -> None:
+    n = node()
+    n.established(link("a", A))
+    addr = PeerAddress("192.0.2.163", 6783)
+    n.on_topology("a", [record(A, 5, ConnectionInfo(ME, "", False, True), ConnectionInfo(C, str(addr), True, True))])
+    n.established(Link("c", C, 3, True, str(addr), 1.0, addr))
+    n.on_topology("a", [record(A, 6, ConnectionInfo(ME, "", False, True))])  # no longer taught, but connected
+    assert n.connector.targets[addr].state == "connected"
+    n.lost("c", C, addr, "connection closed by peer", 2.0)  # (our record changes while it is still connected)
+    assert n.connector.targets[addr].state == "retrying"
+    n.on_topology("a", [record(A, 7, ConnectionInfo(ME, "", False, True))])
+    assert addr not in n.connector.targets

@@ -58,12 +58,18 @@ class Connector:
     def forget(self, address: PeerAddress) -> bool:
         return self.targets.pop(address, None) is not None
 
-    def forget_learned_except(self, keep: set[PeerAddress]) -> None:
-        """Learned targets whose peer left the topology are dropped; operator-given ones stay."""
+    def forget_learned_except(self, keep: set[PeerAddress]) -> bool:
+        """Learned targets whose peer left the topology are dropped; operator-given ones stay. True when one
+        was kept only because it is connected (it goes when asked again after it is not)."""
+        kept = False
         for addr in list(self.targets):
             t = self.targets[addr]
-            if t.origin == "learned" and addr not in keep and t.state != "connected":
-                del self.targets[addr]
+            if t.origin == "learned" and addr not in keep:
+                if t.state == "connected":
+                    kept = True
+                else:
+                    del self.targets[addr]
+        return kept
 
     def due(self, now: float, connected_peers: set[int], established: int) -> list[PeerAddress]:
         """Targets to dial now, within the connection limit, skipping peers we are already connected to."""

@@ -126,6 +126,8 @@ class Node(Generic[K]):
         self.next_gossip = 0.0
         self._learned: dict[int, frozenset[tuple[str, int]]] = {}  # per record: what it teaches to dial
         self._teachers: dict[str, int] = {}  # learned address -> how many (record, peer) teach it
+        self._recheck = False  # an untaught target was kept while connected: forget it at the next change
+        self._relearn: set[str] = set()  # taught addresses the operator forgot: learned again at the next change
 
     # ---- connections -------------------------------------------------------------------------------------
 
@@ -250,9 +252,22 @@ class Node(Generic[K]):
                 addr = _address(text)
                 if addr is not None:
                     added = self.connector.add(addr, "learned", peer=peer) or added
-        if forgotten:  # (a learned target still connected stays; it goes at the next removal after it is not)
-            self.connector.forget_learned_except({a for t in self._teachers if (a := _address(t)) is not None})
+        for text in self._relearn & self._teachers.keys():
+            addr = _address(text)
+            if addr is not None:
+                added = self.connector.add(addr, "learned") or added
+        self._relearn.clear()
+        if forgotten or self._recheck:
+            self._recheck = self.connector.forget_learned_except(
+                {a for t in self._teachers if (a := _address(t)) is not None}
+            )
         return added
+
+    def forget(self, address: PeerAddress) -> bool:
+        """The operator's `forget`: the target goes (one still taught by a record comes back at the next change,
+        as every learned one did)."""
+        self._relearn.add(str(address))
+        return self.connector.forget(address)
 
     # ---- time ------------------------------------------------------------------------------------------------
 

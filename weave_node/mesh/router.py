@@ -189,7 +189,7 @@ class Router(Messages):
         return addr
 
     def forget(self, address: str) -> bool:
-        return self.connector.forget(parse_peer(address))
+        return self.node.forget(parse_peer(address))
 
     # ---- the maintenance loop: dial, gossip, wake up at the next deadline -------------------------------------
 
