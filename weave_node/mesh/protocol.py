@@ -57,27 +57,10 @@ from weave_node.mesh.hello import (
 )
 
 __all__ = [  # (Identity, the tags and the hello codec live in hello.py; callers know them from here too)
-    "HANDSHAKE_FORMAT",
-    "MAGIC",
-    "OURSELF",
-    "PREAMBLE",
-    "TAG_HEARTBEAT",
-    "TAG_HELLO",
-    "TAG_MESSAGE",
-    "TAG_PROOF",
-    "Connection",
-    "ConnectionFailed",
-    "Established",
-    "Event",
-    "Hello",
-    "Identity",
-    "MessageReceived",
-    "ProtocolConfig",
-    "RemoteInfo",
-    "State",
-    "decode_hello",
-    "encode_hello",
-]
+    "HANDSHAKE_FORMAT", "MAGIC", "OURSELF", "PREAMBLE", "TAG_HEARTBEAT", "TAG_HELLO", "TAG_MESSAGE", "TAG_PROOF",
+    "Connection", "ConnectionFailed", "Established", "Event", "Hello", "Identity", "MessageReceived",
+    "ProtocolConfig", "RemoteInfo", "State", "decode_hello", "encode_hello",
+]  # fmt: skip
 
 MAGIC = b"weave-node"
 HANDSHAKE_FORMAT = 1

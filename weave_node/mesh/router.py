@@ -30,11 +30,7 @@ from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
 from weave_node.mesh.messages import Messages
 from weave_node.mesh.neighbours import Neighbour, socket_host
-from weave_node.mesh.node import (
-    DUPLICATE,
-    Link,
-    Node,
-)
+from weave_node.mesh.node import DUPLICATE, Link, Node
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.peerconn import PeerConn, peerhost, peername
 from weave_node.mesh.protocol import (
