@@ -21,10 +21,10 @@ from pathlib import Path
 
 from common import BIN, free_port
 
-from weave_node.config import RouterConfig
 from weave_node.core.address import PeerAddress
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.mesh.settings import MeshSettings
 
 
 def rss_mib(pid: int) -> float:
@@ -83,8 +83,7 @@ async def run(n: int) -> None:
         base = rss_mib(proc.pid)
         rng = random.Random(7)
         for i in range(n):
-            cfg = RouterConfig(
-                nickname=f"sim{i}",
+            cfg = MeshSettings(
                 port=0,
                 listen_host="127.0.0.1",
                 peers=(PeerAddress("127.0.0.1", port),),

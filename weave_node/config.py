@@ -23,8 +23,7 @@ from weave_node.core.facts import (
     PASSWORD_FILE_MODE_MASK,
 )
 from weave_node.ipam.model import Init, parse_init
-
-DEFAULT_CONN_LIMIT = 100
+from weave_node.mesh.settings import DEFAULT_CONN_LIMIT, MeshSettings
 
 
 @dataclass(frozen=True)
@@ -208,4 +207,15 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),
+    )
+
+
+def mesh_settings(config: RouterConfig) -> MeshSettings:
+    """The part of the configuration the mesh reads."""
+    return MeshSettings(
+        port=config.port,
+        listen_host=config.listen_host,
+        peers=config.peers,
+        conn_limit=config.conn_limit,
+        gossip_interval=config.gossip_interval,
     )

@@ -12,7 +12,7 @@ import sys
 from weave_node.api.metrics import MetricsServer, RouterMetrics
 from weave_node.api.pods import PodService
 from weave_node.api.server import ApiServer, full_status
-from weave_node.config import RouterConfig
+from weave_node.config import RouterConfig, mesh_settings
 from weave_node.core.address import ip_str, parse_ip
 from weave_node.datapath.model import BRIDGE
 from weave_node.ipam.allocator import Allocator
@@ -21,7 +21,8 @@ from weave_node.ipam.model import Key
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
 from weave_node.mesh.crypto import PasswordKey, SessionKeys
-from weave_node.mesh.peer import format_name, load_or_create_host_id, name_from_host_id, new_uid, parse_name
+from weave_node.mesh.hostid import load_or_create_host_id
+from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
 from weave_node.overlay.peers import vtep_address
@@ -127,12 +128,11 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
 
     def topology_changed() -> None:
         direct, local = {}, []
-        for name, pc in router.established.items():
-            peer, mine = pc.writer.get_extra_info("peername"), pc.writer.get_extra_info("sockname")
-            if peer and vtep_address(str(peer[0])):
-                direct[name] = vtep_address(str(peer[0]))
-            if mine and vtep_address(str(mine[0])):
-                local.append(vtep_address(str(mine[0])))
+        for n in router.neighbours():
+            if vtep_address(n.remote_address):
+                direct[n.name] = vtep_address(n.remote_address)
+            if vtep_address(n.local_address):
+                local.append(vtep_address(n.local_address))
         underlay = max(set(local), key=local.count) if local else ""
         overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, underlay)
 
@@ -143,12 +143,11 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
 
 def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
     """The sleeve keys of our connection to `name`, and the cipher both ends can do."""
-    pc = router.established.get(name)
-    keys = pc.conn.sleeve_keys if pc is not None else None
-    if pc is None or keys is None or pc.conn.remote is None:
+    n = router.neighbour(name)
+    if n is None or n.sleeve_keys is None:
         return None
-    aes = SLEEVE_AESGCM in pc.conn.remote.features  # the intersection of both ends' features
-    return keys, codec.MODE_AESGCM if aes else codec.MODE_SECRETBOX
+    aes = SLEEVE_AESGCM in n.features  # the intersection of both ends' features
+    return n.sleeve_keys, codec.MODE_AESGCM if aes else codec.MODE_SECRETBOX
 
 
 async def run_router(config: RouterConfig) -> int:
@@ -161,7 +160,7 @@ async def run_router(config: RouterConfig) -> int:
         heartbeat_timeout=config.heartbeat_timeout,
         features=frozenset({SLEEVE_AESGCM}) if config.sleeve_aesgcm and codec.aesgcm_available() else frozenset(),
     )
-    router = Router(config, identity, protocol_config)
+    router = Router(mesh_settings(config), identity, protocol_config)
     ipam = make_ipam(config, identity, router)
     overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
     if overlay is not None and config.password and not config.sleeve:

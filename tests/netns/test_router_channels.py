@@ -8,10 +8,10 @@ import random
 import time
 from collections.abc import Callable
 
-from weave_node.config import RouterConfig
 from weave_node.core.address import PeerAddress
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.mesh.settings import MeshSettings
 
 
 class SetGossiper:
@@ -56,9 +56,7 @@ async def scenario() -> None:
 
     async def start(i: int, limit: int, peer: Router | None) -> Router:
         peers = (PeerAddress("127.0.0.1", peer.listen_port),) if peer else ()
-        cfg = RouterConfig(
-            nickname=f"r{i}", port=0, listen_host="127.0.0.1", peers=peers, conn_limit=limit, gossip_interval=0.5
-        )
+        cfg = MeshSettings(port=0, listen_host="127.0.0.1", peers=peers, conn_limit=limit, gossip_interval=0.5)
         r = Router(cfg, Identity(name=0x020000000000 + i, nickname=f"r{i}", uid=1000 + i), pc, rng=random.Random(i))
         g = SetGossiper()
         r.register_channel("test", g)

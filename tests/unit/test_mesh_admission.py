@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.test_mesh_dispatch import ME, FakeWriter
-from weave_node.config import RouterConfig
 from weave_node.core.ratelimit import LogLimiter
 from weave_node.mesh.admission import Limits, Pending, admit, source_of
 from weave_node.mesh.protocol import Connection, Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.mesh.settings import MeshSettings
 
 pytestmark = pytest.mark.unit
 LIMITS = Limits(total=6, per_source=3)
@@ -96,7 +96,7 @@ def test_bad_limits() -> None:
 
 def _router(conn_limit: int = 100, handshake_timeout: float = 10.0) -> Router:
     return Router(
-        RouterConfig(nickname="me", port=0, conn_limit=conn_limit),
+        MeshSettings(port=0, conn_limit=conn_limit),
         ME,
         ProtocolConfig(handshake_timeout=handshake_timeout),
         rng=random.Random(1),

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weave_node.config import RouterConfig
 from weave_node.core.address import parse_range
 from weave_node.mesh import gossip
 from weave_node.mesh.errors import ProtocolError
 from weave_node.mesh.protocol import Connection, Established, Identity, MessageReceived, ProtocolConfig
 from weave_node.mesh.router import PeerConn, Router
+from weave_node.mesh.settings import MeshSettings
 from weave_node.mesh.topology import ConnectionInfo, PeerRecord, encode_records
 from weave_node.overlay import peers as overlay_peers
 from weave_node.overlay.service import OverlayConfig, OverlayService
@@ -106,7 +106,7 @@ class Rig:
     """A router with one established inbound connection from PEER, whose side is `peer` (a sans-IO Connection)."""
 
     def __init__(self) -> None:
-        self.router = Router(RouterConfig(nickname="me", port=0, conn_limit=10), ME, PC, rng=random.Random(1))
+        self.router = Router(MeshSettings(port=0, conn_limit=10), ME, PC, rng=random.Random(1))
         self.channel = RaisingChannel()
         self.router.register_channel("test", self.channel)
         self.overlay = OverlayService(
@@ -286,7 +286,7 @@ def test_a_bad_overlay_message_is_dropped_and_the_connection_stays() -> None:
 
 def test_messages_behind_an_over_the_limit_handshake_are_not_dispatched() -> None:
     rig = Rig()
-    rig.router.config = RouterConfig(nickname="me", port=0, conn_limit=1)  # PEER holds the one slot
+    rig.router.node.conn_limit = 1  # PEER holds the one slot
     writer = FakeWriter(("198.51.100.9", 1))
     pc = PeerConn(conn=Connection(ME, PC, outbound=False, now=0.0), writer=writer, outbound=False, socket_addr="x")  # type: ignore[arg-type]
     rig.router.pending.add(pc)
@@ -308,7 +308,7 @@ def test_messages_behind_an_over_the_limit_handshake_are_not_dispatched() -> Non
 
 def test_the_connection_task_ends_normally_after_a_crafted_unicast(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        router = Router(RouterConfig(nickname="me", port=0), ME, PC, rng=random.Random(1))
+        router = Router(MeshSettings(port=0), ME, PC, rng=random.Random(1))
         reader = asyncio.StreamReader()
         writer = FakeWriter(reader=reader)
         peer = Connection(PEER, PC, outbound=True, now=router.clock.now())
@@ -336,7 +336,7 @@ def test_the_connection_task_ends_normally_after_a_crafted_unicast(caplog: pytes
 
 def test_an_idle_inbound_connection_is_closed_at_the_handshake_deadline() -> None:
     async def scenario() -> None:
-        router = Router(RouterConfig(nickname="me", port=0), ME, ProtocolConfig(handshake_timeout=0.2))
+        router = Router(MeshSettings(port=0), ME, ProtocolConfig(handshake_timeout=0.2))
         reader = asyncio.StreamReader()
         writer = FakeWriter(reader=reader)
         task = asyncio.ensure_future(router._serve(reader, writer, outbound=False, target=None, source="192.0.2.1"))  # type: ignore[arg-type]

@@ -12,14 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weave_node.core.errors import ConfigError
-from weave_node.mesh.peer import (
-    NAME_LIMIT,
-    format_name,
-    load_or_create_host_id,
-    name_from_host_id,
-    new_uid,
-    parse_name,
-)
+from weave_node.mesh.hostid import load_or_create_host_id
+from weave_node.mesh.peer import NAME_LIMIT, format_name, name_from_host_id, new_uid, parse_name
 
 
 def test_format_name() -> None:

@@ -58,18 +58,26 @@ class Connector:
     def forget(self, address: PeerAddress) -> bool:
         return self.targets.pop(address, None) is not None
 
-    def forget_learned_except(self, keep: set[PeerAddress]) -> None:
-        """Learned targets whose peer left the topology are dropped; operator-given ones stay."""
+    def forget_learned_except(self, keep: set[PeerAddress]) -> bool:
+        """Learned targets whose peer left the topology are dropped; operator-given ones stay. True when one
+        was kept only because it is connected (it goes when asked again after it is not)."""
+        kept = False
         for addr in list(self.targets):
             t = self.targets[addr]
-            if t.origin == "learned" and addr not in keep and t.state != "connected":
-                del self.targets[addr]
+            if t.origin == "learned" and addr not in keep:
+                if t.state == "connected":
+                    kept = True
+                else:
+                    del self.targets[addr]
+        return kept
 
     def due(self, now: float, connected_peers: set[int], established: int) -> list[PeerAddress]:
         """Targets to dial now, within the connection limit, skipping peers we are already connected to."""
         in_flight = sum(1 for t in self.targets.values() if t.state == "connecting")
         room = self.conn_limit - established - in_flight
         out: list[PeerAddress] = []
+        if room <= 0:
+            return out
         for t in sorted(self.targets.values(), key=lambda t: (t.next_try, str(t.address))):
             if room <= 0:
                 break
@@ -86,6 +94,15 @@ class Connector:
         t = self.targets.get(address)
         if t is not None:
             t.state, t.attempts, t.peer, t.last_error = "connected", 0, peer, ""
+
+    def superseded(self, address: PeerAddress, peer: int | None) -> None:
+        """Our connection lost to a duplicate: idle, skipped while its peer is connected by the other one and
+        dialled again after."""
+        t = self.targets.get(address)
+        if t is not None:
+            t.state, t.last_error = "idle", ""
+            if peer is not None:
+                t.peer = peer
 
     def failed(self, address: PeerAddress, now: float, reason: str) -> float:
         """Schedule the next attempt: exponential backoff, capped, with equal jitter. Returns the delay."""

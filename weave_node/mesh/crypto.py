@@ -9,14 +9,15 @@ Key schedule (one TCP connection):
                    label "lo->hi" encrypts what the side holding ``lo`` sends, "hi->lo" the other direction
 
 Both sides derive the same two keys only if they share the password; the first encrypted frame (the proof, a
-hash of both hellos) fails to decrypt otherwise. Randomness comes from an injected ``rng`` (default os.urandom).
+hash of both hellos) fails to decrypt otherwise.
+Randomness comes from an injected ``rng`` (default secrets.token_bytes).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,7 +89,7 @@ class EphemeralKey:
     public: bytes
 
     @classmethod
-    def generate(cls, rng: Rng = os.urandom) -> EphemeralKey:
+    def generate(cls, rng: Rng = secrets.token_bytes) -> EphemeralKey:
         private = rng(KEY_SIZE)
         if len(private) != KEY_SIZE:
             raise ValueError(f"rng returned {len(private)} bytes, asked for {KEY_SIZE}")

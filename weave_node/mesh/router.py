@@ -1,10 +1,10 @@
 """The router's asyncio shell: it moves bytes between TCP sockets and the pure cores, and time into them.
 
 Pure cores it drives: protocol.Connection (one per TCP connection: framing, handshake, crypto, heartbeats),
-topology.Topology (the peers CRDT), routes (next hops, broadcast trees), connector.Connector (whom to dial),
-gossip envelopes (channels for other subsystems), admission (which inbound connections may start a
-handshake). State changes happen in one task at a time (asyncio), so no locks; nothing here decides protocol
-behaviour.
+node.Node (the gossip core: topology CRDT, duplicates, the connection limit, anti-entropy, whom to dial, routes;
+the simulation runs the same one), gossip envelopes (channels for other subsystems), admission (which inbound
+connections may start a handshake). messages.py holds the sending and receiving on established connections.
+State changes happen in one task at a time (asyncio), so no locks; nothing here decides protocol behaviour.
 
 Hostile input costs at most one connection: every received message is dispatched inside one boundary
 (`_dispatch`): a ProtocolError closes that connection, an error of a gossip channel's handler drops that message
@@ -19,19 +19,20 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from weave_node.config import RouterConfig
 from weave_node.core.address import PeerAddress, parse_peer
 from weave_node.core.clock import Clock, MonotonicClock
 from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
-from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.messages import Messages
+from weave_node.mesh.neighbours import Neighbour, socket_host
+from weave_node.mesh.node import DUPLICATE, Link, Node
 from weave_node.mesh.peer import format_name
+from weave_node.mesh.peerconn import PeerConn, peerhost, peername
 from weave_node.mesh.protocol import (
     OURSELF,
     Connection,
@@ -42,53 +43,20 @@ from weave_node.mesh.protocol import (
     MessageReceived,
     ProtocolConfig,
 )
-from weave_node.mesh.routes import broadcast_next_hops, unicast_routes
-from weave_node.mesh.topology import ConnectionInfo, PeerRecord, Topology, decode_records, encode_records
+from weave_node.mesh.settings import MeshSettings
+from weave_node.mesh.topology import PeerRecord, Topology
+
+__all__ = ["PeerConn", "Router"]
 
 log = logging.getLogger("weave_node.router")
 READ_SIZE = 256 * 1024
 DIAL_TIMEOUT = 10.0
 
 
-@dataclass(eq=False)
-class PeerConn:
-    """One TCP connection and its protocol state."""
-
-    conn: Connection
-    writer: asyncio.StreamWriter
-    outbound: bool
-    socket_addr: str  # the remote end as seen by the socket
-    target: PeerAddress | None = None  # what we dialled (outbound only)
-    established_at: float = 0.0
-    failure: str = ""
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def name(self) -> int | None:
-        """The remote peer, once the handshake is done."""
-        remote = self.conn.remote
-        return remote.identity.name if remote else None
-
-    @property
-    def nickname(self) -> str:
-        remote = self.conn.remote
-        return remote.identity.nickname if remote else ""
-
-    @property
-    def address(self) -> str:
-        """What we dialled, or where an inbound connection came from."""
-        return str(self.target) if self.target else self.socket_addr
-
-    @property
-    def label(self) -> str:
-        who = f" {format_name(self.name)}({self.nickname})" if self.name is not None else ""
-        return f"{'->' if self.outbound else '<-'}[{self.address}]{who}"
-
-
-class Router:
+class Router(Messages):
     def __init__(
         self,
-        config: RouterConfig,
+        config: MeshSettings,
         identity: Identity,
         protocol_config: ProtocolConfig,
         *,
@@ -102,24 +70,25 @@ class Router:
         self.protocol_config = protocol_config
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter and gossip targets, not secrets
-        self.topology = Topology(
-            PeerRecord(name=identity.name, nickname=identity.nickname, uid=identity.uid, version=1, connections=())
+        self.node: Node[PeerConn] = Node(
+            PeerRecord(name=identity.name, nickname=identity.nickname, uid=identity.uid, version=1, connections=()),
+            conn_limit=config.conn_limit,
+            gossip_interval=config.gossip_interval,
+            rng=self.rng,
+            initial=config.peers,
         )
-        self.connector = Connector(initial=config.peers, conn_limit=config.conn_limit, rng=self.rng)
         self.established: dict[int, PeerConn] = {}
         self.pending: set[PeerConn] = set()
         self.admission = admission_limits or admission.Limits()
         self.handshaking: dict[PeerConn, admission.Pending] = {}  # inbound connections still in their handshake
         self.refused: Counter[str] = Counter()  # inbound connections refused or evicted, by reason
         self.message_errors: Counter[str] = Counter()  # received messages that failed, by outcome
-        self.routes: dict[int, int] = {}
         self.channels: dict[str, gossip.Gossiper] = {}
         self.terminations = 0
         self.started_at = self.clock.now()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._next_gossip = 0.0
         self.listen_port = config.port
         self.on_change: list[Callable[[], None]] = []
         self.rlog = RateLimitedLog(log, log_limiter or LogLimiter(), self.clock.now)
@@ -164,15 +133,47 @@ class Router:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
+    def _dial_soon(self, address: PeerAddress) -> None:
+        self._spawn(self._dial(address))
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def topology(self) -> Topology:
+        return self.node.topology
+
+    @property
+    def connector(self) -> Connector:
+        return self.node.connector
+
+    @property
+    def routes(self) -> dict[int, int]:
+        return self.node.routes
+
+    def neighbours(self) -> tuple[Neighbour, ...]:
+        """Our established connections, as values (addresses, features, sleeve keys)."""
+        return tuple(n for n in map(self.neighbour, sorted(self.established)) if n is not None)
+
+    def neighbour(self, name: int) -> Neighbour | None:
+        pc = self.established.get(name)
+        remote = pc.conn.remote if pc is not None else None
+        if pc is None or remote is None:
+            return None
+        remote_host = socket_host(pc.writer.get_extra_info("peername"))
+        local_host = socket_host(pc.writer.get_extra_info("sockname"))
+        return Neighbour(name, remote_host, local_host, remote.features, pc.conn.sleeve_keys)
+
     def register_channel(self, name: str, gossiper: gossip.Gossiper) -> gossip.GossipChannel:
         if name in self.channels:
             raise ValueError(f"gossip channel {name!r} is already registered")
         self.channels[name] = gossiper
+        self.node.channels.append(name)
         return gossip.GossipChannel(name=name, sender=self)
 
     # ---- runtime changes ----------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ class Router:
         return addr
 
     def forget(self, address: str) -> bool:
-        return self.connector.forget(parse_peer(address))
+        return self.node.forget(parse_peer(address))
 
     # ---- the maintenance loop: dial, gossip, wake up at the next deadline -------------------------------------
 
@@ -203,16 +204,10 @@ class Router:
 
     def _maintain_step(self) -> float:
         """Dial what is due, gossip when it is time, write due log summaries; returns when to run again."""
-        now = self.clock.now()
-        connected = set(self.established)
-        for addr in self.connector.due(now, connected, len(self.established)):
-            self._spawn(self._dial(addr))
-        if now >= self._next_gossip:
-            self._periodic_gossip()
-            self._next_gossip = now + self.config.gossip_interval
+        self._perform(self.node.tick(self.clock.now()))
         self.rlog.flush()
-        deadlines = (self.connector.next_deadline(), self._next_gossip, self.rlog.next_deadline())
-        return min(d for d in deadlines if d is not None)
+        logs = self.rlog.next_deadline()
+        return self.node.next_deadline() if logs is None else min(logs, self.node.next_deadline())
 
     async def _dial(self, addr: PeerAddress) -> None:
         try:
@@ -220,7 +215,7 @@ class Router:
                 reader, writer = await asyncio.open_connection(addr.host, addr.port)
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a learned host name IDNA cannot encode
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            delay = self.connector.failed(addr, self.clock.now(), f"connect: {reason}")
+            delay = self.node.dial_failed(addr, self.clock.now(), f"connect: {reason}")
             log.info("->[%s] connect failed: %s; retrying in %.1f s", addr, reason, delay)
             self._wakeup.set()
             return
@@ -228,11 +223,11 @@ class Router:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Unauthenticated connections have limits of their own (admission.py); CONN_LIMIT counts established ones.
-        source = admission.source_of(_peerhost(writer))
+        source = admission.source_of(peerhost(writer))
         verdict = admission.admit(self.handshaking, source, self.admission)
         if not verdict.admit:
             self.refused[verdict.code] += 1
-            self.rlog.log(logging.WARNING, "mesh.refused", "<-[%s] refused: %s", _peername(writer), verdict.reason)
+            self.rlog.log(logging.WARNING, "mesh.refused", "<-[%s] refused: %s", peername(writer), verdict.reason)
             writer.close()
             return
         if verdict.evict is not None:  # every slot taken, most of them by the victim's address: it makes room
@@ -253,7 +248,7 @@ class Router:
     ) -> None:
         now = self.clock.now()
         conn = Connection(self.identity, self.protocol_config, outbound=outbound, now=now)
-        pc = PeerConn(conn=conn, writer=writer, outbound=outbound, socket_addr=_peername(writer), target=target)
+        pc = PeerConn(conn=conn, writer=writer, outbound=outbound, socket_addr=peername(writer), target=target)
         self.pending.add(pc)
         if source is not None:
             self.handshaking[pc] = admission.Pending(source, now)
@@ -331,43 +326,13 @@ class Router:
         remote = event.remote.identity
         pc.established_at = self.clock.now()
         self.handshaking.pop(pc, None)
-        existing = self.established.get(remote.name)
-        if existing is not None:
-            keep_new = existing.conn.remote is not None and existing.conn.remote.identity.uid != remote.uid
-            if not keep_new:
-                # Both sides keep the connection initiated by the peer with the greater name.
-                def initiator(c: PeerConn) -> int:
-                    return self.identity.name if c.outbound else remote.name
-
-                keep_new = initiator(pc) > initiator(existing) or (
-                    initiator(pc) == initiator(existing) and pc.established_at > existing.established_at
-                )
-            loser = existing if keep_new else pc
-            loser.conn.close("duplicate connection")
-            loser.failure = "duplicate connection"
-            with contextlib.suppress(Exception):
-                loser.writer.close()
-            if not keep_new:
-                return
-            self.established.pop(remote.name, None)
-        elif len(self.established) >= self.config.conn_limit:  # (a replacement above keeps the count)
-            self.refused["conn_limit"] += 1
-            self._drop(pc, f"too many connections: {len(self.established)} established, the limit")
-            return
-        self.pending.discard(pc)
-        self.established[remote.name] = pc
-        if pc.target is not None:
-            self.connector.succeeded(pc.target, remote.name)
-        log.info("%s connection established (protocol v%d)", pc.label, event.remote.version)
-        self._local_connections_changed()
-        # Compare fingerprints with the new neighbour: full topologies cross only when they differ.
-        self._send(pc, gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        # Every channel's whole state goes down a new connection (as Weave's sendAllGossipDown does): a restarted
-        # peer learns the others' overlay and IPAM state at once, not when a periodic gossip happens to come its
-        # way (seen: a restarted router without its neighbours' bridge addresses for 5 s, so its heartbeats
-        # stopped, the neighbour switched it to the sleeve, and a rolling restart lost 2.5 s of pod pings). It
-        # also covers a connection that replaces a duplicate the peer may have closed with our gossip still in it.
-        self._send_states(pc)
+        link = Link(pc, remote.name, remote.uid, pc.outbound, pc.address, pc.established_at, pc.target)
+        effects = self.node.established(link)
+        self._sync_established()
+        if self.established.get(remote.name) is pc:
+            self.pending.discard(pc)
+            log.info("%s connection established (protocol v%d)", pc.label, event.remote.version)
+        self._perform(effects)
 
     def _finish(self, pc: PeerConn) -> None:
         self.pending.discard(pc)
@@ -375,227 +340,27 @@ class Router:
         reason = pc.failure or "closed"
         with contextlib.suppress(Exception):
             pc.writer.close()
-        if pc.name is not None and self.established.get(pc.name) is pc:
-            del self.established[pc.name]
+        was = pc.name is not None and self.established.get(pc.name) is pc
+        if was:
             self.terminations += 1
             if reason.startswith("bad message"):  # a peer can repeat this at will: rate-limited
                 self.rlog.log(logging.INFO, "mesh.bad-message", "%s connection shut down: %s", pc.label, reason)
             else:
                 log.info("%s connection shut down: %s", pc.label, reason)
-            self._local_connections_changed()
-        elif reason not in ("duplicate connection", OURSELF):
+        elif reason not in (DUPLICATE, OURSELF):
             if pc.outbound:  # ours: paced by the connector's backoff
                 log.info("%s connection failed: %s", pc.label, reason)
             else:  # anyone can open connections that fail, as often as they like: rate-limited
                 self.rlog.log(logging.INFO, "mesh.inbound-failed", "%s connection failed: %s", pc.label, reason)
-        if pc.target is not None and reason == OURSELF:
-            if self.connector.ourself(pc.target):
-                log.info("->[%s] is this router's own address: not dialled again", pc.target)
-        elif pc.target is not None and reason != "duplicate connection":
-            delay = self.connector.disconnected(pc.target, self.clock.now(), reason)
-            log.debug("->[%s] next attempt in %.1f s", pc.target, delay)
-        elif pc.target is not None:
-            t = self.connector.targets.get(pc.target)
-            if t is not None:  # idle: skipped while its peer is connected by the other connection, dialled after
-                t.state, t.peer, t.last_error = "idle", pc.name if pc.name is not None else t.peer, ""
+        effects, ended = self.node.lost(pc, pc.name, pc.target, reason, self.clock.now())
+        self._sync_established()
+        self._perform(effects)
+        if ended.ourself:
+            log.info("->[%s] is this router's own address: not dialled again", pc.target)
+        elif ended.retry_in is not None:
+            log.debug("->[%s] next attempt in %.1f s", pc.target, ended.retry_in)
         self._wakeup.set()
 
-    # ---- topology -------------------------------------------------------------------------------------------
-
-    def _all_records(self) -> list[PeerRecord]:
-        return list(self.topology.records.values())
-
-    def _local_connections_changed(self) -> None:
-        conns = [
-            ConnectionInfo(peer=name, address=pc.address, outbound=pc.outbound, established=True)
-            for name, pc in sorted(self.established.items())
-        ]
-        if self.topology.set_local_connections(conns):
-            self._topology_changed({self.identity.name}, exclude=None)
-
-    def _topology_changed(self, improved: set[int], exclude: PeerConn | None) -> None:
-        records = [self.topology.records[n] for n in sorted(improved) if n in self.topology.records]
-        nicknames = {n: r.nickname for n, r in self.topology.records.items()}
-        for name in sorted(self.topology.gc()):
-            log.info("peer %s(%s) left the topology", format_name(name), nicknames.get(name, "?"))
-        if records:
-            env = gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(records))
-            for pc in list(self.established.values()):
-                if pc is not exclude:
-                    self._send(pc, env)
-        self.routes = unicast_routes(self.topology.records, self.identity.name)
-        self._learn_targets()
-        for callback in self.on_change:
-            try:
-                callback()
-            except Exception:  # a subscriber's bug must not cut the others (or the connection that brought it) off
-                self.rlog.log(logging.ERROR, "mesh.on-change-error", "topology subscriber failed", exc_info=True)
-
-    def _learn_targets(self) -> None:
-        keep: set[PeerAddress] = set()
-        for record in self.topology.records.values():
-            if record.name == self.identity.name:
-                continue
-            for c in record.connections:
-                if c.outbound and c.established and c.peer != self.identity.name and c.address:
-                    try:
-                        addr = parse_peer(c.address)
-                    except ConfigError:
-                        continue
-                    keep.add(addr)
-                    if self.connector.add(addr, "learned", peer=c.peer):
-                        self._wakeup.set()
-        self.connector.forget_learned_except(keep)
-
-    def _channel_states(self) -> Iterator[tuple[str, bytes]]:
-        """Each gossip channel's whole state (a channel that fails to produce it is logged and skipped)."""
-        for name, gossiper in self.channels.items():
-            try:
-                state = gossiper.gossip_state()
-            except Exception:
-                log.exception("gossip channel %s failed to produce its state", name)
-                continue
-            if state:
-                yield name, state
-
-    def _send_states(self, pc: PeerConn) -> None:
-        for name, state in self._channel_states():
-            self._send(pc, gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
-
-    def _periodic_gossip(self) -> None:
-        if not self.established:
-            return
-        peers = list(self.established.values())
-        # Anti-entropy: 9 bytes to one random neighbour; full topologies cross only when the fingerprints differ.
-        self._send(self.rng.choice(peers), gossip.encode_digest(self.topology.fingerprint(), echo=True))
-        for name, state in self._channel_states():
-            self._send(self.rng.choice(peers), gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=name, payload=state))
-
-    # ---- messages -----------------------------------------------------------------------------------------
-
-    def _send(self, pc: PeerConn, env: gossip.Envelope) -> None:
-        if pc.conn.state != "established":
-            return
-        data = gossip.encode(env)
-        if len(data) > pc.conn.max_message_size:
-            self.message_errors["too_big_to_send"] += 1
-            self.rlog.log(
-                logging.ERROR, "mesh.too-big", "%s message of kind %d (%d bytes) not sent: over the limit of %d",
-                pc.label, env.kind, len(data), pc.conn.max_message_size,
-            )  # fmt: skip
-            return
-        pc.conn.send_message(data, self.clock.now())
-        self._flush(pc)
-
-    def _dispatch(self, pc: PeerConn, payload: bytes) -> None:
-        """The boundary every received message passes: nothing raised below gets past it (see the module doc)."""
-        try:
-            self._message(pc, payload)
-        except ProtocolError as exc:
-            self.message_errors["bad_message"] += 1
-            self._drop(pc, f"bad message: {exc}")
-        except Exception as exc:
-            self.message_errors["internal_error"] += 1
-            self.rlog.log(logging.ERROR, "mesh.internal-error", "%s message handling failed", pc.label, exc_info=True)
-            self._drop(pc, f"internal error: {exc!r}")
-
-    def _to_channel(self, pc: PeerConn, channel: str, call: Callable[[], bytes | None]) -> bytes | None:
-        """A gossip channel's handler; what it raises drops this message only (gossip.Gossiper's contract)."""
-        try:
-            return call()
-        except ProtocolError as exc:
-            self.message_errors["channel_rejected"] += 1
-            self.rlog.log(
-                logging.WARNING, "mesh.channel-rejected", "%s message on channel %s dropped: %s", pc.label, channel, exc
-            )
-        except Exception:
-            self.message_errors["channel_error"] += 1
-            self.rlog.log(
-                logging.ERROR, "mesh.channel-error", "%s channel %s failed on a message", pc.label, channel,
-                exc_info=True,
-            )  # fmt: skip
-        return None
-
-    def _message(self, pc: PeerConn, payload: bytes) -> None:
-        env = gossip.decode(payload)
-        if env.kind == gossip.KIND_TOPOLOGY:
-            improved = self.topology.merge(decode_records(env.payload))
-            if improved:
-                self._topology_changed(improved, exclude=pc)
-            return
-        if env.kind == gossip.KIND_DIGEST:
-            theirs, echo = gossip.decode_digest(env)
-            ours = self.topology.fingerprint()
-            if theirs != ours:
-                self._send(pc, gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(self._all_records())))
-                if echo:  # so they send what we lack; a non-echo digest is never answered with a digest
-                    self._send(pc, gossip.encode_digest(ours, echo=False))
-            return
-        gossiper = self.channels.get(env.channel)
-        if env.kind == gossip.KIND_GOSSIP:
-            self._channel_gossip(pc, env, gossiper)
-        elif env.kind == gossip.KIND_UNICAST:
-            if env.dst == self.identity.name:
-                if gossiper is not None:
-                    self._to_channel(pc, env.channel, lambda: gossiper.on_unicast(env.src, env.payload))
-            else:
-                self._relay_unicast(env)
-        elif env.kind == gossip.KIND_BROADCAST:
-            if gossiper is not None and env.src != self.identity.name:
-                self._to_channel(pc, env.channel, lambda: gossiper.on_broadcast(env.src, env.payload))
-            self._forward_broadcast(env)
-
-    def _channel_gossip(self, pc: PeerConn, env: gossip.Envelope, gossiper: gossip.Gossiper | None) -> None:
-        if gossiper is None or pc.name is None:
-            return
-        src = pc.name
-        delta = self._to_channel(pc, env.channel, lambda: gossiper.on_gossip(src, env.payload))
-        if delta:
-            out = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=env.channel, payload=delta)
-            for other in list(self.established.values()):
-                if other is not pc:
-                    self._send(other, out)
-
-    def _relay_unicast(self, env: gossip.Envelope) -> bool:
-        hop = self.routes.get(env.dst)
-        pc = self.established.get(hop) if hop is not None else None
-        if pc is None:
-            log.debug("unicast on %s to %s dropped: no route", env.channel, format_name(env.dst))
-            return False
-        self._send(pc, env)
-        return True
-
-    def _forward_broadcast(self, env: gossip.Envelope) -> None:
-        for hop in broadcast_next_hops(self.topology.records, env.src, self.identity.name):
-            pc = self.established.get(hop)
-            if pc is not None:
-                self._send(pc, env)
-
-    # ---- gossip.Sender ------------------------------------------------------------------------------------
-
-    def send_gossip(self, channel: str, data: bytes) -> None:
-        env = gossip.Envelope(kind=gossip.KIND_GOSSIP, channel=channel, payload=data)
-        for pc in list(self.established.values()):
-            self._send(pc, env)
-
-    def send_unicast(self, channel: str, dst: int, data: bytes) -> bool:
-        env = gossip.Envelope(kind=gossip.KIND_UNICAST, channel=channel, src=self.identity.name, dst=dst, payload=data)
-        return self._relay_unicast(env)
-
-    def send_broadcast(self, channel: str, data: bytes) -> None:
-        self._forward_broadcast(
-            gossip.Envelope(kind=gossip.KIND_BROADCAST, channel=channel, src=self.identity.name, payload=data)
-        )
-
-
-def _peerhost(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-
-
-def _peername(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer)
+    def _sync_established(self) -> None:
+        """`established` mirrors the core's links (the core decides which connection a peer has)."""
+        self.established = {name: link.key for name, link in self.node.links.items()}

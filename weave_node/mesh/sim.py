@@ -1,71 +1,51 @@
-"""A deterministic simulation of topology gossip: a fake network, rounds instead of a clock, a seeded Random.
+"""A deterministic simulation of the router's gossip: the router's own core (`node.Node`) in every simulated
+peer, a fake network, a fake clock, a seeded Random.
 
-Used by tests/sim and bench/mesh_convergence.py. Each simulated peer holds a `Topology`; the connection graph is
-given (the model: every connection is established at both ends). A message sent in round r is delivered at the
-start of round r+1; a message over a connection that no longer exists is dropped. Bytes are the lengths of the
-encoded payloads (`encode_records`, 8 for a digest); with `wire=True` payloads are really encoded and decoded.
+Used by tests/sim and bench/mesh_convergence.py. Every peer is a `Node` — the object `router.Router` drives —
+so duplicate-connection resolution, the connection limit, deltas, digest/echo anti-entropy and learned dial
+targets are the router's decisions; only sockets and asyncio are replaced. A connection is an int; it is
+established at both ends at once when the graph says so (`connect`). A round is one hop: what is sent in round r
+is delivered at the start of round r+1, then every peer's `tick` runs at `now = round * round_seconds` (10 ms
+by default: a hop across a WAN), so the periodic anti-entropy (the router's 10 s) fires every 1000 rounds, each
+peer from a random phase; tests of repairs shorten the hop to meet it sooner. A message over a connection that
+was closed is dropped. Bytes are router messages (kind byte + payload, as `gossip.encode` makes them, without
+the 5-byte frame header); with `wire=True` they are really encoded and decoded. Dials the cores ask for are
+counted (`counters["dial"]`) and, with `dials=True`, performed (the graph then grows as the router's would).
 
-Gossip protocol ("delta" mode, the design the router should follow):
-1. Handshake: when a connection comes up, each end sends an 8-byte digest (HELLO) of its topology leaving out
-   the two endpoints' own records (a new connection changes both, and each end sends its own as a delta anyway).
-   Only when the digests differ does the receiver answer with its full topology (FULL): a new connection inside
-   a converged mesh costs 16 bytes; a joining, restarted or healed peer gets everything.
-2. Deltas: the records that changed in a round (merge wins, local changes, restart bumps) are sent at the end of
-   that round to every neighbour, except the neighbours that sent us that very record (they have it).
-   `gc()` runs after every merge that changed something; only records that survive it are forwarded.
-3. Anti-entropy by digest: a peer that has been quiet for QUIET_ROUNDS rounds (nothing improved, nothing sent)
-   sends its 8-byte topology fingerprint to one random neighbour. A quiet receiver whose fingerprint differs
-   replies with its full topology (PUSH); the digest's sender merges it and answers with the records the PUSH
-   lacked or held older (PULL). A wave of deltas passes a peer within one round, so two quiet neighbours differ
-   only after a loss or a gc race: the steady state costs 8 bytes per peer per round, and a full exchange
-   happens only to repair a real divergence (instead of a full topology per peer per round).
-
-"flood" mode is the naive baseline: every round, every peer sends its full topology to every neighbour.
+"flood" mode is the naive baseline: the same peers, but every round every peer sends its full topology to every
+neighbour (and the core's own messages are not sent).
 """
 
 from __future__ import annotations
 
-import enum
 import random
-import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from weave_node.core.address import PeerAddress
+from weave_node.mesh import gossip
+from weave_node.mesh.node import DUPLICATE, Close, Dial, Effect, Link, Node, SendDigest, SendRecords
 from weave_node.mesh.peer import NAME_LIMIT, new_uid
-from weave_node.mesh.topology import (
-    ConnectionInfo,
-    PeerRecord,
-    Topology,
-    decode_records,
-    encode_records,
-    encoded_size,
-    wins,
-)
+from weave_node.mesh.settings import DEFAULT_CONN_LIMIT, DEFAULT_GOSSIP_INTERVAL
+from weave_node.mesh.topology import PeerRecord, Topology, decode_records, encode_records, encoded_size
 
-QUIET_ROUNDS = 2
-DIGEST_SIZE = 8
-_DIGEST = struct.Struct(">Q")
-
-
-class Kind(enum.Enum):
-    HELLO = "hello"  # handshake: 8-byte fingerprint, once per new connection
-    FULL = "full"  # handshake: the whole topology, answering a HELLO that differs
-    DELTA = "delta"  # records that changed last round
-    DIGEST = "digest"  # anti-entropy: 8-byte fingerprint
-    PUSH = "push"  # anti-entropy: full topology, answering a digest that differs
-    PULL = "pull"  # anti-entropy: what the PUSH lacked, answering a PUSH
-    FLOOD = "flood"  # baseline: full topology every round
+ROUND_SECONDS = 0.01
+GOSSIP_INTERVAL = DEFAULT_GOSSIP_INTERVAL
+DIGEST_SIZE = 10  # kind, fingerprint, echo flag
+PEER_CLOSED = "connection closed by peer"
 
 
 @dataclass(frozen=True)
 class Message:
-    kind: Kind
+    kind: str  # "delta" | "full" (records answering a digest) | "digest" | "flood"
+    conn: int
     src: int
     dst: int
     size: int
     records: tuple[PeerRecord, ...] = ()
     digest: int = 0
+    echo: bool = False
     payload: bytes | None = None  # the real bytes when the network runs with wire=True
 
 
@@ -80,16 +60,22 @@ class PeerStats:
 @dataclass
 class SimPeer:
     name: int
-    topology: Topology
-    neighbours: set[int] = field(default_factory=set)
-    pending: dict[int, set[int]] = field(default_factory=dict)  # changed name -> neighbours known to have it
-    busy_round: int = 0  # last round something improved or was sent
+    node: Node[int]
+    conns: dict[int, int] = field(default_factory=dict)  # open connection -> the peer at its other end
     stats: PeerStats = field(default_factory=PeerStats)
 
+    @property
+    def topology(self) -> Topology:
+        return self.node.topology
 
-def address_of(name: int) -> str:
+    @property
+    def neighbours(self) -> set[int]:
+        return set(self.conns.values())
+
+
+def address_of(name: int) -> PeerAddress:
     """A made-up but stable underlay address for a simulated peer."""
-    return f"10.{(name >> 16) & 0xFF}.{(name >> 8) & 0xFF}.{name & 0xFF}:6783"
+    return PeerAddress(f"10.{(name >> 16) & 0xFF}.{(name >> 8) & 0xFF}.{name & 0xFF}", 6783)
 
 
 def sparse_graph(n: int, rng: random.Random, links: int = 3) -> tuple[list[int], list[tuple[int, int]]]:
@@ -108,122 +94,139 @@ def sparse_graph(n: int, rng: random.Random, links: int = 3) -> tuple[list[int],
 class Network:
     """The simulated mesh. Drive it with `step()` / `run_until_agreed()`; inspect `peers` and `counters`."""
 
-    def __init__(self, rng: random.Random, *, mode: str = "delta", wire: bool = False, loss: float = 0.0) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        mode: str = "delta",
+        wire: bool = False,
+        loss: float = 0.0,
+        dials: bool = False,
+        conn_limit: int = DEFAULT_CONN_LIMIT,
+        round_seconds: float = ROUND_SECONDS,
+    ) -> None:
         if mode not in ("delta", "flood"):
             raise ValueError(f"unknown mode {mode!r}")
         self.rng = rng
         self.mode = mode
         self.wire = wire
         self.loss = loss
+        self.dials = dials
+        self.conn_limit = conn_limit
+        self.round_seconds = round_seconds
         self.round = 0
         self.peers: dict[int, SimPeer] = {}
-        self.counters: Counter[str] = Counter()  # messages sent per kind, "lost"
+        self.counters: Counter[str] = Counter()  # messages sent per kind, "lost", "dial"
+        self._conns: dict[int, tuple[int, int]] = {}  # open connection -> (dialler, acceptor)
+        self._next_conn = 1
+        self._by_address: dict[PeerAddress, int] = {}
         self._in_flight: list[Message] = []
+
+    @property
+    def now(self) -> float:
+        return self.round * self.round_seconds
 
     # ---- building and changing the graph ---------------------------------------------------------------------
 
     @classmethod
     def build(
-        cls,
-        names: Sequence[int],
-        edges: Iterable[tuple[int, int]],
-        rng: random.Random,
-        *,
-        mode: str = "delta",
-        wire: bool = False,
-        loss: float = 0.0,
+        cls, names: Sequence[int], edges: Iterable[tuple[int, int]], rng: random.Random, **options: object
     ) -> Network:
-        """A network of `names` with `edges` up: every peer knows only itself, then handshakes on every edge."""
-        net = cls(rng, mode=mode, wire=wire, loss=loss)
+        """A network of `names` (every peer knows only itself), then every edge (a, b) connected: a dials b."""
+        net = cls(rng, **options)  # type: ignore[arg-type]
         for name in names:
             net.add_peer(name)
-        pairs = list(edges)
-        for a, b in pairs:
-            net.peers[a].neighbours.add(b)
-            net.peers[b].neighbours.add(a)
-        for a, b in pairs:
-            net._handshake(a, b)
-        for peer in net.peers.values():
-            net._update_local(peer)
+        for a, b in edges:
+            net.connect(a, b)
         return net
 
-    def add_peer(self, name: int, uid: int | None = None) -> SimPeer:
+    def add_peer(self, name: int, uid: int | None = None, nickname: str = "") -> SimPeer:
         uid = new_uid(self.rng) if uid is None else uid
-        peer = SimPeer(name, Topology(PeerRecord(name, f"host-{len(self.peers)}", uid, 1, ())))
+        record = PeerRecord(name, nickname or f"host-{len(self.peers)}", uid, 1, ())
+        node: Node[int] = Node(record, conn_limit=self.conn_limit, gossip_interval=GOSSIP_INTERVAL, rng=self.rng)
+        node.next_gossip = self.now + self.rng.uniform(0.0, GOSSIP_INTERVAL)  # peers start at different times
+        peer = SimPeer(name, node)
         self.peers[name] = peer
+        self._by_address[address_of(name)] = name
         return peer
 
-    def connect(self, a: int, b: int) -> None:
-        self.peers[a].neighbours.add(b)
-        self.peers[b].neighbours.add(a)
-        self._handshake(a, b)  # fingerprints as they were: peers of one converged mesh exchange no records
-        self._update_local(self.peers[a])
-        self._update_local(self.peers[b])
+    def connect(self, a: int, b: int) -> int:
+        """`a` dials `b`; the handshake completes at both ends at once (then each core decides what to keep)."""
+        conn, self._next_conn = self._next_conn, self._next_conn + 1
+        self._conns[conn] = (a, b)
+        pa, pb = self.peers[a], self.peers[b]
+        pa.conns[conn], pb.conns[conn] = b, a
+        inbound_address = f"{address_of(a).host}:{40000 + conn % 20000}"  # the dialler's ephemeral port
+        out_a = pa.node.established(Link(conn, b, pb.topology.local.uid, True, str(address_of(b)), self.now,
+                                         address_of(b)))  # fmt: skip
+        out_b = pb.node.established(Link(conn, a, pa.topology.local.uid, False, inbound_address, self.now))
+        self._perform(pa, out_a)
+        self._perform(pb, out_b)
+        return conn
 
     def disconnect(self, a: int, b: int) -> None:
-        for x, y in ((a, b), (b, a)):
-            peer = self.peers.get(x)
-            if peer is not None and y in peer.neighbours:
-                peer.neighbours.discard(y)
-                self._update_local(peer)
+        """Every connection between `a` and `b` breaks."""
+        for conn, ends in list(self._conns.items()):
+            if set(ends) == {a, b}:
+                self._close(conn, a, PEER_CLOSED)
 
     def kill(self, name: int) -> None:
         """The peer dies: its neighbours see their connections to it drop."""
-        peer = self.peers.pop(name)
-        for nb in sorted(peer.neighbours):
-            self.disconnect(nb, name)
+        peer = self.peers[name]
+        for conn in sorted(peer.conns):
+            self._close(conn, name, PEER_CLOSED)
+        del self.peers[name]
 
     def restart(self, name: int) -> None:
-        """The peer's process restarts (new UID, version 1, empty topology) and reconnects to the same peers."""
+        """The peer's process restarts (new UID, version 1, empty topology) and dials the same peers again."""
         old = self.peers[name]
-        peer = SimPeer(name, Topology(PeerRecord(name, old.topology.local.nickname, new_uid(self.rng), 1, ())))
-        peer.neighbours = set(old.neighbours)
-        self.peers[name] = peer
-        self._in_flight = [m for m in self._in_flight if name not in (m.src, m.dst)]  # old connections' data
-        for nb in sorted(peer.neighbours):
-            self._handshake(name, nb)
-        self._update_local(peer)
+        neighbours = sorted(old.neighbours)
+        self.kill(name)
+        self.add_peer(name, nickname=old.topology.local.nickname)
+        for nb in neighbours:
+            self.connect(name, nb)
 
-    def _update_local(self, peer: SimPeer) -> None:
-        conns = [ConnectionInfo(nb, address_of(nb), nb < peer.name, True) for nb in peer.neighbours]
-        if peer.topology.set_local_connections(conns):
-            self._changed(peer, {peer.name}, peer.topology.gc())
+    def settle(self) -> None:
+        """A shortcut for large meshes: every peer merges the live records of its component at once, as if the
+        initial gossip had run its course; what was in flight is dropped and the statistics are reset."""
+        self._in_flight.clear()
+        for comp in self.components():
+            truth = [self.peers[name].topology.local for name in sorted(comp)]
+            for name in sorted(comp):
+                self.peers[name].node.on_topology(0, truth)  # (key 0 is no connection: the deltas go nowhere)
+        self.reset_stats()
 
-    def _handshake(self, a: int, b: int) -> None:
-        if self.mode == "delta":
-            self._send(Kind.HELLO, a, b, digest=self._hello_digest(self.peers[a], b))
-            self._send(Kind.HELLO, b, a, digest=self._hello_digest(self.peers[b], a))
-
-    @staticmethod
-    def _hello_digest(peer: SimPeer, other: int) -> int:
-        """The fingerprint without the two endpoints' own records (each sends its own as a delta anyway)."""
-        held = peer.topology.records
-        digest = peer.topology.fingerprint() ^ held[peer.name].digest
-        return digest ^ held[other].digest if other in held else digest
+    def _close(self, conn: int, closer: int, reason: str) -> None:
+        """Close a connection at both ends; each core learns how it ended (both ends resolve a duplicate alike)."""
+        ends = self._conns.pop(conn, None)
+        if ends is None:
+            return
+        for end in ends:
+            peer = self.peers.get(end)
+            if peer is None:
+                continue
+            other = peer.conns.pop(conn)
+            why = reason if end == closer or reason == DUPLICATE else PEER_CLOSED
+            target = address_of(other) if end == ends[0] else None
+            effects, _ = peer.node.lost(conn, other, target, why, self.now)
+            self._perform(peer, effects)
 
     # ---- rounds ----------------------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One round: deliver what was sent last round, then every peer sends."""
+        """One round: deliver what was sent last round, then every peer's core ticks (or floods)."""
         self.round += 1
         inbox, self._in_flight = self._in_flight, []
         for msg in inbox:
             self._deliver(msg)
-        order = sorted(self.peers)
-        if self.mode == "flood":
-            for name in order:
-                peer = self.peers[name]
-                full = tuple(peer.topology.records.values())
-                for nb in sorted(peer.neighbours):
-                    self._send(Kind.FLOOD, name, nb, full)
-            return
-        for name in order:
-            self._flush(self.peers[name])
-        for name in order:
+        for name in sorted(self.peers):
             peer = self.peers[name]
-            if peer.neighbours and self._quiet(peer):
-                nb = self.rng.choice(sorted(peer.neighbours))
-                self._send(Kind.DIGEST, name, nb, digest=peer.topology.fingerprint())
+            if self.mode == "flood":
+                full = tuple(peer.topology.records.values())
+                for conn in sorted(peer.conns):
+                    self._send(peer, "flood", conn, records=full)
+            else:
+                self._perform(peer, peer.node.tick(self.now))
 
     def run_until_agreed(self, max_rounds: int) -> int:
         """Step until `agreed()`; return the rounds taken. RuntimeError after `max_rounds`."""
@@ -235,9 +238,9 @@ class Network:
         return self.round - start
 
     def run_until_quiet(self, max_rounds: int) -> int:
-        """Step until nothing but digests is in flight or pending (delta mode); return the rounds taken."""
+        """Step until nothing but digests is in flight; return the rounds taken."""
         start = self.round
-        while any(m.kind is not Kind.DIGEST for m in self._in_flight) or any(p.pending for p in self.peers.values()):
+        while any(m.kind != "digest" for m in self._in_flight):
             if self.round - start >= max_rounds:
                 raise RuntimeError(f"still busy after {max_rounds} rounds")
             self.step()
@@ -278,91 +281,66 @@ class Network:
             peer.stats = PeerStats()
         self.counters.clear()
 
-    # ---- the protocol ----------------------------------------------------------------------------------------
+    # ---- the wire ------------------------------------------------------------------------------------------------
 
-    def _quiet(self, peer: SimPeer) -> bool:
-        return self.round - peer.busy_round >= QUIET_ROUNDS
+    def _perform(self, peer: SimPeer, effects: list[Effect[int]], kind: str = "delta") -> None:
+        if self.mode == "flood":
+            return
+        for effect in effects:
+            if isinstance(effect, SendRecords):
+                for conn in effect.to:
+                    self._send(peer, kind, conn, records=effect.records)
+            elif isinstance(effect, SendDigest):
+                self._send(peer, "digest", effect.to, digest=effect.fingerprint, echo=effect.echo)
+            elif isinstance(effect, Close):
+                self._close(effect.key, peer.name, effect.reason)
+            elif isinstance(effect, Dial):
+                self.counters["dial"] += 1
+                to = self._by_address.get(effect.address)
+                if self.dials and to in self.peers and to != peer.name:
+                    self.connect(peer.name, to)
+            # SendStates: simulated peers have no gossip channels; Changed: nobody subscribes
 
-    def _send(self, kind: Kind, src: int, dst: int, records: tuple[PeerRecord, ...] = (), digest: int = 0) -> None:
+    def _send(
+        self, peer: SimPeer, kind: str, conn: int, *, records: tuple[PeerRecord, ...] = (), digest: int = 0,
+        echo: bool = False,
+    ) -> None:  # fmt: skip
+        dst = peer.conns.get(conn)
+        if dst is None:
+            return  # closed meanwhile (as a router's send on a closed connection is not made)
         payload = None
-        if kind in (Kind.DIGEST, Kind.HELLO):
+        if kind == "digest":
             size = DIGEST_SIZE
             if self.wire:
-                payload = _DIGEST.pack(digest)
+                payload = gossip.encode(gossip.encode_digest(digest, echo))
         elif self.wire:
-            payload = encode_records(records)
+            payload = gossip.encode(gossip.Envelope(kind=gossip.KIND_TOPOLOGY, payload=encode_records(records)))
             size = len(payload)
         else:
-            size = encoded_size(records)
-        stats = self.peers[src].stats
-        stats.bytes_sent += size
-        stats.messages_sent += 1
-        self.counters[kind.value] += 1
-        self._in_flight.append(Message(kind, src, dst, size, records, digest, payload))
+            size = 1 + encoded_size(records)
+        peer.stats.bytes_sent += size
+        peer.stats.messages_sent += 1
+        self.counters[kind] += 1
+        self._in_flight.append(Message(kind, conn, peer.name, dst, size, records, digest, echo, payload))
 
     def _deliver(self, msg: Message) -> None:
         peer = self.peers.get(msg.dst)
-        if peer is None or msg.src not in peer.neighbours:
+        if peer is None or msg.conn not in peer.conns:
             return  # the connection is gone
         if self.loss and self.rng.random() < self.loss:
             self.counters["lost"] += 1
             return
         peer.stats.bytes_received += msg.size
         peer.stats.messages_received += 1
-        if msg.kind in (Kind.DIGEST, Kind.HELLO):
-            digest = _DIGEST.unpack(msg.payload)[0] if msg.payload is not None else msg.digest
-            if msg.kind is Kind.HELLO:
-                if digest == self._hello_digest(peer, msg.src):
-                    return
-                self._send(Kind.FULL, peer.name, msg.src, tuple(peer.topology.records.values()))
-                for known in peer.pending.values():
-                    known.add(msg.src)  # the FULL carries the current version of every pending record
-            elif self._quiet(peer) and digest != peer.topology.fingerprint():
-                self._send(Kind.PUSH, peer.name, msg.src, tuple(peer.topology.records.values()))
-            return
-        records = tuple(decode_records(msg.payload)) if msg.payload is not None else msg.records
-        self._receive(peer, msg.src, records)
-        if msg.kind is Kind.PUSH:
-            pushed = {r.name: r for r in records}
-            reply = []
-            for name, r in peer.topology.records.items():
-                theirs = pushed.get(name)
-                if theirs is None or wins(r, theirs):
-                    reply.append(r)
-            if reply:
-                self._send(Kind.PULL, peer.name, msg.src, tuple(reply))
-
-    def _receive(self, peer: SimPeer, src: int, records: Sequence[PeerRecord]) -> None:
-        topo = peer.topology
-        improved = topo.merge(records)
-        if improved:
-            self._changed(peer, improved, topo.gc())
-        if peer.pending:
-            held = topo.records
-            for r in records:
-                known = peer.pending.get(r.name)
-                if known is not None:
-                    current = held.get(r.name)
-                    if current is r or current == r:
-                        known.add(src)
-
-    def _changed(self, peer: SimPeer, improved: set[int], removed: set[int]) -> None:
-        peer.busy_round = self.round
-        if self.mode == "flood":
-            return  # the baseline sends everything every round anyway
-        for name in improved - removed:
-            peer.pending[name] = set()
-        for name in removed:
-            peer.pending.pop(name, None)
-
-    def _flush(self, peer: SimPeer) -> None:
-        if not peer.pending:
-            return
-        held = peer.topology.records
-        names = sorted(peer.pending)
-        for nb in sorted(peer.neighbours):
-            batch = tuple(held[n] for n in names if nb not in peer.pending[n])
-            if batch:
-                self._send(Kind.DELTA, peer.name, nb, batch)
-        peer.pending.clear()
-        peer.busy_round = self.round
+        if msg.payload is not None:
+            env = gossip.decode(msg.payload)
+            if env.kind == gossip.KIND_DIGEST:
+                digest, echo = gossip.decode_digest(env)
+                self._perform(peer, peer.node.on_digest(msg.conn, digest, echo), kind="full")
+            else:
+                self._perform(peer, peer.node.on_topology(msg.conn, decode_records(env.payload)))
+        elif msg.kind == "digest":
+            self._perform(peer, peer.node.on_digest(msg.conn, msg.digest, msg.echo), kind="full")
+        else:
+            effects = peer.node.on_topology(msg.conn, msg.records)
+            self._perform(peer, effects)
