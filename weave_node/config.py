@@ -42,7 +42,7 @@ class RouterConfig:
     heartbeat_timeout: float = 15.0
     gossip_interval: float = 10.0
     ipalloc_range: Range = field(default_factory=lambda: parse_range(DEFAULT_RANGE))
-    ipalloc_init: Init = field(default_factory=lambda: Init("consensus", peers=1))  # "" = consensus, peers + us
+    ipalloc_init: Init | None = None  # None: consensus among the initial peers and us (see `init`)
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
     ipam_reclaim_replaced: bool = True  # WEAVE_NO_IPAM_RECLAIM_REPLACED: a re-imaged host's old identity waits too
     datapath: str = "kernel"  # "kernel" = bridge + VXLAN; "none" = mesh and IPAM only (no kernel changes)
@@ -53,6 +53,11 @@ class RouterConfig:
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def init(self) -> Init:
+        """IPALLOC_INIT as parsed, or its default: consensus among the initial peers and us."""
+        return self.ipalloc_init or Init("consensus", peers=len(self.peers) + 1)
 
 
 def read_password_file(path: Path) -> bytes:

@@ -55,7 +55,7 @@ def make_identity(config: RouterConfig) -> Identity:
 
 def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamService:
     """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology."""
-    span, init = config.ipalloc_range, config.ipalloc_init
+    span, init = config.ipalloc_range, config.init
     config.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.state_dir / "ipam.db", me=identity.name, span=span)
     loaded = store.load()

@@ -171,12 +171,14 @@ def cni(data: dict[str, Any], installed: Any = None) -> None:
     files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
     files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
     install = f"{data['weave_prefix']}/venv/bin/weave-node install-cni-plugin --dir {bin_dir}"
+    # Decided at plan time where it can be (so a dry run of an up-to-date host plans nothing): a plugin that differs
+    # (or no router yet to ask) is written; an up-to-date one only if this run (re)installs the router.
     current = host.get_fact(Command, command=f"{install} --check >/dev/null 2>&1 && echo yes || echo no") == "yes"
-    server.shell(
-        name="weave-net plugin (by the installed router's installer)",
-        commands=[install],
-        _if=lambda: not current or (installed is not None and installed.did_change()),
-    )
+    label = "weave-net plugin (by the installed router's installer)"
+    if not current:
+        server.shell(name=label, commands=[install])
+    elif installed is not None:
+        server.shell(name=label, commands=[install], _if=installed.did_change)
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
     text = manifest.conflist(data)

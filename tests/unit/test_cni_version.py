@@ -63,29 +63,15 @@ def test_install_cni_plugin_writes_one_executable_stdlib_file(tmp_path: Path) ->
     assert plugin.stat().st_mode & 0o777 == 0o755
 
 
-def test_the_bundle_refuses_a_weave_node_import_it_would_not_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("module", ["weave_node.cni.plugin", "weave_node.core.facts"])
+def test_the_bundle_refuses_a_weave_node_import_it_would_not_inline(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the plugin or in a module it inlines, at any indentation: under -SI it would be a traceback, not CNI JSON."""
     from weave_node.cni import bundle
 
     real = bundle._source
-    monkeypatch.setattr(bundle, "_source", lambda m: real(m) + "from weave_node.api import client\n")
+    lazy = "def later() -> None:\n    from weave_node.api import client\n"
+    monkeypatch.setattr(bundle, "_source", lambda m: real(m) + (lazy if m == module else ""))
     with pytest.raises(RuntimeError, match="without `# inlined`"):
         bundle.script()
-
-
-def test_install_cni_plugin_also_installs_a_conflist_and_refuses_a_bad_one(tmp_path: Path) -> None:
-    """What the DaemonSet's init container runs: the plugin, then the configuration (a runtime that sees the
-    configuration finds the plugin); a file that is not a configuration list changes nothing."""
-    bins, confs = tmp_path / "bin", tmp_path / "net.d"
-    bad = tmp_path / "10-weave.conflist"
-    bad.write_text('{"cniVersion": "1.0.0"}')
-    refused = run_cli("weave-node", "install-cni-plugin", "--dir", str(bins), "--conflist", str(bad), "--conf-dir",
-                      str(confs))  # fmt: skip
-    assert refused.returncode != 0 and "not a CNI network configuration list" in refused.stderr
-    assert not bins.exists() and not confs.exists()
-    good = {"cniVersion": "1.0.0", "name": "weave", "plugins": [{"type": "weave-net"}]}
-    bad.write_text(json.dumps(good))
-    run_cli("weave-node", "install-cni-plugin", "--dir", str(bins), "--conflist", str(bad), "--conf-dir", str(confs),
-            check=True)  # fmt: skip
-    assert json.loads((confs / "10-weave.conflist").read_text()) == good
-    assert (bins / "weave-net").stat().st_mode & 0o777 == 0o755
-    assert sorted(p.name for p in confs.iterdir()) == ["10-weave.conflist"]  # no temporary file left

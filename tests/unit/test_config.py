@@ -154,3 +154,13 @@ def test_the_router_passes_the_setting_to_its_allocator(tmp_path: Path, replaced
     service = daemon.make_ipam(config, identity, cast(Any, router))
     assert service.alloc.reclaim_replaced is replaced
     service.store.close()
+
+
+def test_the_default_init_is_consensus_among_the_initial_peers_and_us() -> None:
+    from weave_node.config import RouterConfig
+    from weave_node.ipam.model import Init
+
+    peers = (PeerAddress("192.0.2.1", 6783), PeerAddress("192.0.2.2", 6783))
+    assert RouterConfig(peers=peers).init == Init("consensus", peers=3)
+    assert from_env_and_flags({"WEAVE_PEERS": "192.0.2.1 192.0.2.2"}, {}).init == Init("consensus", peers=3)
+    assert RouterConfig(peers=peers, ipalloc_init=Init("observer")).init == Init("observer")

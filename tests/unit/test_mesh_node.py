@@ -163,6 +163,19 @@ def test_a_forgotten_learned_address_comes_back_while_a_record_teaches_it() -> N
     assert n.connector.targets[addr].origin == "learned"
 
 
+@pytest.mark.parametrize("text", ["192.0.2.163", "192.0.2.163:6783"])
+def test_a_forgotten_address_comes_back_with_its_peer_however_the_record_spells_it(text: str) -> None:
+    n = node()
+    n.established(link("a", A))
+    teaching = ConnectionInfo(C, text, True, True)
+    n.on_topology("a", [record(A, 5, ConnectionInfo(ME, "", False, True), teaching)])
+    addr = PeerAddress("192.0.2.163", 6783)
+    assert n.forget(addr)
+    n.on_topology("a", [record(A, 6, ConnectionInfo(ME, "", False, True), teaching)])
+    target = n.connector.targets[addr]
+    assert (target.origin, target.peer) == ("learned", C)  # (with its peer: not dialled while C is connected)
+
+
 def test_an_untaught_target_kept_while_connected_goes_at_the_next_change_after() -> None:
     n = node()
     n.established(link("a", A))

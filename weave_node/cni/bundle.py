@@ -33,14 +33,22 @@ def _body(source: str) -> str:
     return "".join(line for line in lines[end:] if line.strip() != "from __future__ import annotations").strip()
 
 
+def _refuse_imports(code: str, where: str) -> None:
+    """Any import of weave_node left in the file (at any indentation) would fail under `-SI`."""
+    for line in code.splitlines():
+        if line.strip().startswith(("from weave_node", "import weave_node")) and not _INLINE.match(line):
+            raise RuntimeError(f"{where} imports weave_node without `# inlined`: {line.strip()}")
+
+
 def script(python: str = DEFAULT_PYTHON) -> str:
     out = []
     for line in _source("weave_node.cni.plugin").splitlines(keepends=True):
         match = _INLINE.match(line.rstrip("\n"))
         if match:
-            out.append(f"# --- {match.group(1)} (inlined) ---\n{_body(_source(match.group(1)))}\n# ---\n")
-        elif line.startswith(("from weave_node", "import weave_node")):
-            raise RuntimeError(f"the plugin imports weave_node without `# inlined`: {line.strip()}")
+            body = _body(_source(match.group(1)))
+            _refuse_imports(body, match.group(1))  # an inlined module must stand alone too
+            out.append(f"# --- {match.group(1)} (inlined) ---\n{body}\n# ---\n")
         else:
+            _refuse_imports(line, "the plugin")
             out.append(line)
     return f"#!{python} -SI\n" + "".join(out)  # one argument on a #! line: -SI, not "-S -I"

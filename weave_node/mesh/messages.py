@@ -13,7 +13,7 @@ from weave_node.core.clock import Clock
 from weave_node.core.ratelimit import RateLimitedLog
 from weave_node.mesh import gossip
 from weave_node.mesh.errors import ProtocolError
-from weave_node.mesh.node import Changed, Close, Dial, Effect, Node, SendDigest, SendRecords, SendStates
+from weave_node.mesh.node import DUPLICATE, Changed, Close, Dial, Effect, Node, SendDigest, SendRecords, SendStates
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.peerconn import PeerConn
 from weave_node.mesh.protocol import Identity
@@ -63,6 +63,8 @@ class Messages:
                 if effect.refused:
                     self.refused[effect.refused] += 1
                 self._drop(effect.key, effect.reason)
+                if effect.reason == DUPLICATE:  # superseded, whatever else went wrong with it before
+                    effect.key.failure = DUPLICATE
             elif isinstance(effect, Dial):
                 self._dial_soon(effect.address)
             elif isinstance(effect, Changed):

@@ -126,6 +126,7 @@ class Node(Generic[K]):
         self.next_gossip = 0.0
         self._learned: dict[int, frozenset[tuple[str, int]]] = {}  # per record: what it teaches to dial
         self._teachers: dict[str, int] = {}  # learned address -> how many (record, peer) teach it
+        self._taught_peer: dict[str, int] = {}  # learned address -> the peer last taught behind it
         self._recheck = False  # an untaught target was kept while connected: forget it at the next change
         self._relearn: set[str] = set()  # taught addresses the operator forgot: learned again at the next change
 
@@ -246,16 +247,18 @@ class Node(Generic[K]):
                 self._teachers[text] -= 1
                 if not self._teachers[text]:
                     del self._teachers[text]
+                    self._taught_peer.pop(text, None)
                     forgotten = True
             for text, peer in new - old:
                 self._teachers[text] = self._teachers.get(text, 0) + 1
+                self._taught_peer[text] = peer
                 addr = _address(text)
                 if addr is not None:
                     added = self.connector.add(addr, "learned", peer=peer) or added
         for text in self._relearn & self._teachers.keys():
             addr = _address(text)
             if addr is not None:
-                added = self.connector.add(addr, "learned") or added
+                added = self.connector.add(addr, "learned", peer=self._taught_peer.get(text)) or added
         self._relearn.clear()
         if forgotten or self._recheck:
             self._recheck = self.connector.forget_learned_except(
@@ -305,8 +308,10 @@ class Node(Generic[K]):
 def _teaches(record: PeerRecord, me: int) -> Iterable[tuple[str, int]]:
     """(address, peer) of each established outbound connection the record lists (to others than us)."""
     for c in record.connections:
-        if c.outbound and c.established and c.peer != me and c.address and _address(c.address) is not None:
-            yield c.address, c.peer
+        if c.outbound and c.established and c.peer != me and c.address:
+            addr = _address(c.address)
+            if addr is not None:
+                yield str(addr), c.peer  # canonical ("host:port"), as `forget` records it
 
 
 @functools.lru_cache(maxsize=4096)

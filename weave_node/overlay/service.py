@@ -251,7 +251,8 @@ class OverlayService:
         result = plan(desired, observed)
         applied, errors = self.kernel.apply(result.ops)
         self._flushed = desired.flush  # tried once, like any flush: a failed one is not repeated
-        if any(isinstance(op, SetLink) and op.name == TAP and op.master for op in result.ops):
+        attached = any(isinstance(op, SetLink) and op.name == TAP and op.master for op in result.ops)
+        if attached and not any(TAP in error for error in errors):  # (a failure is logged with the errors)
             log.info("sleeve: %s on bridge %s, MTU %d", TAP, BRIDGE, self.settings.mtu)
         return result, applied, errors
 
