@@ -4,6 +4,7 @@ Kubernetes schemas (kubernetes-validate, offline) before anything is applied. No
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import jinja2
 import kubernetes_validate
 import yaml
 
+from deploys.facts import STATUS_SOCKET
 from deploys.paths import TEMPLATES
 
 KUBERNETES_VERSION = "1.30"
@@ -37,6 +39,7 @@ def conflist(data: Mapping[str, Any]) -> str:
             hairpin_mode=data["weave_hairpin"],
             bandwidth=data["weave_bandwidth"],
             pending_dir=f"{data['weave_state_dir']}/cni-pending",
+            status_socket=STATUS_SOCKET,
         )
         .rstrip("\n")
         + "\n"
@@ -85,6 +88,8 @@ def render(**values: Any) -> str:
     values.setdefault("reclaim_after", 600)
     values.setdefault("reclaim_replaced", True)
     values.setdefault("conflist", conflist(_CONFLIST_DEFAULTS))
+    values.setdefault("status_socket", STATUS_SOCKET)
+    values.setdefault("run_dir", posixpath.dirname(values["status_socket"]))
     template = _env().get_template("weave-node/daemonset.yaml.j2")
     # The pods' template carries a hash of everything else: a changed setting rolls them, an unchanged one does not.
     values["config_hash"] = ""

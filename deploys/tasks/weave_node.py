@@ -22,6 +22,7 @@ from pyinfra.operations import apt, files, pip, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deploys import handover, manifest, validate, wheelhouse
+from deploys.facts import STATUS_SOCKET
 from deploys.paths import TEMPLATES
 from deploys.settings import DEFAULTS, MODULES, PACKAGES, effective, ours, typed
 
@@ -129,6 +130,7 @@ def config(data: dict[str, Any]) -> list[Any]:
             password_file="/etc/weave-node/password" if data["weave_password_file"] else "",
             state_dir=data["weave_state_dir"],
             metrics_addr=data["weave_metrics_addr"],
+            status_socket=STATUS_SOCKET,
         )
     )
     return changes

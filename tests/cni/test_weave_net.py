@@ -30,7 +30,7 @@ def render_conflist(version: str, socket: Path, pending: Path) -> dict[str, Any]
         loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined
     )
     text = env.get_template("10-weave.conflist.j2").render(
-        cni_version=version, router_socket=str(socket), pending_dir=str(pending)
+        cni_version=version, status_socket=str(socket), pending_dir=str(pending)
     )
     doc: dict[str, Any] = json.loads(text)
     return doc

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from deploys import handover
+from deploys.facts import STATUS_SOCKET
 from tests.deploy.conftest import HANDED, ROLE, STATUS, HandoverHost, RunTasks, role_tasks
 from tests.helpers import REPO
 
@@ -187,6 +188,7 @@ def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "weave_mtu": None,
         "weave_password_file": None,
         "weave_metrics_addr": "127.0.0.1:6782",
+        "status_socket": STATUS_SOCKET,
         **extra,
     }
 
@@ -228,6 +230,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
         password_file="",
         state_dir=weave["weave_state_dir"],
         metrics_addr=weave["weave_metrics_addr"],
+        status_socket=STATUS_SOCKET,
     )
     assert env == pyinfra
     assert f"WEAVE_IPAM_RECLAIM_AFTER={after}" in env.splitlines()

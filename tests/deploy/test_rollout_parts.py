@@ -10,6 +10,7 @@ import jinja2
 import pytest
 
 from deploys import manifest, settings
+from deploys.facts import STATUS_SOCKET
 from deploys.paths import TEMPLATES
 from deploys.validate import InvalidData, validate
 
@@ -127,6 +128,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
         password_file="",
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
+        status_socket=STATUS_SOCKET,
     )
     assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in text.splitlines()) is not replaced, text
     config = _router_config(text)
@@ -166,6 +168,7 @@ def test_env_file_names_the_password_file_never_the_password() -> None:
         password_file="/etc/weave-node/password",  # noqa: S106 - a path
         state_dir="/var/lib/weave-node",
         metrics_addr="127.0.0.1:6782",
+        status_socket=STATUS_SOCKET,
     )
     settings = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert settings["WEAVE_PEERS"] == "198.18.0.2 198.18.0.3" and settings["WEAVE_MTU"] == "1376"
@@ -190,7 +193,7 @@ def test_unit_is_hardened() -> None:
 
 @pytest.mark.parametrize("bandwidth", [False, True])
 def test_conflist_is_json_with_weave_net_first(bandwidth: bool) -> None:
-    doc = json.loads(_render("10-weave.conflist.j2", bandwidth=bandwidth))
+    doc = json.loads(_render("10-weave.conflist.j2", bandwidth=bandwidth, status_socket=STATUS_SOCKET))
     assert doc["cniVersion"] == "1.0.0"
     assert [p["type"] for p in doc["plugins"]] == ["weave-net", "portmap", *(["bandwidth"] if bandwidth else [])]
 

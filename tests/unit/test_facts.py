@@ -9,6 +9,7 @@ from weave_node.core import cni, facts
 
 def test_the_rollout_checks_the_facts_the_router_enforces() -> None:
     assert rollout.DEFAULT_RANGE == facts.DEFAULT_RANGE
+    assert rollout.STATUS_SOCKET == facts.DEFAULT_STATUS_SOCKET
     assert (rollout.MTU_MIN, rollout.MTU_MAX) == (facts.MTU_MIN, facts.MTU_MAX)
     assert rollout.CNI_VERSIONS == cni.CNI_VERSIONS
     assert rollout.PASSWORD_FILE_MODE_MASK == facts.PASSWORD_FILE_MODE_MASK

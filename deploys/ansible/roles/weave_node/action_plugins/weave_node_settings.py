@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[5]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deploys import handover, settings, validate, wheelhouse  # noqa: E402 - after the path is known
+from deploys import facts, handover, settings, validate, wheelhouse  # noqa: E402 - after the path is known
 
 # ansible-core 2.19's templating keeps a single expression's type ("{{ weave.weave_mtu }}" stays None, a number
 # stays a number), which the role's template vars rely on to render the bytes pyinfra renders; this action uses its
@@ -87,5 +87,6 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         data["wheel"] = wheel
         data["wheels"] = sorted(p.name for p in wheels.glob("*.whl"))
         data["packages"] = settings.PACKAGES
+        data["status_socket"] = facts.STATUS_SOCKET
         data["modules"] = [list(m) for m in settings.MODULES]
         return {**result, "changed": False, "ansible_facts": {"weave": data}}
