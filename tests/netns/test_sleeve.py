@@ -262,3 +262,22 @@ def test_encrypted_pod_traffic(tmp_path: Path, h2_aes: bool) -> None:
             assert "wrong horse" not in r1.log_text() + r3.log_text()
         finally:
             remove_pods(pods)
+
+
+def test_once_status_shows_a_mode_one_packet_crosses_by_it(tmp_path: Path) -> None:
+    """The mode in `status` is the one the kernel datapath has applied (flood entries, learned MACs flushed), not
+    only what the heartbeats decided: a single ping sent as soon as it changes gets through, both ways round."""
+    with netns_hosts(2, tmp_path) as net:
+        r1, r2 = start_mesh(net)
+        pods = [make_pod(r1, "o1"), make_pod(r2, "o2")]
+        try:
+            p1, p2 = pods
+            assert _ping(p1, p2.ip)
+            for _ in range(2):
+                for mode, blocked in (("sleeve", True), ("fastdp", False)):
+                    _block(net, 1, 2, "-p", "udp", "--dport", "6784", add=blocked)
+                    poll(lambda m=mode: _mode(r1, "h2") == m and _mode(r2, "h1") == m, timeout=20, what=mode)
+                    one = p1.run("ping", "-c", "1", "-W", "3", p2.ip, check=False)
+                    assert one.returncode == 0, f"the first packet after {mode} showed in status: {one.stdout}"
+        finally:
+            remove_pods(pods)

@@ -162,6 +162,13 @@ def _snap(**kw: object) -> Snapshot:
         ({"direct": {B: "198.19.0.2"}}, "pending", "no bridge address known yet"),
         ({"health": {B: PeerHealthView(Mode.SLEEVE, "no hb", 1.0)}}, "sleeve", "no hb; no sleeve route yet"),
         ({"health": {B: PeerHealthView(Mode.FASTDP, "both ways", 1.0)}}, "fastdp", "both ways"),
+        # The heartbeats decided, the kernel datapath not yet (flood entries, flush): the mode it has, "switching".
+        ({"health": {B: PeerHealthView(Mode.SLEEVE, "no hb", 1.0)}, "applied_sleeve": frozenset()},
+         "fastdp", "switching to sleeve (datapath update pending): no hb"),
+        ({"health": {B: PeerHealthView(Mode.FASTDP, "both ways", 1.0)}, "applied_sleeve": frozenset({B})},
+         "sleeve", "switching to fastdp (datapath update pending): both ways; no sleeve route yet"),
+        ({"health": {B: PeerHealthView(Mode.SLEEVE, "no hb", 1.0)}, "applied_sleeve": frozenset({B}), "routes": {B: B}},
+         "sleeve", "no hb"),
     ],
 )  # fmt: skip
 def test_each_peers_mode_and_reason(kw: dict[str, object], mode: str, reason: str) -> None:

@@ -1,11 +1,9 @@
-"""The overlay shell: keeps the kernel datapath in line with the mesh, and runs the fast-path heartbeats.
-
-- Gossips our PeerInfo (bridge address/MAC, underlay address) on the "overlay" channel; overlay.peers merges.
-- Reconciles: desired (pure, overlay.desired) vs observed (datapath.netlink) -> plan -> apply, in one worker
-  thread, on every change and every `resync` seconds (so drift, e.g. someone deleting our FDB entry, is repaired).
-- Heartbeats (overlay.heartbeats): UDP from our bridge address to each peer's, through the tunnel; overlay.health
-  decides the modes, overlay.sleeve.plan what the sleeve does, overlay.status what `status` says.
-Stopping the router leaves the kernel state alone: pod traffic keeps flowing while the router is away.
+"""The overlay shell: keeps the kernel datapath in line with the mesh, and runs the fast-path heartbeats. It gossips
+our PeerInfo on the "overlay" channel (overlay.peers merges); reconciles desired (overlay.desired) vs observed
+(datapath.netlink) -> plan -> apply in one worker thread, on every change and every `resync` seconds (drift is
+repaired); sends heartbeats (overlay.heartbeats) through the tunnel, from which overlay.health decides the modes,
+overlay.sleeve.plan what the sleeve does, overlay.status what `status` says. Stopping the router leaves the kernel
+state alone: pod traffic keeps flowing while the router is away.
 """
 
 from __future__ import annotations
@@ -72,10 +70,7 @@ class OverlayService:
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
         kernel: Kernel | None = None,
     ) -> None:
-        self.me = me
-        self.config = config
-        self.clock = clock
-        self.wall_ns = wall_ns
+        self.me, self.config, self.clock, self.wall_ns = me, config, clock, wall_ns
         self.kernel = kernel or netlink_kernel()
         self._bridge_address = bridge_address
         self.mtu_choice = overlay_mtu.configured(config.mtu)
@@ -106,8 +101,9 @@ class OverlayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
-        self.flush = 0  # raised on every switch to or from the sleeve: the next sync flushes learned MACs
-        self._flushed = 0  # the flush generation the last sync applied
+        self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
+        self.planned_sleeve: frozenset[int] = frozenset()  # the peers in the sleeve in the last desired state
+        self.applied_sleeve: frozenset[int] = frozenset()  # ... and in the last one applied
 
     @property
     def mtu(self) -> int:
@@ -122,11 +118,10 @@ class OverlayService:
         news = self._merge(overlay_peers.decode(data))
         return overlay_peers.encode(news) if news else None
 
-    def on_unicast(self, src: int, data: bytes) -> None:
-        self._merge(overlay_peers.decode(data))
-
     def on_broadcast(self, src: int, data: bytes) -> None:
         self._merge(overlay_peers.decode(data))
+
+    on_unicast = on_broadcast
 
     def gossip_state(self) -> bytes | None:
         return overlay_peers.encode(self.table.infos.values())
@@ -260,7 +255,8 @@ class OverlayService:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
         self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct)
-        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.sleeve_peers())
+        self.planned_sleeve = self.sleeve_peers()  # becomes `applied_sleeve` when this state has been applied
+        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
         desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush)
@@ -271,7 +267,7 @@ class OverlayService:
         loop = asyncio.get_running_loop()
         while True:
             self._dirty.clear()
-            desired = self.desired()
+            desired, planned = self.desired(), self.planned_sleeve
             started = time.monotonic()
             try:
                 result, applied, errors = await loop.run_in_executor(self.executor, self._sync, desired)
@@ -285,6 +281,7 @@ class OverlayService:
                     for problem in result.problems:
                         log.error("datapath: %s", problem)
                 self.problems = result.problems
+                self.applied_sleeve = planned
                 self.last_sync = {
                     "at": self.clock(),
                     "ops": applied,
@@ -394,6 +391,7 @@ class OverlayService:
             flood_entries=self.flood_entries,
             problems=self.problems,
             last_sync=dict(self.last_sync),
+            applied_sleeve=self.applied_sleeve,
         )
 
     def status(self) -> dict[str, Any]:

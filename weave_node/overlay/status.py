@@ -1,7 +1,8 @@
 """The overlay's part of `status` (the "datapath" document), as a function of a snapshot of values (pure).
 
 Each peer's mode: without fastdp (disabled, or a password set) it is `sleeve` or `down`; with it, what the
-heartbeats decided (overlay.health), or `pending` while the peer has no heartbeats yet.
+heartbeats decided (overlay.health) once the kernel datapath applied it, or `pending` while the peer has no
+heartbeats yet.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Snapshot:
     flood_entries: int = 0
     problems: tuple[str, ...] = ()
     last_sync: Mapping[str, Any] = field(default_factory=dict)
+    # The peers in the sleeve as the kernel datapath last applied it (flood entries, flush of learned MACs); a
+    # peer whose heartbeats decided otherwise is shown in its applied mode, "switching", until the next sync.
+    applied_sleeve: frozenset[int] | None = None
 
 
 def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
@@ -67,6 +71,10 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
         reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
     else:
         mode, reason = health.mode, health.reason
+        if snap.applied_sleeve is not None and mode in (Mode.FASTDP, Mode.SLEEVE):
+            applied = Mode.SLEEVE if name in snap.applied_sleeve else Mode.FASTDP
+            if applied is not mode:
+                mode, reason = applied, f"switching to {health.mode.value} (datapath update pending): {reason}"
     if mode is Mode.SLEEVE and snap.routes.get(name) is None:
         reason += "; no sleeve route yet"
     return mode, reason
