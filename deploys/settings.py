@@ -42,6 +42,8 @@ INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
 NUMBERS = ("weave_ipam_reclaim_after",)  # seconds: a whole number stays an int (rendered "600", not "600.0")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
+SYSCTL_FILE = "/etc/sysctl.d/90-weave-node.conf"  # ours alone: the removal deletes it (not /etc/sysctl.conf)
+SYSCTL_TEXT = "# weave-node: pods' traffic is routed through this host\nnet.ipv4.ip_forward = 1\n"
 MODULES = (
     ("vxlan", "/sys/module/vxlan"),
     ("br_netfilter", "/proc/sys/net/bridge"),

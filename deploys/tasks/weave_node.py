@@ -24,7 +24,7 @@ from pyinfra.operations.util import any_changed
 from deploys import handover, manifest, validate, wheelhouse
 from deploys.facts import STATUS_SOCKET
 from deploys.paths import TEMPLATES
-from deploys.settings import DEFAULTS, MODULES, PACKAGES, effective, ours, typed
+from deploys.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
 
 MANIFEST = "/etc/weave-node/weave-node.yaml"
 _built: dict[str, Path] = {}
@@ -62,7 +62,10 @@ def prerequisites() -> None:
         dest="/etc/modules-load.d/weave-node.conf",
         mode="644",
     )
-    server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1, persist=True)
+    files.put(
+        name="IPv4 forwarding at boot (our own drop-in)", src=io.StringIO(SYSCTL_TEXT), dest=SYSCTL_FILE, mode="644"
+    )
+    server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
 
 
 @deploy("weave-node: the router, installed offline from a wheelhouse")
@@ -326,7 +329,13 @@ def remove(remove_state: bool = False) -> None:
         )
     unit = files.file(name="Unit file", path=unit_path, present=False)
     systemd.daemon_reload(name="Reload systemd (unit removed)", _if=unit.did_change)
-    for path in (f"{bin_dir}/weave-net", f"{conf_dir}/10-weave.conflist", "/etc/modules-load.d/weave-node.conf"):
+    # The drop-in goes; forwarding stays on until the next boot (other software on the host may rely on it).
+    for path in (
+        f"{bin_dir}/weave-net",
+        f"{conf_dir}/10-weave.conflist",
+        "/etc/modules-load.d/weave-node.conf",
+        SYSCTL_FILE,
+    ):
         files.file(name=f"Remove {path}", path=path, present=False)
     for name in ("loopback", "portmap", "bandwidth"):
         # Only the link the rollout made: a plugin binary there (or a link elsewhere) is someone else's and stays.

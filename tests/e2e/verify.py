@@ -31,6 +31,35 @@ def node_is_installed(host: Any, *, password: bool = False) -> None:
     conflist = json.loads(host.file("/etc/cni/net.d/10-weave.conflist").content_string)
     assert conflist["plugins"][0]["type"] == "weave-net"
     assert host.file("/opt/weave-node/venv/bin/weave-node").mode & 0o111
+    assert host.file("/etc/modules-load.d/weave-node.conf").content_string.split() == ["vxlan", "br_netfilter", "tun"]
+    assert "net.ipv4.ip_forward = 1" in host.file(SYSCTL_DROP_IN).content_string.splitlines()
+
+
+SYSCTL_DROP_IN = "/etc/sysctl.d/90-weave-node.conf"
+OURS = [  # every file, directory and link the rollout makes (the IPAM state apart: it stays unless asked)
+    "/etc/systemd/system/weave-node.service",
+    "/etc/weave-node",
+    "/opt/weave-node",
+    "/opt/cni/bin/weave-net",
+    "/opt/cni/bin/loopback",
+    "/opt/cni/bin/portmap",
+    "/opt/cni/bin/bandwidth",
+    "/etc/cni/net.d/10-weave.conflist",
+    "/etc/modules-load.d/weave-node.conf",
+    SYSCTL_DROP_IN,
+]
+
+
+def nothing_of_ours_is_left(host: Any, *, kept: tuple[str, ...] = ()) -> None:
+    """After the removal: no unit, file, link, bridge, VXLAN device, TAP, iptables chain or rule of ours (`kept`:
+    paths that are someone else's by now, e.g. a real plugin binary put where we had linked Debian's)."""
+    left = [path for path in OURS if path not in kept and host.file(path).exists]
+    assert not left, f"still there: {left}"
+    assert host.run("systemctl cat weave-node.service").rc != 0, "systemd still knows weave-node.service"
+    for link in ("weave", "vxlan-6784", "weave-sleeve"):
+        assert host.run(f"ip -o link show {link}").rc != 0, f"link {link} is still there"
+    rules = host.check_output("iptables-save")
+    assert "WEAVE" not in rules, [line for line in rules.splitlines() if "WEAVE" in line]
 
 
 def router_sees_peers(host: Any, peers: int) -> bool:

@@ -67,6 +67,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
             data["handover_script"] = handover.script(
                 data["weave_prefix"], data["weave_state_dir"], data["weave_health_timeout"]
             )
+            data["sysctl_file"] = settings.SYSCTL_FILE
             return {**result, "changed": False, "ansible_facts": {"weave": data}}
         others = []
         for name in task_vars["groups"]["all"]:
@@ -88,5 +89,6 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         data["wheels"] = sorted(p.name for p in wheels.glob("*.whl"))
         data["packages"] = settings.PACKAGES
         data["status_socket"] = facts.STATUS_SOCKET
+        data["sysctl_file"], data["sysctl_text"] = settings.SYSCTL_FILE, settings.SYSCTL_TEXT
         data["modules"] = [list(m) for m in settings.MODULES]
         return {**result, "changed": False, "ansible_facts": {"weave": data}}
