@@ -57,7 +57,7 @@ class RouterConfig:
     @property
     def init(self) -> Init:
         """IPALLOC_INIT as parsed, or its default: consensus among the initial peers and us."""
-        return self.ipalloc_init or Init("consensus", peers=len(self.peers) + 1)
+        return self.ipalloc_init or parse_init("", len(self.peers) + 1)
 
 
 def read_password_file(path: Path) -> bytes:

@@ -8,6 +8,7 @@ what `script()` returns.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -25,12 +26,11 @@ def _source(module: str) -> str:
 
 def _body(source: str) -> str:
     """A module's code without its docstring and its `from __future__` line (the plugin has its own)."""
-    lines = source.splitlines(keepends=True)
-    end = 0
-    if lines and lines[0].startswith('"""'):
-        end = next(i for i, line in enumerate(lines) if line.rstrip().endswith('"""') and (i or line.count('"""') == 2))
-        end += 1
-    return "".join(line for line in lines[end:] if line.strip() != "from __future__ import annotations").strip()
+    first = ast.parse(source).body[:1]
+    docstring = bool(first) and isinstance(first[0], ast.Expr) and isinstance(first[0].value, ast.Constant)
+    end = (first[0].end_lineno or 0) if docstring else 0
+    lines = source.splitlines(keepends=True)[end:]
+    return "".join(line for line in lines if line.strip() != "from __future__ import annotations").strip()
 
 
 def _refuse_imports(code: str, where: str) -> None:
