@@ -107,8 +107,9 @@ def test_handshake(config: ProtocolConfig) -> None:
     assert events_b == [Established(b.remote)]
     assert a.remote.identity == B
     assert b.remote.identity == A
-    assert a.remote.version == b.remote.version == 1
+    assert a.remote.version == b.remote.version == 2
     assert a.remote.encrypted is b.remote.encrypted is (config.password_key is not None)
+    assert a.password_key == b.password_key == config.password_key
 
 
 def test_version_negotiation_picks_the_highest_common_version() -> None:
@@ -162,10 +163,17 @@ def test_password_on_one_side_only_is_rejected_with_a_clear_reason_on_both_sides
     assert b.remote is None
 
 
-def test_wrong_password_fails_during_the_handshake() -> None:
-    a, b = connect(SECRET, replace(SECRET, password_key=OTHER_PASSWORD))
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        (1, "authentication failed: wrong password?"),
+        (2, "authentication failed: no password in common with the peer (wrong password, or a rotation step skipped?)"),
+    ],
+)
+def test_wrong_password_fails_during_the_handshake(version: int, reason: str) -> None:
+    a, b = connect(replace(SECRET, max_version=version), replace(SECRET, password_key=OTHER_PASSWORD))
     events_a, events_b = pump(a, b, 0.0)
-    assert events_a == events_b == [ConnectionFailed("authentication failed: wrong password?")]
+    assert events_a == events_b == [ConnectionFailed(reason)]
     assert a.remote is None
     assert b.remote is None
     with pytest.raises(RuntimeError):  # nothing (no topology) can be sent before the handshake
@@ -180,8 +188,9 @@ def test_nothing_can_be_sent_before_the_peer_is_verified() -> None:
         b.send_message(b"x", 0.0)
 
 
-def test_a_tampered_hello_is_detected_by_the_proofs() -> None:
-    a, b = connect(SECRET)
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_tampered_hello_is_detected_by_the_proofs(version: int) -> None:
+    a, b = connect(replace(SECRET, max_version=version))
     stream = bytearray(a.data_to_send())
     uid_offset = len(PREAMBLE) + HEADER_SIZE + 1 + 2 + 2 + 6
     stream[uid_offset] ^= 0xFF  # a man in the middle rewrites a's uid
@@ -442,6 +451,8 @@ def test_the_largest_hello_fits_the_handshake_frame_limit() -> None:
 FUZZ_CONFIGS = {
     "plain": ProtocolConfig(max_frame=HANDSHAKE_MAX_FRAME),
     "password": ProtocolConfig(password_key=PASSWORD, max_frame=HANDSHAKE_MAX_FRAME),
+    "password-v1": ProtocolConfig(password_key=PASSWORD, max_version=1, max_frame=HANDSHAKE_MAX_FRAME),
+    "rotation": ProtocolConfig(password_key=PASSWORD, previous_keys=(OTHER_PASSWORD,), max_frame=HANDSHAKE_MAX_FRAME),
 }
 
 

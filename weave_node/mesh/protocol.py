@@ -4,18 +4,24 @@ In the style of aioquic's ``connection.py``: no sockets, no asyncio, no threads,
 received bytes to ``receive_data``, writes out ``data_to_send()``, and calls ``tick`` at ``next_deadline()``;
 every method takes ``now``. Randomness (the ephemeral key) comes from an injected ``rng``.
 
-Wire format (both sides send their preamble and hello at once, without waiting for the other side)::
+Wire format (both sides send their preamble and hello at once, without waiting for the other side, and their
+proof, or proof set, as soon as they have the peer's hello)::
 
     preamble   b"weave-node" + handshake format (1 byte, = 1), unframed, once at the start of the stream
     frame      length (4 bytes, big-endian) + payload; payload <= 4 KiB until established, then max_frame
-    payload    tag (1 byte) + body; after the hello, when a password is set, every payload is sent as
-               counter (8 bytes) + secretbox(tag + body) (see crypto.py)
+    payload    tag (1 byte) + body; when a password is set, every payload after the hello (version 1) or after the
+               proof set (version >= 2) is sent as counter (8 bytes) + secretbox(tag + body) (see crypto.py)
     0x01 hello      min_version u16, max_version u16, name u48, uid u64, flags u8 (bit 0: encrypted),
                     ephemeral X25519 public key (32 bytes, zero without a password), nickname (u8 length +
                     UTF-8), features (u8 count, each u8 length + ASCII); trailing bytes are ignored
-    0x02 proof      blake2b hash of both hellos (encrypted: only a peer with the same password can make it)
+    0x02 proof      blake2b hash of both hellos (encrypted: only a peer with the same password can make it);
+                    a frame of its own in version 1 only, sealed with the primary password's keys
     0x03 heartbeat  empty body
     0x04 message    opaque application bytes (the router defines them)
+    0x05 proof set  version >= 2 with a password, instead of the proof; unencrypted: count u8 (1-4), then per
+                    accepted password, primary first: u16 length + a proof frame's payload (counter 0) sealed with
+                    that password's keys. Both ends pick the same common password (proofs.py) and go on with its
+                    keys from counter 1. Rotation needs version 2: a version-1 peer gets the primary's proof only.
 
 Any bad input closes the connection with a ``ConnectionFailed`` event; ``receive_data`` never raises.
 """
@@ -23,7 +29,6 @@ Any bad input closes the connection with a ``ConnectionFailed`` event; ``receive
 from __future__ import annotations
 
 import enum
-import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
@@ -35,30 +40,28 @@ from weave_node.mesh.crypto import (
     Rng,
     SecretBoxChannel,
     SessionKeys,
-    derive_session_keys,
-    subkeys,
     transcript_hash,
 )
 from weave_node.mesh.errors import ProtocolError
-from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, HEADER_SIZE, MAX_FRAME, FrameDecoder, encode_frame
+from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, FrameDecoder, encode_frame
 from weave_node.mesh.hello import (
-    MAX_FEATURE_BYTES,
-    MAX_FEATURES,
-    MAX_VERSION,
     NO_PUBLIC_KEY,
     TAG_HEARTBEAT,
     TAG_HELLO,
     TAG_MESSAGE,
     TAG_PROOF,
+    TAG_PROOF_SET,
     Hello,
     Identity,
     decode_hello,
     encode_hello,
 )
+from weave_node.mesh.proofs import ProofExchange
+from weave_node.mesh.settings import ProtocolConfig
 
-__all__ = [  # (Identity, the tags and the hello codec live in hello.py; callers know them from here too)
+__all__ = [  # (Identity, the tags, the hello codec: hello.py; ProtocolConfig: settings.py; callers know them here)
     "HANDSHAKE_FORMAT", "MAGIC", "OURSELF", "PREAMBLE", "TAG_HEARTBEAT", "TAG_HELLO", "TAG_MESSAGE", "TAG_PROOF",
-    "Connection", "ConnectionFailed", "Established", "Event", "Hello", "Identity", "MessageReceived",
+    "TAG_PROOF_SET", "Connection", "ConnectionFailed", "Established", "Event", "Hello", "Identity", "MessageReceived",
     "ProtocolConfig", "RemoteInfo", "State", "decode_hello", "encode_hello",
 ]  # fmt: skip
 
@@ -69,33 +72,6 @@ OURSELF = "connection to ourself"  # the failure of a dial that reached this ver
 
 
 State = Literal["handshake", "established", "closed"]
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    password_key: PasswordKey | None = None
-    min_version: int = 1
-    max_version: int = 1
-    features: frozenset[str] = frozenset()
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 15.0
-    handshake_timeout: float = 10.0
-    max_frame: int = MAX_FRAME
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_version <= self.max_version <= MAX_VERSION:
-            raise ValueError(f"bad protocol version range {self.min_version}-{self.max_version}")
-        if len(self.features) > MAX_FEATURES:
-            raise ValueError(f"at most {MAX_FEATURES} features, not {len(self.features)}")
-        for feature in self.features:
-            if not (0 < len(feature) <= MAX_FEATURE_BYTES and feature.isascii() and feature.isprintable()):
-                raise ValueError(f"a feature is 1-{MAX_FEATURE_BYTES} printable ASCII characters, not {feature!r}")
-        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
-            raise ValueError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
-        if self.handshake_timeout <= 0:
-            raise ValueError("handshake_timeout must be positive")
-        if not HANDSHAKE_MAX_FRAME <= self.max_frame < 1 << (8 * HEADER_SIZE):
-            raise ValueError(f"max_frame must be in {HANDSHAKE_MAX_FRAME}..{(1 << (8 * HEADER_SIZE)) - 1}")
 
 
 @dataclass(frozen=True)
@@ -126,7 +102,7 @@ Event: TypeAlias = Established | MessageReceived | ConnectionFailed
 
 class _Phase(enum.Enum):
     AWAIT_HELLO = enum.auto()
-    AWAIT_PROOF = enum.auto()  # encrypted only: hellos exchanged, the peer's proof not yet verified
+    AWAIT_PROOF = enum.auto()  # encrypted only: hellos exchanged, the peer's proof (or proof set) not yet checked
     ESTABLISHED = enum.auto()
     CLOSED = enum.auto()
 
@@ -150,7 +126,8 @@ class Connection:
         self._ephemeral = EphemeralKey.generate(rng) if config.password_key is not None else None
         self._send_channel: SecretBoxChannel | None = None
         self._recv_channel: SecretBoxChannel | None = None
-        self._transcript: bytes | None = None
+        self._proofs: ProofExchange | None = None  # encrypted, from the peer's hello to its proof
+        self._password_key: PasswordKey | None = None
         self._sleeve_keys: SessionKeys | None = None
         self._negotiated: RemoteInfo | None = None
         self._remote: RemoteInfo | None = None
@@ -189,6 +166,25 @@ class Connection:
     def sleeve_keys(self) -> SessionKeys | None:
         """Keys for this connection's sleeve datagrams (encrypted connections, once established); None otherwise."""
         return self._sleeve_keys if self._phase is _Phase.ESTABLISHED else None
+
+    @property
+    def password_key(self) -> PasswordKey | None:
+        """The password this connection uses, once established (kept after close); None for a plaintext one."""
+        return self._password_key if self._remote is not None else None
+
+    @property
+    def config(self) -> ProtocolConfig:
+        """The settings this connection was made with."""
+        return self._config
+
+    def accepted_by(self, config: ProtocolConfig) -> bool:
+        """Whether ``config`` accepts this connection's password: the one in use once established, or every one
+        it may still settle on while in its handshake. A plaintext connection: whether ``config`` has none."""
+        accepted = config.accepted_keys
+        if self._remote is not None:
+            return self._password_key in accepted if self._password_key is not None else not accepted
+        own = self._config.accepted_keys
+        return bool(own) == bool(accepted) and set(own) <= set(accepted)
 
     @property
     def outbound(self) -> bool:
@@ -291,6 +287,7 @@ class Connection:
         self._out.clear()
         self._send_channel = self._recv_channel = None
         self._ephemeral = None
+        self._proofs = None
 
     def _fail(self, reason: str, events: list[Event]) -> None:
         self._close(reason)
@@ -315,38 +312,28 @@ class Connection:
         self._out += encode_frame(payload, self._config.max_frame)
         self._last_sent = now
 
-    def _open(self, frame: bytes) -> bytes:
-        """The plaintext of a frame after the hello (decrypted when a password is set)."""
-        if self._recv_channel is None:
-            return frame
-        if self._phase is _Phase.AWAIT_PROOF:  # the first encrypted frame: the peer's proof
-            try:
-                return self._recv_channel.decrypt(frame)
-            except ProtocolError:
-                raise ProtocolError("authentication failed: wrong password?") from None
-        return self._recv_channel.decrypt(frame)
-
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
         if self._phase is _Phase.AWAIT_HELLO:
             self._on_hello(frame, now, events)
             return
-        plaintext = self._open(frame)
+        if self._phase is _Phase.AWAIT_PROOF:
+            if self._proofs is None or self._negotiated is None:
+                raise RuntimeError("awaiting a proof without a handshake in progress")  # unreachable
+            chosen = self._proofs.check(frame)
+            self._proofs = None
+            self._password_key, self._sleeve_keys = chosen.key, chosen.sleeve_keys
+            self._send_channel, self._recv_channel = chosen.send, chosen.receive
+            self._establish(self._negotiated, events)
+            return
+        plaintext = self._recv_channel.decrypt(frame) if self._recv_channel is not None else frame
         if not plaintext:
             raise ProtocolError("empty frame")
         tag, body = plaintext[0], plaintext[1:]
-        if self._phase is _Phase.AWAIT_PROOF:
-            if tag != TAG_PROOF:
-                raise ProtocolError(f"expected the handshake proof, got frame type 0x{tag:02x}")
-            if self._transcript is None or self._negotiated is None:
-                raise RuntimeError("awaiting a proof without a handshake transcript")  # unreachable
-            if not hmac.compare_digest(body, self._transcript):
-                raise ProtocolError("authentication failed: the handshake was tampered with")
-            self._establish(self._negotiated, events)
-        elif tag == TAG_MESSAGE:
+        if tag == TAG_MESSAGE:
             events.append(MessageReceived(body))
         elif tag == TAG_HEARTBEAT:
             pass  # its arrival already counted as "received"
-        elif tag in (TAG_HELLO, TAG_PROOF):
+        elif tag in (TAG_HELLO, TAG_PROOF, TAG_PROOF_SET):
             raise ProtocolError(f"unexpected handshake frame (type 0x{tag:02x}) after the handshake")
         else:
             raise ProtocolError(f"unknown frame type 0x{tag:02x}")
@@ -380,14 +367,19 @@ class Connection:
         if config.password_key is None or self._ephemeral is None:
             self._establish(self._negotiated, events)
             return
-        keys = derive_session_keys(config.password_key, self._ephemeral, hello.public_key)
-        self._sleeve_keys = subkeys(keys, b"sleeve")
-        self._send_channel = SecretBoxChannel(keys.send)
-        self._recv_channel = SecretBoxChannel(keys.receive)
-        self._transcript = transcript_hash(self._ephemeral.public, self._hello, hello.public_key, frame)
+        transcript = transcript_hash(self._ephemeral.public, self._hello, hello.public_key, frame)
+        self._proofs = ProofExchange(
+            config.accepted_keys,
+            high,
+            own=self._ephemeral,
+            peer_public=hello.public_key,
+            transcript=transcript,
+            names=(self._local.name, hello.identity.name),
+        )
         self._ephemeral = None  # the private key is not needed any more
         self._phase = _Phase.AWAIT_PROOF
-        self._send(TAG_PROOF, self._transcript, now)
+        self._out += encode_frame(self._proofs.proof(), HANDSHAKE_MAX_FRAME)  # (sealed already, or a proof set)
+        self._last_sent = now
 
     def _establish(self, remote: RemoteInfo, events: list[Event]) -> None:
         self._phase = _Phase.ESTABLISHED
