@@ -1,15 +1,20 @@
 """Password rotation without a partition: the version-2 handshake accepts several passwords (proofs.py), picks the
-same one on both sides."""
+same one on both sides, and the router closes what a new setting no longer accepts."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_mesh_dispatch import ME, FakeWriter
 from tests.unit.test_mesh_protocol import A, B, connect, failures, pump
+from weave_node.core.address import parse_peer
 from weave_node.mesh.crypto import PasswordKey, SecretBoxChannel
 from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, FrameDecoder
 from weave_node.mesh.proofs import PROOF_SIZE, Match, choose, decode_proof_set
@@ -19,9 +24,12 @@ from weave_node.mesh.protocol import (
     Connection,
     ConnectionFailed,
     Established,
+    Identity,
     MessageReceived,
     ProtocolConfig,
 )
+from weave_node.mesh.router import Router
+from weave_node.mesh.settings import MeshSettings
 
 pytestmark = pytest.mark.unit
 
@@ -277,3 +285,79 @@ def test_accepted_by() -> None:
     assert plain.accepted_by(ProtocolConfig()) and not plain.accepted_by(cfg(NEW))
     pump(plain, other, 0.0)
     assert plain.accepted_by(ProtocolConfig()) and not plain.accepted_by(cfg(NEW))
+
+
+# -- the router -----------------------------------------------------------------------------------------------
+
+
+async def _peer(
+    router: Router, peer: Identity, config: ProtocolConfig, host: str, *, dialled: bool = False
+) -> tuple[FakeWriter, Connection]:
+    """A peer's connection to the router (or the router's to it, when `dialled`), as far as the handshake gets."""
+    reader = asyncio.StreamReader()
+    writer = FakeWriter((host, 6783), reader=reader)
+    if dialled:
+        serve = router._serve(reader, writer, outbound=True, target=parse_peer(f"{host}:6783"))  # type: ignore[arg-type]
+    else:
+        serve = router._accept(reader, writer)  # type: ignore[arg-type]
+    router._spawn(serve)  # (the router's own task set: stop() ends what is left)
+    await asyncio.sleep(0)
+    conn = Connection(peer, config, outbound=not dialled, now=router.clock.now())
+    for _ in range(3):
+        conn.receive_data(writer.take(), router.clock.now())
+        if not writer.closed:
+            reader.feed_data(conn.data_to_send())
+        for _ in range(3):
+            await asyncio.sleep(0)
+    return writer, conn
+
+
+def test_set_protocol_config_closes_the_connections_whose_password_is_no_longer_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p1, p2, p3, p4 = (Identity(0x02AA000000F0 + i, f"p{i}", i) for i in (1, 2, 3, 4))
+
+    async def scenario() -> None:
+        router = Router(MeshSettings(port=0), ME, cfg(OLD), rng=random.Random(1))
+        w1, c1 = await _peer(router, p1, cfg(OLD), "198.51.100.1")
+        assert c1.state == "established" and router.established[p1.name].conn.password_key == OLD
+        # step 1: the new password first, the old one still accepted: nothing is closed
+        assert router.set_protocol_config(cfg(NEW, OLD)) == 0
+        # new connections, inbound and outbound, have the new settings (these peers do not know OLD)
+        w2, c2 = await _peer(router, p2, cfg(NEW), "198.51.100.2")
+        w4, c4 = await _peer(router, p4, cfg(NEW), "198.51.100.5", dialled=True)
+        assert c2.password_key == c4.password_key == NEW
+        idle = FakeWriter(("198.51.100.3", 1), reader=asyncio.StreamReader())  # (silent: stays in its handshake)
+        router._spawn(router._accept(idle.reader, idle))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert len(router.handshaking) == 1  # made with (NEW, OLD): it may still settle on OLD
+        # step 2: the old password goes; so do the connections that use it (or may still pick it)
+        assert router.set_protocol_config(cfg(NEW)) == 2
+        assert w1.closed and idle.closed and not w2.closed and not w4.closed
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert set(router.established) == {p2.name, p4.name} and not router.handshaking
+        assert router.protocol_config == cfg(NEW)
+        w3, _c3 = await _peer(router, p3, cfg(OLD), "198.51.100.4")  # the old password: refused now
+        assert w3.closed and set(router.established) == {p2.name, p4.name}
+        # no password any more: every encrypted connection goes
+        assert router.set_protocol_config(ProtocolConfig()) == 2
+        assert w2.closed and w4.closed
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not router.established
+        await router.stop()
+
+    with caplog.at_level(logging.INFO, logger="weave_node.router"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "password settings changed" in r.getMessage()]
+    assert lines == [
+        "password settings changed (encryption on, 1 previous password(s) accepted): 0 connection(s) closed, to be "
+        "re-established with them",
+        "password settings changed (encryption on): 2 connection(s) closed, to be re-established with them",
+        "password settings changed (encryption off): 2 connection(s) closed, to be re-established with them",
+    ]
+    assert f"<-[198.51.100.4:6783] connection failed: {NO_COMMON}" in caplog.messages
+    shut = [r.getMessage() for r in caplog.records if "shut down" in r.getMessage()]
+    assert shut and all(line.endswith("connection shut down: password changed") for line in shut)
+    assert not any(OLD.key.hex() in r.getMessage() or NEW.key.hex() in r.getMessage() for r in caplog.records)

@@ -114,7 +114,7 @@ class Router(Messages):
             self.admission.total,
             self.admission.per_source,
             self.protocol_config.handshake_timeout,
-            "on" if self.protocol_config.password_key else "off",
+            _encryption(self.protocol_config),
         )
         self._spawn(self._maintain())
 
@@ -186,6 +186,22 @@ class Router(Messages):
 
     def forget(self, address: str) -> bool:
         return self.node.forget(parse_peer(address))
+
+    def set_protocol_config(self, config: ProtocolConfig) -> int:
+        """New protocol settings (a step of a password rotation): new connections, inbound and outbound, use them
+        at once; every connection whose password they no longer accept (`Connection.accepted_by`) is closed
+        ("password changed") and dialled again as after any close. Returns how many were closed."""
+        self.protocol_config = config
+        conns = dict.fromkeys([*self.established.values(), *self.pending])
+        closed = [pc for pc in conns if pc.conn.state != "closed" and not pc.conn.accepted_by(config)]
+        for pc in closed:
+            self._drop(pc, "password changed")
+        log.info(
+            "password settings changed (encryption %s): %d connection(s) closed, to be re-established with them",
+            _encryption(config),
+            len(closed),
+        )
+        return len(closed)
 
     # ---- the maintenance loop: dial, gossip, wake up at the next deadline -------------------------------------
 
@@ -364,3 +380,11 @@ class Router(Messages):
     def _sync_established(self) -> None:
         """`established` mirrors the core's links (the core decides which connection a peer has)."""
         self.established = {name: link.key for name, link in self.node.links.items()}
+
+
+def _encryption(config: ProtocolConfig) -> str:
+    """For the log: "off", "on", or "on, N previous password(s) accepted" (never a password)."""
+    if config.password_key is None:
+        return "off"
+    previous = len(config.previous_keys)
+    return f"on, {previous} previous password(s) accepted" if previous else "on"
