@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 TAG = "weave-node-handover:"
 UNIT = "weave-node.service"
-ENV_FILE = "/etc/weave-node/weave-node.env"
+ENV_FILES = ("/etc/weave-node/weave-node.env", "/etc/weave-node/mesh.env")  # the peers: mesh.env (older: the first)
 # Seconds `ipam leave` waits for a peer's confirmation. Under 30: the CLI's request to the router gives up after 30 s,
 # and a request that times out says "cannot reach the router" where the router's own answer says why.
 LEAVE_WAIT = 25
@@ -28,7 +28,7 @@ _NAME_FROM_HOST_ID = (
 )
 
 
-def script(prefix: str, state_dir: str, health_timeout: int, env_file: str = ENV_FILE) -> str:
+def script(prefix: str, state_dir: str, health_timeout: int, env_files: tuple[str, ...] = ENV_FILES) -> str:
     """The shell script (POSIX sh) that hands the space over. It always exits 0: what happened is in its `TAG`
     lines (see `outcome`). The router gets `health_timeout` seconds to answer, reach a peer (when its env file
     names any) and be ready, as after a rollout; then `leave` waits up to LEAVE_WAIT seconds for a peer's
@@ -44,7 +44,7 @@ if ! systemctl is-active --quiet {UNIT}; then
   if out=$(systemctl start {UNIT} 2>&1); then say started; else say "start-failed $(flat "$out")"; fi
 fi
 peers=0
-grep -q '^WEAVE_PEERS=.*[^[:space:]]' {shlex.quote(env_file)} 2>/dev/null && peers=1
+cat {" ".join(map(shlex.quote, env_files))} 2>/dev/null | grep -q '^WEAVE_PEERS=.*[^[:space:]]' && peers=1
 if ! out=$({wn} status --wait {int(health_timeout)} --peers $peers 2>&1 >/dev/null); then
   say "not-ready $(flat "$out")"
 fi

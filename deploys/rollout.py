@@ -2,6 +2,7 @@
 
     weave-node rollout --inventory inventory/lab.py                    # pyinfra (deploys/weave_node.py)
     weave-node rollout --engine ansible --inventory inventory/lab.py   # Ansible (deploys/ansible/site.yml)
+    weave-node rollout --retire node3 --inventory inventory/lab.py     # take node3 out of the cluster for good
 
 The Ansible engine runs the playbook through ansible-runner with an inventory generated from the pyinfra one
 (deploys/inventory.py), streams one line per change or failure, and exits non-zero naming each failed host, its
@@ -11,9 +12,11 @@ task and the reason. Settings are validated for every host before any host is to
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +40,65 @@ def run(args: argparse.Namespace) -> int:
             print(f"weave-node rollout: --data wants KEY=VALUE, not {item!r}", file=sys.stderr)
             return 2
         data[key] = value
+    if getattr(args, "retire", None):
+        return retire(args, data)
     if args.engine == "pyinfra":
         return _pyinfra(args, data)
     return _ansible(args, data)
+
+
+def retire(args: argparse.Namespace, data: dict[str, str]) -> int:
+    """`--retire node3`: (1) the removal on node3 with its state, so its router first hands its address space to a
+    live peer (at once: no grace period, and only by node3 itself, so a live host's space is never taken); (2)
+    the rollout on every other host with node3 in weave_retired: their peer lists lose it, applied live (no
+    router restarts). Names not in the inventory are an error before any host is touched."""
+    retired = _patterns(args.retire)
+    try:
+        names = list(pyinfra_inventory.load(args.inventory, override=pyinfra_inventory.parse_data(data)).hosts)
+    except pyinfra_inventory.InventoryError as exc:
+        print(f"weave-node rollout: {exc}", file=sys.stderr)
+        return 2
+    unknown = [n for n in retired if n not in names]
+    if unknown or args.remove or args.limit:
+        why = (
+            f"--retire {', '.join(unknown)}: not in {args.inventory} (hosts: {', '.join(names)})"
+            if unknown
+            else "--retire goes with neither --remove nor --limit (it picks the hosts itself)"
+        )
+        print(f"weave-node rollout: {why}", file=sys.stderr)
+        return 2
+    rest = [n for n in names if n not in retired]
+    if not rest:
+        print("weave-node rollout: --retire would leave no host: use --remove to take the whole cluster away",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    removal = copy.copy(args)
+    removal.retire, removal.remove, removal.limit = None, True, ",".join(retired)
+    code = _step(removal, {**data, "weave_remove_state": "true"})
+    if code != 0:
+        print(
+            f"weave-node rollout: the removal on {', '.join(retired)} failed (above); the other hosts are updated "
+            "anyway. If a retired host is gone for good, its space returns by `weave-node ipam rmpeer` on a live "
+            "host, or by itself after --ipam-reclaim-after",
+            file=sys.stderr,
+        )
+    others = copy.copy(args)
+    others.retire, others.limit = None, ",".join(rest)
+    code = _step(others, {**data, "weave_retired": ",".join(retired)}) or code
+    if code == 0:
+        print(
+            f"retired {', '.join(retired)}: weave-node is gone from it, its address space is with the other hosts, "
+            f"and they no longer dial it. Now take {', '.join(retired)} out of {args.inventory} (a rollout with it "
+            "still there would install it again)."
+        )
+    return code
+
+
+def _step(args: argparse.Namespace, data: dict[str, str]) -> int:
+    if args.engine == "ansible":
+        return _ansible(args, data)
+    cmd, env = pyinfra_command(args, data)
+    return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def _pyinfra(args: argparse.Namespace, data: dict[str, str]) -> int:

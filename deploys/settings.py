@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "weave_conn_limit": 100,
     "weave_mtu": None,  # default: underlay MTU - 50
     "weave_password_file": None,  # a 0600 file on the control machine; copied to /etc/weave-node/password
+    # During a password rotation (docs/operations.md): the old password, still accepted beside the new one
+    "weave_previous_password_file": None,
+    "weave_retired": [],  # inventory hosts being retired (`weave-node rollout --retire`): no one's peer any more
     "weave_metrics_addr": "127.0.0.1:6782",
     "weave_state_dir": "/var/lib/weave-node",
     "weave_prefix": "/opt/weave-node",
@@ -73,6 +76,7 @@ def typed(data: Mapping[str, Any]) -> dict[str, Any]:
         "weave_mtu",
         "weave_ipalloc_init",
         "weave_password_file",
+        "weave_previous_password_file",
         "weave_wheelhouse",
         "weave_image_pull_policy",
     ):
@@ -95,8 +99,9 @@ def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Map
     data = typed({**DEFAULTS, **ours(own)})
     everyone = [(name, typed(ours(d))) for name, d in others]
     validate.validate(host, {**data}, everyone)
+    data["weave_retired"] = retired = validate.host_list(data["weave_retired"])
     if data["weave_peers"] is None:
-        data["weave_peers"] = [d["weave_address"] for name, d in everyone if name != host]
+        data["weave_peers"] = [d["weave_address"] for name, d in everyone if name != host and name not in retired]
     elif isinstance(data["weave_peers"], str):
         data["weave_peers"] = data["weave_peers"].split()
     return data

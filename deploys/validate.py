@@ -22,6 +22,8 @@ KNOWN = {
     "weave_conn_limit",
     "weave_mtu",
     "weave_password_file",
+    "weave_previous_password_file",
+    "weave_retired",
     "weave_metrics_addr",
     "weave_state_dir",
     "weave_prefix",
@@ -102,6 +104,8 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
         fail(f"weave_ipalloc_range {data['weave_ipalloc_range']!r} is not a CIDR with its host bits zero ({exc})")
     if pod_range.version != 4 or pod_range.prefixlen > 30:
         fail(f"weave_ipalloc_range {pod_range} must be an IPv4 network of /30 or larger")
+    all_hosts = list(all_hosts)
+    _check_retired(host, data, {name for name, _ in all_hosts}, fail)
     seen: dict[str, str] = {}
     for other, other_data in all_hosts:
         addr = str(other_data.get("weave_address"))
@@ -161,7 +165,15 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
         fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
     password = data.get("weave_password_file")
     if password:
-        _check_password_file(str(password), fail)
+        _check_password_file("weave_password_file", str(password), fail)
+    previous = data.get("weave_previous_password_file")
+    if previous:
+        if not password:
+            fail(
+                "weave_previous_password_file without weave_password_file: the previous password is accepted only "
+                "beside the current one, during a rotation (docs/operations.md)"
+            )
+        _check_password_file("weave_previous_password_file", str(previous), fail)
     policy = data.get("weave_image_pull_policy") or ""
     if policy not in PULL_POLICIES:
         fail(
@@ -173,13 +185,38 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
         fail(f"weave_image must be an image reference (e.g. localhost/weave-node:0.1.0), not {image!r}")
 
 
-def _check_password_file(path: str, fail: Any) -> None:
+def _check_password_file(key: str, path: str, fail: Any) -> None:
     try:
         st = os.stat(path)
+        with open(path, "rb") as f:
+            text = f.read(1 << 16)
     except OSError as exc:
-        fail(f"weave_password_file {path}: {exc.strerror}")
+        fail(f"{key} {path}: {exc.strerror}")
         return
     if st.st_mode & PASSWORD_FILE_MODE_MASK:
-        fail(f"weave_password_file {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
-    if st.st_size == 0:
-        fail(f"weave_password_file {path} is empty")
+        fail(f"{key} {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
+    if not text.strip():
+        fail(f"{key} {path} is empty")
+
+
+def host_list(value: Any) -> list[str]:
+    """weave_retired as given: a list, or names separated by commas or spaces (`--data`, `-e`)."""
+    if isinstance(value, str):
+        return [n for n in value.replace(",", " ").split() if n]
+    return [str(n) for n in value or []]
+
+
+def _check_retired(host: str, data: Mapping[str, Any], names: set[str], fail: Any) -> None:
+    value = data.get("weave_retired")
+    if value is not None and not isinstance(value, (str, list, tuple)):
+        fail(f"weave_retired must be a list of inventory host names, not {value!r}")
+        return
+    retired = host_list(value)
+    unknown = [n for n in retired if n not in names]
+    if unknown:
+        fail(f"weave_retired names {', '.join(unknown)}, not in the inventory (hosts: {', '.join(sorted(names))})")
+    if host in retired:
+        fail(
+            "this host is in weave_retired: it is being retired, not rolled out to "
+            "(`weave-node rollout --retire` removes it; take it out of weave_retired to keep it)"
+        )

@@ -1,4 +1,4 @@
-"""`weave-node router` (the daemon), `weave-node status ...`, `weave-node connect/forget`."""
+"""`weave-node router` (the daemon), `weave-node status ...`, `weave-node connect/forget`, `ipam`, `reset`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from weave_node import day2
 from weave_node.core.cni import CNI_PLUGIN
 from weave_node.core.facts import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
 
@@ -16,40 +17,7 @@ from weave_node.core.facts import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_router(sub)
     _add_clients(sub)
-    _add_rollout(sub)
-
-
-def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = sub.add_parser(
-        "rollout",
-        help="roll weave-node out onto an inventory's hosts with pyinfra or Ansible (from a checkout)",
-        description="Roll weave-node out (deploys/rollout.py): --engine pyinfra runs deploys/weave_node.py, "
-        "--engine ansible runs deploys/ansible/site.yml through ansible-runner; both from one pyinfra inventory.",
-    )
-    r.add_argument("--engine", choices=("pyinfra", "ansible"), default="pyinfra", help="default: pyinfra")
-    r.add_argument("--inventory", "-i", default="inventory/lab.py", help="a pyinfra inventory file")
-    r.add_argument("--limit", help="only these hosts (comma-separated)")
-    r.add_argument("--data", "-e", action="append", default=[], metavar="KEY=VALUE", help="a weave_* setting")
-    r.add_argument("--remove", action="store_true", help="take weave-node away instead")
-    r.add_argument("--keep-artifacts", action="store_true", help="ansible: keep ansible-runner's artifacts")
-    r.set_defaults(func=_cmd_rollout)
-
-
-def _cmd_rollout(args: argparse.Namespace) -> int:
-    """The rollout lives in the checkout's deploys/ (control-machine code; nodes never need it)."""
-    import importlib
-    from pathlib import Path
-
-    from weave_node.core.errors import WeaveError
-
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / "deploys" / "rollout.py").is_file():
-        raise WeaveError(f"`weave-node rollout` runs from a checkout of weave-node (no deploys/ beside {repo})")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    rollout = importlib.import_module("deploys.rollout")
-    code: int = rollout.run(args)
-    return code
+    day2.add_parsers(sub)
 
 
 def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +29,10 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--listen-host", help="address to listen on for peers (default 0.0.0.0)")
     r.add_argument("--conn-limit", type=int, help="most connections to other peers (default 100, also CONN_LIMIT)")
     r.add_argument("--password-file", help="file (mode 0600) with the mesh password (also WEAVE_PASSWORD_FILE)")
+    r.add_argument(
+        "--previous-password-file",
+        help="during a password rotation: the old password, still accepted (also WEAVE_PREVIOUS_PASSWORD_FILE)",
+    )
     r.add_argument("--status-addr", help=f"status API host:port, loopback only (default {DEFAULT_STATUS_ADDR}; 'none')")
     r.add_argument("--status-any-addr", action="store_true", help="allow a non-loopback --status-addr")
     r.add_argument("--status-socket", help=f"status API unix socket (default {DEFAULT_STATUS_SOCKET}; 'none')")

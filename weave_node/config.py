@@ -35,6 +35,7 @@ class RouterConfig:
     peers: tuple[PeerAddress, ...] = ()
     conn_limit: int = DEFAULT_CONN_LIMIT
     password: bytes | None = None
+    previous_password: bytes | None = None  # WEAVE_PREVIOUS_PASSWORD_FILE: still accepted during a rotation
     status_addr: str = DEFAULT_STATUS_ADDR  # "" disables the TCP status API
     status_socket: str = DEFAULT_STATUS_SOCKET  # "" disables the unix socket
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -72,6 +73,62 @@ def read_password_file(path: Path) -> bytes:
     if not data:
         raise ConfigError(f"password file {path} is empty")
     return data
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What `weave-node reload` changes in a running router (no restart): the peer list and the passwords."""
+
+    peers: tuple[PeerAddress, ...]
+    password: bytes | None
+    previous_password: bytes | None
+
+
+def _passwords(
+    pick: Callable[[str, str], object], env: Mapping[str, str], warnings: list[str]
+) -> tuple[bytes | None, bytes | None]:
+    password: bytes | None = None
+    pw_file = pick("password_file", "WEAVE_PASSWORD_FILE")
+    if pw_file:
+        password = read_password_file(Path(str(pw_file)))
+    elif env.get("WEAVE_PASSWORD"):
+        password = env["WEAVE_PASSWORD"].encode()
+        warnings.append(
+            "WEAVE_PASSWORD is set in the environment, where other root processes can read it: "
+            "prefer WEAVE_PASSWORD_FILE (a 0600 file)"
+        )
+    previous: bytes | None = None
+    previous_file = pick("previous_password_file", "WEAVE_PREVIOUS_PASSWORD_FILE")
+    if previous_file:
+        if password is None:
+            raise ConfigError(
+                "a previous password (WEAVE_PREVIOUS_PASSWORD_FILE) without a password: it is only accepted beside "
+                "the current one, during a rotation"
+            )
+        previous = read_password_file(Path(str(previous_file)))
+        if previous == password:
+            previous = None  # the rotation's second step done early: nothing more to accept
+    return password, previous
+
+
+def live_settings(doc: Mapping[str, object]) -> LiveSettings:
+    """A reload request (`POST /reload`: peers, password_file, previous_password_file) -> the settings it asks
+    for; the password files are read (and their mode checked) here. ConfigError on anything wrong."""
+    peers_raw = doc.get("peers", [])
+    if not isinstance(peers_raw, list) or not all(isinstance(p, str) and p.split() == [p] for p in peers_raw):
+        raise ConfigError("peers must be a list of addresses")
+    files: dict[str, str] = {}
+    for key in ("password_file", "previous_password_file"):
+        value = doc.get(key)
+        if value not in (None, ""):
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must be a path")
+            files[key] = value
+    unknown = set(doc) - {"peers", "password_file", "previous_password_file"}
+    if unknown:
+        raise ConfigError(f"unknown reload settings: {', '.join(sorted(unknown))}")
+    password, previous = _passwords(lambda flag, _var: files.get(flag), {}, [])
+    return LiveSettings(parse_peers(" ".join(peers_raw)), password, previous)
 
 
 def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[Range, Init, float]:
@@ -139,16 +196,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
     if conn_limit < 0:
         raise ConfigError(f"CONN_LIMIT must be >= 0, not {conn_limit}")
 
-    password: bytes | None = None
-    pw_file = pick("password_file", "WEAVE_PASSWORD_FILE")
-    if pw_file:
-        password = read_password_file(Path(str(pw_file)))
-    elif env.get("WEAVE_PASSWORD"):
-        password = env["WEAVE_PASSWORD"].encode()
-        warnings.append(
-            "WEAVE_PASSWORD is set in the environment, where other root processes can read it: "
-            "prefer WEAVE_PASSWORD_FILE (a 0600 file)"
-        )
+    password, previous_password = _passwords(pick, env, warnings)
 
     port_raw = pick("port", "WEAVE_PORT")
     try:
@@ -194,6 +242,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         peers=peers,
         conn_limit=conn_limit,
         password=password,
+        previous_password=previous_password,
         status_addr=status_addr,
         status_socket="" if socket_path == "none" else str(socket_path or DEFAULT_STATUS_SOCKET),
         state_dir=Path(str(state_dir or DEFAULT_STATE_DIR)),

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import signal
 import sys
+from typing import Any
 
 from weave_node.api.metrics import MetricsServer, RouterMetrics
 from weave_node.api.pods import PodService
+from weave_node.api.reload import Apply, NeedsRestart
 from weave_node.api.server import ApiServer, full_status
-from weave_node.config import RouterConfig, mesh_settings
+from weave_node.config import RouterConfig, live_settings, mesh_settings
 from weave_node.core.address import ip_str, parse_ip
 from weave_node.datapath.model import BRIDGE
 from weave_node.ipam.allocator import Allocator
@@ -150,12 +153,54 @@ def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
     return n.sleeve_keys, codec.MODE_AESGCM if aes else codec.MODE_SECRETBOX
 
 
+def _password_keys(
+    password: bytes | None, previous: bytes | None
+) -> tuple[PasswordKey | None, tuple[PasswordKey, ...]]:
+    primary = PasswordKey.from_password(password) if password else None
+    return primary, (PasswordKey.from_password(previous),) if primary is not None and previous else ()
+
+
+def live_applier(router: Router) -> Apply:
+    """`weave-node reload`: a changed peer list and passwords, applied to the running router."""
+
+    async def apply(doc: dict[str, Any]) -> dict[str, Any]:
+        live = await asyncio.to_thread(live_settings, doc)  # reads the password files (ConfigError: 400)
+        current = router.protocol_config
+        if (live.password is None) != (current.password_key is None):
+            turn = "on" if live.password is not None else "off"
+            raise NeedsRestart(
+                f"turning encryption {turn} needs a restart of the router (the datapath changes with it): "
+                "systemctl restart weave-node"
+            )
+        primary, previous = await asyncio.to_thread(_password_keys, live.password, live.previous_password)
+        wanted = dataclasses.replace(current, password_key=primary, previous_keys=previous)
+        redone = router.set_protocol_config(wanted) if wanted != current else 0
+        added, dropped = router.replace_peers(live.peers)
+        parts = [
+            f"peers added: {' '.join(map(str, added))}" if added else "",
+            f"peers no longer configured: {' '.join(map(str, dropped))}" if dropped else "",
+            f"passwords changed ({1 + len(previous)} accepted), {redone} connection(s) re-established"
+            if wanted != current
+            else "",
+        ]
+        return {
+            "summary": "; ".join(p for p in parts if p) or "nothing changed",
+            "peers_added": [str(a) for a in added],
+            "peers_dropped": [str(a) for a in dropped],
+            "connections_reestablished": redone,
+        }
+
+    return apply
+
+
 async def run_router(config: RouterConfig) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     identity = make_identity(config)
+    primary, previous = _password_keys(config.password, config.previous_password)
     protocol_config = ProtocolConfig(
-        password_key=PasswordKey.from_password(config.password) if config.password else None,
+        password_key=primary,
+        previous_keys=previous,
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
         features=frozenset({SLEEVE_AESGCM}) if config.sleeve_aesgcm and codec.aesgcm_available() else frozenset(),
@@ -178,7 +223,15 @@ async def run_router(config: RouterConfig) -> int:
         else None
     )
     metrics_server = MetricsServer(metrics, config.metrics_addr) if config.metrics_addr else None
-    api = ApiServer(router, config.status_addr, config.status_socket, ipam=ipam, overlay=overlay, pods=pods)
+    api = ApiServer(
+        router,
+        config.status_addr,
+        config.status_socket,
+        ipam=ipam,
+        overlay=overlay,
+        pods=pods,
+        apply=live_applier(router),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

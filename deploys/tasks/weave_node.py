@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from deploys.paths import TEMPLATES
 from deploys.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
 
 MANIFEST = "/etc/weave-node/weave-node.yaml"
+PASSWORD = "/etc/weave-node/password"  # noqa: S105 - a path
+PREVIOUS_PASSWORD = "/etc/weave-node/password.previous"  # noqa: S105 - a path
+MESH_ENV = "/etc/weave-node/mesh.env"
 _built: dict[str, Path] = {}
 logger = logging.getLogger("pyinfra")
 
@@ -92,55 +96,69 @@ def router(data: dict[str, Any]) -> Any:
     return install
 
 
+def _secret(name: str, src: str, dest: str) -> Any:
+    # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
+    # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
+    # that exists keeps its mode. A no-op once the file is there with that mode and owner.
+    files.file(
+        name=f"{name} file (empty, mode 0600, root, before the password goes in)",
+        path=dest,
+        mode="600",
+        user="root",
+        group="root",
+    )
+    return files.put(name=f"{name} (mode 0600, root)", src=src, dest=dest, mode="600", user="root", group="root")
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What the configuration step changed: `restart` needs a restart of the router, `live` only a reload."""
+
+    restart: list[Any]
+    live: list[Any]
+
+
 @deploy("weave-node: configuration")
-def config(data: dict[str, Any]) -> list[Any]:
+def config(data: dict[str, Any]) -> Changes:
     files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
-    changes = []
+    live = []
     if data["weave_password_file"]:
-        # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
-        # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
-        # that exists keeps its mode. A no-op once the file is there with that mode and owner.
-        files.file(
-            name="Password file (empty, mode 0600, root, before the password goes in)",
-            path="/etc/weave-node/password",
-            mode="600",
-            user="root",
-            group="root",
-        )
-        changes.append(
-            files.put(
-                name="Password (mode 0600, root)",
-                src=str(data["weave_password_file"]),
-                dest="/etc/weave-node/password",
-                mode="600",
-                user="root",
-                group="root",
-            )
-        )
-    changes.append(
+        live.append(_secret("Password", str(data["weave_password_file"]), PASSWORD))
+    if data["weave_previous_password_file"]:
+        live.append(_secret("Previous password", str(data["weave_previous_password_file"]), PREVIOUS_PASSWORD))
+    env = files.template(
+        name="Router settings",
+        src=str(TEMPLATES / "weave-node/weave-node.env.j2"),
+        dest="/etc/weave-node/weave-node.env",
+        mode="644",
+        ipalloc_range=data["weave_ipalloc_range"],
+        ipalloc_init=data["weave_ipalloc_init"],
+        ipam_reclaim_after=data["weave_ipam_reclaim_after"],
+        ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
+        conn_limit=data["weave_conn_limit"],
+        mtu=data["weave_mtu"],
+        password_file=PASSWORD if data["weave_password_file"] else "",
+        state_dir=data["weave_state_dir"],
+        metrics_addr=data["weave_metrics_addr"],
+        status_socket=STATUS_SOCKET,
+    )
+    live.append(
         files.template(
-            name="Router settings",
-            src=str(TEMPLATES / "weave-node/weave-node.env.j2"),
-            dest="/etc/weave-node/weave-node.env",
+            name="Peers (applied without a restart)",
+            src=str(TEMPLATES / "weave-node/mesh.env.j2"),
+            dest=MESH_ENV,
             mode="644",
             peers=data["weave_peers"],
-            ipalloc_range=data["weave_ipalloc_range"],
-            ipalloc_init=data["weave_ipalloc_init"],
-            ipam_reclaim_after=data["weave_ipam_reclaim_after"],
-            ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
-            conn_limit=data["weave_conn_limit"],
-            mtu=data["weave_mtu"],
-            password_file="/etc/weave-node/password" if data["weave_password_file"] else "",
-            state_dir=data["weave_state_dir"],
-            metrics_addr=data["weave_metrics_addr"],
-            status_socket=STATUS_SOCKET,
+            previous_password_file=PREVIOUS_PASSWORD if data["weave_previous_password_file"] else "",
         )
     )
-    return changes
+    if not data["weave_previous_password_file"]:
+        live.append(files.file(name="No previous password (rotation done)", path=PREVIOUS_PASSWORD, present=False))
+    return Changes(restart=[env], live=live)
 
 
 @deploy("weave-node: the service")
-def service(data: dict[str, Any], changed: list[Any]) -> None:
+def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
     unit = files.template(
         name="Unit file",
         src=str(TEMPLATES / "weave-node/weave-node.service.j2"),
@@ -150,12 +168,20 @@ def service(data: dict[str, Any], changed: list[Any]) -> None:
         state_dir=data["weave_state_dir"],
     )
     systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
-    systemd.service(name="Running and enabled", service="weave-node.service", running=True, enabled=True)
+    started = systemd.service(name="Running and enabled", service="weave-node.service", running=True, enabled=True)
+    needs_restart = any_changed(unit, installed, *changes.restart)
     restart = systemd.service(
         name="Restart (unit, settings or version changed)",
         service="weave-node.service",
         restarted=True,
-        _if=any_changed(unit, *changed),
+        _if=needs_restart,
+    )
+    # Peers and passwords reach a running router without a restart (no other router restarts when a host joins).
+    reload = systemd.service(
+        name="Reload (peers or passwords changed: applied live)",
+        service="weave-node.service",
+        reloaded=True,
+        _if=lambda: any_changed(*changes.live)() and not needs_restart() and not started.did_change(),
     )
     server.shell(
         name="Health gate: the router answers, sees its peers, IPAM is ready, the bridge has its address",
@@ -163,7 +189,7 @@ def service(data: dict[str, Any], changed: list[Any]) -> None:
             f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
             f" --peers {len(data['weave_peers'])}"
         ],
-        _if=any_changed(unit, restart, *changed),
+        _if=any_changed(started, restart, reload, unit, installed, *changes.restart, *changes.live),
     )
 
 
@@ -268,8 +294,8 @@ def rollout() -> None:
         kubernetes(data)
         return
     install = router(data)
-    changed = config(data)
-    service(data, [install, *changed])
+    changes = config(data)
+    service(data, install, changes)
     cni(data, install)
 
 

@@ -218,7 +218,9 @@ class HandoverHost:
         self.state.mkdir()
 
     def run(self, health_timeout: int = 7, **env: str) -> tuple[str, list[str]]:
-        script = handover.script(str(self.prefix), str(self.state), health_timeout, str(self.env_file))
+        script = handover.script(
+            str(self.prefix), str(self.state), health_timeout, (str(self.env_file), str(self.env_file) + ".missing")
+        )
         done = subprocess.run(
             ["/bin/sh", "-c", script],
             env={"PATH": f"{self.tmp / 'bin'}:/usr/bin:/bin", "CALLS": str(self.calls), **env},

@@ -205,7 +205,7 @@ def _render_env(run_tasks: RunTasks, tmp_path: Path, weave: dict[str, Any]) -> s
 
 def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
     env = _render_env(run_tasks, tmp_path, _env_weave(tmp_path))
-    assert "WEAVE_PEERS=198.18.0.2" in env and "CONN_LIMIT=100" in env
+    assert "CONN_LIMIT=100" in env and "WEAVE_PEERS" not in env  # the peers: mesh.env (applied live)
     assert "WEAVE_MTU" not in env and "None" not in env, env
     assert "WEAVE_IPAM_RECLAIM_AFTER=600" in env.splitlines() and "WEAVE_NO_IPAM_RECLAIM_REPLACED" not in env
 

@@ -158,7 +158,6 @@ def _render(name: str, **values: Any) -> str:
 def test_env_file_names_the_password_file_never_the_password() -> None:
     text = _render(
         "weave-node/weave-node.env.j2",
-        peers=["198.18.0.2", "198.18.0.3"],
         ipalloc_range="10.32.0.0/12",
         ipalloc_init="",
         ipam_reclaim_after=600,
@@ -171,16 +170,30 @@ def test_env_file_names_the_password_file_never_the_password() -> None:
         status_socket=STATUS_SOCKET,
     )
     settings = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    assert settings["WEAVE_PEERS"] == "198.18.0.2 198.18.0.3" and settings["WEAVE_MTU"] == "1376"
+    assert settings["WEAVE_MTU"] == "1376" and "WEAVE_PEERS" not in settings  # the peers: mesh.env
     assert settings["WEAVE_PASSWORD_FILE"] == "/etc/weave-node/password"  # noqa: S105 - a path
     assert "WEAVE_PASSWORD" not in settings
     assert "IPALLOC_INIT" not in settings
+
+
+@pytest.mark.parametrize("previous", ["", "/etc/weave-node/password.previous"])
+def test_mesh_env_holds_what_a_reload_applies(previous: str) -> None:
+    from weave_node.core.envfile import parse_env
+
+    text = _render("weave-node/mesh.env.j2", peers=["198.18.0.2", "198.18.0.3"], previous_password_file=previous)
+    env = parse_env(text)
+    assert env["WEAVE_PEERS"] == "198.18.0.2 198.18.0.3"
+    assert env.get("WEAVE_PREVIOUS_PASSWORD_FILE", "") == previous
+    assert set(env) <= {"WEAVE_PEERS", "WEAVE_PREVIOUS_PASSWORD_FILE"}
 
 
 def test_unit_is_hardened() -> None:
     unit = _render("weave-node/weave-node.service.j2", prefix="/opt/weave-node", state_dir="/var/lib/weave-node")
     for line in (
         "ExecStart=/opt/weave-node/venv/bin/weave-node router",
+        "EnvironmentFile=-/etc/weave-node/mesh.env",
+        "ExecReload=/opt/weave-node/venv/bin/weave-node reload --env-file /etc/weave-node/weave-node.env "
+        "--env-file /etc/weave-node/mesh.env",
         "Restart=on-failure",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/weave-node",
@@ -268,3 +281,79 @@ def test_what_the_daemonset_cannot_honour_is_refused_before_any_host_is_touched(
     planes = [(h, {**d, "weave_kube_control_plane": True}) for h, d in hosts]
     with pytest.raises(InvalidData, match="set it on one host"):
         validate("node1", settings.typed({**settings.DEFAULTS, **_settings(weave_kubernetes=True)}), planes)
+
+
+def _hosts(**node2: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        ("node1", {"weave_address": "198.18.0.1"}),
+        ("node2", {"weave_address": "198.18.0.2", **node2}),
+        ("node3", {"weave_address": "198.18.0.3"}),
+    ]
+
+
+def test_retired_hosts_are_no_ones_peer() -> None:
+    hosts = _hosts(weave_retired="node3")
+    data = settings.effective("node2", hosts[1][1], hosts)
+    assert data["weave_peers"] == ["198.18.0.1"] and data["weave_retired"] == ["node3"]
+    with pytest.raises(InvalidData, match="node2: weave_retired names node9, not in the inventory"):
+        settings.effective("node2", {**hosts[1][1], "weave_retired": ["node9"]}, hosts)
+    with pytest.raises(InvalidData, match="node2: this host is in weave_retired"):
+        settings.effective("node2", {**hosts[1][1], "weave_retired": "node2,node3"}, hosts)
+
+
+def test_a_previous_password_needs_a_password_and_a_readable_private_file(tmp_path: Path) -> None:
+    def secret(name: str, text: str, mode: int = 0o600) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        path.chmod(mode)
+        return str(path)
+
+    new, old = secret("new", "n3w\n"), secret("old", "0ld\n")
+    hosts = _hosts(weave_password_file=new, weave_previous_password_file=old)
+    assert settings.effective("node2", hosts[1][1], hosts)["weave_previous_password_file"] == old
+    for bad, message in [
+        ({"weave_previous_password_file": old}, "weave_previous_password_file without weave_password_file"),
+        ({"weave_password_file": new, "weave_previous_password_file": str(tmp_path / "no")}, "No such file"),
+        ({"weave_password_file": new, "weave_previous_password_file": secret("blank", "\n \n")}, "is empty"),
+        ({"weave_password_file": secret("open", "x", 0o644)}, "weave_password_file .* is readable by others"),
+    ]:
+        hosts = _hosts(**bad)
+        with pytest.raises(InvalidData, match=message):
+            settings.effective("node2", hosts[1][1], hosts)
+
+
+def test_retire_removes_the_host_with_its_state_then_updates_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from deploys import rollout
+
+    inv = tmp_path / "inv.py"
+    inv.write_text("nodes = [('node1', {'weave_address': '198.18.0.1'}), ('node2', {'weave_address': '198.18.0.2'}),"
+                   " ('node3', {'weave_address': '198.18.0.3'})]\n")  # fmt: skip
+    steps: list[tuple[str | None, bool, dict[str, str]]] = []
+
+    def step(args: argparse.Namespace, data: dict[str, str]) -> int:
+        steps.append((args.limit, args.remove, data))
+        return 0
+
+    monkeypatch.setattr(rollout, "_step", step)
+    base = {"engine": "pyinfra", "inventory": str(inv), "limit": None, "remove": False, "keep_artifacts": False}
+    args = argparse.Namespace(**base, retire="node3", data=["weave_mtu=1400"])
+    assert rollout.run(args) == 0
+    assert steps == [
+        ("node3", True, {"weave_mtu": "1400", "weave_remove_state": "true"}),
+        ("node1,node2", False, {"weave_mtu": "1400", "weave_retired": "node3"}),
+    ]
+    assert "take node3 out of" in capsys.readouterr().out
+    steps.clear()
+    for retire, extra, message in [
+        ("node9", {}, "--retire node9: not in"),
+        ("node3", {"limit": "node1"}, "neither --remove nor --limit"),
+        ("node1,node2,node3", {}, "would leave no host"),
+    ]:
+        bad = argparse.Namespace(**{**base, **extra}, retire=retire, data=[])
+        assert rollout.run(bad) == 2
+        assert message in capsys.readouterr().err
+    assert steps == []  # nothing touched

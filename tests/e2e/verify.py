@@ -20,6 +20,8 @@ def node_is_installed(host: Any, *, password: bool = False) -> None:
     assert unit.mode == 0o644 and unit.contains("ProtectSystem=strict")
     env = host.file("/etc/weave-node/weave-node.env")
     assert env.mode == 0o644 and env.contains("IPALLOC_RANGE=")
+    mesh = host.file("/etc/weave-node/mesh.env")
+    assert mesh.mode == 0o644 and mesh.contains("^WEAVE_PEERS=")
     if password:
         pw = host.file("/etc/weave-node/password")
         assert (pw.mode, pw.user, pw.group) == (0o600, "root", "root")

@@ -70,7 +70,7 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
         assert service.is_running and service.is_enabled
         unit = host.file("/etc/systemd/system/weave-node.service")
         assert unit.contains("ProtectSystem=strict") and unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN")
-        env = host.file("/etc/weave-node/weave-node.env").content_string
+        env = host.file("/etc/weave-node/mesh.env").content_string  # the peers: applied live on a change
         peers = next(line for line in env.splitlines() if line.startswith("WEAVE_PEERS="))
         assert sorted(peers.split("=", 1)[1].split()) == sorted(a for n, a in addresses.items() if n != name)
         assert host.file("/opt/cni/bin/weave-net").mode == 0o755

@@ -164,3 +164,65 @@ def test_the_default_init_is_consensus_among_the_initial_peers_and_us() -> None:
     assert RouterConfig(peers=peers).init == Init("consensus", peers=3)
     assert from_env_and_flags({"WEAVE_PEERS": "192.0.2.1 192.0.2.2"}, {}).init == Init("consensus", peers=3)
     assert RouterConfig(peers=peers, ipalloc_init=Init("observer")).init == Init("observer")
+
+
+def _secret(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_a_previous_password_is_accepted_beside_the_password(tmp_path: Path) -> None:
+    new, old = _secret(tmp_path, "new", "n3w\n"), _secret(tmp_path, "old", "0ld\n")
+    cfg = from_env_and_flags({"WEAVE_PASSWORD_FILE": new, "WEAVE_PREVIOUS_PASSWORD_FILE": old}, {})
+    assert (cfg.password, cfg.previous_password) == (b"n3w", b"0ld")
+    same = from_env_and_flags({"WEAVE_PASSWORD_FILE": new, "WEAVE_PREVIOUS_PASSWORD_FILE": new}, {})
+    assert same.previous_password is None  # nothing more to accept
+    with pytest.raises(ConfigError, match=r"previous password .* without a password"):
+        from_env_and_flags({"WEAVE_PREVIOUS_PASSWORD_FILE": old}, {})
+    os.chmod(old, 0o640)
+    with pytest.raises(ConfigError, match="readable by others"):
+        from_env_and_flags({"WEAVE_PASSWORD_FILE": new, "WEAVE_PREVIOUS_PASSWORD_FILE": old}, {})
+
+
+def test_a_reload_request_is_read_into_live_settings(tmp_path: Path) -> None:
+    from weave_node.config import live_settings
+
+    new, old = _secret(tmp_path, "new", "n3w"), _secret(tmp_path, "old", "0ld")
+    live = live_settings({"peers": ["10.0.0.1", "10.0.0.2:7000"], "password_file": new, "previous_password_file": old})
+    assert live.peers == parse_peers("10.0.0.1 10.0.0.2:7000")
+    assert (live.password, live.previous_password) == (b"n3w", b"0ld")
+    assert live_settings({}).peers == () and live_settings({}).password is None
+    empty = _secret(tmp_path, "empty", " \n")
+    for doc, msg in [
+        ({"peers": "10.0.0.1"}, "list of addresses"),
+        ({"peers": ["two words"]}, "list of addresses"),
+        ({"peers": ["10.0.0.1:99999"]}, "port"),
+        ({"password_file": str(tmp_path / "missing")}, "No such file"),
+        ({"password_file": empty}, "is empty"),
+        ({"password_file": 7}, "must be a path"),
+        ({"previous_password_file": old}, "without a password"),
+        ({"peers": [], "surprise": 1}, "unknown reload settings: surprise"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            live_settings(doc)
+
+
+def test_env_files_are_read_as_systemd_reads_ours(tmp_path: Path) -> None:
+    from weave_node.core.envfile import parse_env, read_env_files
+
+    assert parse_env("# c\n\nWEAVE_PEERS=10.0.0.1 10.0.0.2\nA='q'\nB=\"x y\"\nC=\n") == {
+        "WEAVE_PEERS": "10.0.0.1 10.0.0.2",
+        "A": "q",
+        "B": "x y",
+        "C": "",
+    }
+    with pytest.raises(ConfigError, match="line 2: not KEY=VALUE"):
+        parse_env("A=1\nrm -rf /\n", "f")
+    first, second = tmp_path / "a.env", tmp_path / "b.env"
+    first.write_text("WEAVE_PEERS=old\nX=1\n")
+    second.write_text("WEAVE_PEERS=new\n")
+    assert read_env_files([first, second]) == {"WEAVE_PEERS": "new", "X": "1"}
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_env_files([tmp_path / "missing.env"])

@@ -84,3 +84,26 @@ def test_an_explicit_connect_gives_an_ourself_address_one_more_try() -> None:
     assert c.due(10.0, set(), 0) == []
     c.add(A, "flag")  # `weave-node connect A`
     assert c.due(10.0, set(), 0) == [A]
+
+
+def test_a_replaced_peer_list_adds_the_new_and_unpins_the_dropped() -> None:
+    c = make()
+    c.due(0.0, set(), 0)
+    c.succeeded(A, 1)
+    added, dropped = c.replace_configured((A, C))
+    assert (added, dropped) == ([C], [B])
+    assert {a: t.origin for a, t in c.targets.items()} == {A: "flag", B: "learned", C: "flag"}
+    assert c.due(0.0, {1}, 1) == [C]  # the new one is dialled at once
+    # B, no longer configured nor taught by anyone, goes; A stays configured whatever the topology says
+    assert c.forget_learned_except(set()) is False and set(c.targets) == {A, C}
+    assert c.replace_configured((A, C)) == ([], [])  # the same list again: nothing to do
+
+
+def test_a_dropped_peer_that_is_connected_stays_until_it_is_not() -> None:
+    c = make()
+    c.due(0.0, set(), 0)
+    c.succeeded(B, 2)
+    assert c.replace_configured((A,)) == ([], [B])
+    assert c.forget_learned_except(set()) is True and B in c.targets  # connected: kept, asked again later
+    c.disconnected(B, 1.0, "gone")
+    assert c.forget_learned_except(set()) is False and B not in c.targets

@@ -15,6 +15,7 @@ from aiohttp import web
 from weave_node.api.ipam import add_ipam_routes, ipam_errors
 from weave_node.api.openapi import OPENAPI
 from weave_node.api.pods import PodService, add_pod_routes
+from weave_node.api.reload import Apply, add_reload_route
 from weave_node.api.status import ConnView, build_status
 from weave_node.core.address import parse_hostport
 from weave_node.core.errors import ConfigError
@@ -74,6 +75,7 @@ def make_app(
     ipam: IpamService | None = None,
     overlay: OverlayService | None = None,
     pods: PodService | None = None,
+    apply: Apply | None = None,
 ) -> web.Application:
     def snapshot() -> dict[str, Any]:
         return full_status(router, ipam, overlay)
@@ -108,6 +110,8 @@ def make_app(
         add_ipam_routes(app, ipam)
     if pods is not None:
         add_pod_routes(app, pods)
+    if apply is not None:
+        add_reload_route(app, apply)
 
     async def openapi(_req: web.Request) -> web.Response:
         return json_response(OPENAPI)
@@ -131,8 +135,9 @@ class ApiServer:
         ipam: IpamService | None = None,
         overlay: OverlayService | None = None,
         pods: PodService | None = None,
+        apply: Apply | None = None,
     ) -> None:
-        self.runner = web.AppRunner(make_app(router, ipam, overlay, pods), access_log=None)
+        self.runner = web.AppRunner(make_app(router, ipam, overlay, pods, apply), access_log=None)
         self.tcp_addr = tcp_addr
         self.socket_path = socket_path
         self.port = 0

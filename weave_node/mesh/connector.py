@@ -58,6 +58,19 @@ class Connector:
     def forget(self, address: PeerAddress) -> bool:
         return self.targets.pop(address, None) is not None
 
+    def replace_configured(self, addresses: tuple[PeerAddress, ...]) -> tuple[list[PeerAddress], list[PeerAddress]]:
+        """The operator's list changed (a reload): the new ones are added, the ones no longer listed become
+        learned targets (a live peer stays connected; one that left the topology goes with the next change, as
+        any learned target does). Returns (added, dropped)."""
+        wanted = set(addresses)
+        added = [a for a in addresses if a not in self.targets or self.targets[a].origin != "flag"]
+        for addr in addresses:
+            self.add(addr, "flag")
+        dropped = [a for a, t in self.targets.items() if t.origin == "flag" and a not in wanted]
+        for addr in dropped:
+            self.targets[addr].origin = "learned"
+        return added, dropped
+
     def forget_learned_except(self, keep: set[PeerAddress]) -> bool:
         """Learned targets whose peer left the topology are dropped; operator-given ones stay. True when one
         was kept only because it is connected (it goes when asked again after it is not)."""

@@ -33,6 +33,7 @@ from weave_node.mesh.topology import ConnectionInfo, PeerRecord, Topology
 K = TypeVar("K", bound=Hashable)
 
 DUPLICATE = "duplicate connection"
+PASSWORD_CHANGED = "password changed"  # noqa: S105 - closed by a reload, to be made again with the new passwords at once
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class Node(Generic[K]):
             return out, Ended(was)
         if reason == OURSELF:  # a peer list that names every node, ours too: not dialled again
             return out, Ended(was, ourself=self.connector.ourself(target))
-        if reason != DUPLICATE:
+        if reason not in (DUPLICATE, PASSWORD_CHANGED):
             return out, Ended(was, retry_in=self.connector.disconnected(target, now, reason))
         self.connector.superseded(target, peer)
         return out, Ended(was)
@@ -265,6 +266,16 @@ class Node(Generic[K]):
                 {a for t in self._teachers if (a := _address(t)) is not None}
             )
         return added
+
+    def replace_peers(self, addresses: tuple[PeerAddress, ...]) -> tuple[list[PeerAddress], list[PeerAddress]]:
+        """The operator's peer list, replaced (a reload): (added, dropped). A dropped address stays a target only
+        while some peer's record teaches it or it is connected (a live peer is not cut off)."""
+        added, dropped = self.connector.replace_configured(addresses)
+        if dropped:
+            self._recheck = self.connector.forget_learned_except(
+                {a for t in self._teachers if (a := _address(t)) is not None}
+            )
+        return added, dropped
 
     def forget(self, address: PeerAddress) -> bool:
         """The operator's `forget`: the target goes (one still taught by a record comes back at the next change,

@@ -30,7 +30,7 @@ from weave_node.mesh import admission, gossip
 from weave_node.mesh.connector import Connector
 from weave_node.mesh.messages import Messages
 from weave_node.mesh.neighbours import Neighbour, socket_host
-from weave_node.mesh.node import DUPLICATE, Link, Node
+from weave_node.mesh.node import DUPLICATE, PASSWORD_CHANGED, Link, Node
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.peerconn import PeerConn, peerhost, peername
 from weave_node.mesh.protocol import (
@@ -114,7 +114,7 @@ class Router(Messages):
             self.admission.total,
             self.admission.per_source,
             self.protocol_config.handshake_timeout,
-            _encryption(self.protocol_config),
+            self.protocol_config.encryption,
         )
         self._spawn(self._maintain())
 
@@ -195,13 +195,22 @@ class Router(Messages):
         conns = dict.fromkeys([*self.established.values(), *self.pending])
         closed = [pc for pc in conns if pc.conn.state != "closed" and not pc.conn.accepted_by(config)]
         for pc in closed:
-            self._drop(pc, "password changed")
+            self._drop(pc, PASSWORD_CHANGED)
+        self._wakeup.set()  # dialled again at once
         log.info(
             "password settings changed (encryption %s): %d connection(s) closed, to be re-established with them",
-            _encryption(config),
+            config.encryption,
             len(closed),
         )
         return len(closed)
+
+    def replace_peers(self, addresses: tuple[PeerAddress, ...]) -> tuple[list[PeerAddress], list[PeerAddress]]:
+        """The configured peer list, replaced at run time (`weave-node reload`): (added, dropped)."""
+        added, dropped = self.node.replace_peers(addresses)
+        if added or dropped:
+            log.info("peer list changed: added %s; no longer configured %s", _listed(added), _listed(dropped))
+        self._wakeup.set()
+        return added, dropped
 
     # ---- the maintenance loop: dial, gossip, wake up at the next deadline -------------------------------------
 
@@ -382,9 +391,5 @@ class Router(Messages):
         self.established = {name: link.key for name, link in self.node.links.items()}
 
 
-def _encryption(config: ProtocolConfig) -> str:
-    """For the log: "off", "on", or "on, N previous password(s) accepted" (never a password)."""
-    if config.password_key is None:
-        return "off"
-    previous = len(config.previous_keys)
-    return f"on, {previous} previous password(s) accepted" if previous else "on"
+def _listed(addresses: list[PeerAddress]) -> str:
+    return " ".join(map(str, addresses)) or "none"

@@ -59,6 +59,14 @@ class ProtocolConfig:
             raise ValueError(f"max_frame must be in {HANDSHAKE_MAX_FRAME}..{(1 << (8 * HEADER_SIZE)) - 1}")
 
     @property
+    def encryption(self) -> str:
+        """For the log: "off", "on", or "on, N previous password(s) accepted" (never a password)."""
+        if self.password_key is None:
+            return "off"
+        previous = len(self.previous_keys)
+        return f"on, {previous} previous password(s) accepted" if previous else "on"
+
+    @property
     def accepted_keys(self) -> tuple[PasswordKey, ...]:
         """Every password accepted, primary first (empty without a password)."""
         return () if self.password_key is None else (self.password_key, *self.previous_keys)

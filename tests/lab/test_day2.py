@@ -1,0 +1,227 @@
+"""Day-2 operations on the lab (issue 21), with the stock rollout over SSH and pods pinging each other throughout:
+hosts added by adding them to the inventory (the running routers learn them live: no router restarts), a host
+retired with `weave-node rollout --retire` (its space with the others at once, no one dials it any more), and the
+password rotated in two rollouts (a window in which both are accepted) — no router restart, no reply lost.
+
+The lab has 5 hosts; the inventory starts with 3 of them (WEAVE_LAB_HOSTS) and grows to 5 (two added at once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import verify
+from tests.helpers import poll, run_cli
+from tests.lab.test_lab import grand_total
+from tests.lab.test_rollout import Lab
+
+pytestmark = pytest.mark.lab
+FIRST = ("node1", "node2", "node3")
+ALL = (*FIRST, "node4", "node5")
+CLI = "/opt/weave-node/venv/bin/weave-node"
+POD = "d2"
+
+
+def address(node: str) -> str:
+    return f"198.18.0.{node.removeprefix('node')}"
+
+
+class Day2Lab(Lab):
+    def __init__(self, name: str, ssh_config: str, secrets: Path) -> None:
+        super().__init__(name, ssh_config)
+        self.secrets = secrets
+        self.password = self.secret("password-1", "first-password-5b2e")
+        self.hosts = FIRST
+        self.pods: dict[str, str] = {}
+
+    def secret(self, name: str, text: str) -> Path:
+        path = self.secrets / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        return path
+
+    def roll(self, *data: str, check: bool = True) -> tuple[int, int]:
+        """The rollout onto self.hosts with this password (and `data`): (changed, errors)."""
+        env = {**self.env, "WEAVE_LAB_HOSTS": ",".join(self.hosts)}
+        args = ["--data", f"weave_password_file={self.password}"]
+        for item in data:
+            args += ["--data", item]
+        out = run_cli(
+            "pyinfra", "-y", "inventory/lab.py", "deploys/weave_node.py", *args, env=env, check=check
+        )  # fmt: skip
+        changed, errors, _ = grand_total(out.stdout + out.stderr)
+        return changed, errors
+
+    def pid(self, node: str) -> int:
+        return int(self.ssh(node, "systemctl show -p MainPID --value weave-node").stdout.strip())
+
+    def established(self, node: str) -> set[str]:
+        doc = self.status(node)
+        return {c["nickname"] for c in doc.get("connections", []) if c["state"] == "established"}
+
+    def add_pod(self, node: str) -> None:
+        self.pods[node] = verify.add_pod(self.host(node), POD)
+
+    def reaches(self, src: str, dst: str) -> bool:
+        out = self.ssh(src, f"ip netns exec {POD} ping -c 1 -W 1 {self.pods[dst]}", check=False)
+        return out.returncode == 0
+
+
+class Pings:
+    """`ping -i 0.1` from the pod on one host to the pods on others, in the background on the lab host, for as long
+    as a step runs; then how many replies were lost."""
+
+    def __init__(self, lab: Day2Lab, src: str, dsts: tuple[str, ...]) -> None:
+        self.lab, self.src, self.dsts = lab, src, dsts
+        self.pids: dict[str, int] = {}
+
+    def __enter__(self) -> Pings:
+        for dst in self.dsts:
+            log = f"/tmp/ping-{dst}.log"
+            cmd = (
+                f"setsid nohup ip netns exec {POD} ping -i 0.1 {self.lab.pods[dst]} > {log} 2>&1 < /dev/null & echo $!"
+            )
+            self.pids[dst] = int(self.lab.ssh(self.src, cmd).stdout.strip())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid in self.pids.values():
+            self.lab.ssh(self.src, f"kill -INT {pid}", check=False)
+
+    def lost(self) -> dict[str, int]:
+        """Stops the pings; {dst: replies lost}."""
+        self.__exit__()
+        lost = {}
+        for dst in self.dsts:
+
+            def summary(d: str = dst) -> re.Match[str] | None:
+                text = self.lab.ssh(self.src, f"cat /tmp/ping-{d}.log").stdout
+                return re.search(r"(\d+) packets transmitted, (\d+) received", text)
+
+            found = poll(summary, timeout=10, what=f"ping to {dst} stopped")
+            sent, received = int(found.group(1)), int(found.group(2))
+            assert sent > 20, f"only {sent} pings to {dst}"
+            lost[dst] = sent - received
+        return lost
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day2Lab]:
+    name = f"d{os.getpid() % 100000}"
+    try:
+        run_cli(
+            "weave-node", "lab", "up", "--name", name, "--hosts", str(len(ALL)), env={"WEAVE_LAB": name}, check=True
+        )
+        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
+        lab = Day2Lab(name, status["ssh_config"], tmp_path_factory.mktemp("secrets"))
+        changed, errors = lab.roll()
+        assert errors == 0 and changed > 0
+        for node in FIRST:
+            poll(lambda n=node: len(lab.established(n)) == 2, timeout=60, what=f"{node} meshed")  # type: ignore[misc]
+            lab.add_pod(node)
+        yield lab
+    finally:
+        run_cli("weave-node", "lab", "down", "--name", name, "-q")
+
+
+def test_hosts_added_to_the_inventory_join_without_restarting_any_router(lab: Day2Lab) -> None:
+    before = {node: lab.pid(node) for node in FIRST}
+    with Pings(lab, "node1", ("node2", "node3")) as pings:
+        lab.hosts = ALL
+        start = time.monotonic()
+        changed, errors = lab.roll()
+        rolled = time.monotonic() - start
+        assert errors == 0 and changed > 0
+        for node in ("node4", "node5"):
+            lab.add_pod(node)
+        joined = time.monotonic()
+        for new in ("node4", "node5"):
+            for other in ALL:
+                if other != new:
+                    poll(lambda a=new, b=other: lab.reaches(a, b), timeout=30, what=f"{new} -> {other}")  # type: ignore[misc]
+                    assert lab.reaches(other, new), f"{other} -> {new}"
+        reached = time.monotonic() - joined
+        lost = pings.lost()
+    print(f"\nadding 2 hosts: rollout {rolled:.1f} s, their pods reach every pod {reached:.1f} s later, lost {lost}")  # noqa: T201
+    assert {node: lab.pid(node) for node in FIRST} == before, "a router restarted"
+    assert lost == {"node2": 0, "node3": 0}
+    for node in ALL:
+        want = {other for other in ALL if other != node}
+        poll(lambda n=node, w=want: lab.established(n) == w, timeout=30, what=f"{node} meshed with all")  # type: ignore[misc]
+        peers = lab.ssh(node, "grep ^WEAVE_PEERS= /etc/weave-node/mesh.env").stdout.strip().split("=", 1)[1]
+        assert sorted(peers.split()) == sorted(address(o) for o in want)
+    assert "WEAVE_PEERS" not in lab.ssh("node1", "cat /etc/weave-node/weave-node.env").stdout
+    journal = lab.ssh("node1", "journalctl -u weave-node --no-pager -o cat").stdout
+    assert "peer list changed: added 198.18.0.4:6783 198.18.0.5:6783" in journal, journal[-2000:]
+    assert lab.roll() == (0, 0)  # converged: a second run changes nothing
+
+
+def test_a_retired_host_hands_its_space_over_and_leaves_every_peer_list(lab: Day2Lab) -> None:
+    env = {**lab.env, "WEAVE_LAB_HOSTS": ",".join(ALL)}
+    bad = run_cli("weave-node", "rollout", "--retire", "node9", "--data", f"weave_password_file={lab.password}",
+                  env=env, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--retire node9: not in inventory/lab.py" in bad.stderr, bad.stderr
+    retired = lab.status("node5")["router"]["name"]
+    stayed = ALL[:-1]
+    before = {node: lab.pid(node) for node in stayed}
+    verify.del_pod(lab.host("node5"), POD)
+    del lab.pods["node5"]
+    with Pings(lab, "node1", ("node2", "node4")) as pings:
+        out = run_cli("weave-node", "rollout", "--retire", "node5", "--data", f"weave_password_file={lab.password}",
+                      env=env, check=True)  # fmt: skip
+        lost = pings.lost()
+    text = out.stdout + out.stderr
+    assert "handed" in text and "retired node5" in text, text[-3000:]
+    # At once: the hand-over is done when the removal step ends (no grace period)
+    owners = {o["peer"] for o in lab.status("node1")["ipam"]["owners"]}
+    assert retired not in owners and len(owners) == 4, owners
+    verify.nothing_of_ours_is_left(lab.host("node5"))
+    assert {node: lab.pid(node) for node in stayed} == before, "a router restarted"
+    assert lost == {"node2": 0, "node4": 0}
+    lab.hosts = stayed
+    for node in stayed:
+        assert address("node5") not in lab.ssh(node, "cat /etc/weave-node/mesh.env").stdout
+        targets = lambda n=node: {t["address"] for t in lab.status(n).get("targets", [])}  # noqa: E731
+        poll(lambda t=targets: not any(a.startswith(address("node5") + ":") for a in t()), timeout=30,  # type: ignore[misc]
+             what=f"{node} no longer dials node5")  # fmt: skip
+        assert lab.established(node) == {o for o in stayed if o != node}
+    assert lab.roll() == (0, 0)
+
+
+def test_the_password_is_rotated_in_two_rollouts_without_a_restart_or_a_lost_reply(lab: Day2Lab) -> None:
+    first = lab.password
+    second = lab.secret("password-2", "second-password-c41a")
+    empty = lab.secret("empty", "")
+    lab.password = empty
+    out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/weave_node.py", "--data",
+                  f"weave_password_file={empty}", env={**lab.env, "WEAVE_LAB_HOSTS": ",".join(lab.hosts)},
+                  check=False)  # fmt: skip
+    assert out.returncode != 0 and f"weave_password_file {empty} is empty" in out.stdout + out.stderr
+    assert "Starting operation" not in out.stdout + out.stderr
+    before = {node: lab.pid(node) for node in lab.hosts}
+    with Pings(lab, "node1", ("node2", "node3", "node4")) as pings:
+        lab.password = second
+        changed, errors = lab.roll(f"weave_previous_password_file={first}")  # step 1: the new one, the old too
+        assert errors == 0 and changed > 0
+        for node in lab.hosts:
+            assert lab.host(node).file("/etc/weave-node/password.previous").mode == 0o600
+        changed, errors = lab.roll()  # step 2: the new one only
+        assert errors == 0 and changed > 0
+        for node in lab.hosts:
+            want = {o for o in lab.hosts if o != node}
+            poll(lambda n=node, w=want: lab.established(n) == w, timeout=30, what=f"{node} meshed, new password")  # type: ignore[misc]
+        lost = pings.lost()
+    print(f"\npassword rotation: lost {lost}")  # noqa: T201
+    assert {node: lab.pid(node) for node in lab.hosts} == before, "a router restarted"
+    for node in lab.hosts:
+        assert not lab.host(node).file("/etc/weave-node/password.previous").exists
+        journal = lab.ssh(node, "journalctl -u weave-node --no-pager -o cat").stdout
+        assert "first-password" not in journal and "second-password" not in journal
+    assert lost == {"node2": 0, "node3": 0, "node4": 0}
+    assert lab.roll() == (0, 0)
