@@ -24,6 +24,7 @@ PASSWORD = "ansible-and-pyinfra-share-this-3b9e"  # noqa: S105 - a test's passwo
 # Every file the two engines write from templates/ and the repository (plus the password, copied).
 FILES = [
     "/etc/weave-node/weave-node.env",
+    "/etc/weave-node/mesh.env",
     "/etc/systemd/system/weave-node.service",
     "/etc/cni/net.d/10-weave.conflist",
     "/opt/cni/bin/weave-net",
