@@ -33,6 +33,8 @@ def script(prefix: str, state_dir: str, health_timeout: int, env_files: tuple[st
     lines (see `outcome`). The router gets `health_timeout` seconds to answer, reach a peer (when its env file
     names any) and be ready, as after a rollout; then `leave` waits up to LEAVE_WAIT seconds for a peer's
     confirmation."""
+    if isinstance(env_files, str):
+        raise TypeError("env_files is a tuple of paths")
     wn = shlex.quote(f"{prefix}/venv/bin/weave-node")
     py = shlex.quote(f"{prefix}/venv/bin/python3")
     host_id = shlex.quote(f"{state_dir}/host-id")

@@ -194,6 +194,7 @@ def _parse_value(value: str) -> Any:
 # in the role: they reach Ansible absolute. `~` is expanded too.
 PATHS = (
     "weave_password_file",
+    "weave_previous_password_file",
     "weave_wheelhouse",
     "ssh_key",
     "ssh_config_file",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import re
 import shutil
@@ -84,7 +85,7 @@ def retire(args: argparse.Namespace, data: dict[str, str]) -> int:
         )
     others = copy.copy(args)
     others.retire, others.limit = None, ",".join(rest)
-    code = _step(others, {**data, "weave_retired": ",".join(retired)}) or code
+    code = _step(others, {**data, "weave_retired": json.dumps(retired)}) or code  # a list, whatever the names
     if code == 0:
         print(
             f"retired {', '.join(retired)}: weave-node is gone from it, its address space is with the other hosts, "

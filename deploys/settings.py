@@ -104,4 +104,6 @@ def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Map
         data["weave_peers"] = [d["weave_address"] for name, d in everyone if name != host and name not in retired]
     elif isinstance(data["weave_peers"], str):
         data["weave_peers"] = data["weave_peers"].split()
+    gone = {str(d["weave_address"]) for name, d in everyone if name in retired}
+    data["weave_peers"] = [p for p in data["weave_peers"] if str(p).rsplit(":", 1)[0] not in gone]
     return data

@@ -44,13 +44,13 @@ _ssh = {
 # weave_address: where the other nodes reach this one (the router's peers, its VXLAN endpoint).
 _addresses = _state.get("addresses") or {f"node{i}": f"198.18.0.{i}" for i in range(1, int(_state["hosts"]) + 1)}
 nodes = [(f"node{i}", {**_ssh, "weave_address": _addresses[f"node{i}"]}) for i in range(1, int(_state["hosts"]) + 1)]
-# WEAVE_LAB_HOSTS=node1,node2,node3: only these of the lab's hosts are in the inventory (the others are spare
+# WEAVE_LAB_ONLY=node1,node2,node3: only these of the lab's hosts are in the inventory (the others are spare
 # machines, e.g. to add to the cluster later: docs/operations.md, "Adding hosts").
-if os.environ.get("WEAVE_LAB_HOSTS"):
-    _only = {n.strip() for n in os.environ["WEAVE_LAB_HOSTS"].split(",") if n.strip()}
+if os.environ.get("WEAVE_LAB_ONLY"):
+    _only = {n.strip() for n in os.environ["WEAVE_LAB_ONLY"].split(",") if n.strip()}
     _unknown = _only - {name for name, _ in nodes}
     if _unknown:
-        raise SystemExit(f"inventory/lab.py: WEAVE_LAB_HOSTS names {', '.join(sorted(_unknown))}, not in lab {_name!r}")
+        raise SystemExit(f"inventory/lab.py: WEAVE_LAB_ONLY names {', '.join(sorted(_unknown))}, not in lab {_name!r}")
     nodes = [(name, data) for name, data in nodes if name in _only]
 if _state.get("kubernetes"):
     # `weave-node lab up --kubernetes`: node1 runs the control plane (with kubectl and an admin kubeconfig), where

@@ -34,8 +34,8 @@ class RouterConfig:
     listen_host: str = "0.0.0.0"  # noqa: S104 - peers connect from other hosts by design
     peers: tuple[PeerAddress, ...] = ()
     conn_limit: int = DEFAULT_CONN_LIMIT
-    password: bytes | None = None
-    previous_password: bytes | None = None  # WEAVE_PREVIOUS_PASSWORD_FILE: still accepted during a rotation
+    password: bytes | None = field(default=None, repr=False)
+    previous_password: bytes | None = field(default=None, repr=False)  # still accepted during a rotation
     status_addr: str = DEFAULT_STATUS_ADDR  # "" disables the TCP status API
     status_socket: str = DEFAULT_STATUS_SOCKET  # "" disables the unix socket
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -69,7 +69,10 @@ def read_password_file(path: Path) -> bytes:
         raise ConfigError(f"password file {path}: {exc.strerror}") from exc
     if st.st_mode & PASSWORD_FILE_MODE_MASK:
         raise ConfigError(f"password file {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
-    data = path.read_bytes().strip()
+    try:
+        data = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"password file {path}: {exc.strerror}") from exc
     if not data:
         raise ConfigError(f"password file {path} is empty")
     return data
@@ -80,8 +83,8 @@ class LiveSettings:
     """What `weave-node reload` changes in a running router (no restart): the peer list and the passwords."""
 
     peers: tuple[PeerAddress, ...]
-    password: bytes | None
-    previous_password: bytes | None
+    password: bytes | None = field(repr=False)
+    previous_password: bytes | None = field(repr=False)
 
 
 def _passwords(

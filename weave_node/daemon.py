@@ -168,9 +168,14 @@ def live_applier(router: Router) -> Apply:
         current = router.protocol_config
         if (live.password is None) != (current.password_key is None):
             turn = "on" if live.password is not None else "off"
+            hint = (
+                " (a password given in WEAVE_PASSWORD cannot be reloaded: use WEAVE_PASSWORD_FILE)"
+                if turn == "off"
+                else ""
+            )
             raise NeedsRestart(
                 f"turning encryption {turn} needs a restart of the router (the datapath changes with it): "
-                "systemctl restart weave-node"
+                f"systemctl restart weave-node{hint}"
             )
         primary, previous = await asyncio.to_thread(_password_keys, live.password, live.previous_password)
         wanted = dataclasses.replace(current, password_key=primary, previous_keys=previous)

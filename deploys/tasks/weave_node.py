@@ -168,7 +168,8 @@ def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
         state_dir=data["weave_state_dir"],
     )
     systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
-    started = systemd.service(name="Running and enabled", service="weave-node.service", running=True, enabled=True)
+    started = systemd.service(name="Running", service="weave-node.service", running=True)
+    systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
     needs_restart = any_changed(unit, installed, *changes.restart)
     restart = systemd.service(
         name="Restart (unit, settings or version changed)",

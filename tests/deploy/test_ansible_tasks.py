@@ -370,7 +370,7 @@ def _handover_tasks(tmp_path: Path, node: HandoverHost, unit: bool, **env: str) 
 
 
 def _handover_weave(tmp_path: Path, node: HandoverHost, remove_state: Any) -> dict[str, Any]:
-    script = handover.script(str(node.prefix), str(node.state), 7, str(node.env_file))
+    script = handover.script(str(node.prefix), str(node.state), 7, (str(node.env_file),))
     return _weave(
         tmp_path,
         weave_remove_state=remove_state,

@@ -295,6 +295,8 @@ def test_retired_hosts_are_no_ones_peer() -> None:
     hosts = _hosts(weave_retired="node3")
     data = settings.effective("node2", hosts[1][1], hosts)
     assert data["weave_peers"] == ["198.18.0.1"] and data["weave_retired"] == ["node3"]
+    explicit = {**hosts[1][1], "weave_peers": "198.18.0.1 198.18.0.3:6783"}
+    assert settings.effective("node2", explicit, hosts)["weave_peers"] == ["198.18.0.1"]
     with pytest.raises(InvalidData, match="node2: weave_retired names node9, not in the inventory"):
         settings.effective("node2", {**hosts[1][1], "weave_retired": ["node9"]}, hosts)
     with pytest.raises(InvalidData, match="node2: this host is in weave_retired"):
@@ -344,7 +346,7 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
     assert rollout.run(args) == 0
     assert steps == [
         ("node3", True, {"weave_mtu": "1400", "weave_remove_state": "true"}),
-        ("node1,node2", False, {"weave_mtu": "1400", "weave_retired": "node3"}),
+        ("node1,node2", False, {"weave_mtu": "1400", "weave_retired": '["node3"]'}),
     ]
     assert "take node3 out of" in capsys.readouterr().out
     steps.clear()

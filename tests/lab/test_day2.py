@@ -4,7 +4,7 @@ lost), a host retired with `weave-node rollout --retire` (its space with the oth
 more, no reply lost), and the password rotated in two rollouts (a window in which both are accepted) — no router
 restart, a bounded loss while the sleeve is re-keyed.
 
-The lab has 5 hosts; the inventory starts with 3 of them (WEAVE_LAB_HOSTS) and grows to 5 (two added at once)."""
+The lab has 5 hosts; the inventory starts with 3 of them (WEAVE_LAB_ONLY) and grows to 5 (two added at once)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class Day2Lab(Lab):
 
     def roll(self, *data: str, check: bool = True) -> tuple[int, int]:
         """The rollout onto self.hosts with this password (and `data`): (changed, errors)."""
-        env = {**self.env, "WEAVE_LAB_HOSTS": ",".join(self.hosts)}
+        env = {**self.env, "WEAVE_LAB_ONLY": ",".join(self.hosts)}
         args = ["--data", f"weave_password_file={self.password}"]
         for item in data:
             args += ["--data", item]
@@ -164,7 +164,7 @@ def test_hosts_added_to_the_inventory_join_without_restarting_any_router(lab: Da
 
 
 def test_a_retired_host_hands_its_space_over_and_leaves_every_peer_list(lab: Day2Lab) -> None:
-    env = {**lab.env, "WEAVE_LAB_HOSTS": ",".join(ALL)}
+    env = {**lab.env, "WEAVE_LAB_ONLY": ",".join(ALL)}
     bad = run_cli("weave-node", "rollout", "--retire", "node9", "--data", f"weave_password_file={lab.password}",
                   env=env, check=False)  # fmt: skip
     assert bad.returncode == 2 and "--retire node9: not in inventory/lab.py" in bad.stderr, bad.stderr
@@ -201,7 +201,7 @@ def test_the_password_is_rotated_in_two_rollouts_without_a_restart_or_a_partitio
     empty = lab.secret("empty", "")
     lab.password = empty
     out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/weave_node.py", "--data",
-                  f"weave_password_file={empty}", env={**lab.env, "WEAVE_LAB_HOSTS": ",".join(lab.hosts)},
+                  f"weave_password_file={empty}", env={**lab.env, "WEAVE_LAB_ONLY": ",".join(lab.hosts)},
                   check=False)  # fmt: skip
     assert out.returncode != 0 and f"weave_password_file {empty} is empty" in out.stdout + out.stderr
     assert "Starting operation" not in out.stdout + out.stderr

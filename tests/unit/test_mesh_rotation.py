@@ -201,7 +201,9 @@ def test_the_largest_proof_set_fits_the_handshake_frame_limit() -> None:
     assert len(proof_set) == 2 + 4 * (2 + PROOF_SIZE) <= HANDSHAKE_MAX_FRAME
 
 
-def test_a_proof_set_with_an_unknown_proof_before_a_good_one_still_matches() -> None:
+def test_a_proof_set_with_an_item_inserted_or_dropped_is_tampering() -> None:
+    """Positions and the set's size are sealed with each proof: a man in the middle can neither reorder nor drop
+    items (the sides could pick different passwords, or quietly the old one)."""
     a, hello, proof_set = handshake_of_b(cfg(NEW), cfg(NEW))
     junk = bytes(PROOF_SIZE)
     events = a.receive_data(
@@ -210,8 +212,11 @@ def test_a_proof_set_with_an_unknown_proof_before_a_good_one_still_matches() -> 
         + frame(bytes([TAG_PROOF_SET, 2]) + PROOF_SIZE.to_bytes(2, "big") + junk + proof_set[2:]),
         0.0,
     )
-    assert [type(e) for e in events] == [Established]
-    assert a.password_key == NEW
+    assert [type(e) for e in events] == [ConnectionFailed] and "tampered" in events[0].reason  # type: ignore[union-attr]
+    a, hello, proof_set = handshake_of_b(cfg(NEW), cfg(NEW, OLD))
+    first = proof_set[2 : 4 + PROOF_SIZE]  # B's NEW proof alone, the OLD one dropped
+    events = a.receive_data(PREAMBLE + frame(hello) + frame(bytes([TAG_PROOF_SET, 1]) + first), 0.0)
+    assert [type(e) for e in events] == [ConnectionFailed] and "tampered" in events[0].reason  # type: ignore[union-attr]
 
 
 def _flip_last(proof_set: bytes) -> bytes:
@@ -230,12 +235,12 @@ def _flip_last(proof_set: bytes) -> bytes:
         (lambda p: p[:3], "malformed proof set: truncated"),
         (lambda p: p[:-1], "malformed proof set: truncated"),
         (lambda p: b"\x05\x02" + p[2:], "malformed proof set: truncated"),
-        (lambda p: p[:2] + b"\x00\x10" + bytes(16), "malformed proof set: a proof of 16 bytes (57 expected)"),
+        (lambda p: p[:2] + b"\x00\x10" + bytes(16), "malformed proof set: a proof of 16 bytes (59 expected)"),
         (lambda p: p + b"x", "malformed proof set: 1 trailing bytes"),
         (_flip_last, NO_COMMON),  # a forged proof opens with no password
         (
             lambda p: p[:2] + b"\x00\x00" + p[4:],
-            "malformed proof set: a proof of 0 bytes (57 expected)",
+            "malformed proof set: a proof of 0 bytes (59 expected)",
         ),
     ],
 )

@@ -15,8 +15,9 @@ other side knows that order from the positions in the proof set.
 Each candidate's send channel has sealed counter 0 (its proof) and the chosen one goes on from counter 1; the
 receive channel that opened the chosen proof goes on too: no (key, nonce) pair is ever used twice.
 
-A man in the middle cannot forge a proof, but can drop items of a proof set: at worst the connection then uses
-another password that both ends still accept (or fails). Accepting a previous password means exactly that.
+Each sealed proof also carries its position in the set and the set's size, so a man in the middle can neither
+reorder nor drop items (which could make the sides pick different passwords, or quietly the old one): a proof
+that opens with another position or size fails the handshake as tampered.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from weave_node.mesh.hello import TAG_PROOF, TAG_PROOF_SET
 MAX_PROOFS = 4
 """Most items in a proof set, and so most passwords a router accepts at a time."""
 MAX_PREVIOUS_KEYS = MAX_PROOFS - 1
-PROOF_SIZE = OVERHEAD + 1 + TRANSCRIPT_HASH_SIZE
-"""Bytes of one sealed proof: counter + secretbox(TAG_PROOF + transcript hash)."""
+PROOF_SIZE = OVERHEAD + 1 + TRANSCRIPT_HASH_SIZE + 2
+"""Bytes of one sealed proof: counter + secretbox(TAG_PROOF + transcript hash + position u8 + count u8)."""
 NO_COMMON_KEY = (
     "authentication failed: no password in common with the peer (wrong password, or a rotation step skipped?)"
 )
@@ -93,8 +94,8 @@ def encode_proof_set(candidates: Sequence[Candidate], transcript: bytes) -> byte
     if not 1 <= len(candidates) <= MAX_PROOFS:
         raise ValueError(f"a proof set holds 1-{MAX_PROOFS} proofs, not {len(candidates)}")
     parts = [bytes([TAG_PROOF_SET, len(candidates)])]
-    for candidate in candidates:
-        sealed = candidate.send.encrypt(bytes([TAG_PROOF]) + transcript)
+    for position, candidate in enumerate(candidates):
+        sealed = candidate.send.encrypt(bytes([TAG_PROOF]) + transcript + bytes([position, len(candidates)]))
         parts += [len(sealed).to_bytes(2, "big"), sealed]
     return b"".join(parts)
 
@@ -125,11 +126,12 @@ def decode_proof_set(payload: bytes) -> list[bytes]:
 
 def find_matches(candidates: Sequence[Candidate], proofs: Sequence[bytes], transcript: bytes) -> list[Match]:
     """Every (our candidate, their proof) pair that opens, with a fresh receive channel per trial. A proof that
-    opens but carries another transcript was made by a holder of the password for other hellos: tampering."""
-    expected = bytes([TAG_PROOF]) + transcript
+    opens but carries another transcript (made by a holder of the password for other hellos), or another position
+    or set size (items reordered or dropped on the way): tampering."""
     matches = []
     for local, candidate in enumerate(candidates[:MAX_PROOFS]):
         for remote, sealed in enumerate(proofs[:MAX_PROOFS]):
+            expected = bytes([TAG_PROOF]) + transcript + bytes([remote, len(proofs)])
             channel = SecretBoxChannel(candidate.session.receive)
             try:
                 plaintext = channel.decrypt(sealed)

@@ -19,9 +19,10 @@ proof, or proof set, as soon as they have the peer's hello)::
     0x03 heartbeat  empty body
     0x04 message    opaque application bytes (the router defines them)
     0x05 proof set  version >= 2 with a password, instead of the proof; unencrypted: count u8 (1-4), then per
-                    accepted password, primary first: u16 length + a proof frame's payload (counter 0) sealed with
-                    that password's keys. Both ends pick the same common password (proofs.py) and go on with its
-                    keys from counter 1. Rotation needs version 2: a version-1 peer gets the primary's proof only.
+                    accepted password, primary first: u16 length + (a proof frame's payload + its position u8 +
+                    the count u8) sealed with that password's keys (counter 0). Both ends pick the same common
+                    password (proofs.py) and go on with its keys from counter 1. Rotation needs version 2: a
+                    version-1 peer gets the primary's proof only.
 
 Any bad input closes the connection with a ``ConnectionFailed`` event; ``receive_data`` never raises.
 """
