@@ -4,6 +4,7 @@ its home in weave_node.core."""
 
 from __future__ import annotations
 
+VERSION = "0.2.0"  # of this checkout: the wheel, the image, `weave-node --version` (CHANGELOG.md)
 DEFAULT_RANGE = "10.32.0.0/12"
 STATUS_SOCKET = "/run/weave-node/weave.sock"  # the router's API socket: env file, conflist, DaemonSet
 MTU_MIN, MTU_MAX = 576, 65485

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from deploys import validate
-from deploys.facts import DEFAULT_RANGE
+from deploys.facts import DEFAULT_RANGE, VERSION
 
 DEFAULTS: dict[str, Any] = {
     "weave_address": None,  # this host's address for its peers (required)
@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     # During a password rotation (docs/operations.md): the old password, still accepted beside the new one
     "weave_previous_password_file": None,
     "weave_retired": [],  # inventory hosts being retired (`weave-node rollout --retire`): no one's peer any more
+    "weave_accept_unencrypted": False,  # with a password, take peers without one (turning encryption on or off)
+    "weave_allow_downgrade": False,  # install an older version than a host runs (docs/day2.md)
     "weave_metrics_addr": "127.0.0.1:6782",
     "weave_state_dir": "/var/lib/weave-node",
     "weave_prefix": "/opt/weave-node",
@@ -37,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "weave_wheelhouse": None,  # default: built from this checkout on the control machine, once per run
     "weave_kubernetes": False,  # the router runs as the DaemonSet (applied from weave_kube_control_plane, once up)
     "weave_kube_control_plane": False,
-    "weave_image": "localhost/weave-node:0.1.0",  # the DaemonSet's image (scripts/build-image makes this one)
+    "weave_image": f"localhost/weave-node:{VERSION}",  # the DaemonSet's image (scripts/build-image makes this one)
     "weave_image_pull_policy": "",  # empty: Never for a localhost/ image (imported into the nodes), else IfNotPresent
 }
 BOOLS = validate.BOOLEANS

@@ -24,6 +24,8 @@ KNOWN = {
     "weave_password_file",
     "weave_previous_password_file",
     "weave_retired",
+    "weave_allow_downgrade",
+    "weave_accept_unencrypted",
     "weave_metrics_addr",
     "weave_state_dir",
     "weave_prefix",
@@ -44,6 +46,8 @@ KNOWN = {
 }
 PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
 BOOLEANS = (
+    "weave_allow_downgrade",
+    "weave_accept_unencrypted",
     "weave_kubernetes",
     "weave_kube_control_plane",
     "weave_hairpin",
@@ -182,7 +186,7 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
         )
     image = data.get("weave_image")
     if "weave_image" in data and (not isinstance(image, str) or not image or any(c.isspace() for c in image)):
-        fail(f"weave_image must be an image reference (e.g. localhost/weave-node:0.1.0), not {image!r}")
+        fail(f"weave_image must be an image reference (e.g. localhost/weave-node:0.2.0), not {image!r}")
 
 
 def _check_password_file(key: str, path: str, fail: Any) -> None:

@@ -1,3 +1,3 @@
 """weave-node: a maintained home for what Weave Net did."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

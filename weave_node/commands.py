@@ -30,6 +30,13 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--conn-limit", type=int, help="most connections to other peers (default 100, also CONN_LIMIT)")
     r.add_argument("--password-file", help="file (mode 0600) with the mesh password (also WEAVE_PASSWORD_FILE)")
     r.add_argument(
+        "--accept-unencrypted",
+        action="store_const",
+        const="1",
+        help="with a password: take peers without one too, unencrypted (while turning encryption on or off; also "
+        "WEAVE_ACCEPT_UNENCRYPTED)",
+    )
+    r.add_argument(
         "--previous-password-file",
         help="during a password rotation: the old password, still accepted (also WEAVE_PREVIOUS_PASSWORD_FILE)",
     )

@@ -36,6 +36,7 @@ class RouterConfig:
     conn_limit: int = DEFAULT_CONN_LIMIT
     password: bytes | None = field(default=None, repr=False)
     previous_password: bytes | None = field(default=None, repr=False)  # still accepted during a rotation
+    accept_unencrypted: bool = False  # WEAVE_ACCEPT_UNENCRYPTED: with a password, peers without one are taken too
     status_addr: str = DEFAULT_STATUS_ADDR  # "" disables the TCP status API
     status_socket: str = DEFAULT_STATUS_SOCKET  # "" disables the unix socket
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -85,6 +86,7 @@ class LiveSettings:
     peers: tuple[PeerAddress, ...]
     password: bytes | None = field(repr=False)
     previous_password: bytes | None = field(repr=False)
+    accept_unencrypted: bool = False
 
 
 def _passwords(
@@ -115,7 +117,8 @@ def _passwords(
 
 
 def live_settings(doc: Mapping[str, object]) -> LiveSettings:
-    """A reload request (`POST /reload`: peers, password_file, previous_password_file) -> the settings it asks
+    """A reload request (`POST /reload`: peers, password_file, previous_password_file, accept_unencrypted) -> the
+    settings it asks
     for; the password files are read (and their mode checked) here. ConfigError on anything wrong."""
     peers_raw = doc.get("peers", [])
     if not isinstance(peers_raw, list) or not all(isinstance(p, str) and p.split() == [p] for p in peers_raw):
@@ -127,11 +130,14 @@ def live_settings(doc: Mapping[str, object]) -> LiveSettings:
             if not isinstance(value, str):
                 raise ConfigError(f"{key} must be a path")
             files[key] = value
-    unknown = set(doc) - {"peers", "password_file", "previous_password_file"}
+    accept = doc.get("accept_unencrypted", False)
+    if not isinstance(accept, bool):
+        raise ConfigError("accept_unencrypted must be true or false")
+    unknown = set(doc) - {"peers", "password_file", "previous_password_file", "accept_unencrypted"}
     if unknown:
         raise ConfigError(f"unknown reload settings: {', '.join(sorted(unknown))}")
     password, previous = _passwords(lambda flag, _var: files.get(flag), {}, [])
-    return LiveSettings(parse_peers(" ".join(peers_raw)), password, previous)
+    return LiveSettings(parse_peers(" ".join(peers_raw)), password, previous, accept)
 
 
 def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[Range, Init, float]:
@@ -246,6 +252,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         conn_limit=conn_limit,
         password=password,
         previous_password=previous_password,
+        accept_unencrypted=not _flag_off(pick("accept_unencrypted", "WEAVE_ACCEPT_UNENCRYPTED")),
         status_addr=status_addr,
         status_socket="" if socket_path == "none" else str(socket_path or DEFAULT_STATUS_SOCKET),
         state_dir=Path(str(state_dir or DEFAULT_STATE_DIR)),

@@ -125,6 +125,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
         ),
         bridge_address,
         link_keys=lambda name: _sleeve_keys(router, name),
+        plain_link=lambda name: (n := router.neighbour(name)) is not None and not n.encrypted,
         records=lambda: router.topology.records,
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
@@ -178,13 +179,15 @@ def live_applier(router: Router) -> Apply:
                 f"systemctl restart weave-node{hint}"
             )
         primary, previous = await asyncio.to_thread(_password_keys, live.password, live.previous_password)
-        wanted = dataclasses.replace(current, password_key=primary, previous_keys=previous)
+        wanted = dataclasses.replace(
+            current, password_key=primary, previous_keys=previous, accept_plaintext=live.accept_unencrypted
+        )
         redone = router.set_protocol_config(wanted) if wanted != current else 0
         added, dropped = router.replace_peers(live.peers)
         parts = [
             f"peers added: {' '.join(map(str, added))}" if added else "",
             f"peers no longer configured: {' '.join(map(str, dropped))}" if dropped else "",
-            f"passwords changed ({1 + len(previous)} accepted), {redone} connection(s) re-established"
+            f"encryption settings changed ({wanted.encryption}), {redone} connection(s) re-established"
             if wanted != current
             else "",
         ]
@@ -206,6 +209,7 @@ async def run_router(config: RouterConfig) -> int:
     protocol_config = ProtocolConfig(
         password_key=primary,
         previous_keys=previous,
+        accept_plaintext=config.accept_unencrypted,
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
         features=frozenset({SLEEVE_AESGCM}) if config.sleeve_aesgcm and codec.aesgcm_available() else frozenset(),

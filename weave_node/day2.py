@@ -81,6 +81,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         "peers": env.get("WEAVE_PEERS", "").split(),
         "password_file": env.get("WEAVE_PASSWORD_FILE") or None,
         "previous_password_file": env.get("WEAVE_PREVIOUS_PASSWORD_FILE") or None,
+        "accept_unencrypted": env.get("WEAVE_ACCEPT_UNENCRYPTED", "").lower() not in ("", "0", "false", "no"),
     }
     sock = args.socket or env.get("WEAVE_STATUS_SOCKET") or DEFAULT_STATUS_SOCKET
     deadline = time.monotonic() + args.wait

@@ -22,7 +22,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, pip, python, server, systemd
 from pyinfra.operations.util import any_changed
 
-from deploys import handover, manifest, validate, wheelhouse
+from deploys import handover, manifest, validate, versions, wheelhouse
 from deploys.facts import STATUS_SOCKET
 from deploys.paths import TEMPLATES
 from deploys.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
@@ -76,6 +76,10 @@ def prerequisites() -> None:
 def router(data: dict[str, Any]) -> Any:
     wheels = _wheelhouse(data)
     prefix = data["weave_prefix"]
+    running = host.get_fact(Command, command=f"{prefix}/venv/bin/weave-node --version 2>/dev/null || true")
+    refused = versions.downgrade(host.name, running, wheelhouse.our_wheel(wheels).name, data["weave_allow_downgrade"])
+    if refused:
+        raise DeployError(refused)
     files.directory(name="Wheelhouse directory", path=f"{prefix}/wheels", mode="755")
     for wheel in sorted(wheels.glob("*.whl")):
         files.put(name=f"Wheel {wheel.name}", src=str(wheel), dest=f"{prefix}/wheels/{wheel.name}", mode="644")
@@ -150,6 +154,7 @@ def config(data: dict[str, Any]) -> Changes:
             mode="644",
             peers=data["weave_peers"],
             previous_password_file=PREVIOUS_PASSWORD if data["weave_previous_password_file"] else "",
+            accept_unencrypted=data["weave_accept_unencrypted"],
         )
     )
     if not data["weave_previous_password_file"]:

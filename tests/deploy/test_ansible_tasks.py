@@ -448,3 +448,24 @@ def test_removal_settings_carry_the_hand_over_script(run_tasks: RunTasks) -> Non
     )
     weave = result["res"]["ansible_facts"]["weave"]
     assert weave["handover_script"] == handover.script("/srv/wn", "/var/lib/weave-node", 30)
+
+
+@pytest.mark.parametrize(("running", "allowed", "failed"), [("0.3.0", False, True), ("0.3.0", True, False),
+                                                            ("0.2.0", False, False), (None, False, False)])  # fmt: skip
+def test_the_role_refuses_a_downgrade_as_pyinfra_does(
+    run_tasks: RunTasks, tmp_path: Path, running: str | None, allowed: bool, failed: bool
+) -> None:
+    from deploys import versions
+
+    weave = _weave(tmp_path, weave_kubernetes=False, weave_allow_downgrade=allowed, version="0.2.0",
+                   downgrade_refused=versions.message("localhost", "@RUNNING@", "0.2.0"))  # fmt: skip
+    if running is not None:
+        _script(tmp_path / "prefix/venv/bin/weave-node", f"echo 'weave-node {running}'")
+    tasks = role_tasks("main.yml", "The version this host runs", "No downgrade unless allowed")
+    results = run_tasks(tasks, play_vars={"weave": weave})
+    fail = results[-1]
+    assert (fail["event"] == "runner_on_failed") is failed, results
+    if failed:
+        assert fail["res"]["msg"] == versions.downgrade(
+            "localhost", "0.3.0", "weave_node-0.2.0-py3-none-any.whl", False
+        )

@@ -152,3 +152,36 @@ def test_the_report_warns_with_what_to_do_and_never_fails(monkeypatch: pytest.Mo
     fake.logged.clear()
     weave_node._report_handover(_Op("weave-node-handover: ok handed 1024 addresses to peer 0a:00:00:00:00:01\n"), 600)
     assert fake.logged == [("info", "IPAM hand-over: handed 1024 addresses to peer 0a:00:00:00:00:01")]
+
+
+def _wheelhouse(tmp_path: Path, version: str) -> Path:
+    wheels = tmp_path / f"wheels-{version}"
+    wheels.mkdir()
+    (wheels / f"weave_node-{version}-py3-none-any.whl").write_bytes(b"not really a wheel")
+    (wheels / "SHA256SUMS").write_text("")
+    return wheels
+
+
+@pytest.mark.parametrize(
+    ("running", "allowed", "refused"),
+    [
+        ("weave-node 0.3.0", False, True),
+        ("weave-node 0.3.0", True, False),
+        ("weave-node 0.2.0", False, False),  # the same version: a re-run
+        ("weave-node 0.1.0", False, False),  # an upgrade
+        ("", False, False),  # not installed yet
+    ],
+)
+def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(
+    pyinfra_plan: PlanDeploy, tmp_path: Path, running: str, allowed: bool, refused: bool
+) -> None:
+    from pyinfra.api.exceptions import DeployError
+
+    data = {**settings.DEFAULTS, "weave_wheelhouse": str(_wheelhouse(tmp_path, "0.2.0")),
+            "weave_allow_downgrade": allowed}  # fmt: skip
+    if refused:
+        with pytest.raises(DeployError, match=r"node1 runs weave-node 0\.3\.0 and this rollout would install 0\.2\.0"):
+            pyinfra_plan(weave_node.router, {"Command": running}, None, data)
+    else:
+        names = [name for name, _ in pyinfra_plan(weave_node.router, {"Command": running}, None, data)]
+        assert "Virtualenv" in names

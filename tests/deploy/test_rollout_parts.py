@@ -177,14 +177,17 @@ def test_env_file_names_the_password_file_never_the_password() -> None:
 
 
 @pytest.mark.parametrize("previous", ["", "/etc/weave-node/password.previous"])
-def test_mesh_env_holds_what_a_reload_applies(previous: str) -> None:
+@pytest.mark.parametrize("accept", [False, True])
+def test_mesh_env_holds_what_a_reload_applies(previous: str, accept: bool) -> None:
     from weave_node.core.envfile import parse_env
 
-    text = _render("weave-node/mesh.env.j2", peers=["198.18.0.2", "198.18.0.3"], previous_password_file=previous)
+    text = _render("weave-node/mesh.env.j2", peers=["198.18.0.2", "198.18.0.3"], previous_password_file=previous,
+                   accept_unencrypted=accept)  # fmt: skip
     env = parse_env(text)
     assert env["WEAVE_PEERS"] == "198.18.0.2 198.18.0.3"
     assert env.get("WEAVE_PREVIOUS_PASSWORD_FILE", "") == previous
-    assert set(env) <= {"WEAVE_PEERS", "WEAVE_PREVIOUS_PASSWORD_FILE"}
+    assert env.get("WEAVE_ACCEPT_UNENCRYPTED") == ("1" if accept else None)
+    assert set(env) <= {"WEAVE_PEERS", "WEAVE_PREVIOUS_PASSWORD_FILE", "WEAVE_ACCEPT_UNENCRYPTED"}
 
 
 def test_unit_is_hardened() -> None:
@@ -359,3 +362,13 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
         assert rollout.run(bad) == 2
         assert message in capsys.readouterr().err
     assert steps == []  # nothing touched
+
+
+def test_versions_are_read_from_the_router_and_the_wheel() -> None:
+    from deploys import versions
+
+    assert versions.parse("weave-node 0.2.0\n") == (0, 2, 0) and versions.parse("") is None
+    assert versions.wheel_version("weave_node-0.10.1-py3-none-any.whl") == (0, 10, 1)
+    assert versions.downgrade("n", "weave-node 0.10.0", "weave_node-0.9.9-py3-none-any.whl", False)
+    assert versions.downgrade("n", "weave-node 0.10.0", "weave_node-0.9.9-py3-none-any.whl", True) is None
+    assert versions.downgrade("n", "weave-node 0.9.9", "weave_node-0.10.0-py3-none-any.whl", False) is None

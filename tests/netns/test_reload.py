@@ -111,3 +111,38 @@ def test_a_bad_reload_changes_nothing(net: Net, tmp_path: Path) -> None:
     )
     assert r1.host.run("python3", "-c", code).stdout.strip() == "403"
     assert r2.proc.poll() is None
+
+
+def info(r: RouterProc) -> dict[str, str]:
+    return {c["nickname"]: c["info"] for c in r.status().get("connections", []) if c["state"] == "established"}
+
+
+def test_encryption_is_switched_on_without_a_partition(net: Net, tmp_path: Path) -> None:
+    """Step 1: a router restarted with a password and WEAVE_ACCEPT_UNENCRYPTED still talks to the one without
+    (plaintext), and to another with the password (encrypted). Step 2: the setting goes (a reload) once every router
+    has the password: plaintext is refused from then on."""
+    one = secret(tmp_path / "one", "password-one")
+    h1, h2, h3 = (h.address for h in net.hosts)
+    accepting = ("--password-file", one, "--accept-unencrypted")
+    r1 = net.start_router(1, *FAST, *accepting, h2, h3)
+    r2 = net.start_router(2, *FAST, h1, h3)  # not switched yet: no password
+    r3 = net.start_router(3, *FAST, *accepting, h1, h2)
+    poll(
+        lambda: info(r1) == {"h2": "unencrypted, v2", "h3": "encrypted, v2"}, timeout=20, what="h1: h2 plain, h3 sealed"
+    )
+    assert "encryption on, peers without a password accepted" in r1.log_text()
+    # h2 gets the password too (a restart: the datapath changes with it), then the setting goes everywhere.
+    r2.proc.kill()
+    r2.proc.wait()
+    net.routers.remove(r2)
+    r2 = net.start_router(2, *FAST, *accepting, h1, h3)
+    poll(lambda: info(r1) == {"h2": "encrypted, v2", "h3": "encrypted, v2"}, timeout=20, what="all encrypted")
+    for r in (r1, r2, r3):
+        reload(r, f"WEAVE_PEERS={h1} {h2} {h3}", f"WEAVE_PASSWORD_FILE={one}")
+    assert info(r1) == {"h2": "encrypted, v2", "h3": "encrypted, v2"}  # nothing to re-establish
+    r2.proc.kill()
+    r2.proc.wait()
+    net.routers.remove(r2)
+    stranger = net.start_router(2, *FAST, h1)  # a router without a password is refused again
+    poll(lambda: "peer has no password but we require one" in r1.log_text(), timeout=20, what="plaintext refused")
+    assert stranger.established() == set()

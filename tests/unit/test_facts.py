@@ -13,3 +13,15 @@ def test_the_rollout_checks_the_facts_the_router_enforces() -> None:
     assert (rollout.MTU_MIN, rollout.MTU_MAX) == (facts.MTU_MIN, facts.MTU_MAX)
     assert rollout.CNI_VERSIONS == cni.CNI_VERSIONS
     assert rollout.PASSWORD_FILE_MODE_MASK == facts.PASSWORD_FILE_MODE_MASK
+
+
+def test_one_version_for_the_wheel_the_router_the_rollout_and_the_changelog() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import weave_node
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert project["version"] == weave_node.__version__ == rollout.VERSION
+    assert f"## {rollout.VERSION} " in (repo / "CHANGELOG.md").read_text()

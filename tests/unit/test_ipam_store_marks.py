@@ -65,3 +65,23 @@ def test_a_nickname_that_cannot_be_shown_is_dropped_not_the_message() -> None:
     raw[-2:] = b"\x07\xff"  # a bell and a byte that is not UTF-8, as another implementation might send
     msg = messages.decode(bytes(raw))
     assert isinstance(msg, messages.State) and msg.sightings == {X: Sighting(5.0, "")}
+
+
+def test_the_state_format_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from weave_node.core.errors import ConfigError
+    from weave_node.ipam.store import STATE_FORMAT
+
+    path = tmp_path / "ipam.db"
+    Store(path, me=ME, span=SPAN).db.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (str(STATE_FORMAT),)
+    db.execute("DELETE FROM meta WHERE key = 'format'")  # as 0.1.0 left it: converted
+    db.commit()
+    Store(path, me=ME, span=SPAN).db.close()
+    db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(STATE_FORMAT + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=f"written by a newer weave-node \\(state format {STATE_FORMAT + 1}"):
+        Store(path, me=ME, span=SPAN)

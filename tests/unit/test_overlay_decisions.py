@@ -114,6 +114,14 @@ def test_with_a_password_a_link_without_keys_gets_no_link_spec() -> None:
     assert clear == {B: LinkSpec(B, "198.19.0.2", None, 8972), C: LinkSpec(C, "198.19.0.3", None, 8972)}
 
 
+def test_with_a_password_a_plaintext_connection_gets_a_clear_link_and_an_encrypted_one_never_does() -> None:
+    """While encryption is being turned on or off: C (no password) is reached in the clear, B only sealed, even if
+    B were (wrongly) reported plain too."""
+    direct = {B: "198.19.0.2", C: "198.19.0.3"}
+    links = sleeve_plan.link_specs(direct, {B: (KEYS, MODE_AESGCM)}, 1500, plain=frozenset({B, C}))
+    assert links[B].keys is KEYS and links[C] == LinkSpec(C, "198.19.0.3", None, max_datagram=1472)
+
+
 def test_routes_take_only_links_that_answer_and_bridges_stay_in_vxlan() -> None:
     links = sleeve_plan.link_specs({B: "198.19.0.2", C: "198.19.0.3"}, None, 1500)
     records = graph([(ME, B), (B, C), (ME, C)])

@@ -25,6 +25,9 @@ from weave_node.ipam.ring import Ring
 
 log = logging.getLogger("weave_node.ipam")
 
+STATE_FORMAT = 1
+"""The format of ipam.db (meta 'format'): bumped by a release that changes what is stored. A router refuses a state
+of a newer format (a downgrade across such a change: its state would be misread); an older one it converts."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS allocations (
@@ -101,6 +104,14 @@ class Store:
                 f"the IPAM state in {path} is for the range {meta['range']}, not {span}: keep IPALLOC_RANGE "
                 f"the same on every peer, or remove {path} on every peer to start a new network"
             )
+        found = int(meta.get("format", 1))  # 0.1.0 wrote no format: 1
+        if found > STATE_FORMAT:
+            self.db.close()
+            raise ConfigError(
+                f"the IPAM state in {path} was written by a newer weave-node (state format {found}; this one reads "
+                f"up to {STATE_FORMAT}): a downgrade across a state format change is not supported. Install the "
+                "newer version again (docs/day2.md, Upgrading)"
+            )
         if "peer" in meta and meta["peer"] != str(me):
             aside = path.with_name(f"{path.name}.peer-{meta['peer']}.{int(time.time())}")
             log.warning("IPAM state in %s belongs to another peer name; moved it to %s", path, aside)
@@ -111,6 +122,7 @@ class Store:
             self.db = self._open()
         with self._tx():
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('range', ?), ('peer', ?)", (str(span), str(me)))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),))
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)

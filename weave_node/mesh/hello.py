@@ -21,6 +21,7 @@ MAX_NICKNAME_BYTES = 255
 MAX_FEATURES = 32
 MAX_FEATURE_BYTES = 64
 FLAG_ENCRYPTED = 0x01
+FLAG_ACCEPTS_PLAIN = 0x02  # has a password but takes peers without one (turning encryption on or off)
 NO_PUBLIC_KEY = bytes(PUBLIC_KEY_SIZE)
 
 
@@ -49,6 +50,7 @@ class Hello:
     encrypted: bool
     public_key: bytes
     features: frozenset[str]
+    accepts_plain: bool = False
 
 
 class _Reader:
@@ -88,7 +90,7 @@ def encode_hello(hello: Hello) -> bytes:
         hello.max_version.to_bytes(2, "big"),
         hello.identity.name.to_bytes(6, "big"),
         hello.identity.uid.to_bytes(8, "big"),
-        bytes([FLAG_ENCRYPTED if hello.encrypted else 0]),
+        bytes([(FLAG_ENCRYPTED if hello.encrypted else 0) | (FLAG_ACCEPTS_PLAIN if hello.accepts_plain else 0)]),
         hello.public_key,
         bytes([len(nickname)]),
         nickname,
@@ -124,4 +126,5 @@ def decode_hello(payload: bytes) -> Hello:
         encrypted=bool(flags & FLAG_ENCRYPTED),
         public_key=public_key,
         features=features,
+        accepts_plain=bool(flags & FLAG_ACCEPTS_PLAIN),
     )

@@ -16,7 +16,9 @@ class Neighbour:
     remote_address: str  # the peer's IP address as our socket sees it ("" when not an IP connection)
     local_address: str  # our IP address on that connection ("" likewise)
     features: frozenset[str]  # what both ends can do (the intersection)
-    sleeve_keys: SessionKeys | None  # per-connection keys for the sleeve (encrypted meshes only)
+    sleeve_keys: SessionKeys | None  # per-connection keys for the sleeve (encrypted connections only)
+    encrypted: bool = False  # the connection is encrypted (with a password, only a peer taken while
+    # WEAVE_ACCEPT_UNENCRYPTED is on has a plaintext one)
 
 
 def socket_host(info: object) -> str:

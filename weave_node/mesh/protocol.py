@@ -11,9 +11,10 @@ proof, or proof set, as soon as they have the peer's hello)::
     frame      length (4 bytes, big-endian) + payload; payload <= 4 KiB until established, then max_frame
     payload    tag (1 byte) + body; when a password is set, every payload after the hello (version 1) or after the
                proof set (version >= 2) is sent as counter (8 bytes) + secretbox(tag + body) (see crypto.py)
-    0x01 hello      min_version u16, max_version u16, name u48, uid u64, flags u8 (bit 0: encrypted),
-                    ephemeral X25519 public key (32 bytes, zero without a password), nickname (u8 length +
-                    UTF-8), features (u8 count, each u8 length + ASCII); trailing bytes are ignored
+    0x01 hello      min_version u16, max_version u16, name u48, uid u64, flags u8 (bit 0: encrypted, bit 1:
+                    takes peers without a password too, in plaintext), ephemeral X25519 public key (32 bytes, zero
+                    without a password), nickname (u8 length + UTF-8), features (u8 count, each u8 length +
+                    ASCII); trailing bytes are ignored
     0x02 proof      blake2b hash of both hellos (encrypted: only a peer with the same password can make it);
                     a frame of its own in version 1 only, sealed with the primary password's keys
     0x03 heartbeat  empty body
@@ -143,6 +144,7 @@ class Connection:
                 encrypted=self._ephemeral is not None,
                 public_key=self._ephemeral.public if self._ephemeral is not None else NO_PUBLIC_KEY,
                 features=config.features,
+                accepts_plain=config.accept_plaintext and config.password_key is not None,
             )
         )
         self._out += PREAMBLE
@@ -180,11 +182,15 @@ class Connection:
 
     def accepted_by(self, config: ProtocolConfig) -> bool:
         """Whether ``config`` accepts this connection's password: the one in use once established, or every one
-        it may still settle on while in its handshake. A plaintext connection: whether ``config`` has none."""
+        it may still settle on while in its handshake. A plaintext connection: whether ``config`` has no password
+        or accepts peers without one."""
         accepted = config.accepted_keys
+        plain_ok = not accepted or config.accept_plaintext
         if self._remote is not None:
-            return self._password_key in accepted if self._password_key is not None else not accepted
+            return self._password_key in accepted if self._password_key is not None else plain_ok
         own = self._config.accepted_keys
+        if self._config.accept_plaintext and not config.accept_plaintext:
+            return False  # it may still settle on plaintext
         return bool(own) == bool(accepted) and set(own) <= set(accepted)
 
     @property
@@ -355,17 +361,20 @@ class Connection:
                 f"no common protocol version: we speak {config.min_version}-{config.max_version}, "
                 f"peer speaks {hello.min_version}-{hello.max_version}"
             )
-        if config.password_key is not None and not hello.encrypted:
+        if config.password_key is not None and not hello.encrypted and not config.accept_plaintext:
             raise ProtocolError("peer has no password but we require one")
-        if config.password_key is None and hello.encrypted:
+        if config.password_key is None and hello.encrypted and not hello.accepts_plain:
             raise ProtocolError("peer requires encryption, we have no password")
+        # Both with a password: encrypted. One without: plaintext, when the one with accepts it (a switch of
+        # encryption on or off in a running cluster: WEAVE_ACCEPT_UNENCRYPTED).
+        encrypted = config.password_key is not None and hello.encrypted
         self._negotiated = RemoteInfo(
             identity=hello.identity,
             version=high,
             features=config.features & hello.features,
-            encrypted=hello.encrypted,
+            encrypted=encrypted,
         )
-        if config.password_key is None or self._ephemeral is None:
+        if not encrypted or self._ephemeral is None:
             self._establish(self._negotiated, events)
             return
         transcript = transcript_hash(self._ephemeral.public, self._hello, hello.public_key, frame)

@@ -34,6 +34,9 @@ class ProtocolConfig:
     """The primary password: the one offered first, and the only one a version-1 peer is offered."""
     previous_keys: tuple[PasswordKey, ...] = ()
     """Also accepted, not preferred (a rotation in progress); at most 3, duplicates of the primary dropped."""
+    accept_plaintext: bool = False
+    """With a password: peers without one are taken too, over plaintext (turning encryption on or off in a
+    running cluster, WEAVE_ACCEPT_UNENCRYPTED). An active attacker can then also make a connection plaintext."""
     min_version: int = 1
     max_version: int = 2
     features: frozenset[str] = frozenset()
@@ -63,8 +66,9 @@ class ProtocolConfig:
         """For the log: "off", "on", or "on, N previous password(s) accepted" (never a password)."""
         if self.password_key is None:
             return "off"
-        previous = len(self.previous_keys)
-        return f"on, {previous} previous password(s) accepted" if previous else "on"
+        notes = [f"{len(self.previous_keys)} previous password(s) accepted"] if self.previous_keys else []
+        notes += ["peers without a password accepted"] if self.accept_plaintext else []
+        return ", ".join(["on", *notes])
 
     @property
     def accepted_keys(self) -> tuple[PasswordKey, ...]:

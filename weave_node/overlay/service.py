@@ -67,6 +67,7 @@ class OverlayService:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         link_keys: Callable[[int], tuple[SessionKeys, int] | None] = lambda _name: None,
+        plain_link: Callable[[int], bool] = lambda _name: False,
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
         kernel: Kernel | None = None,
     ) -> None:
@@ -76,7 +77,7 @@ class OverlayService:
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
         self.settings = Settings(me=me, pod_range=str(config.pod_range), mtu=self.mtu, fastdp=self.fastdp)
-        self.link_keys = link_keys
+        self.link_keys, self.plain_link = link_keys, plain_link  # plain: WEAVE_ACCEPT_UNENCRYPTED's connections
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
         self.table = PeerTable()
@@ -341,12 +342,13 @@ class OverlayService:
 
     def sleeve_config(self) -> SleeveConfig:
         """What the forwarder should do now."""
-        keys = None
+        keys, plain = None, frozenset[int]()
         if self.config.encrypt:
             keys = {n: k for n in self.direct if (k := self.link_keys(n)) is not None}
+            plain = frozenset(n for n in self.direct if self.plain_link(n))
         return sleeve_plan.sleeve_config(
             me=self.me,
-            links=sleeve_plan.link_specs(self.direct, keys, self.mtu_choice.underlay),
+            links=sleeve_plan.link_specs(self.direct, keys, self.mtu_choice.underlay, plain),
             up=self.sleeve.up_links(),
             records=self.records(),
             sleeve=self.sleeve_peers(),

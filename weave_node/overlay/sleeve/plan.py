@@ -26,13 +26,18 @@ def sleeve_peers(*, running: bool, fastdp: bool, peers: Iterable[int], modes: Ma
 
 
 def link_specs(
-    direct: Mapping[int, str], keys: Mapping[int, tuple[SessionKeys, int]] | None, underlay_mtu: int
+    direct: Mapping[int, str],
+    keys: Mapping[int, tuple[SessionKeys, int]] | None,
+    underlay_mtu: int,
+    plain: frozenset[int] = frozenset(),
 ) -> dict[int, LinkSpec]:
-    """A link per direct connection. `keys` None: no password, clear datagrams. With a password, only the
-    connections that have sleeve keys (and their cipher) get a link: never a clear datagram."""
+    """A link per direct connection. `keys` None: no password, clear datagrams. With a password, the connections
+    that have sleeve keys (and their cipher) get a sealed link, and those that are plaintext (`plain`: peers
+    without a password, taken while turning encryption on or off) a clear one: never a clear datagram to a peer
+    whose connection is encrypted."""
     links = {}
     for name, address in sorted(direct.items()):
-        if keys is None:
+        if keys is None or (name in plain and name not in keys):
             links[name] = LinkSpec(name, address, None, max_datagram=underlay_mtu - UDP_IPV4)
         elif name in keys:
             sealed, cipher = keys[name]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[5]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deploys import facts, handover, settings, validate, wheelhouse  # noqa: E402 - after the path is known
+from deploys import facts, handover, settings, validate, versions, wheelhouse  # noqa: E402 - after the path is known
 
 # ansible-core 2.19's templating keeps a single expression's type ("{{ weave.weave_mtu }}" stays None, a number
 # stays a number), which the role's template vars rely on to render the bytes pyinfra renders; this action uses its
@@ -86,6 +86,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         # Not weave_* names: those are settings, and an unknown one is an error.
         data["repo"] = str(REPO)
         data["wheel"] = wheel
+        version = versions.wheel_version(wheel)
+        data["version"] = ".".join(map(str, version)) if version else "0.0.0"
+        data["downgrade_refused"] = versions.message(me, "@RUNNING@", data["version"])  # the host's, in main.yml
         data["wheels"] = sorted(p.name for p in wheels.glob("*.whl"))
         data["packages"] = settings.PACKAGES
         data["status_socket"] = facts.STATUS_SOCKET
