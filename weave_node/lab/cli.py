@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="kubectl's arguments, e.g. -n kube-system get pods")
     p.set_defaults(func=cmd_kubectl)
+    p = named(
+        lab_sub.add_parser("reboot", help="reboot a host as a machine reboots (its disk stays, /run and links go)")
+    )
+    p.add_argument("host", help="host name, e.g. node3")
+    p.set_defaults(func=cmd_reboot)
     p = named(lab_sub.add_parser("ssh-config", help="print the path of the lab's ssh_config"))
     p.set_defaults(func=cmd_ssh_config)
 
@@ -94,6 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "hosts": [asdict(h) for h in st.hosts],
             "leftovers": st.leftovers,
             "ssh_config": str(st.paths.ssh_config) if st.paths and st.spec else None,
+            "underlay_netns": st.spec.underlay_netns if st.spec else None,
         }
         print(json.dumps(doc, indent=2))
         return 0 if st.up else 3
@@ -133,6 +139,14 @@ def cmd_kubectl(args: argparse.Namespace) -> int:
     argv = lab.kubectl_argv(name, rest)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with kubectl on purpose
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    from weave_node.lab.reboot import reboot
+
+    took = reboot(args.name, args.host)
+    print(f"{args.host} rebooted: sshd answers again after {took:.1f} s")
+    return 0
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
