@@ -193,8 +193,8 @@ def test_faults_during_a_rollout_lose_and_duplicate_nothing(lab: Lab) -> None:
     out = lab.ssh("node3", _cni("GC", "gc", gc), check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
-    owners = {node: sorted((o["peer"], o["addresses"]) for o in ipam(lab, node)["owners"]) for node in NODES}
-    poll(lambda: len({json.dumps(sorted((o["peer"], o["addresses"]) for o in ipam(lab, n)["owners"])) for n in NODES})
+    owners = {node: sorted((o["peer"], o["size"]) for o in ipam(lab, node)["owners"]) for node in NODES}
+    poll(lambda: len({json.dumps(sorted((o["peer"], o["size"]) for o in ipam(lab, n)["owners"])) for n in NODES})
          == 1, timeout=60, what="every host's ring the same")  # fmt: skip
     held: dict[str, str] = {}
     for node in NODES:

@@ -7,11 +7,10 @@ this rollout, and supported by the previous release's own rollout (the state for
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,7 @@ class UpgradeLab(Lab):
 
     def owners(self, node: str) -> list[tuple[str, int]]:
         doc = self.status(node).get("ipam", {})
-        return sorted((o["peer"], o["addresses"]) for o in doc.get("owners", []))
+        return sorted((o["peer"], o["size"]) for o in doc.get("owners", []))
 
     def reaches(self, src: str, dst: str) -> bool:
         return self.ssh(src, f"ip netns exec {POD} ping -c 1 -W 1 {self.pods[dst]}", check=False).returncode == 0
@@ -57,8 +56,7 @@ def _previous_tree(dest: Path) -> Path:
     for ref in PREVIOUS:
         out = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=False)
         if out.returncode == 0:
-            with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-                tar.extractall(dest, filter="data")
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=out.stdout, check=True)  # our own repository's
             return dest
     raise AssertionError(f"neither {' nor '.join(PREVIOUS)} is in this clone: {out.stderr.decode()[-300:]}")
 
@@ -139,18 +137,13 @@ def test_the_previous_release_is_upgraded_host_by_host_without_losing_a_reply_or
         assert upgrade.allocations(node) == before[node], f"{node}'s pods kept their addresses"
         want = {o: "unencrypted, v2" for o in NODES if o != node}
         poll(lambda n=node, w=want: upgrade.connections(n) == w, timeout=30, what=f"{node} on v2 with all")  # type: ignore[misc]
-        check = upgrade.ssh(node, _cni("CHECK", POD), check=False)
-        assert check.returncode == 0, check.stdout + check.stderr
+        actual = upgrade.ssh(node, f"ip -n {POD} -4 -o addr show eth0").stdout.split()[3].split("/")[0]
+        assert actual == upgrade.pods[node] == before[node][POD]
+    for a, b in (("node1", "node2"), ("node2", "node3"), ("node3", "node1")):
+        assert upgrade.reaches(a, b), f"{a} -> {b} after the upgrade"
     assert upgrade.owners("node1") == upgrade.owners("node2") == upgrade.owners("node3")
     again = _new_deploy(upgrade)
     assert grand_total(again.stdout + again.stderr)[:2] == (0, 0)
-
-
-def _cni(command: str, pod: str) -> str:
-    env = (
-        f"CNI_COMMAND={command} CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
-    )
-    return f"{verify.CONF} | {env} /opt/cni/bin/weave-net"
 
 
 def test_a_downgrade_is_refused_by_this_rollout_and_works_with_the_previous_ones(
@@ -160,7 +153,9 @@ def test_a_downgrade_is_refused_by_this_rollout_and_works_with_the_previous_ones
     wheels = previous_wheelhouse(tree)
     refused = _new_deploy(upgrade, "--data", f"weave_wheelhouse={wheels}", check=False)
     text = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "node1 runs weave-node 0.2.0 and this rollout would install 0.1.0" in text
+    assert refused.returncode != 0 and re.search(
+        r"node\d runs weave-node 0\.2\.0 and this rollout would install 0\.1\.0", text
+    )
     assert "Starting operation" not in text
     before = {node: upgrade.allocations(node) for node in NODES}
     changed, errors = previous_deploy(upgrade, tree)
