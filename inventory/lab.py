@@ -7,6 +7,8 @@ each host's own key pinned in the lab's known_hosts.
 
 import json
 import os
+import select
+import time
 from pathlib import Path
 
 import paramiko.proxy
@@ -25,7 +27,36 @@ def _send_all(self: paramiko.proxy.ProxyCommand, content: bytes) -> int:
     return len(content)
 
 
+def _recv_until_eof(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
+    """paramiko's ProxyCommand.recv reads again and again once the command has exited (os.read gives b"" at end of
+    file): a host that went away (a reboot) left pyinfra spinning at 100 % CPU, waiting forever. At end of file,
+    return what was read (b"" tells paramiko the connection is closed)."""
+    buffer = b""
+    start = time.time()
+    try:
+        while len(buffer) < size:
+            wait = None
+            if self.timeout is not None:
+                wait = self.timeout - (time.time() - start)
+                if wait <= 0:
+                    raise TimeoutError()
+            ready, _, _ = select.select([self.process.stdout], [], [], wait)
+            if ready:
+                chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
+                if not chunk:
+                    return buffer
+                buffer += chunk
+        return buffer
+    except TimeoutError:
+        if buffer:
+            return buffer
+        raise
+    except OSError as exc:
+        raise paramiko.proxy.ProxyCommandFailure(" ".join(self.cmd), exc.strerror) from exc
+
+
 paramiko.proxy.ProxyCommand.send = _send_all  # type: ignore[method-assign]
+paramiko.proxy.ProxyCommand.recv = _recv_until_eof  # type: ignore[method-assign]
 
 _name = os.environ.get("WEAVE_LAB", "lab")
 _state_file = Path(os.environ.get("WEAVE_LAB_HOME", "/var/lib/weave-node-lab")) / "labs" / _name / "state.json"

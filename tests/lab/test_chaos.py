@@ -155,31 +155,40 @@ def test_faults_during_a_rollout_lose_and_duplicate_nothing(lab: Lab) -> None:
     rollout: dict[str, Any] = {}
 
     def roll() -> None:
-        rollout["out"] = lab.deploy("--data", SETTING, check=False)
+        t0 = time.monotonic()
+        out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/weave_node.py", "--data", SETTING, env=lab.env,
+                      timeout=300)  # fmt: skip
+        rollout.update(rc=out.returncode, took=time.monotonic() - t0)
 
     with Churn(lab) as churn:
         poll(lambda: churn.stats["add"] >= 6, timeout=60, what="pods being added")
         runner = threading.Thread(target=roll, daemon=True)
         runner.start()
         lab.ssh("node2", "systemctl kill -s KILL weave-node", check=False)  # systemd restarts it
-        cut(lab, "node1", "node3", True)
+        cut(lab, "node1", "node3", True)  # a partition that lasts 20 s (a duration, not a wait for some state)
         try:
-            time.sleep(15)  # the fault's duration (a partition that lasts), not a wait for some state
+            time.sleep(5)
+            # node3 rebooted in the middle of it, while the rollout runs: its pods go with the reboot (their
+            # network namespaces are in its /run)
+            churn.paused.add("node3")
+            with churn.busy["node3"], churn.lock:
+                gone = dict(churn.live["node3"])
+                churn.live["node3"].clear()
+                churn.undone["node3"].clear()
+            started = lab.ssh("node3", "cut -d' ' -f22 /proc/1/stat").stdout.strip()  # PID 1's start time
+            t0 = time.monotonic()
+            run_cli("weave-node", "lab", "reboot", "--name", lab.name, "node3", check=True)
+            took = time.monotonic() - t0
+            assert lab.ssh("node3", "cut -d' ' -f22 /proc/1/stat").stdout.strip() != started, "no reboot"
+            churn.paused.discard("node3")
+            time.sleep(max(0.0, 15 - took))
         finally:
             cut(lab, "node1", "node3", False)
-        churn.paused.add("node3")
-        with churn.busy["node3"], churn.lock:  # its pods go with the reboot (their namespaces are in its /run)
-            gone = dict(churn.live["node3"])
-            churn.live["node3"].clear()
-            churn.undone["node3"].clear()
-        took = float(run_cli("weave-node", "lab", "reboot", "--name", lab.name, "node3", check=True)
-                     .stdout.split("after ")[1].split(" s")[0])  # fmt: skip
-        churn.paused.discard("node3")
         runner.join(timeout=900)
         time.sleep(5)  # a few more pods added and deleted after the faults (a duration, not a wait)
     churn.finish()
     print(f"\nchaos: {churn.stats}; node3 rebooted in {took:.1f} s, {len(gone)} of its pods went with it; rollout "  # noqa: T201
-          f"during the faults: rc {rollout['out'].returncode}")  # fmt: skip
+          f"during the faults: rc {rollout.get('rc')} after {rollout.get('took', 0):.0f} s")  # fmt: skip
 
     final = lab.deploy("--data", SETTING)
     assert grand_total(final.stdout + final.stderr)[1] == 0
@@ -189,7 +198,7 @@ def test_faults_during_a_rollout_lose_and_duplicate_nothing(lab: Lab) -> None:
     # As the runtime does after a reboot: GC with the attachments still valid (those added since).
     gc_conf = verify.CONF.replace('p.update(cniVersion=d["cniVersion"]', 'p.update(cniVersion="1.1.0"')
     valid = json.dumps([{"containerID": p, "ifname": "eth0"} for p in sorted(churn.live["node3"])])
-    gc = gc_conf.replace("print(json.dumps(p))", f"p['cni.dev/valid-attachments'] = {valid}; print(json.dumps(p))")
+    gc = gc_conf.replace("print(json.dumps(p))", f'p["cni.dev/valid-attachments"] = {valid}; print(json.dumps(p))')
     out = lab.ssh("node3", _cni("GC", "gc", gc), check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 

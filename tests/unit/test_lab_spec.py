@@ -58,7 +58,7 @@ def test_ssh_config_reaches_hosts_through_the_underlay_namespace_with_pinned_key
     blocks = text.strip().split("\n\n")
     assert [b.splitlines()[0] for b in blocks] == ["Host node1", "Host node2"]
     assert "HostName 198.18.0.2" in blocks[1]
-    assert "ProxyCommand ip netns exec wnl-t1-u nc %h %p" in text
+    assert "ProxyCommand ip netns exec wnl-t1-u socat - TCP:%h:%p" in text
     assert text.count("StrictHostKeyChecking yes") == 2
     assert text.count("UserKnownHostsFile /k/known_hosts") == 2
 

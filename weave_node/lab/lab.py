@@ -34,6 +34,7 @@ TOOLS = {
     "systemd-nspawn": "systemd-container",
     "mmdebstrap": "mmdebstrap",
     "nc": "netcat-openbsd",
+    "socat": "socat",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "nsenter": "util-linux",

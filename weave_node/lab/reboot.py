@@ -6,6 +6,7 @@ The disk (the host's overlay layer: /etc, /var/lib) stays. Then it boots again a
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -27,12 +28,14 @@ def reboot(name: str, host: str, report: object = None) -> float:
         raise LabError("lab reboot is for plain labs (a Kubernetes host's cgroups are set up by `lab up` only)")
     start = time.monotonic()
     with _lock(name):
-        subprocess.run(  # the connection may drop before ssh returns: its exit code says nothing
-            ["ssh", "-F", str(paths.ssh_config), host, "systemctl reboot"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        # Queued, not waited for (the session would hang as the host goes down): the exit code says nothing.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["ssh", "-F", str(paths.ssh_config), host, "systemctl reboot --no-block"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
         cgroup = system.lab_cgroups(spec.name, host)[0]
         deadline = time.monotonic() + STOP_TIMEOUT
         while system.cgroup_pids(cgroup):

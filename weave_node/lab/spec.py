@@ -97,7 +97,9 @@ def render_ssh_config(spec: LabSpec, identity_file: str, known_hosts_file: str) 
                     "    StrictHostKeyChecking yes",
                     "    ConnectTimeout 10",
                     "    LogLevel ERROR",
-                    f"    ProxyCommand ip netns exec {spec.underlay_netns} nc %h %p",
+                    # socat, not nc: nc stays in CLOSE-WAIT when the host goes away (a reboot), and the SSH
+                    # client (pyinfra's paramiko) then waits for it forever; socat ends with the connection
+                    f"    ProxyCommand ip netns exec {spec.underlay_netns} socat - TCP:%h:%p",
                 ]
             )
         )
