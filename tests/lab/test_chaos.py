@@ -7,7 +7,6 @@ addresses), pods reach each other again within a bound, and a second rollout cha
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 from tests.e2e import verify
 from tests.helpers import poll, run_cli
 from tests.lab.test_lab import grand_total
-from tests.lab.test_rollout import Lab
+from tests.lab.test_rollout import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 NODES = ("node1", "node2", "node3")
@@ -116,17 +115,11 @@ class Churn:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    name = f"x{os.getpid() % 100000}"
-    try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(len(NODES)), env={"WEAVE_LAB": name},
-                check=True)  # fmt: skip
-        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
-        lab = Lab(name, status["ssh_config"])
+    with running_lab("x", len(NODES)) as (name, ssh_config):
+        lab = Lab(name, ssh_config)
         out = lab.deploy()
         assert grand_total(out.stdout + out.stderr)[1] == 0
         yield lab
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
 
 
 def underlay(lab: Lab) -> str:

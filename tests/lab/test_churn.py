@@ -6,8 +6,6 @@ period; fencing and unfencing are logged."""
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import pytest
 from tests.e2e import verify
 from tests.helpers import poll, run_cli
 from tests.lab.test_lab import grand_total
-from tests.lab.test_rollout import Lab
+from tests.lab.test_rollout import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 NODES = ("node1", "node2", "node3")
@@ -27,18 +25,13 @@ CLI = "/opt/weave-node/venv/bin/weave-node"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    name = f"c{os.getpid() % 100000}"
-    try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", "3", env={"WEAVE_LAB": name}, check=True)
-        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
-        lab = Lab(name, status["ssh_config"])
+    with running_lab("c", 3) as (name, ssh_config):
+        lab = Lab(name, ssh_config)
         out = lab.deploy()
         assert grand_total(out.stdout + out.stderr)[1] == 0
         for node in NODES:
             poll(lambda n=node: lab.status(n).get("ipam", {}).get("ready"), timeout=60, what=f"{node} ready")  # type: ignore[misc]
         yield lab
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
 
 
 def ipam(lab: Lab, node: str) -> dict[str, Any]:

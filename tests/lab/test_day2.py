@@ -9,7 +9,6 @@ The lab has 5 hosts; the inventory starts with 3 of them (WEAVE_LAB_ONLY) and gr
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 from tests.e2e import verify
 from tests.helpers import poll, run_cli
 from tests.lab.test_lab import grand_total
-from tests.lab.test_rollout import Lab
+from tests.lab.test_rollout import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 FIRST = ("node1", "node2", "node3")
@@ -118,21 +117,14 @@ class Pings:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day2Lab]:
-    name = f"d{os.getpid() % 100000}"
-    try:
-        run_cli(
-            "weave-node", "lab", "up", "--name", name, "--hosts", str(len(ALL)), env={"WEAVE_LAB": name}, check=True
-        )
-        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
-        lab = Day2Lab(name, status["ssh_config"], tmp_path_factory.mktemp("secrets"))
+    with running_lab("d", len(ALL)) as (name, ssh_config):
+        lab = Day2Lab(name, ssh_config, tmp_path_factory.mktemp("secrets"))
         changed, errors = lab.roll()
         assert errors == 0 and changed > 0
         for node in FIRST:
             poll(lambda n=node: len(lab.established(n)) == 2, timeout=60, what=f"{node} meshed")  # type: ignore[misc]
             lab.add_pod(node)
         yield lab
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
 
 
 def test_hosts_added_to_the_inventory_join_without_restarting_any_router(lab: Day2Lab) -> None:

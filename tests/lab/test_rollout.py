@@ -4,6 +4,7 @@ nothing, the password stays secret, and bad settings stop the run before any hos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -43,15 +44,23 @@ class Lab:
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    name = f"r{os.getpid() % 100000}"
+@contextlib.contextmanager
+def running_lab(prefix: str, hosts: int) -> Iterator[tuple[str, str]]:
+    """A lab of `hosts` hosts named after `prefix` and this process, up for the block, always taken down after:
+    (its name, its ssh_config)."""
+    name = f"{prefix}{os.getpid() % 100000}"
     try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(HOSTS), env={"WEAVE_LAB": name}, check=True)
+        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), env={"WEAVE_LAB": name}, check=True)
         status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
-        yield Lab(name, status["ssh_config"])
+        yield name, status["ssh_config"]
     finally:
         run_cli("weave-node", "lab", "down", "--name", name, "-q")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with running_lab("r", HOSTS) as (name, ssh_config):
+        yield Lab(name, ssh_config)
 
 
 def _established(lab: Lab, name: str) -> int:

@@ -21,7 +21,7 @@ from tests.e2e import verify
 from tests.helpers import BIN, REPO, poll, run_cli
 from tests.lab.test_day2 import POD, Pings
 from tests.lab.test_lab import grand_total
-from tests.lab.test_rollout import Lab
+from tests.lab.test_rollout import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 PREVIOUS = ("v0.1.0", "278870e")  # the tag, or its commit where a clone has no tags
@@ -61,11 +61,11 @@ def _previous_tree(dest: Path) -> Path:
     raise AssertionError(f"neither {' nor '.join(PREVIOUS)} is in this clone: {out.stderr.decode()[-300:]}")
 
 
-def previous_deploy(lab: Lab, tree: Path, *args: str) -> tuple[int, int]:
+def previous_deploy(lab: Lab, tree: Path, *args: str, inventory: str = "inventory/lab.py") -> tuple[int, int]:
     """The previous release's own rollout (its deploy, templates and wheel), as a user of it would run it."""
     env = dict(os.environ, WEAVE_LAB=lab.name, PYTHONPATH=str(tree))
     out = subprocess.run(
-        [str(BIN / "pyinfra"), "-y", "inventory/lab.py", "deploys/weave_node.py", *args],
+        [str(BIN / "pyinfra"), "-y", inventory, "deploys/weave_node.py", *args],
         capture_output=True, text=True, env=env, cwd=tree, timeout=900, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -83,12 +83,8 @@ def previous_wheelhouse(tree: Path) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpgradeLab, Path]]:
     tree = _previous_tree(tmp_path_factory.mktemp("previous"))
-    name = f"u{os.getpid() % 100000}"
-    try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(len(NODES)), env={"WEAVE_LAB": name},
-                check=True)  # fmt: skip
-        status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
-        lab = UpgradeLab(name, status["ssh_config"])
+    with running_lab("u", len(NODES)) as (name, ssh_config):
+        lab = UpgradeLab(name, ssh_config)
         changed, errors = previous_deploy(lab, tree)
         assert errors == 0 and changed > 0
         lab.pods = {}
@@ -96,8 +92,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpgradeLab, 
             poll(lambda n=node: len(lab.connections(n)) == 2, timeout=60, what=f"{node} meshed")  # type: ignore[misc]
             lab.pods[node] = verify.add_pod(lab.host(node), POD)
         yield lab, tree
-    finally:
-        run_cli("weave-node", "lab", "down", "--name", name, "-q")
 
 
 def _new_deploy(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
