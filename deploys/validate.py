@@ -127,7 +127,27 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
     if data.get("weave_kubernetes") is True:
         _check_daemonset(host, data, all_hosts, fail)
     _check_numbers(data, fail)
+    _check_wheelhouse(data.get("weave_wheelhouse"), fail)
     check_booleans(host, data)
+
+
+def _check_wheelhouse(path: Any, fail: Any) -> None:
+    """A given wheelhouse (an upgrade to another version's build): one weave_node wheel and its checksums."""
+    if not path:
+        return
+    folder = str(path)
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        fail(f"weave_wheelhouse {folder}: {exc.strerror}")
+        return
+    ours = [n for n in names if n.startswith("weave_node-") and n.endswith(".whl")]
+    if len(ours) != 1 or "SHA256SUMS" not in names:
+        found = f"{len(ours)} weave_node wheels" + ("" if "SHA256SUMS" in names else " and no SHA256SUMS")
+        fail(
+            f"weave_wheelhouse {folder} has {found}: it needs exactly one weave_node wheel and SHA256SUMS (build "
+            "one with `python -m deploys.wheelhouse` in the checkout of the version you want)"
+        )
 
 
 DAEMONSET_FIXED = {

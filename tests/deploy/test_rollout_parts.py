@@ -372,3 +372,21 @@ def test_versions_are_read_from_the_router_and_the_wheel() -> None:
     assert versions.downgrade("n", "weave-node 0.10.0", "weave_node-0.9.9-py3-none-any.whl", False)
     assert versions.downgrade("n", "weave-node 0.10.0", "weave_node-0.9.9-py3-none-any.whl", True) is None
     assert versions.downgrade("n", "weave-node 0.9.9", "weave_node-0.10.0-py3-none-any.whl", False) is None
+
+
+def test_a_wheelhouse_without_our_wheel_stops_the_run_before_any_host_is_touched(tmp_path: Path) -> None:
+    """Upgrading to a version whose wheel is missing: a clear error at validation."""
+    hosts = _hosts()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "SHA256SUMS").write_text("")
+    for where, message in [
+        (tmp_path / "missing", "No such file or directory"),
+        (empty, "has 0 weave_node wheels: it needs exactly one weave_node wheel and SHA256SUMS"),
+    ]:
+        with pytest.raises(InvalidData, match=f"node2: weave_wheelhouse {where}"):
+            settings.effective("node2", {**hosts[1][1], "weave_wheelhouse": str(where)}, hosts)
+        with pytest.raises(InvalidData, match=message):
+            settings.effective("node2", {**hosts[1][1], "weave_wheelhouse": str(where)}, hosts)
+    (empty / "weave_node-0.3.0-py3-none-any.whl").write_bytes(b"")
+    settings.effective("node2", {**hosts[1][1], "weave_wheelhouse": str(empty)}, hosts)  # now it is one
