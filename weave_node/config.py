@@ -162,6 +162,16 @@ def _metrics_addr(pick: Callable[[str, str], object]) -> str:
     return addr
 
 
+def strict_flag(value: object, name: str) -> bool:
+    """A setting that weakens security: only known words; anything else is an error, never "on"."""
+    word = str(value or "").strip().lower()
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    if word in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
 def _flag_off(value: object) -> bool:
     return str(value or "").lower() in ("", "0", "false", "no")
 
@@ -252,7 +262,9 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         conn_limit=conn_limit,
         password=password,
         previous_password=previous_password,
-        accept_unencrypted=not _flag_off(pick("accept_unencrypted", "WEAVE_ACCEPT_UNENCRYPTED")),
+        accept_unencrypted=strict_flag(
+            pick("accept_unencrypted", "WEAVE_ACCEPT_UNENCRYPTED"), "WEAVE_ACCEPT_UNENCRYPTED"
+        ),
         status_addr=status_addr,
         status_socket="" if socket_path == "none" else str(socket_path or DEFAULT_STATUS_SOCKET),
         state_dir=Path(str(state_dir or DEFAULT_STATE_DIR)),

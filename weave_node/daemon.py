@@ -125,7 +125,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
         ),
         bridge_address,
         link_keys=lambda name: _sleeve_keys(router, name),
-        plain_link=lambda name: (n := router.neighbour(name)) is not None and not n.encrypted,
+        neighbour=router.neighbour,
         records=lambda: router.topology.records,
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))

@@ -74,6 +74,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     """`weave-node reload`: the live settings to the router (unix socket only: it changes the router)."""
     from weave_node.api.client import ApiError, request
+    from weave_node.config import strict_flag
     from weave_node.core.envfile import read_env_files
 
     env = read_env_files([Path(f) for f in args.env_file]) if args.env_file else dict(os.environ)
@@ -81,7 +82,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         "peers": env.get("WEAVE_PEERS", "").split(),
         "password_file": env.get("WEAVE_PASSWORD_FILE") or None,
         "previous_password_file": env.get("WEAVE_PREVIOUS_PASSWORD_FILE") or None,
-        "accept_unencrypted": env.get("WEAVE_ACCEPT_UNENCRYPTED", "").lower() not in ("", "0", "false", "no"),
+        "accept_unencrypted": strict_flag(env.get("WEAVE_ACCEPT_UNENCRYPTED"), "WEAVE_ACCEPT_UNENCRYPTED"),
     }
     sock = args.socket or env.get("WEAVE_STATUS_SOCKET") or DEFAULT_STATUS_SOCKET
     deadline = time.monotonic() + args.wait

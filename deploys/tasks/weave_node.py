@@ -159,6 +159,8 @@ def config(data: dict[str, Any]) -> Changes:
     )
     if not data["weave_previous_password_file"]:
         live.append(files.file(name="No previous password (rotation done)", path=PREVIOUS_PASSWORD, present=False))
+    if not data["weave_password_file"]:  # (encryption turned off: the env file no longer names it)
+        files.file(name="No password (encryption off)", path=PASSWORD, present=False)
     return Changes(restart=[env], live=live)
 
 

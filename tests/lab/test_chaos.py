@@ -91,7 +91,7 @@ class Churn:
         self._undo(node, pod)
 
     def _del(self, node: str, pod: str) -> None:
-        out = self.lab.ssh(node, f"{_cni('DEL', pod)} && ip netns delete {pod}", check=False)
+        out = self.lab.ssh(node, f"{_cni('DEL', pod)}; rc=$?; ip netns delete {pod}; exit $rc", check=False)
         with self.lock:
             if out.returncode == 0:
                 self.live[node].pop(pod, None)

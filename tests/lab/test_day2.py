@@ -4,7 +4,8 @@ lost), a host retired with `weave-node rollout --retire` (its space with the oth
 more, no reply lost), and the password rotated in two rollouts (a window in which both are accepted) — no router
 restart, a bounded loss while the sleeve is re-keyed.
 
-The lab has 5 hosts; the inventory starts with 3 of them (WEAVE_LAB_ONLY) and grows to 5 (two added at once)."""
+The lab has 8 hosts; the inventory starts with 3 of them (WEAVE_LAB_ONLY), grows to 8 (five added at once) and
+shrinks to 4 (four retired at once)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from tests.lab.test_rollout import Lab, running_lab
 
 pytestmark = pytest.mark.lab
 FIRST = ("node1", "node2", "node3")
-ALL = (*FIRST, "node4", "node5")
+NEW = ("node4", "node5", "node6", "node7", "node8")  # added at once
+ALL = (*FIRST, *NEW)
+RETIRED = NEW[1:]  # retired at once
 CLI = "/opt/weave-node/venv/bin/weave-node"
 POD = "d2"
 
@@ -46,10 +49,11 @@ class Day2Lab(Lab):
         path.chmod(0o600)
         return path
 
-    def roll(self, *data: str, check: bool = True) -> tuple[int, int]:
-        """The rollout onto self.hosts with this password (and `data`): (changed, errors)."""
+    def roll(self, *data: str, check: bool = True, limit: str = "") -> tuple[int, int]:
+        """The rollout onto self.hosts (or `limit`) with this password (and `data`): (changed, errors)."""
         env = {**self.env, "WEAVE_LAB_ONLY": ",".join(self.hosts)}
         args = ["--data", f"weave_password_file={self.password}"] if self.password else []
+        args += ["--limit", limit] if limit else []
         for item in data:
             args += ["--data", item]
         out = run_cli(
@@ -135,17 +139,18 @@ def test_hosts_added_to_the_inventory_join_without_restarting_any_router(lab: Da
         changed, errors = lab.roll()
         rolled = time.monotonic() - start
         assert errors == 0 and changed > 0
-        for node in ("node4", "node5"):
+        for node in NEW:
             lab.add_pod(node)
         joined = time.monotonic()
-        for new in ("node4", "node5"):
+        for new in NEW:
             for other in ALL:
                 if other != new:
                     poll(lambda a=new, b=other: lab.reaches(a, b), timeout=30, what=f"{new} -> {other}")  # type: ignore[misc]
                     assert lab.reaches(other, new), f"{other} -> {new}"
         reached = time.monotonic() - joined
         lost = pings.lost()
-    print(f"\nadding 2 hosts: rollout {rolled:.1f} s, their pods reach every pod {reached:.1f} s later, lost {lost}")  # noqa: T201
+    text = f"adding {len(NEW)} hosts: rollout {rolled:.1f} s, their pods reach every pod {reached:.1f} s later"
+    print(f"\n{text}, lost {lost}")  # noqa: T201
     assert {node: lab.pid(node) for node in FIRST} == before, "a router restarted"
     assert lost == {"node2": 0, "node3": 0}
     for node in ALL:
@@ -155,7 +160,8 @@ def test_hosts_added_to_the_inventory_join_without_restarting_any_router(lab: Da
         assert sorted(peers.split()) == sorted(address(o) for o in want)
     assert "WEAVE_PEERS" not in lab.ssh("node1", "cat /etc/weave-node/weave-node.env").stdout
     journal = lab.ssh("node1", "journalctl -u weave-node --no-pager -o cat").stdout
-    assert "peer list changed: added 198.18.0.4:6783 198.18.0.5:6783" in journal, journal[-2000:]
+    added = " ".join(f"{address(n)}:6783" for n in NEW)
+    assert f"peer list changed: added {added}; no longer configured none" in journal, journal[-2000:]
     assert lab.roll() == (0, 0)  # converged: a second run changes nothing
 
 
@@ -164,29 +170,31 @@ def test_a_retired_host_hands_its_space_over_and_leaves_every_peer_list(lab: Day
     bad = run_cli("weave-node", "rollout", "--retire", "node9", "--data", f"weave_password_file={lab.password}",
                   env=env, check=False)  # fmt: skip
     assert bad.returncode == 2 and "--retire node9: not in inventory/lab.py" in bad.stderr, bad.stderr
-    retired = lab.status("node5")["router"]["name"]
-    stayed = ALL[:-1]
+    retired = {lab.status(node)["router"]["name"] for node in RETIRED}
+    stayed = tuple(n for n in ALL if n not in RETIRED)
     before = {node: lab.pid(node) for node in stayed}
-    verify.del_pod(lab.host("node5"), POD)
-    del lab.pods["node5"]
+    for node in RETIRED:
+        verify.del_pod(lab.host(node), POD)
+        del lab.pods[node]
     with Pings(lab, "node1", ("node2", "node4")) as pings:
-        out = run_cli("weave-node", "rollout", "--retire", "node5", "--data", f"weave_password_file={lab.password}",
-                      env=env, check=True)  # fmt: skip
+        out = run_cli("weave-node", "rollout", "--retire", ",".join(RETIRED), "--data",
+                      f"weave_password_file={lab.password}", env=env, check=True)  # fmt: skip
         lost = pings.lost()
     text = out.stdout + out.stderr
-    assert "handed" in text and "retired node5" in text, text[-3000:]
-    # At once: the hand-over is done when the removal step ends (no grace period)
+    assert "handed" in text and f"retired {', '.join(RETIRED)}" in text, text[-3000:]
+    # At once: the hand-overs are done when the removal step ends (no grace period)
     owners = {o["peer"] for o in lab.status("node1")["ipam"]["owners"]}
-    assert retired not in owners and len(owners) == 4, owners
-    verify.nothing_of_ours_is_left(lab.host("node5"))
+    assert not retired & owners and len(owners) == len(stayed), owners
+    for node in RETIRED:
+        verify.nothing_of_ours_is_left(lab.host(node))
     assert {node: lab.pid(node) for node in stayed} == before, "a router restarted"
     assert lost == {"node2": 0, "node4": 0}
     lab.hosts = stayed
+    gone = {f"{address(n)}:6783" for n in RETIRED}
     for node in stayed:
-        assert address("node5") not in lab.ssh(node, "cat /etc/weave-node/mesh.env").stdout
+        assert not any(address(n) in lab.ssh(node, "cat /etc/weave-node/mesh.env").stdout for n in RETIRED)
         targets = lambda n=node: {t["address"] for t in lab.status(n).get("targets", [])}  # noqa: E731
-        poll(lambda t=targets: not any(a.startswith(address("node5") + ":") for a in t()), timeout=30,  # type: ignore[misc]
-             what=f"{node} no longer dials node5")  # fmt: skip
+        poll(lambda t=targets: not t() & gone, timeout=30, what=f"{node} no longer dials the retired hosts")  # type: ignore[misc]
         assert lab.established(node) == {o for o in stayed if o != node}
     assert lab.roll() == (0, 0)
 
@@ -246,20 +254,33 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
                 if a != b:
                     poll(lambda a=a, b=b: lab.reaches(a, b), timeout=30, what=f"{a} -> {b}")  # type: ignore[misc]
 
+    def mixed(node: str, others: tuple[str, ...], info: str) -> None:
+        """One host switched, the others not yet: they talk (mesh and pods, both ways)."""
+        want = {o: info for o in lab.hosts if o != node}
+        poll(lambda: lab.infos(node) == want, timeout=60, what=f"{node}: {info} with the others")
+        for other in others:
+            for a, b in ((node, other), (other, node)):
+                poll(lambda a=a, b=b: lab.reaches(a, b), timeout=30, what=f"{a} -> {b} while switching")  # type: ignore[misc]
+
     losses = []
     with Pings(lab, "node1", ("node2", "node3")) as pings:
         assert lab.roll("weave_accept_unencrypted=true")[1] == 0  # off, 1: applied live
         assert {node: lab.pid(node) for node in lab.hosts} == pids, "a reload restarted a router"
         lab.password = None
-        assert lab.roll()[1] == 0  # off, 2: no password (restarts)
+        assert lab.roll(limit="node1")[1] == 0  # off, 2: node1 first, without a password (a restart)
+        mixed("node1", ("node2", "node3"), "unencrypted, v2")
+        assert lab.roll()[1] == 0  # off, 2: the others
         meshed("unencrypted, v2")
         everyone_reaches()
         losses.append(pings.lost())
     poll(lambda: all(p["mode"] == "fastdp" for p in lab.status("node1")["datapath"]["peers"]), timeout=60,
          what="the fast datapath back")  # fmt: skip
+    assert len(lab.status("node1")["datapath"]["peers"]) == len(lab.hosts) - 1
     with Pings(lab, "node1", ("node2", "node3")) as pings:
         lab.password = password
-        assert lab.roll("weave_accept_unencrypted=true")[1] == 0  # on, 1: the password, plaintext still taken
+        assert lab.roll("weave_accept_unencrypted=true", limit="node1")[1] == 0  # on, 1: node1 first
+        mixed("node1", ("node2", "node3"), "unencrypted, v2")  # its peers reach it through the sleeve
+        assert lab.roll("weave_accept_unencrypted=true")[1] == 0  # on, 1: the others
         meshed("encrypted, v2")
         assert lab.roll()[1] == 0  # on, 2: only encrypted peers (a reload)
         meshed("encrypted, v2")

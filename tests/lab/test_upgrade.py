@@ -116,7 +116,7 @@ def test_the_previous_release_is_upgraded_host_by_host_without_losing_a_reply_or
         # A mixed cluster: the new router speaks version 1 to the old ones, and pods and IPAM work across.
         assert upgrade.connections("node1") == {"node2": "unencrypted, v1", "node3": "unencrypted, v1"}
         for a, b in (("node1", "node2"), ("node3", "node1")):
-            assert upgrade.reaches(a, b), f"{a} -> {b} in the mixed cluster"
+            poll(lambda a=a, b=b: upgrade.reaches(a, b), timeout=10, what=f"{a} -> {b} in the mixed cluster")  # type: ignore[misc]
         mixed = verify.add_pod(upgrade.host("node1"), "mixed")
         verify.del_pod(upgrade.host("node1"), "mixed")
         start = time.monotonic()

@@ -226,3 +226,11 @@ def test_env_files_are_read_as_systemd_reads_ours(tmp_path: Path) -> None:
     assert read_env_files([first, second]) == {"WEAVE_PEERS": "new", "X": "1"}
     with pytest.raises(ConfigError, match="cannot read"):
         read_env_files([tmp_path / "missing.env"])
+
+
+def test_accepting_unencrypted_peers_takes_only_known_words() -> None:
+    assert from_env_and_flags({"WEAVE_ACCEPT_UNENCRYPTED": "1"}, {}).accept_unencrypted is True
+    assert from_env_and_flags({"WEAVE_ACCEPT_UNENCRYPTED": "off"}, {}).accept_unencrypted is False
+    assert from_env_and_flags({}, {}).accept_unencrypted is False
+    with pytest.raises(ConfigError, match="WEAVE_ACCEPT_UNENCRYPTED must be"):
+        from_env_and_flags({"WEAVE_ACCEPT_UNENCRYPTED": "maybe"}, {})

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 def test_neighbours_are_immutable_values_of_the_established_connections() -> None:
     rig = Rig()
     (n,) = rig.router.neighbours()
-    assert n == Neighbour(PEER.name, "198.51.100.7", "", frozenset(), None)
+    assert n == Neighbour(PEER.name, "198.51.100.7", "", frozenset(), None, encrypted=False)  # no password
     assert rig.router.neighbour(PEER.name) == n and rig.router.neighbour(PEER.name + 1) is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         n.remote_address = "x"  # type: ignore[misc]

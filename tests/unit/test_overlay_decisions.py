@@ -134,9 +134,9 @@ def test_routes_take_only_links_that_answer_and_bridges_stay_in_vxlan() -> None:
 
 def test_which_peers_take_the_sleeve() -> None:
     modes = {B: Mode.SLEEVE, C: Mode.FASTDP}
-    assert sleeve_plan.sleeve_peers(running=False, fastdp=True, peers={B, C}, modes=modes) == frozenset()
-    assert sleeve_plan.sleeve_peers(running=True, fastdp=False, peers={B, C}, modes={}) == {B, C}
-    assert sleeve_plan.sleeve_peers(running=True, fastdp=True, peers={B, C}, modes=modes) == {B}
+    assert sleeve_plan.sleeve_peers(False, True, {B, C}, modes) == frozenset()
+    assert sleeve_plan.sleeve_peers(True, False, {B, C}, {}) == {B, C}
+    assert sleeve_plan.sleeve_peers(True, True, {B, C}, modes) == {B}
 
 
 def test_what_the_log_announces_once() -> None:
@@ -223,3 +223,22 @@ def test_the_status_document() -> None:
     assert c["in_topology"] is False and c["sleeve"] == {"via": "b", "link": None} and c["mode"] == "pending"
     assert status(_snap(sleeve_running=False, sleeve_error="no TAP"), 0.0)["sleeve"] == {"error": "no TAP"}
     assert status(_snap(sleeve_running=False), 0.0)["sleeve"] is None
+
+
+def test_a_peer_with_a_password_connected_to_us_in_plaintext_is_reached_through_the_sleeve() -> None:
+    """While encryption is switched: we (no password, fastdp) reach a peer that has one (no VXLAN there) through
+    the sleeve, whatever the heartbeats say."""
+    modes = {B: Mode.FASTDP}
+    assert sleeve_plan.sleeve_peers(True, True, {B, C}, modes, frozenset({C})) == {C}
+    assert sleeve_plan.sleeve_peers(True, True, {B}, modes, frozenset({C})) == frozenset()  # C is gone
+
+
+def test_with_a_password_a_plain_link_carries_only_its_own_peers_traffic() -> None:
+    """A (us, with a password) - B (plaintext, no password) - C (with a password): C is never reached through B,
+    where its frames would cross the wire in the clear; with the sealed link to C down, C is unreachable."""
+    records = graph([(ME, B), (B, C), (ME, C)])
+    links = {B: LinkSpec(B, "198.19.0.2", None, 1472), C: LinkSpec(C, "198.19.0.3", KEYS, 1472)}
+    kw = {"me": ME, "links": links, "records": records, "sleeve": frozenset({B, C}), "peers": {B, C}}
+    assert sleeve_plan.sleeve_config(up={B}, fastdp=False, encrypt=True, **kw).routes == {B: B}  # type: ignore[arg-type]
+    assert sleeve_plan.sleeve_config(up={B, C}, fastdp=False, encrypt=True, **kw).routes == {B: B, C: C}  # type: ignore[arg-type]
+    assert sleeve_plan.sleeve_config(up={B}, fastdp=False, encrypt=False, **kw).routes == {B: B, C: B}  # type: ignore[arg-type]

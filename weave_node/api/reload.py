@@ -3,7 +3,8 @@
 Only on the unix socket (root only, mode 0600 directory): the loopback TCP port is open to every local user, and
 this endpoint changes whom the router talks to and which passwords it accepts. The body names the password
 files; the router reads them itself (the passwords never travel through the API).
-    {"peers": [address...], "password_file": path|null, "previous_password_file": path|null}
+    {"peers": [address...], "password_file": path|null, "previous_password_file": path|null,
+     "accept_unencrypted": bool}
     -> {"summary": str, "peers_added": [...], "peers_dropped": [...], "connections_reestablished": n}
     400 bad settings (nothing changed), 403 over TCP, 409 needs a restart (encryption turned on or off)
 """

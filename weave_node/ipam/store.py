@@ -104,7 +104,8 @@ class Store:
                 f"the IPAM state in {path} is for the range {meta['range']}, not {span}: keep IPALLOC_RANGE "
                 f"the same on every peer, or remove {path} on every peer to start a new network"
             )
-        found = int(meta.get("format", 1))  # 0.1.0 wrote no format: 1
+        raw = meta.get("format", 1)  # 0.1.0 wrote no format: 1
+        found = int(raw) if str(raw).isdigit() else STATE_FORMAT + 1  # unreadable: not ours to guess
         if found > STATE_FORMAT:
             self.db.close()
             raise ConfigError(

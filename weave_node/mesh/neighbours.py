@@ -17,8 +17,9 @@ class Neighbour:
     local_address: str  # our IP address on that connection ("" likewise)
     features: frozenset[str]  # what both ends can do (the intersection)
     sleeve_keys: SessionKeys | None  # per-connection keys for the sleeve (encrypted connections only)
-    encrypted: bool = False  # the connection is encrypted (with a password, only a peer taken while
-    # WEAVE_ACCEPT_UNENCRYPTED is on has a plaintext one)
+    encrypted: bool = True  # the connection is encrypted (with a password, only a peer taken while
+    # WEAVE_ACCEPT_UNENCRYPTED is on has a plaintext one); True unless known otherwise (the safe side)
+    peer_password: bool = False  # the peer has a password (ours is a plaintext connection to it: no fastdp there)
 
 
 def socket_host(info: object) -> str:

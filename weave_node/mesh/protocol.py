@@ -82,6 +82,7 @@ class RemoteInfo:
     version: int
     features: frozenset[str]
     encrypted: bool
+    peer_password: bool = False  # the peer has one (its hello said so), whether or not this connection is encrypted
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class Connection:
         if self._remote is not None:
             return self._password_key in accepted if self._password_key is not None else plain_ok
         own = self._config.accepted_keys
-        if self._config.accept_plaintext and not config.accept_plaintext:
+        if self._config.accept_plaintext and own and not config.accept_plaintext:
             return False  # it may still settle on plaintext
         return bool(own) == bool(accepted) and set(own) <= set(accepted)
 
@@ -373,6 +374,7 @@ class Connection:
             version=high,
             features=config.features & hello.features,
             encrypted=encrypted,
+            peer_password=hello.encrypted,
         )
         if not encrypted or self._ephemeral is None:
             self._establish(self._negotiated, events)

@@ -167,7 +167,9 @@ class Router(Messages):
             return None
         remote_host = socket_host(pc.writer.get_extra_info("peername"))
         local_host = socket_host(pc.writer.get_extra_info("sockname"))
-        return Neighbour(name, remote_host, local_host, remote.features, pc.conn.sleeve_keys, remote.encrypted)
+        return Neighbour(
+            name, remote_host, local_host, remote.features, pc.conn.sleeve_keys, remote.encrypted, remote.peer_password
+        )
 
     def register_channel(self, name: str, gossiper: gossip.Gossiper) -> gossip.GossipChannel:
         if name in self.channels:

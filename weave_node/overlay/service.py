@@ -23,6 +23,7 @@ from weave_node.datapath.ops import SetLink
 from weave_node.datapath.plan import Plan, plan
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.mesh.gossip import GossipChannel
+from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import desired as wanted
@@ -67,7 +68,7 @@ class OverlayService:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         link_keys: Callable[[int], tuple[SessionKeys, int] | None] = lambda _name: None,
-        plain_link: Callable[[int], bool] = lambda _name: False,
+        neighbour: Callable[[int], Neighbour | None] = lambda _name: None,
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
         kernel: Kernel | None = None,
     ) -> None:
@@ -77,7 +78,7 @@ class OverlayService:
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
         self.settings = Settings(me=me, pod_range=str(config.pod_range), mtu=self.mtu, fastdp=self.fastdp)
-        self.link_keys, self.plain_link = link_keys, plain_link  # plain: WEAVE_ACCEPT_UNENCRYPTED's connections
+        self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
         self.table = PeerTable()
@@ -86,9 +87,7 @@ class OverlayService:
         self.retention = Retention(retain=config.retain, started=clock())
         self.health = Health(me, interval=config.heartbeat_interval, timeout=config.heartbeat_timeout)
         self.heartbeats = HeartbeatSocket(self.health, clock)
-        self.peers: set[int] = set()
-        self.nicknames: dict[int, str] = {}
-        self.direct: dict[int, str] = {}
+        self.peers, self.nicknames, self.direct = set[int](), dict[int, str](), dict[int, str]()
         self.vteps: dict[int, str] = {}  # the VTEP in use per peer (kept while a departed peer is retained)
         self.bridge_cidr: str | None = None
         self.problems: tuple[str, ...] = ()
@@ -338,22 +337,21 @@ class OverlayService:
     def sleeve_peers(self) -> frozenset[int]:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
-        return sleeve_plan.sleeve_peers(running=self.sleeve.running, fastdp=self.fastdp, peers=self.peers, modes=modes)
+        none = frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
+        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none)
 
     def sleeve_config(self) -> SleeveConfig:
         """What the forwarder should do now."""
-        keys, plain = None, frozenset[int]()
-        if self.config.encrypt:
-            keys = {n: k for n in self.direct if (k := self.link_keys(n)) is not None}
-            plain = frozenset(n for n in self.direct if self.plain_link(n))
+        mtu, encrypt = self.mtu_choice.underlay, self.config.encrypt
         return sleeve_plan.sleeve_config(
             me=self.me,
-            links=sleeve_plan.link_specs(self.direct, keys, self.mtu_choice.underlay, plain),
+            links=sleeve_plan.direct_links(self.direct, mtu, encrypt, self.link_keys, self.neighbour),
             up=self.sleeve.up_links(),
             records=self.records(),
             sleeve=self.sleeve_peers(),
             fastdp=self.fastdp,
             peers=self.peers,
+            encrypt=encrypt,
         )
 
     # --- pods (the CNI plugin's work, done by the router) ------------------------------------------------

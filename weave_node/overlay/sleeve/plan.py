@@ -3,10 +3,11 @@ routes over the links that answer probes, and the bridges' MACs whose frames nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from weave_node.datapath.model import bridge_mac
 from weave_node.mesh.crypto import SessionKeys
+from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay.health import Mode
 from weave_node.overlay.sleeve.config import Config, LinkSpec
@@ -15,14 +16,37 @@ from weave_node.overlay.sleeve.routing import sleeve_routes
 UDP_IPV4 = 28  # IPv4 + UDP headers: a datagram is the underlay MTU minus these
 
 
-def sleeve_peers(*, running: bool, fastdp: bool, peers: Iterable[int], modes: Mapping[int, Mode]) -> frozenset[int]:
+def sleeve_peers(
+    running: bool,
+    fastdp: bool,
+    peers: Iterable[int],
+    modes: Mapping[int, Mode],
+    no_fastdp: frozenset[int] = frozenset(),
+) -> frozenset[int]:
     """The peers whose pod traffic goes through the sleeve: none without it, all without fastdp, else those
-    whose fast path failed."""
+    whose fast path failed and those that have none (`no_fastdp`: a peer with a password, connected to us in
+    plaintext while encryption is switched, runs no VXLAN)."""
     if not running:
         return frozenset()
     if not fastdp:
         return frozenset(peers)
-    return frozenset(n for n, mode in modes.items() if mode is Mode.SLEEVE)
+    return frozenset(n for n, mode in modes.items() if mode is Mode.SLEEVE) | (no_fastdp & set(peers))
+
+
+def direct_links(
+    direct: Mapping[int, str],
+    underlay_mtu: int,
+    encrypt: bool,
+    keys_of: Callable[[int], tuple[SessionKeys, int] | None],
+    neighbour: Callable[[int], Neighbour | None],
+) -> dict[int, LinkSpec]:
+    """The links to our direct connections (see link_specs): with a password, sealed with each connection's keys,
+    clear to a peer whose connection is plaintext (taken while encryption is switched on or off)."""
+    if not encrypt:
+        return link_specs(direct, None, underlay_mtu)
+    keys = {n: k for n in direct if (k := keys_of(n)) is not None}
+    plain = frozenset(n for n in direct if (c := neighbour(n)) is not None and not c.encrypted)
+    return link_specs(direct, keys, underlay_mtu, plain)
 
 
 def link_specs(
@@ -54,10 +78,13 @@ def sleeve_config(
     sleeve: frozenset[int],
     fastdp: bool,
     peers: Iterable[int],
+    encrypt: bool = False,
 ) -> Config:
-    """`up`: the links whose probes are answered (the forwarder's report); routes use only those."""
+    """`up`: the links whose probes are answered (the forwarder's report); routes use only those. `encrypt`: we
+    have a password, so a clear link (a plaintext connection) is no one else's next hop."""
     usable = {n for n in up if n in links}
-    routes = sleeve_routes(records, me, usable)
+    plain = frozenset(n for n, spec in links.items() if spec.keys is None) if encrypt else frozenset()
+    routes = sleeve_routes(records, me, usable, plain)
     blocked: frozenset[bytes] = frozenset()
     if fastdp:  # heartbeats prove the tunnel: bridge-to-bridge frames never take the sleeve
         blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in {*peers, me})

@@ -11,11 +11,18 @@ from weave_node.mesh.routes import unicast_routes
 from weave_node.mesh.topology import PeerRecord
 
 
-def sleeve_routes(records: Mapping[int, PeerRecord], me: int, usable: set[int]) -> dict[int, int]:
-    """Destination -> next hop, where every next hop is in `usable` (our links that work)."""
+def sleeve_routes(
+    records: Mapping[int, PeerRecord], me: int, usable: set[int], plain: frozenset[int] = frozenset()
+) -> dict[int, int]:
+    """Destination -> next hop, where every next hop is in `usable` (our links that work). A `plain` link (with a
+    password, to a peer taken without one while encryption is switched) carries only that peer's own traffic:
+    never another peer's, which would cross the wire in the clear."""
     own = records.get(me)
     if own is None:
         return {}
+    sealed = usable - plain
     trimmed = dict(records)
-    trimmed[me] = replace(own, connections=tuple(c for c in own.connections if c.peer in usable))
-    return {dst: hop for dst, hop in unicast_routes(trimmed, me).items() if hop in usable}
+    trimmed[me] = replace(own, connections=tuple(c for c in own.connections if c.peer in sealed))
+    routes = {dst: hop for dst, hop in unicast_routes(trimmed, me).items() if hop in sealed}
+    routes.update({p: p for p in usable & plain})
+    return routes
