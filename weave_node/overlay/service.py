@@ -255,7 +255,8 @@ class OverlayService:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
         self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct)
-        self.planned_sleeve = self.sleeve_peers()  # becomes `applied_sleeve` when this state has been applied
+        sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
+        self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
@@ -328,8 +329,7 @@ class OverlayService:
             )
         if any(Mode.SLEEVE in (s.old, s.new) for s in switches):
             # Flood entries follow the modes, and MACs learned behind the tunnel (or the TAP) must be learned
-            # again on the path now in use: the next sync flushes them.
-            self.flush += 1
+            # again on the path now in use: the next desired state sees the sleeve's peers change, and flushes.
             self._dirty.set()
         if self.sleeve.running:
             self.sleeve.push(self.sleeve_config())
