@@ -73,9 +73,13 @@ def retire(args: argparse.Namespace, data: dict[str, str]) -> int:
         print("weave-node rollout: --retire would leave no host: use --remove to take the whole cluster away",
               file=sys.stderr)  # fmt: skip
         return 2
-    removal = copy.copy(args)
-    removal.retire, removal.remove, removal.limit = None, True, ",".join(retired)
-    code = _step(removal, {**data, "weave_remove_state": "true"})
+    # One host after another: each hand-over is confirmed before the next starts, so no space is ever handed to a
+    # host that is itself leaving at that moment (what it received, it hands on when its own turn comes).
+    code = 0
+    for name in retired:
+        removal = copy.copy(args)
+        removal.retire, removal.remove, removal.limit = None, True, name
+        code = _step(removal, {**data, "weave_remove_state": "true"}) or code
     if code != 0:
         print(
             f"weave-node rollout: the removal on {', '.join(retired)} failed (above); the other hosts are updated "

@@ -335,8 +335,8 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
     from deploys import rollout
 
     inv = tmp_path / "inv.py"
-    inv.write_text("nodes = [('node1', {'weave_address': '198.18.0.1'}), ('node2', {'weave_address': '198.18.0.2'}),"
-                   " ('node3', {'weave_address': '198.18.0.3'})]\n")  # fmt: skip
+    hosts = ", ".join(f"('node{i}', {{'weave_address': '198.18.0.{i}'}})" for i in range(1, 5))
+    inv.write_text(f"nodes = [{hosts}]\n")
     steps: list[tuple[str | None, bool, dict[str, str]]] = []
 
     def step(args: argparse.Namespace, data: dict[str, str]) -> int:
@@ -345,18 +345,19 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
 
     monkeypatch.setattr(rollout, "_step", step)
     base = {"engine": "pyinfra", "inventory": str(inv), "limit": None, "remove": False, "keep_artifacts": False}
-    args = argparse.Namespace(**base, retire="node3", data=["weave_mtu=1400"])
+    args = argparse.Namespace(**base, retire="node3,node4", data=["weave_mtu=1400"])
     assert rollout.run(args) == 0
-    assert steps == [
+    assert steps == [  # one removal at a time: no hand-over to a host that is leaving too
         ("node3", True, {"weave_mtu": "1400", "weave_remove_state": "true"}),
-        ("node1,node2", False, {"weave_mtu": "1400", "weave_retired": '["node3"]'}),
+        ("node4", True, {"weave_mtu": "1400", "weave_remove_state": "true"}),
+        ("node1,node2", False, {"weave_mtu": "1400", "weave_retired": '["node3", "node4"]'}),
     ]
-    assert "take node3 out of" in capsys.readouterr().out
+    assert "take node3, node4 out of" in capsys.readouterr().out
     steps.clear()
     for retire, extra, message in [
         ("node9", {}, "--retire node9: not in"),
         ("node3", {"limit": "node1"}, "neither --remove nor --limit"),
-        ("node1,node2,node3", {}, "would leave no host"),
+        ("node1,node2,node3,node4", {}, "would leave no host"),
     ]:
         bad = argparse.Namespace(**{**base, **extra}, retire=retire, data=[])
         assert rollout.run(bad) == 2
