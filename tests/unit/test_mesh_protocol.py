@@ -498,6 +498,11 @@ def check_events(conn: Connection, events: list[Event]) -> None:
     assert failed in ([], [len(events) - 1])  # at most one failure, and nothing after it
     assert (conn.state == "closed") == bool(failed)
     if conn.state == "closed":
+        left = conn.data_to_send()
+        if left:  # only a handshake that failed at the peer's proof: its own hello and proof still go
+            assert not any(isinstance(e, Established) for e in events)
+            assert left.startswith(PREAMBLE)  # (never drained in these tests)
+            assert len(left) <= len(PREAMBLE) + HANDSHAKE_MAX_FRAME * 2
         assert conn.data_to_send() == b""
 
 

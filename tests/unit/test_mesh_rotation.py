@@ -123,6 +123,23 @@ def test_a_skipped_rotation_step_fails_on_both_sides_with_a_clear_reason() -> No
     assert a.data_to_send() == b.data_to_send() == b""
 
 
+@pytest.mark.parametrize("max_version", [1, 2])
+def test_a_wrong_password_fails_on_both_sides_when_hello_and_proof_arrive_in_one_read(max_version: int) -> None:
+    """The side that gets the peer's hello and proof together queues its proof, then fails: its proof still goes
+    (the peer must learn why too), and nothing after it."""
+    a, b = connect(cfg(NEW, max_version=max_version), cfg(STRANGER, max_version=max_version))
+    hello_a = a.data_to_send()
+    assert b.receive_data(hello_a, 0.0) == []
+    hello_and_proof_b = b.data_to_send()  # b's hello, then (having a's hello) its proof
+    events_a = a.receive_data(hello_and_proof_b, 0.0)
+    reason = NO_COMMON if max_version >= 2 else "authentication failed: wrong password?"
+    assert events_a == [ConnectionFailed(reason)]
+    proof_a = a.data_to_send()
+    assert proof_a, "a's proof was dropped with the failure"
+    assert b.receive_data(proof_a, 0.0) == [ConnectionFailed(reason)]
+    assert a.data_to_send() == b.data_to_send() == b""
+
+
 @pytest.mark.parametrize("v1_side", ["a", "b"])
 def test_a_version_1_peer_is_offered_the_primary_only(v1_side: str) -> None:
     # with the primary in common: version 1, as before

@@ -298,7 +298,12 @@ class Connection:
         self._proofs = None
 
     def _fail(self, reason: str, events: list[Event]) -> None:
+        # A proof queued before the frame that failed the handshake still goes (the shell flushes before it
+        # closes): when the peer's hello and proof arrive in one read, the peer must still get ours and learn
+        # why the handshake failed on its side too. Nothing else is ever sent after a failure.
+        keep = bytes(self._out) if self._phase is _Phase.AWAIT_PROOF else b""
         self._close(reason)
+        self._out += keep
         events.append(ConnectionFailed(reason))
 
     def _consume_preamble(self, data: bytes) -> bytes:
