@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal
 
 from weave_node.mesh.crypto import (
     OVERHEAD,
@@ -45,6 +44,7 @@ from weave_node.mesh.crypto import (
     transcript_hash,
 )
 from weave_node.mesh.errors import ProtocolError
+from weave_node.mesh.events import ConnectionFailed, Established, Event, MessageReceived, RemoteInfo
 from weave_node.mesh.framing import HANDSHAKE_MAX_FRAME, FrameDecoder, encode_frame
 from weave_node.mesh.hello import (
     NO_PUBLIC_KEY,
@@ -74,33 +74,6 @@ OURSELF = "connection to ourself"  # the failure of a dial that reached this ver
 
 
 State = Literal["handshake", "established", "closed"]
-
-
-@dataclass(frozen=True)
-class RemoteInfo:
-    identity: Identity
-    version: int
-    features: frozenset[str]
-    encrypted: bool
-    peer_password: bool = False  # the peer has one (its hello said so), whether or not this connection is encrypted
-
-
-@dataclass(frozen=True)
-class Established:
-    remote: RemoteInfo
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class ConnectionFailed:
-    reason: str
-
-
-Event: TypeAlias = Established | MessageReceived | ConnectionFailed
 
 
 class _Phase(enum.Enum):
