@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BIN, REPO
-from deploys import wheelhouse
+from weave_node_deploy import wheelhouse
 
 
 def rollout(lab: str, engine: str) -> float:

@@ -3,6 +3,6 @@
 pyinfra -y inventory/lab.py deploys/remove.py [--data weave_remove_state=true]
 """
 
-from deploys.tasks.weave_node import removal_settings, remove
+from weave_node_deploy import removal
 
-remove(remove_state=removal_settings()["weave_remove_state"])
+removal()

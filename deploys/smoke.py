@@ -3,6 +3,6 @@
 pyinfra -y inventory/lab.py deploys/smoke.py
 """
 
-from deploys.tasks.smoke import smoke_service
+from weave_node_deploy.tasks.smoke import smoke_service
 
 smoke_service()

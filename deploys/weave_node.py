@@ -1,11 +1,11 @@
-"""Entry deploy: roll weave-node out onto every host of the inventory.
+"""Entry deploy: roll weave-node out onto every host of the inventory. Your own deploy file can be this one:
 
-pyinfra -y inventory/lab.py deploys/weave_node.py
+    pyinfra -y inventory/lab.py deploys/weave_node.py     (or: pyinfra -y inventory/lab.py weave_node_deploy.rollout)
 
-Settings are host/group data named weave_* (deploys/tasks/weave_node.py: DEFAULTS); they are validated for
-every host before any host is touched.
+Settings are host/group data named weave_* (docs/configuration.md); they are validated for every host before any
+host is touched.
 """
 
-from deploys.tasks.weave_node import rollout
+from weave_node_deploy import rollout
 
 rollout()

@@ -3,7 +3,7 @@
     pyinfra -y inventory/mine.py deploys/weave_node.py
 
 Each host needs `weave_address`: the IP address the other hosts reach it at (the router's peers and VXLAN
-endpoint). Every other `weave_*` setting is optional (deploys/tasks/weave_node.py: DEFAULTS; docs/rollout.md).
+endpoint). Every other `weave_*` setting is optional (weave_node_deploy/tasks/weave_node.py: DEFAULTS; docs/rollout.md).
 """
 
 # A group is (hosts, data for every host of the group).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -36,8 +35,9 @@ def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     r = sub.add_parser(
         "rollout",
         help="roll weave-node out onto an inventory's hosts with pyinfra or Ansible (from a checkout)",
-        description="Roll weave-node out (deploys/rollout.py): --engine pyinfra runs deploys/weave_node.py, "
-        "--engine ansible runs deploys/ansible/site.yml through ansible-runner; both from one pyinfra inventory.",
+        description="Roll weave-node out (weave_node_deploy/cli.py): --engine pyinfra runs deploys/weave_node.py, "
+        "--engine ansible runs weave_node_deploy/ansible/site.yml through ansible-runner; both from one pyinfra "
+        "inventory.",
     )
     r.add_argument("--engine", choices=("pyinfra", "ansible"), default="pyinfra", help="default: pyinfra")
     r.add_argument("--inventory", "-i", default="inventory/lab.py", help="a pyinfra inventory file")
@@ -55,18 +55,17 @@ def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    """The rollout lives in the checkout's deploys/ (control-machine code; nodes never need it)."""
+    """The rollout is weave_node_deploy's (control-machine code, in the same distribution; nodes never use it)."""
     import importlib
-    from pathlib import Path
 
     from weave_node.core.errors import WeaveError
 
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / "deploys" / "rollout.py").is_file():
-        raise WeaveError(f"`weave-node rollout` runs from a checkout of weave-node (no deploys/ beside {repo})")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    rollout = importlib.import_module("deploys.rollout")
+    try:
+        rollout = importlib.import_module("weave_node_deploy.cli")
+    except ImportError as exc:  # the rollout extra's tools (pyinfra, Ansible) are missing, or too old
+        raise WeaveError(
+            f"`weave-node rollout` needs the rollout extra: pip install 'weave-node[rollout]' ({exc})"
+        ) from None
     code: int = rollout.run(args)
     return code
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from deploys import handover
 from tests.helpers import BIN, REPO
+from weave_node_deploy import handover
 
-ROLE = REPO / "deploys/ansible/roles/weave_node"
+ROLE = REPO / "weave_node_deploy/ansible/roles/weave_node"
 ACTION_PLUGINS = ROLE / "action_plugins"
 
 RunTasks = Callable[..., list[dict[str, Any]]]
@@ -203,8 +203,8 @@ def _script(path: Path, body: str) -> None:
 
 
 class HandoverHost:
-    """A host for deploys/handover.py's script: a prefix, a state directory and an env file under tmp_path, a fake
-    systemctl and a fake weave-node (what they do: environment variables, see FAKE_*; every call is recorded in
+    """A host for handover.py's script (weave_node_deploy): a prefix, a state directory and an env file under tmp_path,
+    a fake systemctl and a fake weave-node (what they do: environment variables, see FAKE_*; every call is recorded in
     `calls`); the venv's python3 is this interpreter (weave_node importable, as in the installed venv)."""
 
     def __init__(self, tmp_path: Path) -> None:

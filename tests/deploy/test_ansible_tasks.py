@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from deploys import handover
-from deploys.facts import STATUS_SOCKET
 from tests.deploy.conftest import HANDED, ROLE, STATUS, HandoverHost, RunTasks, role_tasks
 from tests.helpers import REPO
+from weave_node_deploy import handover
+from weave_node_deploy.facts import STATUS_SOCKET
 
 ROLE_TASKS = ROLE / "tasks"
 
@@ -125,7 +125,7 @@ def test_the_playbooks_target_hosts_variable_is_not_taken_for_a_setting(run_task
     import yaml
 
     for playbook in ("site.yml", "remove.yml"):
-        (play,) = yaml.safe_load((REPO / "deploys/ansible" / playbook).read_text())
+        (play,) = yaml.safe_load((REPO / "weave_node_deploy/ansible" / playbook).read_text())
         assert play["hosts"] == "{{ target_hosts | default('all') }}", playbook
     hosts = {"node1": {"weave_address": "198.18.0.1"}, "node2": {"weave_address": "198.18.0.2"}}
     results = run_tasks(
@@ -147,7 +147,7 @@ def test_an_unknown_setting_still_fails_naming_host_and_setting(run_tasks: RunTa
 def _settings_plugin() -> Any:
     import importlib.util
 
-    path = REPO / "deploys/ansible/roles/weave_node/action_plugins/weave_node_settings.py"
+    path = REPO / "weave_node_deploy/ansible/roles/weave_node/action_plugins/weave_node_settings.py"
     spec = importlib.util.spec_from_file_location("weave_node_settings_plugin", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -157,28 +157,30 @@ def _settings_plugin() -> Any:
 
 def test_the_role_asks_for_the_ansible_core_it_was_tested_with() -> None:
     """2.19 keeps a single expression's type (`mtu: "{{ weave.weave_mtu }}"` stays None): one minimum, stated in
-    the rollout extra, the role's meta and checked by its first task."""
+    the rollout extra, the role's meta, the collection's runtime and checked by its first task."""
     import tomllib
 
     import yaml
     from ansible.release import __version__
 
-    plugin = _settings_plugin()
-    need = ".".join(map(str, plugin.MIN_ANSIBLE))
+    from weave_node_deploy import collection, compat
+
+    need = ".".join(map(str, compat.ANSIBLE))
     assert need == "2.19"
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["rollout"]
     assert f"ansible-core>={need}" in extra
-    meta = yaml.safe_load((REPO / "deploys/ansible/roles/weave_node/meta/main.yml").read_text())
+    meta = yaml.safe_load((REPO / "weave_node_deploy/ansible/roles/weave_node/meta/main.yml").read_text())
     assert meta["galaxy_info"]["min_ansible_version"] == need
-    assert plugin.ansible_too_old(__version__) is None
-    assert plugin.ansible_too_old("2.20.0rc1") is None
-    assert "needs ansible-core >= 2.19 (this is 2.16.14)" in plugin.ansible_too_old("2.16.14")
+    assert collection.runtime()["requires_ansible"] == f">={need}"
+    assert compat.ansible_problem(__version__) is None
+    assert compat.ansible_problem("2.20.0rc1") is None
+    assert "needs ansible-core >= 2.19 (this is 2.16.14)" in (compat.ansible_problem("2.16.14") or "")
 
 
 def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     return {
         **_weave(tmp_path),
-        "repo": str(REPO),
+        "templates": str(REPO / "weave_node_deploy" / "templates"),
         "weave_peers": ["198.18.0.2"],
         "weave_ipalloc_range": "10.32.0.0/12",
         "weave_ipalloc_init": "",
@@ -219,7 +221,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
 
     weave = _env_weave(tmp_path, weave_ipam_reclaim_after=after, weave_ipam_reclaim_replaced=replaced)
     env = _render_env(run_tasks, tmp_path, weave)
-    pyinfra = get_template(str(REPO / "templates/weave-node/weave-node.env.j2")).render(
+    pyinfra = get_template(str(REPO / "weave_node_deploy/templates/weave-node/weave-node.env.j2")).render(
         peers=weave["weave_peers"],
         ipalloc_range=weave["weave_ipalloc_range"],
         ipalloc_init=weave["weave_ipalloc_init"],
@@ -358,8 +360,8 @@ HANDOVER_TASKS = ("Is the unit installed?", "IPAM hand-over to a peer (the state
 
 
 def _handover_tasks(tmp_path: Path, node: HandoverHost, unit: bool, **env: str) -> list[dict[str, Any]]:
-    """remove.yml's hand-over tasks, the unit's path under tmp_path, the shell step against deploys/handover.py's
-    fakes (tests/deploy/conftest.py: HandoverHost)."""
+    """remove.yml's hand-over tasks, the unit's path under tmp_path, the shell step against handover.py's fakes
+    (tests/deploy/conftest.py: HandoverHost)."""
     unit_path = tmp_path / "weave-node.service"
     if unit:
         unit_path.write_text("[Unit]\n")
@@ -455,7 +457,7 @@ def test_removal_settings_carry_the_hand_over_script(run_tasks: RunTasks) -> Non
 def test_the_role_refuses_a_downgrade_as_pyinfra_does(
     run_tasks: RunTasks, tmp_path: Path, running: str | None, allowed: bool, failed: bool
 ) -> None:
-    from deploys import versions
+    from weave_node_deploy import versions
 
     weave = _weave(tmp_path, weave_kubernetes=False, weave_allow_downgrade=allowed, version="0.2.0",
                    downgrade_refused=versions.message("localhost", "@RUNNING@", "0.2.0"))  # fmt: skip

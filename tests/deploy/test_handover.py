@@ -1,5 +1,5 @@
-"""The IPAM hand-over of a removal with the state (deploys/handover.py), shared by both engines: its shell script run
-by the real sh against a fake `systemctl` and a fake `weave-node`, and what the engines make of its output."""
+"""The IPAM hand-over of a removal with the state (weave_node_deploy/handover.py), both engines: its shell script
+run by the real sh against a fake `systemctl` and a fake `weave-node`, and what the engines make of its output."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploys import handover
 from tests.deploy.conftest import HANDED, STATUS, HandoverHost
 from weave_node.mesh.peer import format_name, name_from_host_id
+from weave_node_deploy import handover
 
 
 @pytest.fixture

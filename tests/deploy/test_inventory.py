@@ -1,5 +1,5 @@
 """One inventory for both engines: pyinfra inventory files read as pyinfra does, turned into Ansible inventories;
-the shared settings (deploys/settings.py) and the rollout's event stream (deploys/rollout.py)."""
+the shared settings (weave_node_deploy/settings.py) and the rollout's event stream (weave_node_deploy/cli.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from deploys import inventory, settings
-from deploys.rollout import Progress
-from deploys.validate import InvalidData
 from tests.helpers import REPO
+from weave_node_deploy import inventory, settings
+from weave_node_deploy.cli import Progress
+from weave_node_deploy.validate import InvalidData
 
 pytestmark = pytest.mark.unit
 
@@ -80,7 +80,7 @@ def test_inventories_ansible_cannot_take_fail_clearly(tmp_path: Path, text: str,
 
 
 def test_the_dynamic_inventory_script_prints_json_and_an_empty_inventory_when_the_lab_is_down(tmp_path: Path) -> None:
-    script = REPO / "deploys/ansible/inventory.py"
+    script = REPO / "weave_node_deploy/ansible/inventory.py"
     out = subprocess.run(
         [sys.executable, str(script), "--list"],
         env={"WEAVE_INVENTORY": str(REPO / "inventory/example.py")},
@@ -237,13 +237,13 @@ def test_progress_shows_warnings_and_what_our_own_actions_say() -> None:
     ],
 )
 def test_a_failure_reason_is_what_the_command_said(res: dict[str, object], reason: str) -> None:
-    from deploys.rollout import _reason
+    from weave_node_deploy.cli import _reason
 
     assert _reason(res) == reason
 
 
 def test_a_long_reason_keeps_its_end() -> None:
-    from deploys.rollout import REASON_CHARS, _reason
+    from weave_node_deploy.cli import REASON_CHARS, _reason
 
     reason = _reason({"msg": "non-zero return code", "stderr": "x" * 1000 + " the end"})
     assert len(reason) == REASON_CHARS and reason.startswith("...") and reason.endswith("x the end")
@@ -428,20 +428,20 @@ def test_data_overrides_the_inventory_and_maps_to_ansible(tmp_path: Path) -> Non
     assert (n1["weave_mtu"], n1["ansible_user"]) == (1400, "root")
 
 
-def test_the_pyinfra_engine_splits_limit_and_runs_this_checkouts_deploy_from_anywhere() -> None:
+def test_the_pyinfra_engine_splits_limit_and_runs_this_packages_deploy_from_anywhere() -> None:
     import argparse
 
-    from deploys.rollout import pyinfra_command
+    from weave_node_deploy.cli import pyinfra_command
 
     args = argparse.Namespace(inventory="mine.py", limit="node-a, nodes,,node-c", remove=False)
     cmd, env = pyinfra_command(args, {"weave_mtu": "1400"})
     assert cmd[1:] == [
         "-y",
         "mine.py",
-        str(REPO / "deploys/weave_node.py"),
+        "weave_node_deploy.rollout",
         *["--limit", "node-a", "--limit", "nodes", "--limit", "node-c"],
         *["--data", "weave_mtu=1400"],
     ]
     assert env["PYTHONPATH"].split(":")[0] == str(REPO)
     cmd, _ = pyinfra_command(argparse.Namespace(inventory="mine.py", limit=None, remove=True), {})
-    assert cmd[3:] == [str(REPO / "deploys/remove.py")]
+    assert cmd[3:] == ["weave_node_deploy.removal"]

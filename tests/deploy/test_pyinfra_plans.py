@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from deploys import settings
-from deploys.tasks import weave_node
 from tests.deploy.conftest import PlanDeploy
+from weave_node_deploy import settings
+from weave_node_deploy.tasks import weave_node
 
 LINK = {"user": "root", "group": "root", "mode": 777, "size": 20, "atime": None, "mtime": None, "ctime": None}
 

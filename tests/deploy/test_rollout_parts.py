@@ -9,10 +9,10 @@ from typing import Any
 import jinja2
 import pytest
 
-from deploys import manifest, settings
-from deploys.facts import STATUS_SOCKET
-from deploys.paths import TEMPLATES
-from deploys.validate import InvalidData, validate
+from weave_node_deploy import manifest, settings
+from weave_node_deploy.facts import STATUS_SOCKET
+from weave_node_deploy.paths import TEMPLATES
+from weave_node_deploy.validate import InvalidData, validate
 
 GOOD: dict[str, Any] = {
     "weave_address": "198.18.0.1",
@@ -238,7 +238,7 @@ def test_an_invalid_manifest_is_refused() -> None:
 
 
 def _settings(**changes: Any) -> dict[str, Any]:
-    from deploys.settings import DEFAULTS
+    from weave_node_deploy.settings import DEFAULTS
 
     return {**DEFAULTS, "weave_address": "198.18.0.1", "weave_peers": ["198.18.0.2", "198.18.0.3"], **changes}
 
@@ -332,7 +332,7 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
 ) -> None:
     import argparse
 
-    from deploys import rollout
+    from weave_node_deploy import cli as rollout
 
     inv = tmp_path / "inv.py"
     hosts = ", ".join(f"('node{i}', {{'weave_address': '198.18.0.{i}'}})" for i in range(1, 5))
@@ -366,7 +366,7 @@ def test_retire_removes_the_host_with_its_state_then_updates_the_others(
 
 
 def test_versions_are_read_from_the_router_and_the_wheel() -> None:
-    from deploys import versions
+    from weave_node_deploy import versions
 
     assert versions.parse("weave-node 0.2.0\n") == (0, 2, 0) and versions.parse("") is None
     assert versions.wheel_version("weave_node-0.10.1-py3-none-any.whl") == (0, 10, 1)

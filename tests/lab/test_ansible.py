@@ -1,6 +1,7 @@
-"""The Ansible rollout on the lab (`weave-node rollout --engine ansible`: deploys/ansible through ansible-runner,
-the inventory generated from inventory/lab.py), against the pyinfra rollout on a twin lab: the same bytes on the
-hosts, failures that name host, task and reason before anything is written, and Molecule's scenario."""
+"""The Ansible rollout on the lab (`weave-node rollout --engine ansible`: weave_node_deploy/ansible through
+ansible-runner, the inventory generated from inventory/lab.py), against the pyinfra rollout on a twin lab: the
+same bytes on the hosts, failures that name host, task and reason before anything is written, and Molecule's
+scenario."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from weave_node.cni.bundle import script
 HOSTS = 3
 NODES = [f"node{i}" for i in range(1, HOSTS + 1)]
 PASSWORD = "ansible-and-pyinfra-share-this-3b9e"  # noqa: S105 - a test's password, to search for
-# Every file the two engines write from templates/ and the repository (plus the password, copied).
+# Every file the two engines write from weave_node_deploy/templates/ and the repository (plus the password, copied).
 FILES = [
     "/etc/weave-node/weave-node.env",
     "/etc/weave-node/mesh.env",

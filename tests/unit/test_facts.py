@@ -1,10 +1,10 @@
 """The rollout checks the router's facts on the control machine without importing weave_node (the Ansible role runs
-where it is not installed): deploys/facts.py restates them, and this keeps each equal to its home."""
+where it is not installed): weave_node_deploy/facts.py restates them, and this keeps each equal to its home."""
 
 from __future__ import annotations
 
-from deploys import facts as rollout
 from weave_node.core import cni, facts
+from weave_node_deploy import facts as rollout
 
 
 def test_the_rollout_checks_the_facts_the_router_enforces() -> None:

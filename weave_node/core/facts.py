@@ -1,5 +1,5 @@
 """Facts the router, its CLI and its CNI plugin share, stated once (stdlib only, importable by the plugin's
-fast path). The control machine's rollout states the ones it checks in `deploys/facts.py` (it must stand alone,
+fast path). The control machine's rollout states the ones it checks in weave_node_deploy/facts.py (it must stand alone,
 without weave_node: the Ansible collection ships without it); tests/unit/test_facts.py keeps the two equal."""
 
 from __future__ import annotations

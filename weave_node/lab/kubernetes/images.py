@@ -2,7 +2,7 @@
 `ctr -n k8s.io images import --snapshotter native <archive>`.
 
     weave-node  Debian bookworm (mmdebstrap, essential set + python3, iproute2, iptables, ipset, conntrack, kmod)
-                with our wheel and its `router` extra in /opt/weave-node/venv (from deploys/wheelhouse.py);
+                with our wheel and its `router` extra in /opt/weave-node/venv (from weave_node_deploy/wheelhouse.py);
                 /usr/local/bin/weave-node and weave-net link into it
     busybox     Debian's busybox-static: /bin/busybox and a link per applet, minimal /etc/passwd and /etc/group
     pause       the busybox layer, whose entrypoint sleeps until SIGTERM/SIGINT (containerd's sandbox_image)
@@ -107,13 +107,8 @@ def _run(cmd: list[str], on_line: Callable[[str], None], cwd: Path | None = None
 
 
 def _wheelhouse() -> Path:
-    """deploys/wheelhouse.py's wheels (our wheel and its router dependencies), built once per source tree."""
-    repo = Path(weave_node.__file__).resolve().parent.parent
-    if not (repo / "deploys" / "wheelhouse.py").is_file():
-        raise ImageError(f"the weave-node image is built from a checkout (no deploys/ beside {repo})")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    built: Path = importlib.import_module("deploys.wheelhouse").build()
+    """weave_node_deploy.wheelhouse's wheels (our wheel and its router dependencies), built once per version."""
+    built: Path = importlib.import_module("weave_node_deploy.wheelhouse").build()
     return built
 
 

@@ -1,1 +1,0 @@
-"""Packaged deploys (pyinfra @deploy functions with documented DEFAULTS), composable by users."""

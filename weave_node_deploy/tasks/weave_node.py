@@ -1,0 +1,388 @@
+"""Packaged pyinfra deploys that roll weave-node out onto bare hosts. Compose them in your own deploy files, or run
+the entry deploy: `pyinfra inventory/<yours>.py deploys/weave_node.py`.
+
+Every step is a pyinfra operation that reports a change only when something changed; a second run changes
+nothing. Data (host/group data, see DEFAULTS) is validated for every host before any host is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import Directory, File, Link, Sha1File
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, pip, python, server, systemd
+from pyinfra.operations.util import any_changed
+
+from weave_node_deploy import handover, manifest, validate, versions, wheelhouse
+from weave_node_deploy.facts import STATUS_SOCKET
+from weave_node_deploy.paths import TEMPLATES
+from weave_node_deploy.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
+
+MANIFEST = "/etc/weave-node/weave-node.yaml"
+PASSWORD = "/etc/weave-node/password"  # noqa: S105 - a path
+PREVIOUS_PASSWORD = "/etc/weave-node/password.previous"  # noqa: S105 - a path
+MESH_ENV = "/etc/weave-node/mesh.env"
+_built: dict[str, Path] = {}
+logger = logging.getLogger("pyinfra")
+
+
+def settings() -> dict[str, Any]:
+    """This host's data with the defaults filled in, validated against the whole inventory."""
+    try:
+        return effective(host.name, host.data.dict(), [(h.name, h.data.dict()) for h in inventory])
+    except validate.InvalidData as exc:
+        raise DeployError(f"invalid weave-node settings: {exc}") from None
+
+
+def _wheelhouse(data: dict[str, Any]) -> Path:
+    if data["weave_wheelhouse"]:
+        return Path(data["weave_wheelhouse"])
+    if "dir" not in _built:  # once per run, on the control machine
+        _built["dir"] = wheelhouse.build()
+    return _built["dir"]
+
+
+@deploy("weave-node: node prerequisites")
+def prerequisites() -> None:
+    apt.packages(name="Packages a node needs (installed only when missing)", packages=PACKAGES)
+    # Without /proc/modules (a container, or a kernel without loadable modules) nothing can be loaded here: the
+    # router then reports what its kernel lacks. Otherwise load what is neither loaded nor built in.
+    if host.get_fact(File, path="/proc/modules"):
+        for module, probe in MODULES:
+            if not host.get_fact(Directory, path=probe):
+                server.modprobe(name=f"Kernel module {module}", module=module)
+    files.put(
+        name="Kernel modules loaded at boot",
+        src=io.StringIO("".join(f"{m}\n" for m, _ in MODULES)),
+        dest="/etc/modules-load.d/weave-node.conf",
+        mode="644",
+    )
+    files.put(
+        name="IPv4 forwarding at boot (our own drop-in)", src=io.StringIO(SYSCTL_TEXT), dest=SYSCTL_FILE, mode="644"
+    )
+    server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
+
+
+@deploy("weave-node: the router, installed offline from a wheelhouse")
+def router(data: dict[str, Any]) -> Any:
+    wheels = _wheelhouse(data)
+    prefix = data["weave_prefix"]
+    running = host.get_fact(Command, command=f"{prefix}/venv/bin/weave-node --version 2>/dev/null || true")
+    refused = versions.downgrade(host.name, running, wheelhouse.our_wheel(wheels).name, data["weave_allow_downgrade"])
+    if refused:
+        raise DeployError(refused)
+    files.directory(name="Wheelhouse directory", path=f"{prefix}/wheels", mode="755")
+    for wheel in sorted(wheels.glob("*.whl")):
+        files.put(name=f"Wheel {wheel.name}", src=str(wheel), dest=f"{prefix}/wheels/{wheel.name}", mode="644")
+    sums = files.put(
+        name="Wheel checksums", src=str(wheels / "SHA256SUMS"), dest=f"{prefix}/wheels/SHA256SUMS", mode="644"
+    )
+    venv = pip.venv(name="Virtualenv", path=f"{prefix}/venv", python="python3")
+    install = server.shell(
+        name="Install weave-node (offline, checksums verified)",
+        commands=[
+            f"cd {prefix}/wheels && sha256sum --quiet -c SHA256SUMS",
+            f"{prefix}/venv/bin/pip install --quiet --no-index --find-links {prefix}/wheels --force-reinstall "
+            f"{prefix}/wheels/{wheelhouse.our_wheel(wheels).name}'[router]'",
+            f"cp {prefix}/wheels/SHA256SUMS {prefix}/venv/.weave-node-wheels",  # what is installed (both engines)
+        ],
+        _if=any_changed(sums, venv),
+    )
+    return install
+
+
+def _secret(name: str, src: str, dest: str) -> Any:
+    # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
+    # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
+    # that exists keeps its mode. A no-op once the file is there with that mode and owner.
+    files.file(
+        name=f"{name} file (empty, mode 0600, root, before the password goes in)",
+        path=dest,
+        mode="600",
+        user="root",
+        group="root",
+    )
+    return files.put(name=f"{name} (mode 0600, root)", src=src, dest=dest, mode="600", user="root", group="root")
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What the configuration step changed: `restart` needs a restart of the router, `live` only a reload."""
+
+    restart: list[Any]
+    live: list[Any]
+
+
+@deploy("weave-node: configuration")
+def config(data: dict[str, Any]) -> Changes:
+    files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
+    live = []
+    if data["weave_password_file"]:
+        live.append(_secret("Password", str(data["weave_password_file"]), PASSWORD))
+    if data["weave_previous_password_file"]:
+        live.append(_secret("Previous password", str(data["weave_previous_password_file"]), PREVIOUS_PASSWORD))
+    env = files.template(
+        name="Router settings",
+        src=str(TEMPLATES / "weave-node/weave-node.env.j2"),
+        dest="/etc/weave-node/weave-node.env",
+        mode="644",
+        ipalloc_range=data["weave_ipalloc_range"],
+        ipalloc_init=data["weave_ipalloc_init"],
+        ipam_reclaim_after=data["weave_ipam_reclaim_after"],
+        ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
+        conn_limit=data["weave_conn_limit"],
+        mtu=data["weave_mtu"],
+        password_file=PASSWORD if data["weave_password_file"] else "",
+        state_dir=data["weave_state_dir"],
+        metrics_addr=data["weave_metrics_addr"],
+        status_socket=STATUS_SOCKET,
+    )
+    live.append(
+        files.template(
+            name="Peers (applied without a restart)",
+            src=str(TEMPLATES / "weave-node/mesh.env.j2"),
+            dest=MESH_ENV,
+            mode="644",
+            peers=data["weave_peers"],
+            previous_password_file=PREVIOUS_PASSWORD if data["weave_previous_password_file"] else "",
+            accept_unencrypted=data["weave_accept_unencrypted"],
+        )
+    )
+    if not data["weave_previous_password_file"]:
+        live.append(files.file(name="No previous password (rotation done)", path=PREVIOUS_PASSWORD, present=False))
+    if not data["weave_password_file"]:  # (encryption turned off: the env file no longer names it)
+        files.file(name="No password (encryption off)", path=PASSWORD, present=False)
+    return Changes(restart=[env], live=live)
+
+
+@deploy("weave-node: the service")
+def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
+    unit = files.template(
+        name="Unit file",
+        src=str(TEMPLATES / "weave-node/weave-node.service.j2"),
+        dest="/etc/systemd/system/weave-node.service",
+        mode="644",
+        prefix=data["weave_prefix"],
+        state_dir=data["weave_state_dir"],
+    )
+    systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
+    started = systemd.service(name="Running", service="weave-node.service", running=True)
+    systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
+    needs_restart = any_changed(unit, installed, *changes.restart)
+    restart = systemd.service(
+        name="Restart (unit, settings or version changed)",
+        service="weave-node.service",
+        restarted=True,
+        _if=needs_restart,
+    )
+    # Peers and passwords reach a running router without a restart (no other router restarts when a host joins).
+    reload = systemd.service(
+        name="Reload (peers or passwords changed: applied live)",
+        service="weave-node.service",
+        reloaded=True,
+        _if=lambda: any_changed(*changes.live)() and not needs_restart() and not started.did_change(),
+    )
+    server.shell(
+        name="Health gate: the router answers, sees its peers, IPAM is ready, the bridge has its address",
+        commands=[
+            f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
+            f" --peers {len(data['weave_peers'])}"
+        ],
+        _if=any_changed(started, restart, reload, unit, installed, *changes.restart, *changes.live),
+    )
+
+
+@deploy("weave-node: CNI")
+def cni(data: dict[str, Any], installed: Any = None) -> None:
+    """The plugin is written by the installed router's own installer (`weave-node install-cni-plugin`, the one the
+    Ansible role and the DaemonSet use too): the plugin always matches the router's version. It runs only when the
+    host's plugin differs from what that installer would write, or the router was just (re)installed."""
+    bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
+    files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
+    files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
+    install = f"{data['weave_prefix']}/venv/bin/weave-node install-cni-plugin --dir {bin_dir}"
+    # Decided at plan time where it can be (so a dry run of an up-to-date host plans nothing): a plugin that differs
+    # (or no router yet to ask) is written; an up-to-date one only if this run (re)installs the router.
+    current = host.get_fact(Command, command=f"{install} --check >/dev/null 2>&1 && echo yes || echo no") == "yes"
+    label = "weave-net plugin (by the installed router's installer)"
+    if not current:
+        server.shell(name=label, commands=[install])
+    elif installed is not None:
+        server.shell(name=label, commands=[install], _if=installed.did_change)
+    for name in ("loopback", "portmap", "bandwidth"):
+        files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+    text = manifest.conflist(data)
+    _atomic_put("Network configuration list", text, f"{conf_dir}/10-weave.conflist", "644")
+
+
+def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
+    """A runtime reads these files at any moment: write a temp file beside it, then rename. Only when the
+    checksum on the host differs (so a second run changes nothing, and a changed or deleted file is repaired)."""
+    if host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest():  # noqa: S324 - a checksum
+        return
+    staged = f"{dest}.weave-new"
+    files.put(name=f"{name} (staged)", src=io.StringIO(content), dest=staged, mode=mode)
+    server.shell(name=f"{name} (renamed into place)", commands=[f"mv -f {staged} {dest}"])
+
+
+@deploy("weave-node: Kubernetes DaemonSet")
+def kubernetes(data: dict[str, Any]) -> None:
+    """weave_kubernetes: the router runs as the DaemonSet (no systemd service on the nodes). On the host with
+    weave_kube_control_plane: apply the manifest once the API server answers /readyz (otherwise say so and skip),
+    then the health gate: every weave-node pod Ready, or the run fails naming each pod that is not and why.
+    The manifest is validated against the Kubernetes schemas before anything is applied."""
+    if not data["weave_kubernetes"] or not data["weave_kube_control_plane"]:
+        return
+    try:
+        text = manifest.from_settings(data)
+    except manifest.InvalidManifest as exc:
+        raise DeployError(f"the weave-node manifest is invalid: {exc}") from None
+    ready = host.get_fact(Command, command="kubectl get --raw=/readyz 2>/dev/null || true")
+    if (ready or "").strip() != "ok":
+        logger.warning(
+            "%s: the Kubernetes API server does not answer /readyz: skipping the DaemonSet "
+            "(run the deploy again once the cluster is up)",
+            host.name,
+        )
+        return
+    files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
+    files.put(name="Manifest", src=io.StringIO(text), dest=MANIFEST, mode="600")
+    # Applied when what the cluster runs differs from it (not when the file changed: an apply that failed, or a
+    # DaemonSet deleted by hand, is applied again by the next run); gated whenever it was applied or is not
+    # fully rolled out and Ready (a gate that failed fails again on the next run until the pods are Ready).
+    live = (host.get_fact(Command, command=manifest.LIVE_STATE) or "").split()
+    current = live[:1] == [manifest.config_hash(text)]
+    if current and manifest.rolled_out(live[1:]):
+        return
+    timeout = manifest.gate_timeout(data)
+    if not current:
+        server.shell(name="kubectl apply", commands=[f"kubectl apply -f {MANIFEST}"])
+    server.shell(
+        name="Health gate: a weave-node pod Ready on every node",
+        commands=[manifest.health_gate(timeout)],
+    )
+
+
+@deploy("weave-node: a node of the DaemonSet")
+def daemonset_node(data: dict[str, Any]) -> None:
+    """With weave_kubernetes: the standard CNI plugins the conflist names, in the CNI bin directory (as kubeadm's
+    kubernetes-cni gives them), and no router service of ours beside the DaemonSet's (a host rolled out the
+    systemd way before: its service is stopped and disabled; the state directory stays, so the pod takes over
+    the router's identity, its IPAM state and the kernel datapath)."""
+    bin_dir = data["weave_cni_bin_dir"]
+    files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
+    for name in ("loopback", "portmap", "bandwidth"):
+        if not host.get_fact(File, path=f"{bin_dir}/{name}"):
+            files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+    if host.get_fact(File, path="/etc/systemd/system/weave-node.service"):
+        systemd.service(
+            name="The router's systemd service stopped and disabled (the DaemonSet runs the router)",
+            service="weave-node.service",
+            running=False,
+            enabled=False,
+        )
+
+
+def rollout() -> None:
+    """Everything, in order: what `deploys/weave_node.py` runs. With weave_kubernetes the router runs as the
+    DaemonSet, which installs the CNI plugin and configuration itself: the nodes get only the prerequisites."""
+    data = settings()
+    prerequisites()
+    if data["weave_kubernetes"]:
+        daemonset_node(data)
+        kubernetes(data)
+        return
+    install = router(data)
+    changes = config(data)
+    service(data, install, changes)
+    cni(data, install)
+
+
+def removal_settings() -> dict[str, Any]:
+    """This host's data for the removal, with defaults and types; what the removal uses is checked (a bad value
+    stops the run before any host is touched), the rest is not: a host must stay removable."""
+    data = typed({**DEFAULTS, "weave_remove_state": False, **ours(host.data.dict())})
+    try:
+        validate.check_removal(host.name, data)
+    except validate.InvalidData as exc:
+        raise DeployError(f"invalid weave-node settings: {exc}") from None
+    return data
+
+
+def removal() -> None:
+    """`remove`, with weave_remove_state from the host's data (`pyinfra inventory.py weave_node_deploy.removal
+    --data weave_remove_state=true`)."""
+    remove(remove_state=removal_settings()["weave_remove_state"])
+
+
+def _report_handover(op: Any, reclaim_after: float) -> None:
+    """python.call, after the hand-over's shell step: say what it did, or warn with what to do (never fails)."""
+    result = handover.outcome(op.stdout if op.is_complete() else "", reclaim_after)
+    if result.ok:
+        host.log_styled(f"IPAM hand-over: {result.message}", log_func=logger.info)
+    else:
+        host.log_styled(f"WARNING: {result.message}", fg="yellow", log_func=logger.warning)
+
+
+@deploy("weave-node: removal")
+def remove(remove_state: bool = False) -> None:
+    """Everything the rollout installed goes: the service, its files, the CNI plugin and conflist, the bridge,
+    the VXLAN device and our iptables chains. The IPAM state (<state dir>) only with remove_state=True, and then
+    the router first hands its address space to a peer (handover.py; a failure warns, the removal goes on).
+    Idempotent: a second run changes nothing."""
+    data = removal_settings()
+    prefix, state_dir = data["weave_prefix"], data["weave_state_dir"]
+    bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
+    unit_path = "/etc/systemd/system/weave-node.service"
+    if host.get_fact(File, path=unit_path):
+        if remove_state:
+            # The identity goes with the state: its space goes to a peer first (a stopped router is started).
+            step = server.shell(
+                name="IPAM: hand this host's address space to a peer (the state goes)",
+                commands=[handover.script(prefix, state_dir, data["weave_health_timeout"])],
+            )
+            python.call(
+                name="IPAM: what the hand-over did",
+                function=_report_handover,
+                op=step,
+                reclaim_after=data["weave_ipam_reclaim_after"],
+            )
+        # Planned now but decided when it runs: the router the hand-over started is stopped too.
+        systemd.service(name="Stop and disable the router", service="weave-node.service", running=False, enabled=False)
+    kernel_state = host.get_fact(
+        Command,
+        command="{ ip -o link show weave; iptables-save 2>/dev/null | grep -m1 WEAVE-NODE; } 2>/dev/null || true",
+    )
+    if (kernel_state or "").strip() and host.get_fact(File, path=f"{prefix}/venv/bin/weave-node"):
+        server.shell(
+            name="Remove the bridge, the VXLAN device and our iptables chains",
+            commands=[f"{prefix}/venv/bin/weave-node reset --force"],
+        )
+    unit = files.file(name="Unit file", path=unit_path, present=False)
+    systemd.daemon_reload(name="Reload systemd (unit removed)", _if=unit.did_change)
+    # The drop-in goes; forwarding stays on until the next boot (other software on the host may rely on it).
+    for path in (
+        f"{bin_dir}/weave-net",
+        f"{conf_dir}/10-weave.conflist",
+        "/etc/modules-load.d/weave-node.conf",
+        SYSCTL_FILE,
+    ):
+        files.file(name=f"Remove {path}", path=path, present=False)
+    for name in ("loopback", "portmap", "bandwidth"):
+        # Only the link the rollout made: a plugin binary there (or a link elsewhere) is someone else's and stays.
+        link = host.get_fact(Link, path=f"{bin_dir}/{name}")
+        if link and link.get("link_target") == f"/usr/lib/cni/{name}":
+            files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
+    files.directory(name="Remove the installation", path=prefix, present=False)
+    files.directory(name="Remove the configuration (and the password)", path="/etc/weave-node", present=False)
+    if remove_state:
+        files.directory(name="Remove the IPAM state", path=state_dir, present=False)

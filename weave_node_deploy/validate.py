@@ -1,0 +1,246 @@
+"""Validation of the rollout's data before any host is touched (pure: no pyinfra, no weave_node imports).
+
+The entry deploy calls `validate()` for every host during pyinfra's prepare phase, so a bad inventory stops
+the run with a precise message before the first operation executes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from weave_node_deploy.facts import CNI_VERSIONS, MTU_MAX, MTU_MIN, PASSWORD_FILE_MODE_MASK
+
+KNOWN = {
+    "weave_address",
+    "weave_peers",
+    "weave_ipalloc_range",
+    "weave_ipalloc_init",
+    "weave_conn_limit",
+    "weave_mtu",
+    "weave_password_file",
+    "weave_previous_password_file",
+    "weave_retired",
+    "weave_allow_downgrade",
+    "weave_accept_unencrypted",
+    "weave_metrics_addr",
+    "weave_state_dir",
+    "weave_prefix",
+    "weave_cni_bin_dir",
+    "weave_cni_conf_dir",
+    "weave_cni_version",
+    "weave_hairpin",
+    "weave_bandwidth",
+    "weave_health_timeout",
+    "weave_ipam_reclaim_after",
+    "weave_ipam_reclaim_replaced",
+    "weave_wheelhouse",
+    "weave_remove_state",
+    "weave_kubernetes",
+    "weave_kube_control_plane",
+    "weave_image",
+    "weave_image_pull_policy",
+}
+PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
+BOOLEANS = (
+    "weave_allow_downgrade",
+    "weave_accept_unencrypted",
+    "weave_kubernetes",
+    "weave_kube_control_plane",
+    "weave_hairpin",
+    "weave_bandwidth",
+    "weave_remove_state",
+    "weave_ipam_reclaim_replaced",
+)
+
+
+class InvalidData(ValueError):
+    """A message that names the host and the setting."""
+
+
+def check_removal(host: str, data: Mapping[str, Any]) -> None:
+    """The settings the removal uses (deploys/remove.py, remove.yml), after settings.typed()."""
+
+    def fail(msg: str) -> None:
+        raise InvalidData(f"{host}: {msg}")
+
+    check_booleans(host, {"weave_remove_state": data.get("weave_remove_state", False)})
+    _check_seconds(data, fail)
+
+
+def _check_seconds(data: Mapping[str, Any], fail: Any) -> None:
+    timeout = data.get("weave_health_timeout", 90)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        fail(f"weave_health_timeout must be seconds, a whole number > 0, not {timeout!r}")
+    reclaim = data.get("weave_ipam_reclaim_after", 600)
+    if isinstance(reclaim, bool) or not isinstance(reclaim, int | float) or not 0 <= reclaim < math.inf:
+        fail(
+            "weave_ipam_reclaim_after must be seconds, a number >= 0 (0: a departed host's space is never taken over "
+            f"by itself), not {reclaim!r}"
+        )
+
+
+def check_booleans(host: str, data: Mapping[str, Any]) -> None:
+    """After settings.typed(): a boolean setting that is still not a boolean was neither true nor false."""
+    for key in BOOLEANS:
+        if key in data and not isinstance(data[key], bool):
+            raise InvalidData(f"{host}: {key} must be true or false (true, false, yes, no, 1, 0), not {data[key]!r}")
+
+
+def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    def fail(msg: str) -> None:
+        raise InvalidData(f"{host}: {msg}")
+
+    unknown = sorted(k for k in data if k.startswith("weave_") and k not in KNOWN)
+    if unknown:
+        fail(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN))})")
+    address = data.get("weave_address")
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        fail(f"weave_address must be this host's IP address for its peers, not {address!r}")
+    try:
+        pod_range = ipaddress.ip_network(str(data["weave_ipalloc_range"]))
+    except ValueError as exc:
+        fail(f"weave_ipalloc_range {data['weave_ipalloc_range']!r} is not a CIDR with its host bits zero ({exc})")
+    if pod_range.version != 4 or pod_range.prefixlen > 30:
+        fail(f"weave_ipalloc_range {pod_range} must be an IPv4 network of /30 or larger")
+    all_hosts = list(all_hosts)
+    _check_retired(host, data, {name for name, _ in all_hosts}, fail)
+    seen: dict[str, str] = {}
+    for other, other_data in all_hosts:
+        addr = str(other_data.get("weave_address"))
+        if addr in seen and seen[addr] != other:
+            fail(f"weave_address {addr} is used by both {seen[addr]} and {other}")
+        seen[addr] = other
+        try:
+            other_ip = ipaddress.ip_address(addr)
+        except ValueError:
+            continue  # that host's own validation names it
+        if other != host and other_ip in pod_range:
+            fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
+    if ip in pod_range:
+        fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
+    if data.get("weave_kubernetes") is True:
+        _check_daemonset(host, data, all_hosts, fail)
+    _check_numbers(data, fail)
+    _check_wheelhouse(data.get("weave_wheelhouse"), fail)
+    check_booleans(host, data)
+
+
+def _check_wheelhouse(path: Any, fail: Any) -> None:
+    """A given wheelhouse (an upgrade to another version's build): one weave_node wheel and its checksums."""
+    if not path:
+        return
+    folder = str(path)
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        fail(f"weave_wheelhouse {folder}: {exc.strerror}")
+        return
+    ours = [n for n in names if n.startswith("weave_node-") and n.endswith(".whl")]
+    if len(ours) != 1 or "SHA256SUMS" not in names:
+        found = f"{len(ours)} weave_node wheels" + ("" if "SHA256SUMS" in names else " and no SHA256SUMS")
+        fail(
+            f"weave_wheelhouse {folder} has {found}: it needs exactly one weave_node wheel and SHA256SUMS (build "
+            "one with `python -m weave_node_deploy.wheelhouse` in the checkout of the version you want)"
+        )
+
+
+DAEMONSET_FIXED = {
+    "weave_state_dir": "/var/lib/weave-node",
+    "weave_cni_bin_dir": "/opt/cni/bin",
+    "weave_cni_conf_dir": "/etc/cni/net.d",
+}
+
+
+def _check_daemonset(
+    host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, Mapping[str, Any]]], fail: Any
+) -> None:
+    """What the DaemonSet path cannot honour (yet) is refused rather than silently ignored."""
+    if data.get("weave_password_file"):
+        fail(
+            "weave_password_file with weave_kubernetes: the DaemonSet does not carry the password yet (its mesh "
+            "would run unencrypted): run the router as the systemd service for an encrypted mesh"
+        )
+    for key, fixed in DAEMONSET_FIXED.items():
+        if key in data and data[key] != fixed:
+            fail(f"{key} must be {fixed} with weave_kubernetes (the DaemonSet's host paths), not {data[key]!r}")
+    planes = sorted(h for h, d in all_hosts if d.get("weave_kube_control_plane") in (True, "true", "yes", "1"))
+    if len(planes) > 1:
+        fail(
+            f"weave_kube_control_plane is set on {', '.join(planes)}: set it on one host (the DaemonSet is applied "
+            "from there)"
+        )
+
+
+def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
+    mtu = data.get("weave_mtu")
+    if mtu is not None and (not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX):
+        fail(f"weave_mtu must be a number between {MTU_MIN} and {MTU_MAX}, not {mtu!r}")
+    limit = data.get("weave_conn_limit")
+    if not isinstance(limit, int) or limit < 0:
+        fail(f"weave_conn_limit must be a number >= 0, not {limit!r}")
+    _check_seconds(data, fail)
+    if data.get("weave_cni_version") not in CNI_VERSIONS:
+        fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
+    password = data.get("weave_password_file")
+    if password:
+        _check_password_file("weave_password_file", str(password), fail)
+    previous = data.get("weave_previous_password_file")
+    if previous:
+        if not password:
+            fail(
+                "weave_previous_password_file without weave_password_file: the previous password is accepted only "
+                "beside the current one, during a rotation (docs/operations.md)"
+            )
+        _check_password_file("weave_previous_password_file", str(previous), fail)
+    policy = data.get("weave_image_pull_policy") or ""
+    if policy not in PULL_POLICIES:
+        fail(
+            "weave_image_pull_policy must be Always, IfNotPresent or Never (empty: chosen by the image), "
+            f"not {policy!r}"
+        )
+    image = data.get("weave_image")
+    if "weave_image" in data and (not isinstance(image, str) or not image or any(c.isspace() for c in image)):
+        fail(f"weave_image must be an image reference (e.g. localhost/weave-node:0.2.0), not {image!r}")
+
+
+def _check_password_file(key: str, path: str, fail: Any) -> None:
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            text = f.read(1 << 16)
+    except OSError as exc:
+        fail(f"{key} {path}: {exc.strerror}")
+        return
+    if st.st_mode & PASSWORD_FILE_MODE_MASK:
+        fail(f"{key} {path} is readable by others (mode {st.st_mode & 0o777:04o}): chmod 600 it")
+    if not text.strip():
+        fail(f"{key} {path} is empty")
+
+
+def host_list(value: Any) -> list[str]:
+    """weave_retired as given: a list, or names separated by commas or spaces (`--data`, `-e`)."""
+    if isinstance(value, str):
+        return [n for n in value.replace(",", " ").split() if n]
+    return [str(n) for n in value or []]
+
+
+def _check_retired(host: str, data: Mapping[str, Any], names: set[str], fail: Any) -> None:
+    value = data.get("weave_retired")
+    if value is not None and not isinstance(value, (str, list, tuple)):
+        fail(f"weave_retired must be a list of inventory host names, not {value!r}")
+        return
+    retired = host_list(value)
+    unknown = [n for n in retired if n not in names]
+    if unknown:
+        fail(f"weave_retired names {', '.join(unknown)}, not in the inventory (hosts: {', '.join(sorted(names))})")
+    if host in retired:
+        fail(
+            "this host is in weave_retired: it is being retired, not rolled out to "
+            "(`weave-node rollout --retire` removes it; take it out of weave_retired to keep it)"
+        )
