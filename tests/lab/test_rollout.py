@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import testinfra
 
 from tests.e2e import verify
 from tests.helpers import poll, run_cli
+from tests.lab import userland
 from tests.lab.test_lab import grand_total
 
 HOSTS = 3
@@ -120,6 +122,42 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
 def test_the_verify_suite_passes_on_every_node(lab: Lab) -> None:
     hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
     verify.suite(hosts, outside="198.18.0.254")  # the lab's underlay gateway
+
+
+def test_the_installed_package_and_collection_find_the_hosts_as_the_checkout_left_them(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Outside the repository, in a fresh venv with the built wheel (docs/rollout.md, "Three ways in"): the user's
+    own 5-line deploy file, `weave-node rollout` from their directory and the collection from their own playbook
+    change nothing on hosts the checkout's rollout set up (the same files, checksums and wheel), twice; pods still
+    reach each other; an ansible-core older than the role supports fails with what to do."""
+    user = userland.make(tmp_path, lab.name)
+    for args in (
+        ("pyinfra", "-y", "inventory.py", "deploy.py"),
+        ("weave-node", "rollout", "--inventory", "inventory.py"),
+    ):
+        out = user.run(*args)
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, text[-4000:]
+        assert grand_total(text)[:2] == (0, 0), text[-4000:]  # no change, no error
+    for _ in range(2):
+        out = user.run("ansible-playbook", "-i", "hosts.yml", "site.yml")
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, text[-4000:]
+        for i in range(1, HOSTS + 1):
+            assert re.search(rf"^node{i}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", text, re.M), text[-4000:]
+    ips = {node: verify.add_pod(lab.host(node), "dist") for node in ("node2", "node3")}
+    try:
+        ping = lab.ssh("node2", f"ip netns exec dist ping -c 2 -W 5 {ips['node3']}", check=False)
+        assert ping.returncode == 0, ping.stdout
+    finally:
+        for node in ips:
+            verify.del_pod(lab.host(node), "dist")
+    old = user.run("pip", "install", "-q", "--disable-pip-version-check", "ansible-core<2.19")
+    assert old.returncode == 0, old.stdout + old.stderr
+    out = user.run("ansible-playbook", "-i", "hosts.yml", "site.yml")
+    assert out.returncode != 0
+    assert "the weave_node role needs ansible-core >= 2.19 (this is 2.18" in out.stdout + out.stderr, out.stdout
 
 
 def test_bad_settings_stop_the_run_before_any_host_is_touched(lab: Lab) -> None:

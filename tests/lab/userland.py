@@ -1,0 +1,91 @@
+"""A user's own control machine, outside this repository: a fresh virtualenv with the built wheel installed with
+its rollout extra, the built collection, and a project directory of the user's own (inventory, deploy file,
+playbook). Commands run as from a fresh shell: a plain PATH, no PYTHONPATH, the project as the working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import BIN, REPO
+from weave_node_deploy import collection
+from weave_node_deploy import inventory as pyinfra_inventory
+
+DEPLOY = '''"""My cluster's pod network."""
+from weave_node_deploy import rollout
+
+rollout()
+'''
+PLAYBOOK = """- hosts: all
+  gather_facts: false
+  any_errors_fatal: true
+  roles:
+    - weave_node.rollout.weave_node
+"""
+FRESH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Userland:
+    venv: Path
+    project: Path
+    lab: str
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """A command of the venv's (`pyinfra`, `ansible-playbook`, ...), in the project, as from a fresh shell."""
+        env = {"PATH": FRESH_PATH, "HOME": str(self.project), "WEAVE_LAB": self.lab, "LANG": "C.UTF-8",
+               "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}  # fmt: skip
+        for key in ("WEAVE_LAB_HOME", "WEAVE_NODE_WHEELHOUSE_CACHE", "PIP_CACHE_DIR", "XDG_CACHE_HOME"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))  # pip's cache: the machine's, as a user's
+        return subprocess.run(
+            [str(self.venv / "bin" / args[0]), *args[1:]],
+            cwd=self.project, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+
+def build_dist(out: Path) -> tuple[Path, Path]:
+    """(the wheel, the collection tarball) of this checkout, as a release would build them."""
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(REPO)],
+        check=True, cwd=out, timeout=600,
+    )  # fmt: skip
+    (wheel,) = out.glob("weave_node-*.whl")
+    return wheel, collection.build(out)
+
+
+def make(root: Path, lab: str) -> Userland:
+    """The venv (the wheel with its rollout extra; dependencies from pip's cache or index) and the project: the
+    lab's inventory as the user's own inventory.py, a 5-line deploy.py, the collection installed into
+    ./collections by ansible-galaxy, hosts.yml (the same hosts for Ansible) and a playbook of the user's own."""
+    dist, venv, project = root / "dist", root / "venv", root / "project"
+    dist.mkdir()
+    project.mkdir()
+    wheel, tarball = build_dist(dist)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    user = Userland(venv, project, lab)
+    out = user.run("pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[rollout]")
+    assert out.returncode == 0, out.stdout + out.stderr
+    shutil.copy(REPO / "inventory" / "lab.py", project / "inventory.py")
+    (project / "deploy.py").write_text(DEPLOY)
+    (project / "site.yml").write_text(PLAYBOOK)
+    (project / "ansible.cfg").write_text("[defaults]\ncollections_path = ./collections\n")
+    out = user.run("ansible-galaxy", "collection", "install", "-p", "./collections", str(tarball))
+    assert out.returncode == 0, out.stdout + out.stderr
+    before = os.environ.get("WEAVE_LAB")
+    os.environ["WEAVE_LAB"] = lab  # (the inventory file reads it)
+    try:
+        inv = pyinfra_inventory.load(project / "inventory.py", cwd=project)
+    finally:
+        if before is None:
+            del os.environ["WEAVE_LAB"]
+        else:
+            os.environ["WEAVE_LAB"] = before
+    (project / "hosts.yml").write_text(json.dumps(pyinfra_inventory.to_ansible(inv, base=project), indent=1))
+    return user
