@@ -16,7 +16,8 @@ import pytest
 import testinfra
 
 from tests.e2e import verify
-from tests.helpers import BIN, REPO, run_cli
+from tests.helpers import REPO, run_cli
+from tests.lab.userland import FRESH_PATH
 from weave_node.cni.bundle import script
 
 HOSTS = 3
@@ -160,11 +161,14 @@ def test_removal_takes_everything_but_a_plugin_binary_and_changes_nothing_the_se
 
 
 def test_molecule_converges_is_idempotent_and_verifies(labs: dict[str, str]) -> None:
+    """Exactly as the README says, from a fresh shell (no venv on PATH: molecule needs Ansible's tools there)."""
     name = f"m{os.getpid() % 100000}"
-    env = dict(os.environ, WEAVE_LAB=name, PATH=f"{BIN}:{os.environ.get('PATH', '')}", NO_COLOR="1")
+    line = next(x for x in (REPO / "README.md").read_text().splitlines() if "molecule test" in x and x.startswith("("))
+    command = line.split("#", 1)[0].strip()
+    env = {"PATH": FRESH_PATH, "HOME": os.environ.get("HOME", "/root"), "WEAVE_LAB": name, "NO_COLOR": "1"}
     try:
         out = subprocess.run(
-            [str(BIN / "molecule"), "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False
+            ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False
         )
     finally:
         run_cli("weave-node", "lab", "down", "--name", name, "-q")
