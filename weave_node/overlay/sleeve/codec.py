@@ -316,6 +316,10 @@ class Opener:
         self._stale = 0
         return seg
 
+    def open_quietly(self, datagram: bytes | bytearray | memoryview) -> Segment:
+        """`open` without counting a drop: for a caller that tries another opener first (a link taking over)."""
+        return self._open(memoryview(datagram))
+
     def _open(self, view: memoryview) -> Segment:
         if len(view) < OUTER.size + INNER.size:
             raise SleeveDropped("short")

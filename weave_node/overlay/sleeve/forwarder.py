@@ -89,9 +89,30 @@ class Link:
         self.segment_size = min(1472, self.sizes[0])  # until a probe says otherwise
         self.verified: int | None = None
         self.last_ack: float | None = None
+        # Make-before-break (a new mesh connection to the same peer, so new keys: a password rotation, a
+        # reconnect): the link it replaces stays `prev` until `prev_until`, and opens what the peer still seals
+        # with the old keys; we keep sealing with the old keys (`next_sealer` waits, probes excepted) until a
+        # datagram of the peer's opens with the new ones (it has them), so no side sends what the other cannot
+        # open yet.
+        self.prev: Link | None = None
+        self.prev_until = 0.0
+        self.next_sealer: Sealer | None = None
 
     def up(self, now: float, timeout: float) -> bool:
         return self.last_ack is not None and now - self.last_ack < timeout
+
+    def take_over(self, old: Link, until: float) -> None:
+        """Replace `old` (same peer and address, both sealed) without a gap: its path state carries over."""
+        self.prev, self.prev_until = old, until
+        old.prev = None  # (one generation back at most)
+        self.next_sealer, self.sealer = self.sealer, old.sealer
+        self.acked, self.last_ack = dict(old.acked), old.last_ack
+        self.verified, self.segment_size = old.verified, old.segment_size
+
+    def promote(self) -> None:
+        """The peer opens the new keys (or the old link's time is up): seal with them from now on."""
+        if self.next_sealer is not None:
+            self.sealer, self.next_sealer = self.next_sealer, None
 
 
 class Forwarder:
@@ -103,6 +124,7 @@ class Forwarder:
         *,
         probe_interval: float = 1.0,
         link_timeout: float = 3.5,
+        handover: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_verified: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -112,6 +134,7 @@ class Forwarder:
         self.sock = sock
         self.probe_interval = probe_interval
         self.link_timeout = link_timeout
+        self.handover = handover  # how long a replaced link's old keys still open and seal (make-before-break)
         self.clock = clock
         self.on_verified = on_verified
         self.counters: Counter[str] = Counter()
@@ -210,6 +233,7 @@ class Forwarder:
             sel.close()
 
     def _tick(self, now: float) -> None:
+        self._end_handovers(now)
         self._probe(now)
         # A message collected in order whose rest went another way (or was lost) waits in the reassembler,
         # where it can complete or expire, instead of in the run.
@@ -234,9 +258,11 @@ class Forwarder:
         for name, spec in config.links.items():
             old = self.links.get(name)
             if old is None or not old.spec.same_session(spec):
-                if old is not None:
+                link = self.links[name] = Link(spec, wall)
+                if old is not None and old.spec.address == spec.address and old.spec.keys and spec.keys:
+                    link.take_over(old, now + self.handover)
+                elif old is not None:
                     self._retire(old)
-                self.links[name] = Link(spec, wall)
                 self._next_probe = now  # probe a new link at once
         self._by_addr = {link.addr[0]: link for link in self.links.values()}
         self._routes = {name_bytes(dst): self.links[hop] for dst, hop in config.routes.items() if hop in self.links}
@@ -248,6 +274,16 @@ class Forwarder:
 
     def _retire(self, link: Link) -> None:
         self._retired.update(link.opener.drops)
+        if link.prev is not None:
+            self._retired.update(link.prev.opener.drops)
+            link.prev = None
+
+    def _end_handovers(self, now: float) -> None:
+        for link in self.links.values():
+            if link.prev is not None and now >= link.prev_until:
+                self._retire(link.prev)
+                link.prev = None
+                link.promote()
 
     # TAP -> peers
 
@@ -370,10 +406,28 @@ class Forwarder:
                 if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                     size = int.from_bytes(data[:4] if len(data) >= 4 else data[:2], "little") or n
             size = max(1, size)
-            if link.sealer.key is None:
+            if link.prev is not None:
+                self._batch_handover(link, link.prev, view, n, size)
+            elif link.sealer.key is None:
                 self._batch_plain(link, view, n, size)
             else:
                 self._batch_sealed(link, buf, view, n, size)
+
+    def _batch_handover(self, link: Link, prev: Link, view: memoryview, n: int, size: int) -> None:
+        """While a link takes over from another (seconds): each datagram opened with the new keys or else the old
+        ones, on the general path. Copies (a read-only view): a failed open leaves the datagram as it was."""
+        for off in range(0, n, size):
+            datagram = bytes(view[off : off + size if off + size < n else n])
+            try:
+                seg = link.opener.open_quietly(datagram)
+                link.promote()  # the peer seals with the new keys: it has them, and opens ours
+            except SleeveDropped as exc:
+                try:
+                    seg = prev.opener.open_quietly(datagram)
+                except SleeveDropped:
+                    link.opener.drops[exc.reason] += 1
+                    continue
+            self._segment(link, seg, len(datagram))
 
     # The fast paths: the common case (frames for us, in order, new sequence numbers) without per-datagram
     # objects, method calls or copies; anything else goes through `_datagram` (the general, counted path).
@@ -589,9 +643,10 @@ class Forwarder:
         for link in self.links.values():
             for size in link.sizes:
                 room = size - overhead(link.sealer.key is not None)
+                sealer = link.next_sealer or link.sealer  # (taking over: probes prove the new keys)
                 try:
                     inner = INNER.pack(Kind.PROBE, 0, 1, self._next_id(), 0, MAX_TTL, 0, self.me_b, link.peer_b)
-                    datagram = link.sealer.seal(inner, bytes(room))
+                    datagram = sealer.seal(inner, bytes(room))
                     self.sock.sendto(datagram, link.addr)
                 except OSError:  # EMSGSIZE: bigger than our own device's MTU
                     continue

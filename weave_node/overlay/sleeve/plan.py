@@ -4,6 +4,7 @@ routes over the links that answer probes, and the bridges' MACs whose frames nev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 from weave_node.datapath.model import bridge_mac
 from weave_node.mesh.crypto import SessionKeys
@@ -109,3 +110,26 @@ def new_routes(config: Config, logged: Mapping[int, int]) -> list[tuple[int, int
         if hop is not None and logged.get(dst) != hop:
             out.append((dst, hop))
     return out
+
+
+LINGER = 5.0
+"""Seconds a sealed link stays after its mesh connection went (a reconnect, a password rotation step): the
+forwarder keeps carrying frames over it until the new connection's link takes over (make-before-break)."""
+
+
+def with_lingering(
+    config: Config, previous: Config | None, lingering: Mapping[int, tuple[LinkSpec, float]], now: float
+) -> tuple[Config, dict[int, tuple[LinkSpec, float]]]:
+    """`config` plus the sealed links that the overlay's `previous` config (not a merged one) had and `config`
+    lost, for LINGER seconds (each also the route to its own peer, where the sleeve carries that peer and `config`
+    has no route): (the config to push, the lingering links as (spec, until)). A link back in `config` stops
+    lingering; so does an expired one."""
+    still = {n: (spec, until) for n, (spec, until) in lingering.items() if until > now and n not in config.links}
+    for name, spec in (previous.links if previous else {}).items():
+        if name not in config.links and name not in still and spec.keys is not None:
+            still[name] = (spec, now + LINGER)
+    if not still:
+        return config, still
+    links = {**config.links, **{n: spec for n, (spec, _) in still.items()}}
+    routes = {**{n: n for n in still if n in config.sleeve}, **config.routes}
+    return replace(config, links=links, routes=routes), still

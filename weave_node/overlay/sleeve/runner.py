@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 
 from weave_node.mesh.peer import format_name
 from weave_node.overlay.desired import TAP
 from weave_node.overlay.sleeve import codec
-from weave_node.overlay.sleeve.config import PORT, Config, LinkStatus
+from weave_node.overlay.sleeve.config import PORT, Config, LinkSpec, LinkStatus
 from weave_node.overlay.sleeve.forwarder import Forwarder, open_socket
-from weave_node.overlay.sleeve.plan import new_routes, newly_sealed
+from weave_node.overlay.sleeve.plan import new_routes, newly_sealed, with_lingering
 from weave_node.overlay.sleeve.tap import open_tap
 
 log = logging.getLogger("weave_node.overlay")
@@ -28,6 +29,8 @@ class SleeveRunner:
         self.forwarder: Forwarder | None = None
         self.error: str | None = None  # why it does not run
         self.pushed: Config | None = None  # what the forwarder was last told
+        self._given: Config | None = None  # what the overlay last asked for (pushed, but for lingering links)
+        self._lingering: dict[int, tuple[LinkSpec, float]] = {}
         self._routes_logged: dict[int, int] = {}
 
     @property
@@ -74,8 +77,12 @@ class SleeveRunner:
         return self.forwarder.snapshot() if self.forwarder is not None else ({}, {}, {})
 
     def push(self, config: Config) -> None:
-        """Hand the forwarder `config` unless it already has it."""
-        if self.forwarder is None or config == self.pushed:
+        """Hand the forwarder `config` (with the links that linger: plan.with_lingering) unless it has it."""
+        if self.forwarder is None:
+            return
+        given, self._given = self._given, config
+        config, self._lingering = with_lingering(config, given, self._lingering, time.monotonic())
+        if config == self.pushed:
             return
         for name, cipher in newly_sealed(self.pushed, config):
             log.info("sleeve: peer %s: datagrams sealed with %s, keys from this mesh connection", self._name(name),
