@@ -34,10 +34,10 @@ def _add_reload(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _add_rollout(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "rollout",
-        help="roll weave-node out onto an inventory's hosts with pyinfra or Ansible (from a checkout)",
-        description="Roll weave-node out (weave_node_deploy/cli.py): --engine pyinfra runs deploys/weave_node.py, "
+        help="roll weave-node out onto an inventory's hosts with pyinfra or Ansible (the rollout extra)",
+        description="Roll weave-node out (weave_node_deploy/cli.py): --engine pyinfra runs weave_node_deploy.rollout, "
         "--engine ansible runs weave_node_deploy/ansible/site.yml through ansible-runner; both from one pyinfra "
-        "inventory.",
+        "inventory, from any directory.",
     )
     r.add_argument("--engine", choices=("pyinfra", "ansible"), default="pyinfra", help="default: pyinfra")
     r.add_argument("--inventory", "-i", default="inventory/lab.py", help="a pyinfra inventory file")

@@ -1,6 +1,6 @@
 """`weave-node rollout`: one command for both engines, from one pyinfra inventory file.
 
-    weave-node rollout --inventory inventory/lab.py                    # pyinfra (deploys/weave_node.py)
+    weave-node rollout --inventory inventory/lab.py                    # pyinfra (weave_node_deploy.rollout)
     weave-node rollout --engine ansible --inventory inventory/lab.py   # Ansible (weave_node_deploy/ansible/site.yml)
     weave-node rollout --retire node3 --inventory inventory/lab.py     # take node3 out of the cluster for good
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from weave_node_deploy import inventory as pyinfra_inventory
-from weave_node_deploy import paths
+from weave_node_deploy import paths, wheelhouse
 
 ANSIBLE = paths.ANSIBLE
 BIN = Path(sys.executable).parent
@@ -41,11 +41,27 @@ def run(args: argparse.Namespace) -> int:
             print(f"weave-node rollout: --data wants KEY=VALUE, not {item!r}", file=sys.stderr)
             return 2
         data[key] = value
+    missing = _missing_tool(args.engine)
+    if missing:
+        print(f"weave-node rollout: {missing}", file=sys.stderr)
+        return 2
     if getattr(args, "retire", None):
         return retire(args, data)
     if args.engine == "pyinfra":
         return _pyinfra(args, data)
     return _ansible(args, data)
+
+
+def _missing_tool(engine: str) -> str | None:
+    """What the engine needs and this Python lacks (the rollout extra), said before anything runs."""
+    import importlib.util
+
+    if engine == "ansible":
+        if importlib.util.find_spec("ansible_runner") is None or importlib.util.find_spec("ansible") is None:
+            return "--engine ansible needs ansible-core and ansible-runner: pip install 'weave-node[rollout]'"
+    elif not (BIN / "pyinfra").exists():
+        return f"the pyinfra engine needs pyinfra beside this Python ({BIN}): pip install 'weave-node[rollout]'"
+    return None
 
 
 def retire(args: argparse.Namespace, data: dict[str, str]) -> int:
@@ -123,8 +139,8 @@ def pyinfra_command(args: argparse.Namespace, data: dict[str, str]) -> tuple[lis
     for key, value in data.items():
         cmd += ["--data", f"{key}={value}"]
     env = dict(os.environ)
-    package_root = str(paths.PACKAGE.parent)  # a checkout's, when it is not installed (an installed one: there too)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    if wheelhouse.source_tree() is not None:  # a checkout, perhaps not installed: pyinfra imports it from there
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PACKAGE.parent), env.get("PYTHONPATH", "")) if p)
     return cmd, env
 
 

@@ -3,11 +3,13 @@
 
 Our wheel comes from where this package runs: from a checkout (an editable install, or the source tree on the
 path) it is built from the sources; from an installed wheel (`pip install 'weave-node[rollout]'` in your own
-project) it is packed again from the installed distribution's files. Either way it is made *canonical*
-(`canonical_wheel`: entries sorted, fixed timestamps and modes, RECORD rewritten), so one version's files give the
-same bytes whichever way they came: hosts see the same checksums, and a rollout from the package after one from
-the checkout changes nothing. The dependencies are `pip wheel`'s (from pip's cache or index; `weave_wheelhouse`
-names a wheelhouse of your own for hosts with no index at all).
+project) it is packed again from the installed distribution's files. Either way hosts get the router's part of it
+(`for_hosts`: weave_node and its metadata, without the rollout package and the readme, so editing those restarts
+no router) as a *canonical* wheel (`canonical_wheel`: entries sorted, stored uncompressed, fixed timestamps and
+modes, RECORD rewritten): the same router files and metadata give the same bytes whichever way they came, so a
+rollout from the package after one from the checkout it was built from changes nothing. The dependencies are
+`pip wheel`'s (from pip's cache or index, resolved when the wheelhouse is built; `weave_wheelhouse` names a
+wheelhouse of your own for hosts with no index at all, or pinned versions).
 
 Cached by what goes into our wheel; a second run reuses the same wheels. No weave_node import (deploys talk to
 hosts only through pyinfra or Ansible).
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import tomllib
 import zipfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -35,8 +38,10 @@ from pathlib import Path
 DIST = "weave-node"
 CHECKOUT = Path(__file__).resolve().parent.parent
 _in_process = threading.Lock()
-# What pip adds to an installed distribution (and RECORD, which is rewritten): never part of the wheel.
-_INSTALLED_ONLY = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+# The .dist-info entries hosts get (an allowlist: installers add files of their own, some with timestamps).
+_METADATA_KEPT = ("METADATA", "WHEEL", "entry_points.txt", "top_level.txt")
+_METADATA_DIRS = ("licenses/", "sboms/")
+ROLLOUT_PACKAGE = "weave_node_deploy"
 
 
 def cache_dir() -> Path:
@@ -50,17 +55,29 @@ def cache_dir() -> Path:
 
 def source_tree() -> Path | None:
     """The checkout this package runs from, or None when it runs from an installed wheel."""
-    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "weave_node" / "__init__.py").is_file():
-        return CHECKOUT
-    return None
+    try:
+        project = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return CHECKOUT if project == DIST and (CHECKOUT / "weave_node" / "__init__.py").is_file() else None
 
 
 def source_files(tree: Path) -> list[Path]:
-    """Everything a build of the tree reads (the packages, their data, the metadata and its readme)."""
-    files = [tree / "pyproject.toml", tree / "README.md"]
-    for package in ("weave_node", "weave_node_deploy"):
-        files += [p for p in (tree / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    """What the hosts' wheel is made of: the router's package and the project's metadata."""
+    files = [tree / "pyproject.toml"]
+    files += [p for p in (tree / "weave_node").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return sorted(p for p in files if p.is_file())
+
+
+def copy_sources(tree: Path, dest: Path) -> Path:
+    """A copy of the tree to build from (pip builds in-tree: two builds of one checkout would share build/, and a
+    stale build/ brings deleted files back). Caches and tools' state stay out (a cache written while we copy,
+    mypy's sqlite WAL, would fail it)."""
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", ".molecule"
+    )
+    shutil.copytree(tree, dest, ignore=ignore)
+    return dest
 
 
 def source_hash(tree: Path) -> str:
@@ -98,16 +115,10 @@ def _build(target: Path, tree: Path | None, ours: tuple[str, bytes] | None) -> P
     try:
         wheels = tmp / "wheels"
         if tree is not None:
-            # From a copy of the sources: pip builds in-tree, and two builds of one checkout would share build/.
-            src = tmp / "src"
-            # Caches and tools' state stay out: a cache written while we copy (mypy's sqlite WAL) would fail it.
-            ignore = shutil.ignore_patterns(
-                ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", ".molecule"
-            )
-            shutil.copytree(tree, src, ignore=ignore)
+            src = copy_sources(tree, tmp / "src")
             _pip_wheel(wheels, f"{src}[router]")
             built = our_wheel(wheels)
-            name, data = built.name, canonical_wheel(wheel_files(built.read_bytes()))
+            name, data = built.name, canonical_wheel(for_hosts(wheel_files(built.read_bytes())))
             built.unlink()
             (wheels / name).write_bytes(data)
         else:
@@ -158,9 +169,38 @@ def wheel_files(data: bytes) -> dict[str, bytes]:
         }
 
 
+def for_hosts(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The entries of our wheel that hosts get: the router's package and the metadata pip needs, without the
+    rollout package (control-machine code), METADATA's description (the readme) and WHEEL's Generator line (the
+    build tool's version), and without any file an installer added to an installed .dist-info."""
+    out = {}
+    for name, content in files.items():
+        top, _, rest = name.partition("/")
+        if top == ROLLOUT_PACKAGE:
+            continue
+        if top.endswith(".dist-info"):
+            if rest not in _METADATA_KEPT and not rest.startswith(_METADATA_DIRS):
+                continue
+            out[name] = _host_metadata(rest, content)
+        else:
+            out[name] = content
+    return out
+
+
+def _host_metadata(name: str, content: bytes) -> bytes:
+    lines = content.splitlines(keepends=True)
+    if name == "METADATA":
+        return content.split(b"\n\n", 1)[0] + b"\n"  # the headers; the body is the readme
+    if name == "WHEEL":
+        return b"".join(x for x in lines if not x.startswith(b"Generator:"))
+    if name == "top_level.txt":
+        return b"".join(x for x in lines if x.strip() != ROLLOUT_PACKAGE.encode())
+    return content
+
+
 def canonical_wheel(files: Mapping[str, bytes]) -> bytes:
     """The wheel of these entries, byte for byte the same for the same entries: sorted (the .dist-info last, its
-    RECORD at the very end), 1980-01-01 timestamps, mode 0644, deflate at level 9."""
+    RECORD at the very end), stored (no compressor's version in the bytes), 1980-01-01 timestamps, mode 0644."""
     dist_info = {name.split("/", 1)[0] for name in files if name.split("/", 1)[0].endswith(".dist-info")}
     if len(dist_info) != 1:
         raise ValueError(f"a wheel has one .dist-info directory, not {sorted(dist_info) or 'none'}")
@@ -172,8 +212,8 @@ def canonical_wheel(files: Mapping[str, bytes]) -> bytes:
         for name, content in [*((n, files[n]) for n in order), (f"{info}/RECORD", record.encode())]:
             entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             entry.external_attr = 0o100644 << 16
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(entry, content, compresslevel=9)
+            entry.compress_type = zipfile.ZIP_STORED
+            zf.writestr(entry, content)
     return out.getvalue()
 
 
@@ -182,7 +222,7 @@ def _digest(content: bytes) -> str:
 
 
 def installed_wheel(dist: str = DIST) -> tuple[str, bytes]:
-    """(file name, bytes) of the canonical wheel of the installed distribution, packed again from its files."""
+    """(file name, bytes) of the hosts' canonical wheel, packed again from the installed distribution's files."""
     try:
         d = metadata.distribution(dist)
     except metadata.PackageNotFoundError:
@@ -195,8 +235,6 @@ def installed_wheel(dist: str = DIST) -> tuple[str, bytes]:
         parts = f.parts
         if parts[0] == ".." or "__pycache__" in parts or f.suffix == ".pyc":
             continue  # scripts pip wrote into bin/, and byte code: not the wheel's
-        if parts[0].endswith(".dist-info") and len(parts) == 2 and parts[1] in _INSTALLED_ONLY:
-            continue
         files[f.as_posix()] = Path(str(f.locate())).read_bytes()
     tag = next(
         (
@@ -207,7 +245,7 @@ def installed_wheel(dist: str = DIST) -> tuple[str, bytes]:
         "py3-none-any",
     )
     name = f"{d.metadata['Name'].replace('-', '_').lower()}-{d.version}-{tag}.whl"
-    return name, canonical_wheel(files)
+    return name, canonical_wheel(for_hosts(files))
 
 
 if __name__ == "__main__":

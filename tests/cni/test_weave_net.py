@@ -27,7 +27,7 @@ VERSIONS_LIBCNI = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]  # what Debian's libcni 1
 
 def render_conflist(version: str, socket: Path, pending: Path) -> dict[str, Any]:
     env = jinja2.Environment(  # noqa: S701 - renders JSON, not HTML
-        loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined
+        loader=jinja2.FileSystemLoader(REPO / "weave_node_deploy" / "templates"), undefined=jinja2.StrictUndefined
     )
     text = env.get_template("10-weave.conflist.j2").render(
         cni_version=version, status_socket=str(socket), pending_dir=str(pending)

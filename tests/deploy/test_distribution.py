@@ -1,7 +1,7 @@
 """The rollout as users install it: the wheel carries weave_node_deploy (deploys, templates, the Ansible role), the
 wheel pushed to hosts is the same bytes whether built from a checkout or packed again from an installed wheel, the
 collection builds from the same files and its plugins find the package, and tools outside the supported range fail
-with a clear message. (On the lab, from a fresh virtualenv: tests/lab/test_distribution.py.)"""
+with a clear message. (On the lab, from a fresh virtualenv: tests/lab/test_rollout.py.)"""
 
 from __future__ import annotations
 
@@ -59,14 +59,35 @@ def test_a_wheel_without_one_dist_info_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This checkout's wheel, as `pip wheel` builds it (no dependencies)."""
-    out = tmp_path_factory.mktemp("wheel")
+    """This checkout's wheel, as `pip wheel` builds it (no dependencies), from a copy of the tree."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def build_wheel(out: Path) -> Path:
+    src = wheelhouse.copy_sources(REPO, out / "src")
     subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(REPO)],
+        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(src)],
         check=True, cwd=out, timeout=300,
     )  # fmt: skip
     (wheel,) = out.glob("weave_node-*.whl")
     return wheel
+
+
+def test_hosts_get_the_router_without_the_rollout_and_the_readme(built: Path) -> None:
+    """Editing the rollout or the README changes nothing hosts install (no router restarts for it)."""
+    files = wheelhouse.wheel_files(built.read_bytes())
+    hosts = wheelhouse.for_hosts(files)
+    assert not [n for n in hosts if n.startswith("weave_node_deploy/")]
+    assert any(n.startswith("weave_node/") for n in hosts)
+    assert b"weave_node_deploy" not in hosts[f"{INFO}/top_level.txt"]
+    assert b"weave-node" in hosts[f"{INFO}/METADATA"] and b"Quick start" not in hosts[f"{INFO}/METADATA"]
+    assert b"Quick start" in files[f"{INFO}/METADATA"]  # (what was left out was there)
+    assert b"Generator" not in hosts[f"{INFO}/WHEEL"]
+    edited = {**files, f"{INFO}/METADATA": files[f"{INFO}/METADATA"] + b"\nmore readme\n"}
+    edited["weave_node_deploy/cli.py"] = b"# edited\n"
+    assert wheelhouse.canonical_wheel(wheelhouse.for_hosts(edited)) == wheelhouse.canonical_wheel(hosts)
+    installer_extra = {**files, f"{INFO}/uv_cache.json": b'{"timestamp": 1}', f"{INFO}/INSTALLER": b"uv\n"}
+    assert wheelhouse.for_hosts(installer_extra) == hosts
 
 
 def test_the_wheel_carries_the_deploys_their_templates_and_the_role(built: Path) -> None:
@@ -92,7 +113,8 @@ def test_an_installed_wheel_packs_again_into_the_same_bytes(built: Path, tmp_pat
     assert name == built.name
     import hashlib
 
-    assert digest == hashlib.sha256(wheelhouse.canonical_wheel(wheelhouse.wheel_files(built.read_bytes()))).hexdigest()
+    hosts = wheelhouse.canonical_wheel(wheelhouse.for_hosts(wheelhouse.wheel_files(built.read_bytes())))
+    assert digest == hashlib.sha256(hosts).hexdigest()
 
 
 def test_pyinfra_outside_the_supported_range_stops_the_import_clearly(tmp_path: Path) -> None:
@@ -162,3 +184,18 @@ def test_the_installed_collection_validates_with_the_packages_code_before_touchi
     assert out.returncode != 0
     assert "invalid weave-node settings" in text and "n1" in text and "weave_ipalloc_range" in text, text[-3000:]
     assert "UNREACHABLE" not in text
+
+
+def test_weave_node_rollout_without_the_rollout_tools_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hosts get the router's wheel, not the rollout extra: `weave-node rollout` there says what is missing."""
+    import argparse
+
+    from weave_node_deploy import cli
+
+    monkeypatch.setattr(cli, "BIN", tmp_path)  # a Python without pyinfra beside it
+    args = argparse.Namespace(engine="pyinfra", data=[], retire=None, inventory="inventory.py")
+    assert cli.run(args) == 2
+    assert "needs pyinfra beside this Python" in capsys.readouterr().err
+    assert cli._missing_tool("ansible") is None  # (this venv has both)

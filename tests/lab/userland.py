@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import BIN, REPO
-from weave_node_deploy import collection
+from weave_node_deploy import collection, wheelhouse
 from weave_node_deploy import inventory as pyinfra_inventory
 
 DEPLOY = '''"""My cluster's pod network."""
@@ -52,8 +52,9 @@ class Userland:
 
 def build_dist(out: Path) -> tuple[Path, Path]:
     """(the wheel, the collection tarball) of this checkout, as a release would build them."""
+    src = wheelhouse.copy_sources(REPO, out / "src")  # (pip builds in-tree: a stale build/ must not matter)
     subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(REPO)],
+        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(src)],
         check=True, cwd=out, timeout=600,
     )  # fmt: skip
     (wheel,) = out.glob("weave_node-*.whl")

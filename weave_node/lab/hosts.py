@@ -129,6 +129,18 @@ def _console_tail(paths: LabPaths, host: str, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+def _stopped(cgroup: Path, confirm: float = 1.0) -> bool:
+    """No process left in the host's cgroup, seen again and again for `confirm` seconds: one walk of the tree can
+    miss every process while nspawn and systemd move into sub-cgroups they just made (a host under load was taken
+    for stopped 0.1 s into its boot)."""
+    deadline = time.monotonic() + confirm
+    while not system.cgroup_pids(cgroup):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)  # (a re-check of a racy read, not a wait for a state)
+    return False
+
+
 def wait_ssh(spec: LabSpec, paths: LabPaths, report: Any) -> None:
     pending = {h.name: h for h in spec.hosts}
     deadline = time.monotonic() + BOOT_TIMEOUT
@@ -137,7 +149,7 @@ def wait_ssh(spec: LabSpec, paths: LabPaths, report: Any) -> None:
             if system.ssh_banner(spec.underlay_netns, str(host.address), timeout=0.3):
                 del pending[name]
                 continue
-            if not system.cgroup_pids(system.lab_cgroups(spec.name, name)[0]):
+            if _stopped(system.lab_cgroups(spec.name, name)[0]):
                 raise LabError(
                     f"{name} stopped while booting: {_console_tail(paths, name)} "
                     f"(console logs: {failure_logs_dir(spec.name)})"

@@ -1,5 +1,5 @@
 """Packaged pyinfra deploys that roll weave-node out onto bare hosts. Compose them in your own deploy files, or run
-the entry deploy: `pyinfra inventory/<yours>.py deploys/weave_node.py`.
+them all: `pyinfra inventory/<yours>.py weave_node_deploy.rollout` (a checkout: deploys/weave_node.py).
 
 Every step is a pyinfra operation that reports a change only when something changed; a second run changes
 nothing. Data (host/group data, see DEFAULTS) is validated for every host before any host is touched.
@@ -47,7 +47,10 @@ def _wheelhouse(data: dict[str, Any]) -> Path:
     if data["weave_wheelhouse"]:
         return Path(data["weave_wheelhouse"])
     if "dir" not in _built:  # once per run, on the control machine
-        _built["dir"] = wheelhouse.build()
+        try:
+            _built["dir"] = wheelhouse.build()
+        except (OSError, RuntimeError, ValueError) as exc:  # a deploy's error, not pyinfra's "internal exception"
+            raise DeployError(f"the wheelhouse: {exc}") from None
     return _built["dir"]
 
 

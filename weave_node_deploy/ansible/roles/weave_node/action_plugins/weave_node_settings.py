@@ -84,7 +84,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         try:
             wheels = Path(data["weave_wheelhouse"]) if data["weave_wheelhouse"] else wheelhouse.build()
             wheel = wheelhouse.our_wheel(wheels).name
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             return {**result, "failed": True, "msg": f"the wheelhouse: {exc}"}
         data["weave_wheelhouse"] = str(wheels)
         # Not weave_* names: those are settings, and an unknown one is an error.
