@@ -121,7 +121,7 @@ def test_another_address_or_a_clear_link_is_replaced_at_once(rig: tuple[Forwarde
 def test_a_lost_sealed_link_lingers_for_the_new_connection_then_goes() -> None:
     sealed = {PEER: LinkSpec(PEER, "198.18.0.2", OLD), OTHER: LinkSpec(OTHER, "198.18.0.3", None)}
     before = Config(links=sealed, routes={PEER: PEER, OTHER: OTHER}, sleeve=frozenset({PEER, OTHER}))
-    lost = Config(links={}, routes={}, sleeve=frozenset({PEER, OTHER}))
+    lost = Config(links={}, routes={PEER: OTHER}, sleeve=frozenset({PEER, OTHER}))  # (a relay meanwhile)
     pushed, lingering = with_lingering(lost, before, {}, now=10.0)
     assert pushed.links == {PEER: sealed[PEER]} and pushed.routes == {PEER: PEER}  # a clear link does not linger
     assert lingering == {PEER: (sealed[PEER], 10.0 + LINGER)}

@@ -121,9 +121,9 @@ def with_lingering(
     config: Config, previous: Config | None, lingering: Mapping[int, tuple[LinkSpec, float]], now: float
 ) -> tuple[Config, dict[int, tuple[LinkSpec, float]]]:
     """`config` plus the sealed links that the overlay's `previous` config (not a merged one) had and `config`
-    lost, for LINGER seconds (each also the route to its own peer, where the sleeve carries that peer and `config`
-    has no route): (the config to push, the lingering links as (spec, until)). A link back in `config` stops
-    lingering; so does an expired one."""
+    lost, for LINGER seconds, each also the route to its own peer where the sleeve carries that peer (rather than
+    the relay `config` may have found meanwhile: the peer still opens the old keys): (the config to push, the
+    lingering links as (spec, until)). A link back in `config` stops lingering; so does an expired one."""
     still = {n: (spec, until) for n, (spec, until) in lingering.items() if until > now and n not in config.links}
     for name, spec in (previous.links if previous else {}).items():
         if name not in config.links and name not in still and spec.keys is not None:
@@ -131,5 +131,5 @@ def with_lingering(
     if not still:
         return config, still
     links = {**config.links, **{n: spec for n, (spec, _) in still.items()}}
-    routes = {**{n: n for n in still if n in config.sleeve}, **config.routes}
+    routes = {**config.routes, **{n: n for n in still if n in config.sleeve}}  # (rather than a relay meanwhile)
     return replace(config, links=links, routes=routes), still
