@@ -30,9 +30,12 @@ def _send_all(self: paramiko.proxy.ProxyCommand, content: bytes) -> int:
 def _recv_until_eof(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
     """paramiko's ProxyCommand.recv reads again and again once the command has exited (os.read gives b"" at end of
     file): a host that went away (a reboot) left pyinfra spinning at 100 % CPU, waiting forever. At end of file,
-    return what was read (b"" tells paramiko the connection is closed)."""
+    return what was read (b"" tells paramiko the connection is closed). It waits with poll(), not select(): a
+    process with more than 1024 descriptors open (many hosts, a long test run) made select() fail."""
     buffer = b""
     start = time.time()
+    poller = select.poll()
+    poller.register(self.process.stdout, select.POLLIN | select.POLLHUP)
     try:
         while len(buffer) < size:
             wait = None
@@ -40,8 +43,7 @@ def _recv_until_eof(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
                 wait = self.timeout - (time.time() - start)
                 if wait <= 0:
                     raise TimeoutError()
-            ready, _, _ = select.select([self.process.stdout], [], [], wait)
-            if ready:
+            if poller.poll(None if wait is None else wait * 1000):
                 chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
                 if not chunk:
                     return buffer

@@ -16,9 +16,9 @@ from testinfra.host import Host
 
 def _recv_by_poll(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
     """paramiko's ProxyCommand.recv waits with select(), which fails on a descriptor above 1024 ("filedescriptor out
-    of range in select()"): a test worker that ran many modules (each with its SSH sessions, clusters and routers)
-    can hold that many. The same with poll(), which has no such limit; at end of file, what was read (b"": closed),
-    as inventory/lab.py does for pyinfra."""
+    of range in select()"): a test worker that ran many modules can hold that many. The same with poll(), which has
+    no such limit (inventory/lab.py does the same for pyinfra). A timeout is re-raised as paramiko expects (its
+    transport polls with short timeouts); at end of file, what was read (b"": closed)."""
     buffer = b""
     start = time.time()
     poller = select.poll()
@@ -29,8 +29,6 @@ def _recv_by_poll(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
             if self.timeout is not None:
                 wait = self.timeout - (time.time() - start)
                 if wait <= 0:
-                    if buffer:
-                        return buffer
                     raise TimeoutError()
             if poller.poll(None if wait is None else wait * 1000):
                 chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
@@ -38,6 +36,10 @@ def _recv_by_poll(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
                     return buffer
                 buffer += chunk
         return buffer
+    except TimeoutError:
+        if buffer:
+            return buffer
+        raise
     except OSError as exc:
         raise paramiko.proxy.ProxyCommandFailure(" ".join(self.cmd), exc.strerror) from exc
 

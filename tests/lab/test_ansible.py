@@ -135,6 +135,28 @@ def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
     assert "Encryption: enabled" in status and "2 established" in status, status
 
 
+def test_a_live_setting_is_applied_by_reloads_and_restarts_no_router(labs: dict[str, str]) -> None:
+    """The Ansible path of day 2 (tests/lab/test_day2.py proves the pyinfra one): a change of mesh.env (here
+    weave_accept_unencrypted) reloads every router and restarts none; taking it back, the same."""
+    data = _data(labs)
+
+    def pids() -> dict[str, str]:
+        return {n: _ssh(labs["ansible"], n, "systemctl show -p MainPID --value weave-node").strip() for n in NODES}
+
+    before = pids()
+    for extra, present in (("weave_accept_unencrypted=true", True), ("weave_accept_unencrypted=false", False)):
+        out = _rollout(labs["ansible_lab"], "ansible", *data, extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for node in NODES:
+            assert re.search(rf"^  {node}: changed\s+Reload", out.stdout, re.M), out.stdout
+            env = _ssh(labs["ansible"], node, "cat /etc/weave-node/mesh.env")
+            assert ("WEAVE_ACCEPT_UNENCRYPTED=1" in env) is present, env
+        assert pids() == before, "a router restarted"
+    for node in NODES:
+        journal = _ssh(labs["ansible"], node, "journalctl -u weave-node --no-pager -o cat")
+        assert journal.count("password settings changed") >= 2, journal[-2000:]
+
+
 def test_removal_takes_everything_but_a_plugin_binary_and_changes_nothing_the_second_time(
     labs: dict[str, str],
 ) -> None:

@@ -4,7 +4,6 @@ playbook). Commands run as from a fresh shell: a plain PATH, no PYTHONPATH, the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 from tests.helpers import BIN, REPO
 from weave_node_deploy import collection, wheelhouse
-from weave_node_deploy import inventory as pyinfra_inventory
 
 DEPLOY = '''"""My cluster's pod network."""
 from weave_node_deploy import rollout
@@ -79,14 +77,13 @@ def make(root: Path, lab: str) -> Userland:
     (project / "ansible.cfg").write_text("[defaults]\ncollections_path = ./collections\n")
     out = user.run("ansible-galaxy", "collection", "install", "-p", "./collections", str(tarball))
     assert out.returncode == 0, out.stdout + out.stderr
-    before = os.environ.get("WEAVE_LAB")
-    os.environ["WEAVE_LAB"] = lab  # (the inventory file reads it)
-    try:
-        inv = pyinfra_inventory.load(project / "inventory.py", cwd=project)
-    finally:
-        if before is None:
-            del os.environ["WEAVE_LAB"]
-        else:
-            os.environ["WEAVE_LAB"] = before
-    (project / "hosts.yml").write_text(json.dumps(pyinfra_inventory.to_ansible(inv, base=project), indent=1))
+    # In the venv's own Python, as a user would convert it: the inventory file runs there (it patches paramiko
+    # where it is loaded), not in this test process.
+    script = (
+        "import json, pathlib; from weave_node_deploy import inventory as i; "
+        "inv = i.load('inventory.py', cwd='.'); base = pathlib.Path.cwd(); "
+        "pathlib.Path('hosts.yml').write_text(json.dumps(i.to_ansible(inv, base=base), indent=1))"
+    )
+    out = user.run("python", "-c", script)
+    assert out.returncode == 0, out.stdout + out.stderr
     return user

@@ -181,6 +181,9 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
     with progress.step("network namespaces and underlay bridge") as step:
         make_network(spec)
         step.update(f"{spec.underlay_netns}: br0 {UNDERLAY_GATEWAY}/{UNDERLAY_NET.prefixlen}")
+    raised = system.raise_inotify_instances()
+    if raised:
+        progress.note(raised)
     with progress.step(f"booting {len(spec.hosts)} hosts (systemd-nspawn -b)") as step:
         for host in spec.hosts:
             boot(spec, host, rootfs, paths, prepared.nspawn_args if prepared else ())

@@ -353,3 +353,25 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_WANTED = 8192
+
+
+def raise_inotify_instances(path: Path = INOTIFY_INSTANCES, wanted: int = INOTIFY_WANTED) -> str | None:
+    """systemd in every lab host takes inotify instances of this machine's root user (the limit is per user, not per
+    namespace): with Debian's default of 128, about a dozen hosts up at once left the next one's systemd without
+    ("Failed to create inotify object: Too many open files") and its sshd never started. Raised to `wanted`
+    (never lowered; what kind's users are told to do); what was done, for the progress output, or None."""
+    try:
+        current = int(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if current >= wanted:
+        return None
+    try:
+        path.write_text(f"{wanted}\n")
+    except OSError as exc:
+        return f"fs.inotify.max_user_instances is {current} and could not be raised ({exc.strerror}): few labs fit"
+    return f"raised fs.inotify.max_user_instances from {current} to {wanted} (systemd in each lab host needs some)"
