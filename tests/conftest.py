@@ -11,7 +11,13 @@ from pathlib import Path
 
 import paramiko.proxy
 import pytest
+from hypothesis import HealthCheck, settings
 from testinfra.host import Host
+
+# Property tests assert what the code does, not how fast: on two workers they share the CPU with lab tests, where
+# Hypothesis' time-based checks (a slow draw, a deadline) fail for reasons that are not the code's.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 def _recv_by_poll(self: paramiko.proxy.ProxyCommand, size: int) -> bytes:
