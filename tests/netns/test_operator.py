@@ -211,7 +211,11 @@ def test_the_openapi_document_lists_every_route(lone_router: tuple[Path, dict[st
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_no_generated_request_gets_a_5xx(lone_router: tuple[Path, dict[str, Any]], data: st.DataObject) -> None:
     sock, doc = lone_router

@@ -229,7 +229,11 @@ messages = st.one_of(
 
 
 @given(batch=st.lists(messages, min_size=1, max_size=8))
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 def test_no_message_of_any_kind_gets_past_the_dispatch(batch: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
     rig = Rig()
     caplog.clear()
