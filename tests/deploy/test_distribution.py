@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers import BIN, REPO
+from tests.lab.userland import build_wheel
 from weave_node_deploy import collection, compat, paths, wheelhouse
 from weave_node_deploy.facts import VERSION
 
@@ -61,16 +62,6 @@ def test_a_wheel_without_one_dist_info_is_refused() -> None:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout's wheel, as `pip wheel` builds it (no dependencies), from a copy of the tree."""
     return build_wheel(tmp_path_factory.mktemp("wheel"))
-
-
-def build_wheel(out: Path) -> Path:
-    src = wheelhouse.copy_sources(REPO, out / "src")
-    subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(src)],
-        check=True, cwd=out, timeout=300,
-    )  # fmt: skip
-    (wheel,) = out.glob("weave_node-*.whl")
-    return wheel
 
 
 def test_hosts_get_the_router_without_the_rollout_and_the_readme(built: Path) -> None:

@@ -48,15 +48,20 @@ class Userland:
         )  # fmt: skip
 
 
-def build_dist(out: Path) -> tuple[Path, Path]:
-    """(the wheel, the collection tarball) of this checkout, as a release would build them."""
+def build_wheel(out: Path) -> Path:
+    """This checkout's wheel as a release builds it (`pip wheel`, no dependencies), into `out`."""
     src = wheelhouse.copy_sources(REPO, out / "src")  # (pip builds in-tree: a stale build/ must not matter)
     subprocess.run(
         [str(BIN / "python"), "-m", "pip", "wheel", "-qq", "--no-deps", "--wheel-dir", str(out), str(src)],
         check=True, cwd=out, timeout=600,
     )  # fmt: skip
     (wheel,) = out.glob("weave_node-*.whl")
-    return wheel, collection.build(out)
+    return wheel
+
+
+def build_dist(out: Path) -> tuple[Path, Path]:
+    """(the wheel, the collection tarball) of this checkout, as a release would build them."""
+    return build_wheel(out), collection.build(out)
 
 
 def make(root: Path, lab: str) -> Userland:
