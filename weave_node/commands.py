@@ -11,7 +11,7 @@ from typing import Any
 
 from weave_node import day2
 from weave_node.core.cni import CNI_PLUGIN
-from weave_node.core.facts import DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
+from weave_node.core.facts import BRIDGE_NETFILTER_MODES, DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +71,12 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     r.add_argument("--mtu", type=int, help="pod MTU (default: underlay MTU - 50 for VXLAN; also WEAVE_MTU)")
     r.add_argument("--no-fastdp", action="store_const", const="1", help="no VXLAN fast datapath (also WEAVE_NO_FASTDP)")
+    r.add_argument(
+        "--bridge-netfilter",
+        choices=BRIDGE_NETFILTER_MODES,
+        help="bridged pod traffic through iptables (bridge-nf-call-iptables): auto (default: on for Kubernetes, off "
+        "where weave is the only bridge), on, off; also WEAVE_BRIDGE_NETFILTER",
+    )
     r.add_argument(
         "--no-sleeve",
         action="store_const",

@@ -12,6 +12,7 @@ from pathlib import Path
 from weave_node.core.address import PeerAddress, Range, parse_hostport, parse_peers, parse_range
 from weave_node.core.errors import ConfigError
 from weave_node.core.facts import (
+    BRIDGE_NETFILTER_MODES,
     DEFAULT_MESH_PORT,
     DEFAULT_METRICS_ADDR,
     DEFAULT_RANGE,
@@ -52,6 +53,7 @@ class RouterConfig:
     fastdp: bool = True  # WEAVE_NO_FASTDP turns the VXLAN path off
     sleeve: bool = True  # WEAVE_NO_SLEEVE turns the userspace fallback (and encrypted pod traffic) off
     sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
+    bridge_netfilter: str = "auto"  # WEAVE_BRIDGE_NETFILTER: auto|on|off (overlay.netfilter)
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
@@ -194,6 +196,13 @@ def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | N
     return datapath, mtu, fastdp, sleeve
 
 
+def _bridge_netfilter(pick: Callable[[str, str], object]) -> str:
+    mode = str(pick("bridge_netfilter", "WEAVE_BRIDGE_NETFILTER") or "auto").lower()
+    if mode not in BRIDGE_NETFILTER_MODES:
+        raise ConfigError(f"WEAVE_BRIDGE_NETFILTER must be one of {', '.join(BRIDGE_NETFILTER_MODES)}, not {mode!r}")
+    return mode
+
+
 def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> RouterConfig:
     """Flags win over environment variables (Weave's names), which win over defaults."""
     warnings: list[str] = []
@@ -280,6 +289,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         fastdp=fastdp,
         sleeve=sleeve,
         sleeve_aesgcm=_flag_off(pick("no_sleeve_aesgcm", "WEAVE_NO_SLEEVE_AESGCM")),
+        bridge_netfilter=_bridge_netfilter(pick),
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),

@@ -122,6 +122,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             retain=config.peer_retain,
             sleeve=config.sleeve,
             encrypt=config.password is not None,
+            bridge_netfilter=config.bridge_netfilter,
         ),
         bridge_address,
         link_keys=lambda name: _sleeve_keys(router, name),

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "weave_cni_conf_dir": "/etc/cni/net.d",
     "weave_cni_version": "1.0.0",
     "weave_hairpin": True,
+    "weave_bridge_netfilter": "auto",  # bridged pod traffic through iptables: auto|on|off (docs/configuration.md)
     "weave_bandwidth": False,
     "weave_health_timeout": 90,
     "weave_ipam_reclaim_after": 600,  # seconds before the others take a departed host's space over (0: never)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from weave_node_deploy.facts import CNI_VERSIONS, MTU_MAX, MTU_MIN, PASSWORD_FILE_MODE_MASK
+from weave_node_deploy.facts import BRIDGE_NETFILTER_MODES, CNI_VERSIONS, MTU_MAX, MTU_MIN, PASSWORD_FILE_MODE_MASK
 
 KNOWN = {
     "weave_address",
@@ -33,6 +33,7 @@ KNOWN = {
     "weave_cni_conf_dir",
     "weave_cni_version",
     "weave_hairpin",
+    "weave_bridge_netfilter",
     "weave_bandwidth",
     "weave_health_timeout",
     "weave_ipam_reclaim_after",
@@ -185,6 +186,11 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
     if not isinstance(limit, int) or limit < 0:
         fail(f"weave_conn_limit must be a number >= 0, not {limit!r}")
     _check_seconds(data, fail)
+    if data.get("weave_bridge_netfilter", "auto") not in BRIDGE_NETFILTER_MODES:
+        fail(
+            f"weave_bridge_netfilter must be one of {', '.join(BRIDGE_NETFILTER_MODES)}, "
+            f"not {data.get('weave_bridge_netfilter')!r}"
+        )
     if data.get("weave_cni_version") not in CNI_VERSIONS:
         fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
     password = data.get("weave_password_file")

@@ -192,7 +192,10 @@ def test_version_1_1_0_by_exec_add_check_del_status_gc(cluster: list[Node]) -> N
 
 
 def test_portmap_chained_after_weave_net_publishes_a_port(cluster: list[Node]) -> None:
-    h1 = cluster[0]
+    """From the host, from a pod on the same host (hairpin: portmap masquerades it) and from a pod on another host;
+    on these bare hosts bridged pod traffic skips iptables (bridge-nf-call-iptables 0), which portmap must not need."""
+    h1, h2 = cluster[0], cluster[1]
+    assert h1.router.host.run("sysctl", "-n", "net.bridge.bridge-nf-call-iptables").stdout.strip() == "0"
     ns = h1.netns("web")
     driver = Driver(
         h1.driver.binary,
@@ -203,8 +206,11 @@ def test_portmap_chained_after_weave_net_publishes_a_port(cluster: list[Node]) -
     )
     conf = h1.conflist()
     driver.add(conf, "web", ns)
+    clients = [(h1, h1.netns("near")), (h2, h2.netns("far"))]
+    for node, client_ns in clients:
+        node.driver.add(node.conflist(), Path(client_ns).name, client_ns)
     server = subprocess.Popen(
-        ["ip", "netns", "exec", Path(ns).name, "python3", "-c", _ONE_SHOT_SERVER],
+        ["ip", "netns", "exec", Path(ns).name, "python3", "-c", _SERVER, "3"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -213,19 +219,31 @@ def test_portmap_chained_after_weave_net_publishes_a_port(cluster: list[Node]) -
         host = h1.router.host
         out = host.run("python3", "-c", _CLIENT, host.address, "18080")
         assert out.stdout.strip() == "hello from the pod"
+        for _node, client_ns in clients:
+            out = subprocess.run(
+                ["ip", "netns", "exec", Path(client_ns).name, "python3", "-c", _CLIENT, host.address, "18080"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.stdout.strip() == "hello from the pod", (client_ns, out.stderr)
     finally:
         if server.poll() is None:
             server.kill()
         server.wait()
         driver.delete(conf, "web", ns)
+        for node, client_ns in clients:
+            node.driver.delete(node.conflist(), Path(client_ns).name, client_ns)
     assert "18080" not in h1.router.host.run("iptables-save", "-t", "nat").stdout  # portmap cleaned up too
 
 
-_ONE_SHOT_SERVER = """
-import socket
+_SERVER = """
+import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 80)); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); c.sendall(b"hello from the pod"); c.close()
+s.bind(("0.0.0.0", 80)); s.listen(8); print("listening", flush=True)
+for _ in range(int(sys.argv[1])):
+    c, _ = s.accept(); c.sendall(b"hello from the pod"); c.close()
 """
 _CLIENT = """
 import socket, sys

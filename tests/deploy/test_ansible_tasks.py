@@ -188,6 +188,7 @@ def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "weave_ipam_reclaim_replaced": True,
         "weave_conn_limit": 100,
         "weave_mtu": None,
+        "weave_bridge_netfilter": "auto",
         "weave_password_file": None,
         "weave_metrics_addr": "127.0.0.1:6782",
         "status_socket": STATUS_SOCKET,
@@ -212,14 +213,18 @@ def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -
     assert "WEAVE_IPAM_RECLAIM_AFTER=600" in env.splitlines() and "WEAVE_NO_IPAM_RECLAIM_REPLACED" not in env
 
 
-@pytest.mark.parametrize(("after", "replaced"), [(600, True), (0, False), (90.5, False)])
+@pytest.mark.parametrize(
+    ("after", "replaced", "netfilter"), [(600, True, "auto"), (0, False, "off"), (90.5, False, "on")]
+)
 def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
-    run_tasks: RunTasks, tmp_path: Path, after: float, replaced: bool
+    run_tasks: RunTasks, tmp_path: Path, after: float, replaced: bool, netfilter: str
 ) -> None:
     """Ansible keeps a value's type through the template vars (a number, a boolean): the same file as pyinfra's."""
     from pyinfra.api.util import get_template
 
-    weave = _env_weave(tmp_path, weave_ipam_reclaim_after=after, weave_ipam_reclaim_replaced=replaced)
+    weave = _env_weave(
+        tmp_path, weave_ipam_reclaim_after=after, weave_ipam_reclaim_replaced=replaced, weave_bridge_netfilter=netfilter
+    )
     env = _render_env(run_tasks, tmp_path, weave)
     pyinfra = get_template(str(REPO / "weave_node_deploy/templates/weave-node/weave-node.env.j2")).render(
         peers=weave["weave_peers"],
@@ -229,6 +234,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
         ipam_reclaim_replaced=replaced,
         conn_limit=weave["weave_conn_limit"],
         mtu=weave["weave_mtu"],
+        bridge_netfilter=netfilter,
         password_file="",
         state_dir=weave["weave_state_dir"],
         metrics_addr=weave["weave_metrics_addr"],
@@ -237,6 +243,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
     assert env == pyinfra
     assert f"WEAVE_IPAM_RECLAIM_AFTER={after}" in env.splitlines()
     assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in env.splitlines()) is not replaced
+    assert ("WEAVE_BRIDGE_NETFILTER" in env) is (netfilter != "auto")
 
 
 def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def _router_config(env_text: str) -> Any:
     [
         ({}, 600.0, True),
         ({"weave_ipam_reclaim_after": "0", "weave_ipam_reclaim_replaced": "false"}, 0.0, False),
-        ({"weave_ipam_reclaim_after": "90.5"}, 90.5, True),
+        ({"weave_ipam_reclaim_after": "90.5", "weave_bridge_netfilter": "off"}, 90.5, True),
     ],
 )
 def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
@@ -125,6 +125,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
         ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
         conn_limit=data["weave_conn_limit"],
         mtu=data["weave_mtu"],
+        bridge_netfilter=data["weave_bridge_netfilter"],
         password_file="",
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
@@ -133,6 +134,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in text.splitlines()) is not replaced, text
     config = _router_config(text)
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
+    assert config.bridge_netfilter == given.get("weave_bridge_netfilter", "auto")
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
@@ -164,6 +166,7 @@ def test_env_file_names_the_password_file_never_the_password() -> None:
         ipam_reclaim_replaced=True,
         conn_limit=100,
         mtu=1376,
+        bridge_netfilter="auto",
         password_file="/etc/weave-node/password",  # noqa: S106 - a path
         state_dir="/var/lib/weave-node",
         metrics_addr="127.0.0.1:6782",

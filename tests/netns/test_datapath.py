@@ -3,6 +3,7 @@ namespaces on each host's `weave` bridge, traffic crosses hosts in kernel VXLAN.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -32,9 +33,9 @@ class Mesh:
         return p
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    with netns_hosts(3, tmp_path_factory.mktemp("dp")) as net:
+@contextlib.contextmanager
+def _mesh(tmp: Path, *, kube_proxy: bool) -> Iterator[Mesh]:
+    with netns_hosts(3, tmp) as net:
         internet = f"wnt-{net.tag}-inet"
         ip_batch(
             None,
@@ -53,10 +54,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             )
             for h in net.hosts:
                 ip_batch(h.netns, ["route add default via 198.19.0.254"])
-                # kube-proxy's chains exist before we start: they must survive us untouched.
-                h.run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
-                h.run("iptables", "-t", "nat", "-A", "KUBE-SERVICES", "-d", "10.96.0.1/32", "-p", "tcp", "-j", "RETURN")
-                h.run("iptables", "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")
+                if kube_proxy:  # kube-proxy's chains exist before we start: they must survive us untouched.
+                    h.run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+                    h.run(
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "KUBE-SERVICES",
+                        "-d",
+                        "10.96.0.1/32",
+                        "-p",
+                        "tcp",
+                        "-j",
+                        "RETURN",
+                    )
+                    h.run("iptables", "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")
             m = Mesh(net, start_mesh(net), internet)
             yield m
             remove_pods(m.pods)
@@ -64,7 +77,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             subprocess.run(["ip", "netns", "delete", internet], capture_output=True, check=False)
 
 
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Three hosts where kube-proxy's chains exist: bridged pod traffic must stay visible to iptables."""
+    with _mesh(tmp_path_factory.mktemp("dp"), kube_proxy=True) as m:
+        yield m
+
+
 def test_pods_on_three_hosts_ping_each_other_and_transfer(mesh: Mesh) -> None:
+    _ping_and_transfer(mesh)
+
+
+def _ping_and_transfer(mesh: Mesh) -> None:
     a, b, c = mesh.pod(1, "a"), mesh.pod(2, "b"), mesh.pod(3, "c")
     for src, dst in [(a, b), (b, c), (c, a)]:
         out = src.run("ping", "-c", "2", "-W", "5", dst.ip, check=False)
@@ -81,6 +105,10 @@ def test_pods_on_three_hosts_ping_each_other_and_transfer(mesh: Mesh) -> None:
 
 
 def test_multicast_from_one_host_reaches_pods_on_two_others(mesh: Mesh) -> None:
+    _multicast(mesh)
+
+
+def _multicast(mesh: Mesh) -> None:
     r1, r2, s3 = mesh.pod(1, "m1"), mesh.pod(2, "m2"), mesh.pod(3, "m3")
     receivers = [p.popen("python3", "-c", MCAST_RECV, "239.1.2.3", "5353") for p in (r1, r2)]
     for proc in receivers:
@@ -93,7 +121,11 @@ def test_multicast_from_one_host_reaches_pods_on_two_others(mesh: Mesh) -> None:
 
 
 def test_pods_reach_the_outside_through_masquerade(mesh: Mesh) -> None:
-    pod = mesh.pod(2, "out")
+    _masquerade(mesh)
+
+
+def _masquerade(mesh: Mesh, name: str = "out") -> None:
+    pod = mesh.pod(2, name)
     server = subprocess.Popen(
         ["ip", "netns", "exec", mesh.internet, "python3", "-c", _SERVER_ON_INTERNET],
         stdout=subprocess.PIPE,
@@ -130,6 +162,26 @@ def test_kube_proxy_chains_survive_and_ours_are_in_place(mesh: Mesh) -> None:
         assert nat.count("-A POSTROUTING -j WEAVE-NODE-NAT") == 1
         assert "-A WEAVE-NODE-NAT -s 10.32.0.0/12 ! -d 10.32.0.0/12 -j MASQUERADE" in nat
         assert h.run("iptables-save", "-t", "filter").stdout.count("-A FORWARD -j WEAVE-NODE-FORWARD") == 1
+        assert h.run("sysctl", "-n", "net.bridge.bridge-nf-call-iptables").stdout.strip() == "1"
+    shown = mesh.routers[0].status()["datapath"]["bridge_netfilter"]
+    assert shown["value"] == "1" and "kube-proxy" in shown["reason"], shown
+
+
+def test_on_bare_hosts_bridged_pod_traffic_skips_iptables_and_all_still_works(tmp_path: Path) -> None:
+    """Where weave is the only bridge and nothing of Kubernetes is there, bridge-nf-call-iptables goes to 0 (the
+    measured cost of fastdp against a hand-built bridge): pods still reach each other (unicast, a transfer,
+    multicast) and the outside through masquerade (routed, so iptables still sees it)."""
+    with _mesh(tmp_path, kube_proxy=False) as bare:
+        for h in bare.net.hosts:
+            poll(
+                lambda h=h: h.run("sysctl", "-n", "net.bridge.bridge-nf-call-iptables").stdout.strip() == "0",
+                timeout=20,
+                what=f"{h.netns}: bridge-nf-call-iptables 0",
+            )
+        assert "nothing but weave-node" in bare.routers[0].status()["datapath"]["bridge_netfilter"]["reason"]
+        _ping_and_transfer(bare)
+        _multicast(bare)
+        _masquerade(bare)
 
 
 def test_pod_plumbing_is_idempotent_and_exactly_reversed(mesh: Mesh) -> None:

@@ -13,6 +13,7 @@ def test_the_rollout_checks_the_facts_the_router_enforces() -> None:
     assert (rollout.MTU_MIN, rollout.MTU_MAX) == (facts.MTU_MIN, facts.MTU_MAX)
     assert rollout.CNI_VERSIONS == cni.CNI_VERSIONS
     assert rollout.PASSWORD_FILE_MODE_MASK == facts.PASSWORD_FILE_MODE_MASK
+    assert rollout.BRIDGE_NETFILTER_MODES == facts.BRIDGE_NETFILTER_MODES
 
 
 def test_one_version_for_the_wheel_the_router_the_rollout_and_the_changelog() -> None:

@@ -146,7 +146,7 @@ class Rig:
 
     def close(self) -> None:
         self.overlay.executor.shutdown()
-        self.overlay.pod_executor.shutdown()
+        self.overlay.pods.executor.shutdown()
 
 
 async def _no_bridge(_cidr: str | None) -> str:

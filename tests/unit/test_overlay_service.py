@@ -8,10 +8,10 @@ from typing import Any
 
 from weave_node.core.address import parse_range
 from weave_node.datapath.model import BRIDGE, Desired, Link, Observed, bridge_mac
-from weave_node.datapath.ops import FlushLearned, Op, SetLink
+from weave_node.datapath.ops import FlushLearned, Op, SetLink, SetSysctl
 from weave_node.datapath.plan import plan
 from weave_node.overlay import peers
-from weave_node.overlay.desired import TAP
+from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, TAP
 from weave_node.overlay.kernel import Kernel
 from weave_node.overlay.peers import PeerInfo
 from weave_node.overlay.service import OverlayConfig, OverlayService
@@ -83,7 +83,7 @@ def test_construction_touches_no_kernel_and_status_has_its_shape() -> None:
         assert doc["sleeve"] is None and doc["peers"] == [] and doc["fastdp"]["flood_entries"] == 0
     finally:
         svc.executor.shutdown()
-        svc.pod_executor.shutdown()
+        svc.pods.executor.shutdown()
 
 
 def test_gossip_merges_others_and_reasserts_us() -> None:
@@ -98,7 +98,7 @@ def test_gossip_merges_others_and_reasserts_us() -> None:
     (sent,) = channel.sent
     assert peers.decode(sent)[0].version == 5001 and svc.mine.version == 5001 and svc.mine.underlay == ""
     svc.executor.shutdown()
-    svc.pod_executor.shutdown()
+    svc.pods.executor.shutdown()
 
 
 def test_start_adopts_the_bridge_address_reconciles_and_stops() -> None:
@@ -149,4 +149,20 @@ def test_a_switch_to_the_sleeve_flushes_learned_macs_through_the_plan() -> None:
     flushes = [op for op in plan(desired, observed).ops if isinstance(op, FlushLearned)]
     assert flushes == [FlushLearned(BRIDGE, ("vxlan-6784", TAP), 1)]
     svc.executor.shutdown()
-    svc.pod_executor.shutdown()
+    svc.pods.executor.shutdown()
+
+
+def test_a_sync_decides_bridge_netfilter_from_the_host_and_status_says_why() -> None:
+    observed = Observed(sysctls={"net/ipv4/ip_forward": "1", SYSCTL_BRIDGE_NF: "1"}, iptables={"nat": {}})
+    fake = FakeKernel(observed)
+    svc = _service(fake.kernel(), [0.0], sleeve=False)
+    svc._sync(svc.desired())
+    assert svc.status()["bridge_netfilter"]["value"] == "0"
+    assert SetSysctl(SYSCTL_BRIDGE_NF, "0") in fake.applied[-1]
+    sysctls = {**observed.sysctls, SYSCTL_BRIDGE_NF: "0"}  # as applied; then kube-proxy arrives
+    fake.observed = replace(observed, sysctls=sysctls, iptables={"nat": {"KUBE-SERVICES": ()}})
+    svc._sync(svc.desired())
+    assert SetSysctl(SYSCTL_BRIDGE_NF, "1") in fake.applied[-1]
+    assert "kube-proxy" in svc.status()["bridge_netfilter"]["reason"]
+    svc.executor.shutdown()
+    svc.pods.executor.shutdown()

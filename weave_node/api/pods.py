@@ -112,7 +112,7 @@ class PodService:
         ip = ip_str(await self.ipam.allocate(key))
         pod = self._pod(key, netns, ip, gateway, hairpin)
         try:
-            plumbed = await self.overlay.attach_pod(pod)
+            plumbed = await self.overlay.pods.attach(pod)
         except BaseException:  # also a cancellation: never leave an address behind that no pod uses
             if not existed:  # roll back what this ADD did; an earlier ADD's address stays
                 with contextlib.suppress(IpamError):
@@ -135,7 +135,7 @@ class PodService:
 
     async def _delete(self, key: Key, netns: str) -> dict[str, Any]:
         pod = self._pod(key, netns or "/nonexistent", "0.0.0.0", "0.0.0.0")  # noqa: S104 - unused by detach
-        detached = await self.overlay.detach_pod(pod)
+        detached = await self.overlay.pods.detach(pod)
         try:
             released = [ip_str(ip) for ip in self.ipam.release(key.container_id, key.ifname)]
         except NotFound:
@@ -159,7 +159,7 @@ class PodService:
         if want_ip and ip_str(ip) != want_ip:
             raise Conflict(f"{key.container_id}/{key.ifname} has {ip_str(ip)}, not {want_ip} as ADD returned")
         pod = self._pod(key, netns, ip_str(ip), self._gateway())
-        state = await self.overlay.pod_state(pod)
+        state = await self.overlay.pods.state(pod)
         if not state:
             raise Conflict(f"interface {key.ifname} does not exist in {netns}")
         problems = []

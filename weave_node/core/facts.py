@@ -15,4 +15,6 @@ DEFAULT_RANGE = "10.32.0.0/12"
 MTU_MIN = 576  # WEAVE_MTU bounds: IPv4's minimum datagram every host must take ...
 MTU_MAX = 65485  # ... up to the largest VXLAN payload a 64 KiB underlay MTU leaves
 
+BRIDGE_NETFILTER_MODES = ("auto", "on", "off")  # WEAVE_BRIDGE_NETFILTER (overlay/netfilter.py)
+
 PASSWORD_FILE_MODE_MASK = 0o077  # a password file readable or writable by group or others is refused

@@ -10,7 +10,7 @@ kept for `retain` seconds while the mesh reconnects: a router restart (or a peer
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from weave_node.core.address import Range
 from weave_node.datapath.iptables import weave_chains
@@ -29,7 +29,6 @@ class Settings:
     mtu: int
     fastdp: bool = True
     masquerade: bool = True
-    bridge_nf: bool = False  # br_netfilter is loaded: have bridged pod traffic seen by iptables (kube-proxy)
     sleeve: bool = False  # the sleeve runs: its TAP is a port of the bridge, isolated from the VXLAN port
 
 
@@ -124,8 +123,6 @@ def desired_state(
 ) -> Desired:
     """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch)."""
     sysctls = [(SYSCTL_FORWARD, "1")]
-    if settings.bridge_nf:
-        sysctls.append((SYSCTL_BRIDGE_NF, "1"))
     return Desired(
         bridge=Bridge(
             mtu=settings.mtu,
@@ -140,6 +137,13 @@ def desired_state(
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
     )
+
+
+def with_bridge_nf(desired: Desired, value: str | None) -> Desired:
+    """`desired` with bridge-nf-call-iptables set to `value` ("1"/"0"), or left alone (None): overlay.netfilter
+    decides, from what it observes on the host."""
+    sysctls = tuple(s for s in desired.sysctls if s[0] != SYSCTL_BRIDGE_NF)
+    return replace(desired, sysctls=sysctls if value is None else (*sysctls, (SYSCTL_BRIDGE_NF, value)))
 
 
 def _one_mac_one_vtep(fdb: frozenset[Fdb]) -> frozenset[Fdb]:

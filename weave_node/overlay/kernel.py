@@ -4,6 +4,7 @@ the service is built and driven without a kernel). Every call runs in one of the
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import Observed, Pod
 from weave_node.datapath.ops import Op
 from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD
+
+KUBELET_DIR = "/var/lib/kubelet"  # every kubelet has it (its root directory) before it runs a pod
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Kernel:
     attach_pod: Callable[[Pod], dict[str, str]]
     detach_pod: Callable[[Pod], bool]
     pod_state: Callable[[Pod], dict[str, Any]]
+    kubelet: Callable[[], bool] = lambda: False  # is this host a Kubernetes node (overlay.netfilter)?
 
 
 def netlink_kernel() -> Kernel:
@@ -35,6 +39,7 @@ def netlink_kernel() -> Kernel:
         attach_pod=pod_links.attach_pod,
         detach_pod=pod_links.detach_pod,
         pod_state=pod_links.pod_state,
+        kubelet=lambda: os.path.isdir(KUBELET_DIR),
     )
 
 

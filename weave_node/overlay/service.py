@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from weave_node.core.address import Range
-from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired, Pod, bridge_mac
+from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired, bridge_mac
 from weave_node.datapath.ops import SetLink
 from weave_node.datapath.plan import Plan, plan
 from weave_node.mesh.crypto import SessionKeys
@@ -28,12 +28,14 @@ from weave_node.mesh.peer import format_name
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import desired as wanted
 from weave_node.overlay import mtu as overlay_mtu
+from weave_node.overlay import netfilter
 from weave_node.overlay import peers as overlay_peers
 from weave_node.overlay.desired import TAP, Retention, Settings
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, underlay_devices
 from weave_node.overlay.peers import PeerInfo, PeerTable
+from weave_node.overlay.pods import PodPlumbing
 from weave_node.overlay.sleeve import plan as sleeve_plan
 from weave_node.overlay.sleeve.config import PORT as SLEEVE_PORT
 from weave_node.overlay.sleeve.config import Config as SleeveConfig
@@ -56,6 +58,7 @@ class OverlayConfig:
     heartbeat_timeout: float = 4.0
     sleeve: bool = True  # the userspace fallback (and, with a password, the only path for pod traffic)
     encrypt: bool = False  # a password is set: pod traffic only through the sleeve, sealed
+    bridge_netfilter: str = "auto"  # overlay.netfilter: whether bridged pod traffic goes through iptables
 
 
 class OverlayService:
@@ -91,12 +94,11 @@ class OverlayService:
         self.vteps: dict[int, str] = {}  # the VTEP in use per peer (kept while a departed peer is retained)
         self.bridge_cidr: str | None = None
         self.problems: tuple[str, ...] = ()
+        self.bridge_nf: netfilter.Decision | None = None  # the last decision on bridge-nf-call-iptables
         self.last_sync: dict[str, Any] = {}
         self.channel: GossipChannel | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
-        # Pods get their own threads: an ADD never waits behind a datapath sync (per-attachment order is kept
-        # by the caller's locks; different pods are independent in the kernel).
-        self.pod_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pods")
+        self.pods = PodPlumbing(self.kernel)  # the CNI plugin's verbs, on threads of their own
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
@@ -178,8 +180,7 @@ class OverlayService:
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
-        bridge_nf = wanted.SYSCTL_BRIDGE_NF in observed.sysctls
-        self.settings = replace(self.settings, bridge_nf=bridge_nf, mtu=self.mtu, sleeve=self.sleeve.running)
+        self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running)
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
         bridge = observed.links.get(BRIDGE)
@@ -219,7 +220,7 @@ class OverlayService:
         self.heartbeats.close()
         await self.sleeve.stop()
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
-        await asyncio.to_thread(self.pod_executor.shutdown, wait=True, cancel_futures=True)
+        await self.pods.close()
 
     async def _get_bridge_address(self) -> None:
         while True:
@@ -243,6 +244,12 @@ class OverlayService:
 
     def _sync(self, desired: Desired) -> tuple[Plan, int, list[str]]:
         observed = replace(self.kernel.observe(), flushed=self._flushed)
+        mode, kubelet = self.config.bridge_netfilter, self.kernel.kubelet()
+        decision = netfilter.decide(mode, observed, wanted.SYSCTL_BRIDGE_NF, kubelet=kubelet)
+        if decision != self.bridge_nf:
+            log.info("bridged pod traffic and iptables: %s", decision.reason)
+            self.bridge_nf = decision
+        desired = wanted.with_bridge_nf(desired, decision.value)
         result = plan(desired, observed)
         applied, errors = self.kernel.apply(result.ops)
         self._flushed = desired.flush  # tried once, like any flush: a failed one is not repeated
@@ -354,17 +361,6 @@ class OverlayService:
             encrypt=encrypt,
         )
 
-    # --- pods (the CNI plugin's work, done by the router) ------------------------------------------------
-
-    async def attach_pod(self, pod: Pod) -> dict[str, str]:
-        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, self.kernel.attach_pod, pod)
-
-    async def detach_pod(self, pod: Pod) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, self.kernel.detach_pod, pod)
-
-    async def pod_state(self, pod: Pod) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.pod_executor, self.kernel.pod_state, pod)
-
     # --- status ------------------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
@@ -390,6 +386,7 @@ class OverlayService:
             drops=drops,
             flood_entries=self.flood_entries,
             problems=self.problems,
+            bridge_netfilter=(self.bridge_nf.value, self.bridge_nf.reason) if self.bridge_nf else None,
             last_sync=dict(self.last_sync),
             applied_sleeve=self.applied_sleeve,
         )

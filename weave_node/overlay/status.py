@@ -49,6 +49,7 @@ class Snapshot:
     drops: Mapping[str, int] = field(default_factory=dict)
     flood_entries: int = 0
     problems: tuple[str, ...] = ()
+    bridge_netfilter: tuple[str | None, str] | None = None  # (sysctl value or None = left alone, why)
     last_sync: Mapping[str, Any] = field(default_factory=dict)
     # The peers in the sleeve as the kernel datapath last applied it (flood entries, flush of learned MACs); a
     # peer whose heartbeats decided otherwise is shown in its applied mode, "switching", until the next sync.
@@ -135,6 +136,9 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
             else None
         ),
         "sleeve": sleeve,
+        "bridge_netfilter": (
+            {"value": snap.bridge_netfilter[0], "reason": snap.bridge_netfilter[1]} if snap.bridge_netfilter else None
+        ),
         "problems": list(snap.problems),
         "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in snap.last_sync.items()},
         "peers": [_peer(snap, name, now) for name in sorted(snap.peers | set(snap.heartbeat_peers))],

@@ -144,6 +144,7 @@ def config(data: dict[str, Any]) -> Changes:
         ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
         conn_limit=data["weave_conn_limit"],
         mtu=data["weave_mtu"],
+        bridge_netfilter=data["weave_bridge_netfilter"],
         password_file=PASSWORD if data["weave_password_file"] else "",
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
