@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,12 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     r.add_argument("--mtu", type=int, help="pod MTU (default: underlay MTU - 50 for VXLAN; also WEAVE_MTU)")
     r.add_argument("--no-fastdp", action="store_const", const="1", help="no VXLAN fast datapath (also WEAVE_NO_FASTDP)")
+    r.add_argument(
+        "--no-direct",
+        action="store_const",
+        const="1",
+        help="no direct mode: pod traffic to L2 neighbours stays in VXLAN (also WEAVE_NO_DIRECT)",
+    )
     r.add_argument(
         "--bridge-netfilter",
         choices=BRIDGE_NETFILTER_MODES,
@@ -306,8 +313,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
     """Like `weave reset`: take our kernel state away (pods on the bridge lose their network). IPAM state stays."""
     from weave_node.api.client import ApiError
     from weave_node.datapath import netlink
-    from weave_node.datapath.ops import DeleteLink, RestoreTable
+    from weave_node.datapath.ops import DeleteLink, RestoreTable, SetSysctl
     from weave_node.datapath.plan import plan_removal
+    from weave_node.overlay.desired import SYSCTL_BRIDGE_NF
 
     if not args.force:
         try:
@@ -318,7 +326,12 @@ def cmd_reset(args: argparse.Namespace) -> int:
             print("weave-node reset: the router is running and would recreate it; stop it first", file=sys.stderr)
             return 1
     try:
-        result = plan_removal(netlink.observe())
+        observed = netlink.observe(sysctls=[SYSCTL_BRIDGE_NF])
+        result = plan_removal(observed)
+        # The router may have turned bridged traffic's iptables hooks off (overlay/netfilter.py): back to the kernel's
+        # default, for whatever bridge comes next.
+        if observed.sysctls.get(SYSCTL_BRIDGE_NF) == "0":
+            result = replace(result, ops=(*result.ops, SetSysctl(SYSCTL_BRIDGE_NF, "1")))
         netlink.apply(result.ops)
     except netlink.DatapathError as exc:
         print(f"weave-node reset: {exc}", file=sys.stderr)
@@ -328,6 +341,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
             print(f"removed link {op.name}")
         elif isinstance(op, RestoreTable):
             print(f"removed iptables chain(s) {', '.join(op.drop_chains)} from table {op.table}")
+        elif isinstance(op, SetSysctl):
+            print(f"set {op.key.replace('/', '.')} back to {op.value}")
     if not result.ops:
         print("nothing to remove")
     return 0

@@ -54,6 +54,7 @@ class RouterConfig:
     sleeve: bool = True  # WEAVE_NO_SLEEVE turns the userspace fallback (and encrypted pod traffic) off
     sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
     bridge_netfilter: str = "auto"  # WEAVE_BRIDGE_NETFILTER: auto|on|off (overlay.netfilter)
+    direct: bool = True  # WEAVE_NO_DIRECT turns direct mode (no encapsulation between L2 neighbours) off
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
@@ -290,6 +291,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         sleeve=sleeve,
         sleeve_aesgcm=_flag_off(pick("no_sleeve_aesgcm", "WEAVE_NO_SLEEVE_AESGCM")),
         bridge_netfilter=_bridge_netfilter(pick),
+        direct=_flag_off(pick("no_direct", "WEAVE_NO_DIRECT")),
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),

@@ -123,13 +123,16 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             sleeve=config.sleeve,
             encrypt=config.password is not None,
             bridge_netfilter=config.bridge_netfilter,
+            direct=config.direct,
         ),
         bridge_address,
         link_keys=lambda name: _sleeve_keys(router, name),
         neighbour=router.neighbour,
         records=lambda: router.topology.records,
+        space=ipam.spans,
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
+    ipam.on_change = overlay.space_changed
 
     def topology_changed() -> None:
         direct, local = {}, []

@@ -153,7 +153,7 @@ def netns_hosts(count: int, base: Path, mtu: int = 1500) -> Iterator[Net]:
 
 def peers_fastdp(r: RouterProc, count: int) -> bool:
     peers = r.status().get("datapath", {}).get("peers", [])
-    return len(peers) == count and all(p["mode"] == "fastdp" for p in peers)
+    return len(peers) == count and all(p["mode"] in ("fastdp", "direct") for p in peers)  # the kernel datapath
 
 
 def start_mesh(net: Net, *extra: str) -> list[RouterProc]:

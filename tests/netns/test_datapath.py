@@ -332,10 +332,12 @@ def test_status_shows_the_datapath_per_peer(mesh: Mesh) -> None:
 def test_reset_removes_only_ours_and_refuses_while_the_router_runs(tmp_path: Path) -> None:
     with netns_hosts(1, tmp_path) as net:
         h = net.hosts[0]
-        h.run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+        h.run("iptables", "-t", "nat", "-N", "SOMEONE-ELSES")
         r = net.start_router(1, *FAST, datapath=True)
         poll(lambda: r.status()["datapath"]["bridge_address"], timeout=20, what="the bridge address")
         poll(lambda: "WEAVE-NODE-NAT" in h.run("iptables-save", "-t", "nat").stdout, timeout=20, what="our chains")
+        bnf = ("sysctl", "-n", "net.bridge.bridge-nf-call-iptables")
+        poll(lambda: h.run(*bnf).stdout.strip() == "0", timeout=20, what="bridged traffic off iptables")
         refused = h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket), check=False)
         assert refused.returncode == 1 and "stop it first" in refused.stderr
         r.proc.terminate()
@@ -346,5 +348,6 @@ def test_reset_removes_only_ours_and_refuses_while_the_router_runs(tmp_path: Pat
         links = h.run("ip", "-o", "link").stdout
         assert "weave" not in links and "vxlan-6784" not in links
         nat = h.run("iptables-save", "-t", "nat").stdout
-        assert "WEAVE-NODE" not in nat and ":KUBE-SERVICES" in nat
+        assert "WEAVE-NODE" not in nat and ":SOMEONE-ELSES" in nat
+        assert "set net.bridge.bridge-nf-call-iptables back to 1" in out.stdout and h.run(*bnf).stdout.strip() == "1"
         assert h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket)).stdout.strip() == "nothing to remove"

@@ -94,10 +94,10 @@ def test_desired_state_without_fastdp_has_no_vxlan() -> None:
 
 
 def _pair(now: float, a: Health, b: Health, deliver_ab: bool = True, deliver_ba: bool = True) -> None:
-    for _, msg in a.due(now):
+    for _, msg, _direct in a.due(now):
         if deliver_ab:
             b.receive(msg, now)
-    for _, msg in b.due(now):
+    for _, msg, _direct in b.due(now):
         if deliver_ba:
             a.receive(msg, now)
 

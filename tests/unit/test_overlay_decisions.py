@@ -217,6 +217,7 @@ def test_the_status_document() -> None:
         "reason": "ok",
         "last_heartbeat_ago": 2.8,
         "in_topology": True,
+        "direct": None,
         "sleeve": {"via": "direct", "link": {"up": True, "verified_mtu": 1472, "last_ack_ago": 0.5,
                                              "cipher": "none (no password)"}},
     }  # fmt: skip

@@ -20,7 +20,7 @@ from weave_node.core.address import parse_hostport
 
 log = logging.getLogger("weave_node.metrics")
 CONNECTION_STATES = ("established", "pending", "connecting", "retrying")
-MODES = ("fastdp", "pending", "down", "sleeve")
+MODES = ("fastdp", "direct", "pending", "down", "sleeve")
 
 
 def families(doc: dict[str, Any]) -> list[Metric]:
@@ -108,11 +108,18 @@ def _datapath(d: dict[str, Any]) -> list[Metric]:
     per_peer = GaugeMetricFamily(
         "weave_node_datapath_peer_fastdp", "1 while the peer's fast datapath works.", labels=["peer", "nickname"]
     )
+    direct = GaugeMetricFamily(
+        "weave_node_datapath_peer_direct",
+        "1 while pod traffic to the peer is routed over the underlay without encapsulation (direct mode).",
+        labels=["peer", "nickname"],
+    )
     for p in d["peers"]:
-        per_peer.add_metric([p["name"], p["nickname"]], 1 if p["mode"] == "fastdp" else 0)
+        per_peer.add_metric([p["name"], p["nickname"]], 1 if p["mode"] in ("fastdp", "direct") else 0)
+        direct.add_metric([p["name"], p["nickname"]], 1 if p["mode"] == "direct" else 0)
     return [
         modes,
         per_peer,
+        direct,
         *_sleeve(d.get("sleeve") or {}),
         GaugeMetricFamily("weave_node_mtu", "MTU of the bridge, the VXLAN device and pods.", value=d["mtu"]),
         GaugeMetricFamily(

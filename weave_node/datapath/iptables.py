@@ -14,19 +14,20 @@ FORWARD_CHAIN = CHAIN_PREFIX + "FORWARD"
 NAT_CHAIN = CHAIN_PREFIX + "NAT"
 
 
-def weave_chains(pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True) -> tuple[Chain, ...]:
-    """FORWARD: pod<->pod (also hairpin through the same port) and pod->outside accepted, replies let back in.
-    NAT: pod traffic that leaves the range is masqueraded; multicast stays as it is."""
-    forward = Chain(
-        "filter",
-        FORWARD_CHAIN,
-        (
-            f"-i {bridge} -o {bridge} -j ACCEPT",
-            f"-i {bridge} ! -o {bridge} -j ACCEPT",
-            f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        ),
-        "FORWARD",
+def weave_chains(
+    pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True, direct: bool = False
+) -> tuple[Chain, ...]:
+    """FORWARD: pod<->pod (also hairpin through the same port) and pod->outside accepted, replies let back in;
+    with direct mode, pod traffic routed in from a peer's underlay too. NAT: pod traffic that leaves the range is
+    masqueraded; multicast stays as it is."""
+    rules: tuple[str, ...] = (
+        f"-i {bridge} -o {bridge} -j ACCEPT",
+        f"-i {bridge} ! -o {bridge} -j ACCEPT",
+        f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     )
+    if direct:
+        rules += (f"-s {pod_range} -d {pod_range} ! -i {bridge} -o {bridge} -j ACCEPT",)
+    forward = Chain("filter", FORWARD_CHAIN, rules, "FORWARD")
     if not masquerade:
         return (forward,)
     nat = Chain(

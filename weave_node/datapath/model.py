@@ -20,6 +20,13 @@ FLOOD_MAC = "00:00:00:00:00:00"  # the VXLAN "all-zeros" FDB entry: where broadc
 CHAIN_PREFIX = "WEAVE-NODE-"
 VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN_OVERHEAD_V6 = 70  # outer IPv6 header is 40 bytes
+# Direct mode (docs/architecture.md): our routes carry this protocol number, the direct heartbeats this mark,
+# which one rule sends to this table.
+RT_PROTO = 0x57
+MAIN_TABLE = 254
+DIRECT_TABLE = 6784
+DIRECT_MARK = 0x6784
+RULE_PRIORITY = 6784
 
 
 def overlay_mtu(underlay_mtu: int, *, ipv6_underlay: bool = False) -> int:
@@ -53,6 +60,31 @@ class Neigh:
     mac: str
 
 
+@dataclass(frozen=True, order=True)
+class Route:
+    """One of our routes (protocol RT_PROTO): `dst` via `via` on `dev` (via "" = on-link), or unreachable."""
+
+    dst: str  # CIDR
+    via: str = ""
+    dev: str = ""
+    table: int = MAIN_TABLE
+    kind: str = "unicast"  # or "unreachable"
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """What the kernel knows a route by (one route per destination and table, here)."""
+        return self.table, self.dst
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """A policy routing rule of ours: packets marked `mark` look up `table`."""
+
+    priority: int = RULE_PRIORITY
+    mark: int = DIRECT_MARK
+    table: int = DIRECT_TABLE
+
+
 @dataclass(frozen=True)
 class Bridge:
     name: str = BRIDGE
@@ -61,6 +93,13 @@ class Bridge:
     # CIDRs on the bridge; None = "not known yet, leave whatever is there" (IPAM may not be ready at start).
     addresses: tuple[str, ...] | None = None
     mcast_snooping: bool = False  # flood multicast like broadcast: pods on other hosts are behind one port
+    proxy_arp: bool = False  # answer ARP for addresses routed away from the bridge (direct mode), at once
+
+    def sysctls(self) -> tuple[tuple[str, str], ...]:
+        """The bridge's own sysctls (they exist once it does); proxy ARP is turned off again with direct mode."""
+        if not self.proxy_arp:
+            return ((f"net/ipv4/conf/{self.name}/proxy_arp", "0"),)
+        return ((f"net/ipv4/conf/{self.name}/proxy_arp", "1"), (f"net/ipv4/neigh/{self.name}/proxy_delay", "0"))
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,7 @@ class Chain:
     name: str
     rules: tuple[str, ...]
     hook: str  # the built-in chain that jumps here, e.g. "FORWARD"
+    family: str = "ip"  # "ip": iptables; "eth": ebtables (the bridge's own frames)
 
     @property
     def jump(self) -> str:
@@ -110,6 +150,8 @@ class Desired:
     # Generation of the flush of the MACs the bridge learned behind the overlay ports (VXLAN, `ports`): raised when
     # a peer's path changes, so that its pods' MACs are learned again on the path now in use.
     flush: int = 0
+    routes: frozenset[Route] = frozenset()
+    rules: frozenset[Rule] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -139,6 +181,9 @@ class Observed:
     # table -> chain -> rules (iptables-save form), or None when iptables is not available
     iptables: dict[str, dict[str, tuple[str, ...]]] | None = None
     flushed: int = 0  # the flush generation last applied (the kernel keeps no record of a flush: the shell does)
+    routes: frozenset[Route] = frozenset()  # ours (protocol RT_PROTO), in any table
+    rules: frozenset[Rule] = frozenset()  # ours (priority RULE_PRIORITY)
+    ebtables: dict[str, dict[str, tuple[str, ...]]] | None = None  # as iptables, from ebtables-save
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from weave_node.datapath import kernel_routes
 from weave_node.datapath.iptables import TABLES, parse_save
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VXLAN, Fdb, Link, Neigh, Observed
 from weave_node.datapath.netns import DatapathError as DatapathError  # noqa: PLC0414 - callers catch it here
@@ -26,14 +27,18 @@ from weave_node.datapath.ops import (
     AddAddress,
     AddFdb,
     AddNeigh,
+    AddRule,
     CreateBridge,
     CreateVxlan,
     DelAddress,
     DeleteLink,
     DelFdb,
     DelNeigh,
+    DelRoute,
+    DelRule,
     FlushLearned,
     Op,
+    ReplaceRoute,
     RestoreTable,
     SetLink,
     SetSysctl,
@@ -71,12 +76,17 @@ def observe(
                 dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
                 if dst and mac and msg["state"] & NUD_PERMANENT:
                     neigh.add(Neigh(dst, mac))
+        names = {link.index: name for name, link in links.items()}
+        routes, rules = kernel_routes.routes(ipr, names), kernel_routes.rules(ipr)
     return Observed(
         links=links,
         fdb=frozenset(fdb),
         neigh=frozenset(neigh),
         sysctls=_read_sysctls(netns, sysctls),
         iptables=_iptables_save(netns) if iptables else None,
+        routes=routes,
+        rules=rules,
+        ebtables=kernel_routes.ebtables_save(netns) if iptables else None,
     )
 
 
@@ -214,8 +224,12 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
         _entry(ipr, op)
     elif isinstance(op, FlushLearned):
         _flush_learned(ipr, op.ports, op.bridge)
+    elif isinstance(op, RestoreTable) and op.family == "eth":
+        run(netns, ["ebtables-restore", "--noflush"], stdin=op.text())
     elif isinstance(op, RestoreTable):
         run(netns, ["iptables-restore", "--noflush", "-w", "5"], stdin=op.text())
+    elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule):
+        kernel_routes.apply(ipr, op)
 
 
 def _entry(ipr: Any, op: AddFdb | DelFdb | AddNeigh | DelNeigh) -> None:
@@ -278,6 +292,20 @@ def _write_sysctl(netns: str | None, key: str, value: str) -> None:
 
 
 # --- underlay ------------------------------------------------------------------------------------------
+
+
+def route_via(dst: str, netns: str | None = None) -> tuple[str, str] | None:
+    """(device, gateway) of the kernel's route to `dst` (gateway "" when `dst` is on-link), or None."""
+    with ipr_in(netns) as ipr:
+        try:
+            found = ipr.route("get", dst=dst)
+        except NetlinkError:
+            return None
+        for route in found:
+            oif = route.get("RTA_OIF")
+            if oif:
+                return ipr.get_links(oif)[0].get("IFLA_IFNAME"), route.get("RTA_GATEWAY") or ""
+    return None
 
 
 def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from weave_node.datapath.model import Chain, Fdb, Neigh
+from weave_node.datapath.model import Chain, Fdb, Neigh, Route, Rule
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,39 @@ class RestoreTable:
     add_jumps: tuple[tuple[str, str], ...] = ()  # (built-in chain, rule)
     del_jumps: tuple[tuple[str, str], ...] = ()
     drop_chains: tuple[str, ...] = ()
+    family: str = "ip"  # "ip": iptables-restore; "eth": ebtables-restore (the same language, other chain headers)
 
     def text(self) -> str:
         lines = [f"*{self.table}"]
-        lines += [f":{c.name} - [0:0]" for c in self.write]  # declaring a chain with --noflush empties it
-        lines += [f":{name} - [0:0]" for name in self.drop_chains]
+        header = "RETURN" if self.family == "eth" else "- [0:0]"  # declaring a chain with --noflush empties it
+        lines += [f":{c.name} {header}" for c in self.write]
+        lines += [f":{name} {header}" for name in self.drop_chains]
         lines += [f"-D {hook} {rule}" for hook, rule in self.del_jumps]
         for chain in self.write:
             lines += [f"-A {chain.name} {rule}" for rule in chain.rules]
         lines += [f"-I {hook} 1 {rule}" for hook, rule in self.add_jumps]
         lines += [f"-X {name}" for name in self.drop_chains]
         return "\n".join([*lines, "COMMIT", ""])
+
+
+@dataclass(frozen=True)
+class ReplaceRoute:
+    route: Route
+
+
+@dataclass(frozen=True)
+class DelRoute:
+    route: Route
+
+
+@dataclass(frozen=True)
+class AddRule:
+    rule: Rule
+
+
+@dataclass(frozen=True)
+class DelRule:
+    rule: Rule
 
 
 Op = (
@@ -134,4 +156,8 @@ Op = (
     | DelNeigh
     | FlushLearned
     | RestoreTable
+    | ReplaceRoute
+    | DelRoute
+    | AddRule
+    | DelRule
 )

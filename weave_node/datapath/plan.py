@@ -1,8 +1,9 @@
 """plan(desired, observed) -> the ordered, minimal operations that make the kernel match (pure).
 
-Applying a plan and observing again gives an empty plan. Order: sysctls, bridge, its addresses, the VXLAN
-device, FDB entries, neighbour entries, the other ports on the bridge (the sleeve's TAP), the flush of learned
-MACs when its generation moved on, iptables (one transaction per table). What is not ours is never in a
+Applying a plan and observing again gives an empty plan. Order: sysctls, bridge, its addresses and sysctls, the
+VXLAN device, FDB entries, neighbour entries, the other ports on the bridge (the sleeve's TAP), the flush of
+learned MACs when its generation moved on, routes and rules (routes.py), iptables and ebtables (one transaction
+per table). What is not ours is never in a
 plan: a clash (a non-bridge link called `weave`, someone else's VXLAN device on our port) becomes a `problem`,
 reported in `status`, and the parts that depend on it are skipped.
 """
@@ -17,18 +18,23 @@ from weave_node.datapath.ops import (
     AddAddress,
     AddFdb,
     AddNeigh,
+    AddRule,
     CreateBridge,
     CreateVxlan,
     DelAddress,
     DeleteLink,
     DelFdb,
     DelNeigh,
+    DelRoute,
+    DelRule,
     FlushLearned,
     Op,
+    ReplaceRoute,
     RestoreTable,
     SetLink,
     SetSysctl,
 )
+from weave_node.datapath.routes import apply_routes, route_ops, rule_ops
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,12 @@ def plan(desired: Desired, observed: Observed) -> Plan:
         ports = tunnel + tuple(p.name for p in desired.ports)
         if desired.flush != observed.flushed and ports:
             b.ops.append(FlushLearned(desired.bridge.name, ports, desired.flush))
-    _iptables(b, desired.chains, observed)
+    ops, problems = route_ops(desired.routes, observed.routes, devices=set(observed.links) | {desired.bridge.name})
+    b.ops += ops
+    b.problems += problems
+    b.ops += rule_ops(desired.rules, observed.rules)
+    _iptables(b, [c for c in desired.chains if c.family == "ip"], observed.iptables, "ip")
+    _iptables(b, [c for c in desired.chains if c.family == "eth"], observed.ebtables, "eth")
     return Plan(tuple(b.ops), tuple(b.problems))
 
 
@@ -109,6 +120,9 @@ def _bridge(b: _Builder, desired: Desired, observed: Observed) -> bool:
     if want.addresses is not None:
         b.ops += [DelAddress(want.name, c) for c in current if c not in want.addresses]
         b.ops += [AddAddress(want.name, c) for c in want.addresses if c not in current]
+    for key, value in want.sysctls():  # absent: a new bridge (or not asked for), where proxy ARP is off
+        if observed.sysctls.get(key, "0") != value:
+            b.ops.append(SetSysctl(key, value))
     return True
 
 
@@ -195,15 +209,19 @@ def _entries(
     b.ops += [add(link, e) for e in sorted(want - have)]  # type: ignore[arg-type]
 
 
-def _iptables(b: _Builder, chains: Iterable[Chain], observed: Observed) -> None:
+def _iptables(
+    b: _Builder, chains: Iterable[Chain], observed: dict[str, dict[str, tuple[str, ...]]] | None, family: str
+) -> None:
     chains = tuple(chains)
-    if observed.iptables is None:
-        if chains:
+    if observed is None:
+        if chains and family == "ip":
             b.problems.append("iptables is not available: no masquerade or FORWARD rules (install iptables)")
+        elif chains:
+            b.problems.append("ebtables is not available: direct mode cannot keep ARP answers apart (install it)")
         return
-    tables = sorted({c.table for c in chains} | set(observed.iptables))
+    tables = sorted({c.table for c in chains} | set(observed))
     for table in tables:
-        have = observed.iptables.get(table, {})
+        have = observed.get(table, {})
         want = [c for c in chains if c.table == table]
         names = {c.name for c in want}
         write = tuple(c for c in want if have.get(c.name) != c.rules)
@@ -220,7 +238,7 @@ def _iptables(b: _Builder, chains: Iterable[Chain], observed: Observed) -> None:
                 if not hook.startswith(CHAIN_PREFIX):
                     del_jumps += [(hook, r) for r in rules if _targets(r, name)]
         if write or add_jumps or del_jumps or drop:
-            b.ops.append(RestoreTable(table, write, tuple(add_jumps), tuple(del_jumps), drop))
+            b.ops.append(RestoreTable(table, write, tuple(add_jumps), tuple(del_jumps), drop, family))
 
 
 def _targets(rule: str, chain: str) -> bool:
@@ -230,12 +248,16 @@ def _targets(rule: str, chain: str) -> bool:
 
 
 def plan_removal(observed: Observed) -> Plan:
-    """Everything weave-node put into the kernel, removed: the VXLAN device, the bridge, our chains."""
+    """Everything weave-node put into the kernel, removed: our routes and rules, the VXLAN device, the bridge, our
+    chains."""
     b = _Builder()
+    b.ops += route_ops((), observed.routes, devices=set())[0]
+    b.ops += rule_ops((), observed.rules)
     for link in sorted(observed.links.values(), key=lambda lk: lk.kind != "vxlan"):
         if link.alias == ALIAS and link.kind in ("vxlan", "bridge"):
             b.ops.append(DeleteLink(link.name))
-    _iptables(b, (), observed)
+    _iptables(b, (), observed.iptables, "ip")
+    _iptables(b, (), observed.ebtables, "eth")
     return Plan(tuple(b.ops), tuple(b.problems))
 
 
@@ -245,7 +267,11 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
     fdb, neigh = set(observed.fdb), set(observed.neigh)
     sysctls = dict(observed.sysctls)
     iptables = {t: dict(c) for t, c in observed.iptables.items()} if observed.iptables is not None else None
+    ebtables = {t: dict(c) for t, c in observed.ebtables.items()} if observed.ebtables is not None else None
     flushed = observed.flushed
+    routes, rules = set(observed.routes), set(observed.rules)
+    ops = tuple(ops)
+    apply_routes(routes, rules, ops)
     for op in ops:
         if isinstance(op, SetSysctl):
             sysctls[op.key] = op.value
@@ -254,8 +280,11 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
         elif isinstance(op, AddNeigh | DelNeigh):
             neigh.add(op.entry) if isinstance(op, AddNeigh) else neigh.discard(op.entry)
         elif isinstance(op, RestoreTable):
-            assert iptables is not None  # noqa: S101 - a plan never restores without iptables
-            _restore_model(iptables.setdefault(op.table, {}), op)
+            tables = iptables if op.family == "ip" else ebtables
+            assert tables is not None  # noqa: S101 - a plan never restores without the tool
+            _restore_model(tables.setdefault(op.table, {}), op)
+        elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule):
+            continue
         elif isinstance(op, FlushLearned):
             flushed = op.generation
         else:
@@ -264,7 +293,17 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
                 fdb.clear()
             if gone == "bridge":
                 neigh.clear()
-    return Observed(links, frozenset(fdb), frozenset(neigh), sysctls, iptables, flushed)
+    return Observed(
+        links,
+        frozenset(fdb),
+        frozenset(neigh),
+        sysctls,
+        iptables,
+        flushed,
+        frozenset(routes),
+        frozenset(rules),
+        ebtables,
+    )
 
 
 def _link_model(links: dict[str, Link], op: Op) -> str:

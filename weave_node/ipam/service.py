@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from weave_node.core.address import Range, ip_str
@@ -53,6 +54,7 @@ class IpamService:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.rlog = RateLimitedLog(log, LogLimiter(), clock.now)  # what peers can repeat at will (bad messages)
+        self.on_change: Callable[[], None] | None = None  # after any change (the overlay's direct routes follow)
         self._after()
 
     def attach(self, channel: GossipChannel) -> None:
@@ -95,6 +97,8 @@ class IpamService:
         self._changed.set()
         self._changed = asyncio.Event()
         self._wakeup.set()
+        if self.on_change is not None:
+            self.on_change()
 
     async def _timer(self) -> None:
         marked, had_quorum = 0.0, False
@@ -244,6 +248,11 @@ class IpamService:
             to = doc["leaving"]["handed_to"]
             doc["leaving"]["handed_to"] = format_name(to) if to else None
         return doc
+
+    def spans(self) -> dict[int, list[tuple[int, int]]]:
+        """The address space each peer owns in the ring, as [start, end) spans (none before there is a ring)."""
+        ring = self.alloc.ring
+        return {} if ring is None else {owner: ring.owned(owner) for owner in ring.owners()}
 
     @property
     def range(self) -> Range:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from weave_node.core.address import Range
 from weave_node.datapath.iptables import weave_chains
 from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
+from weave_node.overlay.direct import Entries
 from weave_node.overlay.peers import PeerInfo, in_range, underlay_of
 
 SYSCTL_FORWARD = "net/ipv4/ip_forward"
@@ -30,6 +31,7 @@ class Settings:
     fastdp: bool = True
     masquerade: bool = True
     sleeve: bool = False  # the sleeve runs: its TAP is a port of the bridge, isolated from the VXLAN port
+    direct: bool = False  # direct mode is on (overlay.direct): proxy ARP on the bridge, routed pod traffic in
 
 
 @dataclass
@@ -120,22 +122,30 @@ def desired_state(
     fdb: frozenset[Fdb],
     neigh: frozenset[Neigh],
     flush: int = 0,
+    *,
+    direct: Entries | None = None,
 ) -> Desired:
-    """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch)."""
+    """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch);
+    `direct`: direct mode's routes, rule and ebtables chains (with `settings.direct`)."""
     sysctls = [(SYSCTL_FORWARD, "1")]
+    on = settings.direct and direct is not None
     return Desired(
         bridge=Bridge(
             mtu=settings.mtu,
             mac=bridge_mac(settings.me),
             addresses=(bridge_cidr,) if bridge_cidr else None,
+            proxy_arp=on,
         ),
         vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
         neigh=neigh,
         sysctls=tuple(sysctls),
-        chains=weave_chains(settings.pod_range, masquerade=settings.masquerade),
+        chains=weave_chains(settings.pod_range, masquerade=settings.masquerade, direct=on)
+        + (direct.chains if on and direct else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
+        routes=direct.routes if on and direct else frozenset(),
+        rules=direct.rules if on and direct else frozenset(),
     )
 
 

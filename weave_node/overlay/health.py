@@ -7,6 +7,11 @@ work. A peer is `fastdp` while both hold within `timeout`.
 
 The mode switch is designed for the userspace fallback (sleeve): `choose_mode` picks sleeve for a peer whose
 fast path failed when sleeve is available, and reports `down` with the reason otherwise.
+
+Direct mode (overlay.direct) adds a second path to the same peers: to a *candidate* (an L2 neighbour) the same
+heartbeats also go marked, over the underlay without encapsulation (version 2 messages, which routers without
+direct mode ignore), and every heartbeat says whether we hear the peer's direct ones. A peer whose fast path
+holds and whose direct heartbeats hold both ways is `direct`.
 """
 
 from __future__ import annotations
@@ -16,29 +21,42 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 MAGIC = b"WNHB"
-_MSG = struct.Struct(">4sBQQB")  # magic, version, src name, dst name, flags (1 = "I hear you")
-HEARD = 1
+_MSG = struct.Struct(">4sBQQB")  # magic, version, src name, dst name, flags
+HEARD = 1  # "I hear your heartbeats through VXLAN"
+HEARD_DIRECT = 4  # "I hear your direct heartbeats"
+VXLAN_VERSION, DIRECT_VERSION = 1, 2  # a direct heartbeat is version 2: routers without direct mode drop it
 
 
 class Mode(StrEnum):
     PENDING = "pending"  # not confirmed yet (just appeared, or no bridge address yet)
     FASTDP = "fastdp"
+    DIRECT = "direct"  # fastdp healthy, and unicast to its pods routed over the underlay without encapsulation
     SLEEVE = "sleeve"
     DOWN = "down"
 
 
-def encode(src: int, dst: int, heard: bool) -> bytes:
-    return _MSG.pack(MAGIC, 1, src, dst, HEARD if heard else 0)
+@dataclass(frozen=True)
+class Heartbeat:
+    src: int
+    dst: int
+    heard: bool  # the sender hears our VXLAN heartbeats
+    heard_direct: bool = False  # ... and our direct ones
+    direct: bool = False  # this one was sent over the direct path
 
 
-def decode(data: bytes) -> tuple[int, int, bool] | None:
-    """(src, dst, heard), or None for anything that is not one of our heartbeats."""
+def encode(src: int, dst: int, heard: bool, heard_direct: bool = False, *, direct: bool = False) -> bytes:
+    flags = (HEARD if heard else 0) | (HEARD_DIRECT if heard_direct else 0)
+    return _MSG.pack(MAGIC, DIRECT_VERSION if direct else VXLAN_VERSION, src, dst, flags)
+
+
+def decode(data: bytes) -> Heartbeat | None:
+    """The heartbeat, or None for anything that is not one of ours."""
     if len(data) != _MSG.size:
         return None
     magic, version, src, dst, flags = _MSG.unpack(data)
-    if magic != MAGIC or version != 1:
+    if magic != MAGIC or version not in (VXLAN_VERSION, DIRECT_VERSION):
         return None
-    return src, dst, bool(flags & HEARD)
+    return Heartbeat(src, dst, bool(flags & HEARD), bool(flags & HEARD_DIRECT), version == DIRECT_VERSION)
 
 
 @dataclass
@@ -50,6 +68,9 @@ class PeerHealth:
     mode: Mode = Mode.PENDING
     reason: str = "waiting for the first heartbeat"
     changed_at: float = 0.0
+    direct_since: float | None = None  # since when it is a direct candidate (None: it is not)
+    direct_rx: float | None = None  # its last direct heartbeat
+    direct_ack: float | None = None  # its last heartbeat saying it hears our direct ones
 
 
 @dataclass(frozen=True)
@@ -75,27 +96,44 @@ class Health:
         for name in set(self.peers) - names:
             del self.peers[name]
 
+    def watch_direct(self, names: set[int], now: float) -> None:
+        """The direct candidates among the watched peers (overlay.direct)."""
+        for name, peer in self.peers.items():
+            if name in names and peer.direct_since is None:
+                peer.direct_since, peer.next_send = now, now
+            elif name not in names and peer.direct_since is not None:
+                peer.direct_since = peer.direct_rx = peer.direct_ack = None
+
     def receive(self, data: bytes, now: float) -> None:
         msg = decode(data)
         if msg is None:
             return
-        src, dst, heard = msg
-        peer = self.peers.get(src)
-        if dst != self.me or peer is None:
+        peer = self.peers.get(msg.src)
+        if msg.dst != self.me or peer is None:
             return
-        if peer.last_rx is None or now - peer.last_rx >= self.timeout:
+        last = peer.direct_rx if msg.direct else peer.last_rx
+        expected = not msg.direct or peer.direct_since is not None
+        if expected and (last is None or now - last >= self.timeout):
             peer.next_send = now  # answer a peer we had not heard at once: both ends confirm in one round trip
-        peer.last_rx = now
-        if heard:
+        if msg.direct:
+            peer.direct_rx = now if peer.direct_since is not None else None
+        else:
+            peer.last_rx = now
+        if msg.heard:
             peer.last_ack = now
+        if msg.heard_direct and peer.direct_since is not None:
+            peer.direct_ack = now
 
-    def due(self, now: float) -> list[tuple[int, bytes]]:
-        """Heartbeats to send now: (peer, payload)."""
+    def due(self, now: float) -> list[tuple[int, bytes, bool]]:
+        """Heartbeats to send now: (peer, payload, over the direct path)."""
         out = []
         for name, peer in sorted(self.peers.items()):
             if now >= peer.next_send:
-                heard = peer.last_rx is not None and now - peer.last_rx < self.timeout
-                out.append((name, encode(self.me, name, heard)))
+                heard = _fresh(peer.last_rx, now, self.timeout)
+                heard_direct = _fresh(peer.direct_rx, now, self.timeout)
+                out.append((name, encode(self.me, name, heard, heard_direct), False))
+                if peer.direct_since is not None:
+                    out.append((name, encode(self.me, name, heard, heard_direct, direct=True), True))
                 peer.next_send = now + self.interval
         return out
 
@@ -104,6 +142,8 @@ class Health:
         switches = []
         for name, peer in sorted(self.peers.items()):
             mode, reason = choose_mode(self._fastdp_ok(peer, now), self.sleeve_available, self.timeout)
+            if mode == Mode.FASTDP and peer.direct_since is not None:
+                mode, reason = self._direct(peer, now, reason)
             if mode != peer.mode:
                 switches.append(Switch(name, peer.mode, mode, reason))
                 peer.mode, peer.changed_at = mode, now
@@ -119,8 +159,26 @@ class Health:
             return None  # too early to say
         return False
 
+    def _direct(self, peer: PeerHealth, now: float, reason: str) -> tuple[Mode, str]:
+        if _fresh(peer.direct_rx, now, self.timeout) and _fresh(peer.direct_ack, now, self.timeout):
+            return Mode.DIRECT, "direct heartbeats over the underlay in both directions (and VXLAN's)"
+        assert peer.direct_since is not None  # noqa: S101 - only called for candidates
+        if now - peer.direct_since < self.timeout:
+            return Mode.FASTDP, f"{reason}; direct path: waiting for its first heartbeats"
+        return Mode.FASTDP, (
+            f"{reason}; direct path: no heartbeat in both directions for {self.timeout:g}s (does the underlay drop "
+            "pod addresses, or is rp_filter strict?)"
+        )
+
+    def direct_peers(self) -> set[int]:
+        return {name for name, peer in self.peers.items() if peer.mode == Mode.DIRECT}
+
     def next_deadline(self) -> float | None:
         return min((p.next_send for p in self.peers.values()), default=None)
+
+
+def _fresh(when: float | None, now: float, timeout: float) -> bool:
+    return when is not None and now - when < timeout
 
 
 def choose_mode(fastdp_ok: bool | None, sleeve_available: bool, timeout: float) -> tuple[Mode, str]:

@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from weave_node.datapath import netlink
+from weave_node.datapath import kernel_routes, netlink
 from weave_node.datapath import pods as pod_links
-from weave_node.datapath.model import Observed, Pod
+from weave_node.datapath.model import Bridge, Observed, Pod
 from weave_node.datapath.ops import Op
 from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD
 
+BRIDGE_SYSCTLS = tuple(key for key, _ in Bridge(proxy_arp=True).sysctls())  # direct mode's, on `weave`
 KUBELET_DIR = "/var/lib/kubelet"  # every kubelet has it (its root directory) before it runs a pod
 
 
@@ -28,11 +29,13 @@ class Kernel:
     detach_pod: Callable[[Pod], bool]
     pod_state: Callable[[Pod], dict[str, Any]]
     kubelet: Callable[[], bool] = lambda: False  # is this host a Kubernetes node (overlay.netfilter)?
+    route_via: Callable[[str], tuple[str, str] | None] = lambda _host: None  # (device, gateway) to an address
+    ebtables: Callable[[], bool] = lambda: False  # can direct mode keep ARP answers apart?
 
 
 def netlink_kernel() -> Kernel:
     return Kernel(
-        observe=lambda: netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF]),
+        observe=lambda: netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF, *BRIDGE_SYSCTLS]),
         apply=netlink.apply_all,
         route_mtu=netlink.route_mtu,
         default_route_mtu=netlink.default_route_mtu,
@@ -40,6 +43,8 @@ def netlink_kernel() -> Kernel:
         detach_pod=pod_links.detach_pod,
         pod_state=pod_links.pod_state,
         kubelet=lambda: os.path.isdir(KUBELET_DIR),
+        route_via=netlink.route_via,
+        ebtables=kernel_routes.ebtables_available,
     )
 
 

@@ -31,6 +31,7 @@ from weave_node.overlay import mtu as overlay_mtu
 from weave_node.overlay import netfilter
 from weave_node.overlay import peers as overlay_peers
 from weave_node.overlay.desired import TAP, Retention, Settings
+from weave_node.overlay.direct_paths import DirectPaths, Spans
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, underlay_devices
@@ -59,6 +60,7 @@ class OverlayConfig:
     sleeve: bool = True  # the userspace fallback (and, with a password, the only path for pod traffic)
     encrypt: bool = False  # a password is set: pod traffic only through the sleeve, sealed
     bridge_netfilter: str = "auto"  # overlay.netfilter: whether bridged pod traffic goes through iptables
+    direct: bool = True  # direct mode between L2 neighbours (overlay.direct)
 
 
 class OverlayService:
@@ -74,6 +76,7 @@ class OverlayService:
         neighbour: Callable[[int], Neighbour | None] = lambda _name: None,
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
         kernel: Kernel | None = None,
+        space: Callable[[], Spans] = dict,
     ) -> None:
         self.me, self.config, self.clock, self.wall_ns = me, config, clock, wall_ns
         self.kernel = kernel or netlink_kernel()
@@ -98,7 +101,8 @@ class OverlayService:
         self.last_sync: dict[str, Any] = {}
         self.channel: GossipChannel | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
-        self.pods = PodPlumbing(self.kernel)  # the CNI plugin's verbs, on threads of their own
+        self.pods = PodPlumbing(self.kernel)
+        self.direct_paths = DirectPaths(self.kernel, space)  # direct mode: candidates, their IPAM space
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
@@ -106,6 +110,7 @@ class OverlayService:
         self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
         self.planned_sleeve: frozenset[int] = frozenset()  # the peers in the sleeve in the last desired state
         self.applied_sleeve: frozenset[int] = frozenset()  # ... and in the last one applied
+        self.planned_direct = self.applied_direct = frozenset[int]()  # direct peers routed: planned, applied
 
     @property
     def mtu(self) -> int:
@@ -170,6 +175,11 @@ class OverlayService:
             self._update_mine(underlay=local_underlay)
         self._dirty.set()
 
+    def space_changed(self) -> None:
+        """IPAM's ring changed: a direct peer's routes follow its space."""
+        if self.direct_paths.space_changed():
+            self._dirty.set()
+
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -180,31 +190,23 @@ class OverlayService:
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
-        self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running)
+        self.direct_paths.start(wanted=self.config.direct, fastdp=self.fastdp, encrypt=self.config.encrypt)
+        self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
         bridge = observed.links.get(BRIDGE)
         if bridge is not None and bridge.kind == "bridge":
             self.bridge_cidr = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range)
             self._advertise(self.bridge_cidr)  # peers keep our entries across a restart
-        log.info(
-            "datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %d FDB and %d neighbour entries",
-            BRIDGE,
-            self.mtu,
-            self.mtu_choice.source,
-            f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.fastdp else "off",
-            len(observed.fdb),
-            len(observed.neigh),
-        )
+        fast = f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.fastdp else "off"
+        adopted = f"{len(observed.fdb)} FDB and {len(observed.neigh)} neighbour entries"
+        log.info("datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %s", BRIDGE, self.mtu, *(
+            self.mtu_choice.source, fast, adopted))  # fmt: skip
         if self.sleeve.running:
-            log.info(
-                "sleeve: %s on UDP %d, %s",
-                TAP,
-                SLEEVE_PORT,
-                "encrypted (keys from each mesh connection, cipher per link): all pod traffic between hosts"
-                if self.config.encrypt
-                else "fallback for peers whose fast datapath fails",
-            )
+            role = "fallback for peers whose fast datapath fails"
+            if self.config.encrypt:
+                role = "encrypted (keys from each mesh connection, cipher per link): all pod traffic between hosts"
+            log.info("sleeve: %s on UDP %d, %s", TAP, SLEEVE_PORT, role)
         self._tasks = [
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._heartbeat_loop()),
@@ -267,7 +269,9 @@ class OverlayService:
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
-        desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush)
+        entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers())
+        desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush, direct=entries)
+        self.planned_direct = entries.peers if self.direct_paths.on else frozenset()
         self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
         return desired
 
@@ -275,7 +279,7 @@ class OverlayService:
         loop = asyncio.get_running_loop()
         while True:
             self._dirty.clear()
-            desired, planned = self.desired(), self.planned_sleeve
+            desired, planned, direct = self.desired(), self.planned_sleeve, self.planned_direct
             started = time.monotonic()
             try:
                 result, applied, errors = await loop.run_in_executor(self.executor, self._sync, desired)
@@ -300,8 +304,12 @@ class OverlayService:
                     log.info("datapath: applied %d change(s): %s", applied, result.summary())
                 if not errors:
                     self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
+                    self.applied_direct = direct
                 self._advertise(desired.bridge.addresses[0] if desired.bridge.addresses else None)
+            if await loop.run_in_executor(self.executor, self.direct_paths.probe, list(self.vteps.values())):
+                self._dirty.set()  # a VTEP's route changed: candidates (and probe routes) follow
             self.health.watch(set(self.heartbeats.peers), self.clock())
+            self.health.watch_direct(set(self.direct_paths.found), self.clock())
             await self.heartbeats.bind(self._applied_cidr.split("/")[0] if self._applied_cidr and self.fastdp else None)
             timeout = self.config.resync
             deadline = self.retention.next_deadline()
@@ -325,16 +333,10 @@ class OverlayService:
         now = self.clock()
         self.heartbeats.send_due(now)
         switches = self.health.evaluate(now)
-        for switch in switches:
-            log.info(
-                "peer %s(%s): %s -> %s: %s",
-                format_name(switch.peer),
-                self.nicknames.get(switch.peer, "?"),
-                switch.old.value,
-                switch.new.value,
-                switch.reason,
-            )
-        if any(Mode.SLEEVE in (s.old, s.new) for s in switches):
+        for s in switches:
+            nickname = self.nicknames.get(s.peer, "?")
+            log.info("peer %s(%s): %s -> %s: %s", format_name(s.peer), nickname, s.old.value, s.new.value, s.reason)
+        if any(Mode.SLEEVE in (s.old, s.new) or Mode.DIRECT in (s.old, s.new) for s in switches):
             # Flood entries follow the modes, and MACs learned behind the tunnel (or the TAP) must be learned
             # again on the path now in use: the next desired state sees the sleeve's peers change, and flushes.
             self._dirty.set()
@@ -387,8 +389,11 @@ class OverlayService:
             flood_entries=self.flood_entries,
             problems=self.problems,
             bridge_netfilter=(self.bridge_nf.value, self.bridge_nf.reason) if self.bridge_nf else None,
+            direct_off=self.direct_paths.off_reason,
+            direct_devices={name: c.dev for name, c in self.direct_paths.found.items()},
             last_sync=dict(self.last_sync),
             applied_sleeve=self.applied_sleeve,
+            applied_direct=self.applied_direct,
         )
 
     def status(self) -> dict[str, Any]:

@@ -50,10 +50,13 @@ class Snapshot:
     flood_entries: int = 0
     problems: tuple[str, ...] = ()
     bridge_netfilter: tuple[str | None, str] | None = None  # (sysctl value or None = left alone, why)
+    direct_off: str | None = "not started"  # why direct mode is off (None: on)
+    direct_devices: Mapping[int, str] = field(default_factory=dict)  # candidate -> our device on its L2 segment
     last_sync: Mapping[str, Any] = field(default_factory=dict)
     # The peers in the sleeve as the kernel datapath last applied it (flood entries, flush of learned MACs); a
     # peer whose heartbeats decided otherwise is shown in its applied mode, "switching", until the next sync.
     applied_sleeve: frozenset[int] | None = None
+    applied_direct: frozenset[int] | None = None  # likewise: the direct peers whose routes are in the kernel
 
 
 def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
@@ -72,10 +75,13 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
         reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
     else:
         mode, reason = health.mode, health.reason
-        if snap.applied_sleeve is not None and mode in (Mode.FASTDP, Mode.SLEEVE):
-            applied = Mode.SLEEVE if name in snap.applied_sleeve else Mode.FASTDP
-            if applied is not mode:
+        if snap.applied_sleeve is not None and mode in (Mode.FASTDP, Mode.SLEEVE, Mode.DIRECT):
+            in_sleeve = name in snap.applied_sleeve
+            if in_sleeve != (mode is Mode.SLEEVE):
+                applied = Mode.SLEEVE if in_sleeve else Mode.FASTDP
                 mode, reason = applied, f"switching to {health.mode.value} (datapath update pending): {reason}"
+        if mode is Mode.DIRECT and snap.applied_direct is not None and name not in snap.applied_direct:
+            mode, reason = Mode.FASTDP, f"switching to direct (datapath update pending): {reason}"
     if mode is Mode.SLEEVE and snap.routes.get(name) is None:
         reason += "; no sleeve route yet"
     return mode, reason
@@ -109,6 +115,9 @@ def _peer(snap: Snapshot, name: int, now: float) -> dict[str, Any]:
         "reason": reason,
         "last_heartbeat_ago": round(now - health.last_rx, 1) if health and health.last_rx else None,
         "in_topology": name in snap.peers,
+        "direct": {"device": snap.direct_devices[name]}
+        if mode is Mode.DIRECT and name in snap.direct_devices
+        else None,
         "sleeve": sleeve,
     }
 
@@ -136,6 +145,7 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
             else None
         ),
         "sleeve": sleeve,
+        "direct": {"on": snap.direct_off is None, "reason": snap.direct_off or "L2 neighbours: no encapsulation"},
         "bridge_netfilter": (
             {"value": snap.bridge_netfilter[0], "reason": snap.bridge_netfilter[1]} if snap.bridge_netfilter else None
         ),

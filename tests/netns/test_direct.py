@@ -1,0 +1,166 @@
+"""Direct mode with real routers: h1 and h2 share an L2 segment (pod traffic between them is routed over the
+underlay without encapsulation), h3 is on another subnet behind a router namespace (VXLAN as before)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import poll
+from tests.netns.hosts import Net, RouterProc, netns_hosts, start_mesh
+from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
+from weave_node.lab.system import ip_batch
+
+PODS = "10.32.0.0/12"
+
+
+class Cluster:
+    def __init__(self, net: Net, routers: list[RouterProc], gateway: str) -> None:
+        self.net, self.routers, self.gateway = net, routers, gateway
+        self.pods: list[PodNs] = []
+
+    def pod(self, host: int, name: str) -> PodNs:
+        p = make_pod(self.routers[host - 1], name)
+        self.pods.append(p)
+        return p
+
+    def mode(self, host: int, peer: str) -> str:
+        return str(
+            next(p["mode"] for p in self.routers[host - 1].status()["datapath"]["peers"] if p["nickname"] == peer)
+        )
+
+    def vxlan_tx(self, host: int) -> int:
+        text = self.net.hosts[host - 1].run("cat", "/sys/class/net/vxlan-6784/statistics/tx_bytes").stdout
+        return int(text)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with netns_hosts(3, tmp_path_factory.mktemp("direct")) as net:
+        gateway = f"wnt-{net.tag}-gw"
+        ip_batch(
+            None, [f"netns add {gateway}", f"link add vg netns {net.underlay} type veth peer name eth0 netns {gateway}"]
+        )
+        try:
+            ip_batch(net.underlay, ["link set vg master br0 up"])
+            ip_batch(
+                gateway,
+                [
+                    "link set lo up",
+                    "addr add 198.19.0.254/24 dev eth0",
+                    "addr add 198.19.1.254/24 dev eth0",
+                    "link set eth0 up",
+                ],
+            )
+            subprocess.run(["ip", "netns", "exec", gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            h1, h2, h3 = net.hosts
+            for h in (h1, h2):
+                ip_batch(h.netns, ["route add 198.19.1.0/24 via 198.19.0.254"])
+            ip_batch(
+                h3.netns,
+                [
+                    "addr del 198.19.0.3/24 dev eth0",
+                    "addr add 198.19.1.3/24 dev eth0",
+                    "route add 198.19.0.0/24 via 198.19.1.254",
+                ],
+            )
+            h3.address = "198.19.1.3"
+            c = Cluster(net, start_mesh(net), gateway)
+            poll(lambda: c.mode(1, "h2") == "direct" and c.mode(2, "h1") == "direct", timeout=20, what="h1<->h2 direct")
+            yield c
+            remove_pods(c.pods)
+        finally:
+            subprocess.run(["ip", "netns", "delete", gateway], capture_output=True, check=False)
+
+
+def test_l2_neighbours_go_direct_and_a_routed_peer_stays_in_vxlan(cluster: Cluster) -> None:
+    assert cluster.mode(1, "h3") == "fastdp" and cluster.mode(3, "h1") == "fastdp"
+    peer = next(p for p in cluster.routers[0].status()["datapath"]["peers"] if p["nickname"] == "h2")
+    assert peer["direct"] == {"device": "eth0"} and "both directions" in peer["reason"]
+    a, b, c = cluster.pod(1, "a"), cluster.pod(2, "b"), cluster.pod(3, "c")
+    for src, dst in [(a, b), (b, a), (a, c), (c, b)]:
+        out = src.run("ping", "-c", "2", "-W", "5", dst.ip, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    # a -> b: routed by both hosts (TTL 64 - 2), no VXLAN; a -> c: bridged through the tunnel (TTL untouched).
+    h1 = cluster.net.hosts[0]
+    why = h1.run("ip", "route").stdout + a.run("ip", "neigh").stdout + h1.run("ebtables-save").stdout
+    assert "ttl=62" in a.run("ping", "-c", "1", b.ip).stdout, why
+    assert "ttl=64" in a.run("ping", "-c", "1", c.ip).stdout
+    before = cluster.vxlan_tx(1)
+    received, sent = finish(*tcp_transfer(a, b, 30 << 20))
+    assert received.split()[:2] == sent.split() and received.split()[2] == a.ip  # intact, and no NAT
+    assert cluster.vxlan_tx(1) - before < 1 << 20  # 30 MiB went by, not through the tunnel
+    before = cluster.vxlan_tx(1)
+    received, sent = finish(*tcp_transfer(a, c, 10 << 20, port=5002))
+    assert received.split()[:2] == sent.split()
+    assert cluster.vxlan_tx(1) - before > 10 << 20  # h3 is not a neighbour: the tunnel carried it
+    # a's pod resolved b's address to its own host's bridge (proxy ARP), and c's to c itself.
+    h1_bridge = cluster.net.hosts[0].run("cat", "/sys/class/net/weave/address").stdout.strip()
+    neigh = a.run("ip", "neigh", "show", b.ip).stdout
+    assert h1_bridge in neigh, neigh
+
+
+def test_multicast_reaches_pods_on_every_host_in_direct_mode(cluster: Cluster) -> None:
+    r2, r3, s1 = cluster.pod(2, "m2"), cluster.pod(3, "m3"), cluster.pod(1, "m1")
+    receivers = [p.popen("python3", "-c", MCAST_RECV, "239.1.2.4", "5354") for p in (r2, r3)]
+    for proc in receivers:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "joined"
+    s1.run("python3", "-c", MCAST_SEND, "239.1.2.4", "5354", "hello-direct", "3")
+    for proc in receivers:
+        out, err = proc.communicate(timeout=40)
+        assert proc.returncode == 0, err
+        assert out.split()[-2:] == ["hello-direct", s1.ip]
+
+
+@contextlib.contextmanager
+def pod_addresses_dropped(cluster: Cluster) -> Iterator[None]:
+    """The underlay starts dropping packets with pod addresses (a router or a cloud's ACL would): VXLAN, whose
+    outer addresses are the hosts', still passes."""
+    rules = [["-s", PODS, "-j", "DROP"], ["-d", PODS, "-j", "DROP"]]
+    u = cluster.net.underlay
+    for rule in rules:
+        subprocess.run(["ip", "netns", "exec", u, "iptables", "-I", "FORWARD", *rule], check=True)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run(["ip", "netns", "exec", u, "iptables", "-D", "FORWARD", *rule], check=False)
+
+
+def test_a_direct_path_that_breaks_mid_transfer_falls_back_and_the_transfer_completes(cluster: Cluster) -> None:
+    a, b = cluster.pod(1, "fa"), cluster.pod(2, "fb")
+    h1 = cluster.net.hosts[0]
+    before = cluster.vxlan_tx(1)
+    server, client = tcp_transfer(a, b, 12 << 20, pace=0.03, port=5003)  # ~6 s
+    try:
+        poll(lambda: "5003" in a.run("ss", "-tnH", "state", "established").stdout, timeout=10, what="transfer on")
+        with pod_addresses_dropped(cluster):
+            poll(lambda: cluster.mode(1, "h2") == "fastdp", timeout=20, what="h1 falls back to fastdp for h2")
+            assert "direct path: no heartbeat" in next(
+                p["reason"] for p in cluster.routers[0].status()["datapath"]["peers"] if p["nickname"] == "h2"
+            )
+            poll(lambda: "198.19.0.2" not in h1.run("ip", "route", "show", "proto", "87").stdout, timeout=10,
+                 what="h2's direct routes gone")  # fmt: skip
+            received, sent = finish(server, client)
+    finally:
+        for proc in (server, client):
+            if proc.poll() is None:
+                proc.kill()
+    assert received.split()[:2] == sent.split()  # every byte, in order, across the switch
+    assert cluster.vxlan_tx(1) - before > 1 << 20  # the rest went through the tunnel
+    poll(lambda: cluster.mode(1, "h2") == "direct", timeout=20, what="h1<->h2 direct again")
+
+
+def test_no_direct_keeps_pod_traffic_in_vxlan_and_leaves_no_routes(tmp_path: Path) -> None:
+    with netns_hosts(2, tmp_path) as net:
+        r1, _ = start_mesh(net, "--no-direct")
+        dp = r1.status()["datapath"]
+        assert dp["direct"] == {"on": False, "reason": "turned off (--no-direct)"}
+        assert [p["mode"] for p in dp["peers"]] == ["fastdp"]
+        h = net.hosts[0]
+        assert h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == ""
+        assert "WEAVE-NODE" not in h.run("ebtables-save").stdout and "6784" not in h.run("ip", "rule").stdout

@@ -1,0 +1,106 @@
+"""Direct mode's decisions without a kernel: which peers are candidates, what goes into the kernel for them, and
+how the direct heartbeats confirm and drop the path (overlay.direct, overlay.health)."""
+
+from __future__ import annotations
+
+from weave_node.datapath.model import BRIDGE, DIRECT_TABLE, Route, Rule
+from weave_node.overlay import health as hb
+from weave_node.overlay.direct import ARP_CHAIN, PROXY_CHAIN, Candidate, candidates, cidrs, entries
+from weave_node.overlay.health import Health, Mode
+
+A, B, C = 0xA, 0xB, 0xC
+V4 = int.from_bytes(bytes([10, 40, 0, 0]), "big")
+
+
+def test_only_peers_reached_without_a_gateway_and_with_a_bridge_address_are_candidates() -> None:
+    vteps = {A: "198.19.0.1", B: "198.19.0.2", C: "198.20.0.3"}
+    routes = {"198.19.0.1": ("eth0", ""), "198.19.0.2": ("weave", ""), "198.20.0.3": ("eth0", "198.19.0.254")}
+    bridges = {A: "10.32.0.1", B: "10.40.0.1", C: "10.48.0.1"}
+    assert candidates(vteps, bridges, routes) == {A: Candidate(A, "198.19.0.1", "eth0", "10.32.0.1")}
+    assert candidates(vteps, {}, routes) == {}  # no bridge address yet: nothing to probe
+    assert candidates(vteps, bridges, routes, exclude=("eth0",)) == {}
+
+
+def test_spans_become_the_fewest_cidrs() -> None:
+    assert cidrs([(V4, V4 + 2**18)]) == ("10.40.0.0/14",)
+    assert cidrs([(V4 + 3, V4 + 4), (V4 + 4, V4 + 8)]) == ("10.40.0.3/32", "10.40.0.4/30")
+    assert cidrs([(V4, V4)]) == ()
+
+
+def test_entries_probe_every_candidate_and_route_only_confirmed_ones() -> None:
+    found = {B: Candidate(B, "198.19.0.2", "eth0", "10.40.0.1"), C: Candidate(C, "198.19.0.3", "eth0", "10.48.0.1")}
+    space = {A: ("10.32.0.0/13",), B: ("10.40.0.0/14", "10.44.0.7/32"), C: ("10.48.0.0/13",)}
+    e = entries(found, {B}, space, A)
+    assert Route("0.0.0.0/0", table=DIRECT_TABLE, kind="unreachable") in e.routes
+    assert Route("10.48.0.1/32", via="198.19.0.3", dev="eth0", table=DIRECT_TABLE) in e.routes  # C: probed only
+    assert Route("10.40.0.0/14", via="198.19.0.2", dev="eth0") in e.routes
+    assert Route("10.40.0.1/32", dev=BRIDGE) in e.routes  # B's bridge address stays on VXLAN (the fastdp probes)
+    assert not any(r.dst == "10.48.0.0/13" for r in e.routes)
+    assert e.rules == frozenset({Rule()})
+    arp, proxy = e.chains
+    assert arp.name == ARP_CHAIN and arp.family == "eth" and arp.hook == "FORWARD"
+    assert arp.rules == (
+        "-p ARP -o vxlan-6784 --arp-ip-dst 10.40.0.1 -j RETURN",  # before the DROP of B's space that holds it
+        "-p ARP -o vxlan-6784 --arp-ip-dst 10.40.0.0/14 -j DROP",
+        "-p ARP -o vxlan-6784 --arp-ip-dst 10.44.0.7 -j DROP",  # as ebtables-save prints a /32
+        # From the tunnel: what asks for our addresses passes; any other ARP of B's pods does not reach ours
+        "-p ARP -i vxlan-6784 --arp-ip-dst 10.32.0.0/13 -j RETURN",
+        "-p ARP -i vxlan-6784 --arp-ip-src 10.40.0.0/14 -j DROP",
+        "-p ARP -i vxlan-6784 --arp-ip-src 10.44.0.7 -j DROP",
+    )
+    assert proxy.name == PROXY_CHAIN and proxy.hook == "OUTPUT" and len(proxy.rules) == 2
+    assert entries(found, {B}, {}, A).chains[0].rules == ()  # no known space: nothing routed, nothing filtered
+
+
+def _pair(now: float, a: Health, b: Health, *, vxlan: bool = True, direct: bool = True) -> None:
+    for src, dst in ((a, b), (b, a)):
+        for _, msg, over_direct in src.due(now):
+            if direct if over_direct else vxlan:
+                dst.receive(msg, now)
+
+
+def _health(me: int, peer: int) -> Health:
+    h = Health(me, interval=1, timeout=3)
+    h.watch({peer}, 0.0)
+    h.watch_direct({peer}, 0.0)
+    return h
+
+
+def test_direct_needs_both_directions_of_both_paths_and_falls_back_to_fastdp() -> None:
+    a, b = _health(A, B), _health(B, A)
+    for t in range(3):
+        _pair(float(t), a, b)
+    assert [s.new for s in a.evaluate(2.0)] == [Mode.DIRECT] and a.direct_peers() == {B}
+    assert b.evaluate(2.0)[0].new == Mode.DIRECT
+    for t in range(3, 7):  # the underlay starts dropping pod addresses: VXLAN still works
+        _pair(float(t), a, b, direct=False)
+    (switch,) = a.evaluate(6.0)
+    assert (switch.old, switch.new) == (Mode.DIRECT, Mode.FASTDP) and "direct path: no heartbeat" in switch.reason
+    for t in range(7, 10):
+        _pair(float(t), a, b)
+    assert a.evaluate(9.0)[0].new == Mode.DIRECT
+    for t in range(10, 14):  # VXLAN fails, the direct path does not: no direct without the fast path
+        _pair(float(t), a, b, vxlan=False)
+    assert a.evaluate(13.0)[0].new == Mode.DOWN
+
+
+def test_a_peer_without_direct_mode_never_confirms_it_and_old_routers_ignore_direct_heartbeats() -> None:
+    a = _health(A, B)
+    old = Health(B, interval=1, timeout=3)  # a router of 0.2.0: no direct candidates, version-1 decoder
+    old.watch({A}, 0.0)
+    for t in range(5):
+        _pair(float(t), a, old)
+    assert a.evaluate(4.0)[0].new == Mode.FASTDP and "direct path" in a.peers[B].reason
+    assert old.peers[A].direct_rx is None and old.evaluate(4.0)[0].new == Mode.FASTDP
+    direct = hb.encode(A, B, True, True, direct=True)
+    assert direct[4] == hb.DIRECT_VERSION and hb.encode(A, B, True)[4] == hb.VXLAN_VERSION
+
+
+def test_no_longer_a_candidate_forgets_the_direct_path() -> None:
+    a, b = _health(A, B), _health(B, A)
+    for t in range(3):
+        _pair(float(t), a, b)
+    a.evaluate(2.0)
+    a.watch_direct(set(), 3.0)
+    assert a.peers[B].direct_since is None and a.evaluate(3.0)[0].new == Mode.FASTDP
+    assert all(not over_direct for _, _, over_direct in a.due(10.0))

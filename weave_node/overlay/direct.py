@@ -1,0 +1,116 @@
+"""Direct mode (pure): which peers are L2 neighbours, and the routes, rule and ebtables chains that carry pod traffic
+to the confirmed ones without encapsulation. The design, and why pods keep one flat on-link range, is in
+docs/architecture.md ("Direct mode").
+
+A *candidate* is a peer whose VTEP our kernel reaches without a gateway; the direct heartbeats (overlay.health)
+confirm it; only then do its address space's routes go in. Probe routes (table DIRECT_TABLE) exist for every
+candidate, so the marked heartbeats take the direct path or none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from weave_node.datapath.model import (
+    BRIDGE,
+    CHAIN_PREFIX,
+    DIRECT_TABLE,
+    VXLAN,
+    Chain,
+    Route,
+    Rule,
+)
+
+ARP_CHAIN = CHAIN_PREFIX + "DIRECT"  # ebtables FORWARD: pods' requests for a direct peer's space stay here
+PROXY_CHAIN = CHAIN_PREFIX + "DIRECT-OUT"  # ebtables OUTPUT: our proxy answers never leave through the tunnel
+OVERLAY_DEVICES = (BRIDGE, VXLAN)
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    peer: int
+    vtep: str  # its underlay address
+    dev: str  # our device on the same L2 segment
+    bridge_ip: str
+
+
+def candidates(
+    vteps: Mapping[int, str],
+    bridges: Mapping[int, str],
+    routes: Mapping[str, tuple[str, str] | None],
+    *,
+    exclude: Iterable[str] = (),
+) -> dict[int, Candidate]:
+    """Peers whose VTEP is on-link: `routes` maps a VTEP to our kernel's (device, gateway) for it. `bridges`: the
+    peers' bridge addresses (the probes' destination). Devices in `exclude` (the overlay's own) never count."""
+    skip = set(OVERLAY_DEVICES) | set(exclude)
+    out = {}
+    for peer, vtep in sorted(vteps.items()):
+        route = routes.get(vtep)
+        if route and not route[1] and route[0] not in skip and bridges.get(peer):
+            out[peer] = Candidate(peer, vtep, route[0], bridges[peer])
+    return out
+
+
+def cidrs(spans: Iterable[tuple[int, int]]) -> tuple[str, ...]:
+    """IPAM spans [start, end) as the fewest CIDRs."""
+    out: list[str] = []
+    for start, end in sorted(spans):
+        if end > start:
+            first, last = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end - 1)
+            out += [str(net) for net in ipaddress.summarize_address_range(first, last)]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Entries:
+    routes: frozenset[Route]
+    rules: frozenset[Rule]
+    chains: tuple[Chain, ...]
+    peers: frozenset[int] = frozenset()  # the peers whose pod traffic these routes carry
+
+
+def entries(
+    found: Mapping[int, Candidate], confirmed: Iterable[int], space: Mapping[int, tuple[str, ...]], me: int
+) -> Entries:
+    """The kernel objects of direct mode: probe routes for every candidate (and the unreachable default behind
+    them), and for each confirmed one its space's routes, the /32 that keeps its bridge address on VXLAN (the
+    fastdp heartbeats) and the ARP rules.
+
+    ARP rules, per confirmed peer P: (out) our pods' requests for P's space do not leave through the tunnel (we
+    answer them: proxy ARP), our proxy answers never do; (in) ARP from P's pods that arrives through the tunnel
+    reaches our pods only when it asks for an address of ours. A request of theirs for a third host's pod would
+    otherwise refresh our pods' cache entries for them with their real MAC (Linux updates an existing entry from
+    any ARP packet's sender), and our pods would reach theirs through the tunnel again."""
+    routes = {Route("0.0.0.0/0", table=DIRECT_TABLE, kind="unreachable")}
+    routes |= {Route(f"{c.bridge_ip}/32", via=c.vtep, dev=c.dev, table=DIRECT_TABLE) for c in found.values()}
+    arp: list[str] = []
+    inbound: list[str] = []
+    proxy: list[str] = []
+    routed: set[int] = set()
+    for peer in sorted(set(confirmed) & set(found)):
+        c = found[peer]
+        nets = space.get(peer, ())
+        if not nets:
+            continue
+        routes |= {Route(net, via=c.vtep, dev=c.dev) for net in nets}
+        routes.add(Route(f"{c.bridge_ip}/32", dev=BRIDGE))
+        routed.add(peer)
+        arp.append(f"-p ARP -o {VXLAN} --arp-ip-dst {c.bridge_ip} -j RETURN")
+        arp += [f"-p ARP -o {VXLAN} --arp-ip-dst {_eb(net)} -j DROP" for net in nets]
+        inbound += [f"-p ARP -i {VXLAN} --arp-ip-src {_eb(net)} -j DROP" for net in nets]
+        proxy += [f"-p ARP -o {VXLAN} --arp-ip-src {_eb(net)} -j DROP" for net in nets]
+    if inbound:  # what asks for one of our addresses passes first
+        arp += [f"-p ARP -i {VXLAN} --arp-ip-dst {_eb(net)} -j RETURN" for net in space.get(me, ())] + inbound
+    chains = (
+        Chain("filter", ARP_CHAIN, tuple(arp), "FORWARD", "eth"),
+        Chain("filter", PROXY_CHAIN, tuple(proxy), "OUTPUT", "eth"),
+    )
+    return Entries(frozenset(routes), frozenset({Rule()}), chains, frozenset(routed))
+
+
+def _eb(net: str) -> str:
+    """A network as ebtables-save prints it (a single address without /32)."""
+    return net.removesuffix("/32")

@@ -1,0 +1,63 @@
+"""The overlay's direct-mode state between syncs (a thin shell around overlay.direct): whether direct mode is on
+and why not, what the kernel said about the route to each VTEP (asked in the datapath thread at each sync), and
+the IPAM space per peer the last desired state used."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from weave_node.overlay import direct
+from weave_node.overlay.kernel import Kernel
+
+log = logging.getLogger("weave_node.overlay")
+Spans = Mapping[int, list[tuple[int, int]]]
+
+
+class DirectPaths:
+    def __init__(self, kernel: Kernel, space: Callable[[], Spans]) -> None:
+        self.kernel = kernel
+        self.space = space  # IPAM: the spans each peer owns
+        self.off_reason: str | None = "not started"
+        self.routes_to: dict[str, tuple[str, str] | None] = {}  # VTEP -> (device, gateway) of our route to it
+        self.found: dict[int, direct.Candidate] = {}
+        self._space: dict[int, tuple[str, ...]] = {}
+
+    def start(self, *, wanted: bool, fastdp: bool, encrypt: bool) -> None:
+        if not wanted:
+            self.off_reason = "turned off (--no-direct)"
+        elif encrypt:
+            self.off_reason = "a password is set: pod traffic between hosts goes sealed through the sleeve"
+        elif not fastdp:
+            self.off_reason = "needs the fast datapath (VXLAN carries broadcast and multicast)"
+        elif not self.kernel.ebtables():
+            self.off_reason = "ebtables is not installed (it keeps ARP answers apart): install it, restart the router"
+        else:
+            self.off_reason = None
+        log.info("direct mode (no encapsulation between L2 neighbours): %s", self.off_reason or "on")
+
+    @property
+    def on(self) -> bool:
+        return self.off_reason is None
+
+    def probe(self, vteps: Iterable[str]) -> bool:
+        """Ask the kernel how it reaches each VTEP (datapath thread); True when that changed."""
+        if not self.on:
+            return False
+        found = {vtep: self.kernel.route_via(vtep) for vtep in sorted(set(vteps))}
+        changed, self.routes_to = found != self.routes_to, found
+        return changed
+
+    def entries(
+        self, me: int, vteps: Mapping[int, str], bridges: Mapping[int, str], confirmed: Iterable[int]
+    ) -> direct.Entries:
+        self.found = direct.candidates(vteps, bridges, self.routes_to)
+        self._space = self.current_space()
+        return direct.entries(self.found, confirmed, self._space, me)
+
+    def current_space(self) -> dict[int, tuple[str, ...]]:
+        return {peer: direct.cidrs(spans) for peer, spans in self.space().items()}
+
+    def space_changed(self) -> bool:
+        """After an IPAM change: does a direct peer's space differ from what the routes say?"""
+        return self.on and self.current_space() != self._space
