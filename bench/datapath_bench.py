@@ -12,7 +12,11 @@ Nothing is added to the root namespace. Baselines measured in the same run:
       entry per remote host), veth pods, MTU 1450, no iptables rules;
   (c) ours: two real `weave-node router` processes, pods plumbed by the router's pod API, IPAM addresses;
   (d) diagnostic: (b) plus weave-node's own iptables chains (conntrack, br_netfilter), to show what they cost;
-  (e) ours with `--bridge-netfilter on` (what a Kubernetes node runs: bridged pod traffic through iptables).
+  (e) ours with `--bridge-netfilter on` (what a Kubernetes node runs: bridged pod traffic through iptables);
+  (f) ours in direct mode (the default between hosts on one subnet: routed over the underlay, no VXLAN);
+  (g) direct's reference, flannel's host-gw built by hand: a bridge and a /24 of pods per host, a route per other
+      host, veth pods with MTU 1450, no iptables rules.
+  (c) and (e) run with --no-direct: they measure fastdp itself.
   The order of the paths rotates from run to run.
 - join: router on h1 with a pod; the router on h2 (peer h1) is started at t = 0; its pod is attached as soon as
   IPAM gives h2 a bridge address; a UDP prober in the h2 pod (10 ms ARP retransmit, so ARP timers do not
@@ -54,7 +58,8 @@ from weave_node.lab.system import ip_batch
 from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD, Settings, desired_state, peer_entries
 from weave_node.overlay.peers import PeerInfo
 
-FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1"]
+# fastdp as such (these hosts share a subnet: without --no-direct they would go direct, measured as its own path)
+FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1", "--no-direct"]
 IPERF_PORT = 5201
 IPERF_ARGS = ("-J", "-O", "1", "-t")  # JSON, omit the first second (slow start), duration
 PROBE_PORT = 7000
@@ -194,17 +199,35 @@ def build_by_hand(net: Net) -> list[str]:
     return pods
 
 
-def start_mesh(net: Net, *extra: str) -> list[RouterProc]:
+def build_host_gw(net: Net) -> list[str]:
+    """What direct mode is measured against: flannel's host-gw by hand. A bridge per host with a /24 of pods, one
+    route per other host's /24 via its underlay address, veth pods with MTU 1450 (as ours), no iptables rules."""
+    pods = []
+    for i, host in enumerate(net.hosts, 1):
+        pod = f"{host.netns}-gp"
+        ip_batch(None, [f"netns add {pod}", f"link add vg netns {host.netns} type veth peer name eth0 netns {pod}"])
+        pods.append(pod)
+        routes = [f"route add 10.98.{j}.0/24 via {h.address}" for j, h in enumerate(net.hosts, 1) if h is not host]
+        bridge = ["link add br1 type bridge", f"link set br1 mtu {OVERLAY_MTU} up", f"addr add 10.98.{i}.1/24 dev br1"]
+        ip_batch(host.netns, [*bridge, f"link set vg mtu {OVERLAY_MTU} master br1 up", *routes])
+        ns_run(host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        link = ["link set lo up", f"link set eth0 mtu {OVERLAY_MTU} up", f"addr add 10.98.{i}.2/24 dev eth0"]
+        ip_batch(pod, [*link, f"route add default via 10.98.{i}.1"])
+    return pods
+
+
+def start_mesh(net: Net, *extra: str, mode: str = "fastdp") -> list[RouterProc]:
     addrs = [h.address for h in net.hosts]
+    flags = FAST if mode == "fastdp" else [f for f in FAST if f != "--no-direct"]
     routers = [
-        launch_router(net, i, *FAST, *extra, *[a for a in addrs if a != h.address]) for i, h in enumerate(net.hosts, 1)
+        launch_router(net, i, *flags, *extra, *[a for a in addrs if a != h.address]) for i, h in enumerate(net.hosts, 1)
     ]
     for r in routers:
         others = [f"h{i}" for i in range(1, len(routers) + 1) if routers[i - 1] is not r]
         poll(
-            lambda r=r, others=others: all(peer_mode(r, o) == "fastdp" for o in others),
+            lambda r=r, others=others: all(peer_mode(r, o) == mode for o in others),
             timeout=60,
-            what=f"{r.host.netns}: fastdp to every peer",
+            what=f"{r.host.netns}: {mode} to every peer",
             interval=0.1,
         )
     return routers
@@ -238,6 +261,8 @@ PATHS = [
     ("ours", "weave-node pod -> pod (1450)"),
     ("hand_ipt", "hand-built + weave-node's iptables"),
     ("ours_bnf", "ours, --bridge-netfilter on"),
+    ("host_gw", "hand-built host-gw routes (1450)"),
+    ("direct", "ours, direct mode (no encapsulation)"),
 ]
 
 
@@ -250,10 +275,13 @@ def throughput(base: Path, runs: int, seconds: int) -> dict[str, Any]:
         netns_hosts(2, base / "ours") as ours,
         netns_hosts(2, base / "hand-ipt") as hand_ipt,
         netns_hosts(2, base / "ours-bnf") as ours_bnf,
+        netns_hosts(2, base / "direct") as direct,
+        netns_hosts(2, base / "host-gw") as host_gw,
     ):
         try:
             for net in (hand, hand_ipt):
                 hand_pods += build_by_hand(net)
+            hand_pods += build_host_gw(host_gw)
             add_weave_rules(hand_ipt)
             routers = start_mesh(ours)
             pods.append(make_pod(routers[0], "ta"))  # one by one: a failure still removes those made
@@ -261,6 +289,9 @@ def throughput(base: Path, runs: int, seconds: int) -> dict[str, Any]:
             routers_bnf = start_mesh(ours_bnf, "--bridge-netfilter", "on")
             pods.append(make_pod(routers_bnf[0], "ka"))
             pods.append(make_pod(routers_bnf[1], "kb"))
+            routers_direct = start_mesh(direct, mode="direct")
+            pods.append(make_pod(routers_direct[0], "da"))
+            pods.append(make_pod(routers_direct[1], "db"))
             h1, h2 = hand.hosts
             pairs = {  # (source netns, destination netns, destination address)
                 "underlay": (h1.netns, h2.netns, h2.address),
@@ -268,6 +299,8 @@ def throughput(base: Path, runs: int, seconds: int) -> dict[str, Any]:
                 "ours": (pods[0].name, pods[1].name, pods[1].ip),
                 "hand_ipt": (hand_pods[2], hand_pods[3], hand_ip(2)),
                 "ours_bnf": (pods[2].name, pods[3].name, pods[3].ip),
+                "direct": (pods[4].name, pods[5].name, pods[5].ip),
+                "host_gw": (hand_pods[4], hand_pods[5], "10.98.2.2"),
             }
             for src, _, dst_ip in pairs.values():  # every path works before timing
                 ns_run(src, "ping", "-c", "1", "-W", "5", dst_ip)
@@ -304,6 +337,9 @@ def throughput(base: Path, runs: int, seconds: int) -> dict[str, Any]:
     goal = med["ours"] / med["hand"]
     print(f"  goal ours >= 0.97 x hand-built: {goal:.2f} -> {'met' if goal >= 0.97 else 'MISSED'}")
     print(f"  ours / (hand-built + the same iptables rules): {med['ours'] / med['hand_ipt']:.2f}")
+    direct_goal = med["direct"] / med["underlay"]
+    print(f"  goal direct >= 0.95 x underlay: {direct_goal:.2f} -> {'met' if direct_goal >= 0.95 else 'MISSED'}")
+    print(f"  direct / hand-built host-gw: {med['direct'] / med['host_gw']:.2f}")
     for k, v in details.items():
         print(f"  {k}: {v}")
     return {"median_bps": med, "retransmits": rtx, "details": details}

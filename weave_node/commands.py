@@ -313,7 +313,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     """Like `weave reset`: take our kernel state away (pods on the bridge lose their network). IPAM state stays."""
     from weave_node.api.client import ApiError
     from weave_node.datapath import netlink
-    from weave_node.datapath.ops import DeleteLink, RestoreTable, SetSysctl
+    from weave_node.datapath.ops import DeleteLink, DelRoute, DelRule, RestoreTable, SetSysctl
     from weave_node.datapath.plan import plan_removal
     from weave_node.overlay.desired import SYSCTL_BRIDGE_NF
 
@@ -340,7 +340,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if isinstance(op, DeleteLink):
             print(f"removed link {op.name}")
         elif isinstance(op, RestoreTable):
-            print(f"removed iptables chain(s) {', '.join(op.drop_chains)} from table {op.table}")
+            tool = "ebtables" if op.family == "eth" else "iptables"
+            print(f"removed {tool} chain(s) {', '.join(op.drop_chains)} from table {op.table}")
+        elif isinstance(op, DelRoute | DelRule):
+            print(f"removed {op}")
         elif isinstance(op, SetSysctl):
             print(f"set {op.key.replace('/', '.')} back to {op.value}")
     if not result.ops:

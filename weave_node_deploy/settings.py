@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "weave_cni_conf_dir": "/etc/cni/net.d",
     "weave_cni_version": "1.0.0",
     "weave_hairpin": True,
+    "weave_direct": True,  # pod traffic between hosts on one subnet without encapsulation (docs/architecture.md)
     "weave_bridge_netfilter": "auto",  # bridged pod traffic through iptables: auto|on|off (docs/configuration.md)
     "weave_bandwidth": False,
     "weave_health_timeout": 90,
@@ -47,7 +48,7 @@ BOOLS = validate.BOOLEANS
 INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
 NUMBERS = ("weave_ipam_reclaim_after",)  # seconds: a whole number stays an int (rendered "600", not "600.0")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-PACKAGES = ["iproute2", "iptables", "python3", "python3-venv", "containernetworking-plugins"]
+PACKAGES = ["iproute2", "iptables", "ebtables", "python3", "python3-venv", "containernetworking-plugins"]
 SYSCTL_FILE = "/etc/sysctl.d/90-weave-node.conf"  # ours alone: the removal deletes it (not /etc/sysctl.conf)
 SYSCTL_TEXT = "# weave-node: pods' traffic is routed through this host\nnet.ipv4.ip_forward = 1\n"
 MODULES = (

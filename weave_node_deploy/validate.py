@@ -34,6 +34,7 @@ KNOWN = {
     "weave_cni_version",
     "weave_hairpin",
     "weave_bridge_netfilter",
+    "weave_direct",
     "weave_bandwidth",
     "weave_health_timeout",
     "weave_ipam_reclaim_after",
@@ -47,6 +48,7 @@ KNOWN = {
 }
 PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
 BOOLEANS = (
+    "weave_direct",
     "weave_allow_downgrade",
     "weave_accept_unencrypted",
     "weave_kubernetes",

@@ -189,6 +189,7 @@ def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "weave_conn_limit": 100,
         "weave_mtu": None,
         "weave_bridge_netfilter": "auto",
+        "weave_direct": True,
         "weave_password_file": None,
         "weave_metrics_addr": "127.0.0.1:6782",
         "status_socket": STATUS_SOCKET,
@@ -223,7 +224,11 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
     from pyinfra.api.util import get_template
 
     weave = _env_weave(
-        tmp_path, weave_ipam_reclaim_after=after, weave_ipam_reclaim_replaced=replaced, weave_bridge_netfilter=netfilter
+        tmp_path,
+        weave_ipam_reclaim_after=after,
+        weave_ipam_reclaim_replaced=replaced,
+        weave_bridge_netfilter=netfilter,
+        weave_direct=replaced,  # (one boolean more, both ways)
     )
     env = _render_env(run_tasks, tmp_path, weave)
     pyinfra = get_template(str(REPO / "weave_node_deploy/templates/weave-node/weave-node.env.j2")).render(
@@ -235,6 +240,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
         conn_limit=weave["weave_conn_limit"],
         mtu=weave["weave_mtu"],
         bridge_netfilter=netfilter,
+        direct=replaced,
         password_file="",
         state_dir=weave["weave_state_dir"],
         metrics_addr=weave["weave_metrics_addr"],
@@ -244,6 +250,7 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
     assert f"WEAVE_IPAM_RECLAIM_AFTER={after}" in env.splitlines()
     assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in env.splitlines()) is not replaced
     assert ("WEAVE_BRIDGE_NETFILTER" in env) is (netfilter != "auto")
+    assert ("WEAVE_NO_DIRECT=1" in env.splitlines()) is not replaced
 
 
 def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def _router_config(env_text: str) -> Any:
     [
         ({}, 600.0, True),
         ({"weave_ipam_reclaim_after": "0", "weave_ipam_reclaim_replaced": "false"}, 0.0, False),
-        ({"weave_ipam_reclaim_after": "90.5", "weave_bridge_netfilter": "off"}, 90.5, True),
+        ({"weave_ipam_reclaim_after": "90.5", "weave_bridge_netfilter": "off", "weave_direct": "no"}, 90.5, True),
     ],
 )
 def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
@@ -126,6 +126,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
         conn_limit=data["weave_conn_limit"],
         mtu=data["weave_mtu"],
         bridge_netfilter=data["weave_bridge_netfilter"],
+        direct=data["weave_direct"],
         password_file="",
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
@@ -135,6 +136,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     config = _router_config(text)
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
     assert config.bridge_netfilter == given.get("weave_bridge_netfilter", "auto")
+    assert config.direct is ("weave_direct" not in given)
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
         meshed("unencrypted, v2")
         everyone_reaches()
         losses.append(pings.lost())
-    poll(lambda: all(p["mode"] == "fastdp" for p in lab.status("node1")["datapath"]["peers"]), timeout=60,
+    poll(lambda: all(p["mode"] in ("fastdp", "direct") for p in lab.status("node1")["datapath"]["peers"]), timeout=60,
          what="the fast datapath back")  # fmt: skip
     assert len(lab.status("node1")["datapath"]["peers"]) == len(lab.hosts) - 1
     with Pings(lab, "node1", ("node2", "node3")) as pings:

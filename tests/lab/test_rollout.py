@@ -95,7 +95,7 @@ def test_rollout_meshes_the_hosts_and_pods_talk(lab: Lab) -> None:
         doc = lab.status(name)
         assert doc["ipam"]["ready"] is True and doc["datapath"]["bridge_address"]
     poll(
-        lambda: all(p["mode"] == "fastdp" for p in lab.status("node1")["datapath"]["peers"]),
+        lambda: all(p["mode"] in ("fastdp", "direct") for p in lab.status("node1")["datapath"]["peers"]),
         timeout=30,
         what="node1's fast datapath to every peer",
     )

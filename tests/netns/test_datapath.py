@@ -229,11 +229,11 @@ def test_blocked_vxlan_is_reported_per_peer_and_recovers(mesh: Mesh) -> None:
         down = poll(h3_mode_on_h1, timeout=20, what="h1 to report h3's fast path down (and use the sleeve)")
         assert "UDP 6784" in down["reason"]
         h2_on_h1 = {p["nickname"]: p["mode"] for p in mesh.routers[0].status()["datapath"]["peers"]}["h2"]
-        assert h2_on_h1 == "fastdp"  # only the broken pair is affected
-        assert "h3): fastdp -> sleeve" in mesh.routers[0].log_text()
+        assert h2_on_h1 == "direct"  # only the broken pair is affected (h1 and h2 are L2 neighbours: direct)
+        assert "h3): direct -> sleeve" in mesh.routers[0].log_text()
     finally:
         h3.run("iptables", "-D", *rule)
-    poll(lambda: peers_fastdp(mesh.routers[0], 2), timeout=20, what="h3 back to fastdp")
+    poll(lambda: peers_fastdp(mesh.routers[0], 2), timeout=20, what="h3 back to the kernel datapath")
 
 
 def test_sigkill_of_a_router_does_not_interrupt_a_transfer_and_restart_adopts(tmp_path: Path) -> None:
@@ -252,11 +252,13 @@ def test_sigkill_of_a_router_does_not_interrupt_a_transfer_and_restart_adopts(tm
             assert received.split()[:2] == sent.split()
             r1 = net.start_router(1, *FAST, net.hosts[1].address, datapath=True)
             poll(lambda: r1.status().get("datapath", {}).get("last_sync", {}).get("ops") == 0, timeout=20, what="sync")
-            # Adopted, not rebuilt: the same bridge, the same entries, and no change was needed but the one that
-            # puts the new sleeve TAP on the bridge (the old one went with the killed router).
+            # Adopted, not rebuilt: the same bridge, the same entries, and no link or FDB change was needed but the
+            # one that puts the new sleeve TAP on the bridge (the old one went with the killed router). Direct
+            # mode's routes wait for the direct heartbeats again (pod traffic takes VXLAN meanwhile).
             assert net.hosts[0].run("ip", "-o", "link", "show", "weave").stdout.split(":")[0] == links_before
             applied = [line for line in r1.log_text().splitlines() if "datapath: applied" in line]
-            assert [line.split("datapath: ")[1] for line in applied] == ["applied 1 change(s): 1 SetLink"], applied
+            first = applied[0].split("datapath: applied ")[1]
+            assert "1 SetLink" in first and not any(k in first for k in ("Create", "Delete", "Fdb", "Neigh")), applied
             assert "sleeve: weave-sleeve on bridge weave" in r1.log_text()
             assert _permanent(net.hosts[0].run("bridge", "fdb", "show", "dev", "vxlan-6784").stdout) == _permanent(
                 fdb_before
@@ -315,7 +317,7 @@ def test_status_shows_the_datapath_per_peer(mesh: Mesh) -> None:
     summary = r1.host.run(str(BIN / "weave-node"), "status", *args).stdout
     flat = " ".join(summary.split())  # rich wraps long lines
     assert "Datapath: fastdp (vxlan-6784, UDP 6784), sleeve (weave-sleeve, UDP 6783), bridge weave 10." in flat
-    assert "2 fastdp" in flat
+    assert "2 direct" in flat  # the hosts share a subnet
     detail = subprocess.run(
         ["ip", "netns", "exec", r1.host.netns, str(BIN / "weave-node"), "status", "datapath", *args],
         capture_output=True,
@@ -325,7 +327,7 @@ def test_status_shows_the_datapath_per_peer(mesh: Mesh) -> None:
     ).stdout
     assert "MTU from underlay eth0 1500 - 50 (VXLAN)" in detail
     rows = [line for line in detail.splitlines() if line.strip().startswith(("h2", "h3"))]
-    assert len(rows) == 2 and all("fastdp" in row and "198.19.0." in row for row in rows)
+    assert len(rows) == 2 and all(" direct " in row and "198.19.0." in row for row in rows)
     assert max(len(line) for line in detail.splitlines()) <= 80
 
 
@@ -338,6 +340,7 @@ def test_reset_removes_only_ours_and_refuses_while_the_router_runs(tmp_path: Pat
         poll(lambda: "WEAVE-NODE-NAT" in h.run("iptables-save", "-t", "nat").stdout, timeout=20, what="our chains")
         bnf = ("sysctl", "-n", "net.bridge.bridge-nf-call-iptables")
         poll(lambda: h.run(*bnf).stdout.strip() == "0", timeout=20, what="bridged traffic off iptables")
+        assert "WEAVE-NODE-DIRECT" in h.run("ebtables-save").stdout and "6784" in h.run("ip", "rule").stdout
         refused = h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket), check=False)
         assert refused.returncode == 1 and "stop it first" in refused.stderr
         r.proc.terminate()
@@ -350,4 +353,8 @@ def test_reset_removes_only_ours_and_refuses_while_the_router_runs(tmp_path: Pat
         nat = h.run("iptables-save", "-t", "nat").stdout
         assert "WEAVE-NODE" not in nat and ":SOMEONE-ELSES" in nat
         assert "set net.bridge.bridge-nf-call-iptables back to 1" in out.stdout and h.run(*bnf).stdout.strip() == "1"
+        # direct mode's objects: the policy rule, table 6784's default, the ebtables chains
+        assert "6784" not in h.run("ip", "rule").stdout
+        assert h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == ""
+        assert "WEAVE-NODE" not in h.run("ebtables-save").stdout
         assert h.run(str(BIN / "weave-node"), "reset", "--socket", str(r.socket)).stdout.strip() == "nothing to remove"

@@ -65,7 +65,7 @@ def test_metrics_follow_the_mesh_ipam_cni_and_datapath(mesh: tuple[Net, list[Rou
     assert value(m, "weave_max_ips") == 2**20
     assert value(m, "weave_ips", state="local-used") == 1  # the bridge's own address
     assert value(m, "weave_ipam_pending_allocates") == 0 and value(m, "weave_ipam_unreachable_count") == 0
-    assert value(m, "weave_node_datapath_peers", mode="fastdp") == 2
+    assert value(m, "weave_node_datapath_peers", mode="direct") == 2  # the hosts share a subnet
     assert value(m, "weave_node_mtu") == 1450
     pods = []
     try:

@@ -74,7 +74,7 @@ def _ping(pod: PodNs, ip: str, count: int = 3) -> bool:
 @pytest.fixture
 def three(tmp_path: Path) -> Iterator[tuple[Net, list[RouterProc], list[PodNs]]]:
     with netns_hosts(3, tmp_path) as net:
-        routers = start_mesh(net)
+        routers = start_mesh(net, "--no-direct")  # VXLAN and the sleeve; test_direct.py covers direct mode
         pods: list[PodNs] = []
         try:
             for i, r in enumerate(routers, 1):
@@ -268,7 +268,7 @@ def test_once_status_shows_a_mode_one_packet_crosses_by_it(tmp_path: Path) -> No
     """The mode in `status` is the one the kernel datapath has applied (flood entries, learned MACs flushed), not
     only what the heartbeats decided: a single ping sent as soon as it changes gets through, both ways round."""
     with netns_hosts(2, tmp_path) as net:
-        r1, r2 = start_mesh(net)
+        r1, r2 = start_mesh(net, "--no-direct")
         pods = [make_pod(r1, "o1"), make_pod(r2, "o2")]
         try:
             p1, p2 = pods

@@ -14,7 +14,7 @@ from weave_node.datapath.netns import index, run
 from weave_node.datapath.ops import AddRule, DelRoute, DelRule, ReplaceRoute
 
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 EB_TABLES = ("filter",)
 
 
@@ -77,8 +77,9 @@ def _apply_route(ipr: Any, op: ReplaceRoute | DelRoute) -> None:
         if r.via:
             kw["gateway"] = r.via
         kw["scope"] = RT_SCOPE_UNIVERSE if r.via else RT_SCOPE_LINK
-    if isinstance(op, DelRoute):
-        ipr.route("del", **{k: v for k, v in kw.items() if k in ("dst", "dst_len", "table", "proto", "type")})
+    if isinstance(op, DelRoute):  # any scope (as `ip route del`): the kernel matches a given scope exactly
+        keep = ("dst", "dst_len", "table", "proto", "type")
+        ipr.route("del", scope=RT_SCOPE_NOWHERE, **{k: v for k, v in kw.items() if k in keep})
     else:
         ipr.route("replace", **kw)
 

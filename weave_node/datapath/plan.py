@@ -121,7 +121,7 @@ def _bridge(b: _Builder, desired: Desired, observed: Observed) -> bool:
         b.ops += [DelAddress(want.name, c) for c in current if c not in want.addresses]
         b.ops += [AddAddress(want.name, c) for c in want.addresses if c not in current]
     for key, value in want.sysctls():  # absent: a new bridge (or not asked for), where proxy ARP is off
-        if observed.sysctls.get(key, "0") != value:
+        if observed.sysctls.get(key, "0" if key.endswith("/proxy_arp") else None) != value:
             b.ops.append(SetSysctl(key, value))
     return True
 

@@ -23,6 +23,7 @@ PACKAGES = (
     "openssh-server",
     "iproute2",
     "iptables",
+    "ebtables",  # direct mode's ARP rules
     "ipset",
     "conntrack",
     "kmod",

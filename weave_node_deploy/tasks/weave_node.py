@@ -145,6 +145,7 @@ def config(data: dict[str, Any]) -> Changes:
         conn_limit=data["weave_conn_limit"],
         mtu=data["weave_mtu"],
         bridge_netfilter=data["weave_bridge_netfilter"],
+        direct=data["weave_direct"],
         password_file=PASSWORD if data["weave_password_file"] else "",
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
