@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import poll
-from tests.netns.hosts import Net, RouterProc, netns_hosts, start_mesh
+from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, start_mesh
 from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
 from weave_node.lab.system import ip_batch
 
@@ -155,12 +155,23 @@ def test_a_direct_path_that_breaks_mid_transfer_falls_back_and_the_transfer_comp
     poll(lambda: cluster.mode(1, "h2") == "direct", timeout=20, what="h1<->h2 direct again")
 
 
-def test_no_direct_keeps_pod_traffic_in_vxlan_and_leaves_no_routes(tmp_path: Path) -> None:
+def test_a_restart_with_no_direct_takes_direct_mode_away_and_keeps_traffic_in_vxlan(tmp_path: Path) -> None:
     with netns_hosts(2, tmp_path) as net:
-        r1, _ = start_mesh(net, "--no-direct")
-        dp = r1.status()["datapath"]
-        assert dp["direct"] == {"on": False, "reason": "turned off (--no-direct)"}
-        assert [p["mode"] for p in dp["peers"]] == ["fastdp"]
+        r1, r2 = start_mesh(net)
         h = net.hosts[0]
-        assert h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == ""
-        assert "WEAVE-NODE" not in h.run("ebtables-save").stdout and "6784" not in h.run("ip", "rule").stdout
+        poll(lambda: h.run("ip", "route", "show", "proto", "87").stdout != "", timeout=20, what="h1's direct routes")
+        r1.proc.terminate()
+        r1.proc.wait()
+        r1 = net.start_router(1, *FAST, "--no-direct", net.hosts[1].address, datapath=True)
+        dp = poll(lambda: (d := r1.status().get("datapath")) and d["peers"] and d, timeout=20, what="status")
+        assert dp["direct"] == {"on": False, "reason": "turned off (--no-direct)"}
+        poll(lambda: h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == "", timeout=20,
+             what="every route of ours gone")  # fmt: skip
+        assert "WEAVE-NODE-DIRECT" not in h.run("ebtables-save").stdout and "6784" not in h.run("ip", "rule").stdout
+        assert h.run("cat", "/proc/sys/net/ipv4/conf/weave/proxy_arp").stdout.strip() == "0"
+        poll(lambda: [p["mode"] for p in r1.status()["datapath"]["peers"]] == ["fastdp"], timeout=20, what="fastdp")
+        a, b = make_pod(r1, "na"), make_pod(r2, "nb")
+        try:
+            assert "ttl=64" in a.run("ping", "-c", "1", "-W", "5", b.ip).stdout  # bridged through the tunnel
+        finally:
+            remove_pods([a, b])

@@ -29,9 +29,9 @@ def host(*bridges: str, chains: tuple[str, ...] = (), loaded: bool = True) -> Ob
         (host(), False, "0", "nothing but weave-node"),
         (host(), True, "1", "kubelet"),
         (host(chains=("KUBE-SERVICES",)), False, "1", "kube-proxy"),
-        (host("docker0"), False, None, "docker0"),
+        (host("docker0"), False, "1", "docker0"),  # (also a 0 we set before docker0 came: back to the default)
         (host("virbr0", chains=("KUBE-SERVICES",)), False, "1", "kube-proxy"),
-        (host(chains=("DOCKER",)), False, None, "Docker"),
+        (host(chains=("DOCKER",)), False, "1", "Docker"),
         (host(loaded=False), True, None, "not loaded"),
     ],
 )

@@ -3,6 +3,8 @@ how the direct heartbeats confirm and drop the path (overlay.direct, overlay.hea
 
 from __future__ import annotations
 
+import struct
+
 from weave_node.datapath.model import BRIDGE, DIRECT_TABLE, Route, Rule
 from weave_node.overlay import health as hb
 from weave_node.overlay.direct import ARP_CHAIN, PROXY_CHAIN, Candidate, candidates, cidrs, entries
@@ -30,26 +32,34 @@ def test_spans_become_the_fewest_cidrs() -> None:
 def test_entries_probe_every_candidate_and_route_only_confirmed_ones() -> None:
     found = {B: Candidate(B, "198.19.0.2", "eth0", "10.40.0.1"), C: Candidate(C, "198.19.0.3", "eth0", "10.48.0.1")}
     space = {A: ("10.32.0.0/13",), B: ("10.40.0.0/14", "10.44.0.7/32"), C: ("10.48.0.0/13",)}
-    e = entries(found, {B}, space, A)
+    e = entries(found, {B}, space, A, "10.32.0.1")
     assert Route("0.0.0.0/0", table=DIRECT_TABLE, kind="unreachable") in e.routes
     assert Route("10.48.0.1/32", via="198.19.0.3", dev="eth0", table=DIRECT_TABLE) in e.routes  # C: probed only
-    assert Route("10.40.0.0/14", via="198.19.0.2", dev="eth0") in e.routes
-    assert Route("10.40.0.1/32", dev=BRIDGE) in e.routes  # B's bridge address stays on VXLAN (the fastdp probes)
+    # the host's own traffic to B's pods leaves from our bridge address, as it did through VXLAN
+    assert Route("10.40.0.0/14", via="198.19.0.2", dev="eth0", src="10.32.0.1") in e.routes
+    assert Route("10.40.0.1/32", dev=BRIDGE, src="10.32.0.1") in e.routes  # B's bridge address stays on VXLAN
     assert not any(r.dst == "10.48.0.0/13" for r in e.routes)
     assert e.rules == frozenset({Rule()})
     arp, proxy = e.chains
     assert arp.name == ARP_CHAIN and arp.family == "eth" and arp.hook == "FORWARD"
     assert arp.rules == (
         "-p ARP -o vxlan-6784 --arp-ip-dst 10.40.0.1 -j RETURN",  # before the DROP of B's space that holds it
-        "-p ARP -o vxlan-6784 --arp-ip-dst 10.40.0.0/14 -j DROP",
-        "-p ARP -o vxlan-6784 --arp-ip-dst 10.44.0.7 -j DROP",  # as ebtables-save prints a /32
+        "-p ARP -o vxlan-6784 --arp-op Request --arp-ip-dst 10.40.0.0/14 -j DROP",  # (our pods' answers pass)
+        "-p ARP -o vxlan-6784 --arp-op Request --arp-ip-dst 10.44.0.7 -j DROP",  # as ebtables-save prints a /32
         # From the tunnel: what asks for our addresses passes; any other ARP of B's pods does not reach ours
         "-p ARP -i vxlan-6784 --arp-ip-dst 10.32.0.0/13 -j RETURN",
         "-p ARP -i vxlan-6784 --arp-ip-src 10.40.0.0/14 -j DROP",
         "-p ARP -i vxlan-6784 --arp-ip-src 10.44.0.7 -j DROP",
     )
-    assert proxy.name == PROXY_CHAIN and proxy.hook == "OUTPUT" and len(proxy.rules) == 2
-    assert entries(found, {B}, {}, A).chains[0].rules == ()  # no known space: nothing routed, nothing filtered
+    assert proxy.name == PROXY_CHAIN and proxy.hook == "OUTPUT"
+    assert proxy.rules == tuple(
+        f"-p ARP -o {port} --arp-ip-src {net} -j DROP"
+        for port in ("vxlan-6784", "weave-sleeve")
+        for net in ("10.40.0.0/14", "10.44.0.7")
+    )
+    assert e.peers == {B} and e.sources == ("198.19.0.2", "198.19.0.3")
+    empty = entries(found, {B}, {}, A)  # no known space: nothing routed, nothing filtered, but direct all the same
+    assert empty.chains[0].rules == () and empty.peers == {B}
 
 
 def _pair(now: float, a: Health, b: Health, *, vxlan: bool = True, direct: bool = True) -> None:
@@ -92,8 +102,16 @@ def test_a_peer_without_direct_mode_never_confirms_it_and_old_routers_ignore_dir
         _pair(float(t), a, old)
     assert a.evaluate(4.0)[0].new == Mode.FASTDP and "direct path" in a.peers[B].reason
     assert old.peers[A].direct_rx is None and old.evaluate(4.0)[0].new == Mode.FASTDP
-    direct = hb.encode(A, B, True, True, direct=True)
-    assert direct[4] == hb.DIRECT_VERSION and hb.encode(A, B, True)[4] == hb.VXLAN_VERSION
+
+    # What 0.2.0's decoder does (version 1 only, flag 1 = heard): a direct heartbeat is not one of its own, and a
+    # version-1 heartbeat with our new flag still says "heard".
+    def decode_020(data: bytes) -> tuple[int, int, bool] | None:
+        magic, version, src, dst, flags = struct.unpack(">4sBQQB", data)
+        return None if magic != b"WNHB" or version != 1 else (src, dst, bool(flags & 1))
+
+    assert decode_020(hb.encode(A, B, True, True, direct=True)) is None
+    assert decode_020(hb.encode(A, B, True, True)) == (A, B, True)
+    assert decode_020(hb.encode(A, B, False, True)) == (A, B, False)
 
 
 def test_no_longer_a_candidate_forgets_the_direct_path() -> None:

@@ -15,7 +15,12 @@ NAT_CHAIN = CHAIN_PREFIX + "NAT"
 
 
 def weave_chains(
-    pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True, direct: bool = False
+    pod_range: str,
+    bridge: str = BRIDGE,
+    *,
+    masquerade: bool = True,
+    direct: bool = False,
+    direct_sources: tuple[str, ...] = (),
 ) -> tuple[Chain, ...]:
     """FORWARD: pod<->pod (also hairpin through the same port) and pod->outside accepted, replies let back in;
     with direct mode, pod traffic routed in from a peer's underlay too. NAT: pod traffic that leaves the range is
@@ -25,8 +30,9 @@ def weave_chains(
         f"-i {bridge} ! -o {bridge} -j ACCEPT",
         f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     )
-    if direct:
+    if direct:  # routed in over the underlay: pods of direct peers, and what their hosts send (host, NodePort SNAT)
         rules += (f"-s {pod_range} -d {pod_range} ! -i {bridge} -o {bridge} -j ACCEPT",)
+        rules += tuple(f"-s {src}/32 -d {pod_range} ! -i {bridge} -o {bridge} -j ACCEPT" for src in direct_sources)
     forward = Chain("filter", FORWARD_CHAIN, rules, "FORWARD")
     if not masquerade:
         return (forward,)

@@ -30,7 +30,8 @@ def routes(ipr: Any, names: dict[int, str]) -> frozenset[Route]:
             found.add(Route(dst, table=table, kind="unreachable"))
             continue
         oif = msg.get("RTA_OIF")
-        found.add(Route(dst, via=msg.get("RTA_GATEWAY") or "", dev=names.get(oif, "") if oif else "", table=table))
+        dev = names.get(oif, "") if oif else ""
+        found.add(Route(dst, via=msg.get("RTA_GATEWAY") or "", dev=dev, table=table, src=msg.get("RTA_PREFSRC") or ""))
     return frozenset(found)
 
 
@@ -76,6 +77,8 @@ def _apply_route(ipr: Any, op: ReplaceRoute | DelRoute) -> None:
             kw["oif"] = index(ipr, r.dev)
         if r.via:
             kw["gateway"] = r.via
+        if r.src:
+            kw["prefsrc"] = r.src
         kw["scope"] = RT_SCOPE_UNIVERSE if r.via else RT_SCOPE_LINK
     if isinstance(op, DelRoute):  # any scope (as `ip route del`): the kernel matches a given scope exactly
         keep = ("dst", "dst_len", "table", "proto", "type")

@@ -25,7 +25,7 @@ VXLAN_OVERHEAD_V6 = 70  # outer IPv6 header is 40 bytes
 RT_PROTO = 0x57
 MAIN_TABLE = 254
 DIRECT_TABLE = 6784
-DIRECT_MARK = 0x6784
+DIRECT_MARK = 0x2067  # clear of kube-proxy's 0x4000 (masquerade) and 0x8000 (drop) and Calico's upper 16 bits
 RULE_PRIORITY = 6784
 
 
@@ -69,6 +69,7 @@ class Route:
     dev: str = ""
     table: int = MAIN_TABLE
     kind: str = "unicast"  # or "unreachable"
+    src: str = ""  # preferred source address ("" = the kernel's choice)
 
     @property
     def key(self) -> tuple[int, str]:

@@ -140,7 +140,12 @@ def desired_state(
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
         neigh=neigh,
         sysctls=tuple(sysctls),
-        chains=weave_chains(settings.pod_range, masquerade=settings.masquerade, direct=on)
+        chains=weave_chains(
+            settings.pod_range,
+            masquerade=settings.masquerade,
+            direct=on,
+            direct_sources=direct.sources if on and direct else (),
+        )
         + (direct.chains if on and direct else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,

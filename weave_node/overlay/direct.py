@@ -23,6 +23,7 @@ from weave_node.datapath.model import (
     Rule,
 )
 
+TAP = "weave-sleeve"  # the sleeve's port on the bridge (overlay.desired.TAP)
 ARP_CHAIN = CHAIN_PREFIX + "DIRECT"  # ebtables FORWARD: pods' requests for a direct peer's space stay here
 PROXY_CHAIN = CHAIN_PREFIX + "DIRECT-OUT"  # ebtables OUTPUT: our proxy answers never leave through the tunnel
 OVERLAY_DEVICES = (BRIDGE, VXLAN)
@@ -69,18 +70,26 @@ class Entries:
     routes: frozenset[Route]
     rules: frozenset[Rule]
     chains: tuple[Chain, ...]
-    peers: frozenset[int] = frozenset()  # the peers whose pod traffic these routes carry
+    peers: frozenset[int] = frozenset()  # the confirmed peers: their pod traffic goes by these routes
+    sources: tuple[str, ...] = ()  # the candidates' underlay addresses: what may be routed in to our pods
 
 
 def entries(
-    found: Mapping[int, Candidate], confirmed: Iterable[int], space: Mapping[int, tuple[str, ...]], me: int
+    found: Mapping[int, Candidate],
+    confirmed: Iterable[int],
+    space: Mapping[int, tuple[str, ...]],
+    me: int,
+    src: str = "",
 ) -> Entries:
     """The kernel objects of direct mode: probe routes for every candidate (and the unreachable default behind
     them), and for each confirmed one its space's routes, the /32 that keeps its bridge address on VXLAN (the
     fastdp heartbeats) and the ARP rules.
 
+    `src`: our bridge address, the source the host's own traffic to P's pods takes (as it did through VXLAN).
+
     ARP rules, per confirmed peer P: (out) our pods' requests for P's space do not leave through the tunnel (we
-    answer them: proxy ARP), our proxy answers never do; (in) ARP from P's pods that arrives through the tunnel
+    answer them: proxy ARP; their answers to P's pods do, while P still asks through it), our proxy answers never
+    leave through the tunnel or the sleeve; (in) ARP from P's pods that arrives through the tunnel
     reaches our pods only when it asks for an address of ours. A request of theirs for a third host's pod would
     otherwise refresh our pods' cache entries for them with their real MAC (Linux updates an existing entry from
     any ARP packet's sender), and our pods would reach theirs through the tunnel again."""
@@ -93,22 +102,23 @@ def entries(
     for peer in sorted(set(confirmed) & set(found)):
         c = found[peer]
         nets = space.get(peer, ())
+        routed.add(peer)  # (with no space yet there is nothing to route: direct all the same)
         if not nets:
             continue
-        routes |= {Route(net, via=c.vtep, dev=c.dev) for net in nets}
-        routes.add(Route(f"{c.bridge_ip}/32", dev=BRIDGE))
-        routed.add(peer)
+        routes |= {Route(net, via=c.vtep, dev=c.dev, src=src) for net in nets}
+        routes.add(Route(f"{c.bridge_ip}/32", dev=BRIDGE, src=src))
         arp.append(f"-p ARP -o {VXLAN} --arp-ip-dst {c.bridge_ip} -j RETURN")
-        arp += [f"-p ARP -o {VXLAN} --arp-ip-dst {_eb(net)} -j DROP" for net in nets]
+        arp += [f"-p ARP -o {VXLAN} --arp-op Request --arp-ip-dst {_eb(net)} -j DROP" for net in nets]
         inbound += [f"-p ARP -i {VXLAN} --arp-ip-src {_eb(net)} -j DROP" for net in nets]
-        proxy += [f"-p ARP -o {VXLAN} --arp-ip-src {_eb(net)} -j DROP" for net in nets]
+        proxy += [f"-p ARP -o {port} --arp-ip-src {_eb(net)} -j DROP" for port in (VXLAN, TAP) for net in nets]
     if inbound:  # what asks for one of our addresses passes first
         arp += [f"-p ARP -i {VXLAN} --arp-ip-dst {_eb(net)} -j RETURN" for net in space.get(me, ())] + inbound
     chains = (
         Chain("filter", ARP_CHAIN, tuple(arp), "FORWARD", "eth"),
         Chain("filter", PROXY_CHAIN, tuple(proxy), "OUTPUT", "eth"),
     )
-    return Entries(frozenset(routes), frozenset({Rule()}), chains, frozenset(routed))
+    sources = tuple(sorted({c.vtep for c in found.values()}))
+    return Entries(frozenset(routes), frozenset({Rule()}), chains, frozenset(routed), sources)
 
 
 def _eb(net: str) -> str:

@@ -21,6 +21,7 @@ class DirectPaths:
         self.off_reason: str | None = "not started"
         self.routes_to: dict[str, tuple[str, str] | None] = {}  # VTEP -> (device, gateway) of our route to it
         self.found: dict[int, direct.Candidate] = {}
+        self.strict: set[str] = set()  # underlay devices with strict rp_filter: no direct path through them
         self._space: dict[int, tuple[str, ...]] = {}
 
     def start(self, *, wanted: bool, fastdp: bool, encrypt: bool) -> None:
@@ -45,15 +46,24 @@ class DirectPaths:
         if not self.on:
             return False
         found = {vtep: self.kernel.route_via(vtep) for vtep in sorted(set(vteps))}
-        changed, self.routes_to = found != self.routes_to, found
+        strict = {dev for dev, _ in filter(None, found.values()) if self.kernel.rp_filter(dev) == 1}
+        for dev in sorted(strict - self.strict):
+            log.warning(
+                "direct mode: rp_filter is strict on %s, which drops pod-addressed packets from its peers before they "
+                "are confirmed: no direct path through it (net.ipv4.conf.%s.rp_filter=2 allows it)",
+                dev,
+                dev,
+            )
+        changed = found != self.routes_to or strict != self.strict
+        self.routes_to, self.strict = found, strict
         return changed
 
     def entries(
-        self, me: int, vteps: Mapping[int, str], bridges: Mapping[int, str], confirmed: Iterable[int]
+        self, me: int, vteps: Mapping[int, str], bridges: Mapping[int, str], confirmed: Iterable[int], src: str
     ) -> direct.Entries:
-        self.found = direct.candidates(vteps, bridges, self.routes_to)
+        self.found = direct.candidates(vteps, bridges, self.routes_to, exclude=self.strict)
         self._space = self.current_space()
-        return direct.entries(self.found, confirmed, self._space, me)
+        return direct.entries(self.found, confirmed, self._space, me, src)
 
     def current_space(self) -> dict[int, tuple[str, ...]]:
         return {peer: direct.cidrs(spans) for peer, spans in self.space().items()}

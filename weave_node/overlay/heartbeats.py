@@ -55,7 +55,12 @@ class HeartbeatSocket:
             return
         loop = asyncio.get_running_loop()
         try:
-            plain, marked = _socket(ip, None), _socket(ip, DIRECT_MARK)
+            plain = _socket(ip, None)
+            try:
+                marked = _socket(ip, DIRECT_MARK)
+            except OSError:
+                plain.close()  # (a socket left open would keep a share of the port's datagrams)
+                raise
         except OSError as exc:
             log.error("heartbeats: cannot bind %s:%d: %s", ip, HEARTBEAT_PORT, exc.strerror)
             return

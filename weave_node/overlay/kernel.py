@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from weave_node.datapath import kernel_routes, netlink
@@ -31,6 +32,7 @@ class Kernel:
     kubelet: Callable[[], bool] = lambda: False  # is this host a Kubernetes node (overlay.netfilter)?
     route_via: Callable[[str], tuple[str, str] | None] = lambda _host: None  # (device, gateway) to an address
     ebtables: Callable[[], bool] = lambda: False  # can direct mode keep ARP answers apart?
+    rp_filter: Callable[[str], int] = lambda _dev: 0  # a device's effective reverse-path filter (max of it and all)
 
 
 def netlink_kernel() -> Kernel:
@@ -45,7 +47,18 @@ def netlink_kernel() -> Kernel:
         kubelet=lambda: os.path.isdir(KUBELET_DIR),
         route_via=netlink.route_via,
         ebtables=kernel_routes.ebtables_available,
+        rp_filter=_rp_filter,
     )
+
+
+def _rp_filter(dev: str) -> int:
+    values = []
+    for name in ("all", dev):
+        try:
+            values.append(int(Path(f"/proc/sys/net/ipv4/conf/{name}/rp_filter").read_text()))
+        except (OSError, ValueError):
+            values.append(0)
+    return max(values)
 
 
 def underlay_devices(kernel: Kernel, hosts: Iterable[str]) -> list[tuple[str, int]]:

@@ -10,9 +10,10 @@ and NetworkPolicy engines filter bridged traffic, only through it).
 Modes (`WEAVE_BRIDGE_NETFILTER`, `weave_bridge_netfilter`):
 - `on`: 1 (Weave's behaviour; the DaemonSet's);
 - `off`: 0, whatever else is on the host (the operator's call);
-- `auto` (default): 1 on a Kubernetes node (kubelet's directory, or kube-proxy's chains); left as it is where
-  another bridge or Docker's chains show someone else may rely on it; 0 otherwise (a bare host where `weave` is the
-  only bridge: nothing but our own rules would see the bridged packets, and those accept them).
+- `auto` (default): 1 on a Kubernetes node (kubelet's directory, or kube-proxy's chains) and where another bridge
+  or Docker's chains show someone else may rely on it (the kernel's default, also after we had turned it off);
+  0 otherwise (a bare host where `weave` is the only bridge: nothing but our own rules would see the bridged
+  packets, and those accept them).
 Masquerade to the outside and portmap's hostPorts are routed traffic, which iptables sees either way.
 """
 
@@ -56,9 +57,9 @@ def _auto(observed: Observed, *, kubelet: bool) -> Decision:
     if chains & set(KUBE_CHAINS):
         return Decision("1", "kube-proxy's chains are here: Service replies between pods need bridged traffic seen")
     if others:
-        return Decision(None, f"left as it is: other bridges ({', '.join(others)}) may rely on it")
+        return Decision("1", f"other bridges ({', '.join(others)}) may rely on it: the kernel's default")
     if chains & set(DOCKER_CHAINS):
-        return Decision(None, "left as it is: Docker's chains are here")
+        return Decision("1", "Docker's chains are here: the kernel's default")
     return Decision("0", "nothing but weave-node uses a bridge here: bridged pod traffic skips iptables")
 
 

@@ -108,9 +108,8 @@ class OverlayService:
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
         self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
-        self.planned_sleeve: frozenset[int] = frozenset()  # the peers in the sleeve in the last desired state
-        self.applied_sleeve: frozenset[int] = frozenset()  # ... and in the last one applied
-        self.planned_direct = self.applied_direct = frozenset[int]()  # direct peers routed: planned, applied
+        # The peers in the sleeve, and the direct peers routed: in the last desired state, and in the last applied
+        self.planned_sleeve = self.applied_sleeve = self.planned_direct = self.applied_direct = frozenset[int]()
 
     @property
     def mtu(self) -> int:
@@ -175,8 +174,7 @@ class OverlayService:
             self._update_mine(underlay=local_underlay)
         self._dirty.set()
 
-    def space_changed(self) -> None:
-        """IPAM's ring changed: a direct peer's routes follow its space."""
+    def space_changed(self) -> None:  # IPAM's ring changed: a direct peer's routes follow its space
         if self.direct_paths.space_changed():
             self._dirty.set()
 
@@ -269,7 +267,8 @@ class OverlayService:
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
-        entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers())
+        src = (self.bridge_cidr or "").split("/")[0]
+        entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers(), src)
         desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush, direct=entries)
         self.planned_direct = entries.peers if self.direct_paths.on else frozenset()
         self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
@@ -302,10 +301,11 @@ class OverlayService:
                 }
                 if applied:
                     log.info("datapath: applied %d change(s): %s", applied, result.summary())
-                if not errors:
-                    self._applied_cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
+                cidr = desired.bridge.addresses[0] if desired.bridge.addresses else None
+                self._applied_cidr = self._applied_cidr if errors else cidr
+                if not any("Route(" in e or "Rule(" in e for e in errors):  # direct peers' routes are in place
                     self.applied_direct = direct
-                self._advertise(desired.bridge.addresses[0] if desired.bridge.addresses else None)
+                self._advertise(cidr)
             if await loop.run_in_executor(self.executor, self.direct_paths.probe, list(self.vteps.values())):
                 self._dirty.set()  # a VTEP's route changed: candidates (and probe routes) follow
             self.health.watch(set(self.heartbeats.peers), self.clock())
