@@ -132,3 +132,15 @@ for _ in range(count):
     s.sendto(text.encode(), (group, port))
     time.sleep(0.2)  # a few copies: the receivers' joins may still be settling
 """
+
+
+def multicast_reaches(sender: PodNs, receivers: list[PodNs], group: str, port: int, text: str) -> None:
+    """`sender` sends to `group`; every receiver (joined first) gets it, from the sender's address."""
+    procs = [p.popen("python3", "-c", MCAST_RECV, group, str(port)) for p in receivers]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "joined"
+    sender.run("python3", "-c", MCAST_SEND, group, str(port), text, "3")
+    for proc in procs:
+        out, err = proc.communicate(timeout=40)
+        assert proc.returncode == 0, err
+        assert out.split()[-2:] == [text, sender.ip]

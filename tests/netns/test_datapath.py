@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import BIN, poll
 from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, peers_fastdp, start_mesh
-from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
+from tests.netns.pods import PodNs, finish, make_pod, multicast_reaches, remove_pods, tcp_transfer
 from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import Pod
 from weave_node.lab.system import ip_batch
@@ -110,14 +110,7 @@ def test_multicast_from_one_host_reaches_pods_on_two_others(mesh: Mesh) -> None:
 
 def _multicast(mesh: Mesh) -> None:
     r1, r2, s3 = mesh.pod(1, "m1"), mesh.pod(2, "m2"), mesh.pod(3, "m3")
-    receivers = [p.popen("python3", "-c", MCAST_RECV, "239.1.2.3", "5353") for p in (r1, r2)]
-    for proc in receivers:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "joined"
-    s3.run("python3", "-c", MCAST_SEND, "239.1.2.3", "5353", "hello-weave", "3")
-    for proc in receivers:
-        out, err = proc.communicate(timeout=40)
-        assert proc.returncode == 0, err
-        assert out.split()[-2:] == ["hello-weave", s3.ip]
+    multicast_reaches(s3, [r1, r2], "239.1.2.3", 5353, "hello-weave")
 
 
 def test_pods_reach_the_outside_through_masquerade(mesh: Mesh) -> None:

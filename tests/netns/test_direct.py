@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import poll
 from tests.netns.hosts import FAST, Net, RouterProc, netns_hosts, start_mesh
-from tests.netns.pods import MCAST_RECV, MCAST_SEND, PodNs, finish, make_pod, remove_pods, tcp_transfer
+from tests.netns.pods import PodNs, finish, make_pod, multicast_reaches, remove_pods, tcp_transfer
 from weave_node.lab.system import ip_batch
 
 PODS = "10.32.0.0/12"
@@ -106,14 +106,7 @@ def test_l2_neighbours_go_direct_and_a_routed_peer_stays_in_vxlan(cluster: Clust
 
 def test_multicast_reaches_pods_on_every_host_in_direct_mode(cluster: Cluster) -> None:
     r2, r3, s1 = cluster.pod(2, "m2"), cluster.pod(3, "m3"), cluster.pod(1, "m1")
-    receivers = [p.popen("python3", "-c", MCAST_RECV, "239.1.2.4", "5354") for p in (r2, r3)]
-    for proc in receivers:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "joined"
-    s1.run("python3", "-c", MCAST_SEND, "239.1.2.4", "5354", "hello-direct", "3")
-    for proc in receivers:
-        out, err = proc.communicate(timeout=40)
-        assert proc.returncode == 0, err
-        assert out.split()[-2:] == ["hello-direct", s1.ip]
+    multicast_reaches(s1, [r2, r3], "239.1.2.4", 5354, "hello-direct")
 
 
 @contextlib.contextmanager

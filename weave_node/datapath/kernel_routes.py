@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 from weave_node.datapath.iptables import parse_save
@@ -48,11 +49,14 @@ def ebtables_available() -> bool:
 
 
 def ebtables_save(netns: str | None) -> dict[str, dict[str, tuple[str, ...]]] | None:
-    if not ebtables_available():
-        return None
+    return save_tables(netns, "ebtables-save", EB_TABLES) if ebtables_available() else None
+
+
+def save_tables(netns: str | None, tool: str, names: Iterable[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """table -> chain -> rules, from `iptables-save` or `ebtables-save` (the same format)."""
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
-    for table in EB_TABLES:
-        tables.update(parse_save(run(netns, ["ebtables-save", "-t", table])))
+    for table in names:
+        tables.update(parse_save(run(netns, [tool, "-t", table])))
         tables.setdefault(table, {})
     return tables
 

@@ -19,7 +19,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weave_node.datapath import kernel_routes
-from weave_node.datapath.iptables import TABLES, parse_save
+from weave_node.datapath.iptables import TABLES
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VXLAN, Fdb, Link, Neigh, Observed
 from weave_node.datapath.netns import DatapathError as DatapathError  # noqa: PLC0414 - callers catch it here
 from weave_node.datapath.netns import index, ipr_in, run
@@ -151,13 +151,7 @@ def iptables_available() -> bool:
 
 
 def _iptables_save(netns: str | None) -> dict[str, dict[str, tuple[str, ...]]] | None:
-    if not iptables_available():
-        return None
-    tables: dict[str, dict[str, tuple[str, ...]]] = {}
-    for table in TABLES:
-        tables.update(parse_save(run(netns, ["iptables-save", "-t", table])))
-        tables.setdefault(table, {})
-    return tables
+    return kernel_routes.save_tables(netns, "iptables-save", TABLES) if iptables_available() else None
 
 
 # --- apply ---------------------------------------------------------------------------------------------
@@ -294,22 +288,8 @@ def _write_sysctl(netns: str | None, key: str, value: str) -> None:
 # --- underlay ------------------------------------------------------------------------------------------
 
 
-def route_via(dst: str, netns: str | None = None) -> tuple[str, str] | None:
-    """(device, gateway) of the kernel's route to `dst` (gateway "" when `dst` is on-link), or None."""
-    with ipr_in(netns) as ipr:
-        try:
-            found = ipr.route("get", dst=dst)
-        except NetlinkError:
-            return None
-        for route in found:
-            oif = route.get("RTA_OIF")
-            if oif:
-                return ipr.get_links(oif)[0].get("IFLA_IFNAME"), route.get("RTA_GATEWAY") or ""
-    return None
-
-
-def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:
-    """The device (and its MTU) the kernel would use to reach `dst`, or None if there is no route."""
+def _route_get(dst: str, netns: str | None) -> tuple[str, int, str] | None:
+    """(device, its MTU, gateway or "") of the kernel's route to `dst`, or None if there is none."""
     with ipr_in(netns) as ipr:
         try:
             routes = ipr.route("get", dst=dst)
@@ -319,10 +299,22 @@ def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:
             oif = route.get("RTA_OIF")
             if oif:
                 link = ipr.get_links(oif)[0]
-                if link.get("IFLA_IFNAME") == "lo":
-                    return None  # one of our own addresses: says nothing about the underlay
-                return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU"))
+                return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU")), route.get("RTA_GATEWAY") or ""
     return None
+
+
+def route_via(dst: str, netns: str | None = None) -> tuple[str, str] | None:
+    """(device, gateway) of the kernel's route to `dst` (gateway "" when `dst` is on-link), or None."""
+    found = _route_get(dst, netns)
+    return (found[0], found[2]) if found else None
+
+
+def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:
+    """The device (and its MTU) the kernel would use to reach `dst`, or None if there is no route."""
+    found = _route_get(dst, netns)
+    if found is None or found[0] == "lo":
+        return None  # (lo: one of our own addresses, which says nothing about the underlay)
+    return found[0], found[1]
 
 
 def default_route_mtu(netns: str | None = None) -> tuple[str, int] | None:
