@@ -168,3 +168,19 @@ def test_a_restart_with_no_direct_takes_direct_mode_away_and_keeps_traffic_in_vx
             assert "ttl=64" in a.run("ping", "-c", "1", "-W", "5", b.ip).stdout  # bridged through the tunnel
         finally:
             remove_pods([a, b])
+
+
+def test_a_restarted_router_keeps_its_direct_routes_while_the_peer_confirms_again(tmp_path: Path) -> None:
+    with netns_hosts(2, tmp_path) as net:
+        r1, _ = start_mesh(net)
+        h = net.hosts[0]
+        poll(lambda: "direct" in [p["mode"] for p in r1.status()["datapath"]["peers"]], timeout=20, what="direct")
+        routes = h.run("ip", "route", "show", "table", "all", "proto", "87").stdout
+        r1.proc.terminate()
+        r1.proc.wait()
+        r1 = net.start_router(1, *FAST, net.hosts[1].address, datapath=True)
+        poll(lambda: [p["mode"] for p in r1.status()["datapath"]["peers"]] == ["direct"], timeout=20, what="direct")
+        applied = [line for line in r1.log_text().splitlines() if "datapath: applied" in line]
+        assert not any("DelRoute" in line or "AddRule" in line for line in applied), applied
+        assert h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == routes
+        assert "direct mode: adopting" in r1.log_text()

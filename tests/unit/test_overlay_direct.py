@@ -7,7 +7,7 @@ import struct
 
 from weave_node.datapath.model import BRIDGE, DIRECT_TABLE, Route, Rule
 from weave_node.overlay import health as hb
-from weave_node.overlay.direct import ARP_CHAIN, PROXY_CHAIN, Candidate, candidates, cidrs, entries
+from weave_node.overlay.direct import ARP_CHAIN, PROXY_CHAIN, Candidate, candidates, cidrs, entries, with_adopted
 from weave_node.overlay.health import Health, Mode
 
 A, B, C = 0xA, 0xB, 0xC
@@ -122,3 +122,28 @@ def test_no_longer_a_candidate_forgets_the_direct_path() -> None:
     a.watch_direct(set(), 3.0)
     assert a.peers[B].direct_since is None and a.evaluate(3.0)[0].new == Mode.FASTDP
     assert all(not over_direct for _, _, over_direct in a.due(10.0))
+
+
+def test_after_a_restart_what_the_kernel_had_stays_until_the_window_ends_and_fresh_entries_win() -> None:
+    found = {B: Candidate(B, "198.19.0.2", "eth0", "10.40.0.1")}
+    old = entries(found, {B}, {A: ("10.32.0.0/13",), B: ("10.40.0.0/14",)}, A, "10.32.0.1")
+    fresh = entries({}, set(), {}, A)  # just started: nothing is a candidate or confirmed yet
+    kept = with_adopted(fresh, old.routes, {c.name: c.rules for c in old.chains})
+    assert kept.routes == old.routes and [c.rules for c in kept.chains] == [c.rules for c in old.chains]
+    assert kept.sources == ("198.19.0.2",)  # its host may still route in to our pods
+    # A fresh route for the same destination wins over the adopted one.
+    moved = entries(
+        {B: Candidate(B, "198.19.0.9", "eth0", "10.40.0.1")}, {B}, {A: ("10.32.0.0/13",), B: ("10.40.0.0/14",)}, A
+    )
+    merged = with_adopted(moved, old.routes, {})
+    assert [r.via for r in merged.routes if r.dst == "10.40.0.0/14"] == ["198.19.0.9"]
+
+
+def test_a_space_that_begins_with_the_peers_bridge_address_keeps_that_address_on_vxlan() -> None:
+    """Found by the netns suite: B's space 10.36.0.1/32, 10.36.0.2/31, ... and its bridge at 10.36.0.1 gave two
+    routes for one destination, and the space's won: the VXLAN heartbeats went direct and a blocked VXLAN went
+    unnoticed."""
+    found = {B: Candidate(B, "198.19.0.3", "eth0", "10.36.0.1")}
+    e = entries(found, {B}, {B: ("10.36.0.1/32", "10.36.0.2/31")}, A, "10.40.0.0")
+    at_bridge = [r for r in e.routes if r.dst == "10.36.0.1/32" and r.table != DIRECT_TABLE]
+    assert at_bridge == [Route("10.36.0.1/32", dev=BRIDGE, src="10.40.0.0")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from weave_node.datapath.model import (
     BRIDGE,
@@ -105,8 +105,9 @@ def entries(
         routed.add(peer)  # (with no space yet there is nothing to route: direct all the same)
         if not nets:
             continue
-        routes |= {Route(net, via=c.vtep, dev=c.dev, src=src) for net in nets}
-        routes.add(Route(f"{c.bridge_ip}/32", dev=BRIDGE, src=src))
+        bridge = f"{c.bridge_ip}/32"  # (its space may begin with it: then this route, not the space's, is the one)
+        routes |= {Route(net, via=c.vtep, dev=c.dev, src=src) for net in nets if net != bridge}
+        routes.add(Route(bridge, dev=BRIDGE, src=src))
         arp.append(f"-p ARP -o {VXLAN} --arp-ip-dst {c.bridge_ip} -j RETURN")
         arp += [f"-p ARP -o {VXLAN} --arp-op Request --arp-ip-dst {_eb(net)} -j DROP" for net in nets]
         inbound += [f"-p ARP -i {VXLAN} --arp-ip-src {_eb(net)} -j DROP" for net in nets]
@@ -124,3 +125,16 @@ def entries(
 def _eb(net: str) -> str:
     """A network as ebtables-save prints it (a single address without /32)."""
     return net.removesuffix("/32")
+
+
+def with_adopted(e: Entries, routes: Iterable[Route], chains: Mapping[str, tuple[str, ...]]) -> Entries:
+    """`e` plus what a previous run of the router left in the kernel (its routes, its ARP rules, the underlay
+    addresses they lead to), for the moments after a restart when the direct heartbeats have not confirmed
+    anything yet: traffic that went direct keeps going direct. What `e` has for the same destination wins."""
+    keys = {r.key for r in e.routes}
+    kept = {r for r in routes if r.key not in keys}
+    merged = tuple(
+        replace(c, rules=c.rules + tuple(r for r in chains.get(c.name, ()) if r not in c.rules)) for c in e.chains
+    )
+    sources = tuple(sorted(set(e.sources) | {r.via for r in kept if r.via}))
+    return replace(e, routes=e.routes | kept, chains=merged, sources=sources)

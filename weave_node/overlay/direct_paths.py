@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+from weave_node.datapath.model import Observed, Route
 from weave_node.overlay import direct
 from weave_node.overlay.kernel import Kernel
 
@@ -23,6 +24,22 @@ class DirectPaths:
         self.found: dict[int, direct.Candidate] = {}
         self.strict: set[str] = set()  # underlay devices with strict rp_filter: no direct path through them
         self._space: dict[int, tuple[str, ...]] = {}
+        # What a previous run left in the kernel, kept until `adopt_until` (overlay.direct.with_adopted)
+        self.adopted_routes: frozenset[Route] = frozenset()
+        self.adopted_chains: dict[str, tuple[str, ...]] = {}
+        self.adopt_until = 0.0
+
+    def adopt(self, observed: Observed, until: float) -> None:
+        """At start: keep the direct routes and ARP rules found in the kernel until `until` (or confirmation)."""
+        if not self.on:
+            return
+        self.adopted_routes = observed.routes
+        mine = (direct.ARP_CHAIN, direct.PROXY_CHAIN)
+        chains = (observed.ebtables or {}).get("filter", {})
+        self.adopted_chains = {name: rules for name, rules in chains.items() if name in mine}
+        self.adopt_until = until
+        if self.adopted_routes:
+            log.info("direct mode: adopting %d route(s) until the direct heartbeats confirm", len(self.adopted_routes))
 
     def start(self, *, wanted: bool, fastdp: bool, encrypt: bool) -> None:
         if not wanted:
@@ -59,11 +76,22 @@ class DirectPaths:
         return changed
 
     def entries(
-        self, me: int, vteps: Mapping[int, str], bridges: Mapping[int, str], confirmed: Iterable[int], src: str
+        self,
+        me: int,
+        vteps: Mapping[int, str],
+        bridges: Mapping[int, str],
+        confirmed: Iterable[int],
+        *,
+        src: str,
+        now: float,
     ) -> direct.Entries:
         self.found = direct.candidates(vteps, bridges, self.routes_to, exclude=self.strict)
         self._space = self.current_space()
-        return direct.entries(self.found, confirmed, self._space, me, src)
+        e = direct.entries(self.found, confirmed, self._space, me, src)
+        if now < self.adopt_until:
+            return direct.with_adopted(e, self.adopted_routes, self.adopted_chains)
+        self.adopted_routes, self.adopted_chains = frozenset(), {}
+        return e
 
     def current_space(self) -> dict[int, tuple[str, ...]]:
         return {peer: direct.cidrs(spans) for peer, spans in self.space().items()}

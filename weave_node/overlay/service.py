@@ -160,8 +160,7 @@ class OverlayService:
     # --- mesh events -------------------------------------------------------------------------------------
 
     def topology_changed(self, nicknames: dict[int, str], direct: dict[int, str], local_underlay: str) -> None:
-        """Called by the daemon on every topology change: the peers, our direct connections' remote
-        addresses, and the local address the mesh reaches us at."""
+        """On every topology change: the peers, our connections' remote addresses, the local address we are at."""
         self.nicknames = dict(nicknames)
         now = self.clock()
         # Peers that just left were present until now: their retention counts from this moment.
@@ -189,6 +188,7 @@ class OverlayService:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
         self.direct_paths.start(wanted=self.config.direct, fastdp=self.fastdp, encrypt=self.config.encrypt)
+        self.direct_paths.adopt(observed, until=self.clock() + 2 * self.config.heartbeat_timeout)
         self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
@@ -267,8 +267,8 @@ class OverlayService:
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
-        src = (self.bridge_cidr or "").split("/")[0]
-        entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers(), src)
+        src = (self.bridge_cidr or "").split("/")[0]  # the host's own traffic to direct peers' pods leaves from it
+        entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers(), src=src, now=now)
         desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush, direct=entries)
         self.planned_direct = entries.peers if self.direct_paths.on else frozenset()
         self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
