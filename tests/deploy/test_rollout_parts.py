@@ -136,7 +136,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     config = _router_config(text)
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
     assert config.bridge_netfilter == given.get("weave_bridge_netfilter", "auto")
-    assert config.direct is ("weave_direct" not in given)
+    assert config.direct is False  # opt-in in the rollout (set to "no" or left out in these cases)
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
