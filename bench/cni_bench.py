@@ -1,5 +1,5 @@
-"""CNI plugin numbers: ADD/DEL latency through a real CNI runtime (libcni), the plugin's start-up, its import
-time, and pod churn on two hosts.
+"""CNI plugin numbers: ADD/DEL latency through a real CNI runtime (libcni), the plugin's start-up, and pod churn on
+two hosts.
 
     .venv/bin/python bench/cni_bench.py [--pods 200] [--block 20] [--version-runs 200] [--churn 100]
 
@@ -17,9 +17,9 @@ temporary directory). Baselines measured in the same run:
   turns block by block, the order rotating, so noise hits all of them. Diagnostic: the router's own
   POST /cni/add and /cni/del over its unix socket (a new connection per call, as the plugin does), no exec;
   and the driver's floor: a conflist with only the reference `loopback` plugin (driver + one Go plugin exec).
-- start-up: `CNI_COMMAND=VERSION weave-net` against `/usr/bin/python3 -S -I -c pass` and `.venv/bin/python -c
-  pass`, interleaved run by run. Diagnostic: the same plugin started with `python -S -I` (no site, no
-  editable-install finder). Then `python -X importtime` of weave_node.cni.plugin, median per module.
+- start-up: `CNI_COMMAND=VERSION weave-net` (the static Go executable, as installed) against the same call of
+  Debian's `loopback` plugin (Go), interleaved run by run. Diagnostic: `/usr/bin/python3 -S -I -c pass`, the
+  floor the Python plugin had (until 0.3.0).
 - churn: 100 ADD then 100 DEL per host, both hosts at once (one thread each), the deployed conflist (weave-net +
   portmap) against bridge + host-local + portmap on the same two hosts; afterwards no allocation, no vethwe*
   link and no pending DEL may be left (host-local: no reservation, no veth on cnibr0), and weave-net must not
@@ -47,7 +47,7 @@ from typing import Any
 
 from common import BIN, REPO, terminate_cleanly
 
-from tests.cni.libcni import Driver, ensure_driver
+from tests.cni.libcni import REFERENCE_PLUGINS, Driver, ensure_driver
 from tests.cni.test_weave_net import Node, make_node, render_conflist
 from tests.netns.hosts import netns_hosts, start_mesh
 from weave_node.api.client import request
@@ -58,7 +58,6 @@ REF_NAME = "cnibench-ref"
 CNI_VERSION = "1.0.0"
 WEAVE_281 = {"ADD": (63.0, 107.0), "DEL": (29.0, 57.0)}  # /work/shared/CNI-NOTES.md, same driver, this machine
 SYS_PYTHON = "/usr/bin/python3"
-PLUGIN = BIN / "weave-net"
 PREFIX = f"wnc{os.getpid() % 100000}"
 
 
@@ -257,15 +256,12 @@ def report_latency(setups: dict[str, Setup], goals: list[tuple[str, str]]) -> di
 
 def startup(runs: int) -> dict[str, Any]:
     env = dict(os.environ, CNI_COMMAND="VERSION")
-    diag = f"import sys; sys.path.insert(0, {str(REPO)!r}); from weave_node.cni.plugin import main; sys.exit(main())"
     installed = Path(tempfile.mkdtemp(prefix="cnibench-bin-"))
     subprocess.run([str(BIN / "weave-node"), "install-cni-plugin", "--dir", str(installed)], check=True)
     cmds = {
-        "sys": ("/usr/bin/python3 -S -I -c pass (baseline)", [SYS_PYTHON, "-S", "-I", "-c", "pass"]),
-        "venv": (".venv/bin/python -c pass", [str(BIN / "python"), "-c", "pass"]),
-        "plugin": ("weave-net as installed (#!/usr/bin/python3 -SI)", [str(installed / "weave-net")]),
-        "plugin_venv": ("diag: the venv's console script", [str(PLUGIN)]),
-        "plugin_si": ("diag: venv python -S -I, importing the module", [str(BIN / "python"), "-S", "-I", "-c", diag]),
+        "ref": ("Debian's loopback plugin (Go, baseline)", [f"{REFERENCE_PLUGINS}/loopback"]),
+        "plugin": ("weave-net as installed (static Go)", [str(installed / "weave-net")]),
+        "sys": ("diag: /usr/bin/python3 -S -I -c pass", [SYS_PYTHON, "-S", "-I", "-c", "pass"]),
     }
     for _, argv in cmds.values():
         out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd="/")
@@ -282,76 +278,14 @@ def startup(runs: int) -> dict[str, Any]:
             )
             if run >= 5:  # the first 5 rounds warm the page cache
                 samples[key].append(dt)
-    base = p50(samples["sys"])
+    shutil.rmtree(installed, ignore_errors=True)
+    base = p50(samples["ref"])
     print(f"  {'command':<44}{'p50':>7}{'p99':>7}{'x baseline':>12}   (ms, {runs} runs each, interleaved)")
     out: dict[str, Any] = {}
     for key, (label, _) in cmds.items():
         row = (ms(p50(samples[key])), ms(p99(samples[key])))
         out[key] = row
         print(f"  {label:<44}{row[0]:>7.1f}{row[1]:>7.1f}{p50(samples[key]) / base:>12.2f}")
-    print(
-        f"  goal weave-net VERSION p50 <= 15 ms: {out['plugin'][0]:.1f} -> "
-        + ("met" if out["plugin"][0] <= 15 else "MISSED")
-    )
-    return out
-
-
-IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)$")
-
-
-def import_tree(argv: list[str], runs: int) -> list[tuple[str, int, float, float]]:
-    """`-X importtime` runs -> [(module, depth, self ms, cumulative ms)], median per module, in import order."""
-    per: dict[str, tuple[int, list[float], list[float]]] = {}
-    order: list[str] = []
-    for _ in range(runs):
-        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd="/")
-        for line in out.stderr.splitlines():
-            m = IMPORT_LINE.match(line)
-            if not m:
-                continue
-            name, depth = m.group(4), (len(m.group(3)) - 1) // 2
-            if name not in per:
-                per[name] = (depth, [], [])
-                order.append(name)
-            per[name][1].append(int(m.group(1)) / 1000)
-            per[name][2].append(int(m.group(2)) / 1000)
-    return [(n, per[n][0], statistics.median(per[n][1]), statistics.median(per[n][2])) for n in order]
-
-
-def children(tree: list[tuple[str, int, float, float]], parent: str) -> list[tuple[str, float]]:
-    """Direct imports of `parent` (the lines of depth d+1 just above it in importtime's post-order)."""
-    idx = next(i for i, row in enumerate(tree) if row[0] == parent)
-    depth = tree[idx][1]
-    kids = []
-    for name, d, _, cum in reversed(tree[:idx]):
-        if d <= depth:
-            break
-        if d == depth + 1:
-            kids.append((name, cum))
-    return sorted(kids, key=lambda kv: -kv[1])
-
-
-def imports(runs: int) -> dict[str, Any]:
-    py = str(BIN / "python")
-    setup = f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-    as_deployed = import_tree([py, "-X", "importtime", "-c", "import weave_node.cni.plugin"], runs)
-    bare = import_tree([py, "-S", "-I", "-X", "importtime", "-c", setup + "import weave_node.cni.plugin"], runs)
-    out: dict[str, Any] = {}
-    for label, tree in (("as deployed (site + .pth files)", as_deployed), ("python -S -I", bare)):
-        total = sum(row[2] for row in tree)
-        cum = {row[0]: row[3] for row in tree}
-        print(f"  {label}: all imports {total:.1f} ms (median of {runs}), of which:")
-        for top in ("site", "weave_node.cni.plugin"):
-            if top in cum:
-                kids = ", ".join(f"{n} {c:.1f}" for n, c in children(tree, top)[:8])
-                print(f"    {top} {cum[top]:.1f} ms: {kids}")
-        if "__editable___weave_node_0_1_0_finder" in cum:
-            kids = children(tree, "__editable___weave_node_0_1_0_finder")
-            print(f"    (editable-install finder {cum['__editable___weave_node_0_1_0_finder']:.1f} ms: ", end="")
-            print(", ".join(f"{n} {c:.1f}" for n, c in kids[:6]) + ")")
-        top_self = sorted(tree, key=lambda row: -row[2])[:12]
-        print("    most costly by self time: " + ", ".join(f"{n} {s:.2f}" for n, _, s, _ in top_self))
-        out[label] = {"total": total, "cumulative": cum, "top_self": [(n, s) for n, _, s, _ in top_self]}
     return out
 
 
@@ -473,7 +407,6 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=200, help="pods per setup for ADD/DEL latency")
     ap.add_argument("--block", type=int, default=20, help="pods per block (setups take turns by block)")
     ap.add_argument("--version-runs", type=int, default=200)
-    ap.add_argument("--import-runs", type=int, default=30)
     ap.add_argument("--churn", type=int, default=100, help="pods per host for the churn")
     ap.add_argument("--churn-rounds", type=int, default=2)
     ap.add_argument("--only", choices=["latency", "startup"], action="append", help="latency includes churn")
@@ -493,8 +426,6 @@ def main() -> None:
             if "startup" in only:
                 print(f"plugin start-up, {args.version_runs} runs per command")
                 results["startup"] = startup(args.version_runs)
-                print(f"import time of weave_node.cni.plugin (python -X importtime, median of {args.import_runs})")
-                results["imports"] = imports(args.import_runs)
             if "latency" in only:
                 results.update(network_part(tmp, args))
             ok = True

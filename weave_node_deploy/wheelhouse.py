@@ -63,8 +63,9 @@ def source_tree() -> Path | None:
 
 
 def source_files(tree: Path) -> list[Path]:
-    """What the hosts' wheel is made of: the router's package and the project's metadata."""
-    files = [tree / "pyproject.toml"]
+    """What the hosts' wheel is made of: the router's package, the project's metadata and its build (setup.py
+    compiles the CNI plugin into the wheel)."""
+    files = [tree / "pyproject.toml", tree / "setup.py"]
     files += [p for p in (tree / "weave_node").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return sorted(p for p in files if p.is_file())
 

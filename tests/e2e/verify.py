@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from tests.helpers import poll
-from weave_node.cni.bundle import script
+from weave_node.cni import gobuild
 
-PLUGIN = script()  # what every installer writes
+PLUGIN = gobuild.plugin().read_bytes()  # what every installer writes (the wheel's build of the same source)
 
 
 def node_is_installed(host: Any, *, password: bool = False) -> None:
@@ -26,7 +26,7 @@ def node_is_installed(host: Any, *, password: bool = False) -> None:
         pw = host.file("/etc/weave-node/password")
         assert (pw.mode, pw.user, pw.group) == (0o600, "root", "root")
     plugin = host.file("/opt/cni/bin/weave-net")
-    assert plugin.mode == 0o755 and plugin.sha256sum == hashlib.sha256(PLUGIN.encode()).hexdigest()
+    assert plugin.mode == 0o755 and plugin.sha256sum == hashlib.sha256(PLUGIN).hexdigest()
     for name in ("loopback", "portmap"):
         target = host.file(f"/opt/cni/bin/{name}").linked_to
         assert target == f"/usr/lib/cni/{name}" and host.file(target).mode & 0o111

@@ -18,7 +18,7 @@ import testinfra
 from tests.e2e import verify
 from tests.helpers import REPO, run_cli
 from tests.lab.userland import FRESH_PATH
-from weave_node.cni.bundle import script
+from weave_node.cni import gobuild
 
 HOSTS = 3
 NODES = [f"node{i}" for i in range(1, HOSTS + 1)]
@@ -124,8 +124,8 @@ def test_both_engines_write_the_same_bytes(labs: dict[str, str]) -> None:
     env = _ssh(labs["ansible"], "node1", "cat /etc/weave-node/weave-node.env")
     assert "WEAVE_MTU=1400" in env and "IPALLOC_RANGE=10.40.0.0/16" in env and PASSWORD not in env
     plugin = _ssh(labs["ansible"], "node2", "sha256sum < /opt/cni/bin/weave-net").split()[0]
-    source = script()  # what the router's installer writes
-    assert plugin == hashlib.sha256(source.encode()).hexdigest()
+    # what the router's installer writes: the wheel's build of this source
+    assert plugin == hashlib.sha256(gobuild.plugin().read_bytes()).hexdigest()
 
     again = _rollout(labs["ansible_lab"], "ansible", *data)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -1,1 +1,1 @@
-"""The CNI plugin `weave-net`: a thin, stdlib-only client of the router's local API."""
+"""The CNI plugin `weave-net`: a static Go client of the router's local API (weave-net/main.go), built by gobuild."""

@@ -3,7 +3,7 @@
 
     weave-node  Debian bookworm (mmdebstrap, essential set + python3, iproute2, iptables, ipset, conntrack, kmod)
                 with our wheel and its `router` extra in /opt/weave-node/venv (from weave_node_deploy/wheelhouse.py);
-                /usr/local/bin/weave-node and weave-net link into it
+                /usr/local/bin/weave-node links into it
     busybox     Debian's busybox-static: /bin/busybox and a link per applet, minimal /etc/passwd and /etc/group
     pause       the busybox layer, whose entrypoint sleeps until SIGTERM/SIGINT (containerd's sandbox_image)
 
@@ -134,10 +134,9 @@ def _customize_hook(wheelhouse: Path) -> str:
             f'chroot "$1" {VENV}/bin/python "/$pip/pip" install {quiet} --find-links /tmp/wheels'
             f' "weave-node[router]=={VERSION}"',
             f'ln -s {VENV}/bin/weave-node "$1/usr/local/bin/weave-node"',
-            f'ln -s {VENV}/bin/weave-net "$1/usr/local/bin/weave-net"',
-            # The DaemonSet's init container writes the plugin for the host's python3.
+            # The DaemonSet's init container writes the wheel's static plugin into the node's /opt/cni/bin.
             'PYTHONDONTWRITEBYTECODE=1 chroot "$1" weave-node install-cni-plugin --dir /tmp/cni >/dev/null',
-            'head -n1 "$1/tmp/cni/weave-net" | grep -qx "#!/usr/bin/python3 -SI"',
+            'head -c4 "$1/tmp/cni/weave-net" | grep -q ELF',
             # python3.11 recommends ca-certificates (and openssl with it): the router makes no TLS connections.
             'chroot "$1" dpkg --purge python3-pip-whl ca-certificates openssl >/dev/null',
             'rm -rf "$1/tmp/wheels" "$1/tmp/cni" "$1/etc/resolv.conf" "$1/etc/hostname"',
