@@ -54,7 +54,7 @@ class IpamService:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.rlog = RateLimitedLog(log, LogLimiter(), clock.now)  # what peers can repeat at will (bad messages)
-        self.on_change: Callable[[], None] | None = None  # after any change (the overlay's direct routes follow)
+        self.on_change: Callable[[], None] | None = None  # after a ring change (the overlay's direct routes follow)
         self._after()
 
     def attach(self, channel: GossipChannel) -> None:
@@ -97,7 +97,7 @@ class IpamService:
         self._changed.set()
         self._changed = asyncio.Event()
         self._wakeup.set()
-        if self.on_change is not None:
+        if self.on_change is not None and changes.ring:  # an allocation moves no space: not on every pod
             self.on_change()
 
     async def _timer(self) -> None:
