@@ -31,7 +31,7 @@ import tempfile
 import threading
 import tomllib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -102,13 +102,19 @@ def build() -> Path:
     if (target / "SHA256SUMS").exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    # Hosts of one run ask at once: Ansible's forks (processes: the file lock) and pyinfra's greenlets (one
-    # process: the in-process lock first, which gevent makes cooperative; a blocking flock would stall them all).
-    with _in_process, (cache / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(cache):
         if (target / "SHA256SUMS").exists():
             return target
         return _build(target, tree, ours)
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path) -> Iterator[None]:
+    """Hosts of one run ask at once: Ansible's forks (processes: the file lock) and pyinfra's greenlets (one
+    process: the in-process lock first, which gevent makes cooperative; a blocking flock would stall them all)."""
+    with _in_process, (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _build(target: Path, tree: Path | None, ours: tuple[str, bytes] | None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +173,19 @@ def _wheelhouse(tmp_path: Path, version: str) -> Path:
         ("", False, False),  # not installed yet
     ],
 )
-def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(
-    pyinfra_plan: PlanDeploy, tmp_path: Path, running: str, allowed: bool, refused: bool
+def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(  # noqa: PLR0917 - parametrized
+    pyinfra_plan: PlanDeploy,
+    tmp_path: Path,
+    running: str,
+    allowed: bool,
+    refused: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pyinfra.api.exceptions import DeployError
+
+    archive = tmp_path / "runtime.tar.gz"  # a plan only: the real archive is tests/deploy/test_runtime.py's
+    archive.write_bytes(b"not really an archive")
+    monkeypatch.setattr(weave_node, "_runtime", lambda wheels: archive)
 
     data = {**settings.DEFAULTS, "weave_wheelhouse": str(_wheelhouse(tmp_path, "0.2.0")),
             "weave_allow_downgrade": allowed}  # fmt: skip
@@ -184,4 +194,18 @@ def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(
             pyinfra_plan(weave_node.router, {"Command": running}, None, data)
     else:
         names = [name for name, _ in pyinfra_plan(weave_node.router, {"Command": running}, None, data)]
-        assert "Virtualenv" in names
+        assert names == [
+            "Installation directory",
+            "Runtime archive (the router and its dependencies, one file)",
+            "Install weave-node (checksum verified, unpacked into a new venv, swapped in whole)",
+        ]
+
+
+def test_an_installed_router_plans_nothing(pyinfra_plan: PlanDeploy, tmp_path: Path) -> None:
+    """Installed = the venv's marker is the wheelhouse's SHA256SUMS: a re-run pushes nothing, builds nothing."""
+    wheels = _wheelhouse(tmp_path, "0.2.0")
+    (wheels / "SHA256SUMS").write_text("0123  weave_node-0.2.0-py3-none-any.whl\n")
+    marker = hashlib.sha1((wheels / "SHA256SUMS").read_bytes()).hexdigest()  # noqa: S324 - what pyinfra compares
+    data = {**settings.DEFAULTS, "weave_wheelhouse": str(wheels)}
+    facts = {"Command": "weave-node 0.2.0", ("Sha1File", "/opt/weave-node/venv/.weave-node-wheels"): marker}
+    assert pyinfra_plan(weave_node.router, facts, None, data) == []

@@ -13,8 +13,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weave_node.datapath.model import Pod
-from weave_node.datapath.netns import DatapathError, index, ipr_in
-
+from weave_node.datapath.netns import DatapathError, ipr_in
 
 LOOPBACK_INDEX = 1  # the kernel's LOOPBACK_IFINDEX: `lo` is link 1 in every network namespace
 

@@ -19,10 +19,10 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import Directory, File, Link, Sha1File
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, pip, python, server, systemd
+from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
-from weave_node_deploy import handover, manifest, validate, versions, wheelhouse
+from weave_node_deploy import handover, manifest, runtime, validate, versions, wheelhouse
 from weave_node_deploy.facts import STATUS_SOCKET
 from weave_node_deploy.paths import TEMPLATES
 from weave_node_deploy.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
@@ -75,32 +75,36 @@ def prerequisites() -> None:
     server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
 
 
-@deploy("weave-node: the router, installed offline from a wheelhouse")
+def _runtime(wheels: Path) -> Path:
+    try:  # on the control machine; cached on disk by what goes in
+        return runtime.build(wheels)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DeployError(f"the runtime archive: {exc}") from None
+
+
+@deploy("weave-node: the router, installed offline from one archive")
 def router(data: dict[str, Any]) -> Any:
+    """Installed means <prefix>/venv/.weave-node-wheels is the wheelhouse's SHA256SUMS: then nothing is pushed
+    (a re-run is one fact). Otherwise one upload (the runtime archive) and one script that checks it, unpacks it
+    into a new venv and swaps that in whole. Returns the install operation, or None when it was up to date."""
     wheels = _wheelhouse(data)
     prefix = data["weave_prefix"]
     running = host.get_fact(Command, command=f"{prefix}/venv/bin/weave-node --version 2>/dev/null || true")
     refused = versions.downgrade(host.name, running, wheelhouse.our_wheel(wheels).name, data["weave_allow_downgrade"])
     if refused:
         raise DeployError(refused)
-    files.directory(name="Wheelhouse directory", path=f"{prefix}/wheels", mode="755")
-    for wheel in sorted(wheels.glob("*.whl")):
-        files.put(name=f"Wheel {wheel.name}", src=str(wheel), dest=f"{prefix}/wheels/{wheel.name}", mode="644")
-    sums = files.put(
-        name="Wheel checksums", src=str(wheels / "SHA256SUMS"), dest=f"{prefix}/wheels/SHA256SUMS", mode="644"
+    sums = (wheels / "SHA256SUMS").read_bytes()
+    installed = host.get_fact(Sha1File, path=f"{prefix}/venv/{runtime.MARKER}")
+    if installed == hashlib.sha1(sums).hexdigest():  # noqa: S324 - a checksum
+        return None
+    archive = _runtime(wheels)
+    files.directory(name="Installation directory", path=prefix, mode="755")
+    name = "Runtime archive (the router and its dependencies, one file)"
+    files.put(name=name, src=str(archive), dest=f"{prefix}/{runtime.ARCHIVE}", mode="600")
+    return server.shell(
+        name="Install weave-node (checksum verified, unpacked into a new venv, swapped in whole)",
+        commands=[runtime.install_script(prefix, runtime.sha256(archive))],
     )
-    venv = pip.venv(name="Virtualenv", path=f"{prefix}/venv", python="python3")
-    install = server.shell(
-        name="Install weave-node (offline, checksums verified)",
-        commands=[
-            f"cd {prefix}/wheels && sha256sum --quiet -c SHA256SUMS",
-            f"{prefix}/venv/bin/pip install --quiet --no-index --find-links {prefix}/wheels --force-reinstall "
-            f"{prefix}/wheels/{wheelhouse.our_wheel(wheels).name}'[router]'",
-            f"cp {prefix}/wheels/SHA256SUMS {prefix}/venv/.weave-node-wheels",  # what is installed (both engines)
-        ],
-        _if=any_changed(sums, venv),
-    )
-    return install
 
 
 def _secret(name: str, src: str, dest: str) -> Any:
@@ -182,7 +186,8 @@ def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
     systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
     started = systemd.service(name="Running", service="weave-node.service", running=True)
     systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
-    needs_restart = any_changed(unit, installed, *changes.restart)
+    installs = [installed] if installed is not None else []
+    needs_restart = any_changed(unit, *installs, *changes.restart)
     restart = systemd.service(
         name="Restart (unit, settings or version changed)",
         service="weave-node.service",
@@ -202,7 +207,7 @@ def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
             f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
             f" --peers {len(data['weave_peers'])}"
         ],
-        _if=any_changed(started, restart, reload, unit, installed, *changes.restart, *changes.live),
+        _if=any_changed(started, restart, reload, unit, *installs, *changes.restart, *changes.live),
     )
 
 

@@ -613,6 +613,12 @@ class Forwarder:
         if src_mac in self._blocked or dst_mac in self._blocked:
             self.counters["bridge_mac_dropped"] += 1
             return
+        if src not in self._sleeve_set:
+            # Its peer is in fastdp here (a late frame, or the peer has not switched back yet): given to the
+            # bridge, it would teach it the pod's MAC behind the TAP, where frames for a fastdp peer are dropped
+            # (above), and the pod would be unreachable until that entry aged out.
+            self.counters["frames_from_fastdp_peer"] += 1
+            return
         if not src_mac[0] & 1:
             if len(self._macs) > 65536:
                 self._macs.clear()

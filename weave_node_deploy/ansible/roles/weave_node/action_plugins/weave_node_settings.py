@@ -1,7 +1,7 @@
 """Action `weave_node_settings`: on the control machine, this host's weave_* settings with the defaults filled in,
 typed and validated against every host of the inventory by the same code the pyinfra deploys use
-(weave_node_deploy/settings.py). Sets the fact `weave`: the effective settings, plus `templates`, `wheel` and `wheels`
-(the wheelhouse, built once per run when weave_wheelhouse is not given). Fails naming the host and the setting, or
+(weave_node_deploy/settings.py). Sets the fact `weave`: the effective settings, plus `templates` and `wheel` (the
+wheelhouse, built once per run when weave_wheelhouse is not given). Fails naming the host and the setting, or
 saying what the control machine lacks (the weave-node package of the collection's version, ansible-core >= 2.19);
 connects to no host."""
 
@@ -93,7 +93,6 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         version = versions.wheel_version(wheel)
         data["version"] = ".".join(map(str, version)) if version else "0.0.0"
         data["downgrade_refused"] = versions.message(me, "@RUNNING@", data["version"])  # the host's, in main.yml
-        data["wheels"] = sorted(p.name for p in wheels.glob("*.whl"))
         data["packages"] = settings.PACKAGES
         data["status_socket"] = facts.STATUS_SOCKET
         data["sysctl_file"], data["sysctl_text"] = settings.SYSCTL_FILE, settings.SYSCTL_TEXT
