@@ -48,7 +48,8 @@ def rig(mode: int | None) -> Iterator[tuple[Forwarder, socket.socket]]:
         sock.bind(("127.0.0.1", 0))
         fwd = Forwarder(ME, ours.fileno(), sock)
         keys = None if mode is None else SessionKeys(send=K1, receive=K2)
-        fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", keys, cipher=mode or MODE_SECRETBOX)}))
+        spec = LinkSpec(PEER, "127.0.0.1", keys, cipher=mode or MODE_SECRETBOX)
+        fwd._apply(Config(links={PEER: spec}, routes={PEER: PEER}, sleeve=frozenset({PEER})))
         yield fwd, theirs
     finally:
         for s in (ours, theirs, sock):

@@ -40,7 +40,7 @@ def rig() -> Iterator[tuple[Forwarder, socket.socket, Clock]]:
     sock.bind(("127.0.0.1", 0))
     clock = Clock()
     fwd = Forwarder(ME, tap_ours.fileno(), sock, clock=clock, handover=5.0)
-    fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", OLD)}, routes={PEER: PEER}))
+    fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", OLD)}, routes={PEER: PEER}, sleeve=frozenset({PEER})))
     yield fwd, tap_theirs, clock
     sock.close()
     tap_ours.close()
@@ -68,7 +68,7 @@ def test_new_keys_take_over_without_a_gap(rig: tuple[Forwarder, socket.socket, C
     fwd, tap, clock = rig
     old_link = fwd.links[PEER]
     old_link.last_ack, old_link.verified = clock.now, 1472
-    fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", NEW)}, routes={PEER: PEER}))
+    fwd._apply(Config(links={PEER: LinkSpec(PEER, "127.0.0.1", NEW)}, routes={PEER: PEER}, sleeve=frozenset({PEER})))
     link = fwd.links[PEER]
     assert link is not old_link and link.prev is old_link
     # Until the peer is heard with the new keys: we seal with the old ones (it may not have the new ones yet),
