@@ -3,11 +3,12 @@ dependencies from the wheelhouse, installed on the control machine with `pip ins
 with hash-checked .pyc files), the `weave-node` command and the installed marker, in one tar.gz per wheelhouse and
 Python version, cached beside the wheelhouse.
 
-A host unpacks it into a virtualenv made without pip (`install_script`): no pip, no resolver and no compiling on
-the host, one upload instead of one per wheel. This is what makes a 20-host rollout on 2 cores scale (docs/
-benchmarks.md "A rollout that scales"). The archive holds compiled dependencies for the control machine's Python
-(as the wheelhouse always did): a host whose python3 is another X.Y is refused with both versions named, before
-its installation is touched.
+A host unpacks it into a virtualenv made without ensurepip (`install_script`): no pip run, no resolver and no
+compiling on the host, one upload instead of one per wheel (the venv still has a pip, copied from the control
+machine's, for an older rollout that rolls a host back, or an operator). This is what makes a 20-host rollout on
+2 cores scale (docs/benchmarks.md "A rollout that scales"). The archive holds compiled dependencies for the
+control machine's Python (as the wheelhouse always did): a host whose python3 is another X.Y is refused with both
+versions named, before its installation is touched.
 
 The same script is run by both engines (pyinfra: tasks/weave_node.py; Ansible: the `weave_node_runtime` action and
 roles/weave_node/tasks/router.yml). No weave_node import.
@@ -23,13 +24,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from weave_node_deploy import wheelhouse
 
 ARCHIVE = "weave-node-runtime.tar.gz"  # its name on the host, in <prefix>, until it is installed
 MARKER = ".weave-node-wheels"  # <prefix>/venv/<MARKER>: the wheelhouse's SHA256SUMS it was installed from
-FORMAT = "1"  # of the archive's layout: part of its cache key
+FORMAT = "2"  # of the archive's layout: part of its cache key
 # The console script, relocatable (the venv is built as venv.new, then renamed): sh runs the line that execs the
 # venv's python on this file; Python reads that line as a string literal (pip uses the same trick).
 COMMAND = (
@@ -40,6 +42,7 @@ COMMAND = (
     "from weave_node.cli import main\n\n"
     "sys.exit(main())\n"
 )
+PIP = COMMAND.replace("from weave_node.cli import main", "from pip._internal.cli.main import main")
 
 
 def python_version() -> str:
@@ -73,6 +76,7 @@ def _build(wheels: Path, sums: bytes, target: Path) -> None:
             "installing the wheelhouse",
         )  # fmt: skip
         shutil.rmtree(site / "bin", ignore_errors=True)  # pip's scripts for the target: ours is COMMAND
+        _copy_pip(site)
         # Hash-checked byte code: valid whatever the files' times on the host; the router's unit makes /opt
         # read-only, so nothing could write it there.
         _run(
@@ -80,8 +84,9 @@ def _build(wheels: Path, sums: bytes, target: Path) -> None:
             "byte-compiling the runtime",
         )
         (root / "bin").mkdir()
-        (root / "bin" / "weave-node").write_text(COMMAND)
-        (root / "bin" / "weave-node").chmod(0o755)
+        for name, text in (("weave-node", COMMAND), ("pip", PIP)):
+            (root / "bin" / name).write_text(text)
+            (root / "bin" / name).chmod(0o755)
         (root / MARKER).write_bytes(sums)
         staged = tmp / "runtime.tar.gz"
         with tarfile.open(staged, "w:gz", compresslevel=6) as tar:
@@ -92,6 +97,18 @@ def _build(wheels: Path, sums: bytes, target: Path) -> None:
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_pip(site: Path) -> None:
+    """This Python's pip, as installed (a venv made by `python3 -m venv` has one: an older rollout, or an operator,
+    runs <prefix>/venv/bin/pip; copying it costs hosts nothing, where ensurepip would cost seconds each)."""
+    dist = metadata.distribution("pip")
+    for entry in dist.files or []:
+        if entry.parts[0] == ".." or "__pycache__" in entry.parts:
+            continue  # its console scripts (ours is PIP) and byte code (compiled below)
+        dest = site / entry
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(str(entry.locate())), dest)
 
 
 def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:

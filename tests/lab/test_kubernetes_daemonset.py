@@ -6,6 +6,7 @@ reclaimed, and bad input fails clearly and changes nothing else."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from tests.helpers import poll, run_cli
 from tests.lab.kube import Cluster, deployment, http_get, kubernetes_lab, web_pod
 from tests.lab.test_lab import grand_total
+from weave_node.cni import gobuild
 
 HOSTS = 3
 POD_RANGE = ipaddress.ip_network("10.32.0.0/12")
@@ -62,7 +64,8 @@ def test_the_rollout_applies_the_daemonset_once_the_api_answers_and_a_third_run_
         # the init container installed the plugin and the configuration
         conflist = json.loads(cluster.ssh(node, "cat /etc/cni/net.d/10-weave.conflist").stdout)
         assert conflist["plugins"][0]["type"] == "weave-net"
-        assert cluster.ssh(node, "head -1 /opt/cni/bin/weave-net").stdout.strip() == "#!/usr/bin/python3 -SI"
+        plugin = cluster.ssh(node, "sha256sum < /opt/cni/bin/weave-net").stdout.split()[0]
+        assert plugin == hashlib.sha256(gobuild.plugin().read_bytes()).hexdigest()  # the wheel's static build
     cluster.wait_nodes_ready()
     logs = cluster.kubectl("-n", "kube-system", "logs", pods[0]["metadata"]["name"]).stdout
     assert "router" in logs and "is up" in logs and "IPAM" in logs
