@@ -93,9 +93,35 @@ class Cluster:
         rows = json.loads(self.ssh(node, f"{weave_node} ipam allocations --json").stdout)
         return [str(r["container_id"]) for r in rows]
 
+    def network_report(self) -> str:
+        """What a failed connectivity assertion shows: each node's router view of its peers (the DaemonSet's pod,
+        or the systemd service), the bridge's learned MACs, the neighbours and the routes."""
+        out = []
+        routers = {p["spec"]["nodeName"]: p["metadata"]["name"] for p in self.pods(WEAVE_SELECTOR, "kube-system")}
+        for node in self.nodes:
+            if node in routers:
+                argv = ("-n", "kube-system", "exec", routers[node], "-c", "router", "--", "weave-node", "status")
+                status = self.kubectl(*argv, "peers", check=False)
+                datapath = self.kubectl(*argv, "datapath", check=False)
+                text = status.stdout + status.stderr + datapath.stdout + datapath.stderr
+            else:
+                weave = "/opt/weave-node/venv/bin/weave-node status"
+                text = self.ssh(node, f"{weave} peers; {weave} datapath", check=False).stdout
+            kernel = self.ssh(
+                node,
+                "bridge fdb show br weave | grep -v permanent; ip neigh; ip route; "
+                "sysctl net.bridge.bridge-nf-call-iptables; iptables -nvL FORWARD | head -20",
+                check=False,
+            ).stdout
+            out.append(f"===== {node}\n{text}\n{kernel}")
+        return "\n".join(out)
+
     def pod_veths(self, node: str) -> int:
         out = self.ssh(node, "ip -o link show master weave type veth").stdout
         return len([line for line in out.splitlines() if line.strip()])
+
+
+WEAVE_SELECTOR = "app.kubernetes.io/name=weave-node"
 
 
 def kubernetes_lab(name: str, hosts: int) -> Iterator[Cluster]:

@@ -117,7 +117,9 @@ def test_workloads_are_networked_by_the_daemonset(cluster: Cluster) -> None:
             if src is not dst:
                 ping = cluster.exec(src["metadata"]["name"], "ping", "-c", "2", "-W", "5", dst["status"]["podIP"],
                                     check=False)  # fmt: skip
-                assert ping.returncode == 0, ping.stdout
+                if ping.returncode != 0:
+                    report = f"{src['spec']['nodeName']} -> {dst['spec']['nodeName']}: {ping.stdout}"
+                    raise AssertionError(report + cluster.network_report())
     cluster.apply(web_pod("node2"))
     cluster.running("app=web", 1)
     ip = cluster.json("get", "service", "web")["spec"]["clusterIP"]
