@@ -31,23 +31,23 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
             bridge = _link(host, pod.bridge)
             if bridge is None:
                 raise DatapathError(f"link {pod.bridge} does not exist")
-            link = _link(host, pod.host_ifname)
-            if link is not None and _kind(link) != "veth":
-                raise DatapathError(f"host interface name {pod.host_ifname} is taken by a link that is not a veth")
-            if link is not None and not _pod_end_exists(pod):
-                host.link("del", index=link["index"])  # a stale host end whose pod end is gone
-                link = None
+            link = _existing_host_end(host, pod)
             if link is None:
                 peer: dict[str, Any] = {"ifname": pod.ifname, "net_ns_fd": fd, "mtu": pod.mtu}
                 if pod.mac:
                     peer["address"] = pod.mac
-                host.link("add", ifname=pod.host_ifname, kind="veth", mtu=pod.mtu, peer=peer)
+                # on the bridge and up in the same message
+                host.link(
+                    "add", ifname=pod.host_ifname, kind="veth", mtu=pod.mtu, peer=peer, master=bridge["index"],
+                    state="up",
+                )  # fmt: skip
                 created = True
                 link = _link(host, pod.host_ifname)
                 if link is None:
                     raise DatapathError(f"{pod.host_ifname} vanished right after it was created")
             idx = link["index"]
-            host.link("set", index=idx, master=bridge["index"], mtu=pod.mtu, state="up")
+            if not created:  # an earlier, partial attachment: completed
+                host.link("set", index=idx, master=bridge["index"], mtu=pod.mtu, state="up")
             if pod.hairpin or not created:  # a new bridge port starts with hairpin off
                 host.brport("set", index=idx, mode=int(pod.hairpin))
             host_mac = str(link.get("IFLA_ADDRESS"))
@@ -63,6 +63,17 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
     finally:
         os.close(fd)
     return {"host_ifname": pod.host_ifname, "host_mac": host_mac, "mac": pod_mac, "ifname": pod.ifname}
+
+
+def _existing_host_end(host: Any, pod: Pod) -> Any | None:
+    """The host end of an earlier ADD of this attachment, or None (a stale one whose pod end is gone is removed)."""
+    link = _link(host, pod.host_ifname)
+    if link is not None and _kind(link) != "veth":
+        raise DatapathError(f"host interface name {pod.host_ifname} is taken by a link that is not a veth")
+    if link is not None and not _pod_end_exists(pod):
+        host.link("del", index=link["index"])
+        return None
+    return link
 
 
 def _rollback(pod: Pod, netns: str | None) -> None:
