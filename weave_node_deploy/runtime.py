@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -132,26 +133,37 @@ def sha256(archive: Path) -> str:
     return hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-def install_script(prefix: str, digest: str, python: str | None = None) -> str:
-    """What a host runs once the archive is in <prefix>: check, unpack into a new venv, swap it in whole (a
-    failure at any step leaves the installed venv as it was), remove the archive and an older install's wheels."""
-    want = python or python_version()
-    p = shlex.quote(prefix)
+# What the new venv must import before it replaces the old one: the compiled dependencies (built for the control
+# machine's CPU and C library) and the plugin binary for this host's architecture.
+_SMOKE = (
+    "import aiohttp, nacl.bindings, pyroute2, weave_node.cli; from weave_node.cni import gobuild; "
+    "assert gobuild.packaged().is_file(), 'no weave-net plugin for ' + gobuild.goarch()"
+)
+
+
+def install_script(prefix: str, digest: str, python: str | None = None, machine: str | None = None) -> str:
+    """What a host runs once the archive is in <prefix>: check, unpack into a new venv, prove it imports, swap it
+    in (a failure at any step leaves the installed venv as it was; a run cut off between the two renames is
+    repaired by the next), remove the archive and an older install's wheels."""
+    want, arch = python or python_version(), machine or platform.machine()
     return "\n".join(
         [
             "set -eu",
-            f"cd {p}",
+            f"cd {shlex.quote(prefix)}",
+            "if [ ! -e venv ] && [ -d venv.old ]; then mv venv.old venv; fi",  # an earlier run cut off mid-swap
             "have=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo none)",
-            f'if [ "$have" != {want} ]; then',
-            f"  echo \"weave-node: the runtime archive is built for Python {want} (the control machine's), and this"
-            " host's python3 is $have: roll out from a control machine whose python3 is $have\" >&2",
+            f'if [ "$have" != {want} ] || [ "$(uname -m)" != {arch} ]; then',
+            f"  echo \"weave-node: the runtime archive is built for Python {want} on {arch} (the control machine's),"
+            ' and this host has python3 $have on $(uname -m): roll out from a control machine like it" >&2',
             "  exit 1",
             "fi",
             f"echo '{digest}  {ARCHIVE}' | sha256sum --quiet -c",
-            "rm -rf venv.new venv.old",
+            "rm -rf venv.new",
             "python3 -m venv --without-pip venv.new",
             f"tar -xzf {ARCHIVE} -C venv.new --no-same-owner",
-            "venv.new/bin/weave-node --version >/dev/null",  # it runs, before it replaces anything
+            f'venv.new/bin/python -c "{_SMOKE}"',  # it imports, before it replaces anything
+            "venv.new/bin/weave-node --version >/dev/null",
+            "rm -rf venv.old",
             "if [ -e venv ]; then mv venv venv.old; fi",
             "mv venv.new venv",
             f"rm -rf venv.old wheels {ARCHIVE}",

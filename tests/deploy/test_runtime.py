@@ -17,9 +17,11 @@ def archive() -> Path:
     return runtime.build(wheelhouse.build())
 
 
-def _install(prefix: Path, archive: Path, digest: str | None = None, python: str | None = None) -> str:
+def _install(
+    prefix: Path, archive: Path, digest: str | None = None, python: str | None = None, machine: str | None = None
+) -> str:
     (prefix / runtime.ARCHIVE).write_bytes(archive.read_bytes())
-    script = runtime.install_script(str(prefix), digest or runtime.sha256(archive), python)
+    script = runtime.install_script(str(prefix), digest or runtime.sha256(archive), python, machine)
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
     return out.stderr if out.returncode else ""
 
@@ -68,6 +70,20 @@ def test_a_bad_archive_or_another_python_changes_nothing(archive: Path, tmp_path
     err = _install(prefix, archive, digest="0" * 64)
     assert "FAILED" in err or "did NOT match" in err
     err = _install(prefix, archive, python="3.99")
-    assert "built for Python 3.99" in err and "this host's python3 is" in err
+    assert "built for Python 3.99" in err and "this host has python3" in err
+    err = _install(prefix, archive, machine="riscv64")  # compiled wheels and the plugin of another CPU
+    assert "on riscv64" in err
     (prefix / runtime.ARCHIVE).unlink()
     assert sorted(str(p.relative_to(prefix)) for p in prefix.rglob("*")) == before
+
+
+def test_a_run_cut_off_between_the_renames_is_repaired(archive: Path, tmp_path: Path) -> None:
+    prefix = tmp_path / "opt"
+    prefix.mkdir()
+    assert _install(prefix, archive) == ""
+    (prefix / "venv").rename(prefix / "venv.old")  # the old venv moved aside, the new one never moved in
+    (prefix / "venv.new").mkdir()
+    assert _install(prefix, archive, digest="0" * 64) != ""  # even a run that then fails puts the old one back
+    assert (prefix / "venv" / "bin" / "weave-node").exists() and not (prefix / "venv.old").exists()
+    assert _install(prefix, archive) == ""
+    assert sorted(p.name for p in prefix.iterdir()) == ["venv"]

@@ -89,7 +89,7 @@ def _link(ipr: Any, name: str) -> Any | None:
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
-        raise
+        raise DatapathError(f"link {name}: {os.strerror(exc.code)}") from exc  # e.g. a name the kernel refuses
 
 
 def _kind(link: Any) -> str:

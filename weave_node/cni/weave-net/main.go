@@ -15,6 +15,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -338,7 +339,12 @@ func pendingName(cid, ifname string) string {
 }
 
 func recordPendingDel(dir, cid, ifname, ns string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Missing parents as mkdir -p makes them (0755, e.g. /var/lib/weave-node before the router ever ran); the
+	// directory itself 0700.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fail(errInternal, "cannot create pendingDir "+dir, err.Error())
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return fail(errInternal, "cannot create pendingDir "+dir, err.Error())
 	}
 	var st syscall.Stat_t
@@ -347,9 +353,8 @@ func recordPendingDel(dir, cid, ifname, ns string) error {
 		return fail(errInvalidConfig, "pendingDir "+dir+" must be a directory of ours, writable only by us", "")
 	}
 	var rnd [6]byte
-	if f, err := os.Open("/dev/urandom"); err == nil {
-		io.ReadFull(f, rnd[:])
-		f.Close()
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return fail(errInternal, "cannot record the DEL in "+dir, err.Error())
 	}
 	tmp := filepath.Join(dir, fmt.Sprintf(".del-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:])))
 	doc, _ := json.Marshal(ordered{{"container_id", cid}, {"ifname", ifname}, {"netns", ns}})
@@ -559,11 +564,9 @@ func run(stdin []byte, out io.Writer) error {
 
 // versionOf is the version to answer errors in: the configuration's when it is one we speak.
 func versionOf(stdin []byte) string {
-	var doc struct {
-		CniVersion interface{} `json:"cniVersion"`
-	}
+	var doc obj // a map: keys match exactly (a struct would match "CNIVERSION" too)
 	if json.Unmarshal(stdin, &doc) == nil {
-		if v, ok := doc.CniVersion.(string); ok && supported(v) {
+		if v, ok := str(doc["cniVersion"]); ok && supported(v) {
 			return v
 		}
 	}
