@@ -76,12 +76,14 @@ def from_settings(data: Mapping[str, Any]) -> str:
         conn_limit=data["weave_conn_limit"],
         metrics_addr=data["weave_metrics_addr"],
         mtu=data["weave_mtu"],
+        direct=data["weave_direct"],
         conflist=conflist(data),
     )
 
 
 def render(**values: Any) -> str:
     values.setdefault("mtu", None)
+    values.setdefault("direct", False)  # weave_direct: opt-in, as on bare hosts
     values.setdefault("password_secret", "")
     values.setdefault("image_pull_policy", pull_policy(values["image"], None))
     values.setdefault("ipalloc_init", f"consensus={len(values['peers'])}")
