@@ -201,6 +201,16 @@ func netns() (string, error) {
 	return v[0], nil
 }
 
+// podInNetns: the attachment of ADD and CHECK, whose network namespace must exist.
+func podInNetns() (string, string, string, error) {
+	cid, ifname, err := attachment()
+	if err != nil {
+		return "", "", "", err
+	}
+	ns, err := netns()
+	return cid, ifname, ns, err
+}
+
 // call makes one HTTP/1.1 request over the router's unix socket. routerDown only when the socket could not be
 // reached; a failure after the request was sent is "try again later" (the router may have done the work).
 func call(sock, method, path string, body interface{}) (int, obj, error) {
@@ -391,11 +401,7 @@ func cmdAdd(c *conf, out io.Writer) error {
 	if !isNull(c.raw["prevResult"]) {
 		return fail(errInvalidConfig, "weave-net must be the first plugin of its chain (it got a prevResult)", "")
 	}
-	cid, ifname, err := attachment()
-	if err != nil {
-		return err
-	}
-	ns, err := netns()
+	cid, ifname, ns, err := podInNetns()
 	if err != nil {
 		return err
 	}
@@ -435,11 +441,7 @@ func cmdDel(c *conf, out io.Writer) error {
 }
 
 func cmdCheck(c *conf, out io.Writer) error {
-	cid, ifname, err := attachment()
-	if err != nil {
-		return err
-	}
-	ns, err := netns()
+	cid, ifname, ns, err := podInNetns()
 	if err != nil {
 		return err
 	}
