@@ -130,6 +130,11 @@ def test_routes_take_only_links_that_answer_and_bridges_stay_in_vxlan() -> None:
     assert config.routes == {B: B, C: B} and config.sleeve == {C}
     assert config.blocked_macs == {bytes.fromhex(bridge_mac(n).replace(":", "")) for n in (ME, B, C)}
     assert sleeve_plan.sleeve_config(up=set(), fastdp=False, **kw).blocked_macs == frozenset()  # type: ignore[arg-type]
+    # Late sleeve frames are dropped only from peers confirmed in the kernel's modes, and only with fastdp (with a
+    # password every peer takes the sleeve): never from one pending, down or in the sleeve.
+    modes = {B: Mode.FASTDP, C: Mode.SLEEVE, 0x99: Mode.PENDING, 0x98: Mode.DIRECT, 0x97: Mode.DOWN}
+    assert sleeve_plan.sleeve_config(up={B}, fastdp=True, modes=modes, **kw).kernel_peers == {B, 0x98}  # type: ignore[arg-type]
+    assert sleeve_plan.sleeve_config(up={B}, fastdp=False, modes=modes, **kw).kernel_peers == frozenset()  # type: ignore[arg-type]
 
 
 def test_which_peers_take_the_sleeve() -> None:

@@ -175,7 +175,7 @@ def test_probe_acks_count_only_for_sizes_probed_on_that_link(duplex: tuple[Forwa
 def test_a_frame_for_a_peer_back_in_fastdp_is_left_to_vxlan(duplex: tuple[Forwarder, socket.socket]) -> None:
     fwd, tap = duplex
     fwd._macs[bytes.fromhex("02bb00000001")] = name_bytes(PEER)  # learned while PEER was in the sleeve
-    fwd._apply(Config(links={PEER: fwd.links[PEER].spec}, routes={PEER: PEER}))  # PEER not in the sleeve
+    fwd._apply(Config(links={PEER: fwd.links[PEER].spec}, routes={PEER: PEER}, kernel_peers=frozenset({PEER})))
     assert fwd._macs == {}  # forgotten when PEER left the sleeve
     fwd._macs[bytes.fromhex("02bb00000001")] = name_bytes(PEER)
     tap.send(FRAME)

@@ -337,8 +337,7 @@ class OverlayService:
             nickname = self.nicknames.get(s.peer, "?")
             log.info("peer %s(%s): %s -> %s: %s", format_name(s.peer), nickname, s.old.value, s.new.value, s.reason)
         if any(Mode.SLEEVE in (s.old, s.new) or Mode.DIRECT in (s.old, s.new) for s in switches):
-            # Flood entries follow the modes, and MACs learned behind the tunnel (or the TAP) must be learned
-            # again on the path now in use: the next desired state sees the sleeve's peers change, and flushes.
+            # Flood entries follow the modes; MACs learned on the old path are learned again (the next sync flushes)
             self._dirty.set()
         if self.sleeve.running:
             self.sleeve.push(self.sleeve_config())
@@ -361,6 +360,7 @@ class OverlayService:
             fastdp=self.fastdp,
             peers=self.peers,
             encrypt=encrypt,
+            modes={n: h.mode for n, h in self.health.peers.items()},
         )
 
     # --- status ------------------------------------------------------------------------------------------

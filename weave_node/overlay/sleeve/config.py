@@ -31,6 +31,9 @@ class Config:
     routes: dict[int, int] = field(default_factory=dict)  # destination peer -> the link (next hop) to use
     sleeve: frozenset[int] = frozenset()  # destinations whose frames the TAP hands us (flooded to all of them)
     blocked_macs: frozenset[bytes] = frozenset()  # bridges' MACs: their traffic (heartbeats) stays in VXLAN
+    # Peers whose pod traffic the kernel carries here (fastdp or direct, confirmed): a frame of theirs arriving
+    # through the sleeve is late, and is not given to the bridge (it would learn their pod's MAC behind the TAP).
+    kernel_peers: frozenset[int] = frozenset()
 
 
 @dataclass

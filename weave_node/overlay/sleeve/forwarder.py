@@ -145,6 +145,7 @@ class Forwarder:
         self._routes: dict[bytes, Link] = {}
         self._sleeve: list[bytes] = []
         self._sleeve_set: frozenset[bytes] = frozenset()
+        self._kernel_set: frozenset[bytes] = frozenset()
         self._min_segment = 1472  # for relayed destinations: the path's MTU is not known beyond the first hop
         self._blocked: frozenset[bytes] = frozenset()
         self._macs: dict[bytes, bytes] = {}
@@ -268,6 +269,7 @@ class Forwarder:
         self._routes = {name_bytes(dst): self.links[hop] for dst, hop in config.routes.items() if hop in self.links}
         self._sleeve = [name_bytes(p) for p in sorted(config.sleeve)]
         self._sleeve_set = frozenset(self._sleeve)
+        self._kernel_set = frozenset(name_bytes(p) for p in config.kernel_peers)
         self._macs = {mac: peer for mac, peer in self._macs.items() if peer in self._sleeve_set}
         self._blocked = config.blocked_macs
         self._update_min_segment()
@@ -613,10 +615,10 @@ class Forwarder:
         if src_mac in self._blocked or dst_mac in self._blocked:
             self.counters["bridge_mac_dropped"] += 1
             return
-        if src not in self._sleeve_set:
-            # Its peer is in fastdp here (a late frame, or the peer has not switched back yet): given to the
-            # bridge, it would teach it the pod's MAC behind the TAP, where frames for a fastdp peer are dropped
-            # (above), and the pod would be unreachable until that entry aged out.
+        if src in self._kernel_set:
+            # Its peer is confirmed in fastdp here (a late frame, or the peer has not switched back yet): given to
+            # the bridge, it would teach it the pod's MAC behind the TAP, where frames for a fastdp peer are
+            # dropped (above), and the pod would be unreachable until that entry aged out.
             self.counters["frames_from_fastdp_peer"] += 1
             return
         if not src_mac[0] & 1:

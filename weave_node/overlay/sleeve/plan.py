@@ -80,16 +80,19 @@ def sleeve_config(
     fastdp: bool,
     peers: Iterable[int],
     encrypt: bool = False,
+    modes: Mapping[int, Mode] | None = None,
 ) -> Config:
     """`up`: the links whose probes are answered (the forwarder's report); routes use only those. `encrypt`: we
-    have a password, so a clear link (a plaintext connection) is no one else's next hop."""
+    have a password, so a clear link (a plaintext connection) is no one else's next hop. `modes`: each peer's,
+    for the peers confirmed in fastdp or direct (their late sleeve frames are dropped)."""
     usable = {n for n in up if n in links}
     plain = frozenset(n for n, spec in links.items() if spec.keys is None) if encrypt else frozenset()
     routes = sleeve_routes(records, me, usable, plain)
     blocked: frozenset[bytes] = frozenset()
     if fastdp:  # heartbeats prove the tunnel: bridge-to-bridge frames never take the sleeve
         blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in {*peers, me})
-    return Config(links, routes, sleeve, blocked)
+    kernel = frozenset(n for n, m in (modes or {}).items() if m in (Mode.FASTDP, Mode.DIRECT) and n not in sleeve)
+    return Config(links, routes, sleeve, blocked, kernel if fastdp else frozenset())
 
 
 def newly_sealed(old: Config | None, new: Config) -> list[tuple[int, int]]:
