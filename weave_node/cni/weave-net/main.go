@@ -107,18 +107,28 @@ func str(raw json.RawMessage) (string, bool) {
 	return s, true
 }
 
+// object decodes a JSON document once: an error when it is not JSON, a nil map when it is JSON of another kind
+// (null, a list, a number...).
+func object(data []byte) (obj, error) {
+	var doc obj
+	err := json.Unmarshal(data, &doc)
+	if _, other := err.(*json.UnmarshalTypeError); other {
+		return nil, nil
+	}
+	return doc, err
+}
+
 func isNull(raw json.RawMessage) bool { return raw == nil || string(bytes.TrimSpace(raw)) == "null" }
 
 func parseConf(stdin []byte) (*conf, error) {
 	if len(bytes.TrimSpace(stdin)) == 0 {
 		return nil, fail(errDecode, "no network configuration on stdin", "")
 	}
-	var any interface{}
-	if err := json.Unmarshal(stdin, &any); err != nil {
+	raw, err := object(stdin)
+	if err != nil {
 		return nil, fail(errDecode, "the network configuration is not valid JSON", err.Error())
 	}
-	var raw obj
-	if _, ok := any.(map[string]interface{}); !ok || json.Unmarshal(stdin, &raw) != nil {
+	if raw == nil {
 		return nil, fail(errInvalidConfig, "the network configuration must be a JSON object", "")
 	}
 	version, ok := str(raw["cniVersion"])
@@ -251,14 +261,10 @@ func call(sock, method, path string, body interface{}) (int, obj, error) {
 	if len(payload) > maxResponse {
 		return 0, nil, fail(errTryAgain, "the router's answer is too large or too slow: try again later", "")
 	}
-	var any interface{}
-	if json.Unmarshal(payload, &any) != nil {
+	doc, err := object(payload) // nil: a JSON value that is not an object
+	if err != nil {
 		return 0, nil, fail(errInternal,
 			fmt.Sprintf("the router answered %d with something that is not JSON", resp.StatusCode), "")
-	}
-	var doc obj
-	if json.Unmarshal(payload, &doc) != nil {
-		doc = nil // a JSON value that is not an object
 	}
 	return resp.StatusCode, doc, nil
 }
@@ -566,11 +572,9 @@ func run(stdin []byte, out io.Writer) error {
 
 // versionOf is the version to answer errors in: the configuration's when it is one we speak.
 func versionOf(stdin []byte) string {
-	var doc obj // a map: keys match exactly (a struct would match "CNIVERSION" too)
-	if json.Unmarshal(stdin, &doc) == nil {
-		if v, ok := str(doc["cniVersion"]); ok && supported(v) {
-			return v
-		}
+	doc, _ := object(stdin) // a map: keys match exactly (a struct would match "CNIVERSION" too)
+	if v, ok := str(doc["cniVersion"]); ok && supported(v) {
+		return v
 	}
 	return latest
 }
