@@ -77,13 +77,15 @@ def assemble(dest: Path) -> Path:
     """The collection's tree under dest (new), ready for `ansible-galaxy collection build`."""
     source = paths.ANSIBLE
     role = source / "roles" / ROLE
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "action_plugins")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "action_plugins", "library")
     shutil.copytree(role, dest / "roles" / ROLE, ignore=ignore)
-    # Roles in a collection carry no plugins of their own: the action plugins go to the collection's plugins/action
-    # (the role's tasks find them there by their short names: a collection's own plugins come first).
-    (dest / "plugins" / "action").mkdir(parents=True)
-    for plugin in sorted((role / "action_plugins").glob("*.py")):
-        shutil.copy2(plugin, dest / "plugins" / "action" / plugin.name)
+    # Roles in a collection carry no plugins of their own: the action plugins go to the collection's plugins/action,
+    # the modules to plugins/modules (the role's tasks find them there by their short names: a collection's own
+    # plugins come first).
+    for where, kind in (("action_plugins", "action"), ("library", "modules")):
+        (dest / "plugins" / kind).mkdir(parents=True)
+        for plugin in sorted((role / where).glob("*.py")):
+            shutil.copy2(plugin, dest / "plugins" / kind / plugin.name)
     (dest / "playbooks").mkdir()
     for playbook in ("site.yml", "remove.yml"):
         text = (source / playbook).read_text()

@@ -13,6 +13,7 @@ import kubernetes_validate
 import yaml
 
 from weave_node_deploy.facts import STATUS_SOCKET
+from weave_node_deploy.host_files import conflist  # the DaemonSet's init container installs the same file
 from weave_node_deploy.paths import TEMPLATES
 
 KUBERNETES_VERSION = "1.30"
@@ -25,24 +26,6 @@ class InvalidManifest(ValueError):
 def _env() -> jinja2.Environment:
     return jinja2.Environment(  # noqa: S701 - YAML and JSON, not HTML
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
-    )
-
-
-def conflist(data: Mapping[str, Any]) -> str:
-    """The network configuration list from the effective settings: what the systemd rollout writes to the CNI
-    configuration directory and what the DaemonSet's init container installs (one template, both paths)."""
-    return (
-        _env()
-        .get_template("10-weave.conflist.j2")
-        .render(
-            cni_version=data["weave_cni_version"],
-            hairpin_mode=data["weave_hairpin"],
-            bandwidth=data["weave_bandwidth"],
-            pending_dir=f"{data['weave_state_dir']}/cni-pending",
-            status_socket=STATUS_SOCKET,
-        )
-        .rstrip("\n")
-        + "\n"
     )
 
 

@@ -1,5 +1,5 @@
 """Which version a host runs and which one the rollout brings (pure: both engines ask the host
-`<prefix>/venv/bin/weave-node --version` and call `downgrade()` before they touch it).
+`command()` and call `downgrade()` before they touch it).
 
 Upgrades go forward one minor version at a time, host by host (a mixed cluster of N and N+1 works: the mesh
 negotiates its protocol version per connection). A downgrade is refused unless `weave_allow_downgrade` says so:
@@ -9,8 +9,20 @@ format at start (docs/day2.md)."""
 from __future__ import annotations
 
 import re
+import shlex
 
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def command(prefix: str) -> str:
+    """What both engines run on a host for the version it runs: the installed distribution's name (no Python
+    start: a 20-host re-run pays one per host otherwise), or what `weave-node --version` says. Prints one line,
+    empty when nothing is installed (parse() reads either)."""
+    venv = shlex.quote(f"{prefix}/venv")
+    return (
+        f"v=$(cd {venv}/lib/python3*/site-packages 2>/dev/null && ls -d weave_node-*.dist-info 2>/dev/null); "
+        f'[ -n "$v" ] || v=$({venv}/bin/weave-node --version 2>/dev/null); echo $v'
+    )
 
 
 def parse(text: str | None) -> tuple[int, int, int] | None:

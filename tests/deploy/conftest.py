@@ -95,6 +95,7 @@ def run_tasks(tmp_path: Path) -> RunTasks:
                 "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
                 "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
                 "ANSIBLE_ACTION_PLUGINS": str(ACTION_PLUGINS),
+                "ANSIBLE_LIBRARY": str(ROLE / "library"),
                 "ANSIBLE_NOCOLOR": "1",
             },
             event_handler=keep,

@@ -87,6 +87,7 @@ def _wheelhouse(tmp_path: Path) -> Path:
 
 
 SETTINGS = {"name": "Settings", "weave_node_settings": {}}
+CONFIG_TASK = "Configuration (settings, peers, passwords, unit; written only where they differ)"
 
 
 def test_settings_are_templated_for_this_host_as_for_the_others(run_tasks: RunTasks, tmp_path: Path) -> None:
@@ -193,18 +194,21 @@ def _env_weave(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "weave_password_file": None,
         "weave_metrics_addr": "127.0.0.1:6782",
         "status_socket": STATUS_SOCKET,
+        "weave_previous_password_file": None,
+        "weave_accept_unencrypted": False,
         **extra,
     }
 
 
 def _render_env(run_tasks: RunTasks, tmp_path: Path, weave: dict[str, Any]) -> str:
-    """The env file from config.yml's template task, rendered by this ansible-core into a temporary file."""
-    (task,) = role_tasks("config.yml", "Router settings")
-    task["ansible.builtin.template"]["dest"] = str(tmp_path / "weave-node.env")
+    """The env file from config.yml's task (the weave_node_files action and module), written under tmp_path."""
+    (task,) = role_tasks("config.yml", CONFIG_TASK)
+    task["weave_node_files"]["root"] = str(tmp_path / "root")
     task.pop("register")
     (result,) = run_tasks([task], play_vars={"weave": weave})
     assert result["event"] == "runner_on_ok", result
-    return (tmp_path / "weave-node.env").read_text()
+    assert result["res"]["restart"] is True and result["res"]["daemon_reload"] is True, result
+    return (tmp_path / "root/etc/weave-node/weave-node.env").read_text()
 
 
 def test_no_mtu_renders_no_weave_mtu_line(run_tasks: RunTasks, tmp_path: Path) -> None:
@@ -254,12 +258,15 @@ def test_the_reclaim_settings_render_the_bytes_pyinfra_renders(
 
 
 def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:
-    """prerequisites.yml's module task, with /proc/modules (absent on a kernel without loadable modules, like
-    this machine's) and modprobe faked under tmp_path."""
-    (task,) = role_tasks("prerequisites.yml", "Kernel modules (loaded only when neither loaded nor built in)")
+    """prerequisites.yml's shell task, with /proc/modules (absent on a kernel without loadable modules, like this
+    machine's), IPv4 forwarding's /proc file and modprobe faked under tmp_path, and no packages to check."""
+    (task,) = role_tasks("prerequisites.yml", "Packages, kernel modules and IPv4 forwarding (only what is missing)")
     proc_modules = tmp_path / "proc-modules"
     proc_modules.write_text("")
-    task["ansible.builtin.shell"] = task["ansible.builtin.shell"].replace("/proc/modules", str(proc_modules))
+    forwarding = tmp_path / "ip_forward"
+    forwarding.write_text("1\n")
+    shell = task["ansible.builtin.shell"].replace("/proc/modules", str(proc_modules))
+    task["ansible.builtin.shell"] = shell.replace("/proc/sys/net/ipv4/ip_forward", str(forwarding))
     _script(tmp_path / "fakebin/modprobe", modprobe)
     task["environment"] = {"PATH": f"{tmp_path / 'fakebin'}:/usr/bin:/bin"}
     return task
@@ -267,20 +274,28 @@ def _modules_task(tmp_path: Path, modprobe: str) -> dict[str, Any]:
 
 def _modules(tmp_path: Path) -> list[list[str]]:
     (tmp_path / "loaded-br").mkdir()
+    return _modules_again(tmp_path)
+
+
+def _modules_again(tmp_path: Path) -> list[list[str]]:
     return [["vxlan", str(tmp_path / "no-vxlan")], ["br_netfilter", str(tmp_path / "loaded-br")]]
 
 
 def test_a_module_that_cannot_be_loaded_fails_the_task(run_tasks: RunTasks, tmp_path: Path) -> None:
     task = _modules_task(tmp_path, 'echo "modprobe: FATAL: Module $1 not found in directory /lib/modules" >&2; exit 1')
-    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path), "packages": []}})
     assert result["event"] == "runner_on_failed", result
     assert "FATAL: Module vxlan not found" in result["res"]["stderr"]
 
 
 def test_a_missing_module_is_loaded_and_reported(run_tasks: RunTasks, tmp_path: Path) -> None:
     task = _modules_task(tmp_path, f'echo "$1" >> {tmp_path}/loaded')
-    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path)}})
+    (result,) = run_tasks([task], play_vars={"weave": {"modules": _modules(tmp_path), "packages": []}})
     assert (result["event"], result["res"]["changed"]) == ("runner_on_ok", True), result
+    assert (tmp_path / "loaded").read_text() == "vxlan\n"
+    (tmp_path / "no-vxlan").mkdir()  # loaded now
+    (again,) = run_tasks([task], play_vars={"weave": {"modules": _modules_again(tmp_path), "packages": []}})
+    assert (again["event"], again["res"]["changed"]) == ("runner_on_ok", False), again
     assert (tmp_path / "loaded").read_text() == "vxlan\n"
 
 
@@ -297,13 +312,12 @@ def test_remove_state_is_read_as_a_boolean(run_tasks: RunTasks, tmp_path: Path, 
 def test_the_kubernetes_tasks_are_skipped_unless_asked_for(run_tasks: RunTasks, tmp_path: Path, value: Any) -> None:
     """main.yml's import of kubernetes.yml, with its condition, on a host that is not a control plane."""
     (entry,) = role_tasks("main.yml", "Kubernetes DaemonSet")
-    entry["ansible.builtin.import_tasks"] = str(ROLE_TASKS / entry["ansible.builtin.import_tasks"])
+    entry["ansible.builtin.include_tasks"] = str(ROLE_TASKS / entry["ansible.builtin.include_tasks"])
     weave = {**_weave(tmp_path), "weave_kubernetes": value, "weave_kube_control_plane": value}
     results = run_tasks([entry], play_vars={"weave": weave})
     assert results and {r["event"] for r in results} == {"runner_on_skipped"}, results
 
 
-PASSWORD_TASKS = ("Password file (empty, mode 0600, root, before the password goes in)", "Password (mode 0600, root)")
 # A sitecustomize for the modules' interpreter: every chmod and rename that lands on the password file, with what it
 # would expose (the mode it sets, or the mode of the file renamed onto it) and whether that file has content.
 AUDIT = """
@@ -330,40 +344,34 @@ sys.addaudithook(_hook)
 
 
 def test_the_password_is_never_in_a_file_others_can_read(run_tasks: RunTasks, tmp_path: Path) -> None:
-    """config.yml's password tasks on a first run (no file yet), then with a new password: at no chmod or rename
-    onto the password file does it have content and a mode that lets group or others read it."""
+    """config.yml's task on a first run (no file yet), then with a new password, then once more: at no chmod or
+    rename onto the password file does it have content and a mode that lets group or others read it; the password
+    is in no result; a run with nothing new changes nothing."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(AUDIT)
-    conf = tmp_path / "etc-weave-node"
-    conf.mkdir()
+    root = tmp_path / "root"
+    conf = root / "etc/weave-node"
     secret = tmp_path / "secret"
     secret.write_text("first password\n")
     secret.chmod(0o600)
-    tasks = role_tasks("config.yml", *PASSWORD_TASKS)
-    for task in tasks:
-        module = next(k for k in task if k.startswith("ansible.builtin."))
-        args = task[module]
-        for key in ("path", "dest"):
-            if key in args:
-                args[key] = args[key].replace("/etc/weave-node", str(conf))
-        args.pop("owner", None)
-        args.pop("group", None)
-        task["environment"] = {
-            "PYTHONPATH": str(hook),
-            "WATCH": str(conf / "password"),
-            "WATCH_LOG": str(tmp_path / "log"),
-        }
-    weave = {**_weave(tmp_path), "weave_password_file": str(secret)}
-    first = run_tasks(tasks, play_vars={"weave": weave})
-    assert not [r for r in first if r["event"].endswith("_failed")], first
-    assert (conf / "password").read_text() == "first password\n"
-    assert stat.S_IMODE((conf / "password").stat().st_mode) == 0o600
-    secret.write_text("second password\n")
-    second = run_tasks(tasks, play_vars={"weave": weave})
-    assert not [r for r in second if r["event"].endswith("_failed")], second
-    assert second[0]["res"]["changed"] is False, second  # the file is there, 0600: touching it changes nothing
-    assert (conf / "password").read_text() == "second password\n"
+    (task,) = role_tasks("config.yml", CONFIG_TASK)
+    task["weave_node_files"]["root"] = str(root)
+    task["environment"] = {"PYTHONPATH": str(hook), "WATCH": str(conf / "password"), "WATCH_LOG": str(tmp_path / "log")}
+    weave = _env_weave(tmp_path, weave_password_file=str(secret), weave_previous_password_file=None,
+                       weave_accept_unencrypted=False)  # fmt: skip
+    results = []
+    for text in ("first password\n", "second password\n", None):
+        if text:
+            secret.write_text(text)
+        (result,) = run_tasks([task], play_vars={"weave": weave})
+        assert result["event"] == "runner_on_ok", result
+        assert "password\n" not in repr(result["res"]), result
+        results.append(result["res"])
+        assert (conf / "password").read_text() == (text or "second password\n")
+        assert stat.S_IMODE((conf / "password").stat().st_mode) == 0o600
+    assert results[1]["changed_paths"] == [str(conf / "password")] and results[1]["reload"], results[1]
+    assert results[2]["changed"] is False and not results[2]["reload"], results[2]
     log = [eval(line) for line in (tmp_path / "log").read_text().splitlines()]  # noqa: S307 - our own repr()s
     assert log, "the audit hook saw nothing: the test does not test anything"
     exposed = [e for e in log if e[2] > 0 and int(e[1], 8) & 0o077]
@@ -468,20 +476,79 @@ def test_removal_settings_carry_the_hand_over_script(run_tasks: RunTasks) -> Non
 
 @pytest.mark.parametrize(("running", "allowed", "failed"), [("0.3.0", False, True), ("0.3.0", True, False),
                                                             ("0.2.0", False, False), (None, False, False)])  # fmt: skip
-def test_the_role_refuses_a_downgrade_as_pyinfra_does(
-    run_tasks: RunTasks, tmp_path: Path, running: str | None, allowed: bool, failed: bool
+@pytest.mark.parametrize("how", ["dist-info", "command"])
+def test_the_role_refuses_a_downgrade_as_pyinfra_does(  # noqa: PLR0917 - pytest's parameters
+    run_tasks: RunTasks, tmp_path: Path, running: str | None, allowed: bool, failed: bool, how: str
 ) -> None:
+    """main.yml's check step: the version the host runs from its venv's distribution (no Python start) or, without
+    one, from `weave-node --version`; refused with pyinfra's message; `installed` only with the same wheelhouse."""
     from weave_node_deploy import versions
 
-    weave = _weave(tmp_path, weave_kubernetes=False, weave_allow_downgrade=allowed, version="0.2.0",
-                   downgrade_refused=versions.message("localhost", "@RUNNING@", "0.2.0"))  # fmt: skip
-    if running is not None:
-        _script(tmp_path / "prefix/venv/bin/weave-node", f"echo 'weave-node {running}'")
-    tasks = role_tasks("main.yml", "The version this host runs", "No downgrade unless allowed")
-    results = run_tasks(tasks, play_vars={"weave": weave})
-    fail = results[-1]
-    assert (fail["event"] == "runner_on_failed") is failed, results
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "weave_node-0.2.0-py3-none-any.whl").write_bytes(b"")
+    (wheels / "SHA256SUMS").write_text("the wheelhouse's sums\n")
+    weave = _weave(tmp_path, weave_kubernetes=False, weave_allow_downgrade=allowed, weave_wheelhouse=str(wheels))
+    venv = tmp_path / "prefix/venv"
+    if running is not None and how == "dist-info":
+        (venv / f"lib/python3.11/site-packages/weave_node-{running}.dist-info").mkdir(parents=True)
+    elif running is not None:
+        _script(venv / "bin/weave-node", f"echo 'weave-node {running}'")
+    if running == "0.2.0":
+        (venv / ".weave-node-wheels").write_text("the wheelhouse's sums\n")
+    (task,) = role_tasks(
+        "main.yml", "What this host runs (no downgrade unless allowed) and whether the runtime is installed"
+    )
+    (result,) = run_tasks([task], play_vars={"weave": weave})
+    assert (result["event"] == "runner_on_failed") is failed, result
     if failed:
-        assert fail["res"]["msg"] == versions.downgrade(
+        assert result["res"]["msg"] == versions.downgrade(
             "localhost", "0.3.0", "weave_node-0.2.0-py3-none-any.whl", False
         )
+    else:
+        assert result["res"]["installed"] is (running == "0.2.0"), result
+
+
+CNI_TASK = "CNI directories, Debian's loopback, portmap and bandwidth plugins, network configuration list"
+
+
+def test_the_cni_files_are_written_once_checked_first_and_never_over_a_real_plugin(
+    run_tasks: RunTasks, tmp_path: Path
+) -> None:
+    """cni.yml's files task: check mode writes nothing; a run writes the directories, Debian's plugins' links and the
+    list; a second changes nothing; a changed mode and a deleted link are repaired; a real binary where a link
+    goes fails the task naming it, and the list (written last) is not written."""
+    from weave_node_deploy import host_files
+
+    root = tmp_path / "root"
+    (task,) = role_tasks("cni.yml", CNI_TASK)
+    task["weave_node_files"]["root"] = str(root)
+    weave = _weave(tmp_path, weave_cni_bin_dir="/opt/cni/bin", weave_cni_conf_dir="/etc/cni/net.d",
+                   weave_cni_version="1.1.0", weave_hairpin=False, weave_bandwidth=False)  # fmt: skip
+    conflist = root / "etc/cni/net.d/10-weave.conflist"
+
+    def run(**play: Any) -> dict[str, Any]:
+        (result,) = run_tasks([task], play_vars={"weave": weave}, play=play)
+        return result
+
+    dry = run(check_mode=True)
+    assert dry["event"] == "runner_on_ok" and dry["res"]["changed"] is True, dry
+    assert not root.exists()
+    first = run()
+    assert first["res"]["changed"] is True and len(first["res"]["changed_paths"]) == 6, first
+    assert conflist.read_text() == host_files.conflist(weave)
+    assert os.readlink(root / "opt/cni/bin/portmap") == "/usr/lib/cni/portmap"
+    assert run()["res"]["changed"] is False
+    conflist.chmod(0o600)
+    (root / "opt/cni/bin/bandwidth").unlink()
+    repaired = run()["res"]
+    assert sorted(repaired["changed_paths"]) == sorted([str(root / "opt/cni/bin/bandwidth"), str(conflist)]), repaired
+    assert stat.S_IMODE(conflist.stat().st_mode) == 0o644
+    conflist.unlink()
+    (root / "opt/cni/bin/loopback").unlink()
+    (root / "opt/cni/bin/loopback").write_bytes(b"\x7fELF someone else's plugin")
+    refused = run()
+    assert refused["event"] == "runner_on_failed", refused
+    assert "opt/cni/bin/loopback exists and is not a link" in refused["res"]["msg"], refused
+    assert not conflist.exists()
+    assert (root / "opt/cni/bin/loopback").read_bytes().startswith(b"\x7fELF")

@@ -148,6 +148,9 @@ def test_the_collection_is_built_from_the_roles_own_files(tmp_path: Path) -> Non
             assert tar.extractfile(f"roles/weave_node/tasks/{task.name}").read() == task.read_bytes()  # type: ignore[union-attr]
         for plugin in (role / "action_plugins").glob("*.py"):
             assert tar.extractfile(f"plugins/action/{plugin.name}").read() == plugin.read_bytes()  # type: ignore[union-attr]
+        for module in (role / "library").glob("*.py"):
+            assert tar.extractfile(f"plugins/modules/{module.name}").read() == module.read_bytes()  # type: ignore[union-attr]
+        assert not [n for n in tar.getnames() if "/library/" in n or "/action_plugins/" in n]
         site = yaml.safe_load(tar.extractfile("playbooks/site.yml"))  # type: ignore[arg-type]
         assert site[0]["roles"] == ["weave_node.rollout.weave_node"]
 
@@ -175,6 +178,19 @@ def test_the_installed_collection_validates_with_the_packages_code_before_touchi
     assert out.returncode != 0
     assert "invalid weave-node settings" in text and "n1" in text and "weave_ipalloc_range" in text, text[-3000:]
     assert "UNREACHABLE" not in text
+    # The collection's action finds its module (plugins/modules): the CNI files, written under a root of the test's.
+    weave = {"weave_cni_bin_dir": "/opt/cni/bin", "weave_cni_conf_dir": "/etc/cni/net.d", "weave_cni_version": "1.1.0",
+             "weave_hairpin": False, "weave_bandwidth": False, "weave_state_dir": "/var/lib/weave-node"}  # fmt: skip
+    task = {"weave_node.rollout.weave_node_files": {"set": "cni", "root": str(tmp_path / "root")}}
+    play = [{"hosts": "localhost", "gather_facts": False, "vars": {"weave": weave}, "tasks": [task]}]
+    (tmp_path / "files.yml").write_text(yaml.safe_dump(play))
+    out = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", "-e",
+         "ansible_python_interpreter=/usr/bin/python3", "files.yml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert (tmp_path / "root/etc/cni/net.d/10-weave.conflist").is_file()
 
 
 def test_weave_node_rollout_without_the_rollout_tools_says_what_to_install(

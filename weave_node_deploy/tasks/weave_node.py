@@ -22,15 +22,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
-from weave_node_deploy import handover, manifest, runtime, validate, versions, wheelhouse
-from weave_node_deploy.facts import STATUS_SOCKET
-from weave_node_deploy.paths import TEMPLATES
-from weave_node_deploy.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, SYSCTL_TEXT, effective, ours, typed
+from weave_node_deploy import handover, host_files, manifest, runtime, validate, versions, wheelhouse
+from weave_node_deploy.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, effective, ours, typed
 
 MANIFEST = "/etc/weave-node/weave-node.yaml"
-PASSWORD = "/etc/weave-node/password"  # noqa: S105 - a path
-PREVIOUS_PASSWORD = "/etc/weave-node/password.previous"  # noqa: S105 - a path
-MESH_ENV = "/etc/weave-node/mesh.env"
+PASSWORD, PREVIOUS_PASSWORD, MESH_ENV = host_files.PASSWORD, host_files.PREVIOUS_PASSWORD, host_files.MESH_ENV
 _built: dict[str, Path] = {}
 logger = logging.getLogger("pyinfra")
 
@@ -63,14 +59,12 @@ def prerequisites() -> None:
         for module, probe in MODULES:
             if not host.get_fact(Directory, path=probe):
                 server.modprobe(name=f"Kernel module {module}", module=module)
+    modules_load, sysctl = host_files.prerequisites()
     files.put(
-        name="Kernel modules loaded at boot",
-        src=io.StringIO("".join(f"{m}\n" for m, _ in MODULES)),
-        dest="/etc/modules-load.d/weave-node.conf",
-        mode="644",
+        name="Kernel modules loaded at boot", src=io.StringIO(modules_load.content), dest=modules_load.path, mode="644"
     )
     files.put(
-        name="IPv4 forwarding at boot (our own drop-in)", src=io.StringIO(SYSCTL_TEXT), dest=SYSCTL_FILE, mode="644"
+        name="IPv4 forwarding at boot (our own drop-in)", src=io.StringIO(sysctl.content), dest=sysctl.path, mode="644"
     )
     server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
 
@@ -89,7 +83,7 @@ def router(data: dict[str, Any]) -> Any:
     into a new venv and swaps that in whole. Returns the install operation, or None when it was up to date."""
     wheels = _wheelhouse(data)
     prefix = data["weave_prefix"]
-    running = host.get_fact(Command, command=f"{prefix}/venv/bin/weave-node --version 2>/dev/null || true")
+    running = host.get_fact(Command, command=versions.command(prefix))
     refused = versions.downgrade(host.name, running, wheelhouse.our_wheel(wheels).name, data["weave_allow_downgrade"])
     if refused:
         raise DeployError(refused)
@@ -137,33 +131,15 @@ def config(data: dict[str, Any]) -> Changes:
         live.append(_secret("Password", str(data["weave_password_file"]), PASSWORD))
     if data["weave_previous_password_file"]:
         live.append(_secret("Previous password", str(data["weave_previous_password_file"]), PREVIOUS_PASSWORD))
-    env = files.template(
-        name="Router settings",
-        src=str(TEMPLATES / "weave-node/weave-node.env.j2"),
-        dest="/etc/weave-node/weave-node.env",
-        mode="644",
-        ipalloc_range=data["weave_ipalloc_range"],
-        ipalloc_init=data["weave_ipalloc_init"],
-        ipam_reclaim_after=data["weave_ipam_reclaim_after"],
-        ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
-        conn_limit=data["weave_conn_limit"],
-        mtu=data["weave_mtu"],
-        bridge_netfilter=data["weave_bridge_netfilter"],
-        direct=data["weave_direct"],
-        password_file=PASSWORD if data["weave_password_file"] else "",
-        state_dir=data["weave_state_dir"],
-        metrics_addr=data["weave_metrics_addr"],
-        status_socket=STATUS_SOCKET,
+    env = files.put(
+        name="Router settings", src=io.StringIO(host_files.router_env(data)), dest=host_files.ENV, mode="644"
     )
     live.append(
-        files.template(
+        files.put(
             name="Peers (applied without a restart)",
-            src=str(TEMPLATES / "weave-node/mesh.env.j2"),
+            src=io.StringIO(host_files.mesh_env(data)),
             dest=MESH_ENV,
             mode="644",
-            peers=data["weave_peers"],
-            previous_password_file=PREVIOUS_PASSWORD if data["weave_previous_password_file"] else "",
-            accept_unencrypted=data["weave_accept_unencrypted"],
         )
     )
     if not data["weave_previous_password_file"]:
@@ -175,14 +151,7 @@ def config(data: dict[str, Any]) -> Changes:
 
 @deploy("weave-node: the service")
 def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
-    unit = files.template(
-        name="Unit file",
-        src=str(TEMPLATES / "weave-node/weave-node.service.j2"),
-        dest="/etc/systemd/system/weave-node.service",
-        mode="644",
-        prefix=data["weave_prefix"],
-        state_dir=data["weave_state_dir"],
-    )
+    unit = files.put(name="Unit file", src=io.StringIO(host_files.unit(data)), dest=host_files.UNIT, mode="644")
     systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
     started = systemd.service(name="Running", service="weave-node.service", running=True)
     systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
@@ -222,7 +191,7 @@ def cni(data: dict[str, Any], installed: Any = None) -> None:
     install = f"{data['weave_prefix']}/venv/bin/weave-node install-cni-plugin --dir {bin_dir}"
     # Decided at plan time where it can be (so a dry run of an up-to-date host plans nothing): a plugin that differs
     # (or no router yet to ask) is written; an up-to-date one only if this run (re)installs the router.
-    current = host.get_fact(Command, command=f"{install} --check >/dev/null 2>&1 && echo yes || echo no") == "yes"
+    current = host.get_fact(Command, command=host_files.plugin_check(data["weave_prefix"], bin_dir)) == "yes"
     label = "weave-net plugin (by the installed router's installer)"
     if not current:
         server.shell(name=label, commands=[install])
@@ -230,7 +199,7 @@ def cni(data: dict[str, Any], installed: Any = None) -> None:
         server.shell(name=label, commands=[install], _if=installed.did_change)
     for name in ("loopback", "portmap", "bandwidth"):
         files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
-    text = manifest.conflist(data)
+    text = host_files.conflist(data)
     _atomic_put("Network configuration list", text, f"{conf_dir}/10-weave.conflist", "644")
 
 

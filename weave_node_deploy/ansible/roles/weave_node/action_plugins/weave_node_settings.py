@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve()
 if HERE.parents[4].name == "weave_node_deploy" and str(HERE.parents[5]) not in sys.path:  # the role in the package
     sys.path.insert(0, str(HERE.parents[5]))
 try:  # the collection needs the package on the control machine (its Python, the one that runs Ansible)
-    from weave_node_deploy import compat, facts, handover, paths, settings, validate, versions, wheelhouse
+    from weave_node_deploy import compat, facts, handover, host_files, paths, settings, validate, versions, wheelhouse
 except ImportError as exc:
     MISSING: str | None = (
         f"the weave_node role needs the weave-node Python package on the control machine, in the Python that runs "
@@ -97,4 +97,5 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         data["status_socket"] = facts.STATUS_SOCKET
         data["sysctl_file"], data["sysctl_text"] = settings.SYSCTL_FILE, settings.SYSCTL_TEXT
         data["modules"] = [list(m) for m in settings.MODULES]
+        data["plugin_check"] = host_files.plugin_check(data["weave_prefix"], data["weave_cni_bin_dir"])
         return {**result, "changed": False, "ansible_facts": {"weave": data}}
