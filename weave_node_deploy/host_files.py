@@ -150,13 +150,14 @@ PACKAGED_PLUGIN = "weave_node/cni/bin/weave-net-linux-*"  # in the venv's site-p
 
 def plugin_check(prefix: str, bin_dir: str) -> str:
     """A shell command that prints `yes` when the host's weave-net plugin is the installed router's (the binary its
-    wheel carries, mode 0755: what `weave-node install-cni-plugin --check` checks), `no` otherwise; no Python
-    start (a 20-host re-run pays one per host otherwise)."""
+    wheel carries, mode 0755, through a link as the installer follows one: what `weave-node install-cni-plugin
+    --check` checks), `no` otherwise; no Python start (a 20-host re-run pays one per host otherwise). The wheel
+    carries one binary, for the machine it was built for (the install script refuses another)."""
     packaged = f"{shlex.quote(prefix)}/venv/lib/python3*/site-packages/{PACKAGED_PLUGIN}"
     plugin = shlex.quote(f"{bin_dir}/{PLUGIN}")
     return (
         f"p=$(ls -d {packaged} 2>/dev/null | head -n 1); "
-        f'if [ -n "$p" ] && [ "$(stat -c %a {plugin} 2>/dev/null)" = 755 ] && cmp -s "$p" {plugin}; '
+        f'if [ -n "$p" ] && [ "$(stat -L -c %a {plugin} 2>/dev/null)" = 755 ] && cmp -s "$p" {plugin}; '
         "then echo yes; else echo no; fi"
     )
 

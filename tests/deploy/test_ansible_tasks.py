@@ -353,22 +353,22 @@ def test_the_password_is_never_in_a_file_others_can_read(run_tasks: RunTasks, tm
     root = tmp_path / "root"
     conf = root / "etc/weave-node"
     secret = tmp_path / "secret"
-    secret.write_text("first password\n")
-    secret.chmod(0o600)
+    secret.touch(mode=0o600)
     (task,) = role_tasks("config.yml", CONFIG_TASK)
     task["weave_node_files"]["root"] = str(root)
     task["environment"] = {"PYTHONPATH": str(hook), "WATCH": str(conf / "password"), "WATCH_LOG": str(tmp_path / "log")}
     weave = _env_weave(tmp_path, weave_password_file=str(secret), weave_previous_password_file=None,
                        weave_accept_unencrypted=False)  # fmt: skip
     results = []
-    for text in ("first password\n", "second password\n", None):
-        if text:
-            secret.write_text(text)
+    # text, then bytes that are no UTF-8 with a CR (copied as they are, as pyinfra copies them), then nothing new
+    for data in (b"first password\n", b"\xa3second\r\npassword\r", None):
+        if data:
+            secret.write_bytes(data)
         (result,) = run_tasks([task], play_vars={"weave": weave})
         assert result["event"] == "runner_on_ok", result
-        assert "password\n" not in repr(result["res"]), result
+        assert "first password" not in repr(result["res"]) and "second" not in repr(result["res"]), result
         results.append(result["res"])
-        assert (conf / "password").read_text() == (text or "second password\n")
+        assert (conf / "password").read_bytes() == (data or b"\xa3second\r\npassword\r")
         assert stat.S_IMODE((conf / "password").stat().st_mode) == 0o600
     assert results[1]["changed_paths"] == [str(conf / "password")] and results[1]["reload"], results[1]
     assert results[2]["changed"] is False and not results[2]["reload"], results[2]
@@ -531,8 +531,10 @@ def test_the_cni_files_are_written_once_checked_first_and_never_over_a_real_plug
         (result,) = run_tasks([task], play_vars={"weave": weave}, play=play)
         return result
 
-    dry = run(check_mode=True)
+    dry = run(check_mode=True, diff=True)
     assert dry["event"] == "runner_on_ok" and dry["res"]["changed"] is True, dry
+    (diff,) = dry["res"]["diff"]  # (--diff: what the list would be)
+    assert (diff["after_header"], diff["before"], diff["after"]) == (str(conflist), "", host_files.conflist(weave))
     assert not root.exists()
     first = run()
     assert first["res"]["changed"] is True and len(first["res"]["changed_paths"]) == 6, first

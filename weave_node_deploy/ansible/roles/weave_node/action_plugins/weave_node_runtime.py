@@ -33,7 +33,7 @@ else:
 
 
 class ActionModule(ActionBase):  # type: ignore[misc]
-    TRANSFERS_FILES = True
+    TRANSFERS_FILES = False  # only the install pushes a file, into a temporary directory it makes itself
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
@@ -86,13 +86,20 @@ class ActionModule(ActionBase):  # type: ignore[misc]
             return {"failed": True, "msg": f"the runtime archive: {exc}"}
         digest = runtime.sha256(archive)
         dest = f"{prefix}/{runtime.ARCHIVE}"
-        made = self._sh(
-            f"mkdir -p {shlex.quote(prefix)} && chmod 0755 {shlex.quote(prefix)} && rm -f {shlex.quote(dest)}"
-        )
-        if made.get("rc") != 0:
-            return {"failed": True, "msg": f"{prefix}: {made.get('stderr') or made.get('stdout')}"}
-        self._transfer_file(str(archive), dest)
-        out = self._sh(f"chmod 0600 {shlex.quote(dest)} && {runtime.install_script(prefix, digest)}")
+        # Uploaded as the connection's user into Ansible's own temporary directory (0700), then moved into place
+        # by the (become) root shell: a non-root SSH user with sudo works as with the old copy task.
+        tmpdir = self._make_tmp_path()
+        try:
+            staged = self._connection._shell.join_path(tmpdir, runtime.ARCHIVE)
+            self._transfer_file(str(archive), staged)
+            self._fixup_perms2((tmpdir, staged))
+            q = shlex.quote
+            out = self._sh(
+                f"mkdir -p {q(prefix)} && chmod 0755 {q(prefix)} && mv -f {q(staged)} {q(dest)} && "
+                f"chown 0:0 {q(dest)} && chmod 0600 {q(dest)} && {runtime.install_script(prefix, digest)}"
+            )
+        finally:
+            self._remove_tmp_path(tmpdir)
         if out.get("rc") != 0:
             return {
                 "failed": True,

@@ -6,7 +6,7 @@ directories and links written in one module run, each only when it differs.
 A file is written beside its place (mkstemp: mode 0600 from its creation), synced, given its mode and owner, and
 renamed in: a runtime never reads half a file, and a password is never readable by others, not even for a moment.
 A link replaces only a link (a real plugin binary where a link would go is an error, naming it). In check mode
-nothing is written; what would change is reported."""
+nothing is written; what would change is reported (with --diff, how, except for a secret)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def _file(entry: dict[str, Any], content: bytes, check: bool) -> bool:
             same = f.read() == content
         if same and stat.S_IMODE(st.st_mode) == mode and _owner_ok(st):
             return False
-    elif st is not None:
-        raise ValueError(f"{path} exists and is not a regular file")
+    elif st is not None and stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is a directory")
+    # (a link where the file goes is replaced by the file, as Ansible's template and copy do)
     if check:
         return True
     directory = os.path.dirname(path) or "."
@@ -56,6 +57,14 @@ def _file(entry: dict[str, Any], content: bytes, check: bool) -> bool:
         raise
     _sync_dir(directory)
     return True
+
+
+def _before(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _sync_dir(directory: str) -> None:
@@ -129,22 +138,38 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "entries": {"type": "list", "elements": "dict", "required": True},
-            # The secrets' contents by path (the passwords): never logged, never in the result.
-            "secrets": {"type": "dict", "default": {}, "no_log": True},
+            # Entry index -> a file the action pushed into Ansible's temporary directory (0700): a password's
+            # bytes, which never travel in the arguments (nor in logs, results or diffs).
+            "secret_files": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
-    secrets = module.params["secrets"]
-    changed: list[str] = []
-    for entry in module.params["entries"]:
+    secret_files = module.params["secret_files"]
+    changed: list[int] = []
+    diffs: list[dict[str, str]] = []
+    for index, entry in enumerate(module.params["entries"]):
         path = entry.get("path", "")
+        secret = str(index) in secret_files
         try:
-            content = (secrets[path] if path in secrets else entry.get("content", "")).encode()
+            if secret:
+                with open(secret_files[str(index)], "rb") as f:
+                    content = f.read()
+            else:
+                content = str(entry.get("content", "")).encode()
+            before = _before(path) if module._diff and entry.get("state") == "file" and not secret else None
             if apply(entry, content, module.check_mode):
-                changed.append(path)
+                changed.append(index)
+                if before is not None:
+                    diffs.append({"before_header": path, "after_header": path, "before": before,
+                                  "after": content.decode(errors="replace")})  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
-            module.fail_json(msg=f"{path}: {exc}", changed=bool(changed), changed_paths=changed)
-    module.exit_json(changed=bool(changed), changed_paths=changed)
+            reason = exc.strerror if secret and isinstance(exc, OSError) else exc  # (never a secret's bytes)
+            module.fail_json(msg=f"{path}: {reason}", changed=bool(changed), changed_entries=changed)
+    paths = [module.params["entries"][i].get("path", "") for i in changed]
+    result: dict[str, Any] = {"changed": bool(changed), "changed_entries": changed, "changed_paths": paths}
+    if diffs:
+        result["diff"] = diffs
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
