@@ -31,7 +31,7 @@ class DatapathError(Exception):
     """A kernel operation failed; the message says which and why."""
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 
 
@@ -47,13 +47,13 @@ def socket_in(netns: str) -> Any:
         raise DatapathError(f"cannot open network namespace {netns}: {exc.strerror}") from exc
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
+        if libc.setns(target, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise DatapathError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
         try:
             return IPRoute()
         finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:  # a thread left in a pod's namespace would be a disaster
+            if libc.setns(own, CLONE_NEWNET) != 0:  # a thread left in a pod's namespace would be a disaster
                 os.abort()
     finally:
         os.close(target)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from weave_node.datapath import nlbatch
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netns import DatapathError, ipr_in
 
@@ -113,8 +114,24 @@ def _pod_end_exists(pod: Pod) -> bool:
 
 
 def _configure_pod_end(pod: Pod, fresh: bool) -> str:
-    """Address, MTU, up and the default route of the pod end; its MAC. `fresh`: just created (no address yet)."""
+    """Address, MTU, up and the default route of the pod end; its MAC. `fresh`: just created (no address yet):
+    two batches of requests on a plain netlink socket (nlbatch.py); otherwise pyroute2, reading what is there."""
     iface = ipaddress.ip_interface(pod.address)
+    if fresh:
+        try:
+            with nlbatch.socket_in(pod.netns) as sock:
+                batch = nlbatch.Batch(sock)
+                nlbatch.set_link(batch, index=LOOPBACK_INDEX)
+                get = nlbatch.get_link(batch, pod.ifname)
+                nlbatch.set_link(batch, name=pod.ifname, mtu=pod.mtu)
+                link = batch.run()[get]
+                idx = int(link["index"])
+                nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
+                nlbatch.replace_default_route(batch, pod.gateway, idx)
+                batch.run()
+                return str(link.get_attr("IFLA_ADDRESS"))
+        except DatapathError as exc:
+            raise DatapathError(f"{exc} in {pod.netns}") from exc
     with ipr_in(pod.netns) as ipr:
         ipr.link("set", index=LOOPBACK_INDEX, state="up")
         link = _link(ipr, pod.ifname)
