@@ -109,7 +109,7 @@ class PodService:
     async def _add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
         gateway = self._gateway()
         existed = self.ipam.lookup(key).ip is not None
-        ip = ip_str(await self.ipam.allocate(key))
+        ip = ip_str(await self.ipam.allocate(key, durable=False))  # a pod's: it dies with the kernel
         pod = self._pod(key, netns, ip, gateway, hairpin)
         try:
             plumbed = await self.overlay.pods.attach(pod)

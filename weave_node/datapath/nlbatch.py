@@ -23,9 +23,10 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from weave_node.datapath.netns import CLONE_NEWNET, DatapathError, libc
 
 IFF_UP = 0x1
-RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1  # what pyroute2's route("replace", ...) sends by default
+RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1  # what pyroute2's route("replace", ...) sends by default
 NETLINK_ROUTE = 0
 RECV_SIZE = 65536
+TIMEOUT = 5.0  # the kernel answers while send() runs; a pod worker thread must never wait forever all the same
 
 
 @contextlib.contextmanager
@@ -35,7 +36,11 @@ def socket_in(netns: str) -> Iterator[socket.socket]:
         target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DatapathError(f"cannot open network namespace {netns}: {exc.strerror}") from exc
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(target)
+        raise
     try:
         if libc.setns(target, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
@@ -49,6 +54,7 @@ def socket_in(netns: str) -> Iterator[socket.socket]:
         os.close(target)
         os.close(own)
     try:
+        sock.settimeout(TIMEOUT)
         sock.bind((0, 0))
         yield sock
     finally:
@@ -81,7 +87,12 @@ class Batch:
         failed: list[tuple[int, int]] = []
         marshal = MarshalRtnl()
         while len(answers) < len(what):
-            for msg in marshal.parse(self.sock.recv(RECV_SIZE)):
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except TimeoutError:
+                missing = sorted(set(what) - set(answers))
+                raise DatapathError(f"{what[missing[0]]}: no answer from the kernel in {TIMEOUT} s") from None
+            for msg in marshal.parse(data):
                 seq = msg["header"]["sequence_number"]
                 if seq not in what or seq in answers:
                     continue
@@ -129,7 +140,7 @@ def replace_default_route(batch: Batch, gateway: str, index: int) -> int:
     msg = rtmsg()
     msg["family"] = socket.AF_INET6 if ":" in gateway else socket.AF_INET
     msg["table"] = RT_TABLE_MAIN
-    msg["proto"] = RTPROT_BOOT
+    msg["proto"] = RTPROT_STATIC
     msg["type"] = RTN_UNICAST
     msg["attrs"] = [("RTA_TABLE", RT_TABLE_MAIN), ("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
     return batch.add(f"default route via {gateway}", msg, RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)

@@ -131,7 +131,7 @@ def _configure_pod_end(pod: Pod, fresh: bool) -> str:
                 batch.run()
                 return str(link.get_attr("IFLA_ADDRESS"))
         except DatapathError as exc:
-            raise DatapathError(f"{exc} in {pod.netns}") from exc
+            raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
     with ipr_in(pod.netns) as ipr:
         ipr.link("set", index=LOOPBACK_INDEX, state="up")
         link = _link(ipr, pod.ifname)
@@ -139,11 +139,7 @@ def _configure_pod_end(pod: Pod, fresh: bool) -> str:
             raise DatapathError(f"link {pod.ifname} does not exist in {pod.netns}")
         idx = link["index"]
         ipr.link("set", index=idx, mtu=pod.mtu, state="up")
-        have = (
-            set()
-            if fresh
-            else {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
-        )
+        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
         if (str(iface.ip), iface.network.prefixlen) not in have:
             ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         try:

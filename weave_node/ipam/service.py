@@ -73,11 +73,11 @@ class IpamService:
 
     # ---- the one place where state leaves: commit first, then speak -------------------------------------------
 
-    def _after(self) -> None:
+    def _after(self, durable: bool = True) -> None:
         changes = self.alloc.take_changes()
         if changes:
             try:
-                self.store.commit(self.alloc, changes)
+                self.store.commit(self.alloc, changes, durable=durable)
             except Exception:
                 # Fail-stop: memory is ahead of the disk, so nothing may be answered or sent from it. systemd
                 # restarts us from what is on disk; callers retry.
@@ -161,13 +161,15 @@ class IpamService:
 
     # ---- requests -----------------------------------------------------------------------------------------
 
-    async def allocate(self, key: Key, wait: float = DEFAULT_WAIT) -> int:
+    async def allocate(self, key: Key, wait: float = DEFAULT_WAIT, *, durable: bool = True) -> int:
+        """`durable=False` for a pod's ADD: its allocation alone is committed without an fsync (store.py: the pod
+        dies with the kernel); one made through the API may name anything, so it is fsynced."""
         until = self.clock.now() + wait
         self.pending += 1
         try:
             while True:
                 ip = self.alloc.allocate(key, self.clock.now())
-                self._after()
+                self._after(durable)
                 if ip is not None:
                     return ip
                 if not await self._wait_change(until):

@@ -3,14 +3,16 @@ router answers or sends anything that depends on it, and survives the router's c
 kernel's page cache).
 
 What peers rely on (the ring, consensus, sightings, orphans, a hand-over) also survives the host's crash (power
-loss): those transactions are synchronous=FULL, the WAL fsynced before COMMIT returns. A change of allocations
-alone (a pod's ADD or DEL) is synchronous=NORMAL: no fsync, ~0.3 ms off every ADD here and a disk flush off it on
-slow disks. That loses nothing that matters: an allocation names a pod on this host, whose network namespace dies
-with the kernel, so what a power loss can take back is an allocation or a release of pods that are gone after
-the reboot anyway (their records are stale then either way: the runtime's GC and DEL release them). A lost
-record can only make free an address no living pod holds, never give one address twice. The WAL is written in
-order, so the next FULL commit makes every earlier NORMAL one durable too, and a power loss leaves a prefix of the
-transactions."""
+loss): those transactions are synchronous=FULL, the WAL fsynced before COMMIT returns, and so is every other
+change, with one exception: a pod's ADD (`durable=False`: its allocation alone) is synchronous=NORMAL, no fsync,
+~0.3 ms off every ADD here and a disk flush off it on slow disks. That loses nothing that matters: the allocation
+names a pod on this host, whose network namespace dies with the kernel, so what a power loss can take back is
+the allocation of a pod that is gone after the reboot anyway: it can only leave free an address no living pod
+holds, never give one address twice. Releases (DEL, GC) and allocations through the API (which may name anything)
+stay FULL. The WAL is written in order, so the next FULL commit (at the latest the sightings' mark, every
+MARK_INTERVAL) makes every earlier NORMAL one durable too, and a power loss leaves a prefix of the transactions.
+A write error in the background (a failing disk) would surface at that next fsync, and the router stops there
+as at any failed commit."""
 
 from __future__ import annotations
 
@@ -203,14 +205,15 @@ class Store:
 
     def _synchronous(self, full: bool) -> None:
         mode = "FULL" if full else "NORMAL"
-        if self._sync_mode != mode:  # (set between transactions: sqlite ignores it inside one)
+        if self._sync_mode != mode:  # (between transactions: sqlite refuses it inside one)
             self.db.execute(f"PRAGMA synchronous={mode}")
             self._sync_mode = mode
 
-    def commit(self, alloc: Allocator, changes: Changes) -> None:
+    def commit(self, alloc: Allocator, changes: Changes, *, durable: bool = True) -> None:
         now = time.time()
-        # Only allocations: no fsync (the module's docstring says why nothing that matters can be lost).
-        full = changes.ring or changes.consensus or changes.seen or changes.orphans or changes.leaving
+        # A pod's allocation alone (durable=False): no fsync (the module's docstring says why that loses nothing).
+        flags = changes.ring or changes.consensus or changes.seen or changes.orphans or changes.leaving
+        full = durable or flags or bool(changes.delete)
         with self._tx(full):  # one transaction: COMMIT (with FULL, an fsync of the WAL) or ROLLBACK
             if changes.seen:
                 self._put_seen(alloc)
