@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from weave_node_deploy import manifest, settings
+from weave_node_deploy import host_files, manifest, settings
 from weave_node_deploy.facts import STATUS_SOCKET
 from weave_node_deploy.paths import TEMPLATES
 from weave_node_deploy.validate import InvalidData, validate
@@ -114,24 +114,8 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     given: dict[str, Any], after: float, replaced: bool
 ) -> None:
     """Setting -> env file (the template, as pyinfra renders it) -> the router's configuration."""
-    from pyinfra.api.util import get_template
-
     data = settings.effective("node1", {"weave_address": "198.18.0.1", **given}, HOSTS)
-    text = get_template(str(TEMPLATES / "weave-node/weave-node.env.j2")).render(
-        peers=data["weave_peers"],
-        ipalloc_range=data["weave_ipalloc_range"],
-        ipalloc_init=data["weave_ipalloc_init"],
-        ipam_reclaim_after=data["weave_ipam_reclaim_after"],
-        ipam_reclaim_replaced=data["weave_ipam_reclaim_replaced"],
-        conn_limit=data["weave_conn_limit"],
-        mtu=data["weave_mtu"],
-        bridge_netfilter=data["weave_bridge_netfilter"],
-        direct=data["weave_direct"],
-        password_file="",
-        state_dir=data["weave_state_dir"],
-        metrics_addr=data["weave_metrics_addr"],
-        status_socket=STATUS_SOCKET,
-    )
+    text = host_files.router_env(data)  # what both engines write
     assert ("WEAVE_NO_IPAM_RECLAIM_REPLACED=1" in text.splitlines()) is not replaced, text
     config = _router_config(text)
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
@@ -253,7 +237,7 @@ def test_the_daemonset_carries_the_same_conflist_as_the_systemd_path_and_every_n
 
     data = _settings()
     docs = {d["kind"]: d for d in yaml.safe_load_all(manifest.from_settings(data)) if d}
-    assert docs["ConfigMap"]["data"]["10-weave.conflist"] == manifest.conflist(data)
+    assert docs["ConfigMap"]["data"]["10-weave.conflist"] == host_files.conflist(data)
     pod = docs["DaemonSet"]["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["WEAVE_PEERS"] == "198.18.0.1 198.18.0.2 198.18.0.3" and env["IPALLOC_INIT"] == "consensus=3"

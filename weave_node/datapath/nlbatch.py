@@ -6,7 +6,6 @@ only the socket and the sequencing are ours."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from weave_node.datapath.netns import CLONE_NEWNET, DatapathError, libc
+from weave_node.datapath.netns import DatapathError, made_in
 
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1  # what pyroute2's route("replace", ...) sends by default
@@ -31,28 +30,10 @@ TIMEOUT = 5.0  # the kernel answers while send() runs; a pod worker thread must 
 
 @contextlib.contextmanager
 def socket_in(netns: str) -> Iterator[socket.socket]:
-    """A NETLINK_ROUTE socket created in `netns` (a path): this thread enters it only for the socket() call."""
-    try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise DatapathError(f"cannot open network namespace {netns}: {exc.strerror}") from exc
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(target)
-        raise
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise DatapathError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:  # a thread left in a pod's namespace would be a disaster
-                os.abort()
-    finally:
-        os.close(target)
-        os.close(own)
+    """A NETLINK_ROUTE socket created in `netns` (a path)."""
+    sock = made_in(
+        netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    )
     try:
         sock.settimeout(TIMEOUT)
         sock.bind((0, 0))
