@@ -6,6 +6,7 @@ weave_node import, and nothing heavier than Jinja2: Ansible's workers import it 
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ UNIT = "/etc/systemd/system/weave-node.service"
 MODULES_LOAD = "/etc/modules-load.d/weave-node.conf"
 STANDARD_PLUGINS = ("loopback", "portmap", "bandwidth")  # Debian's, linked into the CNI bin directory
 DEBIAN_PLUGINS = "/usr/lib/cni"
+CONFLIST = "10-weave.conflist"  # in the CNI configuration directory
 
 # What a change to a file needs of the running router (the Ansible role's restart and reload decisions).
 RESTART, RELOAD, DAEMON_RELOAD = "restart", "reload", "daemon-reload"
@@ -46,22 +48,24 @@ class Entry:
     needs: tuple[str, ...] = ()
 
 
-def _env() -> jinja2.Environment:
-    # pyinfra's settings for templates (pyinfra.api.util.get_template): the same bytes from either engine.
+@functools.cache
+def env() -> jinja2.Environment:
+    """Our templates with pyinfra's settings (pyinfra.api.util.get_template): the same bytes from either engine.
+    One per process: it keeps the parsed templates (an Ansible worker renders several per host)."""
     return jinja2.Environment(  # noqa: S701 - configuration files, not HTML
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
 
 
 def render(template: str, **values: Any) -> str:
-    return _env().get_template(template).render(**values)
+    return env().get_template(template).render(**values)
 
 
 def conflist(data: Mapping[str, Any]) -> str:
     """The network configuration list: what the systemd rollout writes to the CNI configuration directory and what
     the DaemonSet's init container installs (one template, both paths)."""
     text = render(
-        "10-weave.conflist.j2",
+        f"{CONFLIST}.j2",
         cni_version=data["weave_cni_version"],
         hairpin_mode=data["weave_hairpin"],
         bandwidth=data["weave_bandwidth"],
@@ -140,7 +144,7 @@ def cni(data: Mapping[str, Any]) -> list[Entry]:
         Entry(bin_dir, "directory", mode=0o755),
         Entry(conf_dir, "directory", mode=0o755),
         *(Entry(f"{bin_dir}/{p}", "link", target=f"{DEBIAN_PLUGINS}/{p}") for p in STANDARD_PLUGINS),
-        Entry(f"{conf_dir}/10-weave.conflist", "file", conflist(data)),
+        Entry(f"{conf_dir}/{CONFLIST}", "file", conflist(data)),
     ]
 
 

@@ -8,25 +8,18 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-import jinja2
 import kubernetes_validate
 import yaml
 
+from weave_node_deploy import host_files
 from weave_node_deploy.facts import STATUS_SOCKET
 from weave_node_deploy.host_files import conflist  # the DaemonSet's init container installs the same file
-from weave_node_deploy.paths import TEMPLATES
 
 KUBERNETES_VERSION = "1.30"
 
 
 class InvalidManifest(ValueError):
     pass
-
-
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(  # noqa: S701 - YAML and JSON, not HTML
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
-    )
 
 
 def nodes(data: Mapping[str, Any]) -> list[str]:
@@ -75,7 +68,7 @@ def render(**values: Any) -> str:
     values.setdefault("conflist", conflist(_CONFLIST_DEFAULTS))
     values.setdefault("status_socket", STATUS_SOCKET)
     values.setdefault("run_dir", posixpath.dirname(values["status_socket"]))
-    template = _env().get_template("weave-node/daemonset.yaml.j2")
+    template = host_files.env().get_template("weave-node/daemonset.yaml.j2")
     # The pods' template carries a hash of everything else: a changed setting rolls them, an unchanged one does not.
     values["config_hash"] = ""
     values["config_hash"] = hashlib.sha256(template.render(**values).encode()).hexdigest()[:16]

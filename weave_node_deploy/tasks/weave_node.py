@@ -197,10 +197,11 @@ def cni(data: dict[str, Any], installed: Any = None) -> None:
         server.shell(name=label, commands=[install])
     elif installed is not None:
         server.shell(name=label, commands=[install], _if=installed.did_change)
-    for name in ("loopback", "portmap", "bandwidth"):
-        files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+    for name in host_files.STANDARD_PLUGINS:
+        target = f"{host_files.DEBIAN_PLUGINS}/{name}"
+        files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=target)
     text = host_files.conflist(data)
-    _atomic_put("Network configuration list", text, f"{conf_dir}/10-weave.conflist", "644")
+    _atomic_put("Network configuration list", text, f"{conf_dir}/{host_files.CONFLIST}", "644")
 
 
 def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
@@ -259,9 +260,10 @@ def daemonset_node(data: dict[str, Any]) -> None:
     the router's identity, its IPAM state and the kernel datapath)."""
     bin_dir = data["weave_cni_bin_dir"]
     files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
-    for name in ("loopback", "portmap", "bandwidth"):
+    for name in host_files.STANDARD_PLUGINS:
         if not host.get_fact(File, path=f"{bin_dir}/{name}"):
-            files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=f"/usr/lib/cni/{name}")
+            target = f"{host_files.DEBIAN_PLUGINS}/{name}"
+            files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=target)
     if host.get_fact(File, path="/etc/systemd/system/weave-node.service"):
         systemd.service(
             name="The router's systemd service stopped and disabled (the DaemonSet runs the router)",
@@ -351,15 +353,15 @@ def remove(remove_state: bool = False) -> None:
     # The drop-in goes; forwarding stays on until the next boot (other software on the host may rely on it).
     for path in (
         f"{bin_dir}/weave-net",
-        f"{conf_dir}/10-weave.conflist",
-        "/etc/modules-load.d/weave-node.conf",
+        f"{conf_dir}/{host_files.CONFLIST}",
+        host_files.MODULES_LOAD,
         SYSCTL_FILE,
     ):
         files.file(name=f"Remove {path}", path=path, present=False)
-    for name in ("loopback", "portmap", "bandwidth"):
+    for name in host_files.STANDARD_PLUGINS:
         # Only the link the rollout made: a plugin binary there (or a link elsewhere) is someone else's and stays.
         link = host.get_fact(Link, path=f"{bin_dir}/{name}")
-        if link and link.get("link_target") == f"/usr/lib/cni/{name}":
+        if link and link.get("link_target") == f"{host_files.DEBIAN_PLUGINS}/{name}":
             files.link(name=f"Remove {bin_dir}/{name}", path=f"{bin_dir}/{name}", present=False)
     files.directory(name="Remove the installation", path=prefix, present=False)
     files.directory(name="Remove the configuration (and the password)", path="/etc/weave-node", present=False)
