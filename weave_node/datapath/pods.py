@@ -52,7 +52,7 @@ def attach_pod(pod: Pod, netns: str | None = None) -> dict[str, str]:
             if pod.hairpin or not created:  # a new bridge port starts with hairpin off
                 host.brport("set", index=idx, mode=int(pod.hairpin))
             host_mac = str(link.get("IFLA_ADDRESS"))
-        pod_mac = _configure_pod_end(pod, fresh=created)
+        pod_mac = _configure_pod_end(pod)
     except (NetlinkError, OSError) as exc:
         if created:
             _rollback(pod, netns)
@@ -113,40 +113,24 @@ def _pod_end_exists(pod: Pod) -> bool:
         return False
 
 
-def _configure_pod_end(pod: Pod, fresh: bool) -> str:
-    """Address, MTU, up and the default route of the pod end; its MAC. `fresh`: just created (no address yet):
-    two batches of requests on a plain netlink socket (nlbatch.py); otherwise pyroute2, reading what is there."""
+def _configure_pod_end(pod: Pod) -> str:
+    """Address, MTU, up and the default route of the pod end; its MAC. Two batches of requests on a plain netlink
+    socket (nlbatch.py); each request creates or replaces, so a partial earlier attachment is completed alike."""
     iface = ipaddress.ip_interface(pod.address)
-    if fresh:
-        try:
-            with nlbatch.socket_in(pod.netns) as sock:
-                batch = nlbatch.Batch(sock)
-                nlbatch.set_link(batch, index=LOOPBACK_INDEX)
-                get = nlbatch.get_link(batch, pod.ifname)
-                nlbatch.set_link(batch, name=pod.ifname, mtu=pod.mtu)
-                link = batch.run()[get]
-                idx = int(link["index"])
-                nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
-                nlbatch.replace_default_route(batch, pod.gateway, idx)
-                batch.run()
-                return str(link.get_attr("IFLA_ADDRESS"))
-        except DatapathError as exc:
-            raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
-    with ipr_in(pod.netns) as ipr:
-        ipr.link("set", index=LOOPBACK_INDEX, state="up")
-        link = _link(ipr, pod.ifname)
-        if link is None:
-            raise DatapathError(f"link {pod.ifname} does not exist in {pod.netns}")
-        idx = link["index"]
-        ipr.link("set", index=idx, mtu=pod.mtu, state="up")
-        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
-        if (str(iface.ip), iface.network.prefixlen) not in have:
-            ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        try:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=pod.gateway, oif=idx)
-        except NetlinkError as exc:
-            raise DatapathError(f"default route via {pod.gateway} in {pod.netns}: {os.strerror(exc.code)}") from exc
-        return str(link.get("IFLA_ADDRESS"))
+    try:
+        with nlbatch.socket_in(pod.netns) as sock:
+            batch = nlbatch.Batch(sock)
+            nlbatch.set_link(batch, index=LOOPBACK_INDEX)
+            get = nlbatch.get_link(batch, pod.ifname)
+            nlbatch.set_link(batch, name=pod.ifname, mtu=pod.mtu)
+            link = batch.run()[get]
+            idx = int(link["index"])
+            nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
+            nlbatch.replace_default_route(batch, pod.gateway, idx)
+            batch.run()
+            return str(link.get_attr("IFLA_ADDRESS"))
+    except DatapathError as exc:
+        raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
 
 
 def detach_pod(pod: Pod, netns: str | None = None) -> bool:
