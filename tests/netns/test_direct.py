@@ -184,3 +184,35 @@ def test_a_restarted_router_keeps_its_direct_routes_while_the_peer_confirms_agai
         assert not any("DelRoute" in line or "AddRule" in line for line in applied), applied
         assert h.run("ip", "route", "show", "table", "all", "proto", "87").stdout == routes
         assert "direct mode: adopting" in r1.log_text()
+
+
+def test_pods_that_address_their_host_still_reach_a_direct_peer_that_falls_to_the_sleeve(cluster: Cluster) -> None:
+    """Direct mode's proxy ARP teaches a pod to send to its own host for a direct peer's pods. When that peer
+    falls back to the sleeve (here VXLAN is blocked, so fastdp goes and direct mode with it), the host routes
+    those packets into the sleeve: the host's own frames must cross it (they cross under the bridge's alias).
+    Before, the sleeve dropped them with the bridges' heartbeats, and such a pod lost the peer until its ARP entry
+    expired (15-45 s, longer than a restart)."""
+    x, y = cluster.pod(1, "sx"), cluster.pod(2, "sy")
+    h1_bridge = cluster.net.hosts[0].run("cat", "/sys/class/net/weave/address").stdout.strip()
+    assert x.run("ping", "-c", "1", "-W", "5", y.ip, check=False).returncode == 0
+    assert h1_bridge in x.run("ip", "neigh", "show", y.ip).stdout  # proxy ARP: x sends to its host
+    x.run("ip", "neigh", "replace", y.ip, "lladdr", h1_bridge, "dev", "eth0", "nud", "permanent")  # and keeps to it
+    u, (h1, h2) = cluster.net.underlay, (h.address for h in cluster.net.hosts[:2])
+    rules = [["-s", s, "-d", d, "-p", "udp", "--dport", "6784", "-j", "DROP"] for s, d in ((h1, h2), (h2, h1))]
+    try:
+        for rule in rules:
+            subprocess.run(["ip", "netns", "exec", u, "iptables", "-I", "FORWARD", *rule], check=True)
+        poll(lambda: cluster.mode(1, "h2") == "sleeve" and cluster.mode(2, "h1") == "sleeve", timeout=20,
+             what="h1<->h2 in the sleeve")  # fmt: skip
+        poll(lambda: "198.19.0.2" not in cluster.net.hosts[0].run("ip", "route", "show", "proto", "87").stdout,
+             timeout=10, what="h2's direct routes gone")  # fmt: skip
+        poll(lambda: x.run("ping", "-c", "1", "-W", "1", y.ip, check=False).returncode == 0, timeout=10,
+             what="x -> y, routed by h1 into the sleeve")  # fmt: skip
+        assert "ttl=63" in x.run("ping", "-c", "1", y.ip).stdout  # routed once (by h1), then bridged
+        assert y.run("ping", "-c", "1", "-W", "5", x.ip, check=False).returncode == 0
+    finally:
+        for rule in rules:
+            subprocess.run(["ip", "netns", "exec", u, "iptables", "-D", "FORWARD", *rule], check=False)
+        x.run("ip", "neigh", "del", y.ip, "dev", "eth0", check=False)
+    poll(lambda: cluster.mode(1, "h2") == "direct" and cluster.mode(2, "h1") == "direct", timeout=30,
+         what="h1<->h2 direct again")  # fmt: skip

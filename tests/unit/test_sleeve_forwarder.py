@@ -19,6 +19,7 @@ from tests.helpers import poll
 from tests.unit.test_mesh_routes import graph
 from tests.unit.test_metrics import DOC
 from weave_node.api.metrics import families
+from weave_node.datapath.model import bridge_mac, host_alias_mac
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.sleeve.codec import FLAG_VNET, VNET_HDR_SIZE, Kind, Sealer, Segment
 from weave_node.overlay.sleeve.config import Config, LinkSpec
@@ -301,3 +302,50 @@ def test_a_failing_receive_path_neither_stops_the_thread_nor_floods_the_log(
             fwd.stop()
     errors = [r for r in caplog.records if "unexpected error" in r.getMessage()]
     assert 1 <= len(errors) <= fwd.rlog.limiter.burst
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _arp(op: int, src: bytes, dst: bytes, sha: bytes, tha: bytes) -> bytes:
+    """A TAP frame holding an Ethernet/IPv4 ARP packet (vnet header first)."""
+    payload = bytes.fromhex("000108000604") + op.to_bytes(2, "big")
+    payload += sha + bytes([10, 32, 0, 1]) + tha + bytes([10, 40, 0, 2])
+    return bytes(VNET_HDR_SIZE) + dst + src + b"\x08\x06" + payload
+
+
+def test_our_hosts_frames_cross_the_sleeve_under_its_alias(
+    duplex: tuple[Forwarder, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our host's traffic with a pod behind the sleeve (an ARP request, kube-proxy's NodePort, a ping) leaves
+    under the bridge's alias, and what comes back for the alias reaches the bridge as its own; bridge-to-bridge
+    frames (the VXLAN heartbeats) still never take the sleeve. Before, the host's frames were dropped there, and a
+    host could not reach a pod on a peer in the sleeve while it had fastdp to others."""
+    fwd, tap = duplex
+    own, alias = _mac(bridge_mac(ME)), _mac(host_alias_mac(ME))
+    peer_bridge, pod = _mac(bridge_mac(PEER)), _mac("0a:58:0a:28:00:02")
+    assert alias != own and not alias[0] & 1 and alias[0] & 2  # unicast, locally administered
+    blocked = frozenset({own, peer_bridge})  # fastdp on: the bridges' MACs stay in VXLAN
+    fwd._apply(Config({PEER: fwd.links[PEER].spec}, {PEER: PEER}, frozenset({PEER}), blocked))
+    sent: list[bytes] = []
+    monkeypatch.setattr(fwd, "_send_message", lambda link, message, dst, kind, flags: sent.append(bytes(message)))
+    request = _arp(1, own, b"\xff" * 6, own, bytes(6))
+    tap.send(request)
+    tap.send(bytes(VNET_HDR_SIZE) + peer_bridge + own + b"\x08\x00" + os.urandom(60))  # a heartbeat: stays out
+    fwd._from_tap()
+    assert sent == [_arp(1, alias, b"\xff" * 6, alias, bytes(6))]
+    assert fwd.counters["bridge_mac_dropped"] == 1
+    # The pod's answer, for the alias: to the bridge as its own, target MAC included.
+    fwd._write(name_bytes(PEER), FLAG_VNET, [_arp(2, pod, alias, pod, alias)])
+    assert tap.recv(1 << 16) == _arp(2, pod, own, pod, own)
+    big = os.urandom(3000)
+    fwd._write(name_bytes(PEER), FLAG_VNET, [bytes(VNET_HDR_SIZE) + alias + pod + b"\x08\x00" + big])
+    assert tap.recv(1 << 16) == bytes(VNET_HDR_SIZE) + own + pod + b"\x08\x00" + big
+    # A split ARP packet is joined; a frame for the bridge's real MAC is still refused (a heartbeat in the sleeve).
+    reply = _arp(2, pod, alias, pod, alias)
+    fwd._write(name_bytes(PEER), FLAG_VNET, [reply[: VNET_HDR_SIZE + 20], reply[VNET_HDR_SIZE + 20 :]])
+    assert tap.recv(1 << 16) == _arp(2, pod, own, pod, own)
+    fwd._write(name_bytes(PEER), FLAG_VNET, [bytes(VNET_HDR_SIZE) + own + peer_bridge + b"\x08\x00" + bytes(40)])
+    assert fwd.counters["bridge_mac_dropped"] == 2 and fwd.counters["frames_in"] == 3
+    assert fwd._macs[pod] == name_bytes(PEER)  # the pod's answers to the alias go back to that peer

@@ -44,6 +44,14 @@ def bridge_mac(peer_name: int) -> str:
     return ":".join(f"{(value >> s) & 0xFF:02x}" for s in range(40, -8, -8))
 
 
+def host_alias_mac(peer_name: int) -> str:
+    """The MAC that the bridge's own frames carry inside the sleeve (its host's traffic with pods behind the
+    sleeve: ARP, kube-proxy's NodePort, a ping): the bridge's MAC with 0x04 flipped in the first octet. A far
+    bridge learns this MAC behind its TAP, never the real one, to which its VXLAN heartbeats for us must go."""
+    mac = bytes.fromhex(bridge_mac(peer_name).replace(":", ""))
+    return ":".join(f"{b:02x}" for b in bytes([mac[0] ^ 0x04]) + mac[1:])
+
+
 @dataclass(frozen=True, order=True)
 class Fdb:
     """A permanent entry on our VXLAN device: frames for `mac` go to the VTEP `dst` (FLOOD_MAC = flood list)."""

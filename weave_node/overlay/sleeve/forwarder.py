@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
+from weave_node.datapath.model import bridge_mac, host_alias_mac
 from weave_node.overlay.sleeve.cipher import MAC_SIZE, ZERO4, ZERO16, ffi, lib
 from weave_node.overlay.sleeve.codec import (
     BODY_AT,
@@ -148,6 +149,8 @@ class Forwarder:
         self._kernel_set: frozenset[bytes] = frozenset()
         self._min_segment = 1472  # for relayed destinations: the path's MTU is not known beyond the first hop
         self._blocked: frozenset[bytes] = frozenset()
+        self._own_mac = bytes.fromhex(bridge_mac(me).replace(":", ""))
+        self._alias_mac = bytes.fromhex(host_alias_mac(me).replace(":", ""))
         self._macs: dict[bytes, bytes] = {}
         self._reasm = Reassembler(max_messages=512, max_bytes=32 << 20)
         self._msg_id = 0
@@ -306,6 +309,9 @@ class Forwarder:
             frame = view[:n]
             dst_mac = bytes(frame[VNET_HDR_SIZE : VNET_HDR_SIZE + 6])
             src_mac = bytes(frame[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12])
+            if src_mac == self._own_mac:  # our host's own frame (to a pod behind the sleeve): under its alias
+                _to_alias(frame, self._own_mac, self._alias_mac)
+                src_mac = self._alias_mac
             if dst_mac in self._blocked or src_mac in self._blocked:
                 self.counters["bridge_mac_dropped"] += 1
                 continue
@@ -621,6 +627,8 @@ class Forwarder:
             # dropped (above), and the pod would be unreachable until that entry aged out.
             self.counters["frames_from_fastdp_peer"] += 1
             return
+        if dst_mac == self._alias_mac:  # for our host: its own MAC again, so the bridge hands the frame up
+            _to_own(parts, self._own_mac, self._alias_mac)
         if not src_mac[0] & 1:
             if len(self._macs) > 65536:
                 self._macs.clear()
@@ -700,3 +708,35 @@ def open_socket(port: int = PORT, address: str = "0.0.0.0") -> socket.socket:  #
         sock.close()
         raise
     return sock
+
+
+_ETH = VNET_HDR_SIZE  # the Ethernet header's offset in a TAP frame
+_ARP_END = _ETH + 14 + 28  # an Ethernet/IPv4 ARP packet: sender MAC at +8, target MAC at +18 of its payload
+_ARP = b"\x08\x06"
+
+
+def _to_alias(frame: memoryview, own: bytes, alias: bytes) -> None:
+    """Our bridge's frame leaves through the sleeve under its alias (model.host_alias_mac), in place: the source
+    MAC and, in an ARP packet, the sender's MAC. The far bridge then learns the alias behind its TAP and keeps
+    our real MAC on its VXLAN port, where its heartbeats to us go; its pods answer the alias, which the sleeve
+    brings back to us (`_to_own`). (IPv6's neighbour discovery carries the MAC in an option under a checksum: the
+    day the sleeve carries it for our host, that option needs the same, checksum and all.)"""
+    frame[_ETH + 6 : _ETH + 12] = alias
+    if len(frame) >= _ARP_END and frame[_ETH + 12 : _ETH + 14] == _ARP and frame[_ETH + 22 : _ETH + 28] == own:
+        frame[_ETH + 22 : _ETH + 28] = alias
+
+
+def _to_own(parts: list[bytes | memoryview], own: bytes, alias: bytes) -> None:
+    """A frame through the sleeve for our bridge's alias gets our bridge's MAC back: the destination and, in an
+    ARP packet, the target's MAC. Only the head is copied (the rest of a large frame stays where it is)."""
+    head = parts[0]
+    if head[_ETH + 12 : _ETH + 14] == _ARP and len(head) < _ARP_END and len(parts) > 1:
+        head = b"".join(parts)  # an ARP packet split across parts: tiny, join it
+        del parts[1:]
+    prefix = bytearray(head[:_ARP_END])
+    prefix[_ETH : _ETH + 6] = own
+    if len(prefix) == _ARP_END and prefix[_ETH + 12 : _ETH + 14] == _ARP and prefix[_ETH + 32 : _ETH + 38] == alias:
+        prefix[_ETH + 32 : _ETH + 38] = own
+    parts[0] = memoryview(prefix)
+    if len(head) > _ARP_END:
+        parts.insert(1, memoryview(head)[_ARP_END:])
