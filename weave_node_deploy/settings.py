@@ -32,10 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "weave_cni_conf_dir": "/etc/cni/net.d",
     "weave_cni_version": "1.0.0",
     "weave_hairpin": True,
-    # Pod traffic between hosts on one subnet without encapsulation (docs/architecture.md). Opt-in in the rollout
-    # for now: with it on, one CI run of encryption switched off and on lost 22 s of pings to one peer (4 runs by
-    # hand lost 3 s, as without it); the DaemonSet's tests pass with it on.
-    "weave_direct": False,
+    # Pod traffic between hosts on one subnet without encapsulation, per peer where the path proves itself
+    # (docs/architecture.md); false: WEAVE_NO_DIRECT=1.
+    "weave_direct": True,
     "weave_bridge_netfilter": "auto",  # bridged pod traffic through iptables: auto|on|off (docs/configuration.md)
     "weave_bandwidth": False,
     "weave_health_timeout": 90,

@@ -1,7 +1,8 @@
 """OCI image archives for the lab's cluster, built without Docker or a registry; containerd imports them with
 `ctr -n k8s.io images import --snapshotter native <archive>`.
 
-    weave-node  Debian bookworm (mmdebstrap, essential set + python3, iproute2, iptables, ipset, conntrack, kmod)
+    weave-node  Debian bookworm (mmdebstrap, essential set + python3, iproute2, iptables, ebtables, ipset,
+                conntrack, kmod)
                 with our wheel and its `router` extra in /opt/weave-node/venv (from weave_node_deploy/wheelhouse.py);
                 /usr/local/bin/weave-node links into it
     busybox     Debian's busybox-static: /bin/busybox and a link per applet, minimal /etc/passwd and /etc/group
@@ -45,7 +46,7 @@ WEAVE_NODE_IMAGE = f"localhost/weave-node:{VERSION}"
 BUSYBOX_IMAGE = "localhost/busybox:lab"
 PAUSE_IMAGE = "localhost/pause:lab"
 IMAGE_NAMES = {"weave-node": WEAVE_NODE_IMAGE, "busybox": BUSYBOX_IMAGE, "pause": PAUSE_IMAGE}
-PACKAGES = ("python3", "python3-pip-whl", "iproute2", "iptables", "ipset", "conntrack", "kmod")
+PACKAGES = ("python3", "python3-pip-whl", "iproute2", "iptables", "ebtables", "ipset", "conntrack", "kmod")
 VENV = "/opt/weave-node/venv"
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 # dpkg leaves these out of the weave-node image (copyright files stay).
