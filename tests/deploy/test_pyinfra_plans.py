@@ -155,6 +155,20 @@ def test_the_report_warns_with_what_to_do_and_never_fails(monkeypatch: pytest.Mo
     assert fake.logged == [("info", "IPAM hand-over: handed 1024 addresses to peer 0a:00:00:00:00:01")]
 
 
+def _node1(**given: Any) -> dict[str, Any]:
+    hosts = [("node1", {"weave_address": "198.18.0.1", **given})]
+    return settings.effective("node1", hosts[0][1], hosts)
+
+
+def _look(data: dict[str, Any], version: str, marker: str = "") -> dict[str, list[str]]:
+    """The facts of a host whose one look (weave_node.look) answers with this version and this marker's SHA-1,
+    and knows nothing else."""
+    paths, _checks = weave_node.look_inputs(data)
+    index = list(dict.fromkeys(paths)).index(paths[-1])  # the marker
+    lines = [f"Cversion {version}"] + ([f"P{index} f 644 0 0 {marker}"] if marker else [])
+    return {"HostState": lines}
+
+
 def _wheelhouse(tmp_path: Path, version: str) -> Path:
     wheels = tmp_path / f"wheels-{version}"
     wheels.mkdir()
@@ -187,13 +201,12 @@ def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(  # no
     archive.write_bytes(b"not really an archive")
     monkeypatch.setattr(weave_node, "_runtime", lambda wheels: archive)
 
-    data = {**settings.DEFAULTS, "weave_wheelhouse": str(_wheelhouse(tmp_path, "0.2.0")),
-            "weave_allow_downgrade": allowed}  # fmt: skip
+    data = _node1(weave_wheelhouse=str(_wheelhouse(tmp_path, "0.2.0")), weave_allow_downgrade=allowed)
     if refused:
         with pytest.raises(DeployError, match=r"node1 runs weave-node 0\.3\.0 and this rollout would install 0\.2\.0"):
-            pyinfra_plan(weave_node.router, {"Command": running}, None, data)
+            pyinfra_plan(weave_node.router, _look(data, running), None, data)
     else:
-        names = [name for name, _ in pyinfra_plan(weave_node.router, {"Command": running}, None, data)]
+        names = [name for name, _ in pyinfra_plan(weave_node.router, _look(data, running), None, data)]
         assert names == [
             "Installation directory",
             "Runtime archive (the router and its dependencies, one file)",
@@ -201,11 +214,16 @@ def test_a_downgrade_is_refused_before_anything_is_touched_unless_allowed(  # no
         ]
 
 
-def test_an_installed_router_plans_nothing(pyinfra_plan: PlanDeploy, tmp_path: Path) -> None:
+def test_an_installed_router_plans_nothing(
+    pyinfra_plan: PlanDeploy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Installed = the venv's marker is the wheelhouse's SHA256SUMS: a re-run pushes nothing, builds nothing."""
+    archive = tmp_path / "runtime.tar.gz"
+    archive.write_bytes(b"not really an archive")
+    monkeypatch.setattr(weave_node, "_runtime", lambda wheels: archive)
     wheels = _wheelhouse(tmp_path, "0.2.0")
     (wheels / "SHA256SUMS").write_text("0123  weave_node-0.2.0-py3-none-any.whl\n")
     marker = hashlib.sha1((wheels / "SHA256SUMS").read_bytes()).hexdigest()  # noqa: S324 - what pyinfra compares
-    data = {**settings.DEFAULTS, "weave_wheelhouse": str(wheels)}
-    facts = {"Command": "weave-node 0.2.0", ("Sha1File", "/opt/weave-node/venv/.weave-node-wheels"): marker}
-    assert pyinfra_plan(weave_node.router, facts, None, data) == []
+    data = _node1(weave_wheelhouse=str(wheels))
+    assert pyinfra_plan(weave_node.router, _look(data, "weave-node 0.2.0", marker), None, data) == []
+    assert pyinfra_plan(weave_node.router, _look(data, "weave-node 0.2.0", "0" * 40), None, data) != []

@@ -65,7 +65,7 @@ def lab(root_before: tuple[str, str, str]) -> Iterator[Lab]:
 
 def grand_total(output: str) -> tuple[int, int, int]:
     """(changed, errors, unchanged) from pyinfra's results table."""
-    match = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", output)
+    match = re.search(r"Grand total\s+(\d+|-)\s+(\S+)\s+(\S+)\s+(\S+)", output)  # all "-": nothing planned
     assert match, output
     as_int = [0 if v == "-" else int(v) for v in match.groups()[1:]]
     return as_int[0], as_int[1], as_int[2]

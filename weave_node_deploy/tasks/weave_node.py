@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from typing import Any
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import Directory, File, Link, Sha1File
+from pyinfra.api.facts import FactBase
+from pyinfra.facts.files import File, Link
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
-from weave_node_deploy import handover, host_files, manifest, runtime, validate, versions, wheelhouse
+from weave_node_deploy import handover, host_files, host_state, manifest, runtime, validate, versions, wheelhouse
+from weave_node_deploy.host_files import Entry
 from weave_node_deploy.settings import DEFAULTS, MODULES, PACKAGES, SYSCTL_FILE, effective, ours, typed
 
 MANIFEST = "/etc/weave-node/weave-node.yaml"
@@ -50,23 +53,88 @@ def _wheelhouse(data: dict[str, Any]) -> Path:
     return _built["dir"]
 
 
+class HostState(FactBase[list[str]]):  # type: ignore[misc]  # (pyinfra is untyped here)
+    """The lines of one host_state.script: everything a run checks on a bare host, in one round trip."""
+
+    def command(self, script: str) -> str:
+        return script
+
+    def process(self, output: list[str]) -> list[str]:
+        return output
+
+
+def _checks(data: dict[str, Any] | None) -> dict[str, str]:
+    modules = " ".join(f"[ -d {shlex.quote(probe)} ] || printf '%s ' {module};" for module, probe in MODULES)
+    checks = {
+        "packages": "dpkg-query -W -f='${db:Status-Abbrev}|' " + " ".join(PACKAGES),
+        "modules": f"[ -e /proc/modules ] && {{ {modules} echo; }}",
+        "ip_forward": "cat /proc/sys/net/ipv4/ip_forward",
+    }
+    if data is not None:
+        prefix = data["weave_prefix"]
+        checks["version"] = versions.command(prefix)
+        checks["plugin"] = host_files.plugin_check(prefix, data["weave_cni_bin_dir"])
+        checks["active"] = "systemctl is-active weave-node.service"
+        checks["enabled"] = "systemctl is-enabled weave-node.service"
+    return checks
+
+
+def look(data: dict[str, Any] | None = None) -> host_state.State:
+    """One look at this host (host_state.py): the prerequisites' state, and with `data` everything the rollout
+    of the router manages. The steps below plan an operation only for what differs."""
+    paths, checks = look_inputs(data)
+    out = host.get_fact(HostState, script=host_state.script(paths, checks))
+    return host_state.parse(out or [], paths, checks)
+
+
+def look_inputs(data: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
+    """What look() asks about: the paths (the router's marker last) and the checks."""
+    entries = host_files.prerequisites()
+    if data is not None:
+        entries = [*host_files.configuration(data), *host_files.cni(data)]
+    paths = [e.path for e in entries]
+    if data is not None:
+        paths.append(f"{data['weave_prefix']}/venv/{runtime.MARKER}")
+    return paths, _checks(data)
+
+
+def _sha1(content: bytes) -> str:
+    return hashlib.sha1(content).hexdigest()  # noqa: S324 - a checksum
+
+
+def _put(state: host_state.State, name: str, content: str, dest: str, mode: int = 0o644) -> Any:
+    """files.put of rendered text, planned only when the host's file differs. The operation or None."""
+    if host_state.satisfied(Entry(dest, "file", mode=mode), state.paths.get(dest), _sha1(content.encode())):
+        return None
+    return files.put(name=name, src=io.StringIO(content), dest=dest, mode=f"{mode:o}")
+
+
+def _directory(state: host_state.State, name: str, path: str) -> None:
+    if not host_state.satisfied(Entry(path, "directory", mode=0o755), state.paths.get(path)):
+        files.directory(name=name, path=path, mode="755")
+
+
+def _absent(state: host_state.State, name: str, path: str) -> Any:
+    if host_state.satisfied(Entry(path, "absent"), state.paths.get(path)):
+        return None
+    return files.file(name=name, path=path, present=False)
+
+
 @deploy("weave-node: node prerequisites")
-def prerequisites() -> None:
-    apt.packages(name="Packages a node needs (installed only when missing)", packages=PACKAGES)
+def prerequisites(state: host_state.State | None = None) -> None:
+    state = state or look()
+    packages = state.checks.get("packages", "")
+    if packages.count("ii ") != len(PACKAGES):
+        apt.packages(name="Packages a node needs (installed only when missing)", packages=PACKAGES)
     # Without /proc/modules (a container, or a kernel without loadable modules) nothing can be loaded here: the
     # router then reports what its kernel lacks. Otherwise load what is neither loaded nor built in.
-    if host.get_fact(File, path="/proc/modules"):
-        for module, probe in MODULES:
-            if not host.get_fact(Directory, path=probe):
-                server.modprobe(name=f"Kernel module {module}", module=module)
+    for module in state.checks.get("modules", "").split():
+        server.modprobe(name=f"Kernel module {module}", module=module)
     modules_load, sysctl = host_files.prerequisites()
-    files.put(
-        name="Kernel modules loaded at boot", src=io.StringIO(modules_load.content), dest=modules_load.path, mode="644"
-    )
-    files.put(
-        name="IPv4 forwarding at boot (our own drop-in)", src=io.StringIO(sysctl.content), dest=sysctl.path, mode="644"
-    )
-    server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
+    _put(state, "Kernel modules loaded at boot", modules_load.content, modules_load.path)
+    _put(state, "IPv4 forwarding at boot (our own drop-in)", sysctl.content, sysctl.path)
+    if state.checks.get("ip_forward") != "1":
+        server.sysctl(name="IPv4 forwarding", key="net.ipv4.ip_forward", value=1)
 
 
 def _runtime(wheels: Path) -> Path:
@@ -77,19 +145,20 @@ def _runtime(wheels: Path) -> Path:
 
 
 @deploy("weave-node: the router, installed offline from one archive")
-def router(data: dict[str, Any]) -> Any:
-    """Installed means <prefix>/venv/.weave-node-wheels is the wheelhouse's SHA256SUMS: then nothing is pushed
-    (a re-run is one fact). Otherwise one upload (the runtime archive) and one script that checks it, unpacks it
-    into a new venv and swaps that in whole. Returns the install operation, or None when it was up to date."""
+def router(data: dict[str, Any], state: host_state.State | None = None) -> Any:
+    """Installed means <prefix>/venv/.weave-node-wheels is the wheelhouse's SHA256SUMS: then nothing is pushed.
+    Otherwise one upload (the runtime archive) and one script that checks it, unpacks it into a new venv and
+    swaps that in whole. Returns the install operation, or None when it was up to date."""
+    state = state or look(data)
     wheels = _wheelhouse(data)
     prefix = data["weave_prefix"]
-    running = host.get_fact(Command, command=versions.command(prefix))
+    running = state.checks.get("version")
     refused = versions.downgrade(host.name, running, wheelhouse.our_wheel(wheels).name, data["weave_allow_downgrade"])
     if refused:
         raise DeployError(refused)
     sums = (wheels / "SHA256SUMS").read_bytes()
-    installed = host.get_fact(Sha1File, path=f"{prefix}/venv/{runtime.MARKER}")
-    if installed == hashlib.sha1(sums).hexdigest():  # noqa: S324 - a checksum
+    marker = f"{prefix}/venv/{runtime.MARKER}"
+    if host_state.file_sha1(state.paths.get(marker)) == _sha1(sums):
         return None
     archive = _runtime(wheels)
     files.directory(name="Installation directory", path=prefix, mode="755")
@@ -101,10 +170,16 @@ def router(data: dict[str, Any]) -> Any:
     )
 
 
-def _secret(name: str, src: str, dest: str) -> Any:
+def _secret(state: host_state.State, name: str, src: str, dest: str) -> Any:
     # files.put uploads into the file and only then sets its mode: a new file would hold the password with the
     # SFTP server's default mode (0644) until the chmod. Create it empty and 0600 first; an upload into a file
-    # that exists keeps its mode. A no-op once the file is there with that mode and owner.
+    # that exists keeps its mode. Nothing is planned once the file holds it, 0600, root's.
+    try:
+        wanted = _sha1(Path(src).read_bytes())
+    except OSError:
+        wanted = None  # files.put says what is wrong with it
+    if host_state.satisfied(Entry(dest, "file", mode=0o600), state.paths.get(dest), wanted, owner=(0, 0)):
+        return None
     files.file(
         name=f"{name} file (empty, mode 0600, root, before the password goes in)",
         path=dest,
@@ -117,100 +192,108 @@ def _secret(name: str, src: str, dest: str) -> Any:
 
 @dataclass(frozen=True)
 class Changes:
-    """What the configuration step changed: `restart` needs a restart of the router, `live` only a reload."""
+    """What the configuration step changed: `restart` needs a restart of the router, `live` only a reload. Only
+    the operations planned (a file that already held its content plans none)."""
 
     restart: list[Any]
     live: list[Any]
 
 
 @deploy("weave-node: configuration")
-def config(data: dict[str, Any]) -> Changes:
-    files.directory(name="Configuration directory", path="/etc/weave-node", mode="755")
+def config(data: dict[str, Any], state: host_state.State | None = None) -> Changes:
+    state = state or look(data)
+    _directory(state, "Configuration directory", host_files.CONF_DIR)
     live = []
     if data["weave_password_file"]:
-        live.append(_secret("Password", str(data["weave_password_file"]), PASSWORD))
+        live.append(_secret(state, "Password", str(data["weave_password_file"]), PASSWORD))
     if data["weave_previous_password_file"]:
-        live.append(_secret("Previous password", str(data["weave_previous_password_file"]), PREVIOUS_PASSWORD))
-    env = files.put(
-        name="Router settings", src=io.StringIO(host_files.router_env(data)), dest=host_files.ENV, mode="644"
-    )
-    live.append(
-        files.put(
-            name="Peers (applied without a restart)",
-            src=io.StringIO(host_files.mesh_env(data)),
-            dest=MESH_ENV,
-            mode="644",
-        )
-    )
+        live.append(_secret(state, "Previous password", str(data["weave_previous_password_file"]), PREVIOUS_PASSWORD))
+    env = _put(state, "Router settings", host_files.router_env(data), host_files.ENV)
+    live.append(_put(state, "Peers (applied without a restart)", host_files.mesh_env(data), MESH_ENV))
     if not data["weave_previous_password_file"]:
-        live.append(files.file(name="No previous password (rotation done)", path=PREVIOUS_PASSWORD, present=False))
+        live.append(_absent(state, "No previous password (rotation done)", PREVIOUS_PASSWORD))
     if not data["weave_password_file"]:  # (encryption turned off: the env file no longer names it)
-        files.file(name="No password (encryption off)", path=PASSWORD, present=False)
-    return Changes(restart=[env], live=live)
+        _absent(state, "No password (encryption off)", PASSWORD)
+    return Changes(restart=[op for op in (env,) if op], live=[op for op in live if op])
 
 
 @deploy("weave-node: the service")
-def service(data: dict[str, Any], installed: Any, changes: Changes) -> None:
-    unit = files.put(name="Unit file", src=io.StringIO(host_files.unit(data)), dest=host_files.UNIT, mode="644")
-    systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
-    started = systemd.service(name="Running", service="weave-node.service", running=True)
-    systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
-    installs = [installed] if installed is not None else []
-    needs_restart = any_changed(unit, *installs, *changes.restart)
-    restart = systemd.service(
-        name="Restart (unit, settings or version changed)",
-        service="weave-node.service",
-        restarted=True,
-        _if=needs_restart,
-    )
+def service(data: dict[str, Any], installed: Any, changes: Changes, state: host_state.State | None = None) -> None:
+    state = state or look(data)
+    unit = _put(state, "Unit file", host_files.unit(data), host_files.UNIT)
+    if unit:
+        systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
+    started = None
+    if state.checks.get("active") != "active":
+        started = systemd.service(name="Running", service="weave-node.service", running=True)
+    if state.checks.get("enabled") != "enabled":
+        systemd.service(name="Enabled at boot", service="weave-node.service", enabled=True)
+    restart_on = [op for op in (unit, installed, *changes.restart) if op]
+    restart = None
+    if restart_on:
+        restart = systemd.service(
+            name="Restart (unit, settings or version changed)",
+            service="weave-node.service",
+            restarted=True,
+            _if=any_changed(*restart_on),
+        )
     # Peers and passwords reach a running router without a restart (no other router restarts when a host joins).
-    reload = systemd.service(
-        name="Reload (peers or passwords changed: applied live)",
-        service="weave-node.service",
-        reloaded=True,
-        _if=lambda: any_changed(*changes.live)() and not needs_restart() and not started.did_change(),
-    )
-    server.shell(
-        name="Health gate: the router answers, sees its peers, IPAM is ready, the bridge has its address",
-        commands=[
-            f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
-            f" --peers {len(data['weave_peers'])}"
-        ],
-        _if=any_changed(started, restart, reload, unit, *installs, *changes.restart, *changes.live),
-    )
+    reload = None
+    if changes.live:
+        reload = systemd.service(
+            name="Reload (peers or passwords changed: applied live)",
+            service="weave-node.service",
+            reloaded=True,
+            _if=lambda: (
+                any_changed(*changes.live)()
+                and not (restart_on and any_changed(*restart_on)())
+                and not (started is not None and started.did_change())
+            ),
+        )
+    gate_on = [op for op in (started, restart, reload, unit, installed, *changes.restart, *changes.live) if op]
+    if gate_on:
+        server.shell(
+            name="Health gate: the router answers, sees its peers, IPAM is ready, the bridge has its address",
+            commands=[
+                f"{data['weave_prefix']}/venv/bin/weave-node status --wait {data['weave_health_timeout']}"
+                f" --peers {len(data['weave_peers'])}"
+            ],
+            _if=any_changed(*gate_on),
+        )
 
 
 @deploy("weave-node: CNI")
-def cni(data: dict[str, Any], installed: Any = None) -> None:
+def cni(data: dict[str, Any], installed: Any = None, state: host_state.State | None = None) -> None:
     """The plugin is written by the installed router's own installer (`weave-node install-cni-plugin`, the one the
     Ansible role and the DaemonSet use too): the plugin always matches the router's version. It runs only when the
     host's plugin differs from what that installer would write, or the router was just (re)installed."""
+    state = state or look(data)
     bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
-    files.directory(name="CNI plugin directory", path=bin_dir, mode="755")
-    files.directory(name="CNI configuration directory", path=conf_dir, mode="755")
+    _directory(state, "CNI plugin directory", bin_dir)
+    _directory(state, "CNI configuration directory", conf_dir)
     install = f"{data['weave_prefix']}/venv/bin/weave-node install-cni-plugin --dir {bin_dir}"
     # Decided at plan time where it can be (so a dry run of an up-to-date host plans nothing): a plugin that differs
     # (or no router yet to ask) is written; an up-to-date one only if this run (re)installs the router.
-    current = host.get_fact(Command, command=host_files.plugin_check(data["weave_prefix"], bin_dir)) == "yes"
     label = "weave-net plugin (by the installed router's installer)"
-    if not current:
+    if state.checks.get("plugin") != "yes":
         server.shell(name=label, commands=[install])
     elif installed is not None:
         server.shell(name=label, commands=[install], _if=installed.did_change)
     for name in host_files.STANDARD_PLUGINS:
-        target = f"{host_files.DEBIAN_PLUGINS}/{name}"
-        files.link(name=f"{name} plugin (Debian's)", path=f"{bin_dir}/{name}", target=target)
+        path, target = f"{bin_dir}/{name}", f"{host_files.DEBIAN_PLUGINS}/{name}"
+        if not host_state.satisfied(Entry(path, "link", target=target), state.paths.get(path)):
+            files.link(name=f"{name} plugin (Debian's)", path=path, target=target)
     text = host_files.conflist(data)
-    _atomic_put("Network configuration list", text, f"{conf_dir}/{host_files.CONFLIST}", "644")
+    _atomic_put(state, "Network configuration list", text, f"{conf_dir}/{host_files.CONFLIST}", 0o644)
 
 
-def _atomic_put(name: str, content: str, dest: str, mode: str) -> None:
-    """A runtime reads these files at any moment: write a temp file beside it, then rename. Only when the
-    checksum on the host differs (so a second run changes nothing, and a changed or deleted file is repaired)."""
-    if host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest():  # noqa: S324 - a checksum
+def _atomic_put(state: host_state.State, name: str, content: str, dest: str, mode: int) -> None:
+    """A runtime reads these files at any moment: write a temp file beside it, then rename. Only when the file on
+    the host differs (so a second run changes nothing, and a changed or deleted file is repaired)."""
+    if host_state.satisfied(Entry(dest, "file", mode=mode), state.paths.get(dest), _sha1(content.encode())):
         return
     staged = f"{dest}.weave-new"
-    files.put(name=f"{name} (staged)", src=io.StringIO(content), dest=staged, mode=mode)
+    files.put(name=f"{name} (staged)", src=io.StringIO(content), dest=staged, mode=f"{mode:o}")
     server.shell(name=f"{name} (renamed into place)", commands=[f"mv -f {staged} {dest}"])
 
 
@@ -277,15 +360,17 @@ def rollout() -> None:
     """Everything, in order: what `deploys/weave_node.py` runs. With weave_kubernetes the router runs as the
     DaemonSet, which installs the CNI plugin and configuration itself: the nodes get only the prerequisites."""
     data = settings()
-    prerequisites()
     if data["weave_kubernetes"]:
+        prerequisites()
         daemonset_node(data)
         kubernetes(data)
         return
-    install = router(data)
-    changes = config(data)
-    service(data, install, changes)
-    cni(data, install)
+    state = look(data)  # one round trip; each step plans only what differs
+    prerequisites(state)
+    install = router(data, state)
+    changes = config(data, state)
+    service(data, install, changes, state)
+    cni(data, install, state)
 
 
 def removal_settings() -> dict[str, Any]:
