@@ -10,7 +10,7 @@ import pytest
 
 from tests.deploy.conftest import PlanDeploy
 from weave_node_deploy import settings
-from weave_node_deploy.tasks import weave_node
+from weave_node_deploy.tasks import removal, weave_node
 
 LINK = {"user": "root", "group": "root", "mode": 777, "size": 20, "atime": None, "mtime": None, "ctime": None}
 
@@ -140,18 +140,18 @@ class _Op:
 
 def test_the_report_warns_with_what_to_do_and_never_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _Host()
-    monkeypatch.setattr(weave_node, "host", fake)
+    monkeypatch.setattr(removal, "host", fake)
     failed = (
         "weave-node-handover: failed no reachable peer to hand our 1024 addresses to.\n"
         "weave-node-handover: name 0a:00:00:00:00:03 node3\n"
     )
-    weave_node._report_handover(_Op(failed), 600)
+    removal._report_handover(_Op(failed), 600)
     ((level, text),) = fake.logged
     assert level == "warning" and text.startswith("WARNING: the IPAM address space was not handed over"), text
     assert "no reachable peer to hand our 1024 addresses to" in text
     assert "run `weave-node ipam rmpeer 0a:00:00:00:00:03` on a live host" in text and "600 s" in text
     fake.logged.clear()
-    weave_node._report_handover(_Op("weave-node-handover: ok handed 1024 addresses to peer 0a:00:00:00:00:01\n"), 600)
+    removal._report_handover(_Op("weave-node-handover: ok handed 1024 addresses to peer 0a:00:00:00:00:01\n"), 600)
     assert fake.logged == [("info", "IPAM hand-over: handed 1024 addresses to peer 0a:00:00:00:00:01")]
 
 
