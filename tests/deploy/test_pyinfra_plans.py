@@ -227,3 +227,20 @@ def test_an_installed_router_plans_nothing(
     data = _node1(weave_wheelhouse=str(wheels))
     assert pyinfra_plan(weave_node.router, _look(data, "weave-node 0.2.0", marker), None, data) == []
     assert pyinfra_plan(weave_node.router, _look(data, "weave-node 0.2.0", "0" * 40), None, data) != []
+
+
+def test_a_host_that_did_not_answer_the_look_gets_every_step_planned(pyinfra_plan: PlanDeploy) -> None:
+    """An unknown never reads as up to date: with no answer, every module, the packages and the forwarding are
+    planned (pyinfra's operations then check for themselves); with the answer, only what it says is missing."""
+    from weave_node_deploy.settings import MODULES
+
+    facts = {"DebPackages": {}, "KernelModules": {}, "Sysctl": {}}
+    names = [name for name, _ in pyinfra_plan(weave_node.prerequisites, facts)]
+    assert {f"Kernel module {m}" for m, _ in MODULES} <= set(names), names
+    assert "Packages a node needs (installed only when missing)" in names and "IPv4 forwarding" in names
+    _paths, checks = weave_node.look_inputs(None)
+    answer = [f"C{name} " for name in checks] + [f"Cmodules {MODULES[0][0]} ", "Cip_forward 1"]
+    answer += [f"Cpackages {'ii |' * len(weave_node.PACKAGES)}"]
+    names = [name for name, _ in pyinfra_plan(weave_node.prerequisites, {**facts, "HostState": answer})]
+    assert [n for n in names if n.startswith("Kernel module ")] == [f"Kernel module {MODULES[0][0]}"], names
+    assert "IPv4 forwarding" not in names and not any(n.startswith("Packages") for n in names), names

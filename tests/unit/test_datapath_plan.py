@@ -27,7 +27,16 @@ from weave_node.datapath.model import (
     bridge_mac,
     overlay_mtu,
 )
-from weave_node.datapath.ops import CreateBridge, CreateVxlan, DeleteLink, FlushLearned, RestoreTable, SetLink
+from weave_node.datapath.ops import (
+    AddAddress,
+    Announce,
+    CreateBridge,
+    CreateVxlan,
+    DeleteLink,
+    FlushLearned,
+    RestoreTable,
+    SetLink,
+)
 from weave_node.datapath.plan import apply_to_model, plan, plan_removal
 
 MACS = ["aa:00:00:00:00:01", "aa:00:00:00:00:02", "aa:00:00:00:00:03", FLOOD_MAC]
@@ -150,6 +159,17 @@ def test_one_plan_converges_and_only_touches_ours(desired: Desired, observed: Ob
     assert kube == [r for r in observed.iptables["filter"]["FORWARD"] if "KUBE" in r]
     assert after.links["eth0"] == observed.links["eth0"]
     assert sum(isinstance(op, FlushLearned) for op in first.ops) <= 1
+    # The host announces its bridge address (a gratuitous ARP) last, once, after a flush or a new bridge address.
+    announced = [op for op in first.ops if isinstance(op, Announce)]
+    new_path = any(isinstance(op, FlushLearned) or (isinstance(op, AddAddress) and op.link == BRIDGE)
+                   for op in first.ops)  # fmt: skip
+    assert len(announced) == int(new_path and bool(desired.bridge.addresses) and bool(desired.bridge.mac))
+    if announced:
+        assert (
+            first.ops[-1]
+            == announced[0]
+            == Announce(BRIDGE, desired.bridge.addresses[0].split("/")[0], desired.bridge.mac)
+        )
 
 
 @given(desireds())
@@ -182,6 +202,7 @@ def test_a_fresh_host_gets_bridge_then_vxlan_then_entries_then_rules() -> None:
         "AddFdb",
         "RestoreTable",
         "RestoreTable",
+        "Announce",  # the address is new on the bridge: a gratuitous ARP, last
     ]
 
 

@@ -318,10 +318,10 @@ def _arp(op: int, src: bytes, dst: bytes, sha: bytes, tha: bytes) -> bytes:
 def test_our_hosts_frames_cross_the_sleeve_under_its_alias(
     duplex: tuple[Forwarder, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Our host's traffic with a pod behind the sleeve (an ARP request, kube-proxy's NodePort, a ping) leaves
-    under the bridge's alias, and what comes back for the alias reaches the bridge as its own; bridge-to-bridge
-    frames (the VXLAN heartbeats) still never take the sleeve. Before, the host's frames were dropped there, and a
-    host could not reach a pod on a peer in the sleeve while it had fastdp to others."""
+    """With fastdp on, our host's traffic with a pod behind the sleeve (an ARP request, kube-proxy's NodePort, a
+    ping) leaves under the bridge's alias, and what comes back for the alias reaches the bridge as its own;
+    bridge-to-bridge frames (the VXLAN heartbeats) still never take the sleeve. Before, the host's frames were
+    dropped there, and a host could not reach a pod on a peer in the sleeve while it had fastdp to others."""
     fwd, tap = duplex
     own, alias = _mac(bridge_mac(ME)), _mac(host_alias_mac(ME))
     peer_bridge, pod = _mac(bridge_mac(PEER)), _mac("0a:58:0a:28:00:02")
@@ -349,3 +349,9 @@ def test_our_hosts_frames_cross_the_sleeve_under_its_alias(
     fwd._write(name_bytes(PEER), FLAG_VNET, [bytes(VNET_HDR_SIZE) + own + peer_bridge + b"\x08\x00" + bytes(40)])
     assert fwd.counters["bridge_mac_dropped"] == 2 and fwd.counters["frames_in"] == 3
     assert fwd._macs[pod] == name_bytes(PEER)  # the pod's answers to the alias go back to that peer
+    # Without fastdp (a password) nothing keeps the real MAC out of the sleeve: our host's frames keep it.
+    fwd._apply(Config({PEER: fwd.links[PEER].spec}, {PEER: PEER}, frozenset({PEER})))
+    sent.clear()
+    tap.send(request)
+    fwd._from_tap()
+    assert sent == [request]

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from weave_node.datapath import kernel_routes
 from weave_node.datapath.iptables import TABLES
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VXLAN, Fdb, Link, Neigh, Observed
 from weave_node.datapath.netns import DatapathError as DatapathError  # noqa: PLC0414 - callers catch it here
-from weave_node.datapath.netns import index, ipr_in, run
+from weave_node.datapath.netns import index, ipr_in, made_in, run
 from weave_node.datapath.ops import (
     AddAddress,
     AddFdb,
     AddNeigh,
     AddRule,
+    Announce,
     CreateBridge,
     CreateVxlan,
     DelAddress,
@@ -190,22 +192,8 @@ def apply_all(ops: Iterable[Op], netns: str | None = None) -> tuple[int, list[st
 def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
     if isinstance(op, SetSysctl):
         _write_sysctl(netns, op.key, op.value)
-    elif isinstance(op, CreateBridge):
-        kw: dict[str, Any] = {"mtu": op.mtu, "br_mcast_snooping": int(op.mcast_snooping)}
-        if op.mac:
-            kw["address"] = op.mac
-        ipr.link("add", ifname=op.name, kind="bridge", **kw)
-    elif isinstance(op, CreateVxlan):
-        ipr.link(
-            "add",
-            ifname=op.name,
-            kind="vxlan",
-            vxlan_id=op.vni,
-            vxlan_port=op.port,
-            vxlan_learning=int(op.learning),
-            mtu=op.mtu,
-            master=index(ipr, op.master),
-        )
+    elif isinstance(op, CreateBridge | CreateVxlan):
+        _create(ipr, op)
     elif isinstance(op, SetLink):
         _set_link(ipr, op)
     elif isinstance(op, DeleteLink):
@@ -218,12 +206,33 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
         _entry(ipr, op)
     elif isinstance(op, FlushLearned):
         _flush_learned(ipr, op.ports, op.bridge)
+    elif isinstance(op, Announce):
+        _announce(netns, op)
     elif isinstance(op, RestoreTable) and op.family == "eth":
         run(netns, ["ebtables-restore", "--noflush"], stdin=op.text())
     elif isinstance(op, RestoreTable):
         run(netns, ["iptables-restore", "--noflush", "-w", "5"], stdin=op.text())
     elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule):
         kernel_routes.apply(ipr, op)
+
+
+def _create(ipr: Any, op: CreateBridge | CreateVxlan) -> None:
+    if isinstance(op, CreateBridge):
+        kw: dict[str, Any] = {"mtu": op.mtu, "br_mcast_snooping": int(op.mcast_snooping)}
+        if op.mac:
+            kw["address"] = op.mac
+        ipr.link("add", ifname=op.name, kind="bridge", **kw)
+        return
+    ipr.link(
+        "add",
+        ifname=op.name,
+        kind="vxlan",
+        vxlan_id=op.vni,
+        vxlan_port=op.port,
+        vxlan_learning=int(op.learning),
+        mtu=op.mtu,
+        master=index(ipr, op.master),
+    )
 
 
 def _entry(ipr: Any, op: AddFdb | DelFdb | AddNeigh | DelNeigh) -> None:
@@ -346,3 +355,18 @@ def _flush_learned(ipr: Any, ports: Iterable[str], bridge: str) -> int:
             )
             removed += 1
     return removed
+
+
+def _announce(netns: str | None, op: Announce) -> None:
+    """A gratuitous ARP request (sender = target = the bridge's address) out of the bridge, to every port."""
+    mac = bytes.fromhex(op.mac.replace(":", ""))
+    ip = socket.inet_aton(op.ip)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
+    frame = b"\xff" * 6 + mac + b"\x08\x06" + arp
+
+    def make() -> socket.socket:
+        return socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+
+    with made_in(netns, make) if netns else make() as sock:
+        sock.bind((op.bridge, 0))
+        sock.send(frame)

@@ -98,6 +98,17 @@ class FlushLearned:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """A gratuitous ARP for the bridge's address, sent by the bridge after a FlushLearned (a peer entered or left the
+    sleeve): pods that cached the host under another MAC (the sleeve's alias of the bridge's MAC, or the real one)
+    update their entry to the MAC of the path the frame took (sleeve/forwarder.py)."""
+
+    bridge: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class RestoreTable:
     """One `iptables-restore --noflush` transaction on one table: (re)write our chains, add the missing jumps
     at the top of the built-in chains, remove duplicate jumps and chains of ours that are no longer wanted."""
@@ -155,6 +166,7 @@ Op = (
     | AddNeigh
     | DelNeigh
     | FlushLearned
+    | Announce
     | RestoreTable
     | ReplaceRoute
     | DelRoute

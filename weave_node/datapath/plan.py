@@ -19,6 +19,7 @@ from weave_node.datapath.ops import (
     AddFdb,
     AddNeigh,
     AddRule,
+    Announce,
     CreateBridge,
     CreateVxlan,
     DelAddress,
@@ -80,7 +81,16 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     b.ops += rule_ops(desired.rules, observed.rules)
     _iptables(b, [c for c in desired.chains if c.family == "ip"], observed.iptables, "ip")
     _iptables(b, [c for c in desired.chains if c.family == "eth"], observed.ebtables, "eth")
+    if desired.bridge.addresses and desired.bridge.mac and any(_announces(op, desired.bridge.name) for op in b.ops):
+        ip = desired.bridge.addresses[0].split("/")[0]  # last: once the paths (flood entries, chains) are in place
+        b.ops.append(Announce(desired.bridge.name, ip, desired.bridge.mac))
     return Plan(tuple(b.ops), tuple(b.problems))
+
+
+def _announces(op: Op, bridge: str) -> bool:
+    """Ops after which the host announces its bridge address: learned MACs flushed (a peer entered or left the
+    sleeve; the router's start), or the address newly on the bridge."""
+    return isinstance(op, FlushLearned) or (isinstance(op, AddAddress) and op.link == bridge)
 
 
 def _sysctls(b: _Builder, desired: Desired, observed: Observed) -> None:
@@ -283,8 +293,8 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
             tables = iptables if op.family == "ip" else ebtables
             assert tables is not None  # noqa: S101 - a plan never restores without the tool
             _restore_model(tables.setdefault(op.table, {}), op)
-        elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule):
-            continue
+        elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule | Announce):
+            continue  # (an announcement changes nothing the model holds)
         elif isinstance(op, FlushLearned):
             flushed = op.generation
         else:

@@ -99,6 +99,12 @@ def look_inputs(data: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]
     return paths, _checks(data)
 
 
+def _covering(state: host_state.State | None, data: dict[str, Any]) -> host_state.State:
+    """`state` if it is a look with `data` (it answered the version), else a new one: a look without data (the
+    prerequisites') knows nothing of the router, and an unknown must never read as up to date."""
+    return state if state is not None and "version" in state.checks else look(data)
+
+
 def _sha1(content: bytes) -> str:
     return hashlib.sha1(content).hexdigest()  # noqa: S324 - a checksum
 
@@ -129,7 +135,8 @@ def prerequisites(state: host_state.State | None = None) -> None:
         apt.packages(name="Packages a node needs (installed only when missing)", packages=PACKAGES)
     # Without /proc/modules (a container, or a kernel without loadable modules) nothing can be loaded here: the
     # router then reports what its kernel lacks. Otherwise load what is neither loaded nor built in.
-    for module in state.checks.get("modules", "").split():
+    missing = state.checks.get("modules")  # (not answered: every module, and modprobe decides)
+    for module in [m for m, _ in MODULES] if missing is None else missing.split():
         server.modprobe(name=f"Kernel module {module}", module=module)
     modules_load, sysctl = host_files.prerequisites()
     _put(state, "Kernel modules loaded at boot", modules_load.content, modules_load.path)
@@ -150,7 +157,7 @@ def router(data: dict[str, Any], state: host_state.State | None = None) -> Any:
     """Installed means <prefix>/venv/.weave-node-wheels is the wheelhouse's SHA256SUMS: then nothing is pushed.
     Otherwise one upload (the runtime archive) and one script that checks it, unpacks it into a new venv and
     swaps that in whole. Returns the install operation, or None when it was up to date."""
-    state = state or look(data)
+    state = _covering(state, data)
     wheels = _wheelhouse(data)
     prefix = data["weave_prefix"]
     running = state.checks.get("version")
@@ -202,7 +209,7 @@ class Changes:
 
 @deploy("weave-node: configuration")
 def config(data: dict[str, Any], state: host_state.State | None = None) -> Changes:
-    state = state or look(data)
+    state = _covering(state, data)
     _directory(state, "Configuration directory", host_files.CONF_DIR)
     live = []
     if data["weave_password_file"]:
@@ -220,7 +227,7 @@ def config(data: dict[str, Any], state: host_state.State | None = None) -> Chang
 
 @deploy("weave-node: the service")
 def service(data: dict[str, Any], installed: Any, changes: Changes, state: host_state.State | None = None) -> None:
-    state = state or look(data)
+    state = _covering(state, data)
     unit = _put(state, "Unit file", host_files.unit(data), host_files.UNIT)
     if unit:
         systemd.daemon_reload(name="Reload systemd (unit changed)", _if=unit.did_change)
@@ -268,7 +275,7 @@ def cni(data: dict[str, Any], installed: Any = None, state: host_state.State | N
     """The plugin is written by the installed router's own installer (`weave-node install-cni-plugin`, the one the
     Ansible role and the DaemonSet use too): the plugin always matches the router's version. It runs only when the
     host's plugin differs from what that installer would write, or the router was just (re)installed."""
-    state = state or look(data)
+    state = _covering(state, data)
     bin_dir, conf_dir = data["weave_cni_bin_dir"], data["weave_cni_conf_dir"]
     _directory(state, "CNI plugin directory", bin_dir)
     _directory(state, "CNI configuration directory", conf_dir)

@@ -309,7 +309,7 @@ class Forwarder:
             frame = view[:n]
             dst_mac = bytes(frame[VNET_HDR_SIZE : VNET_HDR_SIZE + 6])
             src_mac = bytes(frame[VNET_HDR_SIZE + 6 : VNET_HDR_SIZE + 12])
-            if src_mac == self._own_mac:  # our host's own frame (to a pod behind the sleeve): under its alias
+            if src_mac == self._own_mac and self._blocked:  # (fastdp on) our host's frame, under its alias
                 _to_alias(frame, self._own_mac, self._alias_mac)
                 src_mac = self._alias_mac
             if dst_mac in self._blocked or src_mac in self._blocked:
@@ -719,8 +719,11 @@ def _to_alias(frame: memoryview, own: bytes, alias: bytes) -> None:
     """Our bridge's frame leaves through the sleeve under its alias (model.host_alias_mac), in place: the source
     MAC and, in an ARP packet, the sender's MAC. The far bridge then learns the alias behind its TAP and keeps
     our real MAC on its VXLAN port, where its heartbeats to us go; its pods answer the alias, which the sleeve
-    brings back to us (`_to_own`). (IPv6's neighbour discovery carries the MAC in an option under a checksum: the
-    day the sleeve carries it for our host, that option needs the same, checksum and all.)"""
+    brings back to us (`_to_own`). Only while we have fastdp (without it nothing needs the real MAC kept out of
+    the sleeve, and a cached alias would outlive its use); when a peer enters or leaves the sleeve the host
+    announces its address (a gratuitous ARP: datapath/ops.Announce), so pods that cached the alias, or the real
+    MAC, learn the MAC of the path now in use. (IPv6's neighbour discovery carries the MAC in an option under a
+    checksum: the day the sleeve carries it for our host, that option needs the same, checksum and all.)"""
     frame[_ETH + 6 : _ETH + 12] = alias
     if len(frame) >= _ARP_END and frame[_ETH + 12 : _ETH + 14] == _ARP and frame[_ETH + 22 : _ETH + 28] == own:
         frame[_ETH + 22 : _ETH + 28] = alias
