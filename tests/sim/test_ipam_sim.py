@@ -64,10 +64,11 @@ def test_all_partitions_of_four_never_initialise_two_rings() -> None:
         sim.run_until(sim.converged, timeout=30)
 
 
-def test_donation_round_trip_in_a_small_range() -> None:
-    sim = IpamSim([P1, P2], span=parse_range("10.32.0.0/27"), init=Init("consensus", peers=2))
+@pytest.mark.parametrize(("span", "usable"), [("10.32.0.0/27", 15), ("fd32:57::ff00/120", 127)], ids=["ipv4", "ipv6"])
+def test_donation_round_trip_in_a_small_range(span: str, usable: int) -> None:
+    sim = IpamSim([P1, P2], span=parse_range(span, ipv6=True), init=Init("consensus", peers=2))
     sim.run_until(sim.converged, timeout=5)
-    mine = [sim.allocate(P1, Key(f"c{i}")) for i in range(15)]  # P1 owns 16 addresses, 15 usable
+    mine = [sim.allocate(P1, Key(f"c{i}")) for i in range(usable)]  # P1 owns the first half, less the first
     assert None not in mine
     start = sim.now
     extra = sim.allocate_wait(P1, Key("extra"))
@@ -91,8 +92,9 @@ def test_a_donor_gives_only_free_addresses() -> None:
     assert sim.peers[P1].allocations[Key("extra")] in {sim.peers[P2].range.start + 16 + i for i in (4, 5)}
 
 
-def test_reclaim_after_grace_period_then_the_removed_peer_returns() -> None:
-    sim = IpamSim([P1, P2, P3], reclaim_after=60)
+@pytest.mark.parametrize("span", ["10.32.0.0/12", "fd32:57::/64"], ids=["ipv4", "ipv6"])
+def test_reclaim_after_grace_period_then_the_removed_peer_returns(span: str) -> None:
+    sim = IpamSim([P1, P2, P3], span=parse_range(span, ipv6=True), reclaim_after=60)
     sim.run_until(sim.converged, timeout=5)
     held = sim.allocate(P3, Key("on-p3"))
     assert held is not None
@@ -112,7 +114,7 @@ def test_reclaim_after_grace_period_then_the_removed_peer_returns() -> None:
     assert any(n == P3 and "reclaimed by peer" in msg for n, _, msg in sim.logs)
     fresh = sim.allocate_wait(P3, Key("on-p3-again"))
     sim.check()
-    assert fresh in [ip for s, e in sim.peers[P3].owned() for ip in range(s, e)]
+    assert fresh is not None and any(s <= fresh < e for s, e in sim.peers[P3].owned())
 
 
 def test_a_minority_fences_itself_before_the_majority_reclaims() -> None:
@@ -202,13 +204,14 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.parametrize("span", ["10.32.0.0/27", "fd32:57::ff00/120"], ids=["ipv4", "ipv6"])
 @settings(max_examples=60, deadline=None)
 @given(ops=OPS, seed=st.integers(0, 1000))
 def test_random_operations_never_duplicate_and_released_addresses_return(
-    ops: list[tuple[str, int, int]], seed: int
+    ops: list[tuple[str, int, int]], seed: int, span: str
 ) -> None:
     names = [P1, P2, P3, P4]
-    sim = IpamSim(names, span=parse_range("10.32.0.0/27"), init=Init("consensus", peers=4), seed=seed)
+    sim = IpamSim(names, span=parse_range(span, ipv6=True), init=Init("consensus", peers=4), seed=seed)
     released: set[int] = set()
     for op, a, b in ops:
         if op == "alloc" and names[a] in sim.peers:

@@ -73,10 +73,10 @@ def test_invariants_catch_broken_rings() -> None:
         new.check_invariants(old)
 
 
-def _evolve(seed: int, steps: int) -> list[Ring]:
+def _evolve(seed: int, steps: int, span: Range = SPAN) -> list[Ring]:
     """Three peers changing their own space (grants, free reports) on private copies, with occasional merges."""
     rnd = random.Random(seed)
-    base = Ring.initial(SPAN, 1, [A, B, C])
+    base = Ring.initial(span, 1, [A, B, C])
     copies = {p: base.copy() for p in (A, B, C)}
     history = [base.copy()]
     for _ in range(steps):

@@ -1,6 +1,12 @@
 """The IPAM channel's wire format (pure). Decoding validates everything and raises only DecodeError.
 
-b"I" version kind | range: start u32, prefix u8 | body
+b"I" version kind | range: start, prefix u8 | body
+
+Version 1 is an IPv4 range's, version 2 an IPv6 range's: the same messages with every address (the range's start,
+a ring token, an address in a list) in 16 bytes instead of 4, and a ring entry's free count in 8. A router that
+speaks only version 1 drops version 2 as a message of a version it does not speak. Below, u32 addresses are
+version 1's:
+
 STATE   (gossip and unicast): flags u8 (1 ring, 2 consensus, 4 sender not in sync: fenced or resyncing,
         8 sightings)
         ring:      ring_id u64, count u32, count x (token u32, owner u64, epoch u32, version u32, free u32)
@@ -21,14 +27,15 @@ import math
 import struct
 from dataclasses import dataclass
 
-from weave_node.core.address import Range
+from weave_node.core.address import IPV4_LIMIT, IPV6_PREFIXES, Range
 from weave_node.ipam.consensus import Ballot, Claim
 from weave_node.ipam.errors import DecodeError
 from weave_node.ipam.presence import Sighting
 from weave_node.ipam.ring import Entry, Ring
 
 MAGIC = b"I"
-VERSION = 1
+VERSION = 1  # an IPv4 range's messages
+VERSION6 = 2  # an IPv6 range's
 KIND_STATE = 1
 KIND_REQUEST = 2
 KIND_RECLAIMED = 3
@@ -49,6 +56,36 @@ _PEER = struct.Struct(">Q")
 _COUNT = struct.Struct(">I")
 _SIGHTING = struct.Struct(">QIB")
 NEVER_SEEN = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one family's messages lay out their addresses."""
+
+    version: int
+    head: struct.Struct  # magic, version, kind, start, prefix
+    entry: struct.Struct  # token, owner, epoch, version, free
+    ip: struct.Struct
+    wide: bool  # addresses as 16 bytes (and the free count as u64)
+
+    def addr(self, ip: int) -> int | bytes:
+        return ip.to_bytes(16, "big") if self.wide else ip
+
+    def int(self, raw: int | bytes) -> int:
+        return int.from_bytes(raw, "big") if isinstance(raw, bytes) else raw
+
+
+_V4 = _Layout(VERSION, _HEAD, _ENTRY, _IP, wide=False)
+_V6 = _Layout(VERSION6, struct.Struct(">cBB16sB"), struct.Struct(">16sQIIQ"), struct.Struct(">16s"), wide=True)
+
+
+def _layout(span: Range) -> _Layout:
+    return _V6 if span.ipv6 else _V4
+
+
+def _head(span: Range, kind: int) -> bytes:
+    lay = _layout(span)
+    return lay.head.pack(MAGIC, lay.version, kind, lay.addr(span.start), span.prefix)
 
 
 @dataclass(frozen=True)
@@ -91,10 +128,11 @@ def encode_state(
         | (4 if unsynced else 0)
         | (8 if sightings is not None else 0)
     )
-    out = [_HEAD.pack(MAGIC, VERSION, KIND_STATE, span.start, span.prefix), bytes([flags])]
+    lay = _layout(span)
+    out = [_head(span, KIND_STATE), bytes([flags])]
     if ring is not None:
         out.append(_RING.pack(ring.ring_id, len(ring)))
-        out.extend(_ENTRY.pack(e.token, e.owner, e.epoch, e.version, e.free) for e in ring)
+        out.extend(lay.entry.pack(lay.addr(e.token), e.owner, e.epoch, e.version, e.free) for e in ring)
     if claims is not None:
         out.append(_CONS.pack(quorum, len(claims)))
         for node, c in sorted(claims.items()):
@@ -122,13 +160,13 @@ def _deciseconds(seconds: float) -> int:
 
 
 def encode_request(span: Range) -> bytes:
-    return _HEAD.pack(MAGIC, VERSION, KIND_REQUEST, span.start, span.prefix)
+    return _head(span, KIND_REQUEST)
 
 
 def encode_addresses(span: Range, kind: int, ips: list[int]) -> bytes:
     ips = sorted(set(ips))[:MAX_ADDRESSES]
-    head = _HEAD.pack(MAGIC, VERSION, kind, span.start, span.prefix) + _ADDRS.pack(len(ips))
-    return head + b"".join(_IP.pack(ip) for ip in ips)
+    lay = _layout(span)
+    return _head(span, kind) + _ADDRS.pack(len(ips)) + b"".join(lay.ip.pack(lay.addr(ip)) for ip in ips)
 
 
 class _Reader:
@@ -152,21 +190,24 @@ class _Reader:
 
 def decode(data: bytes) -> Message:
     r = _Reader(data)
-    magic, version, kind, start, prefix = r.take(_HEAD)
-    if magic != MAGIC or version != VERSION:  # type: ignore[comparison-overlap]
+    lay = _V6 if data[1:2] == bytes([VERSION6]) else _V4
+    magic, version, kind, raw, prefix = r.take(lay.head)
+    if magic != MAGIC or version != lay.version:  # type: ignore[comparison-overlap]
         raise DecodeError("not an IPAM message of a version we speak")
-    if prefix > 30 or start & ((1 << (32 - prefix)) - 1):
-        raise DecodeError("bad range in IPAM message")
+    start = lay.int(raw)
     span = Range(start, prefix)
+    low, high = IPV6_PREFIXES if lay.wide else (0, 30)
+    if not low <= prefix <= high or (start >= IPV4_LIMIT) != lay.wide or start & (span.size - 1):
+        raise DecodeError("bad range in IPAM message")
     if kind == KIND_REQUEST:
         if r.pos != len(data):
             raise DecodeError("trailing bytes in IPAM request")
         return Request(span)
     if kind in (KIND_RECLAIMED, KIND_IN_USE):
         (count,) = r.take(_ADDRS)
-        if count > MAX_ADDRESSES or r.pos + count * _IP.size != len(data):
+        if count > MAX_ADDRESSES or r.pos + count * lay.ip.size != len(data):
             raise DecodeError("bad address list in IPAM message")
-        ips = tuple(r.take(_IP)[0] for _ in range(count))
+        ips = tuple(lay.int(r.take(lay.ip)[0]) for _ in range(count))
         if any(not span.usable(ip) for ip in ips):
             raise DecodeError("address outside the range in IPAM message")
         if any(a >= b for a, b in itertools.pairwise(ips)):
@@ -177,7 +218,7 @@ def decode(data: bytes) -> Message:
     (flags,) = r.take(_FLAGS)
     if flags > 15:
         raise DecodeError("bad IPAM state flags")
-    ring = _decode_ring(r, span) if flags & 1 else None
+    ring = _decode_ring(r, span, lay) if flags & 1 else None
     quorum, claims = _decode_claims(r) if flags & 2 else (0, None)
     sightings = _decode_sightings(r) if flags & 8 else None
     if r.pos != len(data):
@@ -201,18 +242,18 @@ def _decode_sightings(r: _Reader) -> dict[int, Sighting]:
     return out
 
 
-def _decode_ring(r: _Reader, span: Range) -> Ring:
+def _decode_ring(r: _Reader, span: Range, lay: _Layout) -> Ring:
     ring_id, count = r.take(_RING)
     if not 0 < count <= min(MAX_ENTRIES, span.size):
         raise DecodeError("bad ring entry count")
-    if r.pos + count * _ENTRY.size > len(r.data):
+    if r.pos + count * lay.entry.size > len(r.data):
         raise DecodeError("truncated ring")
     entries = []
     for _ in range(count):
-        token, owner, epoch, version, free = r.take(_ENTRY)
+        token, owner, epoch, version, free = r.take(lay.entry)
         if not 0 < owner < NAME_LIMIT:
             raise DecodeError("bad owner in ring")
-        entries.append(Entry(token, owner, version, free, epoch))
+        entries.append(Entry(lay.int(token), owner, version, free, epoch))
     ring = Ring(span, ring_id, entries)
     try:
         if len(ring.entries) != count:

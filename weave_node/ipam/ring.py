@@ -205,7 +205,8 @@ class Ring:
 
 
 def _usable(span: Range, start: int, end: int) -> int:
+    """How many of [start, end) pods can get (Range.usable: not the range's first address, nor IPv4's last)."""
     n = end - start
     if span.size > 2:
-        n -= (start == span.start) + (end == span.end)
+        n -= (start == span.start) + (end == span.end and not span.ipv6)
     return n

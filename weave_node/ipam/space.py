@@ -29,7 +29,7 @@ class Space:
         return bisect.bisect_left(self.used, end) - bisect.bisect_left(self.used, start)
 
     def usable_in(self, start: int, end: int) -> int:
-        lo, hi = max(start, self.range.start + 1), min(end, self.range.end - 1)
+        lo, hi = max(start, self.range.start + 1), min(end, self.range.usable_end)
         return max(0, hi - lo)
 
     def free_in(self, start: int, end: int) -> int:
@@ -47,7 +47,7 @@ class Space:
 
     def _first_gap(self, start: int, end: int) -> int | None:
         ip = max(start, self.range.start + 1)
-        end = min(end, self.range.end - 1)
+        end = min(end, self.range.usable_end)
         i = bisect.bisect_left(self.used, ip)
         while ip < end:
             if i < len(self.used) and self.used[i] == ip:
@@ -61,7 +61,7 @@ class Space:
         """The longest run of free usable addresses inside one of `spans`."""
         best: tuple[int, int] | None = None
         for start, end in spans:
-            lo, hi = max(start, self.range.start + 1), min(end, self.range.end - 1)
+            lo, hi = max(start, self.range.start + 1), min(end, self.range.usable_end)
             i, j = bisect.bisect_left(self.used, lo), bisect.bisect_left(self.used, hi)
             at = lo
             for ip in [*self.used[i:j], hi]:
