@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from weave_node.ipam.errors import DecodeError
 from weave_node.ipam.model import Init, Key
 from weave_node.ipam.presence import Sighting
 from weave_node.ipam.ring import Ring
+from weave_node.ipam.store import Store
 
 pytestmark = pytest.mark.unit
 ME = 0x02_00_00_00_00_01
@@ -158,3 +160,24 @@ def test_one_peer_allocates_every_usable_ipv6_address_once() -> None:
     first = big.allocate(Key("c1"), 0.0)
     assert first is not None and ip_str(first) == "fd32:57::1"
     assert big.claim(Key("c2"), V6_LARGE.end - 1, 0.0) is True  # the last address of a /64 is a pod's too
+
+
+def test_an_ipv6_ranges_state_survives_a_restart_and_ipv4_rows_stay_integers(tmp_path: Path) -> None:
+    """sqlite's INTEGER holds 64 bits: an IPv6 range's addresses are 16-byte BLOBs in its own database; an IPv4
+    range's rows are INTEGERs, as every earlier release wrote and reads them."""
+    for span, name in ((V6_LARGE, "ipam6.db"), (V4, "ipam.db")):
+        alloc = Allocator(ME, span, Init("consensus", peers=1), reclaim_after=600, now=0.0)
+        store = Store(tmp_path / name, me=ME, span=span)
+        store.commit(alloc, alloc.take_changes())
+        ips = {Key(f"c{i}"): alloc.allocate(Key(f"c{i}"), 0.0) for i in range(3)}
+        assert alloc.claim(Key("last"), span.usable_end - 1, 0.0)
+        store.commit(alloc, alloc.take_changes())
+        alloc.release("c1")
+        store.commit(alloc, alloc.take_changes())
+        kinds = {kind for (kind,) in store.db.execute("SELECT typeof(ip) FROM allocations")}
+        store.close()
+        assert kinds == ({"blob"} if span.ipv6 else {"integer"})
+        loaded = Store(tmp_path / name, me=ME, span=span).load()
+        want = {Key("c0"): ips[Key("c0")], Key("c2"): ips[Key("c2")], Key("last"): span.usable_end - 1}
+        assert loaded.allocations == want
+        assert loaded.ring == alloc.ring

@@ -102,7 +102,17 @@ class Mark:
         return cls(str(doc["boot"]), float(str(doc["up"])), float(str(doc["wall"])))
 
 
+def _from_db(value: int | bytes) -> int:
+    return int.from_bytes(value, "big") if isinstance(value, bytes) else int(value)
+
+
 class Store:
+    """One range's state. An IPv6 range's addresses are 16-byte BLOBs in its own database (sqlite's INTEGER holds
+    64 bits); an IPv4 range's stay INTEGERs, as every release before wrote them."""
+
+    def _to_db(self, ip: int) -> int | bytes:
+        return ip.to_bytes(16, "big") if self.span.ipv6 else ip
+
     def __init__(self, path: Path, *, me: int, span: Range, clock: Callable[[], Mark] = Mark.now) -> None:
         self.path = path
         self.clock = clock
@@ -142,7 +152,7 @@ class Store:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         self._sync_mode = "FULL"
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA.replace("ip INTEGER", "ip BLOB") if self.span.ipv6 else SCHEMA)
         return db
 
     @contextlib.contextmanager
@@ -170,7 +180,7 @@ class Store:
         except DecodeError as exc:
             raise ConfigError(f"the IPAM state in {self.path} is damaged: {exc}") from None
         rows = self.db.execute("SELECT ip, container_id, ifname FROM allocations")
-        allocations = {Key(cid, ifname): ip for ip, cid, ifname in rows}
+        allocations = {Key(cid, ifname): _from_db(ip) for ip, cid, ifname in rows}
         try:
             orphans = {Key(cid, ifname): int(ip) for cid, ifname, ip in json.loads(meta.get("orphans") or b"[]")}
         except (ValueError, TypeError) as exc:
@@ -238,11 +248,13 @@ class Store:
                 else:
                     self.db.execute("DELETE FROM meta WHERE key = 'consensus'")
             if changes.delete:
-                self.db.executemany("DELETE FROM allocations WHERE ip = ?", [(ip,) for ip in changes.delete])
+                self.db.executemany(
+                    "DELETE FROM allocations WHERE ip = ?", [(self._to_db(ip),) for ip in changes.delete]
+                )
             if changes.put:
                 self.db.executemany(
                     "INSERT OR REPLACE INTO allocations VALUES (?, ?, ?, ?)",
-                    [(ip, k.container_id, k.ifname, now) for ip, k in changes.put.items()],
+                    [(self._to_db(ip), k.container_id, k.ifname, now) for ip, k in changes.put.items()],
                 )
 
     def mark(self, alloc: Allocator, *, quorum: bool) -> None:
