@@ -46,10 +46,12 @@ def bridge_mac(peer_name: int) -> str:
 
 def host_alias_mac(peer_name: int) -> str:
     """The MAC that the bridge's own frames carry inside the sleeve (its host's traffic with pods behind the
-    sleeve: ARP, kube-proxy's NodePort, a ping): the bridge's MAC with 0x04 flipped in the first octet. A far
-    bridge learns this MAC behind its TAP, never the real one, to which its VXLAN heartbeats for us must go."""
+    sleeve: ARP, kube-proxy's NodePort, a ping): the bridge's MAC with the locally-administered bit cleared. Every
+    bridge MAC has that bit set (bridge_mac), and so has every MAC the kernel makes up for a pod, so the alias
+    can be no one's bridge MAC nor a pod's. A far bridge learns this MAC behind its TAP, never the real one, to
+    which its VXLAN heartbeats for us must go."""
     mac = bytes.fromhex(bridge_mac(peer_name).replace(":", ""))
-    return ":".join(f"{b:02x}" for b in bytes([mac[0] ^ 0x04]) + mac[1:])
+    return ":".join(f"{b:02x}" for b in bytes([mac[0] & ~0x02]) + mac[1:])
 
 
 @dataclass(frozen=True, order=True)
