@@ -45,7 +45,7 @@ class DnsSim:
             for n in self.names:
                 if self.reachable(at, n):
                     self.sent += 1
-                    taken = self.peers[n].merge(wire.decode(wire.encode(news)))
+                    taken = self.peers[n].merge(wire.decode(wire.encode(news)), self.clock)
                     if taken:
                         queue.append((n, taken))
 
@@ -57,9 +57,10 @@ class DnsSim:
             others = [b for b in self.names if self.reachable(a, b)]
             if others:
                 b = self.rng.choice(others)
-                taken = self.peers[b].merge(wire.decode(wire.encode(self.peers[a].books.values())))
-                if taken:
-                    self._spread(b, taken)
+                for message in wire.encode_chunks(self.peers[a].books.values(), budget=200):
+                    taken = self.peers[b].merge(wire.decode(message), self.clock)
+                    if taken:
+                        self._spread(b, taken)
 
     def converged(self) -> bool:
         states = [p.books for p in self.peers.values()]
@@ -74,7 +75,14 @@ def test_records_converge_after_partitions_and_every_live_name_resolves(seed: in
     live: dict[int, list[str]] = {}
     for _ in range(steps):
         action = rng.random()
-        if action < 0.5:
+        if action < 0.1:  # a router restarts with its clock far behind: its records are what it says now
+            owner = rng.choice(sim.names)
+            sim.peers[owner] = Records(owner)
+            sim.clock -= 10_000
+            names = rng.sample(["web", "db", "cache", "api"], rng.randrange(0, 4))
+            sim.change(owner, names)
+            live[owner] = names
+        elif action < 0.5:
             owner = rng.choice(sim.names)
             names = rng.sample(["web", "db", "cache", "api"], rng.randrange(0, 4))
             sim.change(owner, names)
@@ -103,7 +111,7 @@ def test_records_converge_after_partitions_and_every_live_name_resolves(seed: in
 def test_a_peer_that_left_stays_gone_though_a_partitioned_peer_still_gossips_it() -> None:
     sim = DnsSim(4, 1)
     gone, cut = sim.names[3], sim.names[2]
-    sim.change(gone, ["web"])
+    book = sim.change(gone, ["web"])
     assert all(p.lookup("web.weave.local") for p in sim.peers.values())
     sim.groups[cut] = 1  # `cut` is away while the others forget `gone` (its space reclaimed)
     del sim.peers[gone]
@@ -119,3 +127,12 @@ def test_a_peer_that_left_stays_gone_though_a_partitioned_peer_still_gossips_it(
     sim.peers[cut].remove_owner(gone)  # (the returning peer learns of the removal from the ring, as IPAM does)
     sim.anti_entropy()
     assert sim.converged() and all(p.lookup("web.weave.local") == [] for p in sim.peers.values())
+    # The peer was not gone after all: it comes back with its pods, and its unchanged book (the version the
+    # others removed) resolves again once they readmit it.
+    sim.peers[gone] = Records(gone)
+    sim.peers[gone].books[gone] = book
+    for p in sim.peers.values():
+        p.readmit(gone)
+    for _ in range(10):
+        sim.anti_entropy()
+    assert sim.converged() and all(p.lookup("web.weave.local") for p in sim.peers.values())

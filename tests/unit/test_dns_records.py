@@ -13,12 +13,22 @@ from hypothesis import strategies as st
 
 from weave_node.core.address import parse_ip, parse_ip6
 from weave_node.dns import wire
-from weave_node.dns.records import MAX_RECORDS, Book, InvalidRecord, Record, Records, next_version, normal_name
+from weave_node.dns.records import (
+    MAX_AHEAD_NS,
+    MAX_RECORDS,
+    Book,
+    InvalidRecord,
+    Record,
+    Records,
+    next_version,
+    normal_name,
+)
 
 pytestmark = pytest.mark.unit
 A, B, C = 0x0A, 0x0B, 0x0C
 WEB1, WEB2 = parse_ip("10.32.0.5"), parse_ip("10.40.0.9")
 WEB6 = parse_ip6("fd32:57::5")
+NOW = 10**18
 
 
 def test_names_are_kept_in_their_normal_form_and_bad_ones_refused() -> None:
@@ -33,35 +43,50 @@ def test_names_are_kept_in_their_normal_form_and_bad_ones_refused() -> None:
 def test_lookup_reverse_and_a_deletion_is_a_newer_book() -> None:
     r = Records(A)
     r.set_own([Record("web.weave.local", WEB1, "c1/eth0"), Record("web.weave.local", WEB6, "c1/eth0")], 100)
-    r.merge([Book.of(B, 50, [Record("web.weave.local", WEB2, "c2/eth0"), Record("db.weave.local", WEB2, "")])])
+    r.merge([Book.of(B, 50, [Record("web.weave.local", WEB2, "c2/eth0"), Record("db.weave.local", WEB2, "")])], NOW)
     assert r.lookup("WEB.weave.local.") == [WEB1, WEB2, WEB6]  # every owner's; IPv4 first
     assert r.reverse(WEB2) == ["db.weave.local", "web.weave.local"]
     assert r.lookup("nobody.weave.local") == [] and r.lookup("bad name") == []
-    r.merge([Book.of(B, 60, [Record("db.weave.local", WEB2, "")])])  # B's c2 went (DEL): its new book lacks it
+    r.merge([Book.of(B, 60, [Record("db.weave.local", WEB2, "")])], NOW)  # B's c2 went (DEL): its new book lacks it
     assert r.lookup("web.weave.local") == [WEB1, WEB6]
-    assert r.merge([Book.of(B, 55, [Record("web.weave.local", WEB2, "c2/eth0")])]) == []  # late: ignored
+    assert r.merge([Book.of(B, 55, [Record("web.weave.local", WEB2, "c2/eth0")])], NOW) == []  # late: ignored
     assert r.lookup("web.weave.local") == [WEB1, WEB6]
 
 
-def test_a_removed_owner_stays_removed_until_it_speaks_again() -> None:
+def test_a_removed_owner_stays_removed_until_it_is_readmitted() -> None:
     r = Records(A)
     old = Book.of(B, 50, [Record("web.weave.local", WEB2, "c2/eth0")])
-    r.merge([old])
+    r.merge([old], NOW)
     assert r.remove_owner(B) and r.lookup("web.weave.local") == []
-    assert r.merge([old]) == [] and r.lookup("web.weave.local") == []  # a late gossip of it: refused
-    back = Book.of(B, 70, [Record("web.weave.local", WEB2, "c3/eth0")])
-    assert r.merge([back]) == [back] and r.lookup("web.weave.local") == [WEB2]  # newer: the peer is back
+    later = Book.of(B, 60, [Record("web.weave.local", WEB2, "c2/eth0")])  # B's last book, from a peer cut off
+    assert r.merge([old, later], NOW) == [] and r.lookup("web.weave.local") == []  # late gossip: refused
+    assert not r.remove_owner(C) and r.merge([Book.of(C, 1, [Record("c.weave.local", WEB1, "")])], NOW) == []
+    r.readmit(B)  # B is reachable again: its full state, at the very version it had, comes back
+    assert r.merge([old], NOW) == [old] and r.lookup("web.weave.local") == [WEB2]
     assert not r.remove_owner(A)  # never ourselves
+
+
+def test_a_book_from_the_future_is_refused() -> None:
+    """No one can pin a book, or ours, at a version no one could pass."""
+    r = Records(A)
+    assert r.merge([Book.of(B, NOW + MAX_AHEAD_NS + 1, []), Book.of(A, (1 << 63) - 1, [])], NOW) == []
+    assert r.books == {}
+    with pytest.raises(InvalidRecord, match="version"):
+        Book.of(B, 1 << 63, [])
 
 
 def test_our_old_book_from_before_a_restart_is_answered_not_taken() -> None:
     """A router restarted with its clock behind: peers still hold its older book at a higher version."""
     r = Records(A)
-    mine = r.set_own([Record("new.weave.local", WEB1, "c9/eth0")], now_ns=1_000)
-    stale = Book.of(A, 5_000, [Record("old.weave.local", WEB2, "c1/eth0")])
-    (answer,) = r.merge([stale])
-    assert answer.owner == A and answer.version == 5_001 and answer.records == mine.records
+    early = Book.of(A, 9_000, [Record("old.weave.local", WEB2, "c1/eth0")])
+    assert r.merge([early], NOW) == []  # before our first book: only remembered, so ours goes above it
+    assert r.set_own([Record("new.weave.local", WEB1, "c9/eth0")], now_ns=1_000).version == 9_001
+    mine = r.books[A]
+    stale = Book.of(A, 9_001, [Record("old.weave.local", WEB2, "c1/eth0")])  # the same version, other records
+    (answer,) = r.merge([stale], NOW)
+    assert answer.owner == A and answer.version == 9_002 and answer.records == mine.records
     assert r.lookup("old.weave.local") == [] and r.lookup("new.weave.local") == [WEB1]
+    assert r.merge([answer], NOW) == []  # our own book back: nothing to do
     assert next_version(5_001, 10) == 5_002 and next_version(1, 10) == 10
 
 
@@ -84,17 +109,32 @@ books = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(books, min_size=1, max_size=6))
 def test_merge_is_a_join(batch: list[Book]) -> None:
-    """Any order, any grouping, any repetition: the same records (for books of one owner at one version, which
-    only that owner writes, one book: the strategy may draw two, so keep the first of each)."""
-    unique = list({(b.owner, b.version): b for b in reversed(batch)}.values())
+    """Any order, any repetition: the same books, also where one owner issued two books at one version (a clock
+    that went back)."""
     results = []
-    for order in itertools.islice(itertools.permutations(unique), 24):
+    for order in itertools.islice(itertools.permutations(batch), 24):
         r = Records(0x0F)
         for book in order:
-            r.merge([book])
-            r.merge([book])
+            r.merge([book], NOW)
+            r.merge([book], NOW)
         results.append(r.books)
     assert all(res == results[0] for res in results)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(books, min_size=1, max_size=6), st.lists(books, max_size=4))
+def test_routers_that_hear_the_same_books_agree_owner_included(heard: list[Book], own: list[Book]) -> None:
+    """Two routers, one of them A (whose own books come back to it): once each has heard everything the other
+    holds, they hold the same books, and A's is A's latest records."""
+    a, other = Records(A), Records(0x0F)
+    a.set_own([Record("mine.weave.local", WEB1, "")], 1)
+    for book in heard + own:
+        other.merge([book], NOW)
+    for _ in range(3):
+        other.merge(a.books.values(), NOW)
+        a.merge(other.books.values(), NOW)
+    assert a.books == other.books
+    assert a.books[A].records == (Record("mine.weave.local", WEB1, ""),)
 
 
 @settings(max_examples=100, deadline=None)
@@ -102,6 +142,9 @@ def test_merge_is_a_join(batch: list[Book]) -> None:
 def test_books_survive_the_wire(batch: list[Book]) -> None:
     unique = {b.owner: b for b in batch}
     assert {b.owner: b for b in wire.decode(wire.encode(unique.values()))} == unique
+    chunks = wire.encode_chunks(unique.values(), budget=60)  # a small budget: a message per book or two
+    assert all(len(c) <= 60 or len(wire.decode(c)) == 1 for c in chunks)
+    assert {b.owner: b for c in chunks for b in wire.decode(c)} == unique
 
 
 @settings(max_examples=500, deadline=None)

@@ -8,15 +8,16 @@ without storing anything. Should its clock have gone back across the restart, pe
 a book of our own that comes back newer than ours is never taken as ours; we answer it with our records at a
 version above it (`Records.merge`), and that one wins everywhere.
 
-Merge keeps, per owner, the book with the higher version (an owner's books at one version are one book): a join,
-so merging is commutative, associative and idempotent, and every peer that has seen the same books holds the same
-records. A removed owner (a retired or reclaimed peer: its IPAM space went to another) is forgotten, and a book
-of it at or below the version we had then is refused afterwards, so a late gossip cannot bring it back; a newer
-one (the peer is back after all) is taken.
+Merge keeps, per owner, the book with the higher version, and at one version the one with the greater records
+(`newer`): a total order, so merging is commutative, associative and idempotent, and every peer that has seen the
+same books holds the same records. A removed owner (a retired or reclaimed peer: its IPAM space went to another)
+is forgotten, and a book of it is refused until the router readmits it (it is reachable again), so a late
+gossip cannot bring it back.
 
 Names are DNS names in our domain, lowercase, without the trailing dot: labels of 1-63 of [a-z0-9_-], 253 bytes
-in all. What a peer may send is bounded (MAX_RECORDS per book, MAX_BOOKS per message): a hostile peer fills at
-most its own book.
+in all. What a peer may send is bounded (MAX_RECORDS per book, MAX_BOOKS per message, versions at most a day
+ahead of our clock). Books are not signed: a member of the mesh (it has the password) can speak for another; the
+mesh's admission is what keeps strangers out.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 
 from weave_node.core.address import IPV4_LIMIT
 
-MAX_RECORDS = 4096  # per book: a host's containers' names
+MAX_RECORDS = 1024  # per book: a host's containers' names (Kubernetes allows 110 pods per node by default)
 MAX_BOOKS = 4096  # per message: one per peer
 MAX_NAME = 253
-MAX_CONTAINER = 128
+MAX_CONTAINER = 512  # bytes: IPAM's keys (a container id of up to 256 characters, "/", an interface name)
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -81,7 +82,7 @@ class Book:
     def check(self) -> None:
         if not 0 < self.owner < 1 << 48:
             raise InvalidRecord(f"owner {self.owner} is not a peer name")
-        if not 0 <= self.version < 1 << 64:
+        if not 0 <= self.version < 1 << 63:
             raise InvalidRecord("version out of range")
         if len(self.records) > MAX_RECORDS:
             raise InvalidRecord(f"a book holds at most {MAX_RECORDS} records")
@@ -96,38 +97,57 @@ def next_version(last: int, now_ns: int) -> int:
     return max(last + 1, now_ns)
 
 
+MAX_AHEAD_NS = 86_400 * 10**9
+"""A book more than a day ahead of our clock is refused: no peer can pin a book (or ours) at a version no one can
+pass (versions stay far below 2^63)."""
+
+
+def newer(a: Book, b: Book | None) -> bool:
+    """Whether `a` beats `b`: the higher version, and at one version the greater records (an owner whose clock went
+    back can issue one version twice; every peer must pick the same of the two)."""
+    return b is None or (a.version, a.records) > (b.version, b.records)
+
+
 @dataclass
 class Records:
-    """The books a router knows (ours is `me`'s), and the owners it removed (with the version it had then)."""
+    """The books a router knows (ours is `me`'s), and the owners it removed.
+
+    `removed` holds until `readmit`: the router removes an owner when it leaves (retired, or its IPAM space
+    reclaimed) and readmits it when it is reachable again, whose gossip then brings its book back whatever its
+    version. A book of a removed owner is never taken, so a late gossip from a peer that was cut off cannot bring
+    one back."""
 
     me: int
     books: dict[int, Book] = field(default_factory=dict)
-    removed: dict[int, int] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+    _floor: int = 0  # the highest version of ours heard before we had a book of our own
     _index: dict[str, list[int]] | None = field(default=None, repr=False, compare=False)
 
-    def merge(self, books: Iterable[Book]) -> list[Book]:
-        """Take what is newer; returns the books that were (what to pass on). A book of ours newer than the one we
-        hold (sent before a restart) is answered with our records above its version, never taken."""
+    def merge(self, books: Iterable[Book], now_ns: int) -> list[Book]:
+        """Take what beats what we have (`newer`); returns what changed here (to pass on). A book of ours that we do
+        not hold, at our version or above (sent before a restart), is answered with our records above it."""
         taken = []
         for book in books:
+            if book.version > now_ns + MAX_AHEAD_NS or book.owner in self.removed:
+                continue
             have = self.books.get(book.owner)
-            floor = max(have.version if have else -1, self.removed.get(book.owner, -1))
-            if book.version <= floor:
-                continue
             if book.owner == self.me:
-                mine = have.records if have else ()
-                taken.append(self._own(Book(self.me, book.version + 1, mine)))
+                if have is None:
+                    self._floor = max(self._floor, book.version)  # our first set_own goes above it
+                elif book != have and book.version >= have.version:
+                    taken.append(self._own(Book(self.me, book.version + 1, have.records)))
                 continue
-            self.books[book.owner] = book
-            self.removed.pop(book.owner, None)
-            self._index = None
-            taken.append(book)
+            if newer(book, have):
+                self.books[book.owner] = book
+                self._index = None
+                taken.append(book)
         return taken
 
     def set_own(self, records: Iterable[Record], now_ns: int) -> Book:
         """Our own records, as a new book (the only way our book changes)."""
         have = self.books.get(self.me)
-        return self._own(Book.of(self.me, next_version(have.version if have else 0, now_ns), records))
+        last = max(have.version if have else 0, self._floor)
+        return self._own(Book.of(self.me, next_version(last, now_ns), records))
 
     def _own(self, book: Book) -> Book:
         self.books[self.me] = book
@@ -135,13 +155,19 @@ class Records:
         return book
 
     def remove_owner(self, owner: int) -> bool:
-        """Forget a peer that left (its space went to another): its records stop resolving at once."""
-        book = self.books.pop(owner, None) if owner != self.me else None
-        if book is None:
+        """Forget a peer that left (its space went to another): its records stop resolving at once, and its books
+        are refused until `readmit`. Whether we held one or not."""
+        if owner == self.me:
             return False
-        self.removed[owner] = max(book.version, self.removed.get(owner, 0))
+        self.removed.add(owner)
+        if self.books.pop(owner, None) is None:
+            return False
         self._index = None
         return True
+
+    def readmit(self, owner: int) -> None:
+        """The owner is reachable again: its books are taken again (its next gossip brings them)."""
+        self.removed.discard(owner)
 
     def lookup(self, name: str) -> list[int]:
         """Every address with this name, IPv4 first (the server rotates them), from every owner."""
