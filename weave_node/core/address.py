@@ -75,9 +75,9 @@ def parse_range(text: str, ipv6: bool = False) -> Range:
             raise ConfigError(f"IPALLOC_RANGE {text}: an IPv6 range must be a /{low} to a /{high}")
         if int(net.network_address) < IPV4_LIMIT:
             raise ConfigError(f"IPALLOC_RANGE {text} lies in ::/96 (IPv4-compatible, deprecated): use another")
-        special = ("multicast", net.is_multicast), ("link-local", net.is_link_local), ("loopback", net.is_loopback)
-        special += (("IPv4-mapped", net.network_address.ipv4_mapped is not None),)
-        for what, yes in special:
+        mapped = net.network_address.ipv4_mapped is not None
+        special = [("multicast", net.is_multicast), ("link-local", net.is_link_local), ("loopback", net.is_loopback)]
+        for what, yes in [*special, ("IPv4-mapped", mapped)]:
             if yes:
                 raise ConfigError(f"IPALLOC_RANGE {text} is {what}: use a unique local (fd00::/8) or global range")
         return Range(int(net.network_address), net.prefixlen)
