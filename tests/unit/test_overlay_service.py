@@ -132,7 +132,7 @@ def test_a_switch_to_the_sleeve_flushes_learned_macs_through_the_plan() -> None:
     svc.topology_changed({ME: "me", B: "b"}, {B: "198.19.0.2"}, "198.19.0.1")
     svc.table.merge([PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")])
     desired: Desired = svc.desired()
-    assert svc.heartbeats.peers == {B: "10.40.0.1"} and desired.flush == 1  # (a router's start flushes once)
+    assert svc.heartbeats.peers == {B: "10.40.0.1"} and desired.flush == 0
     svc.health.watch({B}, now[0])
     now[0] = 10.0  # no heartbeat for longer than the timeout
     svc._heartbeat_step()
@@ -141,13 +141,13 @@ def test_a_switch_to_the_sleeve_flushes_learned_macs_through_the_plan() -> None:
     (shown,) = svc.status()["peers"]
     assert shown["mode"] == "fastdp" and shown["reason"].startswith("switching to sleeve"), shown
     desired = svc.desired()
-    assert desired.flush == 2 and TAP in [p.name for p in desired.ports] and svc.planned_sleeve == {B}
-    assert svc.desired().flush == 2  # the same sleeve peers again: no second flush
+    assert desired.flush == 1 and TAP in [p.name for p in desired.ports] and svc.planned_sleeve == {B}
+    assert svc.desired().flush == 1  # the same sleeve peers again: no second flush
     svc.applied_sleeve = svc.planned_sleeve  # what the reconcile loop records once that state is applied
     assert svc.status()["peers"][0]["mode"] == "sleeve"
-    observed = Observed(links={BRIDGE: Link(BRIDGE, "bridge"), TAP: Link(TAP, "tun")}, iptables={}, flushed=1)
+    observed = Observed(links={BRIDGE: Link(BRIDGE, "bridge"), TAP: Link(TAP, "tun")}, iptables={})
     flushes = [op for op in plan(desired, observed).ops if isinstance(op, FlushLearned)]
-    assert flushes == [FlushLearned(BRIDGE, ("vxlan-6784", TAP), 2)]
+    assert flushes == [FlushLearned(BRIDGE, ("vxlan-6784", TAP), 1)]
     svc.executor.shutdown()
     svc.pods.executor.shutdown()
 

@@ -89,7 +89,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
 
 def _announces(op: Op, bridge: str) -> bool:
     """Ops after which the host announces its bridge address: learned MACs flushed (a peer entered or left the
-    sleeve; the router's start), or the address newly on the bridge."""
+    sleeve), or the address newly on the bridge."""
     return isinstance(op, FlushLearned) or (isinstance(op, AddAddress) and op.link == bridge)
 
 

@@ -107,7 +107,7 @@ class OverlayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
-        self.flush, self._flushed = 1, 0  # raised on every switch to or from the sleeve (and at start); applied
+        self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
         # The peers in the sleeve, and the direct peers routed: in the last desired state, and in the last applied
         self.planned_sleeve = self.applied_sleeve = self.planned_direct = self.applied_direct = frozenset[int]()
 
