@@ -104,17 +104,23 @@ def _evolve(seed: int, steps: int, span: Range = SPAN) -> list[Ring]:
 @given(seed=st.integers(0, 10_000), steps=st.integers(1, 25))
 def test_merge_is_commutative_associative_idempotent_and_monotone(seed: int, steps: int) -> None:
     history = _evolve(seed, steps)
-    picks = random.Random(seed).sample(history, min(4, len(history)))
+    results = merged_in_every_order(random.Random(seed).sample(history, min(4, len(history))))
+    assert all(r == results[0] for r in results)
+
+
+def merged_in_every_order(picks: list[Ring]) -> list[Ring]:
+    """The rings merged in every order, each merge twice (idempotent), checking that versions never go down and
+    the range stays covered once."""
     results = []
     for order in itertools.permutations(picks):
         acc = order[0].copy()
         for r in order[1:]:
             before = acc.copy()
             acc.merge(r)
-            acc.check_invariants(before)  # versions never go down, the range stays covered once
-            acc.merge(r)  # idempotent
+            acc.check_invariants(before)
+            acc.merge(r)
         results.append(acc)
-    assert all(r == results[0] for r in results)
+    return results
 
 
 @settings(max_examples=40, deadline=None)
