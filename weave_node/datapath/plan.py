@@ -81,16 +81,11 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     b.ops += rule_ops(desired.rules, observed.rules)
     _iptables(b, [c for c in desired.chains if c.family == "ip"], observed.iptables, "ip")
     _iptables(b, [c for c in desired.chains if c.family == "eth"], observed.ebtables, "eth")
-    if desired.bridge.addresses and desired.bridge.mac and any(_announces(op, desired.bridge.name) for op in b.ops):
+    fastdp = desired.vxlan is not None  # (without it the announcement would cross the sleeve under the real MAC)
+    if fastdp and desired.bridge.addresses and desired.bridge.mac and any(isinstance(op, FlushLearned) for op in b.ops):
         ip = desired.bridge.addresses[0].split("/")[0]  # last: once the paths (flood entries, chains) are in place
         b.ops.append(Announce(desired.bridge.name, ip, desired.bridge.mac))
     return Plan(tuple(b.ops), tuple(b.problems))
-
-
-def _announces(op: Op, bridge: str) -> bool:
-    """Ops after which the host announces its bridge address: learned MACs flushed (a peer entered or left the
-    sleeve), or the address newly on the bridge."""
-    return isinstance(op, FlushLearned) or (isinstance(op, AddAddress) and op.link == bridge)
 
 
 def _sysctls(b: _Builder, desired: Desired, observed: Observed) -> None:
