@@ -59,7 +59,7 @@ def from_settings(data: Mapping[str, Any]) -> str:
 
 def render(**values: Any) -> str:
     values.setdefault("mtu", None)
-    values.setdefault("direct", False)  # weave_direct: opt-in, as on bare hosts
+    values.setdefault("direct", True)  # weave_direct, as on bare hosts
     values.setdefault("password_secret", "")
     values.setdefault("image_pull_policy", pull_policy(values["image"], None))
     values.setdefault("ipalloc_init", f"consensus={len(values['peers'])}")

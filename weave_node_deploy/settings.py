@@ -33,9 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "weave_cni_version": "1.0.0",
     "weave_hairpin": True,
     # Pod traffic between hosts on one subnet without encapsulation, per peer where the path proves itself
-    # (docs/architecture.md). Opt-in in the rollout for now: with it on, parallel lab runs failed now and then to
-    # reach the fast datapath within 30 s or to resolve a pod at once after the first rollout (not understood yet).
-    "weave_direct": False,
+    # (docs/architecture.md); false: WEAVE_NO_DIRECT=1.
+    "weave_direct": True,
     "weave_bridge_netfilter": "auto",  # bridged pod traffic through iptables: auto|on|off (docs/configuration.md)
     "weave_bandwidth": False,
     "weave_health_timeout": 90,

@@ -120,7 +120,7 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     config = _router_config(text)
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
     assert config.bridge_netfilter == given.get("weave_bridge_netfilter", "auto")
-    assert config.direct is False  # opt-in in the rollout (set to "no" or left out in these cases)
+    assert config.direct is (given.get("weave_direct") != "no")  # on unless turned off
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
@@ -243,10 +243,10 @@ def test_the_daemonset_carries_the_same_conflist_as_the_systemd_path_and_every_n
     assert env["WEAVE_PEERS"] == "198.18.0.1 198.18.0.2 198.18.0.3" and env["IPALLOC_INIT"] == "consensus=3"
     assert {c["imagePullPolicy"] for c in pod["containers"] + pod["initContainers"]} == {"Never"}  # localhost/
     assert "--conflist" in pod["initContainers"][0]["command"]
-    assert env["WEAVE_NO_DIRECT"] == "1"  # weave_direct is opt-in under the DaemonSet as on bare hosts
-    on = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings(weave_direct=True))) if d and
-              d["kind"] == "DaemonSet")  # fmt: skip
-    assert "WEAVE_NO_DIRECT" not in {e["name"] for e in on["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "WEAVE_NO_DIRECT" not in env  # weave_direct is on under the DaemonSet as on bare hosts
+    off = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings(weave_direct=False))) if d and
+               d["kind"] == "DaemonSet")  # fmt: skip
+    assert {"name": "WEAVE_NO_DIRECT", "value": "1"} in off["spec"]["template"]["spec"]["containers"][0]["env"]
     other = yaml.safe_load_all(manifest.from_settings(_settings(weave_image="registry.example/weave-node:1")))
     ds = next(d for d in other if d and d["kind"] == "DaemonSet")
     assert ds["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
