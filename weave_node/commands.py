@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from weave_node import day2
+from weave_node import day2, dns_commands
 from weave_node.core.cni import CNI_PLUGIN
 from weave_node.core.facts import BRIDGE_NETFILTER_MODES, DEFAULT_STATUS_ADDR, DEFAULT_STATUS_SOCKET
 
@@ -19,6 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_router(sub)
     _add_clients(sub)
     day2.add_parsers(sub)
+    dns_commands.add_parser(sub, _api_flags)
 
 
 def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,6 +100,7 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=float,
         help="seconds a departed peer keeps its VXLAN forwarding entries, and entries found at start are kept (60)",
     )
+    dns_commands.add_router_flags(r)
     r.add_argument("--log-level", default=os.environ.get("WEAVE_LOG_LEVEL", "info"))
     r.set_defaults(func=cmd_router)
 
@@ -106,7 +108,10 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("status", help="the router's state, like `weave status`")
     s.add_argument(
-        "section", nargs="?", choices=["peers", "connections", "targets", "ipam", "datapath"], help="one part in detail"
+        "section",
+        nargs="?",
+        choices=["peers", "connections", "targets", "ipam", "datapath", "dns"],
+        help="one part in detail",
     )
     _api_flags(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")

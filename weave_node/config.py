@@ -23,6 +23,8 @@ from weave_node.core.facts import (
     MTU_MIN,
     PASSWORD_FILE_MODE_MASK,
 )
+from weave_node.dns import settings as dns_settings
+from weave_node.dns.settings import DnsSettings
 from weave_node.ipam.model import Init, parse_init
 from weave_node.mesh.settings import DEFAULT_CONN_LIMIT, MeshSettings
 
@@ -56,6 +58,7 @@ class RouterConfig:
     bridge_netfilter: str = "auto"  # WEAVE_BRIDGE_NETFILTER: auto|on|off (overlay.netfilter)
     direct: bool = True  # WEAVE_NO_DIRECT turns direct mode (no encapsulation between L2 neighbours) off
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
+    dns: DnsSettings = field(default_factory=DnsSettings)  # WEAVE_NO_DNS, WEAVE_DNS_* (dns/settings.py)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
     warnings: tuple[str, ...] = ()
 
@@ -292,6 +295,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         sleeve_aesgcm=_flag_off(pick("no_sleeve_aesgcm", "WEAVE_NO_SLEEVE_AESGCM")),
         bridge_netfilter=_bridge_netfilter(pick),
         direct=_flag_off(pick("no_direct", "WEAVE_NO_DIRECT")),
+        dns=dns_settings.from_pick(pick, _flag_off),
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),
         warnings=tuple(warnings),

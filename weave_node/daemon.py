@@ -18,6 +18,9 @@ from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig, live_settings, mesh_settings
 from weave_node.core.address import ip_str, parse_ip
 from weave_node.datapath.model import BRIDGE
+from weave_node.dns.node import Dns
+from weave_node.dns.service import CHANNEL as DNS_CHANNEL
+from weave_node.dns.service import DnsRecords
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
 from weave_node.ipam.model import Key
@@ -149,6 +152,25 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
     return overlay
 
 
+def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService,
+             overlay: OverlayService) -> Dns:  # fmt: skip
+    """Names on the router's "dns" gossip channel, our own kept in <state-dir>/dns.json; a server on the bridge."""
+    records = DnsRecords(identity.name, config.state_dir / "dns.json")
+    records.attach(router.register_channel(DNS_CHANNEL, records))
+    span = config.ipalloc_range
+    dns = Dns(config.dns, records, lambda: (overlay.bridge_cidr or "").split("/")[0] or None, span.__contains__)
+    space_changed = ipam.on_change
+
+    def ring_changed() -> None:
+        if space_changed is not None:
+            space_changed()
+        records.space_changed(o for o, held in ipam.spans().items() if held)
+
+    ipam.on_change = ring_changed
+    records.space_changed(o for o, held in ipam.spans().items() if held)
+    return dns
+
+
 def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
     """The sleeve keys of our connection to `name`, and the cipher both ends can do."""
     n = router.neighbour(name)
@@ -221,9 +243,10 @@ async def run_router(config: RouterConfig) -> int:
     router = Router(mesh_settings(config), identity, protocol_config)
     ipam = make_ipam(config, identity, router)
     overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
+    dns = make_dns(config, identity, router, ipam, overlay) if overlay is not None and config.dns.enabled else None
     if overlay is not None and config.password and not config.sleeve:
         log.warning("a password is set but the sleeve is off (WEAVE_NO_SLEEVE): pods on other hosts are unreachable")
-    metrics = RouterMetrics(lambda: full_status(router, ipam, overlay))
+    metrics = RouterMetrics(lambda: full_status(router, ipam, overlay, dns))
     pods = (
         PodService(
             ipam,
@@ -231,6 +254,7 @@ async def run_router(config: RouterConfig) -> int:
             config.state_dir / "cni-pending",
             config.ipalloc_range.prefix,
             on_op=metrics.observe_cni,
+            dns=dns,
         )
         if overlay is not None
         else None
@@ -244,6 +268,7 @@ async def run_router(config: RouterConfig) -> int:
         overlay=overlay,
         pods=pods,
         apply=live_applier(router),
+        dns=dns,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -253,6 +278,8 @@ async def run_router(config: RouterConfig) -> int:
     await ipam.start()
     if overlay is not None:
         await overlay.start()
+    if dns is not None:
+        await dns.start(f"{k.container_id}/{k.ifname}" for k in ipam.held_keys())
     if pods is not None:
         await pods.start()  # completes the DELs recorded while the router was down
     await api.start()
@@ -266,6 +293,8 @@ async def run_router(config: RouterConfig) -> int:
     await api.stop()
     if pods is not None:
         await pods.stop()
+    if dns is not None:
+        await dns.stop()
     if overlay is not None:
         await overlay.stop()  # first, so the mesh going down changes nothing; the kernel datapath stays
     await router.stop()

@@ -40,6 +40,16 @@ def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None
         table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, _sleeve_cell(p), p["reason"])
 
 
+def _dns_summary(d: dict[str, Any]) -> str:
+    where = (
+        f"{d['domain']}. on {d['address']}:{d['port']}" if d["address"] else f"{d['domain']}. (no bridge address yet)"
+    )
+    if d["problem"]:
+        where = f"{d['domain']}. not served: {d['problem']}"
+    upstreams = ", ".join(d["upstreams"]) or "none"
+    return f"{where}; {d['records']} names ({d['own_records']} here); forwarding to {upstreams}"
+
+
 def _sleeve_cell(peer: dict[str, Any]) -> str:
     sleeve = peer.get("sleeve")
     if not sleeve:
@@ -144,9 +154,17 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
             rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
         if "datapath" in doc:
             rows.append(("Datapath", _datapath_summary(doc["datapath"])))
+        if doc.get("dns", {}).get("enabled"):
+            rows.append(("DNS", _dns_summary(doc["dns"])))
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             console.print(f"  {key:>{width}}: {value}")
+        return 0
+    if args.section == "dns":
+        d = doc["dns"]
+        console.print(_dns_summary(d) if d.get("enabled") else "DNS is off (WEAVE_NO_DNS)")
+        for key, n in sorted(d.get("counters", {}).items()):
+            console.print(f"  {key}: {n}")
         return 0
     table = Table(box=None)
     if args.section == "datapath":

@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     # Pod traffic between hosts on one subnet without encapsulation, per peer where the path proves itself
     # (docs/architecture.md); false: WEAVE_NO_DIRECT=1.
     "weave_direct": True,
+    # A DNS server in every router (bare hosts; the DaemonSet leaves names to the cluster's DNS): pods' names
+    # under weave_dns_domain, every other name forwarded to weave_dns_upstreams (default: each host's resolv.conf).
+    "weave_dns": True,
+    "weave_dns_domain": "weave.local",
+    "weave_dns_upstreams": [],
     "weave_bridge_netfilter": "auto",  # bridged pod traffic through iptables: auto|on|off (docs/configuration.md)
     "weave_bandwidth": False,
     "weave_health_timeout": 90,
@@ -78,6 +83,8 @@ def typed(data: Mapping[str, Any]) -> dict[str, Any]:
     for key in NUMBERS:
         if isinstance(out.get(key), str):
             out[key] = _number(out[key])
+    if isinstance(out.get("weave_dns_upstreams"), str):  # "10.0.0.2 10.0.0.3" or "10.0.0.2,10.0.0.3"
+        out["weave_dns_upstreams"] = out["weave_dns_upstreams"].replace(",", " ").split()
     for key in (
         "weave_mtu",
         "weave_ipalloc_init",

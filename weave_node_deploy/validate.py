@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,9 @@ KNOWN = {
     "weave_hairpin",
     "weave_bridge_netfilter",
     "weave_direct",
+    "weave_dns",
+    "weave_dns_domain",
+    "weave_dns_upstreams",
     "weave_bandwidth",
     "weave_health_timeout",
     "weave_ipam_reclaim_after",
@@ -49,6 +53,7 @@ KNOWN = {
 PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
 BOOLEANS = (
     "weave_direct",
+    "weave_dns",
     "weave_allow_downgrade",
     "weave_accept_unencrypted",
     "weave_kubernetes",
@@ -180,6 +185,40 @@ def _check_daemonset(
         )
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _check_dns(data: Mapping[str, Any], fail: Any) -> None:
+    """What the router's WEAVE_DNS_DOMAIN / WEAVE_DNS_UPSTREAMS take (weave_node/dns/settings.py), checked here."""
+    domain = str(data.get("weave_dns_domain", "weave.local")).lower().removesuffix(".")
+    if len(domain) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in domain.split(".")):
+        fail(f"weave_dns_domain must be a DNS name (labels of a-z, 0-9, - and _), not {data.get('weave_dns_domain')!r}")
+    elif domain.endswith(("in-addr.arpa", "ip6.arpa")):
+        fail(f"weave_dns_domain {domain!r} is a reverse-lookup domain")
+    upstreams = data.get("weave_dns_upstreams") or []
+    if not isinstance(upstreams, list) or len(upstreams) > 3:
+        fail(f"weave_dns_upstreams must be a list of at most 3 resolvers, not {upstreams!r}")
+        return
+    for up in upstreams:
+        if not _upstream_ok(str(up)):
+            fail(f"weave_dns_upstreams: {str(up)!r} is not an IP address with an optional :port")
+
+
+def _upstream_ok(text: str) -> bool:
+    """10.0.0.2, 10.0.0.2:53, 2001:db8::53 or [2001:db8::53]:53."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else ("53" if not rest else "")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return port.isdigit() and 0 < int(port) < 65536
+
+
 def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
     mtu = data.get("weave_mtu")
     if mtu is not None and (not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX):
@@ -193,6 +232,7 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
             f"weave_bridge_netfilter must be one of {', '.join(BRIDGE_NETFILTER_MODES)}, "
             f"not {data.get('weave_bridge_netfilter')!r}"
         )
+    _check_dns(data, fail)
     if data.get("weave_cni_version") not in CNI_VERSIONS:
         fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
     password = data.get("weave_password_file")

@@ -53,6 +53,12 @@ def test_good_settings_pass() -> None:
         ({"weave_ipam_reclaim_replaced": "maybe"}, HOSTS, "weave_ipam_reclaim_replaced must be true or false"),
         ({"weave_hairpin": None}, HOSTS, "weave_hairpin must be true or false"),
         ({"weave_health_timeout": 0}, HOSTS, "weave_health_timeout must be seconds, a whole number > 0"),
+        ({"weave_dns": "perhaps"}, HOSTS, "weave_dns must be true or false"),
+        ({"weave_dns_domain": "-weave.local"}, HOSTS, "weave_dns_domain must be a DNS name"),
+        ({"weave_dns_domain": "32.10.in-addr.arpa"}, HOSTS, "is a reverse-lookup domain"),
+        ({"weave_dns_upstreams": ["dns.example"]}, HOSTS, "'dns.example' is not an IP address"),
+        ({"weave_dns_upstreams": ["10.0.0.2:99999"]}, HOSTS, "'10.0.0.2:99999' is not an IP address with"),
+        ({"weave_dns_upstreams": ["10.0.0.2"] * 4}, HOSTS, "at most 3 resolvers"),
     ],
 )
 def test_bad_settings_are_named_precisely(change: dict[str, Any], hosts: list[Any], message: str) -> None:
@@ -121,6 +127,23 @@ def test_the_router_reads_the_reclaim_settings_the_deploy_rendered(
     assert (config.ipam_reclaim_after, config.ipam_reclaim_replaced) == (after, replaced)
     assert config.bridge_netfilter == given.get("weave_bridge_netfilter", "auto")
     assert config.direct is (given.get("weave_direct") != "no")  # on unless turned off
+
+
+def test_the_router_reads_the_dns_settings_the_deploy_rendered() -> None:
+    import yaml
+
+    plain = host_files.router_env(settings.effective("node1", {"weave_address": "198.18.0.1"}, HOSTS))
+    assert "DNS" not in plain  # the defaults render nothing: hosts rolled out before DNS see no change
+    config = _router_config(plain)
+    assert (config.dns.enabled, config.dns.domain, config.dns.upstreams) == (True, "weave.local", ())
+    given = {"weave_dns_domain": "Lab.Internal", "weave_dns_upstreams": "10.0.0.2, [2001:db8::53]:5353"}
+    config = _router_config(host_files.router_env(settings.effective("node1", {**GOOD, **given}, HOSTS)))
+    assert config.dns.domain == "lab.internal" and config.dns.upstreams == (("10.0.0.2", 53), ("2001:db8::53", 5353))
+    off = host_files.router_env(settings.effective("node1", {**GOOD, "weave_dns": "false"}, HOSTS))
+    assert _router_config(off).dns.enabled is False
+    ds = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings())) if d and d["kind"] == "DaemonSet")
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WEAVE_NO_DNS"] == "1"  # under Kubernetes, names are the cluster DNS's
 
 
 def test_a_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:

@@ -123,6 +123,7 @@ ADD_ANSWER = {
     "gateway": "10.32.0.1",
     "host_ifname": "vethwepl1",
     "host_mac": "02:00:00:00:00:02",
+    "dns": {"nameservers": ["10.32.0.1"], "search": ["weave.local"]},  # the router's server
 }
 
 
@@ -141,12 +142,16 @@ def test_add_asks_the_router_and_prints_the_result_of_the_requested_version(
     sock, answers, asked = server
     answers.append(_http("200 OK", json.dumps(ADD_ANSWER).encode(), chunked=version == "1.0.0"))
     conf = {"cniVersion": version, "name": "weave", "type": "weave-net", "socket": str(sock), "hairpinMode": True}
-    rc, doc = _run(plugin, "ADD", {**conf, "dns": {"nameservers": ["10.32.0.1"]}})
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1;malformed"
+    rc, doc = _run(plugin, "ADD", {**conf, "dns": {"nameservers": ["10.96.0.10"]}}, CNI_ARGS=args)
     assert rc == 0, doc
     request = asked[0].decode()
     assert request.startswith("POST /cni/add HTTP/1.1\r\n")
     body = json.loads(request.split("\r\n\r\n", 1)[1])
-    assert body == {"container_id": "c1", "ifname": "eth0", "netns": "/proc/self/ns/net", "hairpin": True}
+    assert body == {
+        "container_id": "c1", "ifname": "eth0", "netns": "/proc/self/ns/net", "hairpin": True,
+        "args": {"K8S_POD_NAME": "web", "K8S_POD_NAMESPACE": "shop"},  # the pod's name for the router's DNS
+    }  # fmt: skip
     pod = {"name": "eth0", "mac": ADD_ANSWER["mac"], "sandbox": "/proc/self/ns/net"}
     ip = {"address": "10.32.0.5/12", "gateway": "10.32.0.1", "interface": 1}
     expected = {
@@ -157,9 +162,13 @@ def test_add_asks_the_router_and_prints_the_result_of_the_requested_version(
         ],
         "ips": [ip | ({"version": "4"} if version < "1.0.0" else {})],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.32.0.1"}],
-        "dns": {"nameservers": ["10.32.0.1"]},
+        "dns": {"nameservers": ["10.96.0.10"]},  # the network configuration's own wins
     }
     assert doc == expected
+    answers.append(_http("200 OK", json.dumps(ADD_ANSWER).encode()))
+    rc, doc = _run(plugin, "ADD", conf)  # without one: the router's server
+    assert rc == 0 and doc["dns"] == ADD_ANSWER["dns"], doc
+    assert json.loads(asked[1].decode().split("\r\n\r\n", 1)[1])["args"] == {}
 
 
 @pytest.mark.parametrize(

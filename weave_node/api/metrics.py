@@ -62,7 +62,25 @@ def families(doc: dict[str, Any]) -> list[Metric]:
         out += _ipam(doc["ipam"])
     if "datapath" in doc:
         out += _datapath(doc["datapath"])
+    if doc.get("dns", {}).get("enabled"):
+        out += _dns(doc["dns"])
     return out
+
+
+def _dns(d: dict[str, Any]) -> list[Metric]:
+    records = GaugeMetricFamily("weave_node_dns_records", "Names this router answers, by owner.", labels=["owner"])
+    records.add_metric(["self"], d["own_records"])
+    records.add_metric(["all"], d["records"])
+    queries = CounterMetricFamily(
+        "weave_node_dns_queries", "DNS queries by outcome (answered, nxdomain, nodata, forwarded, ...).",
+        labels=["outcome"],
+    )  # fmt: skip
+    for outcome, n in sorted(d["counters"].items()):
+        if outcome != "queries":
+            queries.add_metric([outcome], n)
+    up = GaugeMetricFamily("weave_node_dns_serving", "1 when the DNS server is bound to the bridge's address.")
+    up.add_metric([], 1 if d["address"] and not d["problem"] else 0)
+    return [records, queries, up]
 
 
 def _ipam(i: dict[str, Any]) -> list[Metric]:

@@ -1,5 +1,5 @@
-"""The OpenAPI 3.0 document of the local API (served at GET /openapi.json). Kept next to the handlers; a test
-walks it and fuzzes every operation (no request may produce a 5xx)."""
+"""The OpenAPI 3.0 document of the local API (served at GET /openapi.json; the /dns paths answer where the router
+runs DNS). Kept next to the handlers; a test walks it and fuzzes every operation (no request may produce a 5xx)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ _POD = {
         "ip": {"type": "string", "description": "CHECK: the address ADD returned"},
     },
 }
+_NAME = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "description": "web or web.weave.local"}, "ip": {"type": "string"}},
+}
 _CNI_NOTE = "Served on the unix socket only (403 on TCP)."
 
 
@@ -58,7 +63,7 @@ OPENAPI: dict[str, Any] = {
         "/report": {"get": _op("the same, under Weave's name", {"200": _OBJ})},
         "/status/{section}": {
             "get": _op(
-                "one section: router, peers, connections, targets, ipam, datapath",
+                "one section: router, peers, connections, targets, ipam, datapath, dns",
                 {"200": _OBJ, "404": _ERROR},
                 parameters=[{"name": "section", "in": "path", "required": True, "schema": {"type": "string"}}],
             )
@@ -98,6 +103,26 @@ OPENAPI: dict[str, Any] = {
                 "CNI GC: release allocations not in the list",
                 {"200": _OBJ, "400": _ERROR, "403": _ERROR},
                 {"type": "object", "required": ["valid"], "properties": {"valid": {"type": "array"}}},
+            )
+        },
+        "/dns/records": {
+            "get": _op("every name every router holds", {"200": _LIST}),
+            "post": _op(
+                "name an address by hand (gossiped to every router)", {"200": _OBJ, "400": _ERROR, "403": _ERROR}, _NAME
+            ),
+        },
+        "/dns/lookup": {
+            "get": _op(
+                "the addresses of a name",
+                {"200": _OBJ, "400": _ERROR},
+                parameters=[{"name": "name", "in": "query", "required": True, "schema": {"type": "string"}}],
+            )
+        },
+        "/dns/remove": {
+            "post": _op(
+                "remove names added by hand (all of a name's, or one address)",
+                {"200": _OBJ, "400": _ERROR, "403": _ERROR},
+                _NAME,
             )
         },
         "/openapi.json": {"get": _op("this document", {"200": _OBJ})},

@@ -1,7 +1,8 @@
 """The router's side of the CNI plugin: attach/detach/check pods (IPAM + pod plumbing), readiness, GC, and the
 completion of DELs the plugin recorded while the router was down.
 
-POST /cni/add   {"container_id", "ifname", "netns", "hairpin"?}  -> {"ip", "cidr", "gateway", "mtu", "mac", ...}
+POST /cni/add   {"container_id", "ifname", "netns", "hairpin"?, "args"?}  -> {"ip", "cidr", "gateway", "mtu", "mac",
+                "dns"?, "names"?, ...}    (args: CNI_ARGS' K8S_POD_NAME/K8S_POD_NAMESPACE name the pod in DNS)
 POST /cni/del   {"container_id", "ifname", "netns"?}             -> {"released": [ip...], "detached": bool}
 POST /cni/check {"container_id", "ifname", "netns", "ip"?}       -> {} or 409 {"error": what differs}
 GET  /cni/status                                                 -> {"ready", "code"?, "reason"?}
@@ -22,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ from aiohttp import web
 
 from weave_node.api.ipam import _body, _json
 from weave_node.core.address import ip_str
+from weave_node.core.address import parse_ip as ip_int
 from weave_node.core.cni import pending_name
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError
+from weave_node.dns.node import Dns
 from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable
 from weave_node.ipam.model import INTERNAL_PREFIX, Key
 from weave_node.ipam.service import IpamService
@@ -54,8 +57,11 @@ class PodService:
         overlay: OverlayService,
         pending_dir: Path,
         prefix: int,
+        *,
         on_op: Callable[[str, float, bool], None] | None = None,
+        dns: Dns | None = None,
     ) -> None:
+        self.dns = dns
         self.on_op = on_op  # (operation, seconds, ok): the metrics' CNI histograms
         self.ipam = ipam
         self.overlay = overlay
@@ -95,7 +101,7 @@ class PodService:
             if users[0] == 0:
                 del self._locks[key]
 
-    async def add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
+    async def add(self, key: Key, netns: str, hairpin: bool, args: Mapping[str, str] | None = None) -> dict[str, Any]:
         _check_netns(netns)
         async with self._lock(key):
             # A DEL recorded while we were down is older than this ADD: finish it first, or it would later
@@ -104,7 +110,11 @@ class PodService:
             if pending.exists():
                 await self._delete(key, "")
                 pending.unlink(missing_ok=True)
-            return await self._add(key, netns, hairpin)
+            answer = await self._add(key, netns, hairpin)
+            if self.dns is not None:  # (never fails the ADD: a bad name is logged and skipped)
+                answer["names"] = self.dns.name_pod(_container(key), args or {}, ip_int(answer["ip"]))
+                answer["dns"] = self.dns.cni_dns()
+            return answer
 
     async def _add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
         gateway = self._gateway()
@@ -136,6 +146,8 @@ class PodService:
     async def _delete(self, key: Key, netns: str) -> dict[str, Any]:
         pod = self._pod(key, netns or "/nonexistent", "0.0.0.0", "0.0.0.0")  # noqa: S104 - unused by detach
         detached = await self.overlay.pods.detach(pod)
+        if self.dns is not None:
+            self.dns.forget_pod(_container(key))
         try:
             released = [ip_str(ip) for ip in self.ipam.release(key.container_id, key.ifname)]
         except NotFound:
@@ -269,6 +281,18 @@ class PodService:
         return done
 
 
+def _container(key: Key) -> str:
+    """The attachment a DNS record belongs to."""
+    return f"{key.container_id}/{key.ifname}"
+
+
+def _args(doc: dict[str, Any]) -> dict[str, str]:
+    raw = doc.get("args") or {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise BadRequest("'args' must be an object of strings (the CNI_ARGS pairs)")
+    return raw
+
+
 def _check_netns(path: str) -> None:
     """A pod's namespace: it exists, it is a network namespace, and it is not the router's own."""
     try:
@@ -294,12 +318,12 @@ def _pod_key(doc: dict[str, Any]) -> Key:
     return key
 
 
-def _local_only(req: web.Request) -> None:
+def _local_only(req: web.Request, what: str = "the CNI endpoints") -> None:
     """The CNI endpoints change the host's network as root: only on the unix socket (mode 0600), never on TCP,
     where any local user or host-network pod could reach them."""
     if req.transport is None or not isinstance(req.transport.get_extra_info("sockname"), str):
         raise web.HTTPForbidden(
-            text=json.dumps({"error": "the CNI endpoints are served on the router's unix socket only"}),
+            text=json.dumps({"error": f"{what} are served on the router's unix socket only"}),
             content_type="application/json",
         )
 
@@ -321,7 +345,8 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
         _local_only(req)
         doc = await _body(req)
         try:
-            return _json(await pods.add(_pod_key(doc), _str(doc, "netns"), bool(doc.get("hairpin", False))))
+            key, netns, hairpin = _pod_key(doc), _str(doc, "netns"), bool(doc.get("hairpin", False))
+            return _json(await pods.add(key, netns, hairpin, _args(doc)))
         except DatapathError as exc:
             return _json({"error": str(exc)}, status=500)
 

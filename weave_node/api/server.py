@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from weave_node.api.dns import add_dns_routes
 from weave_node.api.ipam import add_ipam_routes, ipam_errors
 from weave_node.api.openapi import OPENAPI
 from weave_node.api.pods import PodService, add_pod_routes
@@ -19,6 +20,7 @@ from weave_node.api.reload import Apply, add_reload_route
 from weave_node.api.status import ConnView, build_status
 from weave_node.core.address import parse_hostport
 from weave_node.core.errors import ConfigError
+from weave_node.dns.node import Dns
 from weave_node.ipam.service import IpamService
 from weave_node.mesh.router import PeerConn, Router
 from weave_node.overlay.service import OverlayService
@@ -59,7 +61,7 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
 
 
 def full_status(
-    router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None
+    router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None, dns: Dns | None = None
 ) -> dict[str, Any]:
     """The whole status snapshot: what `weave-node status --json` prints and what the metrics are made of."""
     doc = router_status(router)
@@ -67,18 +69,21 @@ def full_status(
         doc["ipam"] = ipam.status()
     if overlay is not None:
         doc["datapath"] = overlay.status()
+    doc["dns"] = dns.status() if dns is not None else {"enabled": False}
     return doc
 
 
 def make_app(
     router: Router,
+    *,
     ipam: IpamService | None = None,
     overlay: OverlayService | None = None,
     pods: PodService | None = None,
     apply: Apply | None = None,
+    dns: Dns | None = None,
 ) -> web.Application:
     def snapshot() -> dict[str, Any]:
-        return full_status(router, ipam, overlay)
+        return full_status(router, ipam, overlay, dns)
 
     async def status(_req: web.Request) -> web.Response:
         return json_response(snapshot())
@@ -86,7 +91,7 @@ def make_app(
     async def section(req: web.Request) -> web.Response:
         doc = snapshot()
         key = req.match_info["section"]
-        if key not in ("router", "peers", "connections", "targets", "ipam", "datapath") or key not in doc:
+        if key not in ("router", "peers", "connections", "targets", "ipam", "datapath", "dns") or key not in doc:
             return json_response({"error": f"unknown status section {key!r}"}, status=404)
         return json_response(doc[key])
 
@@ -112,6 +117,8 @@ def make_app(
         add_pod_routes(app, pods)
     if apply is not None:
         add_reload_route(app, apply)
+    if dns is not None:
+        add_dns_routes(app, dns)
 
     async def openapi(_req: web.Request) -> web.Response:
         return json_response(OPENAPI)
@@ -136,8 +143,10 @@ class ApiServer:
         overlay: OverlayService | None = None,
         pods: PodService | None = None,
         apply: Apply | None = None,
+        dns: Dns | None = None,
     ) -> None:
-        self.runner = web.AppRunner(make_app(router, ipam, overlay, pods, apply), access_log=None)
+        app = make_app(router, ipam=ipam, overlay=overlay, pods=pods, apply=apply, dns=dns)
+        self.runner = web.AppRunner(app, access_log=None)
         self.tcp_addr = tcp_addr
         self.socket_path = socket_path
         self.port = 0

@@ -83,6 +83,14 @@ func main() {
 		}
 		rt.CapabilityArgs = map[string]interface{}{"portMappings": maps}
 	}
+	// CNIDRIVER_ARGS: the runtime's CNI_ARGS ("K=V;K=V"), as containerd's CRI passes K8S_POD_NAME and friends.
+	if args := os.Getenv("CNIDRIVER_ARGS"); args != "" {
+		for _, pair := range strings.Split(args, ";") {
+			if k, v, found := strings.Cut(pair, "="); found {
+				rt.Args = append(rt.Args, [2]string{k, v})
+			}
+		}
+	}
 	ctx := context.Background()
 
 	switch command {

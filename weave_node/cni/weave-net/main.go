@@ -9,7 +9,8 @@
 // and no C library (weave_node/cni/gobuild.py builds it; our wheel carries it).
 //
 // Network configuration fields besides cniVersion/name/type: "socket" (default /run/weave-node/weave.sock),
-// "pendingDir" (default /var/lib/weave-node/cni-pending), "hairpinMode" (bool), "dns" (passed through).
+// "pendingDir" (default /var/lib/weave-node/cni-pending), "hairpinMode" (bool), "dns" (passed through; without
+// it the result carries the router's DNS server, when it runs one).
 package main
 
 import (
@@ -296,6 +297,20 @@ type addAnswer struct {
 	Gateway    string          `json:"gateway"`
 	HostIfname string          `json:"host_ifname"`
 	HostMac    string          `json:"host_mac"`
+	Dns        json.RawMessage `json:"dns"`
+}
+
+// podArgs are the CNI_ARGS pairs the router names a pod by in its DNS (K8S_POD_NAME, K8S_POD_NAMESPACE: what
+// containerd's CRI and cnitool users pass). Other pairs, and malformed ones, are not ours to judge: ignored.
+func podArgs() map[string]string {
+	out := map[string]string{}
+	for _, pair := range strings.Split(os.Getenv("CNI_ARGS"), ";") {
+		k, v, found := strings.Cut(pair, "=")
+		if found && (k == "K8S_POD_NAME" || k == "K8S_POD_NAMESPACE") && len(v) <= 253 {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 type kv struct {
@@ -335,9 +350,12 @@ func result(c *conf, a *addAnswer, ifname, ns string) ordered {
 	if !atLeast(c.version, "1.0.0") {
 		ip = append(ip, kv{"version", "4"})
 	}
+	// The network configuration's own "dns" wins; else the router's server (when it runs one); else none.
 	var dns interface{} = map[string]interface{}{}
 	if d := c.raw["dns"]; d != nil && bytes.HasPrefix(bytes.TrimSpace(d), []byte("{")) {
 		dns = d
+	} else if bytes.HasPrefix(bytes.TrimSpace(a.Dns), []byte("{")) {
+		dns = a.Dns
 	}
 	return ordered{
 		{"cniVersion", c.version},
@@ -411,7 +429,7 @@ func cmdAdd(c *conf, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	body := ordered{{"container_id", cid}, {"ifname", ifname}, {"netns", ns}, {"hairpin", c.hairpin}}
+	body := ordered{{"container_id", cid}, {"ifname", ifname}, {"netns", ns}, {"hairpin", c.hairpin}, {"args", podArgs()}}
 	status, doc, err := call(c.socket, "POST", "/cni/add", body)
 	if err != nil {
 		return err

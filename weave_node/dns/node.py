@@ -1,0 +1,82 @@
+"""The router's DNS as one part: the records, the server, and the server following the bridge's address (shell).
+
+The daemon builds it (`Dns`), the CNI side names pods through it (`name_pod`, `forget_pod`), the API and status
+read it. With WEAVE_NO_DNS there is no `Dns` at all: no server, no records, no `dns` in CNI results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from weave_node.dns import answer
+from weave_node.dns.server import DnsServer
+from weave_node.dns.service import DnsRecords
+from weave_node.dns.settings import DnsSettings
+
+log = logging.getLogger("weave_node.dns")
+FOLLOW_EVERY = 1.0  # seconds between looks at the bridge's address (it is set once, and rarely changes)
+
+
+def pod_names(args: Mapping[str, str]) -> list[str]:
+    """The names a pod gets from its CNI args: K8S_POD_NAME, under its namespace unless that is "default"
+    ("web" in default is web.<domain>, in "shop" web.shop.<domain>)."""
+    name = args.get("K8S_POD_NAME", "").strip()
+    if not name:
+        return []
+    namespace = args.get("K8S_POD_NAMESPACE", "").strip()
+    return [name if namespace in ("", "default") else f"{name}.{namespace}"]
+
+
+class Dns:
+    def __init__(
+        self,
+        settings: DnsSettings,
+        records: DnsRecords,
+        bridge_address: Callable[[], str | None],
+        ours: Callable[[int], bool],
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.bridge_address = bridge_address
+        zone = answer.Zone.of(settings.domain, settings.ttl, records.lookup, records.reverse, ours)
+        self.server = DnsServer(settings, lambda: zone, lambda: records.generation)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, held: Iterable[str]) -> None:
+        self.records.start(held)
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.server.stop()
+
+    async def _follow(self) -> None:
+        while True:
+            address = self.bridge_address()
+            if address and (address != self.server.address or self.server.problem):
+                await self.server.bind(address)
+            await asyncio.sleep(FOLLOW_EVERY if self.server.problem is None else 10.0)
+
+    def name_pod(self, container: str, args: Mapping[str, str], ip: int) -> list[str]:
+        names = pod_names(args)
+        return self.records.set_container(container, names, ip) if names else []
+
+    def forget_pod(self, container: str) -> None:
+        self.records.drop_container(container)
+
+    def cni_dns(self) -> dict[str, Any] | None:
+        """The CNI result's `dns`: our server for the pod's resolv.conf (containerd and podman write it)."""
+        address = self.server.address
+        if not address or self.server.problem is not None or address != self.bridge_address():
+            return None  # a nameserver that does not answer would take the pod's every lookup down with it
+        return {"nameservers": [address], "search": [self.settings.domain]}
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": True, "ttl": self.settings.ttl, **self.server.status(), **self.records.status()}

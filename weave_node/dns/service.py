@@ -1,0 +1,220 @@
+"""The router's name records: our own (kept in <state-dir>/dns.json, so a restarted router keeps its pods'
+names), everyone's (the `Records` CRDT on the mesh's "dns" gossip channel), and who is gone (from IPAM: a peer
+whose space went to others takes its names with it).
+
+Our book is sent whole at every change and in the periodic full state; a peer's book we learn is passed on
+(`on_gossip` returns it). The file is written atomically (temp file, rename) before a change is gossiped; it is
+not fsynced: pods do not outlive a crash of the kernel, and their names need not either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from weave_node.core.address import ip_str, parse_ip, parse_ip6
+from weave_node.core.errors import ConfigError
+from weave_node.dns import wire
+from weave_node.dns.records import InvalidRecord, Record, Records, normal_name
+from weave_node.mesh.gossip import GossipChannel
+
+log = logging.getLogger("weave_node.dns")
+CHANNEL = "dns"
+MANUAL = ""  # the container of a record added through the API
+
+
+class DnsRecords:
+    def __init__(self, me: int, path: Path, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.records = Records(me)
+        self.path = path
+        self.clock_ns = clock_ns
+        self.channel: GossipChannel | None = None
+        self.own: set[Record] = set()
+        self._owners_with_space: set[int] = set()
+        self._chunks: list[bytes] = []
+        self.generation = 0  # moves at every change of the names anyone holds (the server's answers follow it)
+        self.counters = {"gossip_received": 0, "books_taken": 0, "owners_removed": 0}
+
+    def attach(self, channel: GossipChannel) -> None:
+        self.channel = channel
+
+    # ---- our records --------------------------------------------------------------------------------------
+
+    def start(self, held: Iterable[str]) -> None:
+        """Our records as the file left them, without those of attachments that no longer hold an address."""
+        alive = set(held)
+        loaded = self._load()
+        self.own = {r for r in loaded if r.container == MANUAL or r.container in alive}
+        if len(self.own) != len(loaded):
+            log.info("DNS: %d name(s) of pods gone while the router was down dropped", len(loaded) - len(self.own))
+        self._publish()
+
+    def set_container(self, container: str, names: Iterable[str], ip: int) -> list[str]:
+        """The names of one attachment (ADD): what it had before is replaced. Invalid names are skipped (logged):
+        a name must never fail a pod's ADD. Returns the names kept."""
+        records = set()
+        for name in names:
+            try:
+                record = Record(normal_name(name), ip, container)
+                record.check()
+            except InvalidRecord as exc:
+                log.warning("DNS: no record for %s: %s", container, exc)
+                continue
+            records.add(record)
+        kept = {r for r in self.own if r.container != container} | records
+        if kept != self.own:
+            self.own = kept
+            self._publish()
+        return sorted(r.name for r in records)
+
+    def drop_container(self, container: str) -> int:
+        """DEL or GC of an attachment: its names go."""
+        kept = {r for r in self.own if r.container != container}
+        dropped = len(self.own) - len(kept)
+        if dropped:
+            self.own = kept
+            self._publish()
+        return dropped
+
+    def add(self, name: str, ip: int) -> Record:
+        """A record by hand (the API). InvalidRecord when the name or address is not one we keep."""
+        record = Record(normal_name(name), ip, MANUAL)
+        record.check()
+        if record not in self.own:
+            self.own = self.own | {record}
+            self._publish()
+        return record
+
+    def remove(self, name: str, ip: int | None = None) -> int:
+        """Records by hand of a name (and address): how many went."""
+        wanted = normal_name(name)
+        kept = {r for r in self.own if not (r.container == MANUAL and r.name == wanted and ip in (None, r.ip))}
+        removed = len(self.own) - len(kept)
+        if removed:
+            self.own = kept
+            self._publish()
+        return removed
+
+    def _publish(self) -> None:
+        records = sorted(self.own)
+        self._save(records)
+        book = self.records.set_own(records, self.clock_ns())
+        self._chunks = []
+        self.generation += 1
+        if self.channel is not None:
+            self.channel.gossip(wire.encode([book]))
+
+    # ---- who is gone --------------------------------------------------------------------------------------
+
+    def space_changed(self, owners: Iterable[int]) -> None:
+        """IPAM's ring changed: a peer that held space and holds none now was retired or reclaimed, and its
+        names go with its addresses; one that holds space again is readmitted."""
+        now = set(owners)
+        for gone in self._owners_with_space - now:
+            if self.records.remove_owner(gone):
+                self.counters["owners_removed"] += 1
+                self.generation += 1
+                log.info("DNS: the names of peer %x are gone with its address space", gone)
+        for back in now:
+            self.records.readmit(back)
+        self._owners_with_space = now
+
+    # ---- gossip.Gossiper ----------------------------------------------------------------------------------
+
+    def on_gossip(self, src: int, data: bytes) -> bytes | None:
+        books = wire.decode(data)
+        self.counters["gossip_received"] += 1
+        changed = self.records.merge(books, self.clock_ns())
+        if not changed:
+            return None
+        self.counters["books_taken"] += len(changed)
+        self._chunks = []
+        self.generation += 1
+        return wire.encode(changed)
+
+    def on_unicast(self, src: int, data: bytes) -> None:
+        return None
+
+    def on_broadcast(self, src: int, data: bytes) -> None:
+        return None
+
+    def gossip_state(self) -> bytes | None:
+        """The full state, a chunk at a time when it is larger than a message (each call the next one)."""
+        if not self.records.books:
+            return None
+        if not self._chunks:
+            self._chunks = wire.encode_chunks(self.records.snapshot().values())
+        return self._chunks.pop(0)
+
+    # ---- reading ------------------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> list[int]:
+        return self.records.lookup(name)
+
+    def reverse(self, ip: int) -> list[str]:
+        return self.records.reverse(ip)
+
+    def listing(self) -> list[dict[str, Any]]:
+        me = self.records.me
+        return [
+            {
+                "name": r.name,
+                "ip": ip_str(r.ip),
+                "container": r.container,
+                "owner": f"{b.owner:x}",
+                "ours": b.owner == me,
+            }
+            for b in sorted(self.records.snapshot().values(), key=lambda b: b.owner)
+            for r in b.records
+        ]
+
+    def status(self) -> dict[str, Any]:
+        books = self.records.snapshot()
+        return {
+            "records": sum(len(b.records) for b in books.values()),
+            "own_records": len(self.own),
+            "owners": len(books),
+            **self.counters,
+        }
+
+    # ---- the file -----------------------------------------------------------------------------------------
+
+    def _load(self) -> set[Record]:
+        try:
+            doc = json.loads(self.path.read_text())
+            return {_record(r) for r in doc["records"]}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError, InvalidRecord, ConfigError) as exc:
+            log.error("DNS: %s is unreadable (%s): starting without our records", self.path, exc)
+            return set()
+
+    def _save(self, records: list[Record]) -> None:
+        doc = {"version": 1, "records": [[r.name, ip_str(r.ip), r.container] for r in records]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dns-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _record(raw: Any) -> Record:
+    name, ip, container = raw
+    record = Record(str(name), any_ip(str(ip)), str(container))
+    record.check()
+    return record
+
+
+def any_ip(text: str) -> int:
+    """An address of either family (ConfigError when it is neither)."""
+    return parse_ip6(text) if ":" in text else parse_ip(text)
