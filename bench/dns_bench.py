@@ -8,7 +8,8 @@ pods are added through libcni (tests/cni/driver) with K8S_POD_NAME in CNI_ARGS, 
 dnsmasq (Debian's dnsmasq-base) runs in host 1's namespace on the bridge address, port 5353, with the same
 names in a hosts file (`--no-resolv --no-hosts --addn-hosts`), so both servers answer the same questions from the
 same place; the clients run in a pod on host 1. Installs dnsmasq-base and dnsperf with apt-get when missing.
-- throughput: `dnsperf` (Debian) for `--seconds`, the names in turn, 20 queries in flight, the two servers one
+- throughput: `dnsperf` (Debian) for `--seconds` (the routers run with WEAVE_DNS_CLIENT_RATE=0: one client
+  asks far more than the per-client limit lets through), the names in turn, 20 queries in flight, the two servers one
   after the other, twice, alternating.
 - latency: one query at a time from a Python client (the same client for both servers), `--latency` queries
   each, interleaved query by query; p50/p99.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shutil
 import statistics
@@ -145,6 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     ensure_packages()
     binary = ensure_driver()
+    os.environ["WEAVE_DNS_CLIENT_RATE"] = "0"  # the server's own speed, not the per-client limit (1000 q/s)
     with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
         base = Path(tmp)
         dnsmasq = None

@@ -155,7 +155,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
 def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService,
              overlay: OverlayService) -> Dns:  # fmt: skip
     """Names on the router's "dns" gossip channel, our own kept in <state-dir>/dns.json; a server on the bridge."""
-    records = DnsRecords(identity.name, config.state_dir / "dns.json")
+    records = DnsRecords(identity.name, config.state_dir / "dns.json", max_name=252 - len(config.dns.domain))
     records.attach(router.register_channel(DNS_CHANNEL, records))
     span = config.ipalloc_range
     dns = Dns(config.dns, records, lambda: (overlay.bridge_cidr or "").split("/")[0] or None, span.__contains__)

@@ -193,7 +193,7 @@ def _check_dns(data: Mapping[str, Any], fail: Any) -> None:
     domain = str(data.get("weave_dns_domain", "weave.local")).lower().removesuffix(".")
     if len(domain) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in domain.split(".")):
         fail(f"weave_dns_domain must be a DNS name (labels of a-z, 0-9, - and _), not {data.get('weave_dns_domain')!r}")
-    elif domain.endswith(("in-addr.arpa", "ip6.arpa")):
+    elif domain.endswith(("in-addr.arpa", "ip6.arpa")) or domain == "arpa":
         fail(f"weave_dns_domain {domain!r} is a reverse-lookup domain")
     upstreams = data.get("weave_dns_upstreams") or []
     if not isinstance(upstreams, list) or len(upstreams) > 3:

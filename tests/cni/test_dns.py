@@ -246,19 +246,41 @@ def test_garbage_never_takes_the_server_down_and_the_underlay_cannot_reach_it(cl
     )  # fmt: skip
     reply = cluster.query(client_ns, server, "client5.weave.local")
     assert reply.get("rcode") == 0 and len(reply["answers"]) == 1, reply
+    # A flood from one pod (as fast as it can send, far over its 1000 queries/s) is held to its rate; another pod
+    # is answered meanwhile.
+    other_ns, _ = cluster.add(1, "client-6", "client6")
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", Path(client_ns).name, sys.executable, "-c",
+         "import socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + 3\n"
+         "while time.time() < end: s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))\n", server, valid.hex()],
+    )  # fmt: skip
+    try:
+        poll(lambda: cluster.nodes[0].router.status()["dns"]["counters"].get("rate_limited", 0) > 1000,
+             timeout=10, what="the flood held to its rate")  # fmt: skip
+        assert cluster.query(other_ns, server, "client5.weave.local").get("answers"), "another pod is answered"
+    finally:
+        flood.kill()
+        flood.wait(timeout=10)
     assert cluster.nodes[0].router.proc.poll() is None
     assert "Traceback" not in cluster.nodes[0].router.log_text()
-    # From the underlay (the upstream's namespace, on the hosts' subnet): the host's own address has no server.
+    # From the underlay (the upstream's namespace, on the hosts' subnet): neither the host's own address nor the
+    # bridge's, routed through the host as any machine there may, has a server.
     h1 = cluster.net.hosts[0].address
-    probe = subprocess.run(
-        ["ip", "netns", "exec", cluster.upstream_ns, sys.executable, "-c",
-         "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
-         "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))\n"
-         "try:\n    s.recvfrom(512); print('answered')\nexcept OSError as e:\n    print('no answer', e)\n",
-         h1, valid.hex()],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    assert probe.stdout.startswith("no answer"), probe.stdout
+    subprocess.run(["ip", "-n", cluster.upstream_ns, "route", "replace", f"{server}/32", "via", h1], check=True)
+    for target in (h1, server):
+        probe = subprocess.run(
+            ["ip", "netns", "exec", cluster.upstream_ns, sys.executable, "-c",
+             "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+             "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))\n"
+             "try:\n    s.recvfrom(512); print('answered')\nexcept OSError as e:\n    print('no answer', e)\n",
+             target, valid.hex()],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert probe.stdout.startswith("no answer"), (target, probe.stdout)
+    ping = subprocess.run(["ip", "netns", "exec", cluster.upstream_ns, "ping", "-c1", "-W2", server],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert ping.returncode == 0, ping.stdout  # the address is reachable from there: only DNS is not
     lines = cluster.net.hosts[0].run("ss", "-Hlun", "sport", "= :53").stdout.splitlines()
     bound = [line.split()[3] for line in lines]  # the local addresses
-    assert f"{server}:53" in bound and not any(a.startswith(("0.0.0.0:", "*:", f"{h1}:")) for a in bound), bound
+    assert f"{server}%weave:53" in bound and f"{server}%lo:53" in bound, bound  # bound to the bridge and lo only
+    assert not any(a.startswith(("0.0.0.0:", "*:", f"{h1}:")) for a in bound), bound

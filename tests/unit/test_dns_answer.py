@@ -32,10 +32,14 @@ def _reverse(ip: int) -> list[str]:
 
 
 def _ours(ip: int) -> bool:
-    return parse_ip("10.32.0.0") <= ip < parse_ip("10.48.0.0")
+    return parse_ip("10.32.0.0") <= ip < parse_ip("10.48.0.0") or parse_ip6("fd00::") <= ip < parse_ip6("fd00::1:0")
 
 
-ZONE = answer.Zone.of("weave.local", 5, lambda n: list(NAMES.get(n, [])), _reverse, _ours)
+def _below(name: str) -> bool:
+    return any(n.endswith("." + name) for n in NAMES)
+
+
+ZONE = answer.Zone.of("weave.local", 5, lambda n: list(NAMES.get(n, [])), _reverse, _ours, below=_below)
 
 
 def ask(name: str, rdtype: str = "A", *, tcp: bool = False, turn: int = 0, **kw: object) -> dns.message.Message:
@@ -61,7 +65,8 @@ def test_missing_names_and_types_say_so_with_our_soa_for_negative_caching() -> N
     nx = ask("nobody.weave.local")
     assert nx.rcode() == dns.rcode.NXDOMAIN and nx.flags & dns.flags.AA
     assert nx.authority[0].rdtype == dns.rdatatype.SOA and nx.authority[0][0].minimum == 5
-    for name, rdtype in (("only6.weave.local", "A"), ("web.weave.local", "MX"), ("weave.local", "A")):
+    for name, rdtype in (("only6.weave.local", "A"), ("web.weave.local", "MX"), ("weave.local", "A"),
+                         ("shop.weave.local", "A")):  # (a parent of names: NODATA, RFC 8020)  # fmt: skip
         nodata = ask(name, rdtype)
         assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and nodata.authority, (name, rdtype)
     assert ask("web.weave.local", "A", rdclass="CH").rcode() == dns.rcode.REFUSED
@@ -77,8 +82,20 @@ def test_reverse_names_of_the_pod_range_are_ours_others_are_forwarded() -> None:
     assert texts(ptr) == ["web.weave.local."] and ptr.flags & dns.flags.AA
     assert ask("1.0.32.10.in-addr.arpa", "PTR").rcode() == dns.rcode.NXDOMAIN  # ours, no one holds it
     assert texts(ask(dns.reversename.from_address("fd00::6").to_text(), "PTR")) == ["only6.weave.local."]
-    for name in ("1.1.168.192.in-addr.arpa", "32.10.in-addr.arpa", "example.org", "weave.localhost"):
-        assert answer.respond(dns.message.make_query(name, "PTR").to_wire(), ZONE) == answer.FORWARD, name
+    outside = ["1.1.168.192.in-addr.arpa", "32.10.in-addr.arpa", "example.org", "weave.localhost"]
+    outside += [dns.reversename.from_address("::a20:5").to_text()]  # (IPv4-compatible: not 10.32.0.5's name)
+    NAMES["outside"] = [parse_ip("192.0.2.9")]  # someone named an address outside the pod range: not ours
+    outside += ["9.2.0.192.in-addr.arpa"]
+    try:
+        for name in outside:
+            assert answer.respond(dns.message.make_query(name, "PTR").to_wire(), ZONE) == answer.FORWARD, name
+    finally:
+        del NAMES["outside"]
+    NAMES["x" * 60 + "." + "y" * 60 + "." + "z" * 60 + "." + "w" * 60] = [parse_ip("10.32.0.77")]  # too long
+    try:  # under our domain: no PTR to it, and no exception
+        assert ask("77.0.32.10.in-addr.arpa", "PTR").answer == []
+    finally:
+        del NAMES["x" * 60 + "." + "y" * 60 + "." + "z" * 60 + "." + "w" * 60]
 
 
 def test_an_answer_too_big_for_udp_is_truncated_and_whole_over_tcp_or_edns() -> None:
@@ -186,3 +203,19 @@ def test_the_server_keeps_answers_per_question_and_turn_until_the_names_change()
     assert first(9) == (9, "10.32.0.7")
     assert server.handle(dns.message.make_query("example.org", "A").to_wire(), tcp=False) == answer.FORWARD
     assert server.handle(dns.message.make_query("example.org", "A").to_wire(), tcp=False) == answer.FORWARD
+
+
+def test_a_flooding_client_is_held_to_its_rate_and_others_still_get_answers() -> None:
+    from weave_node.dns.limit import QueryLimit
+
+    limit = QueryLimit(rate=100, max_clients=3)
+    flood = [limit.admit("10.32.0.66", 10.0) for _ in range(1000)]  # at one instant: the burst, then nothing
+    assert flood.count(True) == 200
+    assert limit.admit("10.32.0.7", 10.0)  # someone else, at the same moment
+    later = sum(limit.admit("10.32.0.66", 10.0 + i / 1000) for i in range(1000))  # over the next second
+    assert 99 <= later <= 100  # its rate
+    for i in range(50):  # many addresses: each new one untracked once the table is full, the shared bucket holds
+        limit.admit(f"10.40.0.{i}", 11.0)
+    assert len(limit.clients) == 3
+    assert limit.admit("10.32.0.9", 200.0) and "10.32.0.9" in limit.clients  # idle clients made room
+    assert all(QueryLimit(rate=0).admit("x", 0.0) for _ in range(10_000))  # 0: no limit

@@ -82,7 +82,22 @@ def test_an_unreadable_file_starts_empty(tmp_path: Path) -> None:
     assert s.listing() == []
 
 
-def test_pods_are_named_from_the_cri_s_args() -> None:
-    assert pod_names({"K8S_POD_NAME": "web", "K8S_POD_NAMESPACE": "default"}) == ["web"]
+def test_pods_are_named_from_the_cri_s_args_and_never_share_a_name_across_namespaces() -> None:
+    assert pod_names({"K8S_POD_NAME": "web", "K8S_POD_NAMESPACE": "default"}) == ["web", "web.default"]
     assert pod_names({"K8S_POD_NAME": "web", "K8S_POD_NAMESPACE": "shop"}) == ["web.shop"]
-    assert pod_names({"K8S_POD_NAME": "web"}) == ["web"] and pod_names({"K8S_POD_NAMESPACE": "shop"}) == []
+    assert pod_names({"K8S_POD_NAME": "web.shop", "K8S_POD_NAMESPACE": "default"}) == ["web.shop.default"]
+    assert pod_names({"K8S_POD_NAME": "web"}) == ["web", "web.default"] and pod_names({"K8S_POD_NAMESPACE": "x"}) == []
+
+
+def test_a_name_too_long_for_the_domain_is_refused_and_a_failed_write_loses_nothing(tmp_path: Path) -> None:
+    s, ch = service(A, tmp_path / "dns.json", itertools.count(1))
+    s.max_name = 20
+    s.start([])
+    with pytest.raises(InvalidRecord, match="too long"):
+        s.add("a" * 21, parse_ip("10.32.0.1"))
+    assert s.set_container("c/eth0", ["b" * 21, "ok"], parse_ip("10.32.0.2")) == ["ok"]
+    (tmp_path / "dns.json").unlink()
+    (tmp_path / "dns.json").mkdir()  # the file cannot be written now
+    sent = len(ch.sent)
+    s.drop_container("c/eth0")  # still taken and gossiped
+    assert s.lookup("ok") == [] and len(ch.sent) == sent + 1 and wire.decode(ch.sent[-1])[0].records == ()

@@ -10,6 +10,7 @@ are never answered: two servers cannot ping-pong errors.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import struct
@@ -43,11 +44,12 @@ class Zone:
     lookup: Callable[[str], list[int]]  # a name (relative, normal form) -> its addresses, IPv4 first
     reverse: Callable[[int], list[str]]  # an address -> the names that hold it
     ours: Callable[[int], bool]  # whether an address is in our pod ranges (its reverse names are ours)
+    below: Callable[[str], bool] = lambda _name: False  # whether some name ends in ".<name>" (RFC 8020)
 
     @classmethod
     def of(cls, domain: str, ttl: int, lookup: Callable[[str], list[int]], reverse: Callable[[int], list[str]],
-           ours: Callable[[int], bool]) -> Zone:  # fmt: skip
-        return cls(dns.name.from_text(domain + "."), ttl, lookup, reverse, ours)
+           ours: Callable[[int], bool], *, below: Callable[[str], bool] = lambda _n: False) -> Zone:  # fmt: skip
+        return cls(dns.name.from_text(domain + "."), ttl, lookup, reverse, ours, below)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ def _names(query: dns.message.Message, zone: Zone, tcp: bool, turn: int) -> Repl
     response = _response(query, dns.rcode.NOERROR)
     response.flags |= dns.flags.AA
     relative = q.name.relativize(zone.domain)
-    ips = zone.lookup(relative.to_text(omit_final_dot=True).lower()) if relative != dns.name.empty else []
-    if not ips and relative != dns.name.empty:
+    text = relative.to_text(omit_final_dot=True).lower()
+    ips = zone.lookup(text) if relative != dns.name.empty else []
+    if not ips and relative != dns.name.empty and not zone.below(text):  # (a parent of names is NODATA)
         response.set_rcode(dns.rcode.NXDOMAIN)
         response.authority.append(_soa(zone))
         return _finish(response, query, tcp, "nxdomain")
@@ -132,11 +135,12 @@ def _names(query: dns.message.Message, zone: Zone, tcp: bool, turn: int) -> Repl
 def _reverse(query: dns.message.Message, zone: Zone, tcp: bool) -> Reply | str:
     q = query.question[0]
     try:
-        ip = int(ipaddress.ip_address(dns.reversename.to_address(q.name)))
+        addr = ipaddress.ip_address(dns.reversename.to_address(q.name))
     except (dns.exception.DNSException, ValueError):
         return FORWARD  # a partial reverse name (a delegation question): not one we hold
-    if not zone.ours(ip) and not zone.reverse(ip):
-        return FORWARD
+    ip = int(addr)
+    if (addr.version == 6 and ip < IPV4_LIMIT) or not zone.ours(ip):
+        return FORWARD  # only the pod ranges' reverse names are ours (not an address someone named by hand)
     response = _response(query, dns.rcode.NOERROR)
     response.flags |= dns.flags.AA
     names = zone.reverse(ip)
@@ -147,7 +151,13 @@ def _reverse(query: dns.message.Message, zone: Zone, tcp: bool) -> Reply | str:
     if q.rdtype not in (dns.rdatatype.PTR, dns.rdatatype.ANY):
         response.authority.append(_soa(zone))
         return _finish(response, query, tcp, "nodata")
-    targets = [f"{n}.{zone.domain}" for n in names]
+    targets = []
+    for name in names:
+        with contextlib.suppress(dns.exception.DNSException):  # (a name too long under our domain: not one)
+            targets.append(dns.name.from_text(name, zone.domain).to_text())
+    if not targets:
+        response.authority.append(_soa(zone))
+        return _finish(response, query, tcp, "nodata")
     response.answer.append(dns.rrset.from_text_list(q.name, zone.ttl, "IN", "PTR", targets))
     return _finish(response, query, tcp, "answered")
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from weave_node.datapath.model import BRIDGE
 from weave_node.dns import answer
 from weave_node.dns.server import DnsServer
 from weave_node.dns.service import DnsRecords
@@ -22,13 +23,18 @@ FOLLOW_EVERY = 1.0  # seconds between looks at the bridge's address (it is set o
 
 
 def pod_names(args: Mapping[str, str]) -> list[str]:
-    """The names a pod gets from its CNI args: K8S_POD_NAME, under its namespace unless that is "default"
-    ("web" in default is web.<domain>, in "shop" web.shop.<domain>)."""
+    """The names a pod gets from its CNI args: <pod>.<namespace> (K8S_POD_NAME, K8S_POD_NAMESPACE), and the
+    short <pod> too in the default namespace (or none given) when the pod's name has no dot. A namespace is one
+    label, so <pod>.<namespace> names one pod, and a short name (no dot) can be no namespaced one: pod "web.shop"
+    in default and pod "web" in "shop" do not share a name."""
     name = args.get("K8S_POD_NAME", "").strip()
     if not name:
         return []
-    namespace = args.get("K8S_POD_NAMESPACE", "").strip()
-    return [name if namespace in ("", "default") else f"{name}.{namespace}"]
+    namespace = args.get("K8S_POD_NAMESPACE", "").strip() or "default"
+    names = [f"{name}.{namespace}"]
+    if namespace == "default" and "." not in name:
+        names.insert(0, name)
+    return names
 
 
 class Dns:
@@ -42,8 +48,9 @@ class Dns:
         self.settings = settings
         self.records = records
         self.bridge_address = bridge_address
-        zone = answer.Zone.of(settings.domain, settings.ttl, records.lookup, records.reverse, ours)
-        self.server = DnsServer(settings, lambda: zone, lambda: records.generation)
+        below = records.records.below
+        zone = answer.Zone.of(settings.domain, settings.ttl, records.lookup, records.reverse, ours, below=below)
+        self.server = DnsServer(settings, lambda: zone, lambda: records.generation, (BRIDGE, "lo"))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, held: Iterable[str]) -> None:
@@ -60,8 +67,11 @@ class Dns:
     async def _follow(self) -> None:
         while True:
             address = self.bridge_address()
-            if address and (address != self.server.address or self.server.problem):
-                await self.server.bind(address)
+            try:
+                if address and (address != self.server.address or self.server.problem):
+                    await self.server.bind(address)
+            except Exception:  # (bind reports what it expects in `problem`; anything else: logged, tried again)
+                log.exception("DNS: serving on %s failed", address)
             await asyncio.sleep(FOLLOW_EVERY if self.server.problem is None else 10.0)
 
     def name_pod(self, container: str, args: Mapping[str, str], ip: int) -> list[str]:

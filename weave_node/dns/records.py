@@ -121,7 +121,9 @@ class Records:
     books: dict[int, Book] = field(default_factory=dict)
     removed: set[int] = field(default_factory=set)
     _floor: int = 0  # the highest version of ours heard before we had a book of our own
-    _index: dict[str, list[int]] | None = field(default=None, repr=False, compare=False)
+    _index: tuple[dict[str, list[int]], dict[int, list[str]], set[str]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def merge(self, books: Iterable[Book], now_ns: int) -> list[Book]:
         """Take what beats what we have (`newer`); returns what changed here (to pass on). A book of ours that we do
@@ -175,16 +177,31 @@ class Records:
             wanted = normal_name(name)
         except InvalidRecord:
             return []
-        if self._index is None:
-            index: dict[str, set[int]] = {}
-            for b in self.books.values():
-                for r in b.records:
-                    index.setdefault(r.name, set()).add(r.ip)
-            self._index = {n: sorted(ips, key=lambda ip: (ip >= IPV4_LIMIT, ip)) for n, ips in index.items()}
-        return list(self._index.get(wanted, ()))
+        return list(self._indexes()[0].get(wanted, ()))
 
     def reverse(self, ip: int) -> list[str]:
-        return sorted({r.name for b in self.books.values() for r in b.records if r.ip == ip})
+        return list(self._indexes()[1].get(ip, ()))
+
+    def below(self, name: str) -> bool:
+        """Whether some name ends in ".<name>" (a parent of names exists, RFC 8020: NODATA, not NXDOMAIN)."""
+        return name in self._indexes()[2]
+
+    def _indexes(self) -> tuple[dict[str, list[int]], dict[int, list[str]], set[str]]:
+        """name -> addresses, address -> names, and the parents of names: built once per change."""
+        if self._index is None:
+            by_name: dict[str, set[int]] = {}
+            by_ip: dict[int, set[str]] = {}
+            for b in self.books.values():
+                for r in b.records:
+                    by_name.setdefault(r.name, set()).add(r.ip)
+                    by_ip.setdefault(r.ip, set()).add(r.name)
+            parents = {n.split(".", i)[i] for n in by_name for i in range(1, n.count(".") + 1)}
+            self._index = (
+                {n: sorted(ips, key=lambda ip: (ip >= IPV4_LIMIT, ip)) for n, ips in by_name.items()},
+                {ip: sorted(names) for ip, names in by_ip.items()},
+                parents,
+            )
+        return self._index
 
     def snapshot(self) -> Mapping[int, Book]:
         return dict(self.books)

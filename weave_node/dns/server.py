@@ -15,18 +15,21 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
 from weave_node.dns import answer
+from weave_node.dns.limit import QueryLimit
 from weave_node.dns.settings import DnsSettings, nameservers
 
 log = logging.getLogger("weave_node.dns")
 MAX_FORWARDS = 256
 MAX_TCP = 64
-CACHE_SIZE = 4096  # answers kept (a few MiB at most: queries of up to 512 bytes)
+CACHE_SIZE = 4096  # answers kept (~7 MiB at most: queries up to 512 bytes, answers up to 1232)
 TCP_IDLE = 10.0
 UPSTREAM_TIMEOUT = 2.0
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -63,9 +66,14 @@ class Upstreams:
 
 class DnsServer:
     def __init__(
-        self, settings: DnsSettings, zone: Callable[[], answer.Zone], generation: Callable[[], int] = lambda: 0
+        self,
+        settings: DnsSettings,
+        zone: Callable[[], answer.Zone],
+        generation: Callable[[], int] = lambda: 0,
+        devices: tuple[str, ...] = ("weave", "lo"),
     ) -> None:
         self.settings = settings
+        self.devices = devices
         self.zone = zone
         self.generation = generation
         self._generation = -1
@@ -76,10 +84,12 @@ class DnsServer:
         self.problem: str | None = None
         self.counters: Counter[str] = Counter()
         self._turn = 0
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self.limit = QueryLimit(settings.client_rate)
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
         self._forwards = asyncio.Semaphore(MAX_FORWARDS)
-        self._connections = 0
+        self._connections: set[asyncio.StreamWriter] = set()
+        self.rlog = RateLimitedLog(log, LogLimiter(), time.monotonic)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- binding ------------------------------------------------------------------------------------------
@@ -93,10 +103,13 @@ class DnsServer:
         self.address, self.upstreams.exclude = address, {address}
         loop = asyncio.get_running_loop()
         try:
-            udp_sock = _socket(address, self.settings.port, socket.SOCK_DGRAM)
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
-            tcp_sock = _socket(address, self.settings.port, socket.SOCK_STREAM)
-            self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock, limit=answer.TCP_SIZE + 2)
+            for device in self.devices:  # the bridge (pods) and lo (the host itself): never the underlay
+                with _closed_on_error(_socket(address, self.settings.port, socket.SOCK_DGRAM, device)) as sock:
+                    udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+                self._udp.append(udp)
+                with _closed_on_error(_socket(address, self.settings.port, socket.SOCK_STREAM, device)) as sock:
+                    tcp = await asyncio.start_server(self._tcp_client, sock=sock, limit=answer.TCP_SIZE + 2)
+                self._tcp.append(tcp)
         except OSError as exc:
             await self._close()
             self.problem = f"cannot serve DNS on {address} port {self.settings.port}: {exc.strerror or exc}"
@@ -114,14 +127,15 @@ class DnsServer:
                 await task
 
     async def _close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
+        for udp in self._udp:
+            udp.close()
+        for writer in list(self._connections):  # (clients of the old address: their handlers end on their own)
+            writer.close()
+        for tcp in self._tcp:
+            tcp.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
-            self._tcp = None
+                await asyncio.wait_for(tcp.wait_closed(), 1.0)
+        self._udp, self._tcp = [], []
 
     # ---- queries ------------------------------------------------------------------------------------------
 
@@ -135,7 +149,7 @@ class DnsServer:
             verdict = answer.respond(query, self.zone(), tcp=tcp, turn=self._turn)
         except Exception:  # dnspython's or ours: never let one query take the server down
             self.counters["internal_error"] += 1
-            log.exception("DNS: a query failed")
+            self.rlog.log(logging.ERROR, "dns.internal-error", "DNS: a query failed", exc_info=True)
             return answer.Reply(answer.error_reply(query, 2), "error") if len(query) >= 12 else None
         if verdict is None:
             self.counters["dropped"] += 1
@@ -173,13 +187,19 @@ class DnsServer:
             return
         key = (tcp, query[2:])
         if isinstance(verdict, answer.Reply):
-            if verdict.kind == "error":
+            if verdict.kind == "error" or len(verdict.wire) > answer.EDNS_SIZE:
                 return
             self._turns[key] = verdict.turns
             self._cache[(key, self._turn % verdict.turns)] = (verdict.kind, verdict.wire[2:])
         else:
             self._turns[key] = 1
             self._cache[(key, 0)] = (answer.FORWARD, b"")
+
+    def admit(self, client: str) -> bool:
+        if self.limit.admit(client, time.monotonic()):
+            return True
+        self.counters["rate_limited"] += 1
+        return False
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -208,15 +228,18 @@ class DnsServer:
             return answer.servfail(query)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._connections >= MAX_TCP:
+        if len(self._connections) >= MAX_TCP:
             self.counters["tcp_refused"] += 1
             writer.close()
             return
-        self._connections += 1
+        self._connections.add(writer)
+        client = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
             while True:
                 size = _LEN.unpack(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))[0]
                 query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
+                if not self.admit(client):
+                    continue
                 verdict = self.handle(query, tcp=True)
                 if verdict is None:
                     break
@@ -230,7 +253,7 @@ class DnsServer:
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._connections -= 1
+            self._connections.discard(writer)
             writer.close()
 
     def status(self) -> dict[str, object]:
@@ -253,6 +276,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)  # (3.11's is not a subclass of it)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.server.admit(addr[0]):
+            return
         verdict = self.server.handle(data, tcp=False)
         if isinstance(verdict, answer.Reply):
             self._send(verdict.wire, addr)
@@ -269,11 +294,23 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
 
-def _socket(address: str, port: int, kind: int) -> socket.socket:
+@contextlib.contextmanager
+def _closed_on_error(sock: socket.socket) -> Iterator[socket.socket]:
+    try:
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _socket(address: str, port: int, kind: int, device: str) -> socket.socket:
+    """Bound to `address` and to `device`: a packet for the address that came in on another interface (the
+    underlay: a host there may well route the pod range to us) reaches no socket of ours."""
     family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # (both families: the kernel shares the flag)
         sock.setblocking(False)
         sock.bind((address, port))

@@ -21,7 +21,7 @@ from typing import Any
 from weave_node.core.address import ip_str, parse_ip, parse_ip6
 from weave_node.core.errors import ConfigError
 from weave_node.dns import wire
-from weave_node.dns.records import InvalidRecord, Record, Records, normal_name
+from weave_node.dns.records import MAX_NAME, InvalidRecord, Record, Records, normal_name
 from weave_node.mesh.gossip import GossipChannel
 
 log = logging.getLogger("weave_node.dns")
@@ -30,7 +30,10 @@ MANUAL = ""  # the container of a record added through the API
 
 
 class DnsRecords:
-    def __init__(self, me: int, path: Path, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, me: int, path: Path, clock_ns: Callable[[], int] = time.time_ns, *, max_name: int = MAX_NAME
+    ) -> None:
+        self.max_name = max_name  # 253 - len(".<domain>"): a name must fit under our domain
         self.records = Records(me)
         self.path = path
         self.clock_ns = clock_ns
@@ -61,7 +64,7 @@ class DnsRecords:
         records = set()
         for name in names:
             try:
-                record = Record(normal_name(name), ip, container)
+                record = Record(self._name(name), ip, container)
                 record.check()
             except InvalidRecord as exc:
                 log.warning("DNS: no record for %s: %s", container, exc)
@@ -84,7 +87,7 @@ class DnsRecords:
 
     def add(self, name: str, ip: int) -> Record:
         """A record by hand (the API). InvalidRecord when the name or address is not one we keep."""
-        record = Record(normal_name(name), ip, MANUAL)
+        record = Record(self._name(name), ip, MANUAL)
         record.check()
         if record not in self.own:
             self.own = self.own | {record}
@@ -101,9 +104,20 @@ class DnsRecords:
             self._publish()
         return removed
 
+    def _name(self, text: str) -> str:
+        name = normal_name(text)
+        if len(name) > self.max_name:
+            raise InvalidRecord(f"{name[:40]}...: longer than {self.max_name} characters, too long under our domain")
+        return name
+
     def _publish(self) -> None:
+        """Our records as they are now: to the file (a failure is logged: the names still go out, and the file
+        follows at the next change), then a new book, gossiped."""
         records = sorted(self.own)
-        self._save(records)
+        try:
+            self._save(records)
+        except OSError as exc:
+            log.error("DNS: cannot write %s (%s): our names are not kept across a restart", self.path, exc)
         book = self.records.set_own(records, self.clock_ns())
         self._chunks = []
         self.generation += 1

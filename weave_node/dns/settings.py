@@ -20,6 +20,7 @@ from weave_node.dns.records import InvalidRecord, normal_name
 DEFAULT_DOMAIN = "weave.local"
 DEFAULT_TTL = 5
 MAX_TTL = 86_400
+DEFAULT_CLIENT_RATE = 1000
 MAX_UPSTREAMS = 3  # as glibc (MAXNS): the first ones answer, later ones only when those fail
 
 
@@ -31,6 +32,7 @@ class DnsSettings:
     port: int = 53
     upstreams: tuple[tuple[str, int], ...] = ()  # given ones; () = the resolv.conf's
     resolv_conf: str = "/etc/resolv.conf"
+    client_rate: int = DEFAULT_CLIENT_RATE  # 0: no limit (dns/limit.py)
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -97,4 +99,7 @@ def from_pick(pick: Callable[[str, str], object], off: Callable[[object], bool])
     if len(upstreams) > MAX_UPSTREAMS:
         raise ConfigError(f"WEAVE_DNS_UPSTREAMS: at most {MAX_UPSTREAMS} resolvers")
     resolv = str(pick("dns_resolv_conf", "WEAVE_DNS_RESOLV_CONF") or "/etc/resolv.conf")
-    return DnsSettings(enabled, domain, int(raw_ttl), int(raw_port), upstreams, resolv)
+    raw_rate = str(pick("dns_client_rate", "WEAVE_DNS_CLIENT_RATE") or DEFAULT_CLIENT_RATE)
+    if not raw_rate.isdigit():
+        raise ConfigError(f"WEAVE_DNS_CLIENT_RATE must be a whole number of queries per second, not {raw_rate!r}")
+    return DnsSettings(enabled, domain, int(raw_ttl), int(raw_port), upstreams, resolv, int(raw_rate))
