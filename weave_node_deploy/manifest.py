@@ -52,14 +52,14 @@ def from_settings(data: Mapping[str, Any]) -> str:
         conn_limit=data["weave_conn_limit"],
         metrics_addr=data["weave_metrics_addr"],
         mtu=data["weave_mtu"],
-        direct=data["weave_direct"],
+        direct=data["weave_direct"] and data["weave_daemonset_direct"],
         conflist=conflist(data),
     )
 
 
 def render(**values: Any) -> str:
     values.setdefault("mtu", None)
-    values.setdefault("direct", True)  # weave_direct, as on bare hosts
+    values.setdefault("direct", False)  # weave_daemonset_direct: opt-in under the DaemonSet for now
     values.setdefault("password_secret", "")
     values.setdefault("image_pull_policy", pull_policy(values["image"], None))
     values.setdefault("ipalloc_init", f"consensus={len(values['peers'])}")

@@ -36,6 +36,7 @@ KNOWN = {
     "weave_hairpin",
     "weave_bridge_netfilter",
     "weave_direct",
+    "weave_daemonset_direct",
     "weave_dns",
     "weave_dns_domain",
     "weave_dns_upstreams",
@@ -53,6 +54,7 @@ KNOWN = {
 PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
 BOOLEANS = (
     "weave_direct",
+    "weave_daemonset_direct",
     "weave_dns",
     "weave_allow_downgrade",
     "weave_accept_unencrypted",

@@ -79,12 +79,35 @@ CONF = (
 )
 
 
-def add_pod(host: Any, pod: str) -> str:
-    """A pod (network namespace) through the installed plugin and conflist, as a runtime runs it; its address."""
+def add_pod(host: Any, pod: str, name: str = "") -> str:
+    """A pod (network namespace) through the installed plugin and conflist, as a runtime runs it; its address.
+    With `name`, named as containerd's CRI names pods (K8S_POD_NAME in CNI_ARGS)."""
     host.run_test(f"ip netns list | grep -qw {pod} || ip netns add {pod}")
     env = f"CNI_COMMAND=ADD CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
+    if name:
+        env += f" CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}'"
     result = json.loads(host.check_output(f"{CONF} | {env} /opt/cni/bin/weave-net"))
     return str(result["ips"][0]["address"].split("/")[0])
+
+
+RESOLVE = (
+    "import socket, struct, sys; name = sys.argv[1]; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.settimeout(3); q = struct.pack('>6H', 9, 0x100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() "
+    "for l in name.split('.')) + b'\\0\\0\\1\\0\\1'; s.sendto(q, (sys.argv[2], 53)); d = s.recv(512); "
+    "print(socket.inet_ntoa(d[-4:]) if d[3] & 15 == 0 and d[7] else 'none')"
+)
+
+
+def names_resolve(hosts: dict[str, Any], pod: str, ips: dict[str, str]) -> bool:
+    """From the pod on each host, through that host's DNS server (the CNI result's nameserver, the bridge's
+    address), every pod's name gives its address."""
+    for host in hosts.values():
+        server = json.loads(host.check_output("/opt/weave-node/venv/bin/weave-node status --json"))["dns"]["address"]
+        for dst, ip in ips.items():
+            out = host.run(f'ip netns exec {pod} python3 -c "{RESOLVE}" {pod}-{dst}.weave.local {server}')
+            if out.stdout.strip() != ip:
+                return False
+    return True
 
 
 def del_pod(host: Any, pod: str) -> None:
@@ -136,13 +159,15 @@ def _multicast(receiver: Any, sender: Any, pod: str) -> bool:
 
 def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
     """Everything, on every host: installed as it should be, every router sees the others, a pod on each host
-    reaches every other pod and `outside` (through the masquerade), multicast crosses hosts. Cleans up its pods."""
+    reaches every other pod and `outside` (through the masquerade), resolves every pod's name through its host's
+    DNS server, multicast crosses hosts. Cleans up its pods."""
     for host in hosts.values():
         node_is_installed(host)
         poll(lambda h=host: router_sees_peers(h, len(hosts) - 1), timeout=30, what="every router sees its peers")
-    ips = {name: add_pod(host, pod) for name, host in hosts.items()}
+    ips = {name: add_pod(host, pod, f"{pod}-{name}") for name, host in hosts.items()}
     try:
         pods_reach_each_other(hosts, pod, ips)
+        poll(lambda: names_resolve(hosts, pod, ips), timeout=10, what="every pod's name from every pod (DNS)")
         names = sorted(hosts)
         receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
         poll(lambda: _multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")

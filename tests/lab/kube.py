@@ -110,7 +110,9 @@ class Cluster:
             kernel = self.ssh(
                 node,
                 "bridge fdb show br weave | grep -v permanent; ip neigh; ip route; "
-                "sysctl net.bridge.bridge-nf-call-iptables; iptables -nvL FORWARD | head -20",
+                "sysctl net.bridge.bridge-nf-call-iptables; iptables -nvL FORWARD | head -20; "
+                "iptables -nvL WEAVE-NODE-FORWARD; ebtables -L --Lc 2>&1 | grep -v '^$'; "
+                "cat /proc/sys/net/ipv4/conf/weave/proxy_arp /proc/sys/net/ipv4/conf/eth0/rp_filter",
                 check=False,
             ).stdout
             out.append(f"===== {node}\n{text}\n{kernel}")

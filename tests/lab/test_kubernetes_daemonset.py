@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import poll, run_cli
-from tests.lab.kube import WEAVE_SELECTOR, Cluster, deployment, http_get, kubernetes_lab, web_pod
+from tests.lab.kube import Cluster, deployment, http_get, kubernetes_lab, web_pod
 from tests.lab.test_lab import grand_total
 from weave_node.cni import gobuild
 
@@ -120,14 +120,6 @@ def test_workloads_are_networked_by_the_daemonset(cluster: Cluster) -> None:
                 if ping.returncode != 0:
                     report = f"{src['spec']['nodeName']} -> {dst['spec']['nodeName']}: {ping.stdout}"
                     raise AssertionError(report + cluster.network_report())
-    # The lab's nodes share one subnet: the routers in the DaemonSet carry pod traffic directly (ebtables and
-    # all, from the image), as on bare hosts.
-    router = next(p for p in cluster.pods(WEAVE_SELECTOR, "kube-system") if p["spec"]["nodeName"] == "node1")
-    argv = ("-n", "kube-system", "exec", router["metadata"]["name"], "-c", "router", "--", "weave-node", "status")
-    doc = json.loads(cluster.kubectl(*argv, "--json").stdout)
-    assert doc["datapath"]["direct"]["on"] is True, doc["datapath"]["direct"]
-    poll(lambda: {p["mode"] for p in json.loads(cluster.kubectl(*argv, "--json").stdout)["datapath"]["peers"]}
-         == {"direct"}, timeout=30, what="node1's peers direct", interval=1.0)  # fmt: skip
     cluster.apply(web_pod("node2"))
     cluster.running("app=web", 1)
     ip = cluster.json("get", "service", "web")["spec"]["clusterIP"]
