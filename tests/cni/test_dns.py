@@ -284,3 +284,31 @@ def test_garbage_never_takes_the_server_down_and_the_underlay_cannot_reach_it(cl
     bound = [line.split()[3] for line in lines]  # the local addresses
     assert f"{server}%weave:53" in bound and f"{server}%lo:53" in bound, bound  # bound to the bridge and lo only
     assert not any(a.startswith(("0.0.0.0:", "*:", f"{h1}:")) for a in bound), bound
+
+
+def test_the_server_waits_for_the_bridge_device_and_then_serves(tmp_path: Path) -> None:
+    """IPAM gives the bridge its address before the datapath has made the bridge: binding to a device that is not
+    there yet is no problem, only a try again (CI's load once made that 10 s and the names late)."""
+    ns = f"wnt-{os.getpid() % 100000}-enodev"
+    script = """
+import asyncio, subprocess, sys
+from weave_node.dns.server import DnsServer
+from weave_node.dns.settings import DnsSettings
+async def main():
+    s = DnsServer(DnsSettings(port=53), lambda: None)
+    await s.bind("10.99.0.1")
+    print(s.address, s.problem)
+    subprocess.run(["ip", "link", "add", "weave", "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.99.0.1/24", "dev", "weave"], check=True)
+    await s.bind("10.99.0.1")
+    print(s.address, s.problem)
+    await s.stop()
+asyncio.run(main())
+"""
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script], capture_output=True,
+                             text=True, timeout=60, check=True)  # fmt: skip
+        assert out.stdout.split("\n")[:2] == ["None None", "10.99.0.1 None"], out
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)

@@ -19,7 +19,7 @@ from weave_node.dns.service import DnsRecords
 from weave_node.dns.settings import DnsSettings
 
 log = logging.getLogger("weave_node.dns")
-FOLLOW_EVERY = 1.0  # seconds between looks at the bridge's address (it is set once, and rarely changes)
+FOLLOW_EVERY = 0.25  # seconds between looks at the bridge's address and device (set once, rarely changed)
 
 
 def pod_names(args: Mapping[str, str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -112,6 +113,9 @@ class DnsServer:
                 self._tcp.append(tcp)
         except OSError as exc:
             await self._close()
+            if exc.errno == errno.ENODEV:  # the bridge is not there yet (IPAM is quicker than the datapath)
+                self.address = None  # (the caller tries again in a moment)
+                return
             self.problem = f"cannot serve DNS on {address} port {self.settings.port}: {exc.strerror or exc}"
             log.error("DNS: %s", self.problem)
             return
