@@ -294,10 +294,11 @@ def test_the_server_waits_for_the_bridge_device_and_then_serves(tmp_path: Path) 
     ns = f"wnt-{os.getpid() % 100000}-enodev"
     script = """
 import asyncio, subprocess, sys
+from weave_node.dns.answer import Zone
 from weave_node.dns.server import DnsServer
 from weave_node.dns.settings import DnsSettings
 async def main():
-    s = DnsServer(DnsSettings(port=53), lambda: None)
+    s = DnsServer(DnsSettings(port=53), Zone.of("weave.local", 5, lambda n: [], lambda ip: [], lambda ip: False))
     await s.bind("10.99.0.1")
     print(s.address, s.problem)
     subprocess.run(["ip", "link", "add", "weave", "type", "bridge"], check=True)

@@ -185,7 +185,7 @@ def test_the_server_keeps_answers_per_question_and_turn_until_the_names_change()
     names = {"web": [parse_ip("10.32.0.5"), parse_ip("10.32.0.9")]}
     generation = [0]
     zone = answer.Zone.of("weave.local", 5, lambda n: list(names.get(n, [])), _reverse, _ours)
-    server = DnsServer(DnsSettings(), lambda: zone, lambda: generation[0])
+    server = DnsServer(DnsSettings(), zone, lambda: generation[0])
 
     def first(ident: int) -> tuple[int, str]:
         query = dns.message.make_query("web.weave.local", "A", id=ident).to_wire()

@@ -31,7 +31,6 @@ from aiohttp import web
 
 from weave_node.api.ipam import _body, _json
 from weave_node.core.address import ip_str
-from weave_node.core.address import parse_ip as ip_int
 from weave_node.core.cni import pending_name
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError
@@ -110,16 +109,13 @@ class PodService:
             if pending.exists():
                 await self._delete(key, "")
                 pending.unlink(missing_ok=True)
-            answer = await self._add(key, netns, hairpin)
-            if self.dns is not None:  # (never fails the ADD: a bad name is logged and skipped)
-                answer["names"] = self.dns.name_pod(_container(key), args or {}, ip_int(answer["ip"]))
-                answer["dns"] = self.dns.cni_dns()
-            return answer
+            return await self._add(key, netns, hairpin, args or {})
 
-    async def _add(self, key: Key, netns: str, hairpin: bool) -> dict[str, Any]:
+    async def _add(self, key: Key, netns: str, hairpin: bool, args: Mapping[str, str]) -> dict[str, Any]:
         gateway = self._gateway()
         existed = self.ipam.lookup(key).ip is not None
-        ip = ip_str(await self.ipam.allocate(key, durable=False))  # a pod's: it dies with the kernel
+        address = await self.ipam.allocate(key, durable=False)  # a pod's: it dies with the kernel
+        ip = ip_str(address)
         pod = self._pod(key, netns, ip, gateway, hairpin)
         try:
             plumbed = await self.overlay.pods.attach(pod)
@@ -129,7 +125,7 @@ class PodService:
                     self.ipam.release(key.container_id, key.ifname)
             raise
         self.counters["add"] += 1
-        return {
+        answer = {
             "ip": ip,
             "cidr": pod.address,
             "gateway": gateway,
@@ -138,6 +134,10 @@ class PodService:
             "host_ifname": plumbed["host_ifname"],
             "host_mac": plumbed["host_mac"],
         }
+        if self.dns is not None:  # (never fails the ADD: a bad name is logged and skipped)
+            answer["names"] = self.dns.name_pod(_container(key), args, address)
+            answer["dns"] = self.dns.cni_dns()
+        return answer
 
     async def delete(self, key: Key, netns: str) -> dict[str, Any]:
         async with self._lock(key):

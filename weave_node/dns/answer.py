@@ -111,9 +111,7 @@ def _names(query: dns.message.Message, zone: Zone, tcp: bool, turn: int) -> Repl
     text = relative.to_text(omit_final_dot=True).lower()
     ips = zone.lookup(text) if relative != dns.name.empty else []
     if not ips and relative != dns.name.empty and not zone.below(text):  # (a parent of names is NODATA)
-        response.set_rcode(dns.rcode.NXDOMAIN)
-        response.authority.append(_soa(zone))
-        return _finish(response, query, tcp, "nxdomain")
+        return _negative(response, query, zone, tcp, dns.rcode.NXDOMAIN)
     v4 = [ip for ip in ips if ip < IPV4_LIMIT]
     v6 = [ip for ip in ips if ip >= IPV4_LIMIT]
     rdtype = q.rdtype
@@ -123,8 +121,7 @@ def _names(query: dns.message.Message, zone: Zone, tcp: bool, turn: int) -> Repl
     if rdtype in (dns.rdatatype.AAAA, dns.rdatatype.ANY) and v6:
         parts.append(("AAAA", v6))
     if not parts:
-        response.authority.append(_soa(zone))
-        return _finish(response, query, tcp, "nodata")
+        return _negative(response, query, zone, tcp, dns.rcode.NOERROR)
     for kind, addrs in parts:
         rotated = [ip_str(a) for a in _rotate(addrs, turn)]
         response.answer.append(dns.rrset.from_text_list(q.name, zone.ttl, "IN", kind, rotated))
@@ -145,21 +142,27 @@ def _reverse(query: dns.message.Message, zone: Zone, tcp: bool) -> Reply | str:
     response.flags |= dns.flags.AA
     names = zone.reverse(ip)
     if not names:
-        response.set_rcode(dns.rcode.NXDOMAIN)
-        response.authority.append(_soa(zone))
-        return _finish(response, query, tcp, "nxdomain")
+        return _negative(response, query, zone, tcp, dns.rcode.NXDOMAIN)
     if q.rdtype not in (dns.rdatatype.PTR, dns.rdatatype.ANY):
-        response.authority.append(_soa(zone))
-        return _finish(response, query, tcp, "nodata")
+        return _negative(response, query, zone, tcp, dns.rcode.NOERROR)
     targets = []
     for name in names:
         with contextlib.suppress(dns.exception.DNSException):  # (a name too long under our domain: not one)
             targets.append(dns.name.from_text(name, zone.domain).to_text())
     if not targets:
-        response.authority.append(_soa(zone))
-        return _finish(response, query, tcp, "nodata")
+        return _negative(response, query, zone, tcp, dns.rcode.NOERROR)
     response.answer.append(dns.rrset.from_text_list(q.name, zone.ttl, "IN", "PTR", targets))
     return _finish(response, query, tcp, "answered")
+
+
+def _negative(
+    response: dns.message.Message, query: dns.message.Message, zone: Zone, tcp: bool, rcode: dns.rcode.Rcode
+) -> Reply:
+    """NXDOMAIN (no such name), or NODATA (NOERROR, no records of that type): with our SOA, whose minimum is how
+    long resolvers may keep the negative answer."""
+    response.set_rcode(rcode)
+    response.authority.append(_soa(zone))
+    return _finish(response, query, tcp, "nxdomain" if rcode == dns.rcode.NXDOMAIN else "nodata")
 
 
 def _refused(query: dns.message.Message, tcp: bool) -> Reply:

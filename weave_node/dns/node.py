@@ -50,7 +50,7 @@ class Dns:
         self.bridge_address = bridge_address
         below = records.records.below
         zone = answer.Zone.of(settings.domain, settings.ttl, records.lookup, records.reverse, ours, below=below)
-        self.server = DnsServer(settings, lambda: zone, lambda: records.generation, (BRIDGE, "lo"))
+        self.server = DnsServer(settings, zone, lambda: records.generation, (BRIDGE, "lo"))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, held: Iterable[str]) -> None:
@@ -82,7 +82,7 @@ class Dns:
         self.records.drop_container(container)
 
     def cni_dns(self) -> dict[str, Any] | None:
-        """The CNI result's `dns`: our server for the pod's resolv.conf (containerd and podman write it)."""
+        """The CNI result's `dns`: our server, for runtimes that write it into the pod's resolv.conf."""
         address = self.server.address
         if not address or self.server.problem is not None or address != self.bridge_address():
             return None  # a nameserver that does not answer would take the pod's every lookup down with it

@@ -69,7 +69,7 @@ class DnsServer:
     def __init__(
         self,
         settings: DnsSettings,
-        zone: Callable[[], answer.Zone],
+        zone: answer.Zone,
         generation: Callable[[], int] = lambda: 0,
         devices: tuple[str, ...] = ("weave", "lo"),
     ) -> None:
@@ -146,11 +146,12 @@ class DnsServer:
     def handle(self, query: bytes, tcp: bool) -> answer.Reply | str | None:
         self.counters["queries"] += 1
         self._turn += 1
-        cached = self._cached(query, tcp)
+        key = (tcp, query[2:])
+        cached = self._cached(key, query[:2])
         if cached is not None:
             return cached
         try:
-            verdict = answer.respond(query, self.zone(), tcp=tcp, turn=self._turn)
+            verdict = answer.respond(query, self.zone, tcp=tcp, turn=self._turn)
         except Exception:  # dnspython's or ours: never let one query take the server down
             self.counters["internal_error"] += 1
             self.rlog.log(logging.ERROR, "dns.internal-error", "DNS: a query failed", exc_info=True)
@@ -159,7 +160,7 @@ class DnsServer:
             self.counters["dropped"] += 1
         elif isinstance(verdict, answer.Reply):
             self.counters[verdict.kind] += 1
-        self._remember(query, tcp, verdict)
+        self._remember(key, verdict)
         return verdict
 
     # The answer to a query depends on its bytes after the id (flags, question, EDNS and its options), on the
@@ -167,12 +168,11 @@ class DnsServer:
     # answers are kept by (transport, those bytes, turn % the rotations the answer has), and given back with the
     # query's id. Parsing and writing with dnspython is most of a query's cost.
 
-    def _cached(self, query: bytes, tcp: bool) -> answer.Reply | str | None:
+    def _cached(self, key: tuple[bool, bytes], ident: bytes) -> answer.Reply | str | None:
         if (generation := self.generation()) != self._generation:
             self._cache.clear()
             self._turns.clear()
             self._generation = generation
-        key = (tcp, query[2:])
         turns = self._turns.get(key)
         hit = self._cache.get((key, self._turn % turns)) if turns else None
         if hit is None:
@@ -181,15 +181,14 @@ class DnsServer:
         if kind == answer.FORWARD:
             return answer.FORWARD
         self.counters[kind] += 1
-        return answer.Reply(query[:2] + tail, kind)
+        return answer.Reply(ident + tail, kind)
 
-    def _remember(self, query: bytes, tcp: bool, verdict: answer.Reply | str | None) -> None:
-        if verdict is None or len(query) > answer.UDP_SIZE or len(self._cache) >= CACHE_SIZE:
-            if len(self._cache) >= CACHE_SIZE:  # (a flood of distinct questions: start again)
-                self._cache.clear()
-                self._turns.clear()
+    def _remember(self, key: tuple[bool, bytes], verdict: answer.Reply | str | None) -> None:
+        if len(self._cache) >= CACHE_SIZE:  # (a flood of distinct questions: start again)
+            self._cache.clear()
+            self._turns.clear()
+        if verdict is None or len(key[1]) + 2 > answer.UDP_SIZE:
             return
-        key = (tcp, query[2:])
         if isinstance(verdict, answer.Reply):
             if verdict.kind == "error" or len(verdict.wire) > answer.EDNS_SIZE:
                 return

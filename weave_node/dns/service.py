@@ -70,39 +70,35 @@ class DnsRecords:
                 log.warning("DNS: no record for %s: %s", container, exc)
                 continue
             records.add(record)
-        kept = {r for r in self.own if r.container != container} | records
-        if kept != self.own:
-            self.own = kept
-            self._publish()
+        self._replace({r for r in self.own if r.container != container} | records)
         return sorted(r.name for r in records)
 
     def drop_container(self, container: str) -> int:
         """DEL or GC of an attachment: its names go."""
-        kept = {r for r in self.own if r.container != container}
-        dropped = len(self.own) - len(kept)
-        if dropped:
-            self.own = kept
-            self._publish()
-        return dropped
+        return self._replace({r for r in self.own if r.container != container})
 
     def add(self, name: str, ip: int) -> Record:
         """A record by hand (the API). InvalidRecord when the name or address is not one we keep."""
         record = Record(self._name(name), ip, MANUAL)
         record.check()
-        if record not in self.own:
-            self.own = self.own | {record}
-            self._publish()
+        self._replace(self.own | {record})
         return record
 
     def remove(self, name: str, ip: int | None = None) -> int:
         """Records by hand of a name (and address): how many went."""
         wanted = normal_name(name)
-        kept = {r for r in self.own if not (r.container == MANUAL and r.name == wanted and ip in (None, r.ip))}
-        removed = len(self.own) - len(kept)
-        if removed:
-            self.own = kept
-            self._publish()
-        return removed
+        return self._replace(
+            {r for r in self.own if not (r.container == MANUAL and r.name == wanted and ip in (None, r.ip))}
+        )
+
+    def _replace(self, records: set[Record]) -> int:
+        """Our records become `records`, published when they differ; how many of the old ones went."""
+        if records == self.own:
+            return 0
+        gone = len(self.own - records)
+        self.own = records
+        self._publish()
+        return gone
 
     def _name(self, text: str) -> str:
         name = normal_name(text)
