@@ -49,7 +49,11 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)")
     r.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a peer is dropped (3 x interval)")
     r.add_argument("--gossip-interval", type=float, help="seconds between periodic gossip (default 10)")
-    r.add_argument("--ipalloc-range", help="the pod address range, CIDR (default 10.32.0.0/12, also IPALLOC_RANGE)")
+    r.add_argument(
+        "--ipalloc-range",
+        help="the pod address range, CIDR (default 10.32.0.0/12, also IPALLOC_RANGE); dual-stack: "
+        "an IPv4 and an IPv6 range, comma-separated (10.32.0.0/12,fd32:57::/64)",
+    )
     r.add_argument(
         "--ipalloc-init",
         help="IPAM bootstrap: consensus[=N] (default: N = initial peers + 1), seed=NAME,..., observer (IPALLOC_INIT)",

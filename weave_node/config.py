@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weave_node.core.address import PeerAddress, Range, parse_hostport, parse_peers, parse_range
+from weave_node.core.address import PeerAddress, Range, parse_hostport, parse_peers, parse_range, parse_ranges
 from weave_node.core.errors import ConfigError
 from weave_node.core.facts import (
     BRIDGE_NETFILTER_MODES,
@@ -47,6 +47,7 @@ class RouterConfig:
     heartbeat_timeout: float = 15.0
     gossip_interval: float = 10.0
     ipalloc_range: Range = field(default_factory=lambda: parse_range(DEFAULT_RANGE))
+    ipalloc_range6: Range | None = None  # dual-stack: IPALLOC_RANGE's IPv6 range beside the IPv4 one
     ipalloc_init: Init | None = None  # None: consensus among the initial peers and us (see `init`)
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
     ipam_reclaim_replaced: bool = True  # WEAVE_NO_IPAM_RECLAIM_REPLACED: a re-imaged host's old identity waits too
@@ -146,9 +147,19 @@ def live_settings(doc: Mapping[str, object]) -> LiveSettings:
     return LiveSettings(parse_peers(" ".join(peers_raw)), password, previous, accept)
 
 
-def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[Range, Init, float]:
+def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[tuple[Range, Range | None], Init, float]:
     # Parsed here, once: a bad value fails at start with a clear message, and every domain gets a typed value.
-    ipalloc_range = parse_range(str(pick("ipalloc_range", "IPALLOC_RANGE") or DEFAULT_RANGE))
+    text = str(pick("ipalloc_range", "IPALLOC_RANGE") or DEFAULT_RANGE)
+    ranges = parse_ranges(text)
+    if not ranges[0].ipv6 and len(ranges) == 1:
+        ipalloc_range: tuple[Range, Range | None] = (ranges[0], None)
+    elif not ranges[0].ipv6:
+        ipalloc_range = (ranges[0], ranges[1])
+    else:
+        raise ConfigError(
+            f"IPALLOC_RANGE {text}: an IPv6 range alone is not supported yet; give one of each family "
+            f"(dual-stack), e.g. {DEFAULT_RANGE},{ranges[0]}"
+        )
     ipalloc_init = parse_init(str(pick("ipalloc_init", "IPALLOC_INIT") or ""), n_peers + 1)
     raw = pick("ipam_reclaim_after", "WEAVE_IPAM_RECLAIM_AFTER")
     try:
@@ -265,7 +276,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
 
     hb = seconds("heartbeat_interval", 5.0)
     datapath, mtu, fastdp, sleeve = _datapath_settings(pick)
-    ipalloc_range, ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
+    (ipalloc_range, ipalloc_range6), ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
     return RouterConfig(
         name=str(name) if name else None,
         nickname=str(nickname) if nickname else os.uname().nodename,
@@ -285,6 +296,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         heartbeat_timeout=seconds("heartbeat_timeout", hb * 3),
         gossip_interval=seconds("gossip_interval", 10.0),
         ipalloc_range=ipalloc_range,
+        ipalloc_range6=ipalloc_range6,
         ipalloc_init=ipalloc_init,
         ipam_reclaim_after=reclaim_after,
         ipam_reclaim_replaced=_flag_off(pick("no_ipam_reclaim_replaced", "WEAVE_NO_IPAM_RECLAIM_REPLACED")),

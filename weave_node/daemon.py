@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import random
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from weave_node.api.metrics import MetricsServer, RouterMetrics
@@ -16,13 +18,14 @@ from weave_node.api.pods import PodService
 from weave_node.api.reload import Apply, NeedsRestart
 from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig, live_settings, mesh_settings
-from weave_node.core.address import ip_str, parse_ip
+from weave_node.core.address import Range, ip_str
 from weave_node.datapath.model import BRIDGE
 from weave_node.dns.node import Dns
 from weave_node.dns.service import CHANNEL as DNS_CHANNEL
 from weave_node.dns.service import DnsRecords
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
+from weave_node.ipam.families import CHANNEL6, FEATURE_IPV6, Ipam
 from weave_node.ipam.model import Key
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
@@ -59,11 +62,41 @@ def make_identity(config: RouterConfig) -> Identity:
     return Identity(name=name, nickname=config.nickname, uid=new_uid(random.SystemRandom()))
 
 
-def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamService:
-    """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology."""
-    span, init = config.ipalloc_range, config.init
+def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> Ipam:
+    """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology; dual-stack,
+    the IPv6 range's beside it on "ipam6", in ipam6.db (ipam/families.py)."""
+    v4 = _ipam_service(config, identity, router, config.ipalloc_range, channel=CHANNEL, db="ipam.db")
+    if config.ipalloc_range6 is None:
+        return Ipam(v4)
+    v6 = _ipam_service(config, identity, router, config.ipalloc_range6, channel=CHANNEL6, db="ipam6.db")
+    held = [""]
+
+    def held6() -> str:
+        return held[0]
+
+    def features_changed() -> None:
+        nicks = {n: r.nickname for n, r in router.topology.records.items()}
+        lacking = sorted(f"{format_name(n.name)}({nicks.get(n.name, '')})" for n in router.neighbours()
+                         if FEATURE_IPV6 not in n.features)  # fmt: skip
+        reason = (
+            f"connected peer(s) {', '.join(lacking)} carry no IPv6 range (IPALLOC_RANGE without one, or an older "
+            "weave-node): give every router the same dual-stack IPALLOC_RANGE"
+            if lacking
+            else ""
+        )
+        if reason != held[0]:
+            (log.warning if reason else log.info)("IPv6 IPAM: %s", reason or "every connected peer carries it")
+            held[0] = reason
+
+    router.on_change.append(features_changed)
+    return Ipam(v4, v6, held6)
+
+
+def _ipam_service(config: RouterConfig, identity: Identity, router: Router, span: Range, *, channel: str,
+                  db: str) -> IpamService:  # fmt: skip
+    init = config.init
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.state_dir / "ipam.db", me=identity.name, span=span)
+    store = Store(config.state_dir / db, me=identity.name, span=span)
     loaded = store.load()
     alloc = Allocator(
         identity.name,
@@ -90,7 +123,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
         "" if config.ipam_reclaim_replaced else ", a replaced host's old identity too (WEAVE_NO_IPAM_RECLAIM_REPLACED)",
     )
     service = IpamService(alloc, store, router.clock)
-    service.attach(router.register_channel(CHANNEL, service))
+    service.attach(router.register_channel(channel, service))
 
     def topology_changed() -> None:
         service.set_reachable({n: r.nickname for n, r in router.topology.records.items()})
@@ -100,25 +133,28 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> IpamS
     return service
 
 
-def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService) -> OverlayService:
-    """The kernel datapath, fed the topology, with the bridge's address from IPAM (like Weave's `weave expose`)."""
-    span = config.ipalloc_range
+def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam: Ipam) -> OverlayService:
+    """The kernel datapath, fed the topology, with the bridge's address(es) from IPAM (like Weave's `weave expose`)."""
 
-    async def bridge_address(current: str | None) -> str:
-        key = Key(BRIDGE_CONTAINER_ID, BRIDGE)
-        if current:
-            # Keep the address the bridge already has (running pods use it as their gateway) if IPAM agrees.
-            try:
-                await ipam.claim(key, parse_ip(current.split("/")[0]))
-            except IpamError as exc:
-                log.warning("bridge address %s cannot be kept (%s): taking a new one", current, exc)
-        ip = await ipam.allocate(key, wait=30.0)
-        return f"{ip_str(ip)}/{span.prefix}"
+    def bridge_address(service: IpamService) -> Callable[[str | None], Awaitable[str]]:
+        async def get(current: str | None) -> str:
+            key = Key(BRIDGE_CONTAINER_ID, BRIDGE)
+            if current:
+                # Keep the address the bridge already has (running pods use it as their gateway) if IPAM agrees.
+                try:
+                    await service.claim(key, int(ipaddress.ip_interface(current).ip))
+                except IpamError as exc:
+                    log.warning("bridge address %s cannot be kept (%s): taking a new one", current, exc)
+            ip = await service.allocate(key, wait=30.0)
+            return f"{ip_str(ip)}/{service.range.prefix}"
+
+        return get
 
     overlay = OverlayService(
         identity.name,
         OverlayConfig(
-            pod_range=span,
+            pod_range=config.ipalloc_range,
+            pod_range6=config.ipalloc_range6,
             mtu=config.mtu,
             peer_hosts=tuple(p.host for p in config.peers),
             fastdp=config.fastdp,
@@ -128,14 +164,15 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             bridge_netfilter=config.bridge_netfilter,
             direct=config.direct,
         ),
-        bridge_address,
+        bridge_address(ipam.v4),
         link_keys=lambda name: _sleeve_keys(router, name),
         neighbour=router.neighbour,
         records=lambda: router.topology.records,
-        space=ipam.spans,
+        space=ipam.v4.spans,  # direct mode routes IPv4 only (IPv6 crosses hosts on layer 2)
+        bridge_address6=None if ipam.v6 is None else bridge_address(ipam.v6),
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
-    ipam.on_change = overlay.space_changed
+    ipam.set_on_change(overlay.space_changed)
 
     def topology_changed() -> None:
         direct, local = {}, []
@@ -152,22 +189,21 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
     return overlay
 
 
-def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: IpamService,
-             overlay: OverlayService) -> Dns:  # fmt: skip
+def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: Ipam, overlay: OverlayService) -> Dns:
     """Names on the router's "dns" gossip channel, our own kept in <state-dir>/dns.json; a server on the bridge."""
     records = DnsRecords(identity.name, config.state_dir / "dns.json", max_name=252 - len(config.dns.domain))
     records.attach(router.register_channel(DNS_CHANNEL, records))
-    span = config.ipalloc_range
-    dns = Dns(config.dns, records, lambda: (overlay.bridge_cidr or "").split("/")[0] or None, span.__contains__)
-    space_changed = ipam.on_change
+    ranges = ipam.ranges
+    dns = Dns(config.dns, records, lambda: (overlay.bridge_cidr or "").split("/")[0] or None,
+              lambda ip: any(ip in r for r in ranges))  # fmt: skip
+    space_changed = overlay.space_changed
 
     def ring_changed() -> None:
-        if space_changed is not None:
-            space_changed()
-        records.space_changed(o for o, held in ipam.spans().items() if held)
+        space_changed()
+        records.space_changed(ipam.owners_with_space())
 
-    ipam.on_change = ring_changed
-    records.space_changed(o for o, held in ipam.spans().items() if held)
+    ipam.set_on_change(ring_changed)
+    records.space_changed(ipam.owners_with_space())
     return dns
 
 
@@ -238,7 +274,10 @@ async def run_router(config: RouterConfig) -> int:
         accept_plaintext=config.accept_unencrypted,
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
-        features=frozenset({SLEEVE_AESGCM}) if config.sleeve_aesgcm and codec.aesgcm_available() else frozenset(),
+        features=frozenset(
+            ({SLEEVE_AESGCM} if config.sleeve_aesgcm and codec.aesgcm_available() else set())
+            | ({FEATURE_IPV6} if config.ipalloc_range6 is not None else set())
+        ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)
     ipam = make_ipam(config, identity, router)
@@ -252,7 +291,6 @@ async def run_router(config: RouterConfig) -> int:
             ipam,
             overlay,
             config.state_dir / "cni-pending",
-            config.ipalloc_range.prefix,
             on_op=metrics.observe_cni,
             dns=dns,
         )

@@ -151,7 +151,7 @@ def test_the_router_passes_the_setting_to_its_allocator(tmp_path: Path, replaced
         topology=SimpleNamespace(records={}),
         on_change=[],
     )
-    service = daemon.make_ipam(config, identity, cast(Any, router))
+    service = daemon.make_ipam(config, identity, cast(Any, router)).v4
     assert service.alloc.reclaim_replaced is replaced
     service.store.close()
 

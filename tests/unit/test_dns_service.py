@@ -37,11 +37,11 @@ def test_own_names_survive_a_restart_without_those_of_pods_gone_meanwhile(tmp_pa
     clock = itertools.count(1_000)
     a, ch = service(A, tmp_path / "dns.json", clock)
     a.start([])
-    assert a.set_container("c1/eth0", ["web", "Web.Shop", "bad..name"], parse_ip("10.32.0.5")) == ["web", "web.shop"]
-    a.set_container("c2/eth0", ["db"], parse_ip("10.32.0.6"))
+    assert a.set_container("c1/eth0", ["web", "Web.Shop", "bad..name"], [parse_ip("10.32.0.5")]) == ["web", "web.shop"]
+    a.set_container("c2/eth0", ["db"], [parse_ip("10.32.0.6")])
     a.add("legacy", parse_ip("10.40.0.9"))
     assert len(ch.sent) == 4 and a.lookup("web") == [parse_ip("10.32.0.5")]
-    assert a.set_container("c1/eth0", ["web"], parse_ip("10.32.0.5")) == ["web"] and a.lookup("web.shop") == []
+    assert a.set_container("c1/eth0", ["web"], [parse_ip("10.32.0.5")]) == ["web"] and a.lookup("web.shop") == []
     again, ch2 = service(A, tmp_path / "dns.json", clock)
     again.start(["c1/eth0"])  # c2 went while the router was down
     assert {r["name"] for r in again.listing()} == {"web", "legacy"} and again.lookup("db") == []
@@ -59,7 +59,7 @@ def test_books_travel_between_routers_and_a_departed_peer_s_names_go_with_its_sp
     c, _ = service(C, tmp_path / "c.json", clock)
     for s in (a, b, c):
         s.start([])
-    b.set_container("p/eth0", ["api"], parse_ip("10.36.0.2"))
+    b.set_container("p/eth0", ["api"], [parse_ip("10.36.0.2")])
     relayed = a.on_gossip(B, chb.sent[-1])
     assert relayed is not None and a.lookup("api") == [parse_ip("10.36.0.2")]
     assert a.on_gossip(B, chb.sent[-1]) is None  # nothing new: nothing passed on
@@ -95,7 +95,7 @@ def test_a_name_too_long_for_the_domain_is_refused_and_a_failed_write_loses_noth
     s.start([])
     with pytest.raises(InvalidRecord, match="too long"):
         s.add("a" * 21, parse_ip("10.32.0.1"))
-    assert s.set_container("c/eth0", ["b" * 21, "ok"], parse_ip("10.32.0.2")) == ["ok"]
+    assert s.set_container("c/eth0", ["b" * 21, "ok"], [parse_ip("10.32.0.2")]) == ["ok"]
     (tmp_path / "dns.json").unlink()
     (tmp_path / "dns.json").mkdir()  # the file cannot be written now
     sent = len(ch.sent)

@@ -1,6 +1,7 @@
 """The IPAM endpoints of the local API (JSON in, JSON out; errors are {"error": ...} with a 4xx/5xx status).
 
-POST /ipam/allocate {"container_id", "ifname"?, "wait"?}  -> {"ip", "cidr", "range"}   idempotent
+POST /ipam/allocate {"container_id", "ifname"?, "wait"?, "family"?}  -> {"ip", "cidr", "range"}   idempotent
+                    (family "ipv4", the default, or "ipv6" with a dual-stack range)
 POST /ipam/claim    {"container_id", "ifname"?, "ip"}     -> {"ip", "cidr", "range"}
 POST /ipam/release  {"container_id", "ifname"?}           -> {"released": [ip...]}      404 if none
 GET  /ipam/allocations                                    -> [{"ip", "container_id", "ifname"}]
@@ -17,9 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from weave_node.core.address import ip_str, parse_ip
+from weave_node.core.address import ip_str, parse_ip, parse_ip6
 from weave_node.core.errors import ConfigError
 from weave_node.ipam.errors import BadRequest, IpamError
+from weave_node.ipam.families import Ipam
 from weave_node.ipam.model import Key
 from weave_node.ipam.service import DEFAULT_WAIT, IpamService
 from weave_node.mesh.peer import format_name
@@ -73,22 +75,35 @@ def _wait(doc: dict[str, Any]) -> float:
     return float(wait)
 
 
-def add_ipam_routes(app: web.Application, ipam: IpamService) -> None:
-    prefix = ipam.range.prefix
+def _family(ipam: Ipam, doc: dict[str, Any]) -> IpamService:
+    family = doc.get("family", "ipv4")
+    if family == "ipv4":
+        return ipam.v4
+    if family == "ipv6" and ipam.v6 is not None:
+        ipam.check_held()
+        return ipam.v6
+    if family == "ipv6":
+        raise BadRequest("this router has no IPv6 range (IPALLOC_RANGE)")
+    raise BadRequest('"family" must be "ipv4" or "ipv6"')
 
+
+def add_ipam_routes(app: web.Application, ipam: Ipam) -> None:
     def answer(ip: int) -> web.Response:
-        return _json({"ip": ip_str(ip), "cidr": f"{ip_str(ip)}/{prefix}", "range": str(ipam.range)})
+        span = ipam.family(ip).range
+        return _json({"ip": ip_str(ip), "cidr": f"{ip_str(ip)}/{span.prefix}", "range": str(span)})
 
     async def allocate(req: web.Request) -> web.Response:
         doc = await _body(req)
-        return answer(await ipam.allocate(_key(doc), _wait(doc)))
+        service = _family(ipam, doc)
+        return answer(await service.allocate(_key(doc), _wait(doc)))
 
     async def claim(req: web.Request) -> web.Response:
         doc = await _body(req)
         key = _key(doc)
         if not isinstance(doc.get("ip"), str):
-            raise BadRequest('"ip" must be an IPv4 address string')
-        ip = parse_ip(doc["ip"].split("/")[0])
+            raise BadRequest('"ip" must be an address string')
+        text = doc["ip"].split("/")[0]
+        ip = parse_ip6(text) if ":" in text else parse_ip(text)
         await ipam.claim(key, ip, _wait(doc))
         return answer(ip)
 

@@ -2,9 +2,10 @@
 completion of DELs the plugin recorded while the router was down.
 
 POST /cni/add   {"container_id", "ifname", "netns", "hairpin"?, "args"?}  -> {"ip", "cidr", "gateway", "mtu", "mac",
-                "dns"?, "names"?, ...}    (args: CNI_ARGS' K8S_POD_NAME/K8S_POD_NAMESPACE name the pod in DNS)
+                "ips": [{"cidr", "gateway"}...], "dns"?, "names"?, ...}    ("ips": one per family, IPv4 first; "ip",
+                "cidr" and "gateway" are the first's. args: CNI_ARGS' K8S_POD_NAME/NAMESPACE name the pod in DNS)
 POST /cni/del   {"container_id", "ifname", "netns"?}             -> {"released": [ip...], "detached": bool}
-POST /cni/check {"container_id", "ifname", "netns", "ip"?}       -> {} or 409 {"error": what differs}
+POST /cni/check {"container_id", "ifname", "netns", "ip"?, "ips"?} -> {} or 409 {"error": what differs}
 GET  /cni/status                                                 -> {"ready", "code"?, "reason"?}
 POST /cni/gc    {"valid": [{"container_id", "ifname"}]}          -> {"released": [...]}
 
@@ -21,7 +22,6 @@ import ipaddress
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from weave_node.api import pending_dels
 from weave_node.api.ipam import _body, _json
 from weave_node.core.address import ip_str
 from weave_node.core.cni import pending_name
@@ -36,12 +37,13 @@ from weave_node.datapath.model import Pod
 from weave_node.datapath.netlink import DatapathError
 from weave_node.dns.node import Dns
 from weave_node.ipam.errors import BadRequest, Conflict, IpamError, NotFound, Unavailable
+from weave_node.ipam.families import Ipam
 from weave_node.ipam.model import INTERNAL_PREFIX, Key
-from weave_node.ipam.service import IpamService
 from weave_node.overlay.service import OverlayService
 
 log = logging.getLogger("weave_node.cni")
 PENDING_SCAN = 2.0
+NO_ADDRESS = str(ipaddress.IPv4Address(0))  # a DEL's pod: detach needs no address
 
 
 def host_ifname(container_id: str, ifname: str) -> str:
@@ -52,10 +54,9 @@ def host_ifname(container_id: str, ifname: str) -> str:
 class PodService:
     def __init__(
         self,
-        ipam: IpamService,
+        ipam: Ipam,
         overlay: OverlayService,
         pending_dir: Path,
-        prefix: int,
         *,
         on_op: Callable[[str, float, bool], None] | None = None,
         dns: Dns | None = None,
@@ -65,27 +66,34 @@ class PodService:
         self.ipam = ipam
         self.overlay = overlay
         self.pending_dir = pending_dir
-        self.prefix = prefix
         self._task: asyncio.Task[None] | None = None
         self._locks: dict[Key, tuple[asyncio.Lock, list[int]]] = {}  # one operation at a time per attachment
         self.counters = {"add": 0, "del": 0, "check": 0, "gc": 0, "pending_completed": 0}
 
-    def _pod(self, key: Key, netns: str, ip: str, gateway: str, hairpin: bool = False) -> Pod:
+    def _pod(self, key: Key, netns: str, ips: tuple[int, ...] = (), hairpin: bool = False) -> Pod:
+        """The pod's plumbing with its address in each family (`ips`, IPv4 first; none: for a DEL)."""
+        cidrs = [f"{ip_str(ip)}/{self.ipam.family(ip).range.prefix}" for ip in ips] or [NO_ADDRESS + "/32"]
+        gateways = self._gateways() if ips else (NO_ADDRESS, "")
         return Pod(
             netns=netns,
             ifname=key.ifname,
             host_ifname=host_ifname(key.container_id, key.ifname),
-            address=f"{ip}/{self.prefix}",
-            gateway=gateway,
+            address=cidrs[0],
+            gateway=gateways[0],
             mtu=self.overlay.mtu,
             hairpin=hairpin,
+            address6=cidrs[1] if len(cidrs) > 1 else "",
+            gateway6=gateways[1] if len(cidrs) > 1 else "",
         )
 
-    def _gateway(self) -> str:
-        cidr = self.overlay.bridge_cidr
+    def _gateways(self) -> tuple[str, str]:
+        """The bridge's addresses: the pods' gateways (IPv4, and IPv6 or "")."""
+        cidr, cidr6 = self.overlay.bridge_cidr, self.overlay.bridge_cidr6
         if not cidr:
             raise Unavailable("the weave bridge has no address yet (IPAM not ready)")
-        return cidr.split("/")[0]
+        if self.ipam.v6 is not None and not cidr6:
+            raise Unavailable("the weave bridge has no IPv6 address yet (IPv6 IPAM not ready)")
+        return cidr.split("/")[0], (cidr6 or "").split("/")[0]
 
     @contextlib.asynccontextmanager
     async def _lock(self, key: Key) -> AsyncIterator[None]:
@@ -112,11 +120,10 @@ class PodService:
             return await self._add(key, netns, hairpin, args or {})
 
     async def _add(self, key: Key, netns: str, hairpin: bool, args: Mapping[str, str]) -> dict[str, Any]:
-        gateway = self._gateway()
-        existed = self.ipam.lookup(key).ip is not None
-        address = await self.ipam.allocate(key, durable=False)  # a pod's: it dies with the kernel
-        ip = ip_str(address)
-        pod = self._pod(key, netns, ip, gateway, hairpin)
+        self._gateways()  # not ready: fail before allocating
+        existed = any(held.ip is not None for held in self.ipam.lookup(key))
+        addresses = await self.ipam.allocate(key, durable=False)  # a pod's: it dies with the kernel
+        pod = self._pod(key, netns, addresses, hairpin)
         try:
             plumbed = await self.overlay.pods.attach(pod)
         except BaseException:  # also a cancellation: never leave an address behind that no pod uses
@@ -125,17 +132,21 @@ class PodService:
                     self.ipam.release(key.container_id, key.ifname)
             raise
         self.counters["add"] += 1
+        ips = [{"cidr": pod.address, "gateway": pod.gateway}]
+        if pod.address6:
+            ips.append({"cidr": pod.address6, "gateway": pod.gateway6})
         answer = {
-            "ip": ip,
+            "ip": pod.address.split("/")[0],
             "cidr": pod.address,
-            "gateway": gateway,
+            "gateway": pod.gateway,
+            "ips": ips,
             "mtu": pod.mtu,
             "mac": plumbed["mac"],
             "host_ifname": plumbed["host_ifname"],
             "host_mac": plumbed["host_mac"],
         }
         if self.dns is not None:  # (never fails the ADD: a bad name is logged and skipped)
-            answer["names"] = self.dns.name_pod(_container(key), args, address)
+            answer["names"] = self.dns.name_pod(_container(key), args, addresses)
             answer["dns"] = self.dns.cni_dns()
         return answer
 
@@ -144,7 +155,7 @@ class PodService:
             return await self._delete(key, netns)
 
     async def _delete(self, key: Key, netns: str) -> dict[str, Any]:
-        pod = self._pod(key, netns or "/nonexistent", "0.0.0.0", "0.0.0.0")  # noqa: S104 - unused by detach
+        pod = self._pod(key, netns or "/nonexistent")  # (addresses are unused by detach)
         detached = await self.overlay.pods.detach(pod)
         if self.dns is not None:
             self.dns.forget_pod(_container(key))
@@ -155,44 +166,53 @@ class PodService:
         self.counters["del"] += 1
         return {"released": released, "detached": detached}
 
-    async def check(self, key: Key, netns: str, want_ip: str | None) -> None:
+    async def check(self, key: Key, netns: str, want: list[str]) -> None:
         async with self._lock(key):
-            await self._check(key, netns, want_ip)
+            await self._check(key, netns, want)
 
-    async def _check(self, key: Key, netns: str, want_ip: str | None) -> None:
-        ip, lost, conflict = self.ipam.lookup(key)
-        if lost is not None:
-            why = "in use by another pod too: restart this pod" if conflict else "asking"
-            raise Conflict(
-                f"{ip_str(lost)} of {key.container_id}/{key.ifname} was reclaimed while this host was cut off ({why})"
-            )
-        if ip is None:
+    async def _check(self, key: Key, netns: str, want: list[str]) -> None:
+        """`want`: the addresses ADD returned (any subset of them may be given)."""
+        held = self.ipam.lookup(key)
+        for _ip, lost, conflict in held:
+            if lost is not None:
+                why = "in use by another pod too: restart this pod" if conflict else "asking"
+                raise Conflict(
+                    f"{ip_str(lost)} of {key.container_id}/{key.ifname} was reclaimed while this host was cut off "
+                    f"({why})"
+                )
+        if any(h.ip is None for h in held):
             raise Conflict(f"no address is allocated to {key.container_id}/{key.ifname}")
-        if want_ip and ip_str(ip) != want_ip:
-            raise Conflict(f"{key.container_id}/{key.ifname} has {ip_str(ip)}, not {want_ip} as ADD returned")
-        pod = self._pod(key, netns, ip_str(ip), self._gateway())
+        ips = tuple(h.ip for h in held if h.ip is not None)
+        have = [ip_str(ip) for ip in ips]
+        for ip in want:
+            if ip not in have:
+                raise Conflict(f"{key.container_id}/{key.ifname} has {', '.join(have)}, not {ip} as ADD returned")
+        pod = self._pod(key, netns, ips)
         state = await self.overlay.pods.state(pod)
         if not state:
             raise Conflict(f"interface {key.ifname} does not exist in {netns}")
         problems = []
-        if pod.address not in state["addresses"]:
-            problems.append(f"address {pod.address} missing (has {', '.join(state['addresses']) or 'none'})")
+        for cidr, gateway in ((pod.address, pod.gateway), (pod.address6, pod.gateway6)):
+            if cidr and cidr not in state["addresses"]:
+                problems.append(f"address {cidr} missing (has {', '.join(state['addresses']) or 'none'})")
+            if gateway and gateway not in state["gateways"]:
+                problems.append(f"no default route via {gateway}")
         if state["mtu"] != pod.mtu:
             problems.append(f"MTU {state['mtu']}, not {pod.mtu}")
         if not state["up"]:
             problems.append("interface is down")
-        if pod.gateway not in state["gateways"]:
-            problems.append(f"no default route via {pod.gateway}")
         if problems:
             raise Conflict(f"{key.ifname} in {netns}: " + "; ".join(problems))
         self.counters["check"] += 1
 
     def readiness(self) -> dict[str, Any]:
-        status = self.ipam.status()
-        if not status["ready"]:
-            return {"ready": False, "code": 50, "reason": f"IPAM cannot allocate: {status['waiting']}"}
-        if not self.overlay.bridge_cidr:
-            return {"ready": False, "code": 50, "reason": "the weave bridge has no address yet"}
+        ready, waiting = self.ipam.ready()
+        if not ready:
+            return {"ready": False, "code": 50, "reason": f"IPAM cannot allocate: {waiting}"}
+        try:
+            self._gateways()
+        except Unavailable as exc:
+            return {"ready": False, "code": 50, "reason": str(exc)}
         if self.overlay.problems:
             return {"ready": False, "code": 51, "reason": "datapath: " + "; ".join(self.overlay.problems)}
         return {"ready": True}
@@ -212,7 +232,7 @@ class PodService:
     # --- DELs recorded while the router was down ----------------------------------------------------------
 
     async def start(self) -> None:
-        self._prepare_pending_dir()
+        pending_dels.prepare(self.pending_dir)
         try:
             await self.complete_pending()
         except Exception:  # a bad record must never keep the router from starting
@@ -225,21 +245,6 @@ class PodService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _prepare_pending_dir(self) -> None:
-        self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for tmp in self.pending_dir.glob(".del-*"):  # a plugin that died mid-write: the DEL was not recorded
-            tmp.unlink(missing_ok=True)
-
-    def _pending_dir_ok(self) -> bool:
-        try:
-            st = self.pending_dir.lstat()
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            log.error("pending CNI DELs: %s must be our own directory, writable only by us: ignored", self.pending_dir)
-            return False
-        return True
-
     async def _pending_loop(self) -> None:
         while True:
             await asyncio.sleep(PENDING_SCAN)
@@ -249,20 +254,12 @@ class PodService:
                 log.exception("pending CNI DELs")
 
     async def complete_pending(self) -> int:
-        if not self._pending_dir_ok():
+        if not pending_dels.dir_ok(self.pending_dir):
             return 0
         done = 0
         for path in sorted(self.pending_dir.glob("*.json")):
-            try:
-                doc = json.loads(path.read_text())
-                key = Key(str(doc["container_id"]), str(doc.get("ifname") or "eth0"))
-                key.validate()
-                ours = path.name == pending_name(key.container_id, key.ifname)
-                if key.container_id.startswith(INTERNAL_PREFIX) or not ours:
-                    raise ValueError("not a record the plugin writes")
-            except (OSError, ValueError, KeyError, TypeError, IpamError) as exc:
-                log.error("pending CNI DEL %s is unreadable (%s): removing it", path.name, exc)
-                path.unlink(missing_ok=True)
+            key = pending_dels.read(path)
+            if key is None:
                 continue
             try:
                 result = await self.delete(key, "")
@@ -361,12 +358,13 @@ def add_pod_routes(app: web.Application, pods: PodService) -> None:
     async def check(req: web.Request) -> web.Response:
         _local_only(req)
         doc = await _body(req)
-        want = doc.get("ip")
-        if want is not None:
-            try:
-                want = str(ipaddress.ip_interface(str(want)).ip)
-            except ValueError:
-                raise BadRequest(f"'ip' is not an address: {want!r}") from None
+        want = [doc["ip"]] if doc.get("ip") is not None else []
+        if isinstance(doc.get("ips"), list):
+            want += doc["ips"]
+        try:
+            want = [str(ipaddress.ip_interface(str(w)).ip) for w in want]
+        except ValueError:
+            raise BadRequest(f"'ip'/'ips' hold something that is not an address: {want!r}") from None
         try:
             await pods.check(_pod_key(doc), _str(doc, "netns"), want)
         except DatapathError as exc:

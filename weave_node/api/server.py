@@ -21,7 +21,7 @@ from weave_node.api.status import ConnView, build_status
 from weave_node.core.address import parse_hostport
 from weave_node.core.errors import ConfigError
 from weave_node.dns.node import Dns
-from weave_node.ipam.service import IpamService
+from weave_node.ipam.families import Ipam
 from weave_node.mesh.router import PeerConn, Router
 from weave_node.overlay.service import OverlayService
 
@@ -61,7 +61,7 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
 
 
 def full_status(
-    router: Router, ipam: IpamService | None = None, overlay: OverlayService | None = None, dns: Dns | None = None
+    router: Router, ipam: Ipam | None = None, overlay: OverlayService | None = None, dns: Dns | None = None
 ) -> dict[str, Any]:
     """The whole status snapshot: what `weave-node status --json` prints and what the metrics are made of."""
     doc = router_status(router)
@@ -76,7 +76,7 @@ def full_status(
 def make_app(
     router: Router,
     *,
-    ipam: IpamService | None = None,
+    ipam: Ipam | None = None,
     overlay: OverlayService | None = None,
     pods: PodService | None = None,
     apply: Apply | None = None,
@@ -139,7 +139,7 @@ class ApiServer:
         tcp_addr: str,
         socket_path: str,
         *,
-        ipam: IpamService | None = None,
+        ipam: Ipam | None = None,
         overlay: OverlayService | None = None,
         pods: PodService | None = None,
         apply: Apply | None = None,

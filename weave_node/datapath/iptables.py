@@ -48,6 +48,17 @@ def weave_chains(
     return (forward, nat)
 
 
+def weave_chains6(pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True) -> tuple[Chain, ...]:
+    """ip6tables' chains for a dual-stack range: the same FORWARD rules (direct mode is IPv4's), and masquerade
+    of what leaves the IPv6 range, multicast (ff00::/8) excepted."""
+    forward = weave_chains(pod_range, bridge, masquerade=False)[0]
+    chains = (Chain("filter", forward.name, forward.rules, "FORWARD", "ip6"),)
+    if not masquerade:
+        return chains
+    nat = (f"-s {pod_range} -d ff00::/8 -j RETURN", f"-s {pod_range} ! -d {pod_range} -j MASQUERADE")
+    return (*chains, Chain("nat", NAT_CHAIN, nat, "POSTROUTING", "ip6"))
+
+
 def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
     """`iptables-save` output -> table -> chain -> rules (without the "-A CHAIN " prefix), in order."""
     tables: dict[str, dict[str, list[str]]] = {}

@@ -105,12 +105,14 @@ class Bridge:
     addresses: tuple[str, ...] | None = None
     mcast_snooping: bool = False  # flood multicast like broadcast: pods on other hosts are behind one port
     proxy_arp: bool = False  # answer ARP for addresses routed away from the bridge (direct mode), at once
+    ipv6: bool = False  # pods have IPv6 addresses: IPv6 on (a host may have it off by default)
 
     def sysctls(self) -> tuple[tuple[str, str], ...]:
         """The bridge's own sysctls (they exist once it does); proxy ARP is turned off again with direct mode."""
+        out = ((f"net/ipv6/conf/{self.name}/disable_ipv6", "0"),) if self.ipv6 else ()
         if not self.proxy_arp:
-            return ((f"net/ipv4/conf/{self.name}/proxy_arp", "0"),)
-        return ((f"net/ipv4/conf/{self.name}/proxy_arp", "1"), (f"net/ipv4/neigh/{self.name}/proxy_delay", "0"))
+            return (*out, (f"net/ipv4/conf/{self.name}/proxy_arp", "0"))
+        return (*out, (f"net/ipv4/conf/{self.name}/proxy_arp", "1"), (f"net/ipv4/neigh/{self.name}/proxy_delay", "0"))
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class Chain:
     name: str
     rules: tuple[str, ...]
     hook: str  # the built-in chain that jumps here, e.g. "FORWARD"
-    family: str = "ip"  # "ip": iptables; "eth": ebtables (the bridge's own frames)
+    family: str = "ip"  # "ip": iptables; "ip6": ip6tables; "eth": ebtables (the bridge's own frames)
 
     @property
     def jump(self) -> str:
@@ -175,7 +177,7 @@ class Link:
     up: bool = False
     master: str = ""  # the name of the bridge it is enslaved to
     alias: str = ""
-    addresses: tuple[str, ...] = ()  # IPv4 CIDRs, sorted
+    addresses: tuple[str, ...] = ()  # CIDRs, sorted: IPv4, and IPv6 of global scope (not link-local)
     vni: int | None = None
     port: int | None = None
     learning: bool | None = None
@@ -195,6 +197,7 @@ class Observed:
     routes: frozenset[Route] = frozenset()  # ours (protocol RT_PROTO), in any table
     rules: frozenset[Rule] = frozenset()  # ours (priority RULE_PRIORITY)
     ebtables: dict[str, dict[str, tuple[str, ...]]] | None = None  # as iptables, from ebtables-save
+    ip6tables: dict[str, dict[str, tuple[str, ...]]] | None = None  # as iptables, from ip6tables-save
 
 
 @dataclass(frozen=True)
@@ -210,3 +213,5 @@ class Pod:
     bridge: str = BRIDGE
     hairpin: bool = False
     mac: str = ""  # "" = let the kernel choose
+    address6: str = ""  # dual-stack: the pod's IPv6 CIDR, e.g. fd32:57::5/64 ("" = none)
+    gateway6: str = ""  # the bridge's IPv6 address: the pod's IPv6 default route

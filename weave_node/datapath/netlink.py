@@ -50,6 +50,7 @@ NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
 NTF_SELF = 0x02
 NTF_MASTER = 0x04
+IFA_F_NODAD = 0x02
 PROC_SYS = Path("/proc/sys")
 
 
@@ -61,6 +62,7 @@ def observe(
     *,
     sysctls: Iterable[str] = (),
     iptables: bool = True,
+    ip6tables: bool = False,
     bridge: str = BRIDGE,
     vxlan: str = VXLAN,
 ) -> Observed:
@@ -89,6 +91,7 @@ def observe(
         routes=routes,
         rules=rules,
         ebtables=kernel_routes.ebtables_save(netns) if iptables else None,
+        ip6tables=_ip6tables_save(netns) if ip6tables else None,
     )
 
 
@@ -96,8 +99,11 @@ def _links(ipr: Any) -> dict[str, Link]:
     raw = list(ipr.get_links())
     names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in raw}
     addrs: dict[int, list[str]] = {}
-    for msg in ipr.get_addr(family=socket.AF_INET):
-        addrs.setdefault(msg["index"], []).append(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+    for msg in ipr.get_addr():
+        if msg["family"] == socket.AF_INET6 and msg["scope"] != 0:
+            continue  # link-local (and host) addresses are the kernel's, never ours
+        cidr = ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+        addrs.setdefault(msg["index"], []).append(str(cidr))
     links: dict[str, Link] = {}
     for msg in raw:
         name = msg.get("IFLA_IFNAME")
@@ -152,6 +158,14 @@ def iptables_available() -> bool:
     return shutil.which("iptables-save") is not None and shutil.which("iptables-restore") is not None
 
 
+def ip6tables_available() -> bool:
+    return shutil.which("ip6tables-save") is not None and shutil.which("ip6tables-restore") is not None
+
+
+def _ip6tables_save(netns: str | None) -> dict[str, dict[str, tuple[str, ...]]] | None:
+    return kernel_routes.save_tables(netns, "ip6tables-save", TABLES) if ip6tables_available() else None
+
+
 def _iptables_save(netns: str | None) -> dict[str, dict[str, tuple[str, ...]]] | None:
     return kernel_routes.save_tables(netns, "iptables-save", TABLES) if iptables_available() else None
 
@@ -201,7 +215,10 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
     elif isinstance(op, AddAddress | DelAddress):
         iface = ipaddress.ip_interface(op.cidr)
         command = "add" if isinstance(op, AddAddress) else "del"
-        ipr.addr(command, index=index(ipr, op.link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        # IPv6 without duplicate address detection: IPAM hands each address out once, and DAD would leave it
+        # "tentative" (unusable) for a second or more
+        nodad = {"flags": IFA_F_NODAD} if iface.version == 6 and command == "add" else {}
+        ipr.addr(command, index=index(ipr, op.link), address=str(iface.ip), prefixlen=iface.network.prefixlen, **nodad)
     elif isinstance(op, AddFdb | DelFdb | AddNeigh | DelNeigh):
         _entry(ipr, op)
     elif isinstance(op, FlushLearned):
@@ -211,7 +228,8 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
     elif isinstance(op, RestoreTable) and op.family == "eth":
         run(netns, ["ebtables-restore", "--noflush"], stdin=op.text())
     elif isinstance(op, RestoreTable):
-        run(netns, ["iptables-restore", "--noflush", "-w", "5"], stdin=op.text())
+        tool = "ip6tables-restore" if op.family == "ip6" else "iptables-restore"
+        run(netns, [tool, "--noflush", "-w", "5"], stdin=op.text())
     elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule):
         kernel_routes.apply(ipr, op)
 

@@ -22,6 +22,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from weave_node.datapath.netns import DatapathError, made_in
 
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02  # ifaddrmsg flag: no duplicate address detection
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1  # what pyroute2's route("replace", ...) sends by default
 NETLINK_ROUTE = 0
 RECV_SIZE = 65536
@@ -111,6 +112,7 @@ def set_link(batch: Batch, *, index: int = 0, name: str = "", mtu: int = 0, up: 
 def add_address(batch: Batch, index: int, address: str, prefixlen: int) -> int:
     msg = ifaddrmsg()
     msg["family"] = socket.AF_INET6 if ":" in address else socket.AF_INET
+    msg["flags"] = IFA_F_NODAD if ":" in address else 0  # IPAM hands it out once: no "tentative" second
     msg["prefixlen"] = prefixlen
     msg["index"] = index
     msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]

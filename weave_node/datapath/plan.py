@@ -81,6 +81,7 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     b.ops += rule_ops(desired.rules, observed.rules)
     _iptables(b, [c for c in desired.chains if c.family == "ip"], observed.iptables, "ip")
     _iptables(b, [c for c in desired.chains if c.family == "eth"], observed.ebtables, "eth")
+    _iptables(b, [c for c in desired.chains if c.family == "ip6"], observed.ip6tables, "ip6")
     fastdp = desired.vxlan is not None  # (without it the announcement would cross the sleeve under the real MAC)
     if fastdp and desired.bridge.addresses and desired.bridge.mac and any(isinstance(op, FlushLearned) for op in b.ops):
         ip = desired.bridge.addresses[0].split("/")[0]  # last: once the paths (flood entries, chains) are in place
@@ -219,8 +220,9 @@ def _iptables(
 ) -> None:
     chains = tuple(chains)
     if observed is None:
-        if chains and family == "ip":
-            b.problems.append("iptables is not available: no masquerade or FORWARD rules (install iptables)")
+        if chains and family in ("ip", "ip6"):
+            tool = "iptables" if family == "ip" else "ip6tables"
+            b.problems.append(f"{tool} is not available: no masquerade or FORWARD rules (install iptables)")
         elif chains:
             b.problems.append("ebtables is not available: direct mode cannot keep ARP answers apart (install it)")
         return
@@ -263,6 +265,7 @@ def plan_removal(observed: Observed) -> Plan:
             b.ops.append(DeleteLink(link.name))
     _iptables(b, (), observed.iptables, "ip")
     _iptables(b, (), observed.ebtables, "eth")
+    _iptables(b, (), observed.ip6tables, "ip6")
     return Plan(tuple(b.ops), tuple(b.problems))
 
 
@@ -273,6 +276,7 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
     sysctls = dict(observed.sysctls)
     iptables = {t: dict(c) for t, c in observed.iptables.items()} if observed.iptables is not None else None
     ebtables = {t: dict(c) for t, c in observed.ebtables.items()} if observed.ebtables is not None else None
+    ip6tables = {t: dict(c) for t, c in observed.ip6tables.items()} if observed.ip6tables is not None else None
     flushed = observed.flushed
     routes, rules = set(observed.routes), set(observed.rules)
     ops = tuple(ops)
@@ -285,7 +289,7 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
         elif isinstance(op, AddNeigh | DelNeigh):
             neigh.add(op.entry) if isinstance(op, AddNeigh) else neigh.discard(op.entry)
         elif isinstance(op, RestoreTable):
-            tables = iptables if op.family == "ip" else ebtables
+            tables = {"ip": iptables, "ip6": ip6tables}.get(op.family, ebtables)
             assert tables is not None  # noqa: S101 - a plan never restores without the tool
             _restore_model(tables.setdefault(op.table, {}), op)
         elif isinstance(op, ReplaceRoute | DelRoute | AddRule | DelRule | Announce):
@@ -308,6 +312,7 @@ def apply_to_model(observed: Observed, ops: Iterable[Op]) -> Observed:
         frozenset(routes),
         frozenset(rules),
         ebtables,
+        ip6tables,
     )
 
 

@@ -127,6 +127,10 @@ def _configure_pod_end(pod: Pod) -> str:
             idx = int(link["index"])
             nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
             nlbatch.replace_default_route(batch, pod.gateway, idx)
+            if pod.address6:  # dual-stack
+                iface6 = ipaddress.ip_interface(pod.address6)
+                nlbatch.add_address(batch, idx, str(iface6.ip), iface6.network.prefixlen)
+                nlbatch.replace_default_route(batch, pod.gateway6, idx)
             batch.run()
             return str(link.get_attr("IFLA_ADDRESS"))
     except DatapathError as exc:
@@ -169,9 +173,15 @@ def pod_state(pod: Pod) -> dict[str, Any]:
             return {}
         idx = link["index"]
         addrs = sorted(
-            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=socket.AF_INET)
+            str(ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"))
+            for a in ipr.get_addr(index=idx)
+            if a["family"] == socket.AF_INET or a["scope"] == 0  # IPv6: not the link-local one
         )
-        gateways = [r.get("RTA_GATEWAY") for r in ipr.get_default_routes(family=socket.AF_INET)]
+        gateways = [
+            r.get("RTA_GATEWAY")
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for r in ipr.get_default_routes(family=family)
+        ]
         return {
             "mtu": link.get("IFLA_MTU"),
             "mac": link.get("IFLA_ADDRESS"),

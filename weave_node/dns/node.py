@@ -74,9 +74,9 @@ class Dns:
                 log.exception("DNS: serving on %s failed", address)
             await asyncio.sleep(FOLLOW_EVERY if self.server.problem is None else 10.0)
 
-    def name_pod(self, container: str, args: Mapping[str, str], ip: int) -> list[str]:
+    def name_pod(self, container: str, args: Mapping[str, str], ips: Iterable[int]) -> list[str]:
         names = pod_names(args)
-        return self.records.set_container(container, names, ip) if names else []
+        return self.records.set_container(container, names, ips) if names else []
 
     def forget_pod(self, container: str) -> None:
         self.records.drop_container(container)

@@ -58,18 +58,20 @@ class DnsRecords:
             log.info("DNS: %d name(s) of pods gone while the router was down dropped", len(loaded) - len(self.own))
         self._publish()
 
-    def set_container(self, container: str, names: Iterable[str], ip: int) -> list[str]:
-        """The names of one attachment (ADD): what it had before is replaced. Invalid names are skipped (logged):
-        a name must never fail a pod's ADD. Returns the names kept."""
+    def set_container(self, container: str, names: Iterable[str], ips: Iterable[int]) -> list[str]:
+        """The names of one attachment (ADD), one record per name and address (A, and AAAA when dual-stack): what
+        it had before is replaced. Invalid names are skipped (logged): a name must never fail a pod's ADD.
+        Returns the names kept."""
         records = set()
         for name in names:
             try:
-                record = Record(self._name(name), ip, container)
-                record.check()
+                made = [Record(self._name(name), ip, container) for ip in ips]
+                for record in made:
+                    record.check()
             except InvalidRecord as exc:
                 log.warning("DNS: no record for %s: %s", container, exc)
                 continue
-            records.add(record)
+            records.update(made)
         self._replace({r for r in self.own if r.container != container} | records)
         return sorted(r.name for r in records)
 

@@ -13,13 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from weave_node.core.address import Range
-from weave_node.datapath.iptables import weave_chains
+from weave_node.datapath.iptables import weave_chains, weave_chains6
 from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
 from weave_node.overlay.direct import Entries
 from weave_node.overlay.peers import PeerInfo, in_range, underlay_of
 
 SYSCTL_FORWARD = "net/ipv4/ip_forward"
+SYSCTL_FORWARD6 = "net/ipv6/conf/all/forwarding"  # dual-stack only: pods' IPv6 traffic to the outside is routed
 SYSCTL_BRIDGE_NF = "net/bridge/bridge-nf-call-iptables"
+SYSCTL_BRIDGE_NF6 = "net/bridge/bridge-nf-call-ip6tables"
 TAP = "weave-sleeve"  # the sleeve's TAP, on the bridge while the sleeve runs
 
 
@@ -32,6 +34,7 @@ class Settings:
     masquerade: bool = True
     sleeve: bool = False  # the sleeve runs: its TAP is a port of the bridge, isolated from the VXLAN port
     direct: bool = False  # direct mode is on (overlay.direct): proxy ARP on the bridge, routed pod traffic in
+    pod_range6: str = ""  # dual-stack: the IPv6 range (pods' IPv6 traffic crosses hosts on layer 2 only)
 
 
 @dataclass
@@ -124,17 +127,24 @@ def desired_state(
     flush: int = 0,
     *,
     direct: Entries | None = None,
+    bridge_cidr6: str | None = None,
 ) -> Desired:
     """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch);
-    `direct`: direct mode's routes, rule and ebtables chains (with `settings.direct`)."""
-    sysctls = [(SYSCTL_FORWARD, "1")]
+    `direct`: direct mode's routes, rule and ebtables chains (with `settings.direct`); `bridge_cidr6`: the
+    bridge's IPv6 address (dual-stack)."""
+    v6 = bool(settings.pod_range6)
+    sysctls = [(SYSCTL_FORWARD, "1"), *([(SYSCTL_FORWARD6, "1")] if v6 else [])]
     on = settings.direct and direct is not None
+    addresses = tuple(a for a in (bridge_cidr, bridge_cidr6) if a)
+    known = bool(bridge_cidr) and (bool(bridge_cidr6) or not v6)
     return Desired(
         bridge=Bridge(
             mtu=settings.mtu,
             mac=bridge_mac(settings.me),
-            addresses=(bridge_cidr,) if bridge_cidr else None,
+            # until both families' addresses are known, leave what is there (running pods use it)
+            addresses=addresses if known else None,
             proxy_arp=on,
+            ipv6=v6,
         ),
         vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
@@ -146,7 +156,8 @@ def desired_state(
             direct=on,
             direct_sources=direct.sources if on and direct else (),
         )
-        + (direct.chains if on and direct else ()),
+        + (direct.chains if on and direct else ())
+        + (weave_chains6(settings.pod_range6, masquerade=settings.masquerade) if v6 else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
         routes=direct.routes if on and direct else frozenset(),
@@ -155,10 +166,11 @@ def desired_state(
 
 
 def with_bridge_nf(desired: Desired, value: str | None) -> Desired:
-    """`desired` with bridge-nf-call-iptables set to `value` ("1"/"0"), or left alone (None): overlay.netfilter
-    decides, from what it observes on the host."""
-    sysctls = tuple(s for s in desired.sysctls if s[0] != SYSCTL_BRIDGE_NF)
-    return replace(desired, sysctls=sysctls if value is None else (*sysctls, (SYSCTL_BRIDGE_NF, value)))
+    """`desired` with bridge-nf-call-iptables (and, dual-stack, -ip6tables) set to `value` ("1"/"0"), or left alone
+    (None): overlay.netfilter decides, from what it observes on the host."""
+    keys = (SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6) if desired.bridge.ipv6 else (SYSCTL_BRIDGE_NF,)
+    sysctls = tuple(s for s in desired.sysctls if s[0] not in keys)
+    return replace(desired, sysctls=sysctls if value is None else (*sysctls, *((k, value) for k in keys)))
 
 
 def _one_mac_one_vtep(fdb: frozenset[Fdb]) -> frozenset[Fdb]:

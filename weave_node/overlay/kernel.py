@@ -3,20 +3,23 @@ the service is built and driven without a kernel). Every call runs in one of the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from weave_node.datapath import kernel_routes, netlink
 from weave_node.datapath import pods as pod_links
-from weave_node.datapath.model import Bridge, Observed, Pod
+from weave_node.datapath.model import BRIDGE, Bridge, Observed, Pod
 from weave_node.datapath.ops import Op
-from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD
+from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6, SYSCTL_FORWARD, SYSCTL_FORWARD6
 
-BRIDGE_SYSCTLS = tuple(key for key, _ in Bridge(proxy_arp=True).sysctls())  # direct mode's, on `weave`
+BRIDGE_SYSCTLS = tuple(key for key, _ in Bridge(proxy_arp=True, ipv6=True).sysctls())  # on `weave`
+log = logging.getLogger("weave_node.overlay")
 KUBELET_DIR = "/var/lib/kubelet"  # every kubelet has it (its root directory) before it runs a pod
 
 
@@ -35,9 +38,16 @@ class Kernel:
     rp_filter: Callable[[str], int] = lambda _dev: 0  # a device's effective reverse-path filter (max of it and all)
 
 
-def netlink_kernel() -> Kernel:
+def netlink_kernel(*, ipv6: bool = False) -> Kernel:
+    """`ipv6`: dual-stack, so IPv6's sysctls and ip6tables' chains are observed too."""
+    sysctls = [
+        SYSCTL_FORWARD,
+        SYSCTL_BRIDGE_NF,
+        *BRIDGE_SYSCTLS,
+        *([SYSCTL_FORWARD6, SYSCTL_BRIDGE_NF6] if ipv6 else []),
+    ]
     return Kernel(
-        observe=lambda: netlink.observe(sysctls=[SYSCTL_FORWARD, SYSCTL_BRIDGE_NF, *BRIDGE_SYSCTLS]),
+        observe=lambda: netlink.observe(sysctls=sysctls, ip6tables=ipv6),
         apply=netlink.apply_all,
         route_mtu=netlink.route_mtu,
         default_route_mtu=netlink.default_route_mtu,
@@ -73,3 +83,18 @@ def underlay_devices(kernel: Kernel, hosts: Iterable[str]) -> list[tuple[str, in
         dev = kernel.default_route_mtu()
         found = [dev] if dev else []
     return found
+
+
+async def obtain_bridge_address(get: Callable[[str | None], Awaitable[str]], current: str | None) -> str:
+    """The bridge's address of one family from IPAM (keeping `current`, the one found at start, if IPAM agrees),
+    retried every 2 s while IPAM is not ready."""
+    while True:
+        try:
+            cidr = await get(current)
+        except Exception as exc:  # IPAM not ready yet: retry, and say why
+            log.info("bridge address: %s; retrying", exc)
+            await asyncio.sleep(2.0)
+            continue
+        if cidr != current:
+            log.info("bridge %s gets address %s", BRIDGE, cidr)
+        return cidr

@@ -133,8 +133,8 @@ def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, s
 
 
 def in_range(address: str, pod_range: Range) -> bool:
-    """Whether an IPv4 address, or a CIDR's address ("10.32.0.1/12"), is in the pod range."""
-    return int(ipaddress.IPv4Interface(address).ip) in pod_range
+    """Whether an address, or a CIDR's address ("10.32.0.1/12"), is in the pod range (of its family)."""
+    return int(ipaddress.ip_interface(address).ip) in pod_range
 
 
 def accepted(infos: Iterable[PeerInfo], mine: PeerInfo, pod_range: Range) -> list[PeerInfo]:

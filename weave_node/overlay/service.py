@@ -34,7 +34,7 @@ from weave_node.overlay.desired import TAP, Retention, Settings
 from weave_node.overlay.direct_paths import DirectPaths, Spans
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
-from weave_node.overlay.kernel import Kernel, netlink_kernel, underlay_devices
+from weave_node.overlay.kernel import Kernel, netlink_kernel, obtain_bridge_address, underlay_devices
 from weave_node.overlay.peers import PeerInfo, PeerTable
 from weave_node.overlay.pods import PodPlumbing
 from weave_node.overlay.sleeve import plan as sleeve_plan
@@ -61,6 +61,7 @@ class OverlayConfig:
     encrypt: bool = False  # a password is set: pod traffic only through the sleeve, sealed
     bridge_netfilter: str = "auto"  # overlay.netfilter: whether bridged pod traffic goes through iptables
     direct: bool = True  # direct mode between L2 neighbours (overlay.direct)
+    pod_range6: Range | None = None  # dual-stack: the IPv6 range (the bridge gets an address from it too)
 
 
 class OverlayService:
@@ -77,13 +78,15 @@ class OverlayService:
         records: Callable[[], Mapping[int, PeerRecord]] = dict,
         kernel: Kernel | None = None,
         space: Callable[[], Spans] = dict,
+        bridge_address6: Callable[[str | None], Awaitable[str]] | None = None,
     ) -> None:
         self.me, self.config, self.clock, self.wall_ns = me, config, clock, wall_ns
-        self.kernel = kernel or netlink_kernel()
-        self._bridge_address = bridge_address
+        self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None)
+        self._bridge_address, self._bridge_address6 = bridge_address, bridge_address6
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
-        self.settings = Settings(me=me, pod_range=str(config.pod_range), mtu=self.mtu, fastdp=self.fastdp)
+        range6 = str(config.pod_range6) if config.pod_range6 else ""
+        self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
@@ -96,6 +99,7 @@ class OverlayService:
         self.peers, self.nicknames, self.direct = set[int](), dict[int, str](), dict[int, str]()
         self.vteps: dict[int, str] = {}  # the VTEP in use per peer (kept while a departed peer is retained)
         self.bridge_cidr: str | None = None
+        self.bridge_cidr6: str | None = None  # dual-stack: the bridge's IPv6 address (pods' IPv6 gateway)
         self.problems: tuple[str, ...] = ()
         self.bridge_nf: netfilter.Decision | None = None  # the last decision on bridge-nf-call-iptables
         self.last_sync: dict[str, Any] = {}
@@ -196,6 +200,8 @@ class OverlayService:
         if bridge is not None and bridge.kind == "bridge":
             self.bridge_cidr = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range)
             self._advertise(self.bridge_cidr)  # peers keep our entries across a restart
+            if self.config.pod_range6 is not None:
+                self.bridge_cidr6 = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range6)
         fast = f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.fastdp else "off"
         adopted = f"{len(observed.fdb)} FDB and {len(observed.neigh)} neighbour entries"
         log.info("datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %s", BRIDGE, self.mtu, *(
@@ -223,18 +229,11 @@ class OverlayService:
         await self.pods.close()
 
     async def _get_bridge_address(self) -> None:
-        while True:
-            try:
-                cidr = await self._bridge_address(self.bridge_cidr)
-            except Exception as exc:  # IPAM not ready yet: retry, and say why
-                log.info("bridge address: %s; retrying", exc)
-                await asyncio.sleep(2.0)
-                continue
-            if cidr != self.bridge_cidr:
-                log.info("bridge %s gets address %s", BRIDGE, cidr)
-            self.bridge_cidr = cidr
+        self.bridge_cidr = await obtain_bridge_address(self._bridge_address, self.bridge_cidr)
+        self._dirty.set()
+        if self._bridge_address6 is not None:
+            self.bridge_cidr6 = await obtain_bridge_address(self._bridge_address6, self.bridge_cidr6)
             self._dirty.set()
-            return
 
     # --- reconcile ---------------------------------------------------------------------------------------
 
@@ -269,7 +268,9 @@ class OverlayService:
         self.heartbeats.peers = bridges if self.fastdp else {}
         src = (self.bridge_cidr or "").split("/")[0]  # the host's own traffic to direct peers' pods leaves from it
         entries = self.direct_paths.entries(self.me, self.vteps, bridges, self.health.direct_peers(), src=src, now=now)
-        desired = wanted.desired_state(self.settings, self.bridge_cidr, fdb, neigh, self.flush, direct=entries)
+        desired = wanted.desired_state(
+            self.settings, self.bridge_cidr, fdb, neigh, self.flush, direct=entries, bridge_cidr6=self.bridge_cidr6
+        )
         self.planned_direct = entries.peers if self.direct_paths.on else frozenset()
         self.flood_entries = sum(1 for e in desired.fdb if e.mac == FLOOD_MAC)
         return desired
@@ -363,8 +364,6 @@ class OverlayService:
             modes={n: h.mode for n, h in self.health.peers.items()},
         )
 
-    # --- status ------------------------------------------------------------------------------------------
-
     def snapshot(self) -> Snapshot:
         links, counters, drops = self.sleeve.snapshot()
         return Snapshot(
@@ -375,6 +374,7 @@ class OverlayService:
             mtu=self.mtu,
             mtu_source=self.mtu_choice.source,
             bridge_cidr=self.bridge_cidr,
+            bridge_cidr6=self.bridge_cidr6,
             peers=frozenset(self.peers),
             heartbeat_peers=dict(self.heartbeats.peers),
             health={n: PeerHealthView(h.mode, h.reason, h.last_rx) for n, h in self.health.peers.items()},

@@ -36,6 +36,7 @@ class Snapshot:
     mtu: int
     mtu_source: str
     bridge_cidr: str | None = None
+    bridge_cidr6: str | None = None
     peers: frozenset[int] = frozenset()  # in the topology
     heartbeat_peers: Mapping[int, str] = field(default_factory=dict)  # peer -> bridge address (fastdp only)
     health: Mapping[int, PeerHealthView] = field(default_factory=dict)
@@ -137,6 +138,7 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
     return {
         "bridge": BRIDGE,
         "bridge_address": snap.bridge_cidr,
+        **({"bridge_address6": snap.bridge_cidr6} if snap.bridge_cidr6 else {}),
         "mtu": snap.mtu,
         "mtu_source": snap.mtu_source,
         "fastdp": (

@@ -290,11 +290,18 @@ func routerError(status int, doc obj, what string) error {
 	return fail(errDatapath, what+" failed", msg)
 }
 
+// podIP is one family's address of a pod and its gateway (the router's "ips", IPv4 first).
+type podIP struct {
+	Cidr    string `json:"cidr"`
+	Gateway string `json:"gateway"`
+}
+
 type addAnswer struct {
 	Mac        string          `json:"mac"`
 	Mtu        json.RawMessage `json:"mtu"`
 	Cidr       string          `json:"cidr"`
 	Gateway    string          `json:"gateway"`
+	Ips        []podIP         `json:"ips"`
 	HostIfname string          `json:"host_ifname"`
 	HostMac    string          `json:"host_mac"`
 	Dns        json.RawMessage `json:"dns"`
@@ -346,9 +353,22 @@ func result(c *conf, a *addAnswer, ifname, ns string) ordered {
 	if atLeast(c.version, "1.1.0") {
 		pod = append(pod, kv{"mtu", a.Mtu})
 	}
-	ip := ordered{{"address", a.Cidr}, {"gateway", a.Gateway}, {"interface", 1}}
-	if !atLeast(c.version, "1.0.0") {
-		ip = append(ip, kv{"version", "4"})
+	addrs := a.Ips
+	if len(addrs) == 0 { // a router from before dual-stack
+		addrs = []podIP{{a.Cidr, a.Gateway}}
+	}
+	var ips, routes []interface{}
+	for _, p := range addrs {
+		ip := ordered{{"address", p.Cidr}, {"gateway", p.Gateway}, {"interface", 1}}
+		dst, version := "0.0.0.0/0", "4"
+		if strings.Contains(p.Cidr, ":") {
+			dst, version = "::/0", "6"
+		}
+		if !atLeast(c.version, "1.0.0") {
+			ip = append(ip, kv{"version", version})
+		}
+		ips = append(ips, ip)
+		routes = append(routes, ordered{{"dst", dst}, {"gw", p.Gateway}})
 	}
 	// The network configuration's own "dns" wins; else the router's server (when it runs one); else none.
 	var dns interface{} = map[string]interface{}{}
@@ -360,8 +380,8 @@ func result(c *conf, a *addAnswer, ifname, ns string) ordered {
 	return ordered{
 		{"cniVersion", c.version},
 		{"interfaces", []interface{}{ordered{{"name", a.HostIfname}, {"mac", a.HostMac}}, pod}},
-		{"ips", []interface{}{ip}},
-		{"routes", []interface{}{ordered{{"dst", "0.0.0.0/0"}, {"gw", a.Gateway}}}},
+		{"ips", ips},
+		{"routes", routes},
 		{"dns", dns},
 	}
 }
@@ -473,14 +493,16 @@ func cmdCheck(c *conf, out io.Writer) error {
 	if json.Unmarshal(c.raw["prevResult"], &prev) != nil || prev == nil {
 		return fail(errInvalidConfig, "CHECK needs the prevResult of ADD in the configuration", "")
 	}
-	var want interface{}
+	want := []json.RawMessage{}
 	var ips []obj
-	if json.Unmarshal(prev["ips"], &ips) == nil && len(ips) > 0 && ips[0] != nil {
-		if v, present := ips[0]["address"]; present {
-			want = v
+	if json.Unmarshal(prev["ips"], &ips) == nil {
+		for _, ip := range ips {
+			if v, present := ip["address"]; present && ip != nil {
+				want = append(want, v)
+			}
 		}
 	}
-	body := ordered{{"container_id", cid}, {"ifname", ifname}, {"netns", ns}, {"ip", want}}
+	body := ordered{{"container_id", cid}, {"ifname", ifname}, {"netns", ns}, {"ips", want}}
 	status, doc, err := call(c.socket, "POST", "/cni/check", body)
 	if err != nil {
 		return err
