@@ -22,7 +22,8 @@ def _datapath_summary(dp: dict[str, Any]) -> str:
         fast += f", sleeve ({sleeve['device']}, UDP {sleeve['port']}{', encrypted' if sleeve['encrypted'] else ''})"
     elif "error" in sleeve:
         fast += f", sleeve unavailable ({sleeve['error']})"
-    text = f"{fast}, bridge {dp['bridge']} {dp['bridge_address'] or '(no address yet)'}, MTU {dp['mtu']}; {peers}"
+    address = " ".join(a for a in (dp["bridge_address"], dp.get("bridge_address6")) if a) or "(no address yet)"
+    text = f"{fast}, bridge {dp['bridge']} {address}, MTU {dp['mtu']}; {peers}"
     return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
 
 
@@ -75,6 +76,8 @@ def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
         return ""  # it left the ring (it is being removed): as settled as it will get
     if ipam is not None and not ipam["ready"]:
         return f"IPAM: {ipam['waiting'] or 'not ready'}"
+    if ipam is not None and "ipv6" in ipam and not ipam["ipv6"]["ready"]:
+        return f"IPv6 IPAM: {ipam['ipv6']['waiting'] or 'not ready'}"
     dp = doc.get("datapath")
     if dp is not None and not dp["bridge_address"]:
         return "the weave bridge has no address yet"
@@ -149,9 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
             ("Uptime", f"{r['uptime_seconds']} s"),
         ]
         if "ipam" in doc:
-            i = doc["ipam"]
-            state = "ready" if i["ready"] else i["waiting"] or "not ready"
-            rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
+            for i in (doc["ipam"], doc["ipam"].get("ipv6")):
+                if i is not None:
+                    state = "ready" if i["ready"] else i["waiting"] or "not ready"
+                    rows.append(("IPAM", f"{i['range']}, {state}; {i['used']} used of {i['owned']} owned"))
         if "datapath" in doc:
             rows.append(("Datapath", _datapath_summary(doc["datapath"])))
         if doc.get("dns", {}).get("enabled"):
@@ -171,6 +175,10 @@ def cmd_status(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one branch p
         _datapath_table(console, table, doc.get("datapath"))
     elif args.section == "ipam":
         _ipam_table(console, table, doc["ipam"])
+        if "ipv6" in doc["ipam"]:  # dual-stack: the IPv6 range's ring below
+            console.print(table)
+            table = Table(box=None)
+            _ipam_table(console, table, doc["ipam"]["ipv6"])
     elif args.section == "peers":
         for col in ("name", "nickname", "version", "next hop", "connections"):
             table.add_column(col)

@@ -112,12 +112,7 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
         ip = ipaddress.ip_address(str(address))
     except ValueError:
         fail(f"weave_address must be this host's IP address for its peers, not {address!r}")
-    try:
-        pod_range = ipaddress.ip_network(str(data["weave_ipalloc_range"]))
-    except ValueError as exc:
-        fail(f"weave_ipalloc_range {data['weave_ipalloc_range']!r} is not a CIDR with its host bits zero ({exc})")
-    if pod_range.version != 4 or pod_range.prefixlen > 30:
-        fail(f"weave_ipalloc_range {pod_range} must be an IPv4 network of /30 or larger")
+    ranges = _pod_ranges(str(data["weave_ipalloc_range"]), fail)
     all_hosts = list(all_hosts)
     _check_retired(host, data, {name for name, _ in all_hosts}, fail)
     seen: dict[str, str] = {}
@@ -130,15 +125,43 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
             other_ip = ipaddress.ip_address(addr)
         except ValueError:
             continue  # that host's own validation names it
-        if other != host and other_ip in pod_range:
-            fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
-    if ip in pod_range:
-        fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
+        for pod_range in ranges:
+            if other != host and other_ip in pod_range:
+                fail(f"weave_ipalloc_range {pod_range} contains {other}'s address {addr}: pick a range no host uses")
+    for pod_range in ranges:
+        if ip in pod_range:
+            fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
     if data.get("weave_kubernetes") is True:
         _check_daemonset(host, data, all_hosts, fail)
     _check_numbers(data, fail)
     _check_wheelhouse(data.get("weave_wheelhouse"), fail)
     check_booleans(host, data)
+
+
+def _pod_ranges(text: str, fail: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """An IPv4 range, or one of each family separated by a comma (dual-stack), as the router takes them
+    (weave_node.core.address.parse_ranges; the deploys do not import the router's package)."""
+    ranges = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            net = ipaddress.ip_network(part)
+        except ValueError as exc:
+            fail(f"weave_ipalloc_range {part!r} is not a CIDR with its host bits zero ({exc})")
+        if net.version == 4 and net.prefixlen > 30:
+            fail(f"weave_ipalloc_range {net} must be an IPv4 network of /30 or larger")
+        special = net.version == 6 and (
+            net.is_link_local or net.is_multicast or net.is_loopback or int(net.network_address) < 2**32
+        )
+        if net.version == 6 and (not 64 <= net.prefixlen <= 120 or special or net.network_address.ipv4_mapped):
+            fail(f"weave_ipalloc_range {net}: an IPv6 range must be a /64 to a /120 of unique local or global space")
+        ranges.append(net)
+    families = sorted(r.version for r in ranges)
+    if families not in ([4], [4, 6]):
+        fail(
+            f"weave_ipalloc_range {text!r} must be an IPv4 range, or an IPv4 and an IPv6 range separated by a comma "
+            "(dual-stack; an IPv6 range alone is not supported yet)"
+        )
+    return ranges
 
 
 def _check_wheelhouse(path: Any, fail: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.cni.libcni import ensure_driver
 from tests.cni.test_weave_net import Node, make_node
-from tests.helpers import poll
+from tests.helpers import BIN, poll
 from tests.netns.hosts import FAST, Net, netns_hosts, peers_fastdp, start_mesh
 from weave_node.api.client import ApiError, request
 from weave_node.lab.system import ip_batch
@@ -103,6 +103,13 @@ def test_dual_stack_pods_reach_each_other_on_both_families_across_three_hosts(fa
     assert not set(_addresses(result)) & {row["ip"] for row in node.allocations()}
     status = node.router.status()["ipam"]
     assert status["ready"] and status["ipv6"]["ready"] and status["ipv6"]["range"] == "fd32:57::/64", status
+    text = subprocess.run([str(BIN / "weave-node"), "status", "--socket", str(node.router.socket)],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "IPAM: 10.32.0.0/12, ready" in text and "IPAM: fd32:57::/64, ready" in text, text
+    assert bridge6 in text  # the datapath line shows both bridge addresses
+    code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:6782/metrics').read().decode())"
+    metrics = node.router.host.run(sys.executable, "-c", code).stdout
+    assert "weave_node_ipam_ipv6_ready 1.0" in metrics and 'weave_node_ipam_ipv6_ips{state="local-used"}' in metrics
 
 
 def test_check_finds_an_ipv6_address_gone_and_an_old_result_version_names_the_family(fastdp: list[Node]) -> None:

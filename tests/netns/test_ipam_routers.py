@@ -124,7 +124,7 @@ def test_two_routers_bootstrap_by_consensus_and_allocate_disjoint_addresses(net:
 
 def test_a_wrong_range_is_refused_before_anything_starts(net: Net, tmp_path: Path) -> None:
     out = run_cli("weave-node", "router", "--ipalloc-range", "10.32.0.1/12", "--state-dir", str(tmp_path / "s"))
-    assert out.returncode == 1 and "not an IPv4 CIDR with its host bits zero" in out.stderr
+    assert out.returncode == 1 and "not an IPv4 or IPv6 CIDR with its host bits zero" in out.stderr
     r = net.start_router(1, *FAST)
     allocate(r, "x")
     r.proc.terminate()

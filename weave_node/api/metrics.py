@@ -60,6 +60,8 @@ def families(doc: dict[str, Any]) -> list[Metric]:
     )
     if "ipam" in doc:
         out += _ipam(doc["ipam"])
+        if "ipv6" in doc["ipam"]:
+            out += _ipam6(doc["ipam"]["ipv6"])
     if "datapath" in doc:
         out += _datapath(doc["datapath"])
     if doc.get("dns", {}).get("enabled"):
@@ -116,6 +118,24 @@ def _ipam(i: dict[str, Any]) -> list[Metric]:
         ),
         GaugeMetricFamily("weave_node_ipam_ready", "1 when IPAM can allocate.", value=1 if i["ready"] else 0),
         orphans,
+    ]
+
+
+def _ipam6(i: dict[str, Any]) -> list[Metric]:
+    """Dual-stack's IPv6 range: its own series (the Weave-compatible ones above stay IPv4's)."""
+    ips = GaugeMetricFamily("weave_node_ipam_ipv6_ips", "IPv6 addresses here.", labels=["state"])
+    ips.add_metric(["local-used"], i["used"])
+    ips.add_metric(["local-free"], i["free"])
+    size = 2 ** (128 - int(str(i["range"]).split("/")[1]))
+    lost = sum(o["size"] for o in i["owners"] if not o["reachable"])
+    return [
+        ips,
+        GaugeMetricFamily(
+            "weave_node_ipam_ipv6_unreachable_percentage",
+            "Percentage of the IPv6 range owned by unreachable peers.",
+            value=100.0 * lost / size,
+        ),
+        GaugeMetricFamily("weave_node_ipam_ipv6_ready", "1 when IPv6 IPAM can allocate.", value=1 if i["ready"] else 0),
     ]
 
 
