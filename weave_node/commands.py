@@ -329,7 +329,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from weave_node.datapath import netlink
     from weave_node.datapath.ops import DeleteLink, DelRoute, DelRule, RestoreTable, SetSysctl
     from weave_node.datapath.plan import plan_removal
-    from weave_node.overlay.desired import SYSCTL_BRIDGE_NF
+    from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6
 
     if not args.force:
         try:
@@ -340,12 +340,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
             print("weave-node reset: the router is running and would recreate it; stop it first", file=sys.stderr)
             return 1
     try:
-        observed = netlink.observe(sysctls=[SYSCTL_BRIDGE_NF])
+        observed = netlink.observe(sysctls=[SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6], ip6tables=True)
         result = plan_removal(observed)
         # The router may have turned bridged traffic's iptables hooks off (overlay/netfilter.py): back to the kernel's
         # default, for whatever bridge comes next.
-        if observed.sysctls.get(SYSCTL_BRIDGE_NF) == "0":
-            result = replace(result, ops=(*result.ops, SetSysctl(SYSCTL_BRIDGE_NF, "1")))
+        for key in (SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6):
+            if observed.sysctls.get(key) == "0":
+                result = replace(result, ops=(*result.ops, SetSysctl(key, "1")))
         netlink.apply(result.ops)
     except netlink.DatapathError as exc:
         print(f"weave-node reset: {exc}", file=sys.stderr)
@@ -354,7 +355,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if isinstance(op, DeleteLink):
             print(f"removed link {op.name}")
         elif isinstance(op, RestoreTable):
-            tool = "ebtables" if op.family == "eth" else "iptables"
+            tool = {"eth": "ebtables", "ip6": "ip6tables"}.get(op.family, "iptables")
             print(f"removed {tool} chain(s) {', '.join(op.drop_chains)} from table {op.table}")
         elif isinstance(op, DelRoute | DelRule):
             print(f"removed {op}")

@@ -76,8 +76,11 @@ def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
         return ""  # it left the ring (it is being removed): as settled as it will get
     if ipam is not None and not ipam["ready"]:
         return f"IPAM: {ipam['waiting'] or 'not ready'}"
-    if ipam is not None and "ipv6" in ipam and not ipam["ipv6"]["ready"]:
-        return f"IPv6 IPAM: {ipam['ipv6']['waiting'] or 'not ready'}"
+    # (not while held back by a peer without an IPv6 range: in a rolling change to dual-stack, the peers not yet
+    # restarted hold it back, and waiting for them here would stop the roll)
+    v6 = (ipam or {}).get("ipv6")
+    if v6 is not None and not v6["ready"] and not v6.get("held"):
+        return f"IPv6 IPAM: {v6['waiting'] or 'not ready'}"
     dp = doc.get("datapath")
     if dp is not None and not dp["bridge_address"]:
         return "the weave bridge has no address yet"

@@ -142,7 +142,7 @@ def _pod_ranges(text: str, fail: Any) -> list[ipaddress.IPv4Network | ipaddress.
     """An IPv4 range, or one of each family separated by a comma (dual-stack), as the router takes them
     (weave_node.core.address.parse_ranges; the deploys do not import the router's package)."""
     ranges = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in (p for p in text.replace(" ", ",").split(",") if p):
         try:
             net = ipaddress.ip_network(part)
         except ValueError as exc:

@@ -65,10 +65,10 @@ def _addresses(result: dict[str, Any]) -> tuple[str, str]:
     return ips[0], ips[1]
 
 
-def _ping(netns: str, ip: str, count: int = 1) -> bool:
+def _ping(netns: str, ip: str, count: int = 1, wait: int = 3) -> bool:
     flag = "-6" if ":" in ip else "-4"
     out = subprocess.run(
-        ["ip", "netns", "exec", Path(netns).name, "ping", flag, "-c", str(count), "-W", "3", ip],
+        ["ip", "netns", "exec", Path(netns).name, "ping", flag, "-c", str(count), "-W", str(wait), ip],
         capture_output=True, check=False, timeout=30,
     )  # fmt: skip
     return out.returncode == 0
@@ -232,3 +232,28 @@ def test_the_router_refuses_an_ipv6_range_alone_and_two_of_one_family(tmp_path: 
 def test_fastdp_peers_stay_fastdp(fastdp: list[Node]) -> None:
     for node in fastdp:
         assert peers_fastdp(node.router, 2)
+
+
+def test_an_address_given_again_reaches_its_new_pod_at_once(fastdp: list[Node]) -> None:
+    """A pod's addresses, freed by its DEL, go to the next pod, with another MAC: the new pod announces itself
+    (gratuitous ARP, unsolicited neighbour advertisement), so neighbour caches that still hold the old MAC (the
+    host's, a pod's on another host) reach it at once, not after their entries time out."""
+    node, far = fastdp[0], fastdp[1]
+    conf, far_conf = node.conflist("1.0.0"), far.conflist("1.0.0")
+    client = far.netns("reuse-c")
+    far.driver.add(far_conf, "reuse-c", client)
+    old = node.netns("reuse-a")
+    first = _addresses(node.driver.add(conf, "reuse-a", old))
+    for ip in first:
+        assert _ping(client, ip) and node.router.host.run("ping", "-c", "1", "-W", "3", ip, check=False).returncode == 0
+    node.driver.delete(conf, "reuse-a", old)
+    for ip in first:  # what a restarted router does on its own (its cursor starts again at the lowest free)
+        body = {"container_id": "reuse-b", "ifname": "eth0", "ip": ip}
+        request("POST", "/ipam/claim", body=body, socket_path=str(node.router.socket))
+    new = node.netns("reuse-b")
+    second = _addresses(node.driver.add(conf, "reuse-b", new))
+    assert second == first
+    for ip in second:  # one try each, a second's wait: a stale neighbour entry would take ~5 s or more to go
+        host_ping = node.router.host.run("ping", "-c", "1", "-W", "1", ip, check=False)
+        assert host_ping.returncode == 0, f"host -> {ip}: {host_ping.stdout}"
+        assert _ping(client, ip, wait=1), f"pod on another host -> {ip}"

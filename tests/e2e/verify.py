@@ -82,12 +82,17 @@ CONF = (
 def add_pod(host: Any, pod: str, name: str = "") -> str:
     """A pod (network namespace) through the installed plugin and conflist, as a runtime runs it; its address.
     With `name`, named as containerd's CRI names pods (K8S_POD_NAME in CNI_ARGS)."""
+    return add_pod_ips(host, pod, name)[0]
+
+
+def add_pod_ips(host: Any, pod: str, name: str = "") -> list[str]:
+    """add_pod, with every address the pod got (IPv4 first; an IPv6 one too with a dual-stack range)."""
     host.run_test(f"ip netns list | grep -qw {pod} || ip netns add {pod}")
     env = f"CNI_COMMAND=ADD CNI_CONTAINERID={pod} CNI_NETNS=/run/netns/{pod} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin"
     if name:
         env += f" CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}'"
     result = json.loads(host.check_output(f"{CONF} | {env} /opt/cni/bin/weave-net"))
-    return str(result["ips"][0]["address"].split("/")[0])
+    return [str(ip["address"].split("/")[0]) for ip in result["ips"]]
 
 
 RESOLVE = (
@@ -121,6 +126,19 @@ def pods_reach_each_other(hosts: dict[str, Any], pod: str, ips: dict[str, str]) 
         for dst, ip in ips.items():
             out = host.run(f"ip netns exec {pod} ping -c 1 -W 5 {ip}")
             assert out.rc == 0, f"{src} -> {dst} ({ip}): {out.stdout}"
+
+
+def ipv6_resolves(hosts: dict[str, Any], pod: str, ips6: dict[str, str]) -> bool:
+    """Dual-stack: every pod's name has its IPv6 address too (AAAA, through the host's DNS server)."""
+    for host in hosts.values():
+        server = json.loads(host.check_output("/opt/weave-node/venv/bin/weave-node status --json"))["dns"]["address"]
+        for dst, ip in ips6.items():
+            script = f"import dns.resolver as r; x = r.Resolver(configure=False); x.nameservers = ['{server}']; "
+            script += f"print(' '.join(a.to_text() for a in x.resolve('{pod}-{dst}.weave.local', 'AAAA')))"
+            out = host.run(f'ip netns exec {pod} /opt/weave-node/venv/bin/python -c "{script}"')
+            if out.stdout.strip() != ip:
+                return False
+    return True
 
 
 MCAST_RECV = (
@@ -159,15 +177,21 @@ def _multicast(receiver: Any, sender: Any, pod: str) -> bool:
 
 def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
     """Everything, on every host: installed as it should be, every router sees the others, a pod on each host
-    reaches every other pod and `outside` (through the masquerade), resolves every pod's name through its host's
-    DNS server, multicast crosses hosts. Cleans up its pods."""
+    reaches every other pod (on both families with a dual-stack range) and `outside` (through the masquerade),
+    resolves every pod's name through its host's DNS server, multicast crosses hosts. Cleans up its pods."""
     for host in hosts.values():
         node_is_installed(host)
         poll(lambda h=host: router_sees_peers(h, len(hosts) - 1), timeout=30, what="every router sees its peers")
-    ips = {name: add_pod(host, pod, f"{pod}-{name}") for name, host in hosts.items()}
+    both = {name: add_pod_ips(host, pod, f"{pod}-{name}") for name, host in hosts.items()}
+    ips = {name: got[0] for name, got in both.items()}
+    ips6 = {name: got[1] for name, got in both.items() if len(got) > 1}  # a dual-stack range
     try:
+        assert not ips6 or len(ips6) == len(hosts), both  # every pod of both families, or none
         pods_reach_each_other(hosts, pod, ips)
+        pods_reach_each_other(hosts, pod, ips6)
         poll(lambda: names_resolve(hosts, pod, ips), timeout=10, what="every pod's name from every pod (DNS)")
+        if ips6:
+            poll(lambda: ipv6_resolves(hosts, pod, ips6), timeout=10, what="every pod's AAAA from every pod")
         names = sorted(hosts)
         receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
         poll(lambda: _multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")

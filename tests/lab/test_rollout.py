@@ -279,6 +279,23 @@ def test_an_unreachable_host_fails_clearly_and_the_others_roll_out(lab: Lab) -> 
     lab.deploy("--data", "weave_conn_limit=70")  # node3 catches up once it is back
 
 
+def test_a_dual_stack_range_rolls_out_and_pods_talk_on_both_families(lab: Lab) -> None:
+    """A running IPv4 cluster changed to dual-stack by one rollout (the IPv4 ring stays; the IPv6 ring is agreed
+    once every router has the range), then the verify suite on both families."""
+    out = lab.deploy("--data", "weave_ipalloc_range=10.32.0.0/12,fd32:57::/64")
+    assert grand_total(out.stdout + out.stderr)[1] == 0, out.stdout
+    for name in ("node1", "node2", "node3"):
+        env = lab.host(name).file("/etc/weave-node/weave-node.env").content_string
+        assert "IPALLOC_RANGE=10.32.0.0/12,fd32:57::/64" in env
+        poll(lambda n=name: lab.status(n).get("ipam", {}).get("ipv6", {}).get("ready"), timeout=30,
+             what=f"{name}'s IPv6 ring")  # fmt: skip
+        assert lab.status(name)["datapath"]["bridge_address6"].startswith("fd32:57:")
+        poll(lambda n=name: all(p["mode"] in ("fastdp", "direct") for p in lab.status(n)["datapath"]["peers"]),
+             timeout=30, what=f"{name}'s kernel datapath to every peer after the restart")  # fmt: skip
+    hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
+    verify.suite(hosts, outside="198.18.0.254")
+
+
 def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:
     out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/remove.py", env=lab.env, check=True)
     assert grand_total(out.stdout + out.stderr)[1] == 0

@@ -12,8 +12,8 @@ from weave_node.config import from_env_and_flags
 from weave_node.core.address import parse_range
 from weave_node.core.clock import FakeClock
 from weave_node.core.errors import ConfigError
-from weave_node.datapath.model import Observed
-from weave_node.datapath.ops import RestoreTable
+from weave_node.datapath.model import Link, Observed
+from weave_node.datapath.ops import DelAddress, RestoreTable
 from weave_node.datapath.plan import apply_to_model, plan, plan_removal
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import Unavailable
@@ -42,8 +42,19 @@ def test_ipalloc_range_takes_one_range_of_each_family_ipv4_first() -> None:
 SETTINGS = Settings(ME, "10.32.0.0/12", 1450, pod_range6="fd32:57::/64")
 
 
-def test_the_bridge_keeps_what_it_has_until_both_families_addresses_are_known() -> None:
-    assert desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset()).bridge.addresses is None
+def test_the_bridge_s_addresses_are_managed_family_by_family() -> None:
+    assert desired_state(SETTINGS, None, frozenset(), frozenset()).bridge.addresses is None  # nothing known: kept
+    v4_first = desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset()).bridge
+    assert v4_first.addresses == ("10.32.0.1/12",) and not v4_first.managed6  # IPv4 (heartbeats) need not wait
+    bridge = Link("weave", "bridge", addresses=("10.32.0.1/12", "2001:db8::5/64", "fd32:57::9/64"))
+    ops = plan(desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset()), Observed(links={"weave": bridge})).ops
+    assert not [op for op in ops if isinstance(op, DelAddress)]  # IPv6's left alone until ours is known
+    ops = plan(desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset(), bridge_cidr6="fd32:57::1/64"),
+               Observed(links={"weave": bridge})).ops  # fmt: skip
+    assert {op.cidr for op in ops if isinstance(op, DelAddress)} == {"2001:db8::5/64", "fd32:57::9/64"}
+    ipv4_only = desired_state(Settings(ME, "10.32.0.0/12", 1450), "10.32.0.1/12", frozenset(), frozenset())
+    ops = plan(ipv4_only, Observed(links={"weave": bridge})).ops
+    assert not [op for op in ops if isinstance(op, DelAddress)]  # an IPv4-only router never touches IPv6's
     both = desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset(), bridge_cidr6="fd32:57::1/64")
     assert both.bridge.addresses == ("10.32.0.1/12", "fd32:57::1/64") and both.bridge.ipv6
     assert (SYSCTL_FORWARD6, "1") in both.sysctls

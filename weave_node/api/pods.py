@@ -121,15 +121,13 @@ class PodService:
 
     async def _add(self, key: Key, netns: str, hairpin: bool, args: Mapping[str, str]) -> dict[str, Any]:
         self._gateways()  # not ready: fail before allocating
-        existed = any(held.ip is not None for held in self.ipam.lookup(key))
+        before = self.ipam.lookup(key)
         addresses = await self.ipam.allocate(key, durable=False)  # a pod's: it dies with the kernel
         pod = self._pod(key, netns, addresses, hairpin)
         try:
             plumbed = await self.overlay.pods.attach(pod)
         except BaseException:  # also a cancellation: never leave an address behind that no pod uses
-            if not existed:  # roll back what this ADD did; an earlier ADD's address stays
-                with contextlib.suppress(IpamError):
-                    self.ipam.release(key.container_id, key.ifname)
+            self.ipam.release_new(key, before)  # roll back what this ADD did; an earlier ADD's addresses stay
             raise
         self.counters["add"] += 1
         ips = [{"cidr": pod.address, "gateway": pod.gateway}]
@@ -180,7 +178,7 @@ class PodService:
                     f"{ip_str(lost)} of {key.container_id}/{key.ifname} was reclaimed while this host was cut off "
                     f"({why})"
                 )
-        if any(h.ip is None for h in held):
+        if all(h.ip is None for h in held):  # (a pod from before a change to dual-stack holds IPv4's alone)
             raise Conflict(f"no address is allocated to {key.container_id}/{key.ifname}")
         ips = tuple(h.ip for h in held if h.ip is not None)
         have = [ip_str(ip) for ip in ips]

@@ -106,6 +106,9 @@ class Bridge:
     mcast_snooping: bool = False  # flood multicast like broadcast: pods on other hosts are behind one port
     proxy_arp: bool = False  # answer ARP for addresses routed away from the bridge (direct mode), at once
     ipv6: bool = False  # pods have IPv6 addresses: IPv6 on (a host may have it off by default)
+    # IPv6 addresses in `addresses` are ours to manage (added, and others removed) only when this is set: an
+    # IPv4-only router leaves the bridge's IPv6 addresses alone, and a dual-stack one until it knows its own
+    managed6: bool = False
 
     def sysctls(self) -> tuple[tuple[str, str], ...]:
         """The bridge's own sysctls (they exist once it does); proxy ARP is turned off again with direct mode."""

@@ -123,12 +123,13 @@ def _bridge(b: _Builder, desired: Desired, observed: Observed) -> bool:
         if change != SetLink(want.name):
             b.ops.append(change)
         current = link.addresses
-    if want.addresses is not None:
-        b.ops += [DelAddress(want.name, c) for c in current if c not in want.addresses]
-        b.ops += [AddAddress(want.name, c) for c in want.addresses if c not in current]
     for key, value in want.sysctls():  # absent: a new bridge (or not asked for), where proxy ARP is off
         if observed.sysctls.get(key, "0" if key.endswith("/proxy_arp") else None) != value:
-            b.ops.append(SetSysctl(key, value))
+            b.ops.append(SetSysctl(key, value))  # (before the addresses: IPv6 may be off until then)
+    if want.addresses is not None:
+        managed = [c for c in current if ":" not in c or want.managed6]
+        b.ops += [DelAddress(want.name, c) for c in managed if c not in want.addresses]
+        b.ops += [AddAddress(want.name, c) for c in want.addresses if c not in current]
     return True
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from weave_node.core.address import ip_str, parse_ip, parse_ip6
 from weave_node.core.errors import ConfigError
 from weave_node.dns import wire
-from weave_node.dns.records import MAX_NAME, InvalidRecord, Record, Records, normal_name
+from weave_node.dns.records import MAX_NAME, MAX_RECORDS, InvalidRecord, Record, Records, normal_name
 from weave_node.mesh.gossip import GossipChannel
 
 log = logging.getLogger("weave_node.dns")
@@ -72,8 +72,13 @@ class DnsRecords:
                 log.warning("DNS: no record for %s: %s", container, exc)
                 continue
             records.update(made)
-        self._replace({r for r in self.own if r.container != container} | records)
-        return sorted(r.name for r in records)
+        others = {r for r in self.own if r.container != container}
+        if len(others) + len(records) > MAX_RECORDS:  # (each name counts once per address family)
+            log.warning("DNS: no names for %s: this host already holds %d records, at most %d", container,
+                        len(others), MAX_RECORDS)  # fmt: skip
+            records = set()
+        self._replace(others | records)
+        return sorted({r.name for r in records})
 
     def drop_container(self, container: str) -> int:
         """DEL or GC of an attachment: its names go."""
@@ -83,6 +88,8 @@ class DnsRecords:
         """A record by hand (the API). InvalidRecord when the name or address is not one we keep."""
         record = Record(self._name(name), ip, MANUAL)
         record.check()
+        if record not in self.own and len(self.own) >= MAX_RECORDS:
+            raise InvalidRecord(f"this host already holds {MAX_RECORDS} records")
         self._replace(self.own | {record})
         return record
 

@@ -9,6 +9,7 @@ rather than waiting out their time or handing out addresses a part of the mesh d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -76,7 +77,17 @@ class Ipam:
         return tuple(ip for _s, ip, _fresh in got)
 
     async def claim(self, key: Key, ip: int, wait: float = DEFAULT_WAIT) -> None:
-        await self.family(ip).claim(key, ip, wait)
+        service = self.family(ip)
+        if service is self.v6:
+            self.check_held()
+        await service.claim(key, ip, wait)
+
+    def release_new(self, key: Key, before: tuple[Held, ...]) -> None:
+        """Undo an allocation: release the families that held nothing `before` it (an earlier ADD's stay)."""
+        for s, held in zip(self.services, before, strict=True):
+            if held.ip is None:
+                with contextlib.suppress(IpamError):
+                    s.release(key.container_id, key.ifname)
 
     def release(self, container_id: str, ifname: str | None = None) -> list[int]:
         """Every family's addresses of the attachment(s); NotFound only when no family held any."""
@@ -97,19 +108,24 @@ class Ipam:
     def held_keys(self) -> list[Key]:
         return list(dict.fromkeys(k for s in self.services for k in s.held_keys()))
 
+    def _has_ring6(self) -> bool:
+        return self.v6 is not None and self.v6.alloc.ring is not None
+
     def rmpeer(self, text: str) -> tuple[int, int]:
         peer, moved = self.v4.rmpeer(text)
-        if self.v6 is not None:
-            with contextlib.suppress(NotFound):  # a peer may hold no IPv6 space (yet)
+        if self.v6 is not None and self._has_ring6():  # (no IPv6 ring yet: nobody holds IPv6 space)
+            with contextlib.suppress(NotFound):
                 moved += self.v6.rmpeer(text)[1]
         return peer, moved
 
     async def leave(self, *, force: bool, wait: float = DEFAULT_WAIT) -> dict[str, Any]:
-        doc = await self.v4.leave(force=force, wait=wait)
-        if self.v6 is not None:
-            doc6 = await self.v6.leave(force=force, wait=wait)
-            doc["addresses"] += doc6["addresses"]
-            doc["ipv6"] = doc6
+        """Both families' space handed over at once, within the one `wait`; with no IPv6 ring (never agreed,
+        or held back) there is no IPv6 space to hand over."""
+        if self.v6 is None or not self._has_ring6():
+            return await self.v4.leave(force=force, wait=wait)
+        doc, doc6 = await asyncio.gather(self.v4.leave(force=force, wait=wait), self.v6.leave(force=force, wait=wait))
+        doc["addresses"] += doc6["addresses"]
+        doc["ipv6"] = doc6
         return doc
 
     def status(self) -> dict[str, Any]:
@@ -119,7 +135,7 @@ class Ipam:
             doc6 = self.v6.status()
             reason = self.held6()
             if reason:
-                doc6["ready"], doc6["waiting"] = False, reason
+                doc6["ready"], doc6["waiting"], doc6["held"] = False, reason, True
             doc["ipv6"] = doc6
         return doc
 

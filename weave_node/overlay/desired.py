@@ -136,15 +136,15 @@ def desired_state(
     sysctls = [(SYSCTL_FORWARD, "1"), *([(SYSCTL_FORWARD6, "1")] if v6 else [])]
     on = settings.direct and direct is not None
     addresses = tuple(a for a in (bridge_cidr, bridge_cidr6) if a)
-    known = bool(bridge_cidr) and (bool(bridge_cidr6) or not v6)
     return Desired(
         bridge=Bridge(
             mtu=settings.mtu,
             mac=bridge_mac(settings.me),
-            # until both families' addresses are known, leave what is there (running pods use it)
-            addresses=addresses if known else None,
+            # unknown (IPAM not ready): what is there stays, running pods use it; IPv6 alike, family by family
+            addresses=addresses if bridge_cidr else None,
             proxy_arp=on,
             ipv6=v6,
+            managed6=bool(bridge_cidr6),
         ),
         vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),

@@ -493,11 +493,21 @@ func cmdCheck(c *conf, out io.Writer) error {
 	if json.Unmarshal(c.raw["prevResult"], &prev) != nil || prev == nil {
 		return fail(errInvalidConfig, "CHECK needs the prevResult of ADD in the configuration", "")
 	}
+	// The addresses ADD gave our interface: prevResult's ips whose "interface" is our ifname in this sandbox
+	// (a later plugin of the chain may have added others, for interfaces of its own).
 	want := []json.RawMessage{}
-	var ips []obj
+	var ips, ifaces []obj
+	json.Unmarshal(prev["interfaces"], &ifaces)
 	if json.Unmarshal(prev["ips"], &ips) == nil {
 		for _, ip := range ips {
-			if v, present := ip["address"]; present && ip != nil {
+			var idx int
+			if ip == nil || json.Unmarshal(ip["interface"], &idx) != nil || idx < 0 || idx >= len(ifaces) ||
+				ifaces[idx] == nil {
+				continue
+			}
+			name, _ := str(ifaces[idx]["name"])
+			sandbox, _ := str(ifaces[idx]["sandbox"])
+			if v, present := ip["address"]; present && name == ifname && sandbox != "" {
 				want = append(want, v)
 			}
 		}

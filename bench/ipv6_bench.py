@@ -1,0 +1,136 @@
+"""Dual-stack numbers: IPv6 pod -> pod throughput against IPv4 pod -> pod, and CNI ADD/DEL of a dual-stack pod
+against an IPv4-only one.
+
+    .venv/bin/python bench/ipv6_bench.py [--runs 5] [--seconds 5] [--pods 100] [--block 20]
+
+Needs root: hosts are network namespaces on an underlay bridge (tests/netns/hosts.py), pods are namespaces added
+through libcni (tests/cni/driver) with the static weave-net plugin; everything is created under names of this
+process and deleted at the end, also on failure. Nothing is added to the root namespace. Measured in one run:
+- throughput: two hosts, two dual-stack routers (`IPALLOC_RANGE=10.32.0.0/12,fd32:57::/64`), one pod on each;
+  `iperf3 -J -O 1` one TCP stream pod -> pod to the other pod's IPv6 address and to its IPv4 address,
+  interleaved run by run (order alternating), median of `runs`. Like for like: both over fastdp (the routers run
+  `--no-direct`). Diagnostic: the routers' default, where IPv4 goes direct (no encapsulation) between these
+  hosts on one subnet and IPv6 stays on VXLAN (direct mode is IPv4's).
+- CNI: one host with a dual-stack router and one with an IPv4-only router (same flags otherwise), ADD then DEL
+  of `--pods` pods each through libcni, in blocks that take turns (bench/cni_bench.py's method); p50 and p99.
+The VM has 2 cores and about +-10-15 % noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cni_bench import PodNamespaces, Setup, driver_setup, latency, ms, p50, p99, weave_conflist
+from common import terminate_cleanly
+from datapath_bench import iperf
+
+from tests.cni.libcni import ensure_driver
+from tests.cni.test_weave_net import Node, make_node
+from tests.helpers import poll
+from tests.netns.hosts import FAST, netns_hosts, peers_fastdp
+
+DUAL = "10.32.0.0/12,fd32:57::/64"
+
+
+def _mesh(net: Any, *extra: str) -> list[Any]:
+    a1, a2 = (h.address for h in net.hosts)
+    routers = [
+        net.start_router(1, *FAST, "--ipalloc-range", DUAL, *extra, a2, datapath=True),
+        net.start_router(2, *FAST, "--ipalloc-range", DUAL, *extra, a1, datapath=True),
+    ]
+    for r in routers:
+        poll(lambda r=r: peers_fastdp(r, 1), timeout=40, what=f"{r.host.netns}: the kernel datapath to its peer")
+    return routers
+
+
+def throughput(tmp: Path, runs: int, seconds: int, direct: bool) -> dict[str, list[float]]:
+    binary = ensure_driver()
+    out: dict[str, list[float]] = {"ipv4": [], "ipv6": []}
+    with netns_hosts(2, tmp / ("direct" if direct else "fastdp")) as net:
+        routers = _mesh(net, *([] if direct else ["--no-direct"]))
+        nodes = [make_node(r, binary, tmp / f"t{int(direct)}node{i}") for i, r in enumerate(routers, 1)]
+        try:
+            pods = []
+            for i, node in enumerate(nodes, 1):
+                netns = node.netns(f"p{i}")
+                result = node.driver.add(node.conflist("1.0.0"), f"bench-{i}", netns)
+                pods.append((Path(netns).name, [ip["address"].split("/")[0] for ip in result["ips"]]))
+            (src, _), (dst, (dst4, dst6)) = pods
+            modes = [p["mode"] for r in routers for p in r.status()["datapath"]["peers"]]
+            print(f"  {'default (IPv4 direct)' if direct else 'both over fastdp'}: peers {modes}")
+            for run in range(runs):
+                order = [("ipv4", dst4), ("ipv6", dst6)]
+                for family, ip in order if run % 2 == 0 else order[::-1]:
+                    out[family].append(iperf(src, dst, ip, seconds).bps / 1e9)
+                print(f"    run {run + 1}: IPv4 {out['ipv4'][-1]:.2f} Gbit/s, IPv6 {out['ipv6'][-1]:.2f} Gbit/s")
+        finally:
+            for node in nodes:
+                for ns in node.pods:
+                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+    return out
+
+
+def cni(tmp: Path, count: int, block: int) -> dict[str, Setup]:
+    binary = ensure_driver()
+    pods = PodNamespaces()
+    try:
+        with netns_hosts(2, tmp / "cni") as net:
+            dual = net.start_router(1, *FAST, "--ipalloc-range", DUAL, datapath=True)
+            v4 = net.start_router(2, *FAST, "--ipalloc-range", "10.32.0.0/12", datapath=True)
+            nodes: list[Node] = [make_node(r, binary, tmp / f"c{i}") for i, r in enumerate((dual, v4), 1)]
+            for r in (dual, v4):
+                poll(lambda r=r: r.status()["ipam"]["ready"] and r.status()["datapath"]["bridge_address"],
+                     timeout=30, what="IPAM and the bridge ready")  # fmt: skip
+            poll(lambda: dual.status()["datapath"].get("bridge_address6"), timeout=30, what="the IPv6 bridge address")
+            setups = {
+                "dual": driver_setup(
+                    "dual-stack", "d", nodes[0].driver, weave_conflist(nodes[0], tmp / "d.json", False)
+                ),
+                "v4": driver_setup("IPv4 only", "v", nodes[1].driver, weave_conflist(nodes[1], tmp / "v.json", False)),
+            }
+            latency(list(setups.values()), pods, count, block, warmup=3)
+            return setups
+    finally:
+        pods.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--block", type=int, default=20)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    tmp = Path(tempfile.mkdtemp(prefix="weave-ipv6-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    with terminate_cleanly():
+        print(f"throughput pod -> pod across two hosts, iperf3 {args.seconds} s, {args.runs} runs each")
+        like = throughput(tmp, args.runs, args.seconds, direct=False)
+        default = throughput(tmp, args.runs, args.seconds, direct=True)
+        print(f"ADD/DEL through libcni, {args.pods} pods per setup, blocks of {args.block}")
+        setups = cni(tmp, args.pods, args.block)
+    v4, v6 = statistics.median(like["ipv4"]), statistics.median(like["ipv6"])
+    d4, d6 = statistics.median(default["ipv4"]), statistics.median(default["ipv6"])
+    verdict = "met" if v6 / v4 >= 0.95 else "MISSED"
+    print("\nresults (medians)")
+    ratio = f"IPv6 x{v6 / v4:.2f} (goal >= 0.95) -> {verdict}"
+    print(f"  both over fastdp: IPv4 {v4:.2f} Gbit/s, IPv6 {v6:.2f} Gbit/s: {ratio}")
+    print(f"  diag, default (IPv4 direct, IPv6 VXLAN): IPv4 {d4:.2f}, IPv6 {d6:.2f}: x{d6 / d4:.2f}")
+    dual, only4 = setups["dual"], setups["v4"]
+    for op, a, b in (("ADD", dual.adds, only4.adds), ("DEL", dual.dels, only4.dels)):
+        r50, r99 = p50(a) / p50(b), p99(a) / p99(b)
+        goal = " (goal <= 1.1)" if op == "ADD" else ""
+        met = (" -> met" if r50 <= 1.1 else " -> MISSED") if op == "ADD" else ""
+        print(f"  CNI {op}: dual-stack p50 {ms(p50(a)):.1f} ms p99 {ms(p99(a)):.1f}, IPv4 only p50 {ms(p50(b)):.1f} "
+              f"p99 {ms(p99(b)):.1f}: p50 x{r50:.2f}{goal}, p99 x{r99:.2f}{met}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
