@@ -257,3 +257,46 @@ def test_an_address_given_again_reaches_its_new_pod_at_once(fastdp: list[Node]) 
         host_ping = node.router.host.run("ping", "-c", "1", "-W", "1", ip, check=False)
         assert host_ping.returncode == 0, f"host -> {ip}: {host_ping.stdout}"
         assert _ping(client, ip, wait=1), f"pod on another host -> {ip}"
+
+
+def test_hosts_reach_pods_across_the_sleeve_fallback_on_ipv6_too(tmp_path: Path) -> None:
+    """With fastdp on and VXLAN blocked between two hosts, the pair falls back to the sleeve; each host reaches
+    the other's pod over IPv6 through it: its neighbour discovery crosses under the bridge's alias MAC, the
+    link-layer option rewritten too (else the pod answers the real MAC, which its bridge sends to the VXLAN)."""
+    binary = ensure_driver()
+    with netns_hosts(2, tmp_path) as net:
+        routers = _mesh2(net)
+        nodes = [make_node(r, binary, tmp_path / f"n{i}") for i, r in enumerate(routers, 1)]
+        try:
+            (_ns1, r1), (_ns2, r2) = _pods(nodes, "fb")
+            _block_vxlan(net, add=True)
+            for r in routers:
+                poll(lambda r=r: _modes(r) == ["sleeve"], timeout=30, what=f"{r.host.netns}: fallen back to the sleeve")
+            for host, result in ((net.hosts[0], r2), (net.hosts[1], r1)):
+                ip6 = _addresses(result)[1]
+                host.run("ip", "-6", "neigh", "flush", "dev", "weave", check=False)
+                out = host.run("ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", ip6, check=False)
+                assert out.returncode == 0, f"{host.netns} -> {ip6} through the sleeve: {out.stdout}"
+        finally:
+            _block_vxlan(net, add=False)
+            _delete_pods(nodes)
+
+
+def _mesh2(net: Net) -> list[Any]:
+    a1, a2 = (h.address for h in net.hosts)
+    routers = [
+        net.start_router(1, *FAST, "--ipalloc-range", RANGES, a2, datapath=True),
+        net.start_router(2, *FAST, "--ipalloc-range", RANGES, a1, datapath=True),
+    ]
+    for r in routers:
+        poll(lambda r=r: peers_fastdp(r, 1), timeout=40, what=f"{r.host.netns}: the kernel datapath")
+    return routers
+
+
+def _block_vxlan(net: Net, *, add: bool) -> None:
+    """VXLAN's UDP dropped between the two hosts, on the underlay (the sleeve's UDP 6783 still passes)."""
+    subprocess.run(["ip", "netns", "exec", net.underlay, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+                   check=False)  # fmt: skip
+    rule = ["FORWARD", "-p", "udp", "--dport", "6784", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", net.underlay, "iptables", "-w", "5", "-I" if add else "-D", *rule],
+                   check=add, capture_output=True)  # fmt: skip

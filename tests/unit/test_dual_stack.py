@@ -13,7 +13,7 @@ from weave_node.core.address import parse_range
 from weave_node.core.clock import FakeClock
 from weave_node.core.errors import ConfigError
 from weave_node.datapath.model import Link, Observed
-from weave_node.datapath.ops import DelAddress, RestoreTable
+from weave_node.datapath.ops import Announce, DelAddress, RestoreTable
 from weave_node.datapath.plan import apply_to_model, plan, plan_removal
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import Unavailable
@@ -79,6 +79,9 @@ def test_a_dual_stack_plan_converges_and_removal_takes_ip6tables_chains_too() ->
     assert "fd32:57::1/64" in built.links["weave"].addresses
     removal = plan_removal(built).ops
     assert {op.family for op in removal if isinstance(op, RestoreTable)} == {"ip", "ip6"}
+    flushed = desired_state(SETTINGS, "10.32.0.1/12", frozenset(), frozenset(), 1, bridge_cidr6="fd32:57::1/64")
+    announced = [op.ip for op in plan(flushed, built).ops if isinstance(op, Announce)]
+    assert announced == ["10.32.0.1", "fd32:57::1"]  # after a path change: a gratuitous ARP and an advertisement
     missing = plan(desired, Observed(iptables=empty, ebtables={})).problems  # no ip6tables on the host
     assert any("ip6tables is not available" in p for p in missing)
 

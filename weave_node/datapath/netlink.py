@@ -12,18 +12,17 @@ import ipaddress
 import os
 import shutil
 import socket
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from weave_node.datapath import kernel_routes
+from weave_node.datapath import announce, kernel_routes
 from weave_node.datapath.iptables import TABLES
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VXLAN, Fdb, Link, Neigh, Observed
 from weave_node.datapath.netns import DatapathError as DatapathError  # noqa: PLC0414 - callers catch it here
-from weave_node.datapath.netns import index, ipr_in, made_in, run
+from weave_node.datapath.netns import index, ipr_in, run
 from weave_node.datapath.ops import (
     AddAddress,
     AddFdb,
@@ -231,7 +230,7 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
     elif isinstance(op, FlushLearned):
         _flush_learned(ipr, op.ports, op.bridge)
     elif isinstance(op, Announce):
-        _announce(netns, op)
+        announce.bridge(netns, op.bridge, op.mac, op.ip)
     elif isinstance(op, RestoreTable) and op.family == "eth":
         run(netns, ["ebtables-restore", "--noflush"], stdin=op.text())
     elif isinstance(op, RestoreTable):
@@ -380,18 +379,3 @@ def _flush_learned(ipr: Any, ports: Iterable[str], bridge: str) -> int:
             )
             removed += 1
     return removed
-
-
-def _announce(netns: str | None, op: Announce) -> None:
-    """A gratuitous ARP request (sender = target = the bridge's address) out of the bridge, to every port."""
-    mac = bytes.fromhex(op.mac.replace(":", ""))
-    ip = socket.inet_aton(op.ip)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
-    frame = b"\xff" * 6 + mac + b"\x08\x06" + arp
-
-    def make() -> socket.socket:
-        return socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-
-    with made_in(netns, make) if netns else make() as sock:
-        sock.bind((op.bridge, 0))
-        sock.send(frame)

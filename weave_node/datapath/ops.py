@@ -99,9 +99,10 @@ class FlushLearned:
 
 @dataclass(frozen=True)
 class Announce:
-    """A gratuitous ARP for the bridge's address, sent by the bridge after a FlushLearned (a peer entered or left the
-    sleeve): pods that cached the host under another MAC (the sleeve's alias of the bridge's MAC, or the real one)
-    update their entry to the MAC of the path the frame took (sleeve/forwarder.py)."""
+    """A gratuitous ARP for the bridge's address (an unsolicited neighbour advertisement for its IPv6 one), sent
+    by the bridge after a FlushLearned (a peer entered or left the sleeve): pods that cached the host under
+    another MAC (the sleeve's alias of the bridge's MAC, or the real one) update their entry to the MAC of the
+    path the frame took (sleeve/forwarder.py)."""
 
     bridge: str
     ip: str

@@ -84,8 +84,9 @@ def plan(desired: Desired, observed: Observed) -> Plan:
     _iptables(b, [c for c in desired.chains if c.family == "ip6"], observed.ip6tables, "ip6")
     fastdp = desired.vxlan is not None  # (without it the announcement would cross the sleeve under the real MAC)
     if fastdp and desired.bridge.addresses and desired.bridge.mac and any(isinstance(op, FlushLearned) for op in b.ops):
-        ip = desired.bridge.addresses[0].split("/")[0]  # last: once the paths (flood entries, chains) are in place
-        b.ops.append(Announce(desired.bridge.name, ip, desired.bridge.mac))
+        firsts = {":" in c: c for c in reversed(desired.bridge.addresses)}  # the first address of each family
+        for cidr in sorted(firsts.values(), key=lambda c: ":" in c):  # last: once the paths are in place
+            b.ops.append(Announce(desired.bridge.name, cidr.split("/")[0], desired.bridge.mac))
     return Plan(tuple(b.ops), tuple(b.problems))
 
 

@@ -9,12 +9,11 @@ import functools
 import ipaddress
 import os
 import socket
-import struct
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from weave_node.datapath import nlbatch
+from weave_node.datapath import announce, nlbatch
 from weave_node.datapath.model import Pod
 from weave_node.datapath.netns import DatapathError, ipr_in, made_in
 
@@ -143,21 +142,10 @@ def _configure_pod_end(pod: Pod) -> str:
     except DatapathError as exc:
         raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
     with contextlib.suppress(OSError, DatapathError):  # an announcement that fails costs a neighbour timeout only
-        _gratuitous_arp(pod.netns, pod.ifname, mac, str(iface.ip))
+        announce.arp(pod.netns, pod.ifname, mac, str(iface.ip))
         if pod.address6:
-            _unsolicited_na(pod.netns, idx, mac, str(ipaddress.ip_interface(pod.address6).ip))
+            announce.neighbour_advertisement(pod.netns, idx, mac, str(ipaddress.ip_interface(pod.address6).ip))
     return mac
-
-
-def _unsolicited_na(netns: str, ifindex: int, mac: str, ip: str) -> None:
-    """A neighbour advertisement of our own address to all nodes (ff02::1), Override set, with our MAC as the
-    target's link-layer address (RFC 4861 7.2.6); the kernel fills in the ICMPv6 checksum."""
-    na = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + socket.inet_pton(socket.AF_INET6, ip)
-    na += bytes([2, 1]) + bytes.fromhex(mac.replace(":", ""))
-    with made_in(netns, lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)) as sock:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # NDP is only taken at 255
-        sock.bind((ip, 0))
-        sock.sendto(na, ("ff02::1", 0, 0, ifindex))
 
 
 def _pod_sysctls(netns: str, ifname: str, values: dict[str, str]) -> None:
@@ -171,15 +159,6 @@ def _pod_sysctls(netns: str, ifname: str, values: dict[str, str]) -> None:
                     f.write(value)
         except OSError as exc:
             raise DatapathError(f"{path} in {netns}: {exc.strerror}") from exc
-
-
-def _gratuitous_arp(netns: str, ifname: str, mac: str, ip: str) -> None:
-    """An ARP request for our own address, broadcast from the pod's interface (the CNI bridge plugin's way)."""
-    hw, addr = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(ip)
-    frame = b"\xff" * 6 + hw + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + bytes(6) + addr
-    with made_in(netns, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)) as sock:
-        sock.bind((ifname, 0))  # (the name resolves in the socket's namespace: the pod's)
-        sock.send(frame)
 
 
 def detach_pod(pod: Pod, netns: str | None = None) -> bool:

@@ -722,11 +722,46 @@ def _to_alias(frame: memoryview, own: bytes, alias: bytes) -> None:
     brings back to us (`_to_own`). Only while we have fastdp (without it nothing needs the real MAC kept out of
     the sleeve, and a cached alias would outlive its use); when a peer enters or leaves the sleeve the host
     announces its address (a gratuitous ARP: datapath/ops.Announce), so pods that cached the alias, or the real
-    MAC, learn the MAC of the path now in use. (IPv6's neighbour discovery carries the MAC in an option under a
-    checksum: the day the sleeve carries it for our host, that option needs the same, checksum and all.)"""
+    MAC, learn the MAC of the path now in use. IPv6's neighbour discovery carries the MAC in an option under the
+    ICMPv6 checksum: the same, checksum and all (`_ndp_to_alias`)."""
     frame[_ETH + 6 : _ETH + 12] = alias
-    if len(frame) >= _ARP_END and frame[_ETH + 12 : _ETH + 14] == _ARP and frame[_ETH + 22 : _ETH + 28] == own:
+    kind = frame[_ETH + 12 : _ETH + 14]
+    if len(frame) >= _ARP_END and kind == _ARP and frame[_ETH + 22 : _ETH + 28] == own:
         frame[_ETH + 22 : _ETH + 28] = alias
+    elif kind == _IPV6:
+        _ndp_to_alias(frame, own, alias)
+
+
+_IPV6 = b"\x86\xdd"
+_ICMP6 = _ETH + 14 + 40  # an ICMPv6 message right after the IPv6 header (NDP has no extension headers)
+_NDP_OPTIONS = 24  # solicitation and advertisement: type, code, checksum, 4 bytes, the 16-byte target
+
+
+def _ndp_to_alias(frame: memoryview, own: bytes, alias: bytes) -> None:
+    """In a neighbour solicitation or advertisement of ours, a link-layer address option (source or target)
+    holding our MAC gets the alias, and the checksum follows (RFC 1624's incremental update)."""
+    if len(frame) < _ICMP6 + _NDP_OPTIONS or frame[_ETH + 20] != 58 or frame[_ICMP6] not in (135, 136):
+        return
+    pos, end = _ICMP6 + _NDP_OPTIONS, len(frame)
+    while pos + 8 <= end:
+        size = frame[pos + 1] * 8
+        if size == 0:
+            return  # malformed (a zero-length option): the receiver drops it anyway
+        if frame[pos] in (1, 2) and size == 8 and frame[pos + 2 : pos + 8] == own:
+            csum = int.from_bytes(frame[_ICMP6 + 2 : _ICMP6 + 4], "big")
+            frame[_ICMP6 + 2 : _ICMP6 + 4] = checksum_replace(csum, own, alias).to_bytes(2, "big")
+            frame[pos + 2 : pos + 8] = alias
+        pos += size
+
+
+def checksum_replace(csum: int, old: bytes, new: bytes) -> int:
+    """An Internet checksum after 16-bit-aligned `old` bytes became `new` (RFC 1624: HC' = ~(~HC + ~m + m'))."""
+    total = ~csum & 0xFFFF
+    for i in range(0, len(old), 2):
+        total += (~int.from_bytes(old[i : i + 2], "big") & 0xFFFF) + int.from_bytes(new[i : i + 2], "big")
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def _to_own(parts: list[bytes | memoryview], own: bytes, alias: bytes) -> None:
