@@ -60,6 +60,9 @@ def test_other_options_and_other_messages_are_left_as_they_are() -> None:
     before = bytes(echo[VNET_HDR_SIZE + 14 :])
     _to_alias(memoryview(echo), OWN, ALIAS)
     assert bytes(echo[VNET_HDR_SIZE + 14 :]) == before
+    padded = _frame(136, b"") + bytearray(bytes([2, 1]) + OWN)  # bytes after the IPv6 payload are not options
+    _to_alias(memoryview(padded), OWN, ALIAS)
+    assert padded[-6:] == OWN and _verifies(padded[:-8])
     broken = _frame(136, bytes([2, 0]) + OWN)  # a zero-length option: left alone, no endless loop
     _to_alias(memoryview(broken), OWN, ALIAS)
     assert broken[-6:] == OWN

@@ -230,7 +230,10 @@ def _apply_one(ipr: Any, netns: str | None, op: Op) -> None:
     elif isinstance(op, FlushLearned):
         _flush_learned(ipr, op.ports, op.bridge)
     elif isinstance(op, Announce):
-        announce.bridge(netns, op.bridge, op.mac, op.ip)
+        try:
+            announce.bridge(netns, op.bridge, op.mac, op.ip)
+        except OSError as exc:  # (e.g. no IPv6 in this kernel): the error of this operation, not of the sync
+            raise DatapathError(f"announce {op.ip}: {exc}") from exc
     elif isinstance(op, RestoreTable) and op.family == "eth":
         run(netns, ["ebtables-restore", "--noflush"], stdin=op.text())
     elif isinstance(op, RestoreTable):

@@ -117,9 +117,10 @@ def _pod_end_exists(pod: Pod) -> bool:
 def _configure_pod_end(pod: Pod) -> str:
     """Address, MTU, up and the default route of the pod end; its MAC. Two batches of requests on a plain netlink
     socket (nlbatch.py); each request creates or replaces, so a partial earlier attachment is completed alike.
-    Then the pod announces itself (gratuitous ARP; with IPv6, an unsolicited neighbour advertisement as the
-    address goes in): an address IPAM gave out before to a pod since deleted is in neighbour caches with that
-    pod's MAC, and the host or a pod on another host would send to it until the entry timed out."""
+    Then the pod announces itself (a gratuitous ARP, an unsolicited neighbour advertisement: datapath/announce):
+    an address IPAM gave out before, to a pod since deleted, is in neighbour caches with that pod's MAC, and the
+    host or a pod on another host would send to it until the entry timed out. (The kernel's arp_notify does not
+    do it here: its ARP leaves as the veth comes up, before its queue is ready, and is dropped.)"""
     iface = ipaddress.ip_interface(pod.address)
     try:
         with nlbatch.socket_in(pod.netns) as sock:
@@ -130,7 +131,7 @@ def _configure_pod_end(pod: Pod) -> str:
             link = batch.run()[get]
             idx = int(link["index"])
             if pod.address6:  # (a runtime may have turned IPv6 off in the pod)
-                _pod_sysctls(pod.netns, pod.ifname, {"disable_ipv6": "0"})
+                _pod_sysctls(pod.netns, {f"ipv6/conf/{pod.ifname}/disable_ipv6": "0"})
             nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
             nlbatch.replace_default_route(batch, pod.gateway, idx)
             if pod.address6:  # dual-stack
@@ -141,22 +142,25 @@ def _configure_pod_end(pod: Pod) -> str:
             mac = str(link.get_attr("IFLA_ADDRESS"))
     except DatapathError as exc:
         raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
-    with contextlib.suppress(OSError, DatapathError):  # an announcement that fails costs a neighbour timeout only
-        announce.arp(pod.netns, pod.ifname, mac, str(iface.ip))
-        if pod.address6:
+    with contextlib.suppress(OSError, ValueError, DatapathError):  # a failed one costs a neighbour timeout only
+        announce.arp(pod.netns, pod.ifname, mac, str(iface.ip), close=announce.close_later)
+    if pod.address6:
+        with contextlib.suppress(OSError, ValueError, DatapathError):
             announce.neighbour_advertisement(pod.netns, idx, mac, str(ipaddress.ip_interface(pod.address6).ip))
     return mac
 
 
-def _pod_sysctls(netns: str, ifname: str, values: dict[str, str]) -> None:
-    """IPv6 sysctls of the pod's interface (/proc/sys/net resolves to the namespace of whoever opens it)."""
+def _pod_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Sysctls under /proc/sys/net of the pod's namespace (/proc/sys/net resolves to the namespace of whoever
+    opens it: the file is opened in the pod's); written only where they differ."""
     for key, value in values.items():
-        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
+        path = f"/proc/sys/net/{key}"
         try:
-            with made_in(netns, functools.partial(open, path, "r+")) as f:
-                if f.read().strip() != value:
-                    f.seek(0)
-                    f.write(value)
+            with made_in(netns, functools.partial(open, path)) as f:
+                if f.read().strip() == value:
+                    continue
+            with made_in(netns, functools.partial(open, path, "w")) as f:
+                f.write(value)
         except OSError as exc:
             raise DatapathError(f"{path} in {netns}: {exc.strerror}") from exc
 

@@ -742,7 +742,8 @@ def _ndp_to_alias(frame: memoryview, own: bytes, alias: bytes) -> None:
     holding our MAC gets the alias, and the checksum follows (RFC 1624's incremental update)."""
     if len(frame) < _ICMP6 + _NDP_OPTIONS or frame[_ETH + 20] != 58 or frame[_ICMP6] not in (135, 136):
         return
-    pos, end = _ICMP6 + _NDP_OPTIONS, len(frame)
+    payload = int.from_bytes(frame[_ETH + 18 : _ETH + 20], "big")  # (the IPv6 payload: padding is not options)
+    pos, end = _ICMP6 + _NDP_OPTIONS, min(len(frame), _ICMP6 + payload)
     while pos + 8 <= end:
         size = frame[pos + 1] * 8
         if size == 0:
