@@ -81,6 +81,18 @@ class Day2Lab(Lab):
         return out.returncode == 0
 
 
+def _network_report(lab: Day2Lab, a: str, b: str) -> None:
+    """What a failed reach looked like (printed for the test's report): both routers' peers and sleeve links, the
+    pods' neighbour caches and routes, the bridges' learned MACs and neighbours, the routers' last log lines."""
+    for node in (a, b):
+        doc = lab.status(node).get("datapath", {})
+        peers = [(p["nickname"], p["mode"], p["reason"]) for p in doc.get("peers", [])]
+        print(f"== {node}: peers {peers}\n   sleeve {doc.get('sleeve')}")  # noqa: T201 - the test's report
+        cmd = (f"ip netns exec {POD} ip neigh; ip netns exec {POD} ip route; ip neigh show dev weave; ip route; "
+               "bridge fdb show br weave | grep -v permanent; journalctl -u weave-node --no-pager -n 30")  # fmt: skip
+        print(lab.ssh(node, cmd, check=False).stdout)  # noqa: T201
+
+
 class Pings:
     """`ping -i 0.1` from the pod on one host to the pods on others, in the background on the lab host, for as long
     as a step runs; then how many replies were lost."""
@@ -261,7 +273,11 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
         poll(lambda: lab.infos(node) == want, timeout=60, what=f"{node}: {info} with the others")
         for other in others:
             for a, b in ((node, other), (other, node)):
-                poll(lambda a=a, b=b: lab.reaches(a, b), timeout=30, what=f"{a} -> {b} while switching")  # type: ignore[misc]
+                try:
+                    poll(lambda a=a, b=b: lab.reaches(a, b), timeout=30, what=f"{a} -> {b} while switching")  # type: ignore[misc]
+                except AssertionError:
+                    _network_report(lab, a, b)
+                    raise
 
     losses = []
     with Pings(lab, "node1", ("node2", "node3")) as pings:

@@ -17,15 +17,12 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_KEY = {
-    "type": "object",
-    "required": ["container_id"],
-    "properties": {
-        "container_id": {"type": "string", "minLength": 1, "maxLength": 255},
-        "ifname": {"type": "string", "default": "eth0"},
-        "wait": {"type": "number", "minimum": 0, "maximum": 300},
-    },
+_KEY_PROPERTIES: dict[str, Any] = {
+    "container_id": {"type": "string", "minLength": 1, "maxLength": 255},
+    "ifname": {"type": "string", "default": "eth0"},
+    "wait": {"type": "number", "minimum": 0, "maximum": 300},
 }
+_KEY = {"type": "object", "required": ["container_id"], "properties": _KEY_PROPERTIES}
 _POD = {
     "type": "object",
     "required": ["container_id", "ifname", "netns"],
@@ -35,6 +32,7 @@ _POD = {
         "netns": {"type": "string", "description": "path of the pod's network namespace"},
         "hairpin": {"type": "boolean"},
         "ip": {"type": "string", "description": "CHECK: the address ADD returned"},
+        "ips": {"type": "array", "items": {"type": "string"}, "description": "CHECK: the addresses ADD returned"},
     },
 }
 _NAME = {
@@ -71,7 +69,11 @@ OPENAPI: dict[str, Any] = {
         "/connect/{peer}": {"post": _op("dial a peer now and keep it", {"200": _OBJ, "400": _ERROR}, parameters=_PEER)},
         "/forget/{peer}": {"post": _op("stop dialling a peer", {"200": _OBJ, "400": _ERROR}, parameters=_PEER)},
         "/ipam/allocate": {
-            "post": _op("an address for a container (idempotent)", {"200": _OBJ, "400": _ERROR, "503": _ERROR}, _KEY)
+            "post": _op(
+                "an address for a container (idempotent); of the dual-stack IPv6 range with family ipv6",
+                {"200": _OBJ, "400": _ERROR, "503": _ERROR},
+                {**_KEY, "properties": {**_KEY_PROPERTIES, "family": {"type": "string", "enum": ["ipv4", "ipv6"]}}},
+            )
         },
         "/ipam/claim": {
             "post": _op(
