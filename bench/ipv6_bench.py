@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from cni_bench import PodNamespaces, Setup, driver_setup, latency, ms, p50, p99, weave_conflist
 from common import terminate_cleanly
@@ -33,27 +32,16 @@ from datapath_bench import iperf
 from tests.cni.libcni import ensure_driver
 from tests.cni.test_weave_net import Node, make_node
 from tests.helpers import poll
-from tests.netns.hosts import FAST, netns_hosts, peers_fastdp
+from tests.netns.hosts import FAST, netns_hosts, start_mesh
 
 DUAL = "10.32.0.0/12,fd32:57::/64"
-
-
-def _mesh(net: Any, *extra: str) -> list[Any]:
-    a1, a2 = (h.address for h in net.hosts)
-    routers = [
-        net.start_router(1, *FAST, "--ipalloc-range", DUAL, *extra, a2, datapath=True),
-        net.start_router(2, *FAST, "--ipalloc-range", DUAL, *extra, a1, datapath=True),
-    ]
-    for r in routers:
-        poll(lambda r=r: peers_fastdp(r, 1), timeout=40, what=f"{r.host.netns}: the kernel datapath to its peer")
-    return routers
 
 
 def throughput(tmp: Path, runs: int, seconds: int, direct: bool) -> dict[str, list[float]]:
     binary = ensure_driver()
     out: dict[str, list[float]] = {"ipv4": [], "ipv6": []}
     with netns_hosts(2, tmp / ("direct" if direct else "fastdp")) as net:
-        routers = _mesh(net, *([] if direct else ["--no-direct"]))
+        routers = start_mesh(net, "--ipalloc-range", DUAL, *([] if direct else ["--no-direct"]))
         nodes = [make_node(r, binary, tmp / f"t{int(direct)}node{i}") for i, r in enumerate(routers, 1)]
         try:
             pods = []

@@ -265,7 +265,7 @@ def test_hosts_reach_pods_across_the_sleeve_fallback_on_ipv6_too(tmp_path: Path)
     link-layer option rewritten too (else the pod answers the real MAC, which its bridge sends to the VXLAN)."""
     binary = ensure_driver()
     with netns_hosts(2, tmp_path) as net:
-        routers = _mesh2(net)
+        routers = start_mesh(net, "--ipalloc-range", RANGES)
         nodes = [make_node(r, binary, tmp_path / f"n{i}") for i, r in enumerate(routers, 1)]
         try:
             (_ns1, r1), (_ns2, r2) = _pods(nodes, "fb")
@@ -280,17 +280,6 @@ def test_hosts_reach_pods_across_the_sleeve_fallback_on_ipv6_too(tmp_path: Path)
         finally:
             _block_vxlan(net, add=False)
             _delete_pods(nodes)
-
-
-def _mesh2(net: Net) -> list[Any]:
-    a1, a2 = (h.address for h in net.hosts)
-    routers = [
-        net.start_router(1, *FAST, "--ipalloc-range", RANGES, a2, datapath=True),
-        net.start_router(2, *FAST, "--ipalloc-range", RANGES, a1, datapath=True),
-    ]
-    for r in routers:
-        poll(lambda r=r: peers_fastdp(r, 1), timeout=40, what=f"{r.host.netns}: the kernel datapath")
-    return routers
 
 
 def _block_vxlan(net: Net, *, add: bool) -> None:
