@@ -46,7 +46,7 @@ class RouterConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
     gossip_interval: float = 10.0
-    ipalloc_range: Range = field(default_factory=lambda: parse_range(DEFAULT_RANGE))
+    ipalloc_range: Range = field(default_factory=lambda: parse_range(DEFAULT_RANGE))  # IPv4, or IPv6 alone
     ipalloc_range6: Range | None = None  # dual-stack: IPALLOC_RANGE's IPv6 range beside the IPv4 one
     ipalloc_init: Init | None = None  # None: consensus among the initial peers and us (see `init`)
     ipam_reclaim_after: float = 600.0  # 0 disables automatic reclaim
@@ -151,15 +151,9 @@ def _ipam_settings(pick: Callable[[str, str], object], n_peers: int) -> tuple[tu
     # Parsed here, once: a bad value fails at start with a clear message, and every domain gets a typed value.
     text = str(pick("ipalloc_range", "IPALLOC_RANGE") or DEFAULT_RANGE)
     ranges = parse_ranges(text)
-    if not ranges[0].ipv6 and len(ranges) == 1:
-        ipalloc_range: tuple[Range, Range | None] = (ranges[0], None)
-    elif not ranges[0].ipv6:
-        ipalloc_range = (ranges[0], ranges[1])
-    else:
-        raise ConfigError(
-            f"IPALLOC_RANGE {text}: an IPv6 range alone is not supported yet; give one of each family "
-            f"(dual-stack), e.g. {DEFAULT_RANGE},{ranges[0]}"
-        )
+    # The first range is the overlay's own (the bridge's gossiped address, the heartbeats): IPv4's when there is
+    # one, else the IPv6 range alone (IPv6-only pods); the second is dual-stack's IPv6 range.
+    ipalloc_range: tuple[Range, Range | None] = (ranges[0], ranges[1] if len(ranges) > 1 else None)
     ipalloc_init = parse_init(str(pick("ipalloc_init", "IPALLOC_INIT") or ""), n_peers + 1)
     raw = pick("ipam_reclaim_after", "WEAVE_IPAM_RECLAIM_AFTER")
     try:

@@ -65,10 +65,12 @@ def make_identity(config: RouterConfig) -> Identity:
 def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> Ipam:
     """IPAM on the router's "ipam" gossip channel, persisted in <state-dir>/ipam.db, fed the topology; dual-stack,
     the IPv6 range's beside it on "ipam6", in ipam6.db (ipam/families.py)."""
-    v4 = _ipam_service(config, identity, router, config.ipalloc_range, channel=CHANNEL, db="ipam.db")
-    if config.ipalloc_range6 is None:
+    first, range6 = config.ipalloc_range, config.ipalloc_range6
+    v4 = None if first.ipv6 else _ipam_service(config, identity, router, first, channel=CHANNEL, db="ipam.db")
+    range6 = first if first.ipv6 else range6  # (an IPv6 range alone)
+    if range6 is None:
         return Ipam(v4)
-    v6 = _ipam_service(config, identity, router, config.ipalloc_range6, channel=CHANNEL6, db="ipam6.db")
+    v6 = _ipam_service(config, identity, router, range6, channel=CHANNEL6, db="ipam6.db")
     held = [""]
 
     def held6() -> str:
@@ -80,7 +82,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> Ipam:
                          if FEATURE_IPV6 not in n.features)  # fmt: skip
         reason = (
             f"connected peer(s) {', '.join(lacking)} carry no IPv6 range (IPALLOC_RANGE without one, or an older "
-            "weave-node): give every router the same dual-stack IPALLOC_RANGE"
+            "weave-node): give every router the same IPALLOC_RANGE"
             if lacking
             else ""
         )
@@ -164,12 +166,12 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             bridge_netfilter=config.bridge_netfilter,
             direct=config.direct,
         ),
-        bridge_address(ipam.v4),
+        bridge_address(ipam.primary),
         link_keys=lambda name: _sleeve_keys(router, name),
         neighbour=router.neighbour,
         records=lambda: router.topology.records,
-        space=ipam.v4.spans,  # direct mode routes IPv4 only (IPv6 crosses hosts on layer 2)
-        bridge_address6=None if ipam.v6 is None else bridge_address(ipam.v6),
+        space=ipam.primary.spans,  # direct mode routes IPv4 only (IPv6 crosses hosts on layer 2)
+        bridge_address6=None if ipam.dual is None else bridge_address(ipam.dual),
     )
     overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
     ipam.set_on_change(overlay.space_changed)
@@ -276,7 +278,7 @@ async def run_router(config: RouterConfig) -> int:
         heartbeat_timeout=config.heartbeat_timeout,
         features=frozenset(
             ({SLEEVE_AESGCM} if config.sleeve_aesgcm and codec.aesgcm_available() else set())
-            | ({FEATURE_IPV6} if config.ipalloc_range6 is not None else set())
+            | ({FEATURE_IPV6} if config.ipalloc_range6 is not None or config.ipalloc_range.ipv6 else set())
         ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)

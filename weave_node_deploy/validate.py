@@ -139,7 +139,7 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
 
 
 def _pod_ranges(text: str, fail: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """An IPv4 range, or one of each family separated by a comma (dual-stack), as the router takes them
+    """An IPv4 range, an IPv6 range, or one of each family separated by a comma (dual-stack), as the router takes them
     (weave_node.core.address.parse_ranges; the deploys do not import the router's package)."""
     ranges = []
     for part in (p for p in text.replace(" ", ",").split(",") if p):
@@ -156,10 +156,10 @@ def _pod_ranges(text: str, fail: Any) -> list[ipaddress.IPv4Network | ipaddress.
             fail(f"weave_ipalloc_range {net}: an IPv6 range must be a /64 to a /120 of unique local or global space")
         ranges.append(net)
     families = sorted(r.version for r in ranges)
-    if families not in ([4], [4, 6]):
+    if families not in ([4], [6], [4, 6]):
         fail(
-            f"weave_ipalloc_range {text!r} must be an IPv4 range, or an IPv4 and an IPv6 range separated by a comma "
-            "(dual-stack; an IPv6 range alone is not supported yet)"
+            f"weave_ipalloc_range {text!r} must be an IPv4 range, an IPv6 range, or one of each separated by a comma "
+            "(dual-stack)"
         )
     return ranges
 

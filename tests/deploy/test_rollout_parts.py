@@ -27,6 +27,7 @@ HOSTS = [("node1", {"weave_address": "198.18.0.1"}), ("node2", {"weave_address":
 def test_good_settings_pass() -> None:
     validate("node1", GOOD, HOSTS)
     validate("node1", {**GOOD, "weave_ipalloc_range": "10.32.0.0/12,fd32:57::/64"}, HOSTS)  # dual-stack
+    validate("node1", {**GOOD, "weave_ipalloc_range": "fd32:57::/64"}, HOSTS)  # IPv6 alone
 
 
 @pytest.mark.parametrize(
@@ -39,9 +40,9 @@ def test_good_settings_pass() -> None:
             [HOSTS[0]],
             "contains this host's address 198.18.0.1",
         ),
-        ({"weave_ipalloc_range": "fd00::/64"}, HOSTS, "an IPv6 range alone is not supported yet"),
+        ({"weave_ipalloc_range": "fd00::/63"}, HOSTS, "an IPv6 range must be a /64 to a /120"),
         ({"weave_ipalloc_range": "10.32.0.0/12,fd00::/48"}, HOSTS, "an IPv6 range must be a /64 to a /120"),
-        ({"weave_ipalloc_range": "10.32.0.0/12,10.48.0.0/12"}, HOSTS, "an IPv4 and an IPv6 range separated"),
+        ({"weave_ipalloc_range": "10.32.0.0/12,10.48.0.0/12"}, HOSTS, "or one of each separated by a comma"),
         ({"weave_ipalloc_range": "10.32.0.0/12,fe80::/64"}, HOSTS, "of unique local or global space"),
         (
             {"weave_ipalloc_range": "10.32.0.0/12,2001:db8::/64", "weave_address": "2001:db8::1"},

@@ -175,27 +175,42 @@ def _multicast(receiver: Any, sender: Any, pod: str) -> bool:
     return True
 
 
+def _multicast6(receiver: Any, sender: Any, pod: str) -> bool:
+    """IPv6 multicast: the all-nodes group (ff02::1) pinged from the sender's pod is answered by the receiver's
+    pod on another host (its link-local address among the replies)."""
+    link = json.loads(receiver.check_output(f"ip netns exec {pod} ip -j -6 addr show dev eth0 scope link"))
+    found = [a["local"] for a in link[0]["addr_info"] if "local" in a and not a.get("tentative")]
+    out = sender.run(f"ip netns exec {pod} ping -6 -c 3 -i 0.3 -w 5 ff02::1%eth0")
+    return bool(found) and f"from {found[0]}" in out.stdout
+
+
 def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
     """Everything, on every host: installed as it should be, every router sees the others, a pod on each host
-    reaches every other pod (on both families with a dual-stack range) and `outside` (through the masquerade),
-    resolves every pod's name through its host's DNS server, multicast crosses hosts. Cleans up its pods."""
+    reaches every other pod (on each family its range has: IPv4, IPv6 or both) and `outside` (through the
+    masquerade; when a pod has its family), resolves every pod's name through its host's DNS server (A, AAAA),
+    multicast crosses hosts (IPv4's, or IPv6's with an IPv6 range alone). Cleans up its pods."""
     for host in hosts.values():
         node_is_installed(host)
         poll(lambda h=host: router_sees_peers(h, len(hosts) - 1), timeout=30, what="every router sees its peers")
     both = {name: add_pod_ips(host, pod, f"{pod}-{name}") for name, host in hosts.items()}
-    ips = {name: got[0] for name, got in both.items()}
-    ips6 = {name: got[1] for name, got in both.items() if len(got) > 1}  # a dual-stack range
+    ips = {name: a for name, got in both.items() for a in got if ":" not in a}
+    ips6 = {name: a for name, got in both.items() for a in got if ":" in a}
     try:
-        assert not ips6 or len(ips6) == len(hosts), both  # every pod of both families, or none
+        for family in (ips, ips6):  # every pod has an address of each family of the range, or none has
+            assert not family or len(family) == len(hosts), both
+        assert ips or ips6, both
         pods_reach_each_other(hosts, pod, ips)
         pods_reach_each_other(hosts, pod, ips6)
-        poll(lambda: names_resolve(hosts, pod, ips), timeout=10, what="every pod's name from every pod (DNS)")
+        if ips:
+            poll(lambda: names_resolve(hosts, pod, ips), timeout=10, what="every pod's name from every pod (DNS)")
         if ips6:
             poll(lambda: ipv6_resolves(hosts, pod, ips6), timeout=10, what="every pod's AAAA from every pod")
         names = sorted(hosts)
         receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
-        poll(lambda: _multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")
-        pod_reaches_outside(hosts[names[0]], pod, outside)
+        multicast = _multicast if ips else _multicast6
+        poll(lambda: multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")
+        if (ips if ":" not in outside else ips6):
+            pod_reaches_outside(hosts[names[0]], pod, outside)
     finally:
         for host in hosts.values():
             del_pod(host, pod)

@@ -296,6 +296,24 @@ def test_a_dual_stack_range_rolls_out_and_pods_talk_on_both_families(lab: Lab) -
     verify.suite(hosts, outside="198.18.0.254")
 
 
+def test_an_ipv6_range_alone_rolls_out_and_ipv6_only_pods_talk(lab: Lab) -> None:
+    """The dual-stack cluster changed to its IPv6 range alone by one rollout: the IPv6 ring (ipam6.db) stays,
+    the bridges lose their IPv4 address, the heartbeats run over IPv6 and keep the kernel datapath; then the
+    verify suite on IPv6 only (pods, AAAA names, IPv6 multicast)."""
+    out = lab.deploy("--data", "weave_ipalloc_range=fd32:57::/64")
+    assert grand_total(out.stdout + out.stderr)[1] == 0, out.stdout
+    for name in ("node1", "node2", "node3"):
+        poll(lambda n=name: lab.status(n).get("ipam", {}).get("ready"), timeout=30, what=f"{name}'s IPv6 ring")
+        ipam, datapath = lab.status(name)["ipam"], lab.status(name)["datapath"]
+        assert ipam["family"] == "ipv6" and ipam["range"] == "fd32:57::/64" and "ipv6" not in ipam, ipam
+        assert datapath["bridge_address"].startswith("fd32:57:"), datapath
+        assert "inet " not in lab.ssh(name, "ip -4 addr show dev weave").stdout  # IPv4's address is gone
+        poll(lambda n=name: all(p["mode"] == "fastdp" for p in lab.status(n)["datapath"]["peers"]),
+             timeout=30, what=f"{name}'s kernel datapath to every peer (IPv6 heartbeats)")  # fmt: skip
+    hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
+    verify.suite(hosts, outside="198.18.0.254")
+
+
 def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:
     out = run_cli("pyinfra", "-y", "inventory/lab.py", "deploys/remove.py", env=lab.env, check=True)
     assert grand_total(out.stdout + out.stderr)[1] == 0

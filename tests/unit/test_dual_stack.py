@@ -30,8 +30,9 @@ def test_ipalloc_range_takes_one_range_of_each_family_ipv4_first() -> None:
     config = from_env_and_flags({"IPALLOC_RANGE": "fd32:57::/64, 10.40.0.0/16"}, {})
     assert str(config.ipalloc_range) == "10.40.0.0/16" and str(config.ipalloc_range6) == "fd32:57::/64"
     assert from_env_and_flags({}, {}).ipalloc_range6 is None
+    alone = from_env_and_flags({"IPALLOC_RANGE": "fd32:57::/64"}, {})  # IPv6 alone: the first (overlay's) range
+    assert str(alone.ipalloc_range) == "fd32:57::/64" and alone.ipalloc_range6 is None
     for bad, why in (
-        ("fd32:57::/64", "an IPv6 range alone is not supported yet"),
         ("10.32.0.0/12,10.48.0.0/12", "at most one range of each family"),
         ("10.32.0.0/12,fe80::/64", "link-local"),
     ):

@@ -76,15 +76,16 @@ def _wait(doc: dict[str, Any]) -> float:
 
 
 def _family(ipam: Ipam, doc: dict[str, Any]) -> IpamService:
-    family = doc.get("family", "ipv4")
-    if family == "ipv4":
-        return ipam.v4
-    if family == "ipv6" and ipam.v6 is not None:
+    """The family asked for (default: the router's first, IPv4's unless its range is IPv6 alone)."""
+    family = doc.get("family", "ipv6" if ipam.primary.range.ipv6 else "ipv4")
+    if family not in ("ipv4", "ipv6"):
+        raise BadRequest('"family" must be "ipv4" or "ipv6"')
+    service = ipam.v6 if family == "ipv6" else ipam.v4
+    if service is None:
+        raise BadRequest(f"this router has no {'IPv6' if family == 'ipv6' else 'IPv4'} range (IPALLOC_RANGE)")
+    if service is ipam.v6:
         ipam.check_held()
-        return ipam.v6
-    if family == "ipv6":
-        raise BadRequest("this router has no IPv6 range (IPALLOC_RANGE)")
-    raise BadRequest('"family" must be "ipv4" or "ipv6"')
+    return service
 
 
 def add_ipam_routes(app: web.Application, ipam: Ipam) -> None:

@@ -62,6 +62,8 @@ def families(doc: dict[str, Any]) -> list[Metric]:
         out += _ipam(doc["ipam"])
         if "ipv6" in doc["ipam"]:
             out += _ipam6(doc["ipam"]["ipv6"])
+        elif doc["ipam"].get("family") == "ipv6":  # an IPv6 range alone: its series under both names
+            out += _ipam6(doc["ipam"])
     if "datapath" in doc:
         out += _datapath(doc["datapath"])
     if doc.get("dns", {}).get("enabled"):
@@ -90,7 +92,7 @@ def _ipam(i: dict[str, Any]) -> list[Metric]:
     ips.add_metric(["local-used"], i["used"])
     ips.add_metric(["local-free"], i["free"])
     prefix = int(str(i["range"]).split("/")[1])
-    size = 2 ** (32 - prefix)
+    size = 2 ** ((128 if ":" in str(i["range"]) else 32) - prefix)  # (an IPv6 range alone is the first range)
     unreachable = [o for o in i["owners"] if not o["reachable"]]
     lost = sum(o["size"] for o in unreachable)
     orphans = GaugeMetricFamily(
@@ -122,7 +124,7 @@ def _ipam(i: dict[str, Any]) -> list[Metric]:
 
 
 def _ipam6(i: dict[str, Any]) -> list[Metric]:
-    """Dual-stack's IPv6 range: its own series (the Weave-compatible ones above stay IPv4's)."""
+    """The IPv6 range: its own series (the Weave-compatible ones above are the first range's: IPv4's, dual-stack)."""
     ips = GaugeMetricFamily("weave_node_ipam_ipv6_ips", "IPv6 addresses here.", labels=["state"])
     ips.add_metric(["local-used"], i["used"])
     ips.add_metric(["local-free"], i["free"])

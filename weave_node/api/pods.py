@@ -91,7 +91,7 @@ class PodService:
         cidr, cidr6 = self.overlay.bridge_cidr, self.overlay.bridge_cidr6
         if not cidr:
             raise Unavailable("the weave bridge has no address yet (IPAM not ready)")
-        if self.ipam.v6 is not None and not cidr6:
+        if self.ipam.dual is not None and not cidr6:
             raise Unavailable("the weave bridge has no IPv6 address yet (IPv6 IPAM not ready)")
         return cidr.split("/")[0], (cidr6 or "").split("/")[0]
 

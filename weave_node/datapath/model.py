@@ -64,7 +64,8 @@ class Fdb:
 
 @dataclass(frozen=True, order=True)
 class Neigh:
-    """A permanent ARP entry on the bridge (a remote router's bridge address, for its heartbeats)."""
+    """A permanent ARP (or, an IPv6 range alone, NDP) entry on the bridge: a remote router's bridge address, for
+    its heartbeats."""
 
     ip: str
     mac: str

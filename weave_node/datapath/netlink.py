@@ -75,10 +75,11 @@ def observe(
                 if dst and mac and msg["ifindex"] == links[vxlan].index and msg["state"] & NUD_PERMANENT:
                     fdb.add(Fdb(mac, dst))
         if bridge in links and links[bridge].kind == "bridge":
-            for msg in ipr.neigh("dump", ifindex=links[bridge].index, family=socket.AF_INET):
-                dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
-                if dst and mac and msg["state"] & NUD_PERMANENT:
-                    neigh.add(Neigh(dst, mac))
+            for family in (socket.AF_INET, socket.AF_INET6):  # (an IPv6 range alone: NDP entries)
+                for msg in ipr.neigh("dump", ifindex=links[bridge].index, family=family):
+                    dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+                    if dst and mac and msg["state"] & NUD_PERMANENT:
+                        neigh.add(Neigh(dst, mac))
         names = {link.index: name for name, link in links.items()}
         routes, rules = kernel_routes.routes(ipr, names), kernel_routes.rules(ipr)
     return Observed(

@@ -121,7 +121,9 @@ def _configure_pod_end(pod: Pod) -> str:
     an address IPAM gave out before, to a pod since deleted, is in neighbour caches with that pod's MAC, and the
     host or a pod on another host would send to it until the entry timed out. (The kernel's arp_notify does not
     do it here: its ARP leaves as the veth comes up, before its queue is ready, and is dropped.)"""
-    iface = ipaddress.ip_interface(pod.address)
+    families = [
+        (ipaddress.ip_interface(c), gw) for c, gw in ((pod.address, pod.gateway), (pod.address6, pod.gateway6)) if c
+    ]
     try:
         with nlbatch.socket_in(pod.netns) as sock:
             batch = nlbatch.Batch(sock)
@@ -130,23 +132,21 @@ def _configure_pod_end(pod: Pod) -> str:
             nlbatch.set_link(batch, name=pod.ifname, mtu=pod.mtu)
             link = batch.run()[get]
             idx = int(link["index"])
-            if pod.address6:  # (a runtime may have turned IPv6 off in the pod)
+            if any(iface.version == 6 for iface, _gw in families):  # (a runtime may have turned IPv6 off in the pod)
                 _pod_sysctls(pod.netns, {f"ipv6/conf/{pod.ifname}/disable_ipv6": "0"})
-            nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
-            nlbatch.replace_default_route(batch, pod.gateway, idx)
-            if pod.address6:  # dual-stack
-                iface6 = ipaddress.ip_interface(pod.address6)
-                nlbatch.add_address(batch, idx, str(iface6.ip), iface6.network.prefixlen)
-                nlbatch.replace_default_route(batch, pod.gateway6, idx)
+            for iface, gateway in families:
+                nlbatch.add_address(batch, idx, str(iface.ip), iface.network.prefixlen)
+                nlbatch.replace_default_route(batch, gateway, idx)
             batch.run()
             mac = str(link.get_attr("IFLA_ADDRESS"))
     except DatapathError as exc:
         raise DatapathError(exc if pod.netns in str(exc) else f"{exc} in {pod.netns}") from exc
-    with contextlib.suppress(OSError, ValueError, DatapathError):  # a failed one costs a neighbour timeout only
-        announce.arp(pod.netns, pod.ifname, mac, str(iface.ip), close=announce.close_later)
-    if pod.address6:
-        with contextlib.suppress(OSError, ValueError, DatapathError):
-            announce.neighbour_advertisement(pod.netns, idx, mac, str(ipaddress.ip_interface(pod.address6).ip))
+    for iface, _gw in families:
+        with contextlib.suppress(OSError, ValueError, DatapathError):  # a failed one costs a neighbour timeout only
+            if iface.version == 4:
+                announce.arp(pod.netns, pod.ifname, mac, str(iface.ip), close=announce.close_later)
+            else:
+                announce.neighbour_advertisement(pod.netns, idx, mac, str(iface.ip))
     return mac
 
 

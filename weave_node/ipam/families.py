@@ -1,6 +1,7 @@
 """IPAM per address family: one IpamService per range (IPv4's on the gossip channel "ipam", kept in ipam.db;
-dual-stack's IPv6 one on "ipam6", kept in ipam6.db: a ring, a bootstrap and allocations of its own), and what the
-rest of the router asks of them together: a pod's address in every family (all or none), releases, lookups.
+IPv6's, dual-stack or alone, on "ipam6", kept in ipam6.db: a ring, a bootstrap and allocations of its own: a change
+between dual-stack and IPv6 alone keeps IPv6's allocations), and what the rest of the router asks of them
+together: a pod's address in every family (all or none), releases, lookups.
 
 An IPv6 ring is held back while a connected peer cannot carry it (no `ipam-ipv6` mesh feature: an older router,
 which drops the "ipam6" channel and so cannot relay its gossip): its allocations fail at once with the peer named,
@@ -24,23 +25,35 @@ FEATURE_IPV6 = "ipam-ipv6"  # mesh feature: this router carries an IPv6 ring (th
 
 
 class Ipam:
-    def __init__(self, v4: IpamService, v6: IpamService | None = None, held6: Callable[[], str] = lambda: "") -> None:
-        """`held6`: why the IPv6 ring must wait ("" when it need not): see the module's note."""
+    def __init__(
+        self, v4: IpamService | None, v6: IpamService | None = None, held6: Callable[[], str] = lambda: ""
+    ) -> None:
+        """IPv4's service, IPv6's, or both (dual-stack); `held6`: why the IPv6 ring must wait ("" when it need
+        not): see the module's note."""
+        self.services: tuple[IpamService, ...] = tuple(s for s in (v4, v6) if s is not None)
+        if not self.services:
+            raise ValueError("IPAM needs a range")
         self.v4 = v4
         self.v6 = v6
         self.held6 = held6
 
     @property
-    def services(self) -> tuple[IpamService, ...]:
-        return (self.v4,) if self.v6 is None else (self.v4, self.v6)
+    def primary(self) -> IpamService:
+        """The overlay's own family (the bridge's gossiped address): IPv4's, or IPv6's alone."""
+        return self.services[0]
+
+    @property
+    def dual(self) -> IpamService | None:
+        """Dual-stack's second family (IPv6 beside IPv4), or None."""
+        return self.services[1] if len(self.services) > 1 else None
 
     @property
     def ranges(self) -> tuple[Range, ...]:
         return tuple(s.range for s in self.services)
 
     def family(self, ip: int) -> IpamService:
-        """The service whose range holds `ip` (the IPv4 one when none does: it says what is wrong)."""
-        return next((s for s in self.services if ip in s.range), self.v4)
+        """The service whose range holds `ip` (the primary when none does: it says what is wrong)."""
+        return next((s for s in self.services if ip in s.range), self.primary)
 
     async def start(self) -> None:
         for s in self.services:
@@ -108,36 +121,41 @@ class Ipam:
     def held_keys(self) -> list[Key]:
         return list(dict.fromkeys(k for s in self.services for k in s.held_keys()))
 
-    def _has_ring6(self) -> bool:
-        return self.v6 is not None and self.v6.alloc.ring is not None
+    def _dual_ring(self) -> IpamService | None:
+        """Dual-stack's IPv6 service once it has a ring (before, nobody holds IPv6 space)."""
+        dual = self.dual
+        return dual if dual is not None and dual.alloc.ring is not None else None
 
     def rmpeer(self, text: str) -> tuple[int, int]:
-        peer, moved = self.v4.rmpeer(text)
-        if self.v6 is not None and self._has_ring6():  # (no IPv6 ring yet: nobody holds IPv6 space)
+        peer, moved = self.primary.rmpeer(text)
+        if (dual := self._dual_ring()) is not None:
             with contextlib.suppress(NotFound):
-                moved += self.v6.rmpeer(text)[1]
+                moved += dual.rmpeer(text)[1]
         return peer, moved
 
     async def leave(self, *, force: bool, wait: float = DEFAULT_WAIT) -> dict[str, Any]:
         """Both families' space handed over at once, within the one `wait`; with no IPv6 ring (never agreed,
         or held back) there is no IPv6 space to hand over."""
-        if self.v6 is None or not self._has_ring6():
-            return await self.v4.leave(force=force, wait=wait)
-        doc, doc6 = await asyncio.gather(self.v4.leave(force=force, wait=wait), self.v6.leave(force=force, wait=wait))
+        dual = self._dual_ring()
+        if dual is None:
+            return await self.primary.leave(force=force, wait=wait)
+        doc, doc6 = await asyncio.gather(self.primary.leave(force=force, wait=wait), dual.leave(force=force, wait=wait))
         doc["addresses"] += doc6["addresses"]
         doc["ipv6"] = doc6
         return doc
 
     def status(self) -> dict[str, Any]:
-        """IPv4's status; with an IPv6 range, its own beside it under "ipv6"."""
-        doc = self.v4.status()
-        if self.v6 is not None:
-            doc6 = self.v6.status()
-            reason = self.held6()
-            if reason:
-                doc6["ready"], doc6["waiting"], doc6["held"] = False, reason, True
-            doc["ipv6"] = doc6
-        return doc
+        """The primary family's status ("family": "ipv4", or "ipv6" alone); dual-stack's IPv6 one under "ipv6"."""
+        reason = self.held6() if self.v6 is not None else ""
+        docs = []
+        for s in self.services:
+            doc = {**s.status(), "family": "ipv6" if s.range.ipv6 else "ipv4"}
+            if s is self.v6 and reason:
+                doc["ready"], doc["waiting"], doc["held"] = False, reason, True
+            docs.append(doc)
+        if len(docs) > 1:
+            docs[0]["ipv6"] = docs[1]
+        return docs[0]
 
     def ready(self) -> tuple[bool, str]:
         doc = self.status()

@@ -36,6 +36,11 @@ class Settings:
     direct: bool = False  # direct mode is on (overlay.direct): proxy ARP on the bridge, routed pod traffic in
     pod_range6: str = ""  # dual-stack: the IPv6 range (pods' IPv6 traffic crosses hosts on layer 2 only)
 
+    @property
+    def ipv6_only(self) -> bool:
+        """An IPv6 range alone: the bridge's one address, heartbeats and neighbour entries are IPv6's."""
+        return ":" in self.pod_range
+
 
 @dataclass
 class Retention:
@@ -132,10 +137,11 @@ def desired_state(
     """`flush`: the generation of the flush of MACs learned behind the overlay ports (raised on a mode switch);
     `direct`: direct mode's routes, rule and ebtables chains (with `settings.direct`); `bridge_cidr6`: the
     bridge's IPv6 address (dual-stack)."""
-    v6 = bool(settings.pod_range6)
-    sysctls = [(SYSCTL_FORWARD, "1"), *([(SYSCTL_FORWARD6, "1")] if v6 else [])]
-    on = settings.direct and direct is not None
+    v6, v4 = bool(settings.pod_range6) or settings.ipv6_only, not settings.ipv6_only
+    sysctls = [*([(SYSCTL_FORWARD, "1")] if v4 else []), *([(SYSCTL_FORWARD6, "1")] if v6 else [])]
+    on = settings.direct and direct is not None and v4
     addresses = tuple(a for a in (bridge_cidr, bridge_cidr6) if a)
+    range6 = settings.pod_range if settings.ipv6_only else settings.pod_range6
     return Desired(
         bridge=Bridge(
             mtu=settings.mtu,
@@ -144,20 +150,24 @@ def desired_state(
             addresses=addresses if bridge_cidr else None,
             proxy_arp=on,
             ipv6=v6,
-            managed6=bool(bridge_cidr6),
+            managed6=bool(bridge_cidr6) or (settings.ipv6_only and bool(bridge_cidr)),
         ),
         vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
         neigh=neigh,
         sysctls=tuple(sysctls),
-        chains=weave_chains(
-            settings.pod_range,
-            masquerade=settings.masquerade,
-            direct=on,
-            direct_sources=direct.sources if on and direct else (),
+        chains=(
+            weave_chains(
+                settings.pod_range,
+                masquerade=settings.masquerade,
+                direct=on,
+                direct_sources=direct.sources if on and direct else (),
+            )
+            if v4
+            else ()
         )
         + (direct.chains if on and direct else ())
-        + (weave_chains6(settings.pod_range6, masquerade=settings.masquerade) if v6 else ()),
+        + (weave_chains6(range6, masquerade=settings.masquerade) if v6 else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
         routes=direct.routes if on and direct else frozenset(),

@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from weave_node.core.address import IPV4_LIMIT
 from weave_node.datapath.model import (
     BRIDGE,
     CHAIN_PREFIX,
@@ -60,8 +61,9 @@ def cidrs(spans: Iterable[tuple[int, int]]) -> tuple[str, ...]:
     out: list[str] = []
     for start, end in sorted(spans):
         if end > start:
-            first, last = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end - 1)
-            out += [str(net) for net in ipaddress.summarize_address_range(first, last)]
+            v6 = start >= IPV4_LIMIT  # (our IPv6 addresses lie above every IPv4 one: core/address.py)
+            kind = ipaddress.IPv6Address if v6 else ipaddress.IPv4Address
+            out += [str(net) for net in ipaddress.summarize_address_range(kind(start), kind(end - 1))]
     return tuple(out)
 
 

@@ -41,9 +41,11 @@ class DirectPaths:
         if self.adopted_routes:
             log.info("direct mode: adopting %d route(s) until the direct heartbeats confirm", len(self.adopted_routes))
 
-    def start(self, *, wanted: bool, fastdp: bool, encrypt: bool) -> None:
+    def start(self, *, wanted: bool, fastdp: bool, encrypt: bool, ipv6_only: bool = False) -> None:
         if not wanted:
             self.off_reason = "turned off (--no-direct)"
+        elif ipv6_only:
+            self.off_reason = "IPv4's only (IPv6 pod traffic crosses hosts on layer 2, in the tunnel)"
         elif encrypt:
             self.off_reason = "a password is set: pod traffic between hosts goes sealed through the sleeve"
         elif not fastdp:

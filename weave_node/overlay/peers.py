@@ -18,8 +18,10 @@ from weave_node.datapath.model import bridge_mac as model_bridge_mac
 from weave_node.mesh.errors import ProtocolError
 
 _HEAD = struct.Struct(">BH")  # format version, count
-_ENTRY = struct.Struct(">QQ4sB6sB")  # name, version, bridge ip, prefix, bridge mac, underlay family
-FORMAT = 1
+_ENTRY = struct.Struct(">QQ4sB6sB")  # name, version, bridge ip, prefix, bridge mac, underlay address length
+_ENTRY2 = struct.Struct(">QQ16sB6sB")  # format 2: the bridge address is 16 bytes (IPv4 as ::ffff:a.b.c.d)
+FORMAT = 1  # what every router reads; sent while no bridge address is IPv6's (so older routers keep reading it)
+FORMAT2 = 2  # a bridge address of IPv6 (an IPv6 range alone): only routers that can carry one have one
 MAX_ENTRIES = 4096
 MAX_VERSION = 2**63  # versions are wall-clock ns: far below; the headroom lets an owner always go one higher
 
@@ -40,13 +42,35 @@ class PeerInfo:
 
 def encode(infos: Iterable[PeerInfo]) -> bytes:
     items = list(infos)
-    out = [_HEAD.pack(FORMAT, len(items))]
+    wide = any(":" in i.bridge_ip for i in items)
+    out = [_HEAD.pack(FORMAT2 if wide else FORMAT, len(items))]
     for i in items:
-        ip = ipaddress.IPv4Address(i.bridge_ip).packed if i.bridge_ip else bytes(4)
+        ip = _packed(i.bridge_ip, wide)
         mac = bytes.fromhex(i.bridge_mac.replace(":", "")) if i.bridge_mac else bytes(6)
         under = ipaddress.ip_address(i.underlay).packed if i.underlay else b""
-        out.append(_ENTRY.pack(i.name, i.version, ip, i.prefix, mac, len(under)) + under)
+        out.append((_ENTRY2 if wide else _ENTRY).pack(i.name, i.version, ip, i.prefix, mac, len(under)) + under)
     return b"".join(out)
+
+
+def _packed(bridge_ip: str, wide: bool) -> bytes:
+    if not bridge_ip:
+        return bytes(16 if wide else 4)
+    addr = ipaddress.ip_address(bridge_ip)
+    if wide and isinstance(addr, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(f"::ffff:{addr}").packed
+    return addr.packed
+
+
+def _unpacked(raw: bytes) -> tuple[str, int]:
+    """(bridge address or "", its prefix limit); IPv4-mapped is IPv4."""
+    if raw == bytes(len(raw)):
+        return "", 8 * len(raw)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw)), 32
+    addr = ipaddress.IPv6Address(raw)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped), 32
+    return str(addr), 128
 
 
 def decode(data: bytes) -> list[PeerInfo]:
@@ -54,21 +78,24 @@ def decode(data: bytes) -> list[PeerInfo]:
     if len(data) < _HEAD.size:
         raise DecodeError("overlay message too short")
     fmt, count = _HEAD.unpack_from(data)
-    if fmt != FORMAT:
+    if fmt not in (FORMAT, FORMAT2):
         raise DecodeError(f"overlay message format {fmt} unknown")
+    entry = _ENTRY2 if fmt == FORMAT2 else _ENTRY
     if count > MAX_ENTRIES:
         raise DecodeError(f"overlay message with {count} entries")
     pos, infos = _HEAD.size, []
     for _ in range(count):
-        if pos + _ENTRY.size > len(data):
+        if pos + entry.size > len(data):
             raise DecodeError("overlay message truncated")
-        name, version, ip, prefix, mac, ulen = _ENTRY.unpack_from(data, pos)
-        pos += _ENTRY.size
-        if ulen not in (0, 4, 16) or pos + ulen > len(data) or prefix > 32 or name >> 48 or version >= MAX_VERSION:
+        name, version, ip, prefix, mac, ulen = entry.unpack_from(data, pos)
+        pos += entry.size
+        bridge_ip, max_prefix = _unpacked(ip)
+        if ulen not in (0, 4, 16) or pos + ulen > len(data) or prefix > max_prefix or name >> 48:
+            raise DecodeError("overlay entry malformed")
+        if version >= MAX_VERSION:
             raise DecodeError("overlay entry malformed")
         under = vtep_address(data[pos : pos + ulen]) if ulen else ""
         pos += ulen
-        bridge_ip = str(ipaddress.IPv4Address(ip)) if ip != bytes(4) else ""
         bridge_mac = ":".join(f"{b:02x}" for b in mac) if mac != bytes(6) else ""
         if bridge_mac and bridge_mac != model_bridge_mac(name):
             raise DecodeError("overlay entry with a bridge MAC that is not derived from its peer name")

@@ -81,7 +81,7 @@ class OverlayService:
         bridge_address6: Callable[[str | None], Awaitable[str]] | None = None,
     ) -> None:
         self.me, self.config, self.clock, self.wall_ns = me, config, clock, wall_ns
-        self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None)
+        self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None or config.pod_range.ipv6)
         self._bridge_address, self._bridge_address6 = bridge_address, bridge_address6
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
@@ -107,8 +107,7 @@ class OverlayService:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
         self.pods = PodPlumbing(self.kernel)
         self.direct_paths = DirectPaths(self.kernel, space)  # direct mode: candidates, their IPAM space
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._dirty, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
         self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
@@ -191,7 +190,8 @@ class OverlayService:
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
-        self.direct_paths.start(wanted=self.config.direct, fastdp=self.fastdp, encrypt=self.config.encrypt)
+        self.direct_paths.start(wanted=self.config.direct, fastdp=self.fastdp, encrypt=self.config.encrypt,
+                                ipv6_only=self.config.pod_range.ipv6)  # fmt: skip
         self.direct_paths.adopt(observed, until=self.clock() + 2 * self.config.heartbeat_timeout)
         self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
         self.retention.adopted_fdb = observed.fdb
@@ -279,9 +279,9 @@ class OverlayService:
         loop = asyncio.get_running_loop()
         while True:
             self._dirty.clear()
-            desired, planned, direct = self.desired(), self.planned_sleeve, self.planned_direct
             started = time.monotonic()
             try:
+                desired, planned, direct = self.desired(), self.planned_sleeve, self.planned_direct
                 result, applied, errors = await loop.run_in_executor(self.executor, self._sync, desired)
             except Exception as exc:  # a kernel error must not kill the router
                 log.error("datapath: %s", exc)
