@@ -209,7 +209,7 @@ def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
         receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
         multicast = _multicast if ips else _multicast6
         poll(lambda: multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")
-        if (ips if ":" not in outside else ips6):
+        if ips6 if ":" in outside else ips:  # the outside has one family: a pod of it goes there
             pod_reaches_outside(hosts[names[0]], pod, outside)
     finally:
         for host in hosts.values():
