@@ -173,7 +173,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
         space=ipam.primary.spans,  # direct mode routes IPv4 only (IPv6 crosses hosts on layer 2)
         bridge_address6=None if ipam.dual is None else bridge_address(ipam.dual),
     )
-    overlay.attach(router.register_channel(OVERLAY_CHANNEL, overlay))
+    overlay.gossip.attach(router.register_channel(OVERLAY_CHANNEL, overlay.gossip))
     ipam.set_on_change(overlay.space_changed)
 
     def topology_changed() -> None:

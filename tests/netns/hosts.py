@@ -18,6 +18,7 @@ from tests.helpers import BIN, poll
 from weave_node.lab.system import ip_batch
 
 SUBNET = "198.19.{}.{}"
+SUBNET6 = "2001:db8:19::{}"  # an IPv6-only underlay (documentation range, inside our namespaces)
 FAST = ["--heartbeat-interval", "0.5", "--gossip-interval", "1"]
 
 
@@ -66,11 +67,15 @@ class RouterProc:
 
 
 class Net:
-    def __init__(self, tag: str, count: int, base: Path, mtu: int = 1500) -> None:
+    def __init__(self, tag: str, count: int, base: Path, mtu: int = 1500, ipv6: bool = False) -> None:
         self.tag = tag
         self.mtu = mtu
+        self.ipv6 = ipv6
         self.underlay = f"wnt-{tag}-u"
-        self.hosts = [NsHost(f"wnt-{tag}-h{i}", SUBNET.format(0, i), base / f"h{i}") for i in range(1, count + 1)]
+        self.hosts = [
+            NsHost(f"wnt-{tag}-h{i}", SUBNET6.format(i) if ipv6 else SUBNET.format(0, i), base / f"h{i}")
+            for i in range(1, count + 1)
+        ]
         self.routers: list[RouterProc] = []
 
     def up(self) -> None:
@@ -89,7 +94,11 @@ class Net:
             h.workdir.mkdir(parents=True, exist_ok=True)
             ip_batch(
                 h.netns,
-                ["link set lo up", f"addr add {h.address}/24 dev eth0", f"link set eth0 mtu {self.mtu} up"],
+                [
+                    "link set lo up",
+                    f"addr add {h.address}/64 dev eth0 nodad" if self.ipv6 else f"addr add {h.address}/24 dev eth0",
+                    f"link set eth0 mtu {self.mtu} up",
+                ],
             )
 
     def start_router(
@@ -140,10 +149,10 @@ _nets = itertools.count()
 
 
 @contextlib.contextmanager
-def netns_hosts(count: int, base: Path, mtu: int = 1500) -> Iterator[Net]:
+def netns_hosts(count: int, base: Path, mtu: int = 1500, *, ipv6: bool = False) -> Iterator[Net]:
     """`count` hosts; several sets may be up at once (named after this process and a counter). `mtu`: the
-    underlay's (9000: jumbo frames)."""
-    net = Net(f"{os.getpid() % 100000}{next(_nets)}", count, base, mtu)
+    underlay's (9000: jumbo frames); `ipv6`: an IPv6-only underlay (SUBNET6), no IPv4 address on it."""
+    net = Net(f"{os.getpid() % 100000}{next(_nets)}", count, base, mtu, ipv6)
     try:
         net.up()
         yield net

@@ -112,7 +112,7 @@ class Rig:
         self.overlay = OverlayService(
             ME.name, OverlayConfig(pod_range=parse_range("10.32.0.0/12")), _no_bridge, wall_ns=lambda: 1
         )
-        self.overlay.attach(self.router.register_channel("overlay", self.overlay))
+        self.overlay.gossip.attach(self.router.register_channel("overlay", self.overlay.gossip))
         self.closed: list[str] = []  # why each connection of PEER's ended
         self.connect()
 

@@ -150,14 +150,15 @@ def test_hostile_entries_are_refused(info: PeerInfo) -> None:
         peers.decode(peers.encode([info]))
 
 
-UNUSABLE = ["fd00::1", "127.0.0.1", "0.0.0.0", "224.0.0.1", "garbage"]  # noqa: S104 - data, not a bind
+UNUSABLE = ["fe80::1", "::1", "ff02::1", "127.0.0.1", "0.0.0.0", "224.0.0.1", "garbage"]  # noqa: S104 - data
 
 
 @pytest.mark.parametrize(
     ("raw", "want"),
-    [("198.19.0.1", "198.19.0.1"), ("::ffff:198.19.0.1", "198.19.0.1"), *[(u, "") for u in UNUSABLE]],
-)
-def test_only_usable_ipv4_vteps(raw: str, want: str) -> None:
+    [("198.19.0.1", "198.19.0.1"), ("::ffff:198.19.0.1", "198.19.0.1"), ("2001:db8::7", "2001:db8::7"),
+     ("fd00::1", "fd00::1"), *[(u, "") for u in UNUSABLE]],
+)  # fmt: skip
+def test_only_usable_vteps(raw: str, want: str) -> None:
     assert peers.vtep_address(raw) == want
 
 

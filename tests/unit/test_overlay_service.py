@@ -89,14 +89,14 @@ def test_construction_touches_no_kernel_and_status_has_its_shape() -> None:
 def test_gossip_merges_others_and_reasserts_us() -> None:
     svc = _service(FakeKernel().kernel(), [0.0])
     channel = FakeChannel()
-    svc.attach(channel)  # type: ignore[arg-type]
+    svc.gossip.attach(channel)  # type: ignore[arg-type]
     other = PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")
     outside = PeerInfo(0xC, 5, "192.168.0.1", 24, bridge_mac(0xC), "198.19.0.3")
-    assert peers.decode(svc.on_gossip(B, peers.encode([other, outside])) or b"") == [other]
+    assert peers.decode(svc.gossip.on_gossip(B, peers.encode([other, outside])) or b"") == [other]
     assert channel.sent == []
-    svc.on_broadcast(B, peers.encode([PeerInfo(ME, 5000, "", 0, bridge_mac(ME), "198.19.0.9")]))
+    svc.gossip.on_broadcast(B, peers.encode([PeerInfo(ME, 5000, "", 0, bridge_mac(ME), "198.19.0.9")]))
     (sent,) = channel.sent
-    assert peers.decode(sent)[0].version == 5001 and svc.mine.version == 5001 and svc.mine.underlay == ""
+    assert peers.decode(sent)[0].version == 5001 and svc.gossip.mine.version == 5001 and svc.gossip.mine.underlay == ""
     svc.executor.shutdown()
     svc.pods.executor.shutdown()
 

@@ -126,6 +126,9 @@ class Vxlan:
     port: int = VXLAN_PORT
     mtu: int = 1450
     learning: bool = True  # remote pod MACs are learned from received frames; we only install flood entries
+    # "": an IPv4 underlay (the device's socket is IPv4's); an IPv6 address: an IPv6 underlay, this the source.
+    # A VXLAN device is of one family (unless in external mode): its FDB entries' VTEPs are all of it.
+    local: str = ""
     isolated: bool = False  # an isolated bridge port (with the sleeve's TAP): no frame crosses between the two
 
 
@@ -187,6 +190,7 @@ class Link:
     learning: bool | None = None
     mcast_snooping: bool | None = None
     isolated: bool | None = None  # as a bridge port; None when it is on no bridge
+    local: str = ""  # a VXLAN device's source address (IFLA_VXLAN_LOCAL6/LOCAL), "" when none
 
 
 @dataclass(frozen=True)

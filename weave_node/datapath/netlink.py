@@ -111,9 +111,11 @@ def _links(ipr: Any) -> dict[str, Link]:
         kind = (info.get("IFLA_INFO_KIND") if info else None) or ""
         data = info.get("IFLA_INFO_DATA") if info else None
         vni = port = learning = snooping = isolated = None
+        local = ""
         if kind == "vxlan" and data is not None:
             vni, port = data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_PORT")
             learning = bool(data.get("IFLA_VXLAN_LEARNING"))
+            local = str(data.get("IFLA_VXLAN_LOCAL6") or data.get("IFLA_VXLAN_LOCAL") or "")
         if kind == "bridge" and data is not None:
             snooping = bool(data.get("IFLA_BR_MCAST_SNOOPING"))
         master = msg.get("IFLA_MASTER")
@@ -135,6 +137,7 @@ def _links(ipr: Any) -> dict[str, Link]:
             learning=learning,
             mcast_snooping=snooping,
             isolated=isolated,
+            local=local,
         )
     return links
 
@@ -260,6 +263,7 @@ def _create(ipr: Any, op: CreateBridge | CreateVxlan) -> None:
         vxlan_learning=int(op.learning),
         mtu=op.mtu,
         master=index(ipr, op.master),
+        **({"vxlan_local6": op.local} if op.local else {}),
     )
 
 
@@ -355,13 +359,14 @@ def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:
 
 
 def default_route_mtu(netns: str | None = None) -> tuple[str, int] | None:
-    """The device of the IPv4 default route and its MTU, or None."""
+    """The device of the IPv4 default route (else IPv6's: an IPv6-only host) and its MTU, or None."""
     with ipr_in(netns) as ipr:
-        for route in ipr.get_default_routes(family=socket.AF_INET):
-            oif = route.get("RTA_OIF")
-            if oif:
-                link = ipr.get_links(oif)[0]
-                return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU"))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_default_routes(family=family):
+                oif = route.get("RTA_OIF")
+                if oif:
+                    link = ipr.get_links(oif)[0]
+                    return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU"))
     return None
 
 

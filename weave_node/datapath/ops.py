@@ -30,6 +30,7 @@ class CreateVxlan:
     mtu: int
     learning: bool
     master: str
+    local: str = ""  # an IPv6 source: the device's socket is IPv6's (datapath.model.Vxlan)
 
 
 @dataclass(frozen=True)

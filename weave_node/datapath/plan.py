@@ -166,7 +166,9 @@ def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
         b.ops.append(DeleteLink(want.name))
         link = None
     if link is None:
-        b.ops.append(CreateVxlan(want.name, want.vni, want.port, want.mtu, want.learning, desired.bridge.name))
+        b.ops.append(
+            CreateVxlan(want.name, want.vni, want.port, want.mtu, want.learning, desired.bridge.name, want.local)
+        )
         b.ops.append(SetLink(want.name, up=True, alias=ALIAS, isolated=True if want.isolated else None))
         return True
     change = SetLink(
@@ -182,7 +184,8 @@ def _vxlan(b: _Builder, desired: Desired, observed: Observed) -> bool:
 
 
 def _same_vxlan(link: Link, want: Vxlan) -> bool:
-    return link.vni == want.vni and link.port == want.port and link.learning == want.learning
+    same = link.vni == want.vni and link.port == want.port and link.learning == want.learning
+    return same and link.local == want.local  # (another underlay family or source: a new device)
 
 
 def _ports(b: _Builder, desired: Desired, observed: Observed) -> None:
@@ -324,8 +327,9 @@ def _link_model(links: dict[str, Link], op: Op) -> str:
         links[op.name] = Link(op.name, "bridge", mtu=op.mtu, mac=op.mac, mcast_snooping=op.mcast_snooping)
     elif isinstance(op, CreateVxlan):
         links[op.name] = Link(
-            op.name, "vxlan", mtu=op.mtu, master=op.master, vni=op.vni, port=op.port, learning=op.learning
-        )
+            op.name, "vxlan", mtu=op.mtu, master=op.master, vni=op.vni, port=op.port, learning=op.learning,
+            local=op.local,
+        )  # fmt: skip
         return "new-vxlan"
     elif isinstance(op, SetLink):
         old = links[op.name]

@@ -24,9 +24,8 @@ from typing import Any
 
 from weave_node.core.address import PeerAddress, parse_peer
 from weave_node.core.clock import Clock, MonotonicClock
-from weave_node.core.errors import ConfigError
 from weave_node.core.ratelimit import LogLimiter, RateLimitedLog
-from weave_node.mesh import admission, gossip
+from weave_node.mesh import admission, gossip, listen
 from weave_node.mesh.connector import Connector
 from weave_node.mesh.messages import Messages
 from weave_node.mesh.neighbours import Neighbour, socket_host
@@ -86,7 +85,7 @@ class Router(Messages):
         self.channels: dict[str, gossip.Gossiper] = {}
         self.terminations = 0
         self.started_at = self.clock.now()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self.listen_port = config.port
@@ -96,12 +95,8 @@ class Router(Messages):
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(self._accept, self.config.listen_host, self.config.port)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.config.listen_host}:{self.config.port}: {exc.strerror}") from exc
-        sock = self._server.sockets[0]
-        self.listen_port = sock.getsockname()[1]
+        self._servers = await listen.listen(self._accept, self.config.listen_host, self.config.port)
+        self.listen_port = self._servers[0].sockets[0].getsockname()[1]
         log.info(
             "router %s(%s) listening on %s:%d, %d initial peer(s), connection limit %d (handshakes: %d, %d per "
             "address, %g s), encryption %s",
@@ -119,8 +114,8 @@ class Router(Messages):
         self._spawn(self._maintain())
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for pc in [*self.established.values(), *self.pending]:
             pc.conn.close("router shutting down")
             pc.failure = "router shutting down"
@@ -129,9 +124,7 @@ class Router(Messages):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await listen.close(self._servers)
 
     def _dial_soon(self, address: PeerAddress) -> None:
         self._spawn(self._dial(address))

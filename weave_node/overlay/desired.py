@@ -35,6 +35,7 @@ class Settings:
     sleeve: bool = False  # the sleeve runs: its TAP is a port of the bridge, isolated from the VXLAN port
     direct: bool = False  # direct mode is on (overlay.direct): proxy ARP on the bridge, routed pod traffic in
     pod_range6: str = ""  # dual-stack: the IPv6 range (pods' IPv6 traffic crosses hosts on layer 2 only)
+    vxlan_local: str = ""  # an IPv6 underlay: our address on it (the VXLAN device's family and source); "": IPv4
 
     @property
     def ipv6_only(self) -> bool:
@@ -103,16 +104,20 @@ def peer_entries(
     direct: Mapping[int, str],
     me: int,
     no_flood: frozenset[int] = frozenset(),
+    *,
+    ipv6: bool = False,
 ) -> tuple[frozenset[Fdb], frozenset[Neigh], dict[int, str]]:
     """(FDB entries, neighbour entries, {peer: bridge ip} of the peers whose heartbeats can run).
     Peers in `no_flood` (those in sleeve mode) get no flood entry: the sleeve carries their broadcasts, and a
-    half-working tunnel must not deliver them twice. Their bridge MAC entry stays, for the heartbeats."""
+    half-working tunnel must not deliver them twice. Their bridge MAC entry stays, for the heartbeats.
+    `ipv6`: our VXLAN device's family; a peer whose VTEP is of the other family gets no entries (see
+    `other_family`: the sleeve carries its pod traffic)."""
     fdb: set[Fdb] = set()
     neigh: set[Neigh] = set()
     bridges: dict[int, str] = {}
     for name in sorted(peers - {me}):
         vtep = underlay_of(name, infos, direct)
-        if not vtep:
+        if not vtep or (":" in vtep) != ipv6:
             continue
         if name not in no_flood:
             fdb.add(Fdb(FLOOD_MAC, vtep))
@@ -122,6 +127,14 @@ def peer_entries(
             neigh.add(Neigh(info.bridge_ip, info.bridge_mac))
             bridges[name] = info.bridge_ip
     return frozenset(fdb), frozenset(neigh), bridges
+
+
+def other_family(
+    peers: set[int], infos: Mapping[int, PeerInfo], direct: Mapping[int, str], ipv6: bool
+) -> frozenset[int]:
+    """The peers whose VTEP is of the other underlay family than our VXLAN device's: no fast datapath to them."""
+    vteps = {name: underlay_of(name, infos, direct) for name in peers}
+    return frozenset(name for name, vtep in vteps.items() if vtep and (":" in vtep) != ipv6)
 
 
 def desired_state(
@@ -152,7 +165,9 @@ def desired_state(
             ipv6=v6,
             managed6=bool(bridge_cidr6) or (settings.ipv6_only and bool(bridge_cidr)),
         ),
-        vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve) if settings.fastdp else None,
+        vxlan=Vxlan(mtu=settings.mtu, isolated=settings.sleeve, local=settings.vxlan_local)
+        if settings.fastdp
+        else None,
         fdb=_one_mac_one_vtep(fdb) if settings.fastdp else frozenset(),
         neigh=neigh,
         sysctls=tuple(sysctls),

@@ -51,7 +51,8 @@ def candidates(
     out = {}
     for peer, vtep in sorted(vteps.items()):
         route = routes.get(vtep)
-        if route and not route[1] and route[0] not in skip and bridges.get(peer):
+        ipv4 = ":" not in vtep and ":" not in bridges.get(peer, "")  # (direct mode routes IPv4 only)
+        if ipv4 and route and not route[1] and route[0] not in skip and bridges.get(peer):
             out[peer] = Candidate(peer, vtep, route[0], bridges[peer])
     return out
 

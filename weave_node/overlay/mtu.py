@@ -13,6 +13,8 @@ from weave_node.overlay.sleeve import codec
 
 DEFAULT = 1450
 SLEEVE_OVERHEAD = 20 + 8 + 14 + codec.VNET_HDR_SIZE  # IPv4 + UDP + the frame's Ethernet + virtio-net
+IPV6_EXTRA = 20  # an IPv6 header's 40 bytes against IPv4's 20
+MIN_IPV6 = 1280  # IPv6's minimum link MTU (RFC 8200): pods with IPv6 need at least this
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,12 @@ def probe_hosts(peer_hosts: Iterable[str]) -> list[str]:
     return out
 
 
-def from_underlay(found: Sequence[tuple[str, int]], *, encrypt: bool) -> Mtu:
-    """From the underlay devices found, (name, MTU) each; none found: 1500."""
+def from_underlay(found: Sequence[tuple[str, int]], *, encrypt: bool, ipv6: bool = False) -> Mtu:
+    """From the underlay devices found, (name, MTU) each; none found: 1500. `ipv6`: an IPv6 underlay, whose
+    header is 20 bytes longer than IPv4's."""
     name, mtu = min(found, key=lambda d: d[1]) if found else ("(no route found)", 1500)
+    extra, family = (IPV6_EXTRA, " over IPv6") if ipv6 else (0, "")
     if encrypt:
-        overhead = SLEEVE_OVERHEAD + codec.overhead(True)
-        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve)", mtu)
-    return Mtu(overlay_mtu(mtu), f"underlay {name} {mtu} - 50 (VXLAN)", mtu)
+        overhead = SLEEVE_OVERHEAD + codec.overhead(True) + extra
+        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve{family})", mtu)
+    return Mtu(overlay_mtu(mtu) - extra, f"underlay {name} {mtu} - {50 + extra} (VXLAN{family})", mtu)

@@ -133,17 +133,17 @@ def _key(info: PeerInfo) -> tuple[str, int, str, str]:
 
 
 def vtep_address(raw: bytes | str) -> str:
-    """A usable IPv4 VTEP address, or "" (the VXLAN device is IPv4: IPv6 and special addresses are not usable).
-    IPv4-mapped IPv6 addresses (a dual-stack listener's view of an IPv4 peer) become IPv4."""
+    """A usable VTEP address (IPv4, or IPv6 of an IPv6 underlay), or "" (special addresses: loopback, multicast,
+    link-local, ...). IPv4-mapped IPv6 addresses (a dual-stack listener's view of an IPv4 peer) become IPv4."""
     try:
         addr = ipaddress.ip_address(raw)
     except ValueError:
         return ""
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is None:
-            return ""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local or addr == _BROADCAST:
+        return ""
+    if isinstance(addr, ipaddress.IPv6Address) and (addr.is_site_local or addr.is_reserved or addr.scope_id):
         return ""
     return str(addr)
 

@@ -18,24 +18,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from weave_node.core.address import Range
-from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired, bridge_mac
+from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired
 from weave_node.datapath.ops import SetLink
 from weave_node.datapath.plan import Plan, plan
 from weave_node.mesh.crypto import SessionKeys
-from weave_node.mesh.gossip import GossipChannel
 from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import desired as wanted
 from weave_node.overlay import mtu as overlay_mtu
 from weave_node.overlay import netfilter
-from weave_node.overlay import peers as overlay_peers
 from weave_node.overlay.desired import TAP, Retention, Settings
 from weave_node.overlay.direct_paths import DirectPaths, Spans
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, obtain_bridge_address, underlay_devices
-from weave_node.overlay.peers import PeerInfo, PeerTable
+from weave_node.overlay.peer_gossip import PeerGossip
 from weave_node.overlay.pods import PodPlumbing
 from weave_node.overlay.sleeve import plan as sleeve_plan
 from weave_node.overlay.sleeve.config import PORT as SLEEVE_PORT
@@ -90,9 +88,9 @@ class OverlayService:
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
-        self.table = PeerTable()
-        self.mine = PeerInfo(me, wall_ns(), "", 0, bridge_mac(me), "")
-        self.table.merge([self.mine])
+        self._dirty, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
+        self.gossip = PeerGossip(me, config.pod_range, wall_ns, self._dirty.set)
+        self.table = self.gossip.table  # every peer's PeerInfo, ours included
         self.retention = Retention(retain=config.retain, started=clock())
         self.health = Health(me, interval=config.heartbeat_interval, timeout=config.heartbeat_timeout)
         self.heartbeats = HeartbeatSocket(self.health, clock)
@@ -103,11 +101,9 @@ class OverlayService:
         self.problems: tuple[str, ...] = ()
         self.bridge_nf: netfilter.Decision | None = None  # the last decision on bridge-nf-call-iptables
         self.last_sync: dict[str, Any] = {}
-        self.channel: GossipChannel | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
         self.pods = PodPlumbing(self.kernel)
         self.direct_paths = DirectPaths(self.kernel, space)  # direct mode: candidates, their IPAM space
-        self._dirty, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
         self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
@@ -118,47 +114,9 @@ class OverlayService:
     def mtu(self) -> int:
         return self.mtu_choice.mtu
 
-    # --- gossip (mesh.gossip.Gossiper) ---------------------------------------------------------------------
-
-    def attach(self, channel: GossipChannel) -> None:
-        self.channel = channel
-
-    def on_gossip(self, src: int, data: bytes) -> bytes | None:
-        news = self._merge(overlay_peers.decode(data))
-        return overlay_peers.encode(news) if news else None
-
-    def on_broadcast(self, src: int, data: bytes) -> None:
-        self._merge(overlay_peers.decode(data))
-
-    on_unicast = on_broadcast
-
-    def gossip_state(self) -> bytes | None:
-        return overlay_peers.encode(self.table.infos.values())
-
-    def _merge(self, infos: list[PeerInfo]) -> list[PeerInfo]:
-        merged = overlay_peers.merge(self.table, infos, self.mine, self.config.pod_range)
-        if merged.mine is not None:
-            self._set_mine(merged.mine)
-        if merged.news:
-            self._dirty.set()
-        return merged.news
-
-    def _set_mine(self, info: PeerInfo) -> None:
-        self.mine = info
-        self.table.infos[self.me] = info
-        if self.channel is not None:
-            self.channel.gossip(overlay_peers.encode([info]))
-
-    def _update_mine(self, **changes: Any) -> None:
-        new = overlay_peers.updated(self.mine, replace(self.mine, **changes), self.wall_ns())
-        if new is not None:
-            self._set_mine(new)
-
     def _advertise(self, bridge_cidr: str | None) -> None:
-        """Our bridge address in our PeerInfo (fastdp only: peers install entries for it)."""
-        if bridge_cidr and self.fastdp:
-            ip, prefix = bridge_cidr.split("/")
-            self._update_mine(bridge_ip=ip, prefix=int(prefix))
+        if self.fastdp:  # (without it peers install nothing for our bridge)
+            self.gossip.advertise(bridge_cidr)
 
     # --- mesh events -------------------------------------------------------------------------------------
 
@@ -173,7 +131,10 @@ class OverlayService:
         self.direct = dict(direct)
         self.table.forget(set(nicknames) | self.retention.kept(self.clock()) | {self.me})
         if local_underlay:
-            self._update_mine(underlay=local_underlay)
+            self.gossip.update_mine(underlay=local_underlay)
+            # Our VXLAN device's family (and, IPv6's, its source) is that of the address our mesh connections
+            # are at: a VXLAN device carries one family. Peers of the other go through the sleeve.
+            self.settings = replace(self.settings, vxlan_local=local_underlay if ":" in local_underlay else "")
         self._dirty.set()
 
     def space_changed(self) -> None:  # IPAM's ring changed: a direct peer's routes follow its space
@@ -196,12 +157,16 @@ class OverlayService:
         self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
+        if (vxlan := observed.links.get(VXLAN)) is not None and vxlan.kind == "vxlan":  # (kept until we know)
+            self.settings = replace(self.settings, vxlan_local=vxlan.local if ":" in vxlan.local else "")
         bridge = observed.links.get(BRIDGE)
         if bridge is not None and bridge.kind == "bridge":
             self.bridge_cidr = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range)
             self._advertise(self.bridge_cidr)  # peers keep our entries across a restart
             if self.config.pod_range6 is not None:
                 self.bridge_cidr6 = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range6)
+        if (self.config.pod_range6 or self.config.pod_range.ipv6) and self.mtu < overlay_mtu.MIN_IPV6:
+            log.error("MTU %d is below IPv6's minimum (%d): pods' IPv6 will not work", self.mtu, overlay_mtu.MIN_IPV6)
         fast = f"on ({VXLAN}, UDP {VXLAN_PORT}, VNI {VNI})" if self.fastdp else "off"
         adopted = f"{len(observed.fdb)} FDB and {len(observed.neigh)} neighbour entries"
         log.info("datapath: bridge %s, MTU %d (%s), fast datapath %s; adopting %s", BRIDGE, self.mtu, *(
@@ -238,8 +203,9 @@ class OverlayService:
     # --- reconcile ---------------------------------------------------------------------------------------
 
     def _underlay_mtu(self) -> overlay_mtu.Mtu:
-        found = underlay_devices(self.kernel, overlay_mtu.probe_hosts(self.config.peer_hosts))
-        return overlay_mtu.from_underlay(found, encrypt=self.config.encrypt)
+        hosts = overlay_mtu.probe_hosts(self.config.peer_hosts)
+        ipv6 = bool(hosts) and all(":" in h for h in hosts)  # (an IPv6 underlay: 20 bytes more per packet)
+        return overlay_mtu.from_underlay(underlay_devices(self.kernel, hosts), encrypt=self.config.encrypt, ipv6=ipv6)
 
     def _sync(self, desired: Desired) -> tuple[Plan, int, list[str]]:
         observed = replace(self.kernel.observe(), flushed=self._flushed)
@@ -263,7 +229,8 @@ class OverlayService:
         self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct)
         sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
         self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
-        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, self.planned_sleeve)
+        ipv6 = bool(self.settings.vxlan_local)
+        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
         src = (self.bridge_cidr or "").split("/")[0]  # the host's own traffic to direct peers' pods leaves from it
@@ -347,7 +314,8 @@ class OverlayService:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
         none = frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
-        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none)
+        other = wanted.other_family(self.peers, self.table.infos, self.direct, bool(self.settings.vxlan_local))
+        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none | other)
 
     def sleeve_config(self) -> SleeveConfig:
         """What the forwarder should do now."""

@@ -65,6 +65,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 IP_MTU_DISCOVER = 10
+IPV6_MTU_DISCOVER = 23  # (IPV6_PMTUDISC_PROBE has IPv4's value, 3)
 IP_PMTUDISC_PROBE = 3  # DF on every datagram, and the kernel's PMTU cache ignored: the probes decide
 MAX_UDP = 65507
 UDP_MAX_SEGMENTS = 64  # the kernel's limit per GSO send (128 on the newest kernels)
@@ -77,10 +78,12 @@ def name_bytes(name: int) -> bytes:
 
 
 class Link:
-    def __init__(self, spec: LinkSpec, wall_ns: int) -> None:
+    def __init__(self, spec: LinkSpec, wall_ns: int, family: int = socket.AF_INET) -> None:
+        """`family`: the socket's; a dual-stack (IPv6) socket reaches an IPv4 peer at its IPv4-mapped address."""
         self.spec = spec
         self.peer_b = name_bytes(spec.peer)
-        self.addr = (spec.address, PORT)
+        mapped = family == socket.AF_INET6 and ":" not in spec.address
+        self.addr = (f"::ffff:{spec.address}" if mapped else spec.address, PORT)
         send, receive = (spec.keys.send, spec.keys.receive) if spec.keys else (None, None)
         # Plain: the sequence starts at the wall clock, so a restarted router is not taken for a replay.
         self.sealer = Sealer(send, seq=0 if send else wall_ns, mode=spec.cipher)
@@ -262,7 +265,7 @@ class Forwarder:
         for name, spec in config.links.items():
             old = self.links.get(name)
             if old is None or not old.spec.same_session(spec):
-                link = self.links[name] = Link(spec, wall)
+                link = self.links[name] = Link(spec, wall, self.sock.family)
                 if old is not None and old.spec.address == spec.address and old.spec.keys and spec.keys:
                     link.take_over(old, now + self.handover)
                 elif old is not None:
@@ -691,12 +694,27 @@ def _name_thread(name: bytes) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
-def open_socket(port: int = PORT, address: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - all underlays
-    """The sleeve's UDP socket: non-blocking, DF on everything, GRO on when the kernel has it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def open_socket(port: int = PORT, address: str = "::") -> socket.socket:
+    """The sleeve's UDP socket: non-blocking, DF on everything, GRO on when the kernel has it. On "::" (the
+    default) one dual-stack socket serves IPv4 and IPv6 peers alike; a host without IPv6 gets an IPv4 one."""
+    try:
+        return _open_socket(port, address)
+    except OSError:
+        if address != "::":
+            raise
+        log.info("sleeve: no IPv6 socket in this kernel: IPv4 peers only")
+        return _open_socket(port, "0.0.0.0")  # noqa: S104 - all underlays
+
+
+def _open_socket(port: int, address: str) -> socket.socket:
+    v6 = ":" in address
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # (IPv4 peers as ::ffff:a.b.c.d)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         try:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)

@@ -15,6 +15,7 @@ from weave_node.overlay.sleeve.config import Config, LinkSpec
 from weave_node.overlay.sleeve.routing import sleeve_routes
 
 UDP_IPV4 = 28  # IPv4 + UDP headers: a datagram is the underlay MTU minus these
+UDP_IPV6 = 48  # IPv6 + UDP: a peer reached over an IPv6 underlay
 
 
 def sleeve_peers(
@@ -62,11 +63,12 @@ def link_specs(
     whose connection is encrypted."""
     links = {}
     for name, address in sorted(direct.items()):
+        largest = underlay_mtu - (UDP_IPV6 if ":" in address else UDP_IPV4)
         if keys is None or (name in plain and name not in keys):
-            links[name] = LinkSpec(name, address, None, max_datagram=underlay_mtu - UDP_IPV4)
+            links[name] = LinkSpec(name, address, None, max_datagram=largest)
         elif name in keys:
             sealed, cipher = keys[name]
-            links[name] = LinkSpec(name, address, sealed, max_datagram=underlay_mtu - UDP_IPV4, cipher=cipher)
+            links[name] = LinkSpec(name, address, sealed, max_datagram=largest, cipher=cipher)
     return links
 
 
