@@ -42,9 +42,8 @@ def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None
 
 
 def _dns_summary(d: dict[str, Any]) -> str:
-    where = (
-        f"{d['domain']}. on {d['address']}:{d['port']}" if d["address"] else f"{d['domain']}. (no bridge address yet)"
-    )
+    host = f"[{d['address']}]" if ":" in str(d["address"]) else d["address"]  # (IPv6: the port apart)
+    where = f"{d['domain']}. on {host}:{d['port']}" if d["address"] else f"{d['domain']}. (no bridge address yet)"
     if d["problem"]:
         where = f"{d['domain']}. not served: {d['problem']}"
     upstreams = ", ".join(d["upstreams"]) or "none"

@@ -47,12 +47,13 @@ class Lab:
 
 
 @contextlib.contextmanager
-def running_lab(prefix: str, hosts: int) -> Iterator[tuple[str, str]]:
+def running_lab(prefix: str, hosts: int, *extra: str) -> Iterator[tuple[str, str]]:
     """A lab of `hosts` hosts named after `prefix` and this process, up for the block, always taken down after:
-    (its name, its ssh_config)."""
+    (its name, its ssh_config). `extra`: more arguments of `lab up` (--ipv6)."""
     name = f"{prefix}{os.getpid() % 100000}"
     try:
-        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), env={"WEAVE_LAB": name}, check=True)
+        run_cli("weave-node", "lab", "up", "--name", name, "--hosts", str(hosts), *extra, env={"WEAVE_LAB": name},
+                check=True)  # fmt: skip
         status = json.loads(run_cli("weave-node", "lab", "status", "--json", "--name", name, check=True).stdout)
         yield name, status["ssh_config"]
     finally:

@@ -74,3 +74,12 @@ def test_etc_hosts_names_every_lab_host() -> None:
     text = render_etc_hosts(spec, spec.hosts[1])
     assert "127.0.1.1\tnode2" in text
     assert "198.18.0.3\tnode3" in text
+
+
+def test_an_ipv6_only_lab_has_ipv6_addresses_and_ssh_over_tcp6() -> None:
+    spec = make_spec("six", 2, ipv6=True)
+    assert [str(h.address) for h in spec.hosts] == ["2001:db8:18::1", "2001:db8:18::2"] and spec.prefix == 64
+    assert str(spec.gateway) == "2001:db8:18::fe"
+    text = render_ssh_config(spec, "/k", "/kh")
+    assert "HostName 2001:db8:18::1\n" in text and "socat - TCP6:[%h]:%p" in text
+    assert "socat - TCP:%h:%p" in render_ssh_config(make_spec("four", 1), "/k", "/kh")

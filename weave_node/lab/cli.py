@@ -30,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="make the hosts a Kubernetes 1.20 cluster: containerd, kubelet and kube-proxy on every host, the "
         "control plane on node1 (binaries built from Debian's source package once per machine, ~7 min)",
     )
+    p.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="an IPv6-only underlay: the hosts get 2001:db8:18::N/64 and no IPv4 address",
+    )
     p.set_defaults(func=cmd_up)
     p = named(lab_sub.add_parser("down", help="stop every host and remove everything the lab created"))
     p.add_argument("-q", "--quiet", action="store_true")
@@ -65,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from weave_node.lab.progress import Progress
 
     progress = Progress(quiet=args.quiet)
-    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes)
+    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes, ipv6=args.ipv6)
     total = sum(progress.timings.values())
     if not args.quiet and st.paths is not None:
         progress.console.print(

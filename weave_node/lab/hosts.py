@@ -13,7 +13,7 @@ from typing import Any
 
 from weave_node.lab import system
 from weave_node.lab.paths import LabPaths, failure_logs_dir
-from weave_node.lab.spec import UNDERLAY_GATEWAY, UNDERLAY_NET, HostSpec, LabSpec, render_etc_hosts
+from weave_node.lab.spec import HostSpec, LabSpec, render_etc_hosts
 from weave_node.lab.system import LabError
 
 BOOT_TIMEOUT = float(os.environ.get("WEAVE_LAB_BOOT_TIMEOUT", "90"))
@@ -50,11 +50,11 @@ def make_network(spec: LabSpec) -> None:
         f"link add {h.underlay_port} netns {under} type veth peer name eth0 netns {h.netns}" for h in spec.hosts
     ]
     system.ip_batch(None, root_cmds)
-    prefix = UNDERLAY_NET.prefixlen
+    prefix, nodad = spec.prefix, " nodad" if spec.ipv6 else ""  # (IPv6: usable at once, no DAD wait)
     under_cmds = [
         "link set lo up",
         "link add br0 type bridge",
-        f"addr add {UNDERLAY_GATEWAY}/{prefix} dev br0",
+        f"addr add {spec.gateway}/{prefix} dev br0{nodad}",
         "link set br0 up",
     ]
     under_cmds += [f"link set {h.underlay_port} master br0 up" for h in spec.hosts]
@@ -64,9 +64,9 @@ def make_network(spec: LabSpec) -> None:
             h.netns,
             [
                 "link set lo up",
-                f"addr add {h.address}/{prefix} dev eth0",
+                f"addr add {h.address}/{prefix} dev eth0{nodad}",
                 "link set eth0 up",
-                f"route add default via {UNDERLAY_GATEWAY}",
+                f"route add default via {spec.gateway}",
             ],
         )
 

@@ -18,8 +18,6 @@ from weave_node.lab.paths import LabPaths, home
 from weave_node.lab.progress import Progress
 from weave_node.lab.rootfs import KUBERNETES_PACKAGES, PACKAGES, ensure_rootfs
 from weave_node.lab.spec import (
-    UNDERLAY_GATEWAY,
-    UNDERLAY_NET,
     LabSpec,
     make_spec,
     render_known_hosts,
@@ -81,7 +79,7 @@ def status(name: str, *, probe_systemd: bool = True) -> LabStatus:
     state = _load_state(paths)
     if state is None:
         return LabStatus(name=name, up=False, spec=None, leftovers=leftovers(name), paths=paths)
-    spec = make_spec(name, int(state["hosts"]))
+    spec = make_spec(name, int(state["hosts"]), bool(state.get("ipv6")))
     hosts = []
     for host in spec.hosts:
         cgroups = system.lab_cgroups(name, host.name)
@@ -118,21 +116,25 @@ def _system_state(pid1: int) -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def up(name: str, count: int, progress: Progress, kubernetes: bool = False) -> LabStatus:
-    spec = make_spec(name, count)  # bad input fails here, before anything is touched
+def up(name: str, count: int, progress: Progress, kubernetes: bool = False, ipv6: bool = False) -> LabStatus:
+    """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address)."""
+    spec = make_spec(name, count, ipv6)  # bad input fails here, before anything is touched
     system.require_root()
     system.require_tools(TOOLS)
     system.cgroup_hierarchies()
     with _lock(name):
         current = status(name, probe_systemd=False)
         if current.up and current.spec is not None:
-            if len(current.spec.hosts) == count and is_kubernetes(name) == kubernetes:
+            if len(current.spec.hosts) == count and is_kubernetes(name) == kubernetes and current.spec.ipv6 == ipv6:
                 progress.note(f"lab {name!r} is already up with {count} hosts: reusing it")
                 return current
+
+            def kind(k8s: bool, v6: bool) -> str:
+                return f"{' as a Kubernetes cluster' if k8s else ''}{' on IPv6 only' if v6 else ''}"
+
             raise LabError(
                 f"lab {name!r} is already up with {len(current.spec.hosts)} hosts"
-                f"{' as a Kubernetes cluster' if is_kubernetes(name) else ''}, not {count}"
-                f"{' as a Kubernetes cluster' if kubernetes else ''}: "
+                f"{kind(is_kubernetes(name), current.spec.ipv6)}, not {count}{kind(kubernetes, ipv6)}: "
                 f"run `weave-node lab down{_name_flag(name)}` first"
             )
         if current.leftovers or current.spec is not None:
@@ -180,7 +182,7 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
             step.update("certificates, kubeconfigs and units of a Kubernetes cluster (control plane on node1)")
     with progress.step("network namespaces and underlay bridge") as step:
         make_network(spec)
-        step.update(f"{spec.underlay_netns}: br0 {UNDERLAY_GATEWAY}/{UNDERLAY_NET.prefixlen}")
+        step.update(f"{spec.underlay_netns}: br0 {spec.gateway}/{spec.prefix}")
     raised = system.raise_inotify_instances()
     if raised:
         progress.note(raised)
@@ -205,6 +207,7 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
         "underlay_netns": spec.underlay_netns,
         "ssh_config": str(paths.ssh_config),
         "addresses": {h.name: str(h.address) for h in spec.hosts},
+        "ipv6": spec.ipv6,
         "created": time.time(),
         "kubernetes": prepared is not None,
         "kubernetes_bin": str(prepared.bin_dir) if prepared else None,
@@ -233,7 +236,7 @@ def require_up(name: str) -> tuple[LabSpec, LabPaths]:
     state = _load_state(paths)
     if state is None:
         raise LabError(f"lab {name!r} is not up: run `weave-node lab up{_name_flag(name)}`")
-    return make_spec(name, int(state["hosts"])), paths
+    return make_spec(name, int(state["hosts"]), bool(state.get("ipv6"))), paths
 
 
 def kubectl_argv(name: str, args: list[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """What a lab looks like: names, namespaces and addresses (pure, no I/O).
 
 Every lab lives in namespaces of its own: an underlay namespace holding the bridge `br0`, and one namespace per
-host. Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarking), and only ever exist inside those
-namespaces, so two labs (or a lab and the machine) never clash.
+host. Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarking), or for an IPv6-only lab from
+2001:db8:18::/64 (RFC 3849, documentation), and only ever exist inside those namespaces, so two labs (or a lab
+and the machine) never clash.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from weave_node.core.errors import ConfigError
 MAX_HOSTS = 200
 UNDERLAY_NET = ipaddress.IPv4Network("198.18.0.0/24")
 UNDERLAY_GATEWAY = ipaddress.IPv4Address("198.18.0.254")
+UNDERLAY_NET6 = ipaddress.IPv6Network("2001:db8:18::/64")  # an IPv6-only lab's underlay
+UNDERLAY_GATEWAY6 = ipaddress.IPv6Address("2001:db8:18::fe")
 HOST_PREFIX = "node"
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
@@ -26,7 +29,7 @@ class HostSpec:
     index: int  # 1-based
     machine: str  # systemd-nspawn machine name, unique across labs
     netns: str  # the host's network namespace
-    address: ipaddress.IPv4Address  # on eth0, inside the host's namespace
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address  # on eth0, inside the host's namespace
     underlay_port: str  # the veth end on the underlay bridge
 
 
@@ -34,6 +37,16 @@ class HostSpec:
 class LabSpec:
     name: str
     hosts: tuple[HostSpec, ...]
+    ipv6: bool = False  # an IPv6-only underlay: the hosts have no IPv4 address at all
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The underlay bridge's address (the hosts' default route; "outside" for the pods)."""
+        return UNDERLAY_GATEWAY6 if self.ipv6 else UNDERLAY_GATEWAY
+
+    @property
+    def prefix(self) -> int:
+        return UNDERLAY_NET6.prefixlen if self.ipv6 else UNDERLAY_NET.prefixlen
 
     @property
     def underlay_netns(self) -> str:
@@ -53,7 +66,7 @@ def validate_lab_name(name: str) -> str:
     return name
 
 
-def make_spec(name: str, count: int) -> LabSpec:
+def make_spec(name: str, count: int, ipv6: bool = False) -> LabSpec:
     validate_lab_name(name)
     if not 1 <= count <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, not {count}")
@@ -63,12 +76,12 @@ def make_spec(name: str, count: int) -> LabSpec:
             index=i,
             machine=f"wnl-{name}-{HOST_PREFIX}{i}",
             netns=f"wnl-{name}-{HOST_PREFIX}{i}",
-            address=UNDERLAY_NET.network_address + i,
+            address=(UNDERLAY_NET6 if ipv6 else UNDERLAY_NET).network_address + i,
             underlay_port=f"vh{i}",
         )
         for i in range(1, count + 1)
     )
-    return LabSpec(name=name, hosts=hosts)
+    return LabSpec(name=name, hosts=hosts, ipv6=ipv6)
 
 
 def render_etc_hosts(spec: LabSpec, me: HostSpec) -> str:
@@ -99,11 +112,15 @@ def render_ssh_config(spec: LabSpec, identity_file: str, known_hosts_file: str) 
                     "    LogLevel ERROR",
                     # socat, not nc: nc stays in CLOSE-WAIT when the host goes away (a reboot), and the SSH
                     # client (pyinfra's paramiko) then waits for it forever; socat ends with the connection
-                    f"    ProxyCommand ip netns exec {spec.underlay_netns} socat - TCP:%h:%p",
+                    f"    ProxyCommand ip netns exec {spec.underlay_netns} socat - {_socat_target(spec)}",
                 ]
             )
         )
     return "\n\n".join(blocks) + "\n"
+
+
+def _socat_target(spec: LabSpec) -> str:
+    return "TCP6:[%h]:%p" if spec.ipv6 else "TCP:%h:%p"
 
 
 def render_known_hosts(spec: LabSpec, public_keys: dict[str, str]) -> str:

@@ -139,7 +139,7 @@ def socket_in_netns(netns: str, family: int = socket.AF_INET, kind: int = socket
 
 def ssh_banner(netns: str, address: str, port: int = 22, timeout: float = 0.5) -> str | None:
     """The SSH banner from address:port inside netns, or None if sshd is not answering yet."""
-    sock = socket_in_netns(netns)
+    sock = socket_in_netns(netns, socket.AF_INET6 if ":" in address else socket.AF_INET)
     try:
         sock.settimeout(timeout)
         sock.connect((address, port))
