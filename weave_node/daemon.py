@@ -25,7 +25,7 @@ from weave_node.dns.service import CHANNEL as DNS_CHANNEL
 from weave_node.dns.service import DnsRecords
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
-from weave_node.ipam.families import CHANNEL6, FEATURE_IPV6, Ipam
+from weave_node.ipam.families import CHANNEL6, FEATURE_IPV4, FEATURE_IPV6, Ipam
 from weave_node.ipam.model import Key
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
@@ -34,7 +34,7 @@ from weave_node.mesh.hostid import load_or_create_host_id
 from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
-from weave_node.overlay.peers import vtep_address
+from weave_node.overlay.peers import choose_underlay, vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
 from weave_node.overlay.service import OverlayConfig, OverlayService
 from weave_node.overlay.sleeve import codec
@@ -68,30 +68,31 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> Ipam:
     first, range6 = config.ipalloc_range, config.ipalloc_range6
     v4 = None if first.ipv6 else _ipam_service(config, identity, router, first, channel=CHANNEL, db="ipam.db")
     range6 = first if first.ipv6 else range6  # (an IPv6 range alone)
-    if range6 is None:
-        return Ipam(v4)
-    v6 = _ipam_service(config, identity, router, range6, channel=CHANNEL6, db="ipam6.db")
-    held = [""]
-
-    def held6() -> str:
-        return held[0]
+    v6 = None if range6 is None else _ipam_service(config, identity, router, range6, channel=CHANNEL6, db="ipam6.db")
+    held = {"IPv4": "", "IPv6": ""}  # why each family's ring is held back (ipam/families.py)
 
     def features_changed() -> None:
         nicks = {n: r.nickname for n, r in router.topology.records.items()}
-        lacking = sorted(f"{format_name(n.name)}({nicks.get(n.name, '')})" for n in router.neighbours()
-                         if FEATURE_IPV6 not in n.features)  # fmt: skip
-        reason = (
-            f"connected peer(s) {', '.join(lacking)} carry no IPv6 range (IPALLOC_RANGE without one, or an older "
-            "weave-node): give every router the same IPALLOC_RANGE"
-            if lacking
-            else ""
-        )
-        if reason != held[0]:
-            (log.warning if reason else log.info)("IPv6 IPAM: %s", reason or "every connected peer carries it")
-            held[0] = reason
+        for family, service, lacks, why in (
+            ("IPv6", v6, frozenset(), "IPALLOC_RANGE without one, or an older weave-node"),
+            ("IPv4", v4, frozenset({FEATURE_IPV6}), "an IPv6 range alone"),
+        ):  # (`lacks`: the features shared with a peer that lacks the family, beside lacking the family's own)
+            feature = FEATURE_IPV6 if family == "IPv6" else FEATURE_IPV4
+            lacking = sorted(f"{format_name(n.name)}({nicks.get(n.name, '')})" for n in router.neighbours()
+                             if service is not None and feature not in n.features and lacks <= n.features)  # fmt: skip
+            reason = (
+                f"connected peer(s) {', '.join(lacking)} carry no {family} range ({why}): give every router the same "
+                "IPALLOC_RANGE"
+                if lacking
+                else ""
+            )
+            if reason != held[family]:
+                message = reason or "every connected peer carries it"
+                (log.warning if reason else log.info)("%s IPAM: %s", family, message)
+                held[family] = reason
 
     router.on_change.append(features_changed)
-    return Ipam(v4, v6, held6)
+    return Ipam(v4, v6, held6=lambda: held["IPv6"], held4=lambda: held["IPv4"])
 
 
 def _ipam_service(config: RouterConfig, identity: Identity, router: Router, span: Range, *, channel: str,
@@ -183,7 +184,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
                 direct[n.name] = vtep_address(n.remote_address)
             if vtep_address(n.local_address):
                 local.append(vtep_address(n.local_address))
-        underlay = max(set(local), key=local.count) if local else ""
+        underlay = choose_underlay(local, overlay.gossip.mine.underlay)
         overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, underlay)
 
     router.on_change.append(topology_changed)
@@ -279,6 +280,7 @@ async def run_router(config: RouterConfig) -> int:
         features=frozenset(
             ({SLEEVE_AESGCM} if config.sleeve_aesgcm and codec.aesgcm_available() else set())
             | ({FEATURE_IPV6} if config.ipalloc_range6 is not None or config.ipalloc_range.ipv6 else set())
+            | ({FEATURE_IPV4} if not config.ipalloc_range.ipv6 else set())
         ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)

@@ -73,10 +73,10 @@ def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
     ipam = doc.get("ipam")
     if ipam is not None and "leaving" in ipam:
         return ""  # it left the ring (it is being removed): as settled as it will get
-    if ipam is not None and not ipam["ready"]:
+    # (not while held back by a peer without the range's family: in a rolling change of IPALLOC_RANGE's families,
+    # the peers not yet restarted hold it back, and waiting for them here would stop the roll)
+    if ipam is not None and not ipam["ready"] and not ipam.get("held"):
         return f"IPAM: {ipam['waiting'] or 'not ready'}"
-    # (not while held back by a peer without an IPv6 range: in a rolling change to dual-stack, the peers not yet
-    # restarted hold it back, and waiting for them here would stop the roll)
     v6 = (ipam or {}).get("ipv6")
     if v6 is not None and not v6["ready"] and not v6.get("held"):
         return f"IPv6 IPAM: {v6['waiting'] or 'not ready'}"

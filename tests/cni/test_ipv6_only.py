@@ -29,6 +29,7 @@ from tests.cni.test_dual_stack import (
 from tests.cni.test_weave_net import Node, make_node
 from tests.helpers import BIN, poll
 from tests.netns.hosts import FAST, netns_hosts, peers_fastdp, start_mesh
+from weave_node.api.client import ApiError, request
 
 RANGE6 = "fd32:58::/64"
 
@@ -169,3 +170,24 @@ def test_ipv6_only_falls_back_to_the_sleeve_when_vxlan_is_blocked(tmp_path: Path
         finally:
             _block_vxlan(net, add=False)
             _delete_pods(nodes)
+
+
+def test_a_neighbour_with_an_ipv6_range_alone_holds_ipv4_back_and_the_roll_goes_on(tmp_path: Path) -> None:
+    """In a rolling change from an IPv6 range alone to dual-stack, a restarted (dual-stack) router's IPv4 ring
+    cannot be agreed while its neighbours carry no "ipam" channel: IPv4 is held back with them named (ADDs fail at
+    once), and the router counts as ready, so the rollout's health gate does not stop the roll."""
+    with netns_hosts(2, tmp_path) as net:
+        a1, a2 = (h.address for h in net.hosts)
+        dual = net.start_router(1, *FAST, "--ipalloc-range", f"10.32.0.0/12,{RANGE6}", a2)
+        net.start_router(2, *FAST, "--ipalloc-range", RANGE6, a1)
+        poll(lambda: "h2" in dual.established(), timeout=20, what="h1 and h2 connected")
+        poll(lambda: "h2" in dual.status()["ipam"]["waiting"], timeout=10, what="IPv4 IPAM held, h2 named")
+        status = dual.status()["ipam"]
+        assert status["held"] and status["family"] == "ipv4" and "an IPv6 range alone" in status["waiting"], status
+        with pytest.raises(ApiError, match=r"no IPv4 address: connected peer\(s\) .*\(h2\)"):
+            request("POST", "/ipam/allocate", body={"container_id": "c1", "wait": 1}, socket_path=str(dual.socket))
+        poll(lambda: dual.status()["ipam"]["ipv6"]["ready"], timeout=20, what="IPv6 IPAM ready (both carry it)")
+        ready = subprocess.run([str(BIN / "weave-node"), "status", "--socket", str(dual.socket), "--wait", "5"],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        assert ready.returncode == 0, ready.stdout + ready.stderr  # what the rollout's health gate waits for
+        assert "IPv4 IPAM: connected peer(s)" in dual.log_text()

@@ -184,11 +184,11 @@ def _multicast6(receiver: Any, sender: Any, pod: str) -> bool:
     return bool(found) and f"from {found[0]}" in out.stdout
 
 
-def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
+def suite(hosts: dict[str, Any], outside: str | tuple[str, ...], pod: str = "verify") -> None:
     """Everything, on every host: installed as it should be, every router sees the others, a pod on each host
     reaches every other pod (on each family its range has: IPv4, IPv6 or both) and `outside` (through the
-    masquerade; when a pod has its family), resolves every pod's name through its host's DNS server (A, AAAA),
-    multicast crosses hosts (IPv4's, or IPv6's with an IPv6 range alone). Cleans up its pods."""
+    masquerade; each address of a family the pods have), resolves every pod's name through its host's DNS
+    server (A, AAAA), multicast crosses hosts (IPv4's, or IPv6's with an IPv6 range alone). Cleans up its pods."""
     for host in hosts.values():
         node_is_installed(host)
         poll(lambda h=host: router_sees_peers(h, len(hosts) - 1), timeout=30, what="every router sees its peers")
@@ -209,8 +209,9 @@ def suite(hosts: dict[str, Any], outside: str, pod: str = "verify") -> None:
         receiver, sender = hosts[names[1 % len(names)]], hosts[names[-1]]
         multicast = _multicast if ips else _multicast6
         poll(lambda: multicast(receiver, sender, pod), timeout=60, what="a multicast datagram across hosts")
-        if ips6 if ":" in outside else ips:  # the outside has one family: a pod of it goes there
-            pod_reaches_outside(hosts[names[0]], pod, outside)
+        for address in (outside,) if isinstance(outside, str) else outside:
+            if ips6 if ":" in address else ips:  # an outside address of a family the pods have
+                pod_reaches_outside(hosts[names[0]], pod, address)
     finally:
         for host in hosts.values():
             del_pod(host, pod)

@@ -62,7 +62,7 @@ def running_lab(prefix: str, hosts: int, *extra: str) -> Iterator[tuple[str, str
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with running_lab("r", HOSTS) as (name, ssh_config):
+    with running_lab("r", HOSTS, "--dual-stack") as (name, ssh_config):  # (IPv6 on the underlay too)
         yield Lab(name, ssh_config)
 
 
@@ -294,7 +294,7 @@ def test_a_dual_stack_range_rolls_out_and_pods_talk_on_both_families(lab: Lab) -
         poll(lambda n=name: all(p["mode"] in ("fastdp", "direct") for p in lab.status(n)["datapath"]["peers"]),
              timeout=30, what=f"{name}'s kernel datapath to every peer after the restart")  # fmt: skip
     hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
-    verify.suite(hosts, outside="198.18.0.254")
+    verify.suite(hosts, outside=("198.18.0.254", "2001:db8:18::fe"))  # the dual-stack underlay's gateway
 
 
 def test_an_ipv6_range_alone_rolls_out_and_ipv6_only_pods_talk(lab: Lab) -> None:
@@ -312,7 +312,7 @@ def test_an_ipv6_range_alone_rolls_out_and_ipv6_only_pods_talk(lab: Lab) -> None
         poll(lambda n=name: all(p["mode"] == "fastdp" for p in lab.status(n)["datapath"]["peers"]),
              timeout=30, what=f"{name}'s kernel datapath to every peer (IPv6 heartbeats)")  # fmt: skip
     hosts = {name: lab.host(name) for name in ("node1", "node2", "node3")}
-    verify.suite(hosts, outside="198.18.0.254")
+    verify.suite(hosts, outside="2001:db8:18::fe")  # IPv6 pods out over the lab's IPv6 (masqueraded)
 
 
 def test_removal_takes_everything_and_is_idempotent(lab: Lab) -> None:

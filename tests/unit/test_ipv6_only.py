@@ -17,6 +17,7 @@ from weave_node.core.clock import FakeClock
 from weave_node.datapath.model import Fdb, Neigh, Observed, bridge_mac
 from weave_node.datapath.ops import Announce, RestoreTable
 from weave_node.datapath.plan import apply_to_model, plan
+from weave_node.ipam.errors import Unavailable
 from weave_node.ipam.families import Ipam
 from weave_node.ipam.model import Key
 from weave_node.overlay import direct
@@ -38,6 +39,10 @@ def test_gossip_stays_format_1_until_a_bridge_address_is_ipv6s() -> None:
     mixed = [_info(A, "10.32.0.1", 12), _info(B, "fd32:58::1", 64, "198.19.0.2"), _info(C, "", 0, "")]
     data = encode(mixed)
     assert data[0] == FORMAT2 and decode(data) == mixed  # IPv4 entries ride along (as ::ffff:a.b.c.d)
+    zero = struct.pack(">BH", FORMAT2, 1) + struct.pack(
+        ">QQ16sB6sB", A, 5, ipaddress.IPv6Address("::ffff:0.0.0.0").packed, 0, bytes(6), 0
+    )
+    assert decode(zero) == [PeerInfo(A, 5, "", 0, "", "")]  # (no address, as IPv4's 0.0.0.0 is none)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +117,13 @@ def test_ipam_with_an_ipv6_range_alone(tmp_path: Path) -> None:
         assert status["family"] == "ipv6" and "ipv6" not in status and ipam.ready() == (True, "")
         assert ipam.release("a") == [ip]
         await ipam.stop()
+        v4 = _service(tmp_path, "10.32.0.0/30", clock)
+        held = Ipam(v4, v6, held4=lambda: "connected peer(s) x(h2) carry no IPv4 range (an IPv6 range alone)")
+        with pytest.raises(Unavailable, match=r"no IPv4 address: connected peer\(s\) x\(h2\)"):
+            await held.allocate(Key("b", "eth0"), wait=0)
+        doc = held.status()
+        assert doc["held"] and not doc["ready"] and doc["ipv6"]["ready"] and "held" not in doc["ipv6"], doc
+        await held.stop()
 
     asyncio.run(run())
     with pytest.raises(ValueError, match="needs a range"):

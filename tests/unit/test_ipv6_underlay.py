@@ -8,18 +8,34 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from weave_node.datapath.model import FLOOD_MAC, Fdb, Link, Observed, Vxlan, bridge_mac
 from weave_node.datapath.ops import CreateVxlan, DeleteLink
 from weave_node.datapath.plan import plan
 from weave_node.mesh import listen
 from weave_node.overlay import mtu
-from weave_node.overlay.desired import Settings, desired_state, other_family, peer_entries
-from weave_node.overlay.peers import PeerInfo
+from weave_node.overlay.desired import Settings, desired_state, other_family, peer_entries, vteps_in_use
+from weave_node.overlay.health import Mode
+from weave_node.overlay.peers import PeerInfo, choose_underlay, underlay_of
 from weave_node.overlay.sleeve.forwarder import Link as SleeveLink
 from weave_node.overlay.sleeve.forwarder import open_socket
 from weave_node.overlay.sleeve.plan import link_specs
+from weave_node.overlay.status import Snapshot, peer_mode, status
 
 A, B, C = 0x020000000001, 0x020000000002, 0x020000000003
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="this kernel has no IPv6 (or no ::1)")
 
 
 def test_the_mtu_of_an_ipv6_underlay_leaves_20_bytes_more() -> None:
@@ -54,10 +70,42 @@ def test_only_vteps_of_the_device_s_family_get_entries() -> None:
     fdb, neigh, bridges = peer_entries({A, B, C}, infos, {}, A, ipv6=True)
     assert Fdb(FLOOD_MAC, "2001:db8:19::2") in fdb and not any(e.dst == "198.19.0.3" for e in fdb)
     assert set(bridges) == {B} and len(neigh) == 1
-    assert other_family({B, C}, infos, {}, ipv6=True) == {C}
-    assert other_family({B, C}, infos, {}, ipv6=False) == {B}
+    vteps = vteps_in_use({}, {B, C}, {A, B, C}, infos, {}, ipv6=True)
+    assert vteps == {B: "2001:db8:19::2", C: "198.19.0.3"} and other_family({B, C}, vteps, ipv6=True) == {C}
+    assert other_family({B, C}, vteps, ipv6=False) == {B}
+    # A dual-stack peer we reach over IPv6 (a name with an AAAA record) but that says it is at an IPv4 address:
+    # with an IPv4 device, its IPv4 address is the VTEP, and it keeps the fast datapath
+    direct = {C: "2001:db8:19::3"}
+    assert underlay_of(C, infos, direct, ipv6=False) == "198.19.0.3" and underlay_of(C, infos, direct) == direct[C]
+    assert not other_family({C}, vteps_in_use({}, {C}, {C}, infos, direct, ipv6=False), ipv6=False)
 
 
+@pytest.mark.parametrize(
+    ("local", "current", "chosen"),
+    [
+        ([], "", ""),  # nothing known yet
+        ([], "198.19.0.1", "198.19.0.1"),  # no connection now: keep what we had
+        (["198.19.0.1", "2001:db8::1"], "", "198.19.0.1"),  # a tie: IPv4
+        (["2001:db8::1", "2001:db8::1", "198.19.0.1"], "", "2001:db8::1"),  # the most common
+        (["2001:db8::1", "198.19.0.1", "198.19.0.1"], "2001:db8::1", "2001:db8::1"),  # sticky while still in use
+        (["2001:db8::2", "198.19.0.1", "198.19.0.1"], "2001:db8::1", "2001:db8::2"),  # sticky to its family
+        (["198.19.0.1"], "2001:db8::1", "198.19.0.1"),  # that family is gone
+    ],
+)
+def test_the_underlay_address_is_sticky(local: list[str], current: str, chosen: str) -> None:
+    assert choose_underlay(local, current) == chosen
+
+
+def test_a_peer_of_the_other_family_shows_in_the_sleeve_with_why() -> None:
+    snap = Snapshot(fastdp=True, encrypt=False, sleeve_running=True, sleeve_error=None, mtu=1430, mtu_source="x",
+                    peers=frozenset({C}), infos={C: PeerInfo(C, 1, "", 0, bridge_mac(C), "198.19.0.3")},
+                    sleeving=frozenset({C}), vxlan_local="2001:db8:19::1")  # fmt: skip
+    mode, reason = peer_mode(snap, C)
+    assert mode is Mode.SLEEVE and "not of our VXLAN device's family (IPv6)" in reason
+    assert status(snap, 0.0)["underlay"] == "ipv6"
+
+
+@needs_ipv6
 def test_the_sleeve_s_datagrams_and_addresses_over_ipv6() -> None:
     specs = link_specs({B: "2001:db8:19::2", C: "198.19.0.3"}, None, 1500)
     assert specs[B].max_datagram == 1452 and specs[C].max_datagram == 1472
@@ -71,6 +119,7 @@ def test_the_sleeve_s_datagrams_and_addresses_over_ipv6() -> None:
         sock.close()
 
 
+@needs_ipv6
 def test_the_mesh_listens_on_both_families_on_one_port() -> None:
     async def run() -> None:
         async def accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

@@ -83,8 +83,7 @@ def _family(ipam: Ipam, doc: dict[str, Any]) -> IpamService:
     service = ipam.v6 if family == "ipv6" else ipam.v4
     if service is None:
         raise BadRequest(f"this router has no {'IPv6' if family == 'ipv6' else 'IPv4'} range (IPALLOC_RANGE)")
-    if service is ipam.v6:
-        ipam.check_held()
+    ipam.check_held((service,))
     return service
 
 

@@ -370,6 +370,13 @@ def default_route_mtu(netns: str | None = None) -> tuple[str, int] | None:
     return None
 
 
+def default_ipv6_only(netns: str | None = None) -> bool:
+    """Whether the host has an IPv6 default route and no IPv4 one (an IPv6-only host)."""
+    with ipr_in(netns) as ipr:
+        routes = {family: list(ipr.get_default_routes(family=family)) for family in (socket.AF_INET, socket.AF_INET6)}
+    return bool(routes[socket.AF_INET6]) and not routes[socket.AF_INET]
+
+
 def _flush_learned(ipr: Any, ports: Iterable[str], bridge: str) -> int:
     """Forget the MACs the bridge learned behind these ports (not static or permanent entries), so traffic
     for them floods until it is learned again on whichever port now leads to it. Returns how many."""

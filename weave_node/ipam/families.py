@@ -5,7 +5,11 @@ together: a pod's address in every family (all or none), releases, lookups.
 
 An IPv6 ring is held back while a connected peer cannot carry it (no `ipam-ipv6` mesh feature: an older router,
 which drops the "ipam6" channel and so cannot relay its gossip): its allocations fail at once with the peer named,
-rather than waiting out their time or handing out addresses a part of the mesh does not know about.
+rather than waiting out their time or handing out addresses a part of the mesh does not know about. An IPv4 ring
+likewise while a connected peer has an IPv6 range alone (it carries no "ipam" channel): a rolling change between
+an IPv6 range alone and dual-stack never waits on a ring half the mesh cannot carry. Features are what both ends
+have (the intersection), so that peer is one we share `ipam-ipv6` but not `ipam-ipv4` with (a router of a version
+from before either carries IPv4 and shares neither).
 """
 
 from __future__ import annotations
@@ -22,20 +26,25 @@ from weave_node.ipam.service import DEFAULT_WAIT, Held, IpamService
 
 CHANNEL6 = "ipam6"
 FEATURE_IPV6 = "ipam-ipv6"  # mesh feature: this router carries an IPv6 ring (the "ipam6" channel)
+FEATURE_IPV4 = "ipam-ipv4"  # mesh feature: this router carries an IPv4 ring (routers that also know FEATURE_IPV6)
 
 
 class Ipam:
     def __init__(
-        self, v4: IpamService | None, v6: IpamService | None = None, held6: Callable[[], str] = lambda: ""
+        self,
+        v4: IpamService | None,
+        v6: IpamService | None = None,
+        held6: Callable[[], str] = lambda: "",
+        held4: Callable[[], str] = lambda: "",
     ) -> None:
-        """IPv4's service, IPv6's, or both (dual-stack); `held6`: why the IPv6 ring must wait ("" when it need
-        not): see the module's note."""
+        """IPv4's service, IPv6's, or both (dual-stack); `held6`, `held4`: why that family's ring must wait (""
+        when it need not): see the module's note."""
         self.services: tuple[IpamService, ...] = tuple(s for s in (v4, v6) if s is not None)
         if not self.services:
             raise ValueError("IPAM needs a range")
         self.v4 = v4
         self.v6 = v6
-        self.held6 = held6
+        self.held6, self.held4 = held6, held4
 
     @property
     def primary(self) -> IpamService:
@@ -67,10 +76,14 @@ class Ipam:
         for s in self.services:
             s.on_change = callback
 
-    def check_held(self) -> None:
-        reason = self.held6() if self.v6 is not None else ""
-        if reason:
-            raise Unavailable(f"no IPv6 address: {reason}")
+    def held(self, service: IpamService) -> str:
+        """Why `service`'s ring is held back ("" when it is not)."""
+        return self.held6() if service is self.v6 else self.held4()
+
+    def check_held(self, services: Iterable[IpamService] | None = None) -> None:
+        for s in self.services if services is None else services:
+            if reason := self.held(s):
+                raise Unavailable(f"no {'IPv6' if s.range.ipv6 else 'IPv4'} address: {reason}")
 
     async def allocate(self, key: Key, wait: float = DEFAULT_WAIT, *, durable: bool = True) -> tuple[int, ...]:
         """An address in every family, or none: what this call allocated is released again when a family fails
@@ -91,8 +104,7 @@ class Ipam:
 
     async def claim(self, key: Key, ip: int, wait: float = DEFAULT_WAIT) -> None:
         service = self.family(ip)
-        if service is self.v6:
-            self.check_held()
+        self.check_held((service,))
         await service.claim(key, ip, wait)
 
     def release_new(self, key: Key, before: tuple[Held, ...]) -> None:
@@ -146,11 +158,10 @@ class Ipam:
 
     def status(self) -> dict[str, Any]:
         """The primary family's status ("family": "ipv4", or "ipv6" alone); dual-stack's IPv6 one under "ipv6"."""
-        reason = self.held6() if self.v6 is not None else ""
         docs = []
         for s in self.services:
             doc = {**s.status(), "family": "ipv6" if s.range.ipv6 else "ipv4"}
-            if s is self.v6 and reason:
+            if reason := self.held(s):
                 doc["ready"], doc["waiting"], doc["held"] = False, reason, True
             docs.append(doc)
         if len(docs) > 1:

@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="an IPv6-only underlay: the hosts get 2001:db8:18::N/64 and no IPv4 address",
     )
+    p.add_argument(
+        "--dual-stack",
+        action="store_true",
+        help="a dual-stack underlay: the hosts get 2001:db8:18::N/64 beside 198.18.0.N/24 (SSH and the inventory "
+        "use IPv4's)",
+    )
     p.set_defaults(func=cmd_up)
     p = named(lab_sub.add_parser("down", help="stop every host and remove everything the lab created"))
     p.add_argument("-q", "--quiet", action="store_true")
@@ -70,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from weave_node.lab.progress import Progress
 
     progress = Progress(quiet=args.quiet)
-    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes, ipv6=args.ipv6)
+    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes, ipv6=args.ipv6, dual=args.dual_stack)
     total = sum(progress.timings.values())
     if not args.quiet and st.paths is not None:
         progress.console.print(

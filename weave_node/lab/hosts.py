@@ -13,7 +13,7 @@ from typing import Any
 
 from weave_node.lab import system
 from weave_node.lab.paths import LabPaths, failure_logs_dir
-from weave_node.lab.spec import HostSpec, LabSpec, render_etc_hosts
+from weave_node.lab.spec import UNDERLAY_GATEWAY6, UNDERLAY_NET6, HostSpec, LabSpec, render_etc_hosts
 from weave_node.lab.system import LabError
 
 BOOT_TIMEOUT = float(os.environ.get("WEAVE_LAB_BOOT_TIMEOUT", "90"))
@@ -57,6 +57,8 @@ def make_network(spec: LabSpec) -> None:
         f"addr add {spec.gateway}/{prefix} dev br0{nodad}",
         "link set br0 up",
     ]
+    if spec.dual:
+        under_cmds.append(f"addr add {UNDERLAY_GATEWAY6}/{UNDERLAY_NET6.prefixlen} dev br0 nodad")
     under_cmds += [f"link set {h.underlay_port} master br0 up" for h in spec.hosts]
     system.ip_batch(under, under_cmds)
     for h in spec.hosts:
@@ -67,8 +69,19 @@ def make_network(spec: LabSpec) -> None:
                 f"addr add {h.address}/{prefix} dev eth0{nodad}",
                 "link set eth0 up",
                 f"route add default via {spec.gateway}",
+                *_dual_stack(h),
             ],
         )
+
+
+def _dual_stack(host: HostSpec) -> list[str]:
+    """A dual-stack lab's host: its IPv6 address and default route beside IPv4's."""
+    if host.address6 is None:
+        return []
+    return [
+        f"addr add {host.address6}/{UNDERLAY_NET6.prefixlen} dev eth0 nodad",
+        f"route add default via {UNDERLAY_GATEWAY6}",
+    ]
 
 
 def boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths, extra: tuple[str, ...] = ()) -> None:

@@ -79,7 +79,7 @@ def status(name: str, *, probe_systemd: bool = True) -> LabStatus:
     state = _load_state(paths)
     if state is None:
         return LabStatus(name=name, up=False, spec=None, leftovers=leftovers(name), paths=paths)
-    spec = make_spec(name, int(state["hosts"]), bool(state.get("ipv6")))
+    spec = make_spec(name, int(state["hosts"]), bool(state.get("ipv6")), bool(state.get("dual")))
     hosts = []
     for host in spec.hosts:
         cgroups = system.lab_cgroups(name, host.name)
@@ -102,6 +102,10 @@ def status(name: str, *, probe_systemd: bool = True) -> LabStatus:
     return LabStatus(name=name, up=up, spec=spec, hosts=hosts, paths=paths)
 
 
+def _family(spec: LabSpec) -> str:
+    return " on IPv6 only" if spec.ipv6 else " dual-stack" if spec.dual else ""
+
+
 def _system_state(pid1: int) -> str:
     try:
         proc = subprocess.run(
@@ -116,25 +120,28 @@ def _system_state(pid1: int) -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def up(name: str, count: int, progress: Progress, kubernetes: bool = False, ipv6: bool = False) -> LabStatus:
-    """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address)."""
-    spec = make_spec(name, count, ipv6)  # bad input fails here, before anything is touched
+def up(
+    name: str, count: int, progress: Progress, *, kubernetes: bool = False, ipv6: bool = False, dual: bool = False
+) -> LabStatus:
+    """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address); `dual`: both families on the underlay."""
+    spec = make_spec(name, count, ipv6, dual)  # bad input fails here, before anything is touched
     system.require_root()
     system.require_tools(TOOLS)
     system.cgroup_hierarchies()
     with _lock(name):
         current = status(name, probe_systemd=False)
         if current.up and current.spec is not None:
-            if len(current.spec.hosts) == count and is_kubernetes(name) == kubernetes and current.spec.ipv6 == ipv6:
+            same = len(current.spec.hosts) == count and _family(current.spec) == _family(spec)
+            if same and is_kubernetes(name) == kubernetes:
                 progress.note(f"lab {name!r} is already up with {count} hosts: reusing it")
                 return current
 
-            def kind(k8s: bool, v6: bool) -> str:
-                return f"{' as a Kubernetes cluster' if k8s else ''}{' on IPv6 only' if v6 else ''}"
+            def kind(k8s: bool, s: LabSpec) -> str:
+                return f"{' as a Kubernetes cluster' if k8s else ''}{_family(s)}"
 
             raise LabError(
                 f"lab {name!r} is already up with {len(current.spec.hosts)} hosts"
-                f"{kind(is_kubernetes(name), current.spec.ipv6)}, not {count}{kind(kubernetes, ipv6)}: "
+                f"{kind(is_kubernetes(name), current.spec)}, not {count}{kind(kubernetes, spec)}: "
                 f"run `weave-node lab down{_name_flag(name)}` first"
             )
         if current.leftovers or current.spec is not None:
@@ -208,6 +215,8 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
         "ssh_config": str(paths.ssh_config),
         "addresses": {h.name: str(h.address) for h in spec.hosts},
         "ipv6": spec.ipv6,
+        "dual": spec.dual,
+        "addresses6": {h.name: str(h.address6) for h in spec.hosts if h.address6},
         "created": time.time(),
         "kubernetes": prepared is not None,
         "kubernetes_bin": str(prepared.bin_dir) if prepared else None,
@@ -236,7 +245,7 @@ def require_up(name: str) -> tuple[LabSpec, LabPaths]:
     state = _load_state(paths)
     if state is None:
         raise LabError(f"lab {name!r} is not up: run `weave-node lab up{_name_flag(name)}`")
-    return make_spec(name, int(state["hosts"]), bool(state.get("ipv6"))), paths
+    return make_spec(name, int(state["hosts"]), bool(state.get("ipv6")), bool(state.get("dual"))), paths
 
 
 def kubectl_argv(name: str, args: list[str]) -> list[str]:

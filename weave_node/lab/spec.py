@@ -31,6 +31,7 @@ class HostSpec:
     netns: str  # the host's network namespace
     address: ipaddress.IPv4Address | ipaddress.IPv6Address  # on eth0, inside the host's namespace
     underlay_port: str  # the veth end on the underlay bridge
+    address6: ipaddress.IPv6Address | None = None  # a dual-stack lab: its IPv6 address beside `address`
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class LabSpec:
     name: str
     hosts: tuple[HostSpec, ...]
     ipv6: bool = False  # an IPv6-only underlay: the hosts have no IPv4 address at all
+    dual: bool = False  # a dual-stack underlay: IPv4 addresses (SSH, the inventory) and IPv6 ones beside them
 
     @property
     def gateway(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -66,8 +68,10 @@ def validate_lab_name(name: str) -> str:
     return name
 
 
-def make_spec(name: str, count: int, ipv6: bool = False) -> LabSpec:
+def make_spec(name: str, count: int, ipv6: bool = False, dual: bool = False) -> LabSpec:
     validate_lab_name(name)
+    if ipv6 and dual:
+        raise ConfigError("--ipv6 (IPv6 only) and --dual-stack exclude each other")
     if not 1 <= count <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, not {count}")
     hosts = tuple(
@@ -77,11 +81,12 @@ def make_spec(name: str, count: int, ipv6: bool = False) -> LabSpec:
             machine=f"wnl-{name}-{HOST_PREFIX}{i}",
             netns=f"wnl-{name}-{HOST_PREFIX}{i}",
             address=(UNDERLAY_NET6 if ipv6 else UNDERLAY_NET).network_address + i,
+            address6=UNDERLAY_NET6.network_address + i if dual else None,
             underlay_port=f"vh{i}",
         )
         for i in range(1, count + 1)
     )
-    return LabSpec(name=name, hosts=hosts, ipv6=ipv6)
+    return LabSpec(name=name, hosts=hosts, ipv6=ipv6, dual=dual)
 
 
 def render_etc_hosts(spec: LabSpec, me: HostSpec) -> str:

@@ -80,12 +80,15 @@ def vteps_in_use(
     kept: set[int],
     infos: Mapping[int, PeerInfo],
     direct: Mapping[int, str],
+    *,
+    ipv6: bool | None = None,
 ) -> dict[int, str]:
-    """The VTEP per kept peer: a present peer's current one; a departed peer keeps the one it had (not whatever it
-    advertised): its entries must not move while it is away."""
+    """The VTEP per kept peer: a present peer's current one (of our VXLAN device's family, `ipv6`, when it has
+    one); a departed peer keeps the one it had (not whatever it advertised): its entries must not move while it
+    is away."""
     out = {name: vtep for name, vtep in vteps.items() if name in kept}
     for name in present:
-        vtep = underlay_of(name, infos, direct)
+        vtep = underlay_of(name, infos, direct, ipv6)
         if vtep:
             out[name] = vtep
     return out
@@ -129,12 +132,10 @@ def peer_entries(
     return frozenset(fdb), frozenset(neigh), bridges
 
 
-def other_family(
-    peers: set[int], infos: Mapping[int, PeerInfo], direct: Mapping[int, str], ipv6: bool
-) -> frozenset[int]:
-    """The peers whose VTEP is of the other underlay family than our VXLAN device's: no fast datapath to them."""
-    vteps = {name: underlay_of(name, infos, direct) for name in peers}
-    return frozenset(name for name, vtep in vteps.items() if vtep and (":" in vtep) != ipv6)
+def other_family(peers: set[int], vteps: Mapping[int, str], ipv6: bool) -> frozenset[int]:
+    """The peers whose VTEP in use (`vteps_in_use`) is of the other underlay family than our VXLAN device's (no
+    address of its family known): no fast datapath to them."""
+    return frozenset(name for name in peers if (vtep := vteps.get(name)) and (":" in vtep) != ipv6)
 
 
 def desired_state(

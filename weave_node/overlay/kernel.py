@@ -36,6 +36,7 @@ class Kernel:
     route_via: Callable[[str], tuple[str, str] | None] = lambda _host: None  # (device, gateway) to an address
     ebtables: Callable[[], bool] = lambda: False  # can direct mode keep ARP answers apart?
     rp_filter: Callable[[str], int] = lambda _dev: 0  # a device's effective reverse-path filter (max of it and all)
+    default_ipv6_only: Callable[[], bool] = lambda: False  # a default route of IPv6 and none of IPv4?
 
 
 def netlink_kernel(*, ipv6: bool = False) -> Kernel:
@@ -58,6 +59,7 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
         route_via=netlink.route_via,
         ebtables=kernel_routes.ebtables_available,
         rp_filter=_rp_filter,
+        default_ipv6_only=netlink.default_ipv6_only,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from weave_node.core.address import Range
@@ -68,8 +68,8 @@ def _unpacked(raw: bytes) -> tuple[str, int]:
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw)), 32
     addr = ipaddress.IPv6Address(raw)
-    if addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped), 32
+    if addr.ipv4_mapped is not None:  # (::ffff:0.0.0.0 is no address, as IPv4's 0.0.0.0 is none)
+        return (str(addr.ipv4_mapped) if int(addr.ipv4_mapped) else ""), 32
     return str(addr), 128
 
 
@@ -151,12 +151,26 @@ def vtep_address(raw: bytes | str) -> str:
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
-def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, str]) -> str:
-    """Where a peer's VTEP is: the address of our direct connection to it, else what it says about itself."""
-    if direct.get(name):
-        return direct[name]
+def choose_underlay(local: Sequence[str], current: str) -> str:
+    """Our underlay address (what we gossip; its family is our VXLAN device's) from the local addresses of our
+    mesh connections, one per connection. Sticky: the current one while a connection still uses it, else the
+    most common of its family, else the most common (IPv4 first on a tie): a connection coming or going never
+    flips the family back and forth (each flip makes the VXLAN device anew)."""
+    if not local or current in local:
+        return current
+    family = [a for a in local if current and (":" in a) == (":" in current)]
+    pool = family or list(local)
+    return min(set(pool), key=lambda a: (-pool.count(a), ":" in a, a))
+
+
+def underlay_of(name: int, infos: Mapping[int, PeerInfo], direct: Mapping[int, str], ipv6: bool | None = None) -> str:
+    """Where a peer's VTEP is: the address of our direct connection to it, else what it says about itself.
+    `ipv6`: our VXLAN device's family: an address of it comes first (a dual-stack peer we reach over one family
+    may say it is at the other)."""
     info = infos.get(name)
-    return info.underlay if info else ""
+    found = [a for a in (direct.get(name, ""), info.underlay if info else "") if a]
+    same = [a for a in found if ipv6 is None or (":" in a) == ipv6]
+    return (same or found or [""])[0]
 
 
 def in_range(address: str, pod_range: Range) -> bool:

@@ -82,6 +82,7 @@ class OverlayService:
         self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None or config.pod_range.ipv6)
         self._bridge_address, self._bridge_address6 = bridge_address, bridge_address6
         self.mtu_choice = overlay_mtu.configured(config.mtu)
+        self._underlay_found: list[tuple[str, int]] = []  # the underlay devices (name, MTU) found at start
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
         range6 = str(config.pod_range6) if config.pod_range6 else ""
         self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6)
@@ -135,6 +136,7 @@ class OverlayService:
             # Our VXLAN device's family (and, IPv6's, its source) is that of the address our mesh connections
             # are at: a VXLAN device carries one family. Peers of the other go through the sleeve.
             self.settings = replace(self.settings, vxlan_local=local_underlay if ":" in local_underlay else "")
+            self._relearn_mtu(":" in local_underlay)
         self._dirty.set()
 
     def space_changed(self) -> None:  # IPAM's ring changed: a direct peer's routes follow its space
@@ -157,7 +159,8 @@ class OverlayService:
         self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
-        if (vxlan := observed.links.get(VXLAN)) is not None and vxlan.kind == "vxlan":  # (kept until we know)
+        vxlan = observed.links.get(VXLAN)
+        if not self.gossip.mine.underlay and vxlan is not None and vxlan.kind == "vxlan":  # (kept until we know)
             self.settings = replace(self.settings, vxlan_local=vxlan.local if ":" in vxlan.local else "")
         bridge = observed.links.get(BRIDGE)
         if bridge is not None and bridge.kind == "bridge":
@@ -204,8 +207,20 @@ class OverlayService:
 
     def _underlay_mtu(self) -> overlay_mtu.Mtu:
         hosts = overlay_mtu.probe_hosts(self.config.peer_hosts)
-        ipv6 = bool(hosts) and all(":" in h for h in hosts)  # (an IPv6 underlay: 20 bytes more per packet)
-        return overlay_mtu.from_underlay(underlay_devices(self.kernel, hosts), encrypt=self.config.encrypt, ipv6=ipv6)
+        # An IPv6 underlay costs 20 bytes more per packet: assumed when any initial peer is IPv6's (or, with none,
+        # when the host routes only IPv6 by default), corrected when the mesh connections say so (`_relearn_mtu`)
+        ipv6 = any(":" in h for h in hosts) or (not hosts and self.kernel.default_ipv6_only())
+        self._underlay_found = underlay_devices(self.kernel, hosts)
+        return overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=ipv6)
+
+    def _relearn_mtu(self, ipv6: bool) -> None:
+        """Our underlay turned out IPv6's while the MTU was chosen for IPv4's (a first peer given by name, or
+        none): 20 bytes less, for the devices and the pods attached from now on."""
+        if self.config.mtu is not None or not ipv6 or "over IPv6" in self.mtu_choice.source:
+            return
+        self.mtu_choice = overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=True)
+        self.settings = replace(self.settings, mtu=self.mtu)
+        log.warning("datapath: the underlay is IPv6's: MTU %d (%s)", self.mtu, self.mtu_choice.source)
 
     def _sync(self, desired: Desired) -> tuple[Plan, int, list[str]]:
         observed = replace(self.kernel.observe(), flushed=self._flushed)
@@ -226,10 +241,10 @@ class OverlayService:
     def desired(self) -> Desired:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
-        self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct)
+        ipv6 = bool(self.settings.vxlan_local)
+        self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct, ipv6=ipv6)
         sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
         self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
-        ipv6 = bool(self.settings.vxlan_local)
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6)
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
@@ -314,7 +329,7 @@ class OverlayService:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
         none = frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
-        other = wanted.other_family(self.peers, self.table.infos, self.direct, bool(self.settings.vxlan_local))
+        other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
         return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none | other)
 
     def sleeve_config(self) -> SleeveConfig:
@@ -362,6 +377,7 @@ class OverlayService:
             last_sync=dict(self.last_sync),
             applied_sleeve=self.applied_sleeve,
             applied_direct=self.applied_direct,
+            vxlan_local=self.settings.vxlan_local,
         )
 
     def status(self) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Snapshot:
     # peer whose heartbeats decided otherwise is shown in its applied mode, "switching", until the next sync.
     applied_sleeve: frozenset[int] | None = None
     applied_direct: frozenset[int] | None = None  # likewise: the direct peers whose routes are in the kernel
+    vxlan_local: str = ""  # the VXLAN device's IPv6 source ("" = IPv4's): the family of our underlay
 
 
 def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
@@ -72,8 +73,11 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
             reason = f"sleeve unavailable: {snap.sleeve_error}" if snap.sleeve_error else "fast datapath disabled"
     elif health is None:
         mode = Mode.PENDING
-        vtep = underlay_of(name, snap.infos, snap.direct)
+        vtep = _vtep(snap, name)
         reason = "no underlay address known yet" if not vtep else "no bridge address known yet"
+        if vtep and (":" in vtep) != bool(snap.vxlan_local) and name in snap.sleeving:
+            ours = "IPv6" if snap.vxlan_local else "IPv4"
+            mode, reason = Mode.SLEEVE, f"its underlay address is not of our VXLAN device's family ({ours})"
     else:
         mode, reason = health.mode, health.reason
         if snap.applied_sleeve is not None and mode in (Mode.FASTDP, Mode.SLEEVE, Mode.DIRECT):
@@ -86,6 +90,10 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
     if mode is Mode.SLEEVE and snap.routes.get(name) is None:
         reason += "; no sleeve route yet"
     return mode, reason
+
+
+def _vtep(snap: Snapshot, name: int) -> str:
+    return underlay_of(name, snap.infos, snap.direct, bool(snap.vxlan_local))
 
 
 def _peer(snap: Snapshot, name: int, now: float) -> dict[str, Any]:
@@ -110,7 +118,7 @@ def _peer(snap: Snapshot, name: int, now: float) -> dict[str, Any]:
     return {
         "name": format_name(name),
         "nickname": snap.nicknames.get(name, ""),
-        "vtep": underlay_of(name, snap.infos, snap.direct),
+        "vtep": _vtep(snap, name),
         "bridge_ip": info.bridge_ip if info else "",
         "mode": mode.value,
         "reason": reason,
@@ -141,6 +149,7 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
         **({"bridge_address6": snap.bridge_cidr6} if snap.bridge_cidr6 else {}),
         "mtu": snap.mtu,
         "mtu_source": snap.mtu_source,
+        "underlay": "ipv6" if snap.vxlan_local else "ipv4",
         "fastdp": (
             {"device": VXLAN, "port": VXLAN_PORT, "vni": VNI, "flood_entries": snap.flood_entries}
             if snap.fastdp

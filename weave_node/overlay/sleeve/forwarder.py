@@ -69,7 +69,8 @@ IPV6_MTU_DISCOVER = 23  # (IPV6_PMTUDISC_PROBE has IPv4's value, 3)
 IP_PMTUDISC_PROBE = 3  # DF on every datagram, and the kernel's PMTU cache ignored: the probes decide
 MAX_UDP = 65507
 UDP_MAX_SEGMENTS = 64  # the kernel's limit per GSO send (128 on the newest kernels)
-PROBE_SIZES = (8972, 1472, 1452, 1422, 1372, 1252, 1024, 548)  # datagram sizes (IPv4: MTU - 28)
+# datagram sizes: IPv4's MTU - 28 (jumbo, Ethernet, ...), IPv6's MTU - 48 (jumbo, Ethernet)
+PROBE_SIZES = (8972, 8952, 1472, 1452, 1422, 1372, 1252, 1024, 548)
 _U32 = struct.Struct("!I")
 
 
@@ -699,10 +700,10 @@ def open_socket(port: int = PORT, address: str = "::") -> socket.socket:
     default) one dual-stack socket serves IPv4 and IPv6 peers alike; a host without IPv6 gets an IPv4 one."""
     try:
         return _open_socket(port, address)
-    except OSError:
-        if address != "::":
+    except OSError as exc:
+        if address != "::" or exc.errno != errno.EAFNOSUPPORT:
             raise
-        log.info("sleeve: no IPv6 socket in this kernel: IPv4 peers only")
+        log.info("sleeve: no IPv6 in this kernel: an IPv4 socket, IPv4 peers only")
         return _open_socket(port, "0.0.0.0")  # noqa: S104 - all underlays
 
 
