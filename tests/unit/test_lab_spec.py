@@ -83,3 +83,14 @@ def test_an_ipv6_only_lab_has_ipv6_addresses_and_ssh_over_tcp6() -> None:
     text = render_ssh_config(spec, "/k", "/kh")
     assert "HostName 2001:db8:18::1\n" in text and "socat - TCP6:[%h]:%p" in text
     assert "socat - TCP:%h:%p" in render_ssh_config(make_spec("four", 1), "/k", "/kh")
+
+
+def test_a_dual_stack_lab_has_both_and_refuses_ipv6_only_too() -> None:
+    spec = make_spec("ds", 2, dual=True)
+    assert [(str(h.address), str(h.address6)) for h in spec.hosts] == [
+        ("198.18.0.1", "2001:db8:18::1"),
+        ("198.18.0.2", "2001:db8:18::2"),
+    ]
+    assert spec.dual and not spec.ipv6 and "socat - TCP:%h:%p" in render_ssh_config(spec, "/k", "/kh")
+    with pytest.raises(ConfigError, match="exclude each other"):
+        make_spec("ds", 2, ipv6=True, dual=True)
