@@ -11,6 +11,9 @@ process and deleted at the end, also on failure. Nothing is added to the root na
   interleaved run by run (order alternating), median of `runs`. Like for like: both over fastdp (the routers run
   `--no-direct`). Diagnostic: the routers' default, where IPv4 goes direct (no encapsulation) between these
   hosts on one subnet and IPv6 stays on VXLAN (direct mode is IPv4's).
+- underlay: the same pods' IPv6 throughput over VXLAN on an IPv6-only underlay (tests/netns/hosts.py's SUBNET6:
+  70 bytes of overhead, an MTU of 1430) against over VXLAN on an IPv4 one (50 bytes, 1450), both meshes up at
+  once and the runs interleaved (`--underlay-only`: this part alone).
 - CNI: one host with a dual-stack router and one with an IPv4-only router (same flags otherwise), ADD then DEL
   of `--pods` pods each through libcni, in blocks that take turns (bench/cni_bench.py's method); p50 and p99.
 The VM has 2 cores and about +-10-15 % noise.
@@ -64,6 +67,36 @@ def throughput(tmp: Path, runs: int, seconds: int, direct: bool) -> dict[str, li
     return out
 
 
+def underlay(tmp: Path, runs: int, seconds: int) -> dict[str, list[float]]:
+    """Pod IPv6 -> pod IPv6 over an IPv4 underlay and over an IPv6 one (both fastdp), interleaved."""
+    binary = ensure_driver()
+    out: dict[str, list[float]] = {"ipv4": [], "ipv6": []}
+    with netns_hosts(2, tmp / "u4") as net4, netns_hosts(2, tmp / "u6", ipv6=True) as net6:
+        targets, nodes = {}, []
+        for family, net in (("ipv4", net4), ("ipv6", net6)):
+            routers = start_mesh(net, "--ipalloc-range", DUAL, "--no-direct")
+            pair = [make_node(r, binary, tmp / f"u{family}{i}") for i, r in enumerate(routers, 1)]
+            nodes += pair
+            names = []
+            for i, node in enumerate(pair, 1):
+                netns = node.netns(f"u{i}")
+                result = node.driver.add(node.conflist("1.0.0"), f"under-{i}", netns)
+                names.append((Path(netns).name, result["ips"][1]["address"].split("/")[0]))
+            targets[family] = (names[0][0], names[1][0], names[1][1])
+            print(f"  {family} underlay: MTU {routers[0].status()['datapath']['mtu']}")
+        try:
+            for run in range(runs):
+                order = ["ipv4", "ipv6"] if run % 2 == 0 else ["ipv6", "ipv4"]
+                for family in order:
+                    out[family].append(iperf(*targets[family], seconds).bps / 1e9)
+                print(f"    run {run + 1}: over IPv4 {out['ipv4'][-1]:.2f} Gbit/s, over IPv6 {out['ipv6'][-1]:.2f}")
+        finally:
+            for node in nodes:
+                for ns in node.pods:
+                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+    return out
+
+
 def cni(tmp: Path, count: int, block: int) -> dict[str, Setup]:
     binary = ensure_driver()
     pods = PodNamespaces()
@@ -94,11 +127,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--block", type=int, default=20)
+    ap.add_argument("--underlay-only", action="store_true", help="only IPv6 underlay against IPv4 underlay")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     tmp = Path(tempfile.mkdtemp(prefix="weave-ipv6-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
     with terminate_cleanly():
+        print(f"pod IPv6 throughput over an IPv6 underlay and over an IPv4 one, iperf3 {args.seconds} s")
+        under = underlay(tmp, args.runs, args.seconds)
+        u4, u6 = statistics.median(under["ipv4"]), statistics.median(under["ipv6"])
+        print(f"  underlay: over IPv4 {u4:.2f} Gbit/s, over IPv6 {u6:.2f} Gbit/s: x{u6 / u4:.2f}")
+        if args.underlay_only:
+            return
         print(f"throughput pod -> pod across two hosts, iperf3 {args.seconds} s, {args.runs} runs each")
         like = throughput(tmp, args.runs, args.seconds, direct=False)
         default = throughput(tmp, args.runs, args.seconds, direct=True)

@@ -121,5 +121,12 @@ def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Map
     elif isinstance(data["weave_peers"], str):
         data["weave_peers"] = data["weave_peers"].split()
     gone = {str(d["weave_address"]) for name, d in everyone if name in retired}
-    data["weave_peers"] = [p for p in data["weave_peers"] if str(p).rsplit(":", 1)[0] not in gone]
+    data["weave_peers"] = [p for p in data["weave_peers"] if _peer_host(str(p)) not in gone]
     return data
+
+
+def _peer_host(peer: str) -> str:
+    """The host of a peer address: 10.0.0.2, 10.0.0.2:6783, 2001:db8::2 or [2001:db8::2]:6783."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    return peer.split(":")[0] if peer.count(":") == 1 else peer

@@ -328,6 +328,11 @@ def test_retired_hosts_are_no_ones_peer() -> None:
     assert data["weave_peers"] == ["198.18.0.1"] and data["weave_retired"] == ["node3"]
     explicit = {**hosts[1][1], "weave_peers": "198.18.0.1 198.18.0.3:6783"}
     assert settings.effective("node2", explicit, hosts)["weave_peers"] == ["198.18.0.1"]
+    six = [(h, {"weave_address": f"2001:db8:18::{i}"}) for i, (h, _d) in enumerate(hosts, 1)]
+    six[1][1]["weave_retired"] = "node3"  # an IPv6 inventory: the retired host goes whatever form its peer takes
+    for peers in ("2001:db8:18::1 2001:db8:18::3", "[2001:db8:18::1]:6783 [2001:db8:18::3]:6783"):
+        got = settings.effective("node2", {**six[1][1], "weave_peers": peers}, six)["weave_peers"]
+        assert got == [peers.split()[0]], got
     with pytest.raises(InvalidData, match="node2: weave_retired names node9, not in the inventory"):
         settings.effective("node2", {**hosts[1][1], "weave_retired": ["node9"]}, hosts)
     with pytest.raises(InvalidData, match="node2: this host is in weave_retired"):
