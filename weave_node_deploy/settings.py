@@ -129,4 +129,4 @@ def _peer_host(peer: str) -> str:
     """The host of a peer address: 10.0.0.2, 10.0.0.2:6783, 2001:db8::2 or [2001:db8::2]:6783."""
     if peer.startswith("["):
         return peer[1:].partition("]")[0]
-    return peer.split(":")[0] if peer.count(":") == 1 else peer
+    return peer.split(":", maxsplit=1)[0] if peer.count(":") == 1 else peer
