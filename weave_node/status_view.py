@@ -81,7 +81,7 @@ def not_ready(doc: dict[str, Any], peers: int = 0) -> str:
     if v6 is not None and not v6["ready"] and not v6.get("held"):
         return f"IPv6 IPAM: {v6['waiting'] or 'not ready'}"
     dp = doc.get("datapath")
-    if dp is not None and not dp["bridge_address"]:
+    if dp is not None and not dp["bridge_address"] and not (ipam or {}).get("held"):  # (held: its address too)
         return "the weave bridge has no address yet"
     return ""
 

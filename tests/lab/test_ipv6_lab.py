@@ -41,3 +41,19 @@ def test_an_ipv6_range_rolls_out_on_an_ipv6_only_lab(lab: Lab) -> None:
     verify.suite(hosts, outside="2001:db8:18::fe")  # the underlay's gateway, reached through the masquerade
     again = lab.deploy("--data", "weave_ipalloc_range=fd32:57::/64")  # re-run: nothing changes
     assert grand_total(again.stdout + again.stderr)[:2] == (0, 0), again.stdout
+
+
+def test_a_rolling_change_to_dual_stack_on_an_ipv6_only_lab(lab: Lab) -> None:
+    """From the IPv6 range alone to dual-stack by one rollout, host by host: each restarted router holds its new
+    IPv4 ring back while a neighbour still has the IPv6 range alone (the health gate does not wait on it), and
+    the ring is agreed once every router has the range; then IPv4 and IPv6 pods over the IPv6-only underlay."""
+    out = lab.deploy("--serial", "--data", "weave_ipalloc_range=10.32.0.0/12,fd32:57::/64")  # host by host
+    assert grand_total(out.stdout + out.stderr)[1] == 0, out.stdout
+    for name in NAMES:
+        poll(lambda n=name: lab.status(n).get("ipam", {}).get("ready"), timeout=30, what=f"{name}'s IPv4 ring")
+        ipam = lab.status(name)["ipam"]
+        assert ipam["range"] == "10.32.0.0/12" and ipam["ipv6"]["ready"] and not ipam.get("held"), ipam
+    held = [n for n in NAMES if "IPv4 IPAM: connected peer(s)" in lab.ssh(n, "journalctl -u weave-node").stdout]
+    assert held, "no router held its IPv4 ring back during the roll"  # (the first ones restarted did)
+    hosts = {name: lab.host(name) for name in NAMES}
+    verify.suite(hosts, outside="2001:db8:18::fe")

@@ -128,3 +128,19 @@ def test_ipam_with_an_ipv6_range_alone(tmp_path: Path) -> None:
     asyncio.run(run())
     with pytest.raises(ValueError, match="needs a range"):
         Ipam(None, None)
+
+
+def test_the_health_gate_does_not_wait_on_a_held_back_ring() -> None:
+    """A rolling change of the range's families: a ring held back by a peer without its family (and so the
+    bridge's address of that family) does not stop the roll; anything else not ready does."""
+    from weave_node.status_view import not_ready
+
+    router = {"reachable": 2}
+    held = {"ready": False, "waiting": "connected peer(s) x(h2) carry no IPv4 range", "held": True}
+    assert not_ready({"router": router, "ipam": held, "datapath": {"bridge_address": None}}, peers=1) == ""
+    waiting = {"ready": False, "waiting": "consensus"}
+    assert not_ready({"router": router, "ipam": waiting, "datapath": {"bridge_address": None}}, 1) == "IPAM: consensus"
+    ready = {"ready": True, "waiting": "", "ipv6": {"ready": False, "waiting": "held6", "held": True}}
+    assert not_ready({"router": router, "ipam": ready, "datapath": {"bridge_address": None}}, 1) == (
+        "the weave bridge has no address yet"
+    )
