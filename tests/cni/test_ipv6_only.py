@@ -129,23 +129,26 @@ def test_ipv6_only_pods_are_masqueraded_to_the_outside(fastdp: list[Node]) -> No
     assert "WEAVE" not in rules, rules  # no IPv4 range: no IPv4 chains
 
 
-def test_the_sealed_sleeve_carries_ipv6_only_pods(tmp_path: Path) -> None:
+def test_the_sealed_sleeve_carries_ipv6_only_pods_across_three_hosts(tmp_path: Path) -> None:
     binary = ensure_driver()
     password = tmp_path / "password"
     password.write_text("correct horse battery staple\n")
     password.chmod(0o600)
-    with netns_hosts(2, tmp_path) as net:
-        a1, a2 = (h.address for h in net.hosts)
+    with netns_hosts(3, tmp_path) as net:
+        addrs = [h.address for h in net.hosts]
         routers = [
-            net.start_router(1, *FAST, "--ipalloc-range", RANGE6, "--password-file", str(password), a2, datapath=True),
-            net.start_router(2, *FAST, "--ipalloc-range", RANGE6, "--password-file", str(password), a1, datapath=True),
-        ]
+            net.start_router(i, *FAST, "--ipalloc-range", RANGE6, "--password-file", str(password),
+                             *[a for a in addrs if a != h.address], datapath=True)
+            for i, h in enumerate(net.hosts, 1)
+        ]  # fmt: skip
         for r in routers:
-            poll(lambda r=r: _modes(r) == ["sleeve"], timeout=40, what=f"{r.host.netns}: the sleeve to its peer")
+            poll(lambda r=r: _modes(r) == ["sleeve", "sleeve"], timeout=40, what=f"{r.host.netns}: sealed sleeve")
         nodes = [make_node(r, binary, tmp_path / f"node{i}") for i, r in enumerate(routers, 1)]
         try:
-            (ns1, _r1), (_ns2, r2) = _pods(nodes, "s6")
-            assert _ping(ns1, _address(r2), count=2)
+            pods = _pods(nodes, "s6")
+            for netns, _ in pods:
+                for _other, result in pods:
+                    assert _ping(netns, _address(result), count=2), f"{Path(netns).name} -> {_address(result)}"
             counters = routers[0].status()["datapath"]["sleeve"]["counters"]
             assert counters.get("frames_out", 0) > 0, counters
         finally:
