@@ -25,7 +25,7 @@ from weave_node.dns.service import CHANNEL as DNS_CHANNEL
 from weave_node.dns.service import DnsRecords
 from weave_node.ipam.allocator import Allocator
 from weave_node.ipam.errors import IpamError
-from weave_node.ipam.families import CHANNEL6, FEATURE_IPV4, FEATURE_IPV6, Ipam
+from weave_node.ipam.families import CHANNEL6, FEATURE_FAMILIES, FEATURE_IPV4, FEATURE_IPV6, Ipam
 from weave_node.ipam.model import Key
 from weave_node.ipam.service import CHANNEL, IpamService
 from weave_node.ipam.store import Store
@@ -34,7 +34,7 @@ from weave_node.mesh.hostid import load_or_create_host_id
 from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
-from weave_node.overlay.peers import choose_underlay, vtep_address
+from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
 from weave_node.overlay.service import OverlayConfig, OverlayService
 from weave_node.overlay.sleeve import codec
@@ -75,7 +75,7 @@ def make_ipam(config: RouterConfig, identity: Identity, router: Router) -> Ipam:
         nicks = {n: r.nickname for n, r in router.topology.records.items()}
         for family, service, lacks, why in (
             ("IPv6", v6, frozenset(), "IPALLOC_RANGE without one, or an older weave-node"),
-            ("IPv4", v4, frozenset({FEATURE_IPV6}), "an IPv6 range alone"),
+            ("IPv4", v4, frozenset({FEATURE_FAMILIES, FEATURE_IPV6}), "an IPv6 range alone"),
         ):  # (`lacks`: the features shared with a peer that lacks the family, beside lacking the family's own)
             feature = FEATURE_IPV6 if family == "IPv6" else FEATURE_IPV4
             lacking = sorted(f"{format_name(n.name)}({nicks.get(n.name, '')})" for n in router.neighbours()
@@ -184,8 +184,7 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
                 direct[n.name] = vtep_address(n.remote_address)
             if vtep_address(n.local_address):
                 local.append(vtep_address(n.local_address))
-        underlay = choose_underlay(local, overlay.gossip.mine.underlay)
-        overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, underlay)
+        overlay.topology_changed({n: r.nickname for n, r in router.topology.records.items()}, direct, local)
 
     router.on_change.append(topology_changed)
     topology_changed()
@@ -281,6 +280,7 @@ async def run_router(config: RouterConfig) -> int:
             ({SLEEVE_AESGCM} if config.sleeve_aesgcm and codec.aesgcm_available() else set())
             | ({FEATURE_IPV6} if config.ipalloc_range6 is not None or config.ipalloc_range.ipv6 else set())
             | ({FEATURE_IPV4} if not config.ipalloc_range.ipv6 else set())
+            | {FEATURE_FAMILIES}
         ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)

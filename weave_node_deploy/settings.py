@@ -6,6 +6,7 @@ role's `weave_node_settings` action); both call `effective()`, so defaults, type
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -120,7 +121,7 @@ def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Map
         data["weave_peers"] = [d["weave_address"] for name, d in everyone if name != host and name not in retired]
     elif isinstance(data["weave_peers"], str):
         data["weave_peers"] = data["weave_peers"].split()
-    gone = {str(d["weave_address"]) for name, d in everyone if name in retired}
+    gone = {_peer_host(str(d["weave_address"])) for name, d in everyone if name in retired}
     data["weave_peers"] = [p for p in data["weave_peers"] if _peer_host(str(p)) not in gone]
     return data
 
@@ -128,5 +129,10 @@ def effective(host: str, own: Mapping[str, Any], others: Iterable[tuple[str, Map
 def _peer_host(peer: str) -> str:
     """The host of a peer address: 10.0.0.2, 10.0.0.2:6783, 2001:db8::2 or [2001:db8::2]:6783."""
     if peer.startswith("["):
-        return peer[1:].partition("]")[0]
-    return peer.split(":", maxsplit=1)[0] if peer.count(":") == 1 else peer
+        host = peer[1:].partition("]")[0]
+    else:
+        host = peer.split(":", maxsplit=1)[0] if peer.count(":") == 1 else peer
+    try:
+        return str(ipaddress.ip_address(host))  # (one spelling of an IPv6 address: 2001:db8:0::2 is 2001:db8::2)
+    except ValueError:
+        return host

@@ -13,7 +13,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from weave_node_deploy.facts import BRIDGE_NETFILTER_MODES, CNI_VERSIONS, MTU_MAX, MTU_MIN, PASSWORD_FILE_MODE_MASK
+from weave_node_deploy.facts import (
+    BRIDGE_NETFILTER_MODES,
+    CNI_VERSIONS,
+    DEFAULT_RANGE,
+    MTU_MAX,
+    MTU_MIN,
+    PASSWORD_FILE_MODE_MASK,
+)
 
 KNOWN = {
     "weave_address",
@@ -131,11 +138,29 @@ def validate(host: str, data: Mapping[str, Any], all_hosts: Iterable[tuple[str, 
     for pod_range in ranges:
         if ip in pod_range:
             fail(f"weave_ipalloc_range {pod_range} contains this host's address {ip}")
+    _check_same_range(host, ranges, all_hosts, fail)
     if data.get("weave_kubernetes") is True:
         _check_daemonset(host, data, all_hosts, fail)
     _check_numbers(data, fail)
     _check_wheelhouse(data.get("weave_wheelhouse"), fail)
     check_booleans(host, data)
+
+
+def _check_same_range(
+    host: str, ranges: list[ipaddress.IPv4Network | ipaddress.IPv6Network], all_hosts: list[tuple[str, Any]], fail: Any
+) -> None:
+    """Every router of a cluster needs the same range: a host with another one (another family above all) would
+    hold the others' rings back for good, not just while a change rolls through."""
+    mine = sorted(str(r) for r in ranges)
+    for other, other_data in all_hosts:
+        text = str(other_data.get("weave_ipalloc_range") or DEFAULT_RANGE)
+        try:
+            theirs = sorted(str(ipaddress.ip_network(p)) for p in text.replace(" ", ",").split(",") if p)
+        except ValueError:
+            continue  # that host's own validation names it
+        if other != host and theirs != mine:
+            fail(f"weave_ipalloc_range {','.join(mine)} differs from {other}'s {','.join(theirs)}: every host of a "
+                 "cluster needs the same range")  # fmt: skip
 
 
 def _pod_ranges(text: str, fail: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -5,6 +5,7 @@ router whose neighbour carries no IPv6 range refusing IPv6 addresses with that p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,19 +28,27 @@ OUTSIDE6 = "2001:db8:77::fe"  # an "outside" host on the underlay (documentation
 
 @pytest.fixture(scope="module")
 def fastdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
+    with mesh_of_nodes(tmp_path_factory.mktemp("dual"), RANGES, outside=True) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def mesh_of_nodes(base: Path, ranges: str, *, outside: bool = False, ipv6: bool = False) -> Iterator[list[Node]]:
+    """Three hosts (an IPv6-only underlay with `ipv6`), routers with IPALLOC_RANGE `ranges` on fastdp, a CNI node
+    each; `outside`: an outside namespace at OUTSIDE6 on the underlay (`_outside`). Everything goes after."""
     binary = ensure_driver()
-    base = tmp_path_factory.mktemp("dual")
-    with netns_hosts(3, base) as net:
-        outside = _outside(net)
+    with netns_hosts(3, base, ipv6=ipv6) as net:
+        out = _outside(net) if outside else ""
         try:
-            routers = start_mesh(net, "--ipalloc-range", RANGES)
+            routers = start_mesh(net, "--ipalloc-range", ranges)
             nodes = [make_node(r, binary, base / f"node{i}") for i, r in enumerate(routers, 1)]
             try:
                 yield nodes
             finally:
                 _delete_pods(nodes)
         finally:
-            subprocess.run(["ip", "netns", "delete", outside], capture_output=True, check=False)
+            if out:
+                subprocess.run(["ip", "netns", "delete", out], capture_output=True, check=False)
 
 
 def _outside(net: Net) -> str:
@@ -124,7 +133,11 @@ def test_check_finds_an_ipv6_address_gone_and_an_old_result_version_names_the_fa
 
 
 def test_ipv6_multicast_reaches_pods_on_other_hosts(fastdp: list[Node]) -> None:
-    pods = _pods(fastdp, "mc")
+    multicast_reaches_other_hosts(_pods(fastdp, "mc"))
+
+
+def multicast_reaches_other_hosts(pods: list[tuple[str, dict[str, Any]]]) -> None:
+    """The all-nodes group (ff02::1) pinged from the first pod is answered by the pods of the other hosts."""
     poll(lambda: all(_link_local(netns) for netns, _ in pods), timeout=10, what="the pods' link-local addresses")
     far = {_link_local(netns) for netns, _ in pods[1:]}
     out = subprocess.run(
@@ -155,9 +168,13 @@ c, a = s.accept(); print(a[0], flush=True)
 
 
 def test_ipv6_to_the_outside_is_masqueraded_to_the_host_s_address(fastdp: list[Node]) -> None:
-    node = fastdp[2]
-    netns = node.netns("out")
-    node.driver.add(node.conflist("1.0.0"), "out-1", netns)
+    assert outside_sees(fastdp[2], "out") == "2001:db8:77::3"  # host 3's underlay address, not the pod's
+
+
+def outside_sees(node: Node, name: str) -> str:
+    """A new pod on `node` connects to OUTSIDE6 over TCP: the source address the outside sees."""
+    netns = node.netns(name)
+    node.driver.add(node.conflist("1.0.0"), f"{name}-1", netns)
     outside = f"{node.router.host.netns.rsplit('-h', 1)[0]}-u-out"
     server = subprocess.Popen(
         ["ip", "netns", "exec", outside, sys.executable, "-c", ACCEPT_ONE], stdout=subprocess.PIPE, text=True
@@ -166,7 +183,7 @@ def test_ipv6_to_the_outside_is_masqueraded_to_the_host_s_address(fastdp: list[N
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         connect = f"import socket; socket.create_connection(('{OUTSIDE6}', 8080), timeout=5).close()"
         subprocess.run(["ip", "netns", "exec", Path(netns).name, sys.executable, "-c", connect], check=True, timeout=30)
-        assert server.stdout.readline().strip() == "2001:db8:77::3"  # host 3's underlay address, not the pod's
+        return server.stdout.readline().strip()
     finally:
         server.kill()
         server.wait(timeout=10)
@@ -283,9 +300,11 @@ def test_hosts_reach_pods_across_the_sleeve_fallback_on_ipv6_too(tmp_path: Path)
 
 
 def _block_vxlan(net: Net, *, add: bool) -> None:
-    """VXLAN's UDP dropped between the two hosts, on the underlay (the sleeve's UDP 6783 still passes)."""
-    subprocess.run(["ip", "netns", "exec", net.underlay, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+    """VXLAN's UDP dropped between the two hosts, on the underlay (the sleeve's UDP 6783 still passes); with
+    iptables, or ip6tables on an IPv6 underlay."""
+    tool, key = ("ip6tables", "ip6tables") if net.ipv6 else ("iptables", "iptables")
+    subprocess.run(["ip", "netns", "exec", net.underlay, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=1"],
                    check=False)  # fmt: skip
     rule = ["FORWARD", "-p", "udp", "--dport", "6784", "-j", "DROP"]
-    subprocess.run(["ip", "netns", "exec", net.underlay, "iptables", "-w", "5", "-I" if add else "-D", *rule],
+    subprocess.run(["ip", "netns", "exec", net.underlay, tool, "-w", "5", "-I" if add else "-D", *rule],
                    check=add, capture_output=True)  # fmt: skip

@@ -16,15 +16,14 @@ import pytest
 
 from tests.cni.libcni import ensure_driver
 from tests.cni.test_dual_stack import (
-    ACCEPT_ONE,
-    OUTSIDE6,
     _block_vxlan,
     _delete_pods,
-    _link_local,
     _modes,
-    _outside,
     _ping,
     _pods,
+    mesh_of_nodes,
+    multicast_reaches_other_hosts,
+    outside_sees,
 )
 from tests.cni.test_weave_net import Node, make_node
 from tests.helpers import BIN, poll
@@ -36,19 +35,8 @@ RANGE6 = "fd32:58::/64"
 
 @pytest.fixture(scope="module")
 def fastdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
-    binary = ensure_driver()
-    base = tmp_path_factory.mktemp("v6only")
-    with netns_hosts(3, base) as net:
-        outside = _outside(net)
-        try:
-            routers = start_mesh(net, "--ipalloc-range", RANGE6)
-            nodes = [make_node(r, binary, base / f"node{i}") for i, r in enumerate(routers, 1)]
-            try:
-                yield nodes
-            finally:
-                _delete_pods(nodes)
-        finally:
-            subprocess.run(["ip", "netns", "delete", outside], capture_output=True, check=False)
+    with mesh_of_nodes(tmp_path_factory.mktemp("v6only"), RANGE6, outside=True) as nodes:
+        yield nodes
 
 
 def _address(result: dict[str, Any]) -> str:
@@ -97,35 +85,12 @@ def test_ipv6_only_ipam_status_metrics_and_release(fastdp: list[Node]) -> None:
 
 
 def test_ipv6_only_multicast_reaches_pods_on_other_hosts(fastdp: list[Node]) -> None:
-    pods = _pods(fastdp, "m6")
-    poll(lambda: all(_link_local(netns) for netns, _ in pods), timeout=10, what="the pods' link-local addresses")
-    far = {_link_local(netns) for netns, _ in pods[1:]}
-    out = subprocess.run(
-        ["ip", "netns", "exec", Path(pods[0][0]).name, "ping", "-6", "-c", "3", "-i", "0.3", "-w", "5",
-         "ff02::1%eth0"],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
-    answered = {line.split()[3].rstrip(":").split("%")[0] for line in out.stdout.splitlines() if "bytes from" in line}
-    assert far <= answered, (far, out.stdout)
+    multicast_reaches_other_hosts(_pods(fastdp, "m6"))
 
 
 def test_ipv6_only_pods_are_masqueraded_to_the_outside(fastdp: list[Node]) -> None:
-    node = fastdp[2]
-    netns = node.netns("o6")
-    node.driver.add(node.conflist("1.0.0"), "o6-1", netns)
-    outside = f"{node.router.host.netns.rsplit('-h', 1)[0]}-u-out"
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", outside, sys.executable, "-c", ACCEPT_ONE], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        connect = f"import socket; socket.create_connection(('{OUTSIDE6}', 8080), timeout=5).close()"
-        subprocess.run(["ip", "netns", "exec", Path(netns).name, sys.executable, "-c", connect], check=True, timeout=30)
-        assert server.stdout.readline().strip() == "2001:db8:77::3"  # host 3's underlay address, not the pod's
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-    rules = node.router.host.run("iptables-save", "-t", "nat").stdout
+    assert outside_sees(fastdp[2], "o6") == "2001:db8:77::3"  # host 3's underlay address, not the pod's
+    rules = fastdp[2].router.host.run("iptables-save", "-t", "nat").stdout
     assert "WEAVE" not in rules, rules  # no IPv4 range: no IPv4 chains
 
 
@@ -155,9 +120,10 @@ def test_the_sealed_sleeve_carries_ipv6_only_pods_across_three_hosts(tmp_path: P
             _delete_pods(nodes)
 
 
-def test_ipv6_only_falls_back_to_the_sleeve_when_vxlan_is_blocked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ipv6_underlay", [False, True], ids=["ipv4-underlay", "ipv6-underlay"])
+def test_ipv6_only_falls_back_to_the_sleeve_when_vxlan_is_blocked(tmp_path: Path, ipv6_underlay: bool) -> None:
     binary = ensure_driver()
-    with netns_hosts(2, tmp_path) as net:
+    with netns_hosts(2, tmp_path, ipv6=ipv6_underlay) as net:
         routers = start_mesh(net, "--ipalloc-range", RANGE6)
         nodes = [make_node(r, binary, tmp_path / f"n{i}") for i, r in enumerate(routers, 1)]
         try:

@@ -1,6 +1,7 @@
 """An IPv6-only underlay with real parts: hosts in network namespaces with nothing but 2001:db8:19::<n>/64 on
 their link. The mesh runs over TCP/IPv6, VXLAN over IPv6 (the device's source is the host's address, 70 bytes
-of overhead), the sleeve over UDP/IPv6 (sealed with a password, and as the fallback when VXLAN is blocked).
+of overhead), the sleeve over UDP/IPv6 (sealed with a password; the fallback when VXLAN is blocked is in
+test_ipv6_only.py).
 Pods of an IPv6 range alone ping each other and the hosts; dual-stack pods reach each other on both families."""
 
 from __future__ import annotations
@@ -12,24 +13,17 @@ from pathlib import Path
 import pytest
 
 from tests.cni.libcni import ensure_driver
-from tests.cni.test_dual_stack import _addresses, _delete_pods, _modes, _ping, _pods
+from tests.cni.test_dual_stack import _addresses, _delete_pods, _modes, _ping, _pods, mesh_of_nodes
 from tests.cni.test_ipv6_only import RANGE6, _address
 from tests.cni.test_weave_net import Node, make_node
 from tests.helpers import poll
-from tests.netns.hosts import FAST, Net, netns_hosts, peers_fastdp, start_mesh
+from tests.netns.hosts import FAST, netns_hosts, peers_fastdp
 
 
 @pytest.fixture(scope="module")
 def fastdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
-    binary = ensure_driver()
-    base = tmp_path_factory.mktemp("u6")
-    with netns_hosts(3, base, ipv6=True) as net:
-        routers = start_mesh(net, "--ipalloc-range", RANGE6)
-        nodes = [make_node(r, binary, base / f"node{i}") for i, r in enumerate(routers, 1)]
-        try:
-            yield nodes
-        finally:
-            _delete_pods(nodes)
+    with mesh_of_nodes(tmp_path_factory.mktemp("u6"), RANGE6, ipv6=True) as nodes:
+        yield nodes
 
 
 def test_the_mesh_vxlan_and_pods_run_over_an_ipv6_only_underlay(fastdp: list[Node]) -> None:
@@ -83,31 +77,3 @@ def test_the_sealed_sleeve_runs_over_an_ipv6_underlay(tmp_path: Path) -> None:
             assert link["up"] and link["verified_mtu"] == 1452 and "none" not in link["cipher"], link
         finally:
             _delete_pods(nodes)
-
-
-def test_pods_fall_back_to_the_sleeve_over_ipv6_when_vxlan_is_blocked(tmp_path: Path) -> None:
-    binary = ensure_driver()
-    with netns_hosts(2, tmp_path, ipv6=True) as net:
-        routers = start_mesh(net, "--ipalloc-range", RANGE6)
-        nodes = [make_node(r, binary, tmp_path / f"n{i}") for i, r in enumerate(routers, 1)]
-        try:
-            (ns1, r1), (_ns2, r2) = _pods(nodes, "f6")
-            _block_vxlan6(net, add=True)
-            for r in routers:
-                poll(lambda r=r: _modes(r) == ["sleeve"], timeout=30, what=f"{r.host.netns}: fallen back to the sleeve")
-            assert _ping(ns1, _address(r2), count=2, wait=2), "pod -> pod through the sleeve"
-            for host, result in ((net.hosts[0], r2), (net.hosts[1], r1)):
-                out = host.run("ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", _address(result), check=False)
-                assert out.returncode == 0, f"{host.netns} -> {_address(result)} through the sleeve: {out.stdout}"
-        finally:
-            _block_vxlan6(net, add=False)
-            _delete_pods(nodes)
-
-
-def _block_vxlan6(net: Net, *, add: bool) -> None:
-    """VXLAN's UDP dropped between the hosts, on the IPv6 underlay (the sleeve's UDP 6783 still passes)."""
-    subprocess.run(["ip", "netns", "exec", net.underlay, "sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"],
-                   check=False)  # fmt: skip
-    rule = ["FORWARD", "-p", "udp", "--dport", "6784", "-j", "DROP"]
-    subprocess.run(["ip", "netns", "exec", net.underlay, "ip6tables", "-w", "5", "-I" if add else "-D", *rule],
-                   check=add, capture_output=True)  # fmt: skip

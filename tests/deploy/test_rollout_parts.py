@@ -26,8 +26,11 @@ HOSTS = [("node1", {"weave_address": "198.18.0.1"}), ("node2", {"weave_address":
 
 def test_good_settings_pass() -> None:
     validate("node1", GOOD, HOSTS)
-    validate("node1", {**GOOD, "weave_ipalloc_range": "10.32.0.0/12,fd32:57::/64"}, HOSTS)  # dual-stack
-    validate("node1", {**GOOD, "weave_ipalloc_range": "fd32:57::/64"}, HOSTS)  # IPv6 alone
+    for ranges in ("10.32.0.0/12,fd32:57::/64", "fd32:57::/64"):  # dual-stack, IPv6 alone: on every host
+        everyone = [(h, {**d, "weave_ipalloc_range": ranges}) for h, d in HOSTS]
+        validate("node1", {**GOOD, "weave_ipalloc_range": ranges}, everyone)
+    with pytest.raises(InvalidData, match="differs from node2's 10.32.0.0/12: every host of a cluster needs"):
+        validate("node1", {**GOOD, "weave_ipalloc_range": "fd32:57::/64"}, HOSTS)  # one host changed alone
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 
 import pytest
 
+from tests.unit.test_overlay_service import FakeKernel, _service
 from weave_node.datapath.model import FLOOD_MAC, Fdb, Link, Observed, Vxlan, bridge_mac
 from weave_node.datapath.ops import CreateVxlan, DeleteLink
 from weave_node.datapath.plan import plan
@@ -18,6 +20,7 @@ from weave_node.overlay import mtu
 from weave_node.overlay.desired import Settings, desired_state, other_family, peer_entries, vteps_in_use
 from weave_node.overlay.health import Mode
 from weave_node.overlay.peers import PeerInfo, choose_underlay, underlay_of
+from weave_node.overlay.service import OverlayService
 from weave_node.overlay.sleeve.forwarder import Link as SleeveLink
 from weave_node.overlay.sleeve.forwarder import open_socket
 from weave_node.overlay.sleeve.plan import link_specs
@@ -137,3 +140,28 @@ def test_the_mesh_listens_on_both_families_on_one_port() -> None:
             await listen.close(servers)
 
     asyncio.run(run())
+
+
+def test_the_mtu_and_the_family_follow_the_underlay_learned_before_and_after_start() -> None:
+    """Mesh connections may come before the overlay starts: an IPv6 underlay learned then still lowers the MTU
+    chosen at start (peers given by name: IPv4's assumed); an IPv6 VXLAN device found at start keeps its family
+    and source across a restart while its address is in use, whatever the first connection's family."""
+
+    async def run(observed: Observed, local: list[str], before: bool) -> OverlayService:
+        svc = _service(FakeKernel(observed).kernel(), [0.0], sleeve=False, peer_hosts=("node2.example",))
+        if before:
+            svc.topology_changed({A: "a", B: "b"}, {B: "2001:db8::2"}, local)
+        await svc.start()
+        if not before:
+            svc.topology_changed({A: "a", B: "b"}, {B: "2001:db8::2"}, local)
+        await svc.stop()
+        return svc
+
+    plain = Observed(sysctls={"net/ipv4/ip_forward": "1"}, iptables={})
+    for before in (True, False):
+        svc = asyncio.run(run(plain, ["2001:db8::1"], before))
+        assert (svc.mtu, svc.settings.vxlan_local) == (1430, "2001:db8::1"), (before, svc.mtu_choice)
+    device = Link("vxlan-6784", "vxlan", local="2001:db8::1", vni=26500, port=6784, learning=True)
+    kept = replace(plain, links={"vxlan-6784": device})
+    svc = asyncio.run(run(kept, ["198.19.0.1", "2001:db8::1"], True))  # a tie, the adopted device wins it
+    assert svc.settings.vxlan_local == "2001:db8::1" and svc.mtu == 1430

@@ -129,7 +129,7 @@ def test_a_switch_to_the_sleeve_flushes_learned_macs_through_the_plan() -> None:
     svc.sleeve.forwarder = forwarder  # type: ignore[assignment]
     svc.settings = replace(svc.settings, sleeve=True)  # what start() sets once the sleeve runs
     svc.health.sleeve_available = True
-    svc.topology_changed({ME: "me", B: "b"}, {B: "198.19.0.2"}, "198.19.0.1")
+    svc.topology_changed({ME: "me", B: "b"}, {B: "198.19.0.2"}, ["198.19.0.1"])
     svc.table.merge([PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")])
     desired: Desired = svc.desired()
     assert svc.heartbeats.peers == {B: "10.40.0.1"} and desired.flush == 0

@@ -8,8 +8,8 @@ which drops the "ipam6" channel and so cannot relay its gossip): its allocations
 rather than waiting out their time or handing out addresses a part of the mesh does not know about. An IPv4 ring
 likewise while a connected peer has an IPv6 range alone (it carries no "ipam" channel): a rolling change between
 an IPv6 range alone and dual-stack never waits on a ring half the mesh cannot carry. Features are what both ends
-have (the intersection), so that peer is one we share `ipam-ipv6` but not `ipam-ipv4` with (a router of a version
-from before either carries IPv4 and shares neither).
+have (the intersection), so that peer is one we share `ipam-families` and `ipam-ipv6` but not `ipam-ipv4` with (a
+router from before `ipam-families` carries IPv4 whatever it shares).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from weave_node.ipam.service import DEFAULT_WAIT, Held, IpamService
 
 CHANNEL6 = "ipam6"
 FEATURE_IPV6 = "ipam-ipv6"  # mesh feature: this router carries an IPv6 ring (the "ipam6" channel)
-FEATURE_IPV4 = "ipam-ipv4"  # mesh feature: this router carries an IPv4 ring (routers that also know FEATURE_IPV6)
+FEATURE_IPV4 = "ipam-ipv4"  # mesh feature: this router carries an IPv4 ring (among FEATURE_FAMILIES routers)
+FEATURE_FAMILIES = "ipam-families"  # mesh feature: this router says which rings it carries (the two above)
 
 
 class Ipam:

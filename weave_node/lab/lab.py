@@ -125,6 +125,8 @@ def up(
 ) -> LabStatus:
     """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address); `dual`: both families on the underlay."""
     spec = make_spec(name, count, ipv6, dual)  # bad input fails here, before anything is touched
+    if kubernetes and ipv6:
+        raise LabError("--kubernetes needs IPv4 on the hosts (the lab's cluster is IPv4's): use --dual-stack")
     system.require_root()
     system.require_tools(TOOLS)
     system.cgroup_hierarchies()

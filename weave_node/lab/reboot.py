@@ -54,8 +54,10 @@ def _wipe_kernel_state(netns: str) -> None:
     doomed = [link for link in links if link not in ("lo", "eth0")]
     if doomed:
         system.ip_batch(netns, [f"link delete {link}" for link in doomed])
-    for table in ("filter", "nat", "mangle", "raw"):
-        for flag in ("-F", "-X"):
-            subprocess.run(["ip", "netns", "exec", netns, "iptables", "-t", table, flag], capture_output=True,
-                           check=False)  # fmt: skip
-    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=0"], check=False)
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            for flag in ("-F", "-X"):
+                subprocess.run(["ip", "netns", "exec", netns, tool, "-t", table, flag], capture_output=True,
+                               check=False)  # fmt: skip
+    for key in ("net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"):
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", key], check=False)

@@ -92,6 +92,7 @@ def make_spec(name: str, count: int, ipv6: bool = False, dual: bool = False) -> 
 def render_etc_hosts(spec: LabSpec, me: HostSpec) -> str:
     lines = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{me.name}", "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{h.address}\t{h.name}" for h in spec.hosts]
+    lines += [f"{h.address6}\t{h.name}" for h in spec.hosts if h.address6]  # (a dual-stack lab: both records)
     return "\n".join(lines) + "\n"
 
 

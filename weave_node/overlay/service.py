@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +34,7 @@ from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, obtain_bridge_address, underlay_devices
 from weave_node.overlay.peer_gossip import PeerGossip
+from weave_node.overlay.peers import choose_underlay
 from weave_node.overlay.pods import PodPlumbing
 from weave_node.overlay.sleeve import plan as sleeve_plan
 from weave_node.overlay.sleeve.config import PORT as SLEEVE_PORT
@@ -82,6 +83,7 @@ class OverlayService:
         self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None or config.pod_range.ipv6)
         self._bridge_address, self._bridge_address6 = bridge_address, bridge_address6
         self.mtu_choice = overlay_mtu.configured(config.mtu)
+        self._local: list[str] = []  # our mesh connections' local addresses
         self._underlay_found: list[tuple[str, int]] = []  # the underlay devices (name, MTU) found at start
         self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
         range6 = str(config.pod_range6) if config.pod_range6 else ""
@@ -121,8 +123,9 @@ class OverlayService:
 
     # --- mesh events -------------------------------------------------------------------------------------
 
-    def topology_changed(self, nicknames: dict[int, str], direct: dict[int, str], local_underlay: str) -> None:
-        """On every topology change: the peers, our connections' remote addresses, the local address we are at."""
+    def topology_changed(self, nicknames: dict[int, str], direct: dict[int, str], local: Sequence[str] = ()) -> None:
+        """On every topology change: the peers, our connections' remote addresses, and their local addresses (one
+        per connection: where we are on the underlay)."""
         self.nicknames = dict(nicknames)
         now = self.clock()
         # Peers that just left were present until now: their retention counts from this moment.
@@ -131,13 +134,19 @@ class OverlayService:
         self.retention.present(self.peers, now)
         self.direct = dict(direct)
         self.table.forget(set(nicknames) | self.retention.kept(self.clock()) | {self.me})
-        if local_underlay:
-            self.gossip.update_mine(underlay=local_underlay)
-            # Our VXLAN device's family (and, IPv6's, its source) is that of the address our mesh connections
-            # are at: a VXLAN device carries one family. Peers of the other go through the sleeve.
-            self.settings = replace(self.settings, vxlan_local=local_underlay if ":" in local_underlay else "")
-            self._relearn_mtu(":" in local_underlay)
+        self._local = list(local)
+        self._learn_underlay(self.gossip.mine.underlay or self.settings.vxlan_local)
         self._dirty.set()
+
+    def _learn_underlay(self, current: str) -> None:
+        """Our underlay address, from our connections' local addresses and sticky to `current`
+        (peers.choose_underlay): gossiped, and its family (with IPv6, it too, as the source) is our VXLAN
+        device's: a VXLAN device carries one family, peers of the other go through the sleeve."""
+        chosen = choose_underlay(self._local, current)
+        if chosen:
+            self.gossip.update_mine(underlay=chosen)
+            self.settings = replace(self.settings, vxlan_local=chosen if ":" in chosen else "")
+            self._relearn_mtu(":" in chosen)
 
     def space_changed(self) -> None:  # IPAM's ring changed: a direct peer's routes follow its space
         if self.direct_paths.space_changed():
@@ -160,8 +169,9 @@ class OverlayService:
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
         vxlan = observed.links.get(VXLAN)
-        if not self.gossip.mine.underlay and vxlan is not None and vxlan.kind == "vxlan":  # (kept until we know)
-            self.settings = replace(self.settings, vxlan_local=vxlan.local if ":" in vxlan.local else "")
+        if vxlan is not None and vxlan.kind == "vxlan" and ":" in vxlan.local:  # an IPv6 device from before:
+            self._learn_underlay(vxlan.local)  # its source stays ours while a connection (or none yet) is at it
+        self._relearn_mtu(bool(self.settings.vxlan_local))  # (connections may have come before this start)
         bridge = observed.links.get(BRIDGE)
         if bridge is not None and bridge.kind == "bridge":
             self.bridge_cidr = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range)
