@@ -29,7 +29,7 @@ def test_good_settings_pass() -> None:
     for ranges in ("10.32.0.0/12,fd32:57::/64", "fd32:57::/64"):  # dual-stack, IPv6 alone: on every host
         everyone = [(h, {**d, "weave_ipalloc_range": ranges}) for h, d in HOSTS]
         validate("node1", {**GOOD, "weave_ipalloc_range": ranges}, everyone)
-    with pytest.raises(InvalidData, match="differs from node2's 10.32.0.0/12: every host of a cluster needs"):
+    with pytest.raises(InvalidData, match=r"differs from node2's 10\.32\.0\.0/12: every host of a cluster needs"):
         validate("node1", {**GOOD, "weave_ipalloc_range": "fd32:57::/64"}, HOSTS)  # one host changed alone
 
 
