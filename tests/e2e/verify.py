@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 from tests.helpers import poll
@@ -121,11 +122,15 @@ def del_pod(host: Any, pod: str) -> None:
     host.run(f"ip netns delete {pod}")
 
 
-def pods_reach_each_other(hosts: dict[str, Any], pod: str, ips: dict[str, str]) -> None:
+def pods_reach_each_other(hosts: dict[str, Any], pod: str, ips: dict[str, str], within: float = 15.0) -> None:
+    """Every pod reaches every other, each pair within `within` seconds (a rollout that restarted every router
+    at once may still be settling each peer's path: pending, fastdp, then direct)."""
     for src, host in hosts.items():
         for dst, ip in ips.items():
-            out = host.run(f"ip netns exec {pod} ping -c 1 -W 5 {ip}")
-            assert out.rc == 0, f"{src} -> {dst} ({ip}): {out.stdout}"
+            deadline, out = time.monotonic() + within, None
+            while out is None or (out.rc != 0 and time.monotonic() < deadline):
+                out = host.run(f"ip netns exec {pod} ping -c 1 -W 2 {ip}")
+            assert out.rc == 0, f"{src} -> {dst} ({ip}) not within {within:g} s: {out.stdout}"
 
 
 def ipv6_resolves(hosts: dict[str, Any], pod: str, ips6: dict[str, str]) -> bool:
