@@ -9,6 +9,7 @@ shrinks to 4 (four retired at once)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -104,9 +105,8 @@ class Pings:
     def __enter__(self) -> Pings:
         for dst in self.dsts:
             log = f"/tmp/ping-{dst}.log"
-            cmd = (
-                f"setsid nohup ip netns exec {POD} ping -i 0.1 {self.lab.pods[dst]} > {log} 2>&1 < /dev/null & echo $!"
-            )
+            ping = f"ip netns exec {POD} ping -D -i 0.1 {self.lab.pods[dst]}"  # (-D: each reply's time)
+            cmd = f"setsid nohup {ping} > {log} 2>&1 < /dev/null & echo $!"
             self.pids[dst] = int(self.lab.ssh(self.src, cmd).stdout.strip())
         return self
 
@@ -129,6 +129,23 @@ class Pings:
             assert sent > 20, f"only {sent} pings to {dst}"
             lost[dst] = sent - received
         return lost
+
+    def gaps(self) -> dict[str, list[str]]:
+        """{dst: the runs of lost replies, as "HH:MM:SS.s-HH:MM:SS.s (N)" in UTC}: to match the routers' journals."""
+        out = {}
+        for dst in self.dsts:
+            text = self.lab.ssh(self.src, f"cat /tmp/ping-{dst}.log").stdout
+            got = {int(m[1]): float(m[0]) for m in re.findall(r"\[(\d+\.\d+)\].*icmp_seq=(\d+) ", text)}
+            runs, seqs = [], sorted(got)
+            for before, after in itertools.pairwise(seqs):
+                if after - before > 1:
+                    runs.append(f"{_utc(got[before])}-{_utc(got[after])} ({after - before - 1})")
+            out[dst] = runs
+        return out
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 10) % 10}"
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +296,8 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
                     _network_report(lab, a, b)
                     raise
 
-    losses = []
+    losses: list[dict[str, int]] = []
+    gaps: list[dict[str, list[str]]] = []
     with Pings(lab, "node1", ("node2", "node3")) as pings:
         assert lab.roll("weave_accept_unencrypted=true")[1] == 0  # off, 1: applied live
         assert {node: lab.pid(node) for node in lab.hosts} == pids, "a reload restarted a router"
@@ -290,6 +308,7 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
         meshed("unencrypted, v2")
         everyone_reaches()
         losses.append(pings.lost())
+        gaps.append(pings.gaps())
     poll(lambda: all(p["mode"] in ("fastdp", "direct") for p in lab.status("node1")["datapath"]["peers"]), timeout=60,
          what="the fast datapath back")  # fmt: skip
     assert len(lab.status("node1")["datapath"]["peers"]) == len(lab.hosts) - 1
@@ -303,7 +322,8 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
         meshed("encrypted, v2")
         everyone_reaches()
         losses.append(pings.lost())
-    print(f"\nencryption off: lost {losses[0]}; on: lost {losses[1]}")  # noqa: T201
+        gaps.append(pings.gaps())
+    print(f"\nencryption off: lost {losses[0]} {gaps[0]}; on: lost {losses[1]} {gaps[1]}")  # noqa: T201
     if not all(n <= 100 for loss in losses for n in loss.values()):
         _network_report(lab, "node1", "node2")  # (the routers' journals say when each peer changed mode)
     assert all(n <= 100 for loss in losses for n in loss.values()), losses  # the restarts' sleeve traffic, at most
