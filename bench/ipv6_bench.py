@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from common import terminate_cleanly
 from datapath_bench import iperf
 
 from tests.cni.libcni import ensure_driver
+from tests.cni.test_dual_stack import _delete_pods
 from tests.cni.test_weave_net import Node, make_node
 from tests.helpers import poll
 from tests.netns.hosts import FAST, netns_hosts, start_mesh
@@ -61,9 +61,7 @@ def throughput(tmp: Path, runs: int, seconds: int, direct: bool) -> dict[str, li
                     out[family].append(iperf(src, dst, ip, seconds).bps / 1e9)
                 print(f"    run {run + 1}: IPv4 {out['ipv4'][-1]:.2f} Gbit/s, IPv6 {out['ipv6'][-1]:.2f} Gbit/s")
         finally:
-            for node in nodes:
-                for ns in node.pods:
-                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+            _delete_pods(nodes)
     return out
 
 
@@ -91,9 +89,7 @@ def underlay(tmp: Path, runs: int, seconds: int) -> dict[str, list[float]]:
                     out[family].append(iperf(*targets[family], seconds).bps / 1e9)
                 print(f"    run {run + 1}: over IPv4 {out['ipv4'][-1]:.2f} Gbit/s, over IPv6 {out['ipv6'][-1]:.2f}")
         finally:
-            for node in nodes:
-                for ns in node.pods:
-                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+            _delete_pods(nodes)
     return out
 
 

@@ -22,6 +22,7 @@ class Mtu:
     mtu: int  # of the bridge, the VXLAN device, the TAP and every pod
     source: str  # how it was chosen, for status and the log
     underlay: int = 1500  # the underlay device's: the sleeve's datagrams must fit it
+    ipv6: bool = False  # chosen for an IPv6 underlay (its 20 bytes more of header taken off)
 
 
 def configured(mtu: int | None) -> Mtu:
@@ -48,5 +49,5 @@ def from_underlay(found: Sequence[tuple[str, int]], *, encrypt: bool, ipv6: bool
     extra, family = (IPV6_EXTRA, " over IPv6") if ipv6 else (0, "")
     if encrypt:
         overhead = SLEEVE_OVERHEAD + codec.overhead(True) + extra
-        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve{family})", mtu)
-    return Mtu(overlay_mtu(mtu) - extra, f"underlay {name} {mtu} - {50 + extra} (VXLAN{family})", mtu)
+        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve{family})", mtu, ipv6)
+    return Mtu(overlay_mtu(mtu) - extra, f"underlay {name} {mtu} - {50 + extra} (VXLAN{family})", mtu, ipv6)

@@ -226,7 +226,7 @@ class OverlayService:
     def _relearn_mtu(self, ipv6: bool) -> None:
         """Our underlay turned out IPv6's while the MTU was chosen for IPv4's (a first peer given by name, or
         none): 20 bytes less, for the devices and the pods attached from now on."""
-        if self.config.mtu is not None or not ipv6 or "over IPv6" in self.mtu_choice.source:
+        if self.config.mtu is not None or not ipv6 or self.mtu_choice.ipv6:
             return
         self.mtu_choice = overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=True)
         self.settings = replace(self.settings, mtu=self.mtu)
