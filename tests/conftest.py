@@ -57,11 +57,12 @@ MARK_BY_DIR = {
     "sim": "sim",
     "netns": "netns",
     "lab": "lab",
+    "vm": "vm",
     "deploy": "unit",
     "e2e": "lab",
     "cni": "netns",
 }
-ROOT_ONLY = {"netns", "lab"}
+ROOT_ONLY = {"netns", "lab", "vm"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

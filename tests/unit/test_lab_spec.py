@@ -94,3 +94,31 @@ def test_a_dual_stack_lab_has_both_and_refuses_ipv6_only_too() -> None:
     assert spec.dual and not spec.ipv6 and "socat - TCP:%h:%p" in render_ssh_config(spec, "/k", "/kh")
     with pytest.raises(ConfigError, match="exclude each other"):
         make_spec("ds", 2, ipv6=True, dual=True)
+
+
+def test_the_first_hosts_of_a_lab_can_be_vms_and_each_gets_its_own_address_and_mac() -> None:
+    from weave_node.lab import vm
+
+    spec = make_spec("v", 3, vms=2)
+    assert [h.vm for h in spec.hosts] == [True, True, False] and spec.vms == 2
+    assert len({vm.mac(h) for h in spec.hosts}) == 3 and vm.mac(spec.hosts[0]) == "52:54:00:18:00:01"
+    network = vm.network_file(spec, spec.hosts[1])
+    assert "Address=198.18.0.2/24" in network and "Gateway=198.18.0.254" in network and "Name=eth0" in network
+    dual = vm.network_file(make_spec("d", 1, dual=True, vms=1), make_spec("d", 1, dual=True, vms=1).hosts[0])
+    assert "Address=2001:db8:18::1/64" in dual and "Gateway=2001:db8:18::fe" in dual
+    six = make_spec("s", 1, ipv6=True, vms=1)
+    assert "Address=2001:db8:18::1/64" in vm.network_file(six, six.hosts[0])
+    for bad in (-1, 4):
+        with pytest.raises(ConfigError, match="--vm must be between 0"):
+            make_spec("v", 3, vms=bad)
+    with pytest.raises(ConfigError, match="at most 8"):
+        make_spec("v", 10, vms=9)
+
+
+def test_the_vm_image_has_its_own_cache_key_and_the_containers_key_is_unchanged() -> None:
+    from weave_node.lab import rootfs, vm
+
+    plain = rootfs.cache_key()
+    assert plain == rootfs.cache_key(flavour="")  # the nspawn hosts' cache survives the VMs' arrival
+    assert rootfs.cache_key(packages=rootfs.PACKAGES + vm.VM_PACKAGES, flavour=vm.vm_flavour()) != plain
+    assert "MODULES=list" in vm.SETUP_HOOK and "force_load" in vm.SETUP_HOOK  # the small initramfs

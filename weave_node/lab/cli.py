@@ -41,6 +41,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="a dual-stack underlay: the hosts get 2001:db8:18::N/64 beside 198.18.0.N/24 (SSH and the inventory "
         "use IPv4's)",
     )
+    p.add_argument(
+        "--vm",
+        type=int,
+        nargs="?",
+        const=-1,
+        default=0,
+        metavar="N",
+        help="the first N hosts (all without N) are QEMU VMs with Debian's own kernel (IPsec ESP, WireGuard), "
+        "emulated: slow (~1 min to boot), for functional tests only",
+    )
     p.set_defaults(func=cmd_up)
     p = named(lab_sub.add_parser("down", help="stop every host and remove everything the lab created"))
     p.add_argument("-q", "--quiet", action="store_true")
@@ -76,7 +86,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from weave_node.lab.progress import Progress
 
     progress = Progress(quiet=args.quiet)
-    st = lab.up(args.name, args.hosts, progress, kubernetes=args.kubernetes, ipv6=args.ipv6, dual=args.dual_stack)
+    vms = args.hosts if args.vm == -1 else args.vm
+    st = lab.up(
+        args.name, args.hosts, progress, kubernetes=args.kubernetes, ipv6=args.ipv6, dual=args.dual_stack, vms=vms
+    )
     total = sum(progress.timings.values())
     if not args.quiet and st.paths is not None:
         progress.console.print(

@@ -17,6 +17,7 @@ from weave_node.lab.spec import UNDERLAY_GATEWAY6, UNDERLAY_NET6, HostSpec, LabS
 from weave_node.lab.system import LabError
 
 BOOT_TIMEOUT = float(os.environ.get("WEAVE_LAB_BOOT_TIMEOUT", "90"))
+VM_BOOT_TIMEOUT = float(os.environ.get("WEAVE_LAB_VM_BOOT_TIMEOUT", "300"))  # emulated CPUs (vm.py)
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -44,10 +45,12 @@ def prepare_files(spec: LabSpec, paths: LabPaths) -> dict[str, str]:
 
 
 def make_network(spec: LabSpec) -> None:
+    """The underlay namespace and bridge; a namespace and a veth pair per nspawn host; a TAP per VM."""
     under = spec.underlay_netns
-    root_cmds = [f"netns add {under}"] + [f"netns add {h.netns}" for h in spec.hosts]
+    containers = [h for h in spec.hosts if not h.vm]
+    root_cmds = [f"netns add {under}"] + [f"netns add {h.netns}" for h in containers]
     root_cmds += [
-        f"link add {h.underlay_port} netns {under} type veth peer name eth0 netns {h.netns}" for h in spec.hosts
+        f"link add {h.underlay_port} netns {under} type veth peer name eth0 netns {h.netns}" for h in containers
     ]
     system.ip_batch(None, root_cmds)
     prefix, nodad = spec.prefix, " nodad" if spec.ipv6 else ""  # (IPv6: usable at once, no DAD wait)
@@ -59,9 +62,10 @@ def make_network(spec: LabSpec) -> None:
     ]
     if spec.dual:
         under_cmds.append(f"addr add {UNDERLAY_GATEWAY6}/{UNDERLAY_NET6.prefixlen} dev br0 nodad")
+    under_cmds += [f"tuntap add dev {h.underlay_port} mode tap" for h in spec.hosts if h.vm]
     under_cmds += [f"link set {h.underlay_port} master br0 up" for h in spec.hosts]
     system.ip_batch(under, under_cmds)
-    for h in spec.hosts:
+    for h in containers:
         system.ip_batch(
             h.netns,
             [
@@ -156,7 +160,8 @@ def _stopped(cgroup: Path, confirm: float = 1.0) -> bool:
 
 def wait_ssh(spec: LabSpec, paths: LabPaths, report: Any) -> None:
     pending = {h.name: h for h in spec.hosts}
-    deadline = time.monotonic() + BOOT_TIMEOUT
+    timeout = max(BOOT_TIMEOUT, VM_BOOT_TIMEOUT) if spec.vms else BOOT_TIMEOUT
+    deadline = time.monotonic() + timeout
     while pending:
         for name, host in list(pending.items()):
             if system.ssh_banner(spec.underlay_netns, str(host.address), timeout=0.3):
@@ -171,8 +176,7 @@ def wait_ssh(spec: LabSpec, paths: LabPaths, report: Any) -> None:
         if pending and time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise LabError(
-                f"sshd did not answer within {BOOT_TIMEOUT:g} s on {names} "
-                f"(console logs: {failure_logs_dir(spec.name)})"
+                f"sshd did not answer within {timeout:g} s on {names} (console logs: {failure_logs_dir(spec.name)})"
             )
         if pending:
             time.sleep(0.05)

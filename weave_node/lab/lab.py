@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weave_node.lab import system
+from weave_node.lab import system, vm
 from weave_node.lab.hosts import boot, keep_console_logs, make_network, prepare_files, wait_ssh
 from weave_node.lab.paths import LabPaths, home
 from weave_node.lab.progress import Progress
@@ -79,20 +79,22 @@ def status(name: str, *, probe_systemd: bool = True) -> LabStatus:
     state = _load_state(paths)
     if state is None:
         return LabStatus(name=name, up=False, spec=None, leftovers=leftovers(name), paths=paths)
-    spec = make_spec(name, int(state["hosts"]), bool(state.get("ipv6")), bool(state.get("dual")))
+    spec = _spec_of(name, state)
     hosts = []
     for host in spec.hosts:
         cgroups = system.lab_cgroups(name, host.name)
         pids = system.cgroup_pids(cgroups[0])
-        pid1 = system.ns_pid_one(pids)
+        pid1 = vm.qemu_pid(spec, host) if host.vm else system.ns_pid_one(pids)
         state_text = "down"
-        if pid1 is not None:
+        if pid1 is not None and host.vm:
+            state_text = _vm_state(paths, host.name) if probe_systemd else "up"
+        elif pid1 is not None:
             state_text = _system_state(pid1) if probe_systemd else "up"
         hosts.append(
             HostStatus(
                 name=host.name,
                 address=str(host.address),
-                netns=host.netns,
+                netns=f"(VM in {spec.underlay_netns})" if host.vm else host.netns,
                 pid1=pid1,
                 system_state=state_text,
                 pss_mib=system.pss_kib(pids) / 1024,
@@ -102,8 +104,25 @@ def status(name: str, *, probe_systemd: bool = True) -> LabStatus:
     return LabStatus(name=name, up=up, spec=spec, hosts=hosts, paths=paths)
 
 
+def _spec_of(name: str, state: dict[str, Any]) -> LabSpec:
+    return make_spec(
+        name, int(state["hosts"]), bool(state.get("ipv6")), bool(state.get("dual")), int(state.get("vms", 0))
+    )
+
+
 def _family(spec: LabSpec) -> str:
-    return " on IPv6 only" if spec.ipv6 else " dual-stack" if spec.dual else ""
+    vms = f" with {spec.vms} VMs" if spec.vms else ""
+    return (" on IPv6 only" if spec.ipv6 else " dual-stack" if spec.dual else "") + vms
+
+
+def _vm_state(paths: LabPaths, host: str) -> str:
+    """A VM's `systemctl is-system-running`, over SSH (there is no namespace to enter)."""
+    cmd = ["ssh", "-F", str(paths.ssh_config), "-o", "ConnectTimeout=5", host, "systemctl", "is-system-running"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        return "unresponsive"
+    return proc.stdout.strip() or "booting"
 
 
 def _system_state(pid1: int) -> str:
@@ -121,14 +140,24 @@ def _system_state(pid1: int) -> str:
 
 
 def up(
-    name: str, count: int, progress: Progress, *, kubernetes: bool = False, ipv6: bool = False, dual: bool = False
+    name: str,
+    count: int,
+    progress: Progress,
+    *,
+    kubernetes: bool = False,
+    ipv6: bool = False,
+    dual: bool = False,
+    vms: int = 0,
 ) -> LabStatus:
-    """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address); `dual`: both families on the underlay."""
-    spec = make_spec(name, count, ipv6, dual)  # bad input fails here, before anything is touched
+    """`ipv6`: an IPv6-only underlay (the hosts have no IPv4 address); `dual`: both families on the underlay;
+    `vms`: the first `vms` hosts are VMs with Debian's own kernel (vm.py)."""
+    spec = make_spec(name, count, ipv6, dual, vms)  # bad input fails here, before anything is touched
     if kubernetes and ipv6:
         raise LabError("--kubernetes needs IPv4 on the hosts (the lab's cluster is IPv4's): use --dual-stack")
+    if kubernetes and vms:
+        raise LabError("--kubernetes runs on nspawn hosts only, not with --vm")
     system.require_root()
-    system.require_tools(TOOLS)
+    system.require_tools(TOOLS | (vm.TOOLS if vms else {}))
     system.cgroup_hierarchies()
     with _lock(name):
         current = status(name, probe_systemd=False)
@@ -189,15 +218,31 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
             admin = bringup.write_host_files(spec, lambda host: paths.host_dir(host) / "upper")
             system.write_atomic(paths.root / "kubeconfig", admin.decode(), mode=0o600)
             step.update("certificates, kubeconfigs and units of a Kubernetes cluster (control plane on node1)")
+    image = None
+    if spec.vms:
+        with progress.step("VM image (Debian's kernel; cached)") as step:
+            image, built = vm.ensure_image(home() / "cache", packages, step.update)
+            for host in spec.hosts:
+                if host.vm:
+                    vm.prepare(spec, host, image, paths)
+            step.update(("built " if built else "cached ") + str(image.dir))
     with progress.step("network namespaces and underlay bridge") as step:
         make_network(spec)
         step.update(f"{spec.underlay_netns}: br0 {spec.gateway}/{spec.prefix}")
     raised = system.raise_inotify_instances()
     if raised:
         progress.note(raised)
-    with progress.step(f"booting {len(spec.hosts)} hosts (systemd-nspawn -b)") as step:
+    kinds = (
+        "QEMU VMs and systemd-nspawn -b"
+        if image and spec.vms < len(spec.hosts)
+        else ("QEMU VMs" if image else "systemd-nspawn -b")
+    )
+    with progress.step(f"booting {len(spec.hosts)} hosts ({kinds})") as step:
         for host in spec.hosts:
-            boot(spec, host, rootfs, paths, prepared.nspawn_args if prepared else ())
+            if host.vm and image is not None:
+                vm.boot(spec, host, image, paths)
+            else:
+                boot(spec, host, rootfs, paths, prepared.nspawn_args if prepared else ())
         step.update("systemd is PID 1 in each")
     with progress.step("waiting for sshd on every host") as step:
         wait_ssh(spec, paths, step.update)
@@ -219,6 +264,7 @@ def _bring_up(spec: LabSpec, progress: Progress, kubernetes: bool = False) -> No
         "ipv6": spec.ipv6,
         "dual": spec.dual,
         "addresses6": {h.name: str(h.address6) for h in spec.hosts if h.address6},
+        "vms": spec.vms,
         "created": time.time(),
         "kubernetes": prepared is not None,
         "kubernetes_bin": str(prepared.bin_dir) if prepared else None,
@@ -247,7 +293,7 @@ def require_up(name: str) -> tuple[LabSpec, LabPaths]:
     state = _load_state(paths)
     if state is None:
         raise LabError(f"lab {name!r} is not up: run `weave-node lab up{_name_flag(name)}`")
-    return make_spec(name, int(state["hosts"]), bool(state.get("ipv6")), bool(state.get("dual"))), paths
+    return _spec_of(name, state), paths
 
 
 def kubectl_argv(name: str, args: list[str]) -> list[str]:

@@ -26,6 +26,8 @@ def reboot(name: str, host: str, report: object = None) -> float:
     state = _load_state(paths) or {}
     if state.get("kubernetes"):
         raise LabError("lab reboot is for plain labs (a Kubernetes host's cgroups are set up by `lab up` only)")
+    if target.vm:
+        raise LabError(f"{host} is a VM: reboot it from inside (`weave-node lab ssh {host} systemctl reboot`)")
     start = time.monotonic()
     with _lock(name):
         # Queued, not waited for (the session would hang as the host goes down): the exit code says nothing.

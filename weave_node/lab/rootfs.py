@@ -66,17 +66,33 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 """
 
 
+def _vm_setup_hook() -> str:
+    from weave_node.lab.vm import SETUP_HOOK
+
+    return SETUP_HOOK
+
+
+def _vm_flavour() -> str:
+    from weave_node.lab.vm import vm_flavour
+
+    return vm_flavour()
+
+
 class RootfsError(WeaveError):
     pass
 
 
-def cache_key(suite: str = SUITE, packages: tuple[str, ...] = PACKAGES) -> str:
-    text = "\n".join([suite, "variant=apt", f"customize={CUSTOMIZE_VERSION}", *sorted(packages)])
+def cache_key(suite: str = SUITE, packages: tuple[str, ...] = PACKAGES, flavour: str = "") -> str:
+    """`flavour`: what else makes this rootfs (a VM's hooks and units)."""
+    lines = [suite, "variant=apt", f"customize={CUSTOMIZE_VERSION}", *sorted(packages)]
+    if flavour:  # (none: the key of every rootfs built before VMs, unchanged)
+        lines.append(flavour)
+    text = "\n".join(lines)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def rootfs_path(cache_dir: Path, packages: tuple[str, ...] = PACKAGES) -> Path:
-    return cache_dir / f"rootfs-{SUITE}-{cache_key(packages=packages)}"
+def rootfs_path(cache_dir: Path, packages: tuple[str, ...] = PACKAGES, flavour: str = "") -> Path:
+    return cache_dir / f"rootfs-{SUITE}-{cache_key(packages=packages, flavour=flavour)}"
 
 
 def apt_sources() -> list[str]:
@@ -124,11 +140,12 @@ def customize(root: Path) -> None:
 
 
 def ensure_rootfs(
-    cache_dir: Path, on_line: Callable[[str], None], packages: tuple[str, ...] = PACKAGES
+    cache_dir: Path, on_line: Callable[[str], None], packages: tuple[str, ...] = PACKAGES, *, vm: bool = False
 ) -> tuple[Path, bool]:
-    """Return (path, built_now). Builds under a lock into a temporary directory, then renames."""
+    """Return (path, built_now). Builds under a lock into a temporary directory, then renames. `vm`: the root
+    filesystem of a VM's image (vm.py: a small initramfs, its own units)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = rootfs_path(cache_dir, packages)
+    final = rootfs_path(cache_dir, packages, _vm_flavour() if vm else "")
     if final.is_dir():
         return final, False
     with open(cache_dir / ".lock", "w") as lock:
@@ -139,8 +156,12 @@ def ensure_rootfs(
         if partial.exists():
             shutil.rmtree(partial)
         try:
-            _mmdebstrap(partial, on_line, packages)
+            _mmdebstrap(partial, on_line, packages, vm)
             customize(partial)
+            if vm:
+                from weave_node.lab.vm import customize_vm
+
+                customize_vm(partial)
             partial.rename(final)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -149,7 +170,7 @@ def ensure_rootfs(
     return final, True
 
 
-def _mmdebstrap(target: Path, on_line: Callable[[str], None], packages: tuple[str, ...]) -> None:
+def _mmdebstrap(target: Path, on_line: Callable[[str], None], packages: tuple[str, ...], vm: bool) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RootfsError("missing dependency: mmdebstrap (apt-get install mmdebstrap)")
     cmd = [
@@ -157,6 +178,7 @@ def _mmdebstrap(target: Path, on_line: Callable[[str], None], packages: tuple[st
         "--variant=apt",
         "--mode=root",
         "--include=" + ",".join(packages),
+        *(["--setup-hook=" + _vm_setup_hook()] if vm else []),
         SUITE,
         str(target),
         *apt_sources(),

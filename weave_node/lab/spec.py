@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from weave_node.core.errors import ConfigError
 
 MAX_HOSTS = 200
+MAX_VMS = 8  # each is an emulated CPU (~0.4 GB, a busy core while it boots)
 UNDERLAY_NET = ipaddress.IPv4Network("198.18.0.0/24")
 UNDERLAY_GATEWAY = ipaddress.IPv4Address("198.18.0.254")
 UNDERLAY_NET6 = ipaddress.IPv6Network("2001:db8:18::/64")  # an IPv6-only lab's underlay
@@ -32,6 +33,7 @@ class HostSpec:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address  # on eth0, inside the host's namespace
     underlay_port: str  # the veth end on the underlay bridge
     address6: ipaddress.IPv6Address | None = None  # a dual-stack lab: its IPv6 address beside `address`
+    vm: bool = False  # a QEMU VM with Debian's kernel (vm.py), not a systemd-nspawn container; no netns of its own
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class LabSpec:
     hosts: tuple[HostSpec, ...]
     ipv6: bool = False  # an IPv6-only underlay: the hosts have no IPv4 address at all
     dual: bool = False  # a dual-stack underlay: IPv4 addresses (SSH, the inventory) and IPv6 ones beside them
+
+    @property
+    def vms(self) -> int:
+        return sum(h.vm for h in self.hosts)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -68,12 +74,15 @@ def validate_lab_name(name: str) -> str:
     return name
 
 
-def make_spec(name: str, count: int, ipv6: bool = False, dual: bool = False) -> LabSpec:
+def make_spec(name: str, count: int, ipv6: bool = False, dual: bool = False, vms: int = 0) -> LabSpec:
+    """`vms`: how many of the hosts (the first ones) are VMs with Debian's own kernel."""
     validate_lab_name(name)
     if ipv6 and dual:
         raise ConfigError("--ipv6 (IPv6 only) and --dual-stack exclude each other")
     if not 1 <= count <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, not {count}")
+    if not 0 <= vms <= min(count, MAX_VMS):
+        raise ConfigError(f"--vm must be between 0 and the number of hosts (at most {MAX_VMS}), not {vms}")
     hosts = tuple(
         HostSpec(
             name=f"{HOST_PREFIX}{i}",
@@ -83,6 +92,7 @@ def make_spec(name: str, count: int, ipv6: bool = False, dual: bool = False) -> 
             address=(UNDERLAY_NET6 if ipv6 else UNDERLAY_NET).network_address + i,
             address6=UNDERLAY_NET6.network_address + i if dual else None,
             underlay_port=f"vh{i}",
+            vm=i <= vms,
         )
         for i in range(1, count + 1)
     )
