@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +87,14 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="bridged pod traffic through iptables (bridge-nf-call-iptables): auto (default: on for Kubernetes, off "
         "where weave is the only bridge), on, off; also WEAVE_BRIDGE_NETFILTER",
     )
+    r.add_argument(
+        "--encryption",
+        choices=("auto", "esp", "sleeve"),
+        help="with a password: auto (default) = IPsec ESP for the fast datapath where both kernels can, the sealed "
+        "sleeve otherwise; esp = ESP without probing the kernel first; sleeve = the sleeve for all pod traffic "
+        "(also WEAVE_ENCRYPTION)",
+    )
+    r.add_argument("--esp-rekey", type=float, help="seconds between ESP rekeys (default 3600; also WEAVE_ESP_REKEY)")
     r.add_argument(
         "--no-sleeve",
         action="store_const",
@@ -324,46 +330,9 @@ def _install_file(target: Path, data: bytes, mode: int) -> None:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    """Like `weave reset`: take our kernel state away (pods on the bridge lose their network). IPAM state stays."""
-    from weave_node.api.client import ApiError
-    from weave_node.datapath import netlink
-    from weave_node.datapath.ops import DeleteLink, DelRoute, DelRule, RestoreTable, SetSysctl
-    from weave_node.datapath.plan import plan_removal
-    from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6
+    from weave_node.reset import cmd_reset as reset
 
-    if not args.force:
-        try:
-            api_get(args, "/status")
-        except ApiError:
-            pass
-        else:
-            print("weave-node reset: the router is running and would recreate it; stop it first", file=sys.stderr)
-            return 1
-    try:
-        observed = netlink.observe(sysctls=[SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6], ip6tables=True)
-        result = plan_removal(observed)
-        # The router may have turned bridged traffic's iptables hooks off (overlay/netfilter.py): back to the kernel's
-        # default, for whatever bridge comes next.
-        for key in (SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6):
-            if observed.sysctls.get(key) == "0":
-                result = replace(result, ops=(*result.ops, SetSysctl(key, "1")))
-        netlink.apply(result.ops)
-    except netlink.DatapathError as exc:
-        print(f"weave-node reset: {exc}", file=sys.stderr)
-        return 1
-    for op in result.ops:
-        if isinstance(op, DeleteLink):
-            print(f"removed link {op.name}")
-        elif isinstance(op, RestoreTable):
-            tool = {"eth": "ebtables", "ip6": "ip6tables"}.get(op.family, "iptables")
-            print(f"removed {tool} chain(s) {', '.join(op.drop_chains)} from table {op.table}")
-        elif isinstance(op, DelRoute | DelRule):
-            print(f"removed {op}")
-        elif isinstance(op, SetSysctl):
-            print(f"set {op.key.replace('/', '.')} back to {op.value}")
-    if not result.ops:
-        print("nothing to remove")
-    return 0
+    return reset(args, api_get)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

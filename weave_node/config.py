@@ -58,6 +58,8 @@ class RouterConfig:
     sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
     bridge_netfilter: str = "auto"  # WEAVE_BRIDGE_NETFILTER: auto|on|off (overlay.netfilter)
     direct: bool = True  # WEAVE_NO_DIRECT turns direct mode (no encapsulation between L2 neighbours) off
+    encryption: str = "auto"  # WEAVE_ENCRYPTION (with a password): auto|esp|sleeve (_encryption)
+    esp_rekey: float = 3600.0  # WEAVE_ESP_REKEY: seconds between rekeys of an ESP pair
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     dns: DnsSettings = field(default_factory=DnsSettings)  # WEAVE_NO_DNS, WEAVE_DNS_* (dns/settings.py)
     peer_retain: float = 60.0  # seconds a departed peer keeps its forwarding entries (and adopted ones at start)
@@ -205,6 +207,26 @@ def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | N
     return datapath, mtu, fastdp, sleeve
 
 
+ENCRYPTION_MODES = ("auto", "esp", "sleeve")
+
+
+def _encryption(pick: Callable[[str, str], object]) -> tuple[str, float]:
+    """WEAVE_ENCRYPTION (with a password): auto = ESP for fastdp where both kernels can, the sealed sleeve otherwise;
+    esp = ESP without asking the kernel first (its failures show in the log and status); sleeve = the sealed sleeve
+    for all pod traffic. WEAVE_ESP_REKEY: seconds between ESP rekeys."""
+    mode = str(pick("encryption", "WEAVE_ENCRYPTION") or "auto").lower()
+    if mode not in ENCRYPTION_MODES:
+        raise ConfigError(f"WEAVE_ENCRYPTION must be one of {', '.join(ENCRYPTION_MODES)}, not {mode!r}")
+    raw = pick("esp_rekey", "WEAVE_ESP_REKEY")
+    try:
+        rekey = float(str(raw)) if raw not in (None, "") else 3600.0
+    except ValueError:
+        raise ConfigError(f"WEAVE_ESP_REKEY must be a number of seconds, not {raw!r}") from None
+    if not 5 <= rekey <= 86400:
+        raise ConfigError(f"WEAVE_ESP_REKEY must be between 5 and 86400 seconds, not {rekey:g}")
+    return mode, rekey
+
+
 def _bridge_netfilter(pick: Callable[[str, str], object]) -> str:
     mode = str(pick("bridge_netfilter", "WEAVE_BRIDGE_NETFILTER") or "auto").lower()
     if mode not in BRIDGE_NETFILTER_MODES:
@@ -269,6 +291,7 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         return value
 
     hb = seconds("heartbeat_interval", 5.0)
+    encryption, esp_rekey = _encryption(pick)
     datapath, mtu, fastdp, sleeve = _datapath_settings(pick)
     (ipalloc_range, ipalloc_range6), ipalloc_init, reclaim_after = _ipam_settings(pick, len(peers))
     return RouterConfig(
@@ -301,6 +324,8 @@ def from_env_and_flags(env: Mapping[str, str], flags: Mapping[str, object]) -> R
         sleeve_aesgcm=_flag_off(pick("no_sleeve_aesgcm", "WEAVE_NO_SLEEVE_AESGCM")),
         bridge_netfilter=_bridge_netfilter(pick),
         direct=_flag_off(pick("no_direct", "WEAVE_NO_DIRECT")),
+        encryption=encryption,
+        esp_rekey=esp_rekey,
         dns=dns_settings.from_pick(pick, _flag_off),
         peer_retain=seconds("peer_retain", 60.0),
         metrics_addr=_metrics_addr(pick),

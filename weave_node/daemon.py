@@ -19,6 +19,7 @@ from weave_node.api.reload import Apply, NeedsRestart
 from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig, live_settings, mesh_settings
 from weave_node.core.address import Range, ip_str
+from weave_node.datapath import xfrm_shell
 from weave_node.datapath.model import BRIDGE
 from weave_node.dns.node import Dns
 from weave_node.dns.service import CHANNEL as DNS_CHANNEL
@@ -34,6 +35,8 @@ from weave_node.mesh.hostid import load_or_create_host_id
 from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.overlay.esp.runtime import CHANNEL as ESP_CHANNEL
+from weave_node.overlay.esp.runtime import FEATURE as FEATURE_ESP
 from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
 from weave_node.overlay.service import OverlayConfig, OverlayService
@@ -136,8 +139,11 @@ def _ipam_service(config: RouterConfig, identity: Identity, router: Router, span
     return service
 
 
-def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam: Ipam) -> OverlayService:
-    """The kernel datapath, fed the topology, with the bridge's address(es) from IPAM (like Weave's `weave expose`)."""
+def make_overlay(
+    config: RouterConfig, identity: Identity, router: Router, ipam: Ipam, esp_note: str | None = "no password"
+) -> OverlayService:
+    """The kernel datapath, fed the topology, with the bridge's address(es) from IPAM (like Weave's `weave expose`).
+    `esp_note`: why VXLAN may not be ESP's (None: it may, to peers that can too)."""
 
     def bridge_address(service: IpamService) -> Callable[[str | None], Awaitable[str]]:
         async def get(current: str | None) -> str:
@@ -166,6 +172,9 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
             encrypt=config.password is not None,
             bridge_netfilter=config.bridge_netfilter,
             direct=config.direct,
+            esp=esp_note is None,
+            esp_rekey=config.esp_rekey,
+            esp_note=esp_note or "",
         ),
         bridge_address(ipam.primary),
         link_keys=lambda name: _sleeve_keys(router, name),
@@ -175,6 +184,8 @@ def make_overlay(config: RouterConfig, identity: Identity, router: Router, ipam:
         bridge_address6=None if ipam.dual is None else bridge_address(ipam.dual),
     )
     overlay.gossip.attach(router.register_channel(OVERLAY_CHANNEL, overlay.gossip))
+    if overlay.esp is not None:
+        overlay.esp.channel = router.register_channel(ESP_CHANNEL, overlay.esp)
     ipam.set_on_change(overlay.space_changed)
 
     def topology_changed() -> None:
@@ -207,6 +218,27 @@ def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: Ipa
     ipam.set_on_change(ring_changed)
     records.space_changed(ipam.owners_with_space())
     return dns
+
+
+def esp_unavailable(config: RouterConfig) -> str | None:
+    """None when pod traffic between hosts may take ESP here (WEAVE_ENCRYPTION, the datapath and the kernel allow
+    it), else why not; logged once."""
+    if config.password is None:
+        return "no password"
+    note = None
+    if config.encryption == "sleeve":
+        note = "WEAVE_ENCRYPTION=sleeve"
+    elif config.datapath != "kernel" or not config.fastdp:
+        note = "the fast datapath is off"
+    elif config.encryption == "auto":
+        problem = xfrm_shell.probe()
+        note = f"this kernel cannot carry ESP as we use it ({problem})" if problem else None
+    if note is None:
+        log.info("encryption: IPsec ESP for the fast datapath to peers whose kernels can too, the sealed sleeve to "
+                 "the others (WEAVE_ENCRYPTION=%s)", config.encryption)  # fmt: skip
+    else:
+        log.info("encryption: all pod traffic between hosts sealed in the sleeve: %s", note)
+    return note
 
 
 def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
@@ -270,6 +302,7 @@ async def run_router(config: RouterConfig) -> int:
         log.warning("%s", warning)
     identity = make_identity(config)
     primary, previous = _password_keys(config.password, config.previous_password)
+    esp_note = await asyncio.to_thread(esp_unavailable, config)
     protocol_config = ProtocolConfig(
         password_key=primary,
         previous_keys=previous,
@@ -281,11 +314,12 @@ async def run_router(config: RouterConfig) -> int:
             | ({FEATURE_IPV6} if config.ipalloc_range6 is not None or config.ipalloc_range.ipv6 else set())
             | ({FEATURE_IPV4} if not config.ipalloc_range.ipv6 else set())
             | {FEATURE_FAMILIES}
+            | ({FEATURE_ESP} if esp_note is None else set())
         ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)
     ipam = make_ipam(config, identity, router)
-    overlay = make_overlay(config, identity, router, ipam) if config.datapath == "kernel" else None
+    overlay = make_overlay(config, identity, router, ipam, esp_note) if config.datapath == "kernel" else None
     dns = make_dns(config, identity, router, ipam, overlay) if overlay is not None and config.dns.enabled else None
     if overlay is not None and config.password and not config.sleeve:
         log.warning("a password is set but the sleeve is off (WEAVE_NO_SLEEVE): pods on other hosts are unreachable")

@@ -90,6 +90,8 @@ def router_env(data: Mapping[str, Any]) -> str:
         dns_domain=data["weave_dns_domain"],
         dns_upstreams=data["weave_dns_upstreams"],
         password_file=PASSWORD if data["weave_password_file"] else "",
+        encryption=data.get("weave_encryption", "auto"),
+        esp_rekey=data.get("weave_esp_rekey", 3600),
         state_dir=data["weave_state_dir"],
         metrics_addr=data["weave_metrics_addr"],
         status_socket=STATUS_SOCKET,

@@ -25,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "weave_previous_password_file": None,
     "weave_retired": [],  # inventory hosts being retired (`weave-node rollout --retire`): no one's peer any more
     "weave_accept_unencrypted": False,  # with a password, take peers without one (turning encryption on or off)
+    # With a password: auto = IPsec ESP for the fast datapath between hosts whose kernels can, the sealed sleeve
+    # otherwise; esp = ESP without probing the kernel; sleeve = the sleeve for all pod traffic (WEAVE_ENCRYPTION).
+    "weave_encryption": "auto",
+    "weave_esp_rekey": 3600,  # seconds between ESP rekeys (WEAVE_ESP_REKEY)
     "weave_allow_downgrade": False,  # install an older version than a host runs (docs/day2.md)
     "weave_metrics_addr": "127.0.0.1:6782",
     "weave_state_dir": "/var/lib/weave-node",
@@ -57,7 +61,10 @@ DEFAULTS: dict[str, Any] = {
 }
 BOOLS = validate.BOOLEANS
 INTS = ("weave_conn_limit", "weave_mtu", "weave_health_timeout")
-NUMBERS = ("weave_ipam_reclaim_after",)  # seconds: a whole number stays an int (rendered "600", not "600.0")
+NUMBERS = (
+    "weave_ipam_reclaim_after",
+    "weave_esp_rekey",
+)  # seconds: a whole number stays an int (rendered "600", not "600.0")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 PACKAGES = ["iproute2", "iptables", "ebtables", "python3", "python3-venv", "containernetworking-plugins"]
 SYSCTL_FILE = "/etc/sysctl.d/90-weave-node.conf"  # ours alone: the removal deletes it (not /etc/sysctl.conf)

@@ -17,6 +17,7 @@ from weave_node_deploy.facts import (
     BRIDGE_NETFILTER_MODES,
     CNI_VERSIONS,
     DEFAULT_RANGE,
+    ENCRYPTION_MODES,
     MTU_MAX,
     MTU_MIN,
     PASSWORD_FILE_MODE_MASK,
@@ -42,6 +43,8 @@ KNOWN = {
     "weave_cni_version",
     "weave_hairpin",
     "weave_bridge_netfilter",
+    "weave_encryption",
+    "weave_esp_rekey",
     "weave_direct",
     "weave_daemonset_direct",
     "weave_dns",
@@ -283,6 +286,11 @@ def _check_numbers(data: Mapping[str, Any], fail: Any) -> None:
             f"not {data.get('weave_bridge_netfilter')!r}"
         )
     _check_dns(data, fail)
+    if data.get("weave_encryption", "auto") not in ENCRYPTION_MODES:
+        fail(f"weave_encryption must be one of {', '.join(ENCRYPTION_MODES)}, not {data.get('weave_encryption')!r}")
+    rekey = data.get("weave_esp_rekey", 3600)
+    if isinstance(rekey, bool) or not isinstance(rekey, int | float) or not 5 <= rekey <= 86400:
+        fail(f"weave_esp_rekey must be seconds between 5 and 86400, not {rekey!r}")
     if data.get("weave_cni_version") not in CNI_VERSIONS:
         fail(f"weave_cni_version must be one of {', '.join(CNI_VERSIONS)}, not {data.get('weave_cni_version')!r}")
     password = data.get("weave_password_file")

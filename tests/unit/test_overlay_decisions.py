@@ -225,6 +225,7 @@ def test_the_status_document() -> None:
         "direct": None,
         "sleeve": {"via": "direct", "link": {"up": True, "verified_mtu": 1472, "last_ack_ago": 0.5,
                                              "cipher": "none (no password)"}},
+        "encryption": None,  # (no password)
     }  # fmt: skip
     assert c["in_topology"] is False and c["sleeve"] == {"via": "b", "link": None} and c["mode"] == "pending"
     assert status(_snap(sleeve_running=False, sleeve_error="no TAP"), 0.0)["sleeve"] == {"error": "no TAP"}

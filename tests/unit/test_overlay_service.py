@@ -166,3 +166,74 @@ def test_a_sync_decides_bridge_netfilter_from_the_host_and_status_says_why() -> 
     assert "kube-proxy" in svc.status()["bridge_netfilter"]["reason"]
     svc.executor.shutdown()
     svc.pods.executor.shutdown()
+
+
+def test_with_esp_a_peer_that_offers_it_gets_vxlan_under_policies_and_one_that_does_not_gets_the_sleeve() -> None:
+    from weave_node.datapath import xfrm
+    from weave_node.mesh.crypto import SessionKeys
+    from weave_node.mesh.neighbours import Neighbour
+    from weave_node.overlay.esp.runtime import FEATURE
+
+    c = 0xC
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    fake = FakeKernel()
+
+    def xfrm_apply(ops: list[xfrm.XfrmOp]) -> tuple[int, list[str]]:
+        calls.append(("xfrm", tuple(ops)))
+        return len(ops), []
+
+    def apply(ops: Any) -> tuple[int, list[str]]:
+        calls.append(("datapath", tuple(ops)))
+        return fake.apply(ops)
+
+    kernel = replace(fake.kernel(), apply=apply, xfrm_apply=xfrm_apply)
+    keys = SessionKeys(send=bytes(32), receive=bytes(range(32)))
+    neighbours = {
+        B: Neighbour(B, "198.19.0.2", "198.19.0.1", frozenset({FEATURE}), keys),
+        c: Neighbour(c, "198.19.0.3", "198.19.0.1", frozenset(), keys),  # an older router, or a kernel without ESP
+    }
+    now = [0.0]
+
+    async def bridge_address(_current: str | None) -> str:
+        return "10.32.0.5/12"
+
+    svc = OverlayService(ME, OverlayConfig(pod_range=PODS, encrypt=True, esp=True), bridge_address,
+                         clock=lambda: now[0], kernel=kernel, neighbour=neighbours.get)  # fmt: skip
+    try:
+        assert svc.fastdp and svc.esp is not None
+        svc.sleeve.forwarder = FakeForwarder()  # type: ignore[assignment]
+        svc.topology_changed({ME: "me", B: "b", c: "c"}, {B: "198.19.0.2", c: "198.19.0.3"}, ["198.19.0.1"])
+        svc.table.merge([PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2"),
+                         PeerInfo(c, 5, "10.44.0.1", 12, bridge_mac(c), "198.19.0.3")])  # fmt: skip
+        desired = svc.desired()
+        assert {e.dst for e in desired.fdb} == {"198.19.0.2"}  # no VXLAN at all to C
+        assert svc.sleeve_peers() == {c} and svc.no_esp == {c}
+        chains = {ch.name: ch for ch in desired.chains}
+        assert chains["WEAVE-NODE-ESP-OUT"].hook == "OUTPUT" and chains["WEAVE-NODE-ESP-IN"].hook == "INPUT"
+        plan_input = svc.esp.sync_input()
+        want = plan_input.desired
+        assert want.policies == {xfrm.Policy("198.19.0.1", "198.19.0.2", "out", 6784),
+                                 xfrm.Policy("198.19.0.2", "198.19.0.1", "in", 6784)}  # fmt: skip
+        assert [(sa.src, sa.dst) for sa in want.sas] == [("198.19.0.2", "198.19.0.1")]  # our inbound, first
+        svc._sync(desired, plan_input)
+        assert [kind for kind, _ in calls] == ["xfrm", "datapath", "xfrm"]
+        first = calls[0][1]
+        assert isinstance(first[0], xfrm.AddPolicy) and isinstance(first[-1], xfrm.AddSa)  # blocked, then keyed
+        peers_doc = {p["nickname"]: p for p in svc.status()["peers"]}
+        assert peers_doc["c"]["mode"] == "sleeve" and "does not offer ESP" in peers_doc["c"]["reason"]
+        assert peers_doc["b"]["encryption"]["by"] == "esp" and not peers_doc["b"]["encryption"]["established"]
+        assert svc.status()["encryption"]["esp"] is True
+    finally:
+        svc.executor.shutdown()
+        svc.pods.executor.shutdown()
+
+
+def test_without_esp_a_password_keeps_every_peer_in_the_sealed_sleeve_and_says_why() -> None:
+    svc = _service(FakeKernel().kernel(), [0.0], encrypt=True, esp=False, esp_note="WEAVE_ENCRYPTION=sleeve")
+    try:
+        assert not svc.fastdp and svc.esp is None
+        assert svc.status()["encryption"] == {"esp": False, "reason": "WEAVE_ENCRYPTION=sleeve"}
+        assert not any(ch.name.startswith("WEAVE-NODE-ESP") for ch in svc.desired().chains)
+    finally:
+        svc.executor.shutdown()
+        svc.pods.executor.shutdown()

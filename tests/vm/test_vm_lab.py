@@ -5,7 +5,10 @@ machine lacks (IPsec ESP, rfc4106(gcm(aes)), WireGuard) that our users' stock ke
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,16 +43,71 @@ def test_vms_run_a_stock_kernel_with_what_this_machine_lacks(lab: Lab) -> None:
     assert container == os.uname().release  # the nspawn host shares this machine's kernel
 
 
-def test_the_rollout_networks_pods_across_vms_and_a_container(lab: Lab) -> None:
-    out = lab.deploy()
+def _underlay_capture(lab: Lab, pcap: Path, expression: str) -> subprocess.Popen[bytes]:
+    cmd = ["ip", "netns", "exec", f"wnl-{lab.name}-u", "tcpdump", "-i", "br0", "-U", "-n", "-w", str(pcap),
+           *expression.split()]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    poll(lambda: pcap.exists() and pcap.stat().st_size >= 24, timeout=10, what="tcpdump started")
+    return proc
+
+
+def _packets(proc: subprocess.Popen[bytes], pcap: Path) -> list[str]:
+    proc.terminate()  # (-U: each packet was written as it came)
+    proc.wait(timeout=10)
+    out = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=False)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def _peer(lab: Lab, name: str, nickname: str) -> dict[str, Any]:
+    return next((p for p in lab.status(name).get("datapath", {}).get("peers", []) if p["nickname"] == nickname), {})
+
+
+def _esp_up(lab: Lab, name: str, other: str) -> bool:
+    peer = _peer(lab, name, other)
+    enc = peer.get("encryption") or {}
+    return peer.get("mode") == "fastdp" and enc.get("by") == "esp" and bool(enc.get("established"))
+
+
+def test_with_a_password_vxlan_between_stock_kernels_is_esp_and_the_container_gets_the_sealed_sleeve(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The rollout on VMs and a container, with a password: ESP where both kernels can (node1 <-> node2, the VMs),
+    the sealed sleeve to node3 (this machine's kernel, no ESP). The whole verify suite (pods, names, multicast,
+    masquerade) runs while the underlay is captured: ESP between the VMs only, no VXLAN in the clear anywhere. A
+    rekey every 10 s during a ping train loses nothing."""
+    password = tmp_path / "password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    out = lab.deploy("--data", f"weave_password_file={password}", "--data", "weave_esp_rekey=10")
     assert grand_total(out.stdout + out.stderr)[1] == 0, out.stdout
-    for name in NAMES:
-        poll(lambda n=name: kernel_paths(lab, n), timeout=60, what=f"{name}'s kernel datapath to every peer")
+    poll(lambda: _esp_up(lab, "node1", "node2") and _esp_up(lab, "node2", "node1"), timeout=90,
+         what="ESP between the VMs, both ways")  # fmt: skip
+    for vm in ("node1", "node2"):
+        to_container = _peer(lab, vm, "node3")
+        assert to_container["mode"] == "sleeve" and to_container["encryption"]["by"] == "sleeve", to_container
+        assert "does not offer ESP" in to_container["encryption"]["why"], to_container
+        doc = lab.status(vm)["datapath"]
+        assert doc["encryption"]["esp"] is True and doc["encryption"]["established"] == 1, doc["encryption"]
+        sas = lab.ssh(vm, "ip xfrm state list nokeys").stdout
+        assert "proto esp" in sas and "reqid 22341 mode transport" in sas and "aead rfc4106(gcm(aes))" in sas, sas
+    container = lab.status("node3")["datapath"]
+    assert container["encryption"]["esp"] is False and "cannot carry ESP" in container["encryption"]["reason"]
     hosts = {name: lab.host(name) for name in NAMES}
-    verify.suite(hosts, outside="198.18.0.254")  # the underlay's gateway, through the masquerade
-
-
-def kernel_paths(lab: Lab, name: str) -> bool:
-    """Every peer of `name` is reached by the kernel (VXLAN or direct), none by the sleeve."""
-    peers = lab.status(name).get("datapath", {}).get("peers", [])
-    return len(peers) == HOSTS - 1 and all(p["mode"] in ("fastdp", "direct") for p in peers)
+    esp = _underlay_capture(lab, tmp_path / "esp.pcap", "esp")
+    clear = _underlay_capture(lab, tmp_path / "clear.pcap", "udp port 6784")
+    try:
+        try:
+            verify.suite(hosts, outside="198.18.0.254")  # the underlay's gateway, through the masquerade
+            ips = {name: verify.add_pod_ips(hosts[name], "esp", f"esp-{name}")[0] for name in NAMES}
+            train = hosts["node1"].run(f"ip netns exec esp ping -c 300 -i 0.1 -W 2 -q {ips['node2']}")
+        finally:
+            esp_packets, clear_packets = _packets(esp, tmp_path / "esp.pcap"), _packets(clear, tmp_path / "clear.pcap")
+        assert not clear_packets, clear_packets[:5]  # no VXLAN in the clear, between any hosts
+        assert esp_packets and all(" > 198.18.0." in p and "ESP(spi=0x57" in p for p in esp_packets), esp_packets[:5]
+        assert {p.split()[2] for p in esp_packets} == {"198.18.0.1", "198.18.0.2"}  # the VMs only, both ways
+        assert " 0% packet loss" in train.stdout, train.stdout  # across the rekeys below
+        generation = (_peer(lab, "node1", "node2")["encryption"] or {}).get("generation", 0)
+        assert generation >= 2, generation  # (rekeys every 10 s: at least two during the 30 s train)
+    finally:
+        for host in hosts.values():
+            verify.del_pod(host, "esp")

@@ -161,11 +161,40 @@ def _datapath(d: dict[str, Any]) -> list[Metric]:
         per_peer,
         direct,
         *_sleeve(d.get("sleeve") or {}),
+        *_encryption(d),
         GaugeMetricFamily("weave_node_mtu", "MTU of the bridge, the VXLAN device and pods.", value=d["mtu"]),
         GaugeMetricFamily(
             "weave_node_datapath_problems", "Conflicts the router will not fix itself.", value=len(d["problems"])
         ),
     ]
+
+
+def _encryption(d: dict[str, Any]) -> list[Metric]:
+    """With a password: each peer's encryption (esp or sleeve), ESP pairs keyed, rekeys."""
+    enc = d.get("encryption")
+    if not enc:
+        return []
+    by = GaugeMetricFamily(
+        "weave_node_encryption_peer",
+        "1 for how the peer's pod traffic is encrypted.",
+        labels=["peer", "nickname", "by"],
+    )
+    for p in d["peers"]:
+        how = (p.get("encryption") or {}).get("by") or "none"
+        by.add_metric([p["name"], p["nickname"], how], 1)
+    out: list[Metric] = [by]
+    if enc.get("esp"):
+        out += [
+            GaugeMetricFamily("weave_node_esp_peers", "Peers whose VXLAN is ESP's.", value=enc.get("peers", 0)),
+            GaugeMetricFamily(
+                "weave_node_esp_established", "ESP peers keyed both ways.", value=enc.get("established", 0)
+            ),
+            CounterMetricFamily("weave_node_esp_rekeys", "ESP rekeys started (inbound).", value=enc.get("rekeys", 0)),
+            GaugeMetricFamily(
+                "weave_node_esp_errors", "xfrm changes that failed in the last sync.", value=len(enc.get("errors", []))
+            ),
+        ]
+    return out
 
 
 def _sleeve(sl: dict[str, Any]) -> list[Metric]:

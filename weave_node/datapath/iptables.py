@@ -48,6 +48,21 @@ def weave_chains(
     return (forward, nat)
 
 
+ESP_OUT_CHAIN = CHAIN_PREFIX + "ESP-OUT"
+ESP_IN_CHAIN = CHAIN_PREFIX + "ESP-IN"
+
+
+def esp_guard(port: int, family: str = "ip") -> tuple[Chain, ...]:
+    """With ESP for fastdp: VXLAN (UDP to `port`) that no IPsec policy covers is dropped, sent or received, so
+    nothing else (a missing policy, a bug) can carry pod traffic between hosts in the clear. `family`: the
+    underlay's ("ip6": ip6tables)."""
+    match = f"-p udp -m udp --dport {port} -m policy --dir"
+    return (
+        Chain("filter", ESP_OUT_CHAIN, (f"{match} out --pol none -j DROP",), "OUTPUT", family),
+        Chain("filter", ESP_IN_CHAIN, (f"{match} in --pol none -j DROP",), "INPUT", family),
+    )
+
+
 def weave_chains6(pod_range: str, bridge: str = BRIDGE, *, masquerade: bool = True) -> tuple[Chain, ...]:
     """ip6tables' chains for a dual-stack range: the same FORWARD rules (direct mode is IPv4's), and masquerade
     of what leaves the IPv6 range, multicast (ff00::/8) excepted."""

@@ -50,6 +50,7 @@ class Policy:
 class Xfrm:
     sas: frozenset[Sa] = frozenset()
     policies: frozenset[Policy] = frozenset()
+    other_spis: frozenset[int] = frozenset()  # observed: the SPIs of everyone else's SAs (ours avoid them)
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,17 @@ def parse_states(text: str) -> frozenset[Sa]:
         head = _BLOCK_START.match(block[0])
         body = " ".join(block[1:])
         sa = _SA.search(body)
-        if head and sa and int(sa.group(2)) == REQID:
+        if head and sa and int(sa.group(2)) == REQID and int(sa.group(1), 16):  # (SPI 0: a larval state)
             found.add(Sa(head.group(1), head.group(2), int(sa.group(1), 16)))
     return frozenset(found)
+
+
+_ANY_SPI = re.compile(r"\bspi (0x[0-9a-f]+) reqid (\d+)")
+
+
+def parse_other_spis(text: str) -> frozenset[int]:
+    """The SPIs of the SAs that are not ours in `ip xfrm state list nokeys` (any protocol)."""
+    return frozenset(int(m.group(1), 16) for m in _ANY_SPI.finditer(text) if int(m.group(2)) != REQID)
 
 
 def parse_policies(text: str) -> frozenset[Policy]:

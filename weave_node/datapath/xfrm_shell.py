@@ -35,7 +35,9 @@ def observe() -> Xfrm:
     for proc in (states, policies):
         if proc.returncode != 0:
             raise XfrmError(f"ip xfrm: {proc.stderr.strip() or proc.returncode}")
-    return Xfrm(xfrm.parse_states(states.stdout), xfrm.parse_policies(policies.stdout))
+    return Xfrm(
+        xfrm.parse_states(states.stdout), xfrm.parse_policies(policies.stdout), xfrm.parse_other_spis(states.stdout)
+    )
 
 
 def apply(ops: Sequence[XfrmOp]) -> tuple[int, list[str]]:
@@ -65,10 +67,13 @@ def probe() -> str | None:
     """None when this kernel takes an SA as ours are (ESP transport, rfc4106(gcm(aes)), ESN) for IPv4, and for
     IPv6 when the host has it; else why not. Tried for real: an SA between TEST-NET addresses, removed at once."""
     pairs = _PROBE if socket.has_ipv6 and Path("/proc/net/if_inet6").exists() else _PROBE[:1]
-    for src, dst in pairs:
-        sa = Sa(src, dst, xfrm.SPI_MAX, bytes(xfrm.KEY_BYTES))
-        _, errors = apply([xfrm.AddSa(sa, 6784)])
-        if errors:
-            return errors[0].split(": ", 1)[-1]
-        apply([xfrm.DeleteSa(sa)])
+    try:
+        for src, dst in pairs:
+            sa = Sa(src, dst, xfrm.SPI_MAX, bytes(xfrm.KEY_BYTES))
+            _, errors = apply([xfrm.AddSa(sa, 6784)])
+            if errors:
+                return errors[0].split(": ", 1)[-1]
+            apply([xfrm.DeleteSa(sa)])
+    except XfrmError as exc:  # no `ip`, or it hung
+        return str(exc)
     return None

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from weave_node.core.address import Range
-from weave_node.datapath.iptables import weave_chains, weave_chains6
-from weave_node.datapath.model import FLOOD_MAC, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
+from weave_node.datapath.iptables import esp_guard, weave_chains, weave_chains6
+from weave_node.datapath.model import FLOOD_MAC, VXLAN_PORT, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
 from weave_node.overlay.direct import Entries
 from weave_node.overlay.peers import PeerInfo, in_range, underlay_of
 
@@ -36,6 +36,7 @@ class Settings:
     direct: bool = False  # direct mode is on (overlay.direct): proxy ARP on the bridge, routed pod traffic in
     pod_range6: str = ""  # dual-stack: the IPv6 range (pods' IPv6 traffic crosses hosts on layer 2 only)
     vxlan_local: str = ""  # an IPv6 underlay: our address on it (the VXLAN device's family and source); "": IPv4
+    esp: bool = False  # VXLAN is ESP's (overlay/esp): the guard chains drop any that is not
 
     @property
     def ipv6_only(self) -> bool:
@@ -109,16 +110,18 @@ def peer_entries(
     no_flood: frozenset[int] = frozenset(),
     *,
     ipv6: bool = False,
+    no_vxlan: frozenset[int] = frozenset(),
 ) -> tuple[frozenset[Fdb], frozenset[Neigh], dict[int, str]]:
     """(FDB entries, neighbour entries, {peer: bridge ip} of the peers whose heartbeats can run).
     Peers in `no_flood` (those in sleeve mode) get no flood entry: the sleeve carries their broadcasts, and a
     half-working tunnel must not deliver them twice. Their bridge MAC entry stays, for the heartbeats.
     `ipv6`: our VXLAN device's family; a peer whose VTEP is of the other family gets no entries (see
-    `other_family`: the sleeve carries its pod traffic)."""
+    `other_family`: the sleeve carries its pod traffic); nor does one in `no_vxlan` (with ESP: a peer that gets
+    none, whose pod traffic the sealed sleeve carries)."""
     fdb: set[Fdb] = set()
     neigh: set[Neigh] = set()
     bridges: dict[int, str] = {}
-    for name in sorted(peers - {me}):
+    for name in sorted(peers - {me} - no_vxlan):
         vtep = underlay_of(name, infos, direct)
         if not vtep or (":" in vtep) != ipv6:
             continue
@@ -183,7 +186,8 @@ def desired_state(
             else ()
         )
         + (direct.chains if on and direct else ())
-        + (weave_chains6(range6, masquerade=settings.masquerade) if v6 else ()),
+        + (weave_chains6(range6, masquerade=settings.masquerade) if v6 else ())
+        + (esp_guard(VXLAN_PORT, "ip6" if settings.vxlan_local else "ip") if settings.esp and settings.fastdp else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
         routes=direct.routes if on and direct else frozenset(),

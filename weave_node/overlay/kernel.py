@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weave_node.datapath import kernel_routes, netlink
+from weave_node.datapath import kernel_routes, netlink, xfrm_shell
 from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import BRIDGE, Bridge, Observed, Pod
 from weave_node.datapath.ops import Op
+from weave_node.datapath.xfrm import Xfrm, XfrmOp
 from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6, SYSCTL_FORWARD, SYSCTL_FORWARD6
 
 BRIDGE_SYSCTLS = tuple(key for key, _ in Bridge(proxy_arp=True, ipv6=True).sysctls())  # on `weave`
@@ -37,10 +38,13 @@ class Kernel:
     ebtables: Callable[[], bool] = lambda: False  # can direct mode keep ARP answers apart?
     rp_filter: Callable[[str], int] = lambda _dev: 0  # a device's effective reverse-path filter (max of it and all)
     default_ipv6_only: Callable[[], bool] = lambda: False  # a default route of IPv6 and none of IPv4?
+    xfrm_observe: Callable[[], Xfrm] = Xfrm  # our ESP SAs and policies (datapath.xfrm_shell)
+    xfrm_apply: Callable[[list[XfrmOp]], tuple[int, list[str]]] = lambda ops: (len(ops), [])
 
 
 def netlink_kernel(*, ipv6: bool = False) -> Kernel:
-    """`ipv6`: dual-stack, so IPv6's sysctls and ip6tables' chains are observed too."""
+    """`ipv6`: dual-stack, so IPv6's sysctls are observed too. ip6tables' chains always are: ours of an earlier
+    configuration (a dual-stack range, ESP's guard over an IPv6 underlay) go when nothing wants them."""
     sysctls = [
         SYSCTL_FORWARD,
         SYSCTL_BRIDGE_NF,
@@ -48,7 +52,7 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
         *([SYSCTL_FORWARD6, SYSCTL_BRIDGE_NF6] if ipv6 else []),
     ]
     return Kernel(
-        observe=lambda: netlink.observe(sysctls=sysctls, ip6tables=ipv6),
+        observe=lambda: netlink.observe(sysctls=sysctls, ip6tables=True),
         apply=netlink.apply_all,
         route_mtu=netlink.route_mtu,
         default_route_mtu=netlink.default_route_mtu,
@@ -60,6 +64,8 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
         ebtables=kernel_routes.ebtables_available,
         rp_filter=_rp_filter,
         default_ipv6_only=netlink.default_ipv6_only,
+        xfrm_observe=xfrm_shell.observe,
+        xfrm_apply=xfrm_shell.apply,
     )
 
 

@@ -19,28 +19,30 @@ from typing import Any
 
 from weave_node.core.address import Range
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired
-from weave_node.datapath.ops import SetLink
-from weave_node.datapath.plan import Plan, plan
+from weave_node.datapath.plan import Plan
+from weave_node.datapath.xfrm import Xfrm, XfrmOp
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import desired as wanted
 from weave_node.overlay import mtu as overlay_mtu
-from weave_node.overlay import netfilter
 from weave_node.overlay.desired import TAP, Retention, Settings
 from weave_node.overlay.direct_paths import DirectPaths, Spans
+from weave_node.overlay.esp.runtime import SyncInput, esp_runtime, remove_leftovers
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, obtain_bridge_address, underlay_devices
 from weave_node.overlay.peer_gossip import PeerGossip
 from weave_node.overlay.peers import choose_underlay
 from weave_node.overlay.pods import PodPlumbing
+from weave_node.overlay.reconcile import DatapathSync
 from weave_node.overlay.sleeve import plan as sleeve_plan
 from weave_node.overlay.sleeve.config import PORT as SLEEVE_PORT
 from weave_node.overlay.sleeve.config import Config as SleeveConfig
 from weave_node.overlay.sleeve.runner import SleeveRunner
-from weave_node.overlay.status import PeerHealthView, Snapshot, status
+from weave_node.overlay.snapshot import snapshot
+from weave_node.overlay.status import Snapshot, status
 
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "overlay"
@@ -61,6 +63,9 @@ class OverlayConfig:
     bridge_netfilter: str = "auto"  # overlay.netfilter: whether bridged pod traffic goes through iptables
     direct: bool = True  # direct mode between L2 neighbours (overlay.direct)
     pod_range6: Range | None = None  # dual-stack: the IPv6 range (the bridge gets an address from it too)
+    esp: bool = False  # with `encrypt`: VXLAN in IPsec ESP to peers that can too (overlay/esp), the sleeve otherwise
+    esp_rekey: float = 3600.0
+    esp_note: str = ""  # with `encrypt` and no `esp`: why (for status)
 
 
 class OverlayService:
@@ -80,18 +85,21 @@ class OverlayService:
         bridge_address6: Callable[[str | None], Awaitable[str]] | None = None,
     ) -> None:
         self.me, self.config, self.clock, self.wall_ns = me, config, clock, wall_ns
+        self._dirty, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
         self.kernel = kernel or netlink_kernel(ipv6=config.pod_range6 is not None or config.pod_range.ipv6)
         self._bridge_address, self._bridge_address6 = bridge_address, bridge_address6
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self._local: list[str] = []  # our mesh connections' local addresses
         self._underlay_found: list[tuple[str, int]] = []  # the underlay devices (name, MTU) found at start
-        self.fastdp = config.fastdp and not config.encrypt  # kernel VXLAN cannot encrypt
+        self.fastdp = config.fastdp and (not config.encrypt or config.esp)  # VXLAN encrypts only in ESP
+        self.esp = esp_runtime(config, self.fastdp, self.kernel, clock, self._dirty.set)
         range6 = str(config.pod_range6) if config.pod_range6 else ""
-        self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6)
+        self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6,
+                                 esp=self.esp is not None)  # fmt: skip
+        self.no_esp = frozenset[int]()  # with ESP: the peers that get none (no VXLAN: the sealed sleeve)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
-        self._dirty, self._tasks = asyncio.Event(), list[asyncio.Task[None]]()
         self.gossip = PeerGossip(me, config.pod_range, wall_ns, self._dirty.set)
         self.table = self.gossip.table  # every peer's PeerInfo, ours included
         self.retention = Retention(retain=config.retain, started=clock())
@@ -102,14 +110,14 @@ class OverlayService:
         self.bridge_cidr: str | None = None
         self.bridge_cidr6: str | None = None  # dual-stack: the bridge's IPv6 address (pods' IPv6 gateway)
         self.problems: tuple[str, ...] = ()
-        self.bridge_nf: netfilter.Decision | None = None  # the last decision on bridge-nf-call-iptables
+        self.datapath_sync = DatapathSync(self.kernel, config.bridge_netfilter)
         self.last_sync: dict[str, Any] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datapath")
         self.pods = PodPlumbing(self.kernel)
         self.direct_paths = DirectPaths(self.kernel, space)  # direct mode: candidates, their IPAM space
         self._applied_cidr: str | None = None  # the bridge address the last successful sync put in place
         self.flood_entries = 0  # in the last desired state: what the VXLAN device floods to
-        self.flush, self._flushed = 0, 0  # raised on every switch to or from the sleeve; the last one applied
+        self.flush = 0  # raised on every switch to or from the sleeve
         # The peers in the sleeve, and the direct peers routed: in the last desired state, and in the last applied
         self.planned_sleeve = self.applied_sleeve = self.planned_direct = self.applied_direct = frozenset[int]()
 
@@ -159,6 +167,8 @@ class OverlayService:
         observed = await loop.run_in_executor(self.executor, self.kernel.observe)
         if self.config.mtu is None:
             self.mtu_choice = await loop.run_in_executor(self.executor, self._underlay_mtu)
+        if self.esp is None:
+            await loop.run_in_executor(self.executor, remove_leftovers, self.kernel)
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
@@ -232,30 +242,28 @@ class OverlayService:
         self.settings = replace(self.settings, mtu=self.mtu)
         log.warning("datapath: the underlay is IPv6's: MTU %d (%s)", self.mtu, self.mtu_choice.source)
 
-    def _sync(self, desired: Desired) -> tuple[Plan, int, list[str]]:
-        observed = replace(self.kernel.observe(), flushed=self._flushed)
-        mode, kubelet = self.config.bridge_netfilter, self.kernel.kubelet()
-        decision = netfilter.decide(mode, observed, wanted.SYSCTL_BRIDGE_NF, kubelet=kubelet)
-        if decision != self.bridge_nf:
-            log.info("bridged pod traffic and iptables: %s", decision.reason)
-            self.bridge_nf = decision
-        desired = wanted.with_bridge_nf(desired, decision.value)
-        result = plan(desired, observed)
-        applied, errors = self.kernel.apply(result.ops)
-        self._flushed = desired.flush  # tried once, like any flush: a failed one is not repeated
-        attached = any(isinstance(op, SetLink) and op.name == TAP and op.master for op in result.ops)
-        if attached and not any(TAP in error for error in errors):  # (a failure is logged with the errors)
-            log.info("sleeve: %s on bridge %s, MTU %d", TAP, BRIDGE, self.settings.mtu)
-        return result, applied, errors
+    def _sync(self, desired: Desired, esp: SyncInput | None = None) -> tuple[Plan, int, list[str], Xfrm | None]:
+        """One reconcile: with ESP, its policies and new SAs first (a peer whose policies are not in place gets no
+        VXLAN entry), what goes of it last (overlay/esp/runtime.py)."""
+        last: list[XfrmOp] = []
+        if self.esp is not None and esp is not None:
+            last, blocked = self.esp.sync_first(esp, frozenset(e.dst for e in desired.fdb))
+            if blocked:
+                desired = replace(desired, fdb=frozenset(e for e in desired.fdb if e.dst not in blocked))
+        result, applied, errors = self.datapath_sync(desired, self.settings.mtu)
+        return result, applied, errors, (self.esp.sync_last(last) if self.esp is not None else None)
 
     def desired(self) -> Desired:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
         ipv6 = bool(self.settings.vxlan_local)
         self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct, ipv6=ipv6)
+        if self.esp is not None:  # the peers that get no ESP get no VXLAN either
+            self.no_esp = frozenset(kept - self.esp.update(kept, self.vteps, self.neighbour))
         sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
         self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
-        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6)
+        fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6,
+                                                  no_vxlan=self.no_esp)  # fmt: skip
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
         src = (self.bridge_cidr or "").split("/")[0]  # the host's own traffic to direct peers' pods leaves from it
@@ -274,12 +282,15 @@ class OverlayService:
             started = time.monotonic()
             try:
                 desired, planned, direct = self.desired(), self.planned_sleeve, self.planned_direct
-                result, applied, errors = await loop.run_in_executor(self.executor, self._sync, desired)
+                esp = self.esp.sync_input() if self.esp else None
+                result, applied, errors, xfrm = await loop.run_in_executor(self.executor, self._sync, desired, esp)
             except Exception as exc:  # a kernel error must not kill the router
                 log.error("datapath: %s", exc)
                 self.last_sync = {"at": self.clock(), "ops": 0, "error": str(exc)}
             else:
-                for error in errors:
+                if self.esp is not None and xfrm is not None:
+                    self.esp.synced(xfrm)  # SAs now in the kernel: offered, or acknowledged
+                for error in [*errors, *(self.esp.errors if self.esp else ())]:
                     log.error("datapath: %s", error)
                 if result.problems != self.problems:
                     for problem in result.problems:
@@ -324,6 +335,8 @@ class OverlayService:
 
     def _heartbeat_step(self) -> None:
         now = self.clock()
+        if self.esp is not None:
+            self.esp.tick()  # resent OFFERs, rekeys, retired SAs
         self.heartbeats.send_due(now)
         switches = self.health.evaluate(now)
         for s in switches:
@@ -339,6 +352,7 @@ class OverlayService:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
         none = frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
+        none |= self.no_esp
         other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
         return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none | other)
 
@@ -358,37 +372,7 @@ class OverlayService:
         )
 
     def snapshot(self) -> Snapshot:
-        links, counters, drops = self.sleeve.snapshot()
-        return Snapshot(
-            fastdp=self.fastdp,
-            encrypt=self.config.encrypt,
-            sleeve_running=self.sleeve.running,
-            sleeve_error=self.sleeve.error,
-            mtu=self.mtu,
-            mtu_source=self.mtu_choice.source,
-            bridge_cidr=self.bridge_cidr,
-            bridge_cidr6=self.bridge_cidr6,
-            peers=frozenset(self.peers),
-            heartbeat_peers=dict(self.heartbeats.peers),
-            health={n: PeerHealthView(h.mode, h.reason, h.last_rx) for n, h in self.health.peers.items()},
-            infos=dict(self.table.infos),
-            direct=dict(self.direct),
-            nicknames=dict(self.nicknames),
-            sleeving=self.sleeve_peers(),
-            routes=dict((self.sleeve.pushed or SleeveConfig()).routes),
-            links=links,
-            counters=counters,
-            drops=drops,
-            flood_entries=self.flood_entries,
-            problems=self.problems,
-            bridge_netfilter=(self.bridge_nf.value, self.bridge_nf.reason) if self.bridge_nf else None,
-            direct_off=self.direct_paths.off_reason,
-            direct_devices={name: c.dev for name, c in self.direct_paths.found.items()},
-            last_sync=dict(self.last_sync),
-            applied_sleeve=self.applied_sleeve,
-            applied_direct=self.applied_direct,
-            vxlan_local=self.settings.vxlan_local,
-        )
+        return snapshot(self)
 
     def status(self) -> dict[str, Any]:
         return status(self.snapshot(), self.clock())

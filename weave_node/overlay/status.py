@@ -28,6 +28,17 @@ class PeerHealthView:
 
 
 @dataclass(frozen=True)
+class EspView:
+    """With a password: whether VXLAN may be ESP's here, and per peer what the ESP core says (overlay/esp)."""
+
+    on: bool
+    note: str  # why not (on: "")
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    peers: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    no_esp: frozenset[int] = frozenset()  # the peers without ESP: the sealed sleeve carries their pod traffic
+
+
+@dataclass(frozen=True)
 class Snapshot:
     fastdp: bool
     encrypt: bool
@@ -59,6 +70,7 @@ class Snapshot:
     applied_sleeve: frozenset[int] | None = None
     applied_direct: frozenset[int] | None = None  # likewise: the direct peers whose routes are in the kernel
     vxlan_local: str = ""  # the VXLAN device's IPv6 source ("" = IPv4's): the family of our underlay
+    esp: EspView | None = None  # with a password
 
 
 def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
@@ -71,6 +83,9 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
         else:
             mode = Mode.DOWN
             reason = f"sleeve unavailable: {snap.sleeve_error}" if snap.sleeve_error else "fast datapath disabled"
+    elif snap.esp is not None and name in snap.esp.no_esp and name in snap.sleeving:
+        why = (snap.esp.peers.get(name) or {}).get("why_not") or "no ESP with it"
+        mode, reason = Mode.SLEEVE, f"encrypted in the sleeve: {why}"
     elif health is None:
         mode = Mode.PENDING
         vtep = _vtep(snap, name)
@@ -128,7 +143,19 @@ def _peer(snap: Snapshot, name: int, now: float) -> dict[str, Any]:
         if mode is Mode.DIRECT and name in snap.direct_devices
         else None,
         "sleeve": sleeve,
+        "encryption": _encryption(snap, name, mode),
     }
+
+
+def _encryption(snap: Snapshot, name: int, mode: Mode) -> dict[str, Any] | None:
+    """How this peer's pod traffic is encrypted (None without a password)."""
+    if not snap.encrypt:
+        return None
+    esp = snap.esp.peers.get(name) if snap.esp is not None else None
+    if mode in (Mode.FASTDP, Mode.PENDING) and esp and esp.get("spi_in") is not None:
+        return {"by": "esp", **{k: v for k, v in esp.items() if k != "why_not"}}
+    why = (esp or {}).get("why_not") or (snap.esp.note if snap.esp is not None else "")
+    return {"by": "sleeve" if mode is Mode.SLEEVE else "none", "why": why or None}
 
 
 def status(snap: Snapshot, now: float) -> dict[str, Any]:
@@ -159,6 +186,9 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
         "direct": {"on": snap.direct_off is None, "reason": snap.direct_off or "L2 neighbours: no encapsulation"},
         "bridge_netfilter": (
             {"value": snap.bridge_netfilter[0], "reason": snap.bridge_netfilter[1]} if snap.bridge_netfilter else None
+        ),
+        "encryption": (
+            None if snap.esp is None else {"esp": snap.esp.on, "reason": snap.esp.note or None, **snap.esp.summary}
         ),
         "problems": list(snap.problems),
         "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in snap.last_sync.items()},

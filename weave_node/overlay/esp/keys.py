@@ -2,11 +2,13 @@
 gives two direction keys (mesh/crypto.py); the sleeve's keys are derived from them, ours from the sleeve's
 with the label b"esp", and each SA's key from its direction's key and its generation:
 
-    sa_key(direction key, generation) = blake2b(b"esp-sa" || generation, key=direction key, 36 bytes)
+    sa_key(direction key, generation, spi) = blake2b(b"esp-sa" || generation || spi, key=direction key, 36 bytes)
 
-A rekey is a new generation: a fresh key without a new handshake. Both ends compute the same key for a direction
-(our send key is the peer's receive key). `session_id` names a connection's keys without revealing them, so a
-message about an SA is only acted on with the keys it was meant for.
+A rekey is a new generation: a fresh key without a new handshake. The SPI (the receiver's random pick) is in it
+too, so an SA made again for the same generation (its peer entry started over) never has an earlier SA's key.
+Both ends compute the same key for a direction (our send key is the peer's receive key). `session_id` names a
+connection's keys without revealing them, so a message about an SA is only acted on with the keys it was meant
+for.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ def esp_keys(sleeve_keys: SessionKeys) -> SessionKeys:
     return subkeys(sleeve_keys, b"esp")
 
 
-def sa_key(direction_key: bytes, generation: int) -> bytes:
+def sa_key(direction_key: bytes, generation: int, spi: int) -> bytes:
     return nacl.hash.blake2b(
-        b"esp-sa" + generation.to_bytes(8, "big"),
+        b"esp-sa" + generation.to_bytes(8, "big") + spi.to_bytes(4, "big"),
         digest_size=KEY_BYTES,
         key=direction_key,
         person=_PERSON,
