@@ -22,6 +22,10 @@ def _datapath_summary(dp: dict[str, Any]) -> str:
         fast += f", sleeve ({sleeve['device']}, UDP {sleeve['port']}{', encrypted' if sleeve['encrypted'] else ''})"
     elif "error" in sleeve:
         fast += f", sleeve unavailable ({sleeve['error']})"
+    enc = dp.get("encryption")
+    if enc is not None:
+        keyed = f", {enc.get('established', 0)}/{enc.get('peers', 0)} keyed" if enc["esp"] else ""
+        fast += f", ESP{keyed}" if enc["esp"] else f", no ESP ({enc['reason']})"
     address = " ".join(a for a in (dp["bridge_address"], dp.get("bridge_address6")) if a) or "(no address yet)"
     text = f"{fast}, bridge {dp['bridge']} {address}, MTU {dp['mtu']}; {peers}"
     return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
@@ -34,11 +38,20 @@ def _datapath_table(console: Any, table: Any, dp: dict[str, Any] | None) -> None
     console.print(_datapath_summary(dp) + f"\nMTU from {dp['mtu_source']}")
     for problem in dp["problems"]:
         console.print(f"[bold red]problem:[/] {problem}")
-    for col in ("peer", "vtep", "mode", "heartbeat", "sleeve", "why"):
+    encrypted = dp.get("encryption") is not None
+    for col in ("peer", "vtep", "mode", "heartbeat", "sleeve", *(["encryption"] if encrypted else []), "why"):
         table.add_column(col)
     for p in dp["peers"]:
         ago = "never" if p["last_heartbeat_ago"] is None else f"{p['last_heartbeat_ago']} s ago"
-        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, _sleeve_cell(p), p["reason"])
+        enc = [_encryption_cell(p.get("encryption") or {})] if encrypted else []
+        table.add_row(p["nickname"] or p["name"], p["vtep"] or "?", p["mode"], ago, _sleeve_cell(p), *enc, p["reason"])
+
+
+def _encryption_cell(enc: dict[str, Any]) -> str:
+    if enc.get("by") == "esp":
+        state = "keyed" if enc.get("established") else "keying"
+        return f"ESP {state}, gen {enc.get('generation', 0)}, out {enc.get('spi_out') or '-'}"
+    return str(enc.get("by") or "-")
 
 
 def _dns_summary(d: dict[str, Any]) -> str:

@@ -418,3 +418,34 @@ def test_a_peer_whose_policies_cannot_be_put_in_place_gets_no_vxlan() -> None:
     kernel["broken"] = True  # `ip xfrm` itself fails: every ESP peer waits
     _, blocked = runtime.sync_first(runtime.sync_input(), frozenset({ADDR[B]}))
     assert blocked == {ADDR[B]} and runtime.errors and runtime.sync_last([]) is None
+
+
+def test_status_shows_each_peers_encryption() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from weave_node import status_view
+
+    peer = {
+        "nickname": "b",
+        "name": "x",
+        "vtep": ADDR[B],
+        "mode": "fastdp",
+        "last_heartbeat_ago": 0.5,
+        "sleeve": None,
+        "reason": "ok",
+        "encryption": {"by": "esp", "established": True, "generation": 3, "spi_out": "0x57000001"},
+    }
+    dp = {"fastdp": {"device": "vxlan-6784", "port": 6784}, "sleeve": None, "bridge": "weave", "mtu": 1396,
+          "bridge_address": "10.32.0.1/12", "problems": [], "mtu_source": "x", "peers": [peer],
+          "encryption": {"esp": True, "reason": None, "peers": 1, "established": 1}}  # fmt: skip
+    assert "ESP, 1/1 keyed" in status_view._datapath_summary(dp)
+    out = io.StringIO()
+    console, table = Console(file=out, width=200), Table()
+    status_view._datapath_table(console, table, dp)
+    console.print(table)
+    assert "ESP keyed, gen 3, out 0x57000001" in out.getvalue()
+    off = {**dp, "encryption": {"esp": False, "reason": "WEAVE_ENCRYPTION=sleeve"}}
+    assert "no ESP (WEAVE_ENCRYPTION=sleeve)" in status_view._datapath_summary(off)
