@@ -237,3 +237,28 @@ def test_without_esp_a_password_keeps_every_peer_in_the_sealed_sleeve_and_says_w
     finally:
         svc.executor.shutdown()
         svc.pods.executor.shutdown()
+
+
+def test_a_peer_with_a_password_connected_in_plaintext_gets_no_vxlan_entry_not_even_its_bridges_mac() -> None:
+    """While encryption is switched on host by host: that peer runs no VXLAN, so a frame to its bridge's MAC (an
+    ARP reply to its host routing a pod's packet, say) must flood to the sleeve, not go into a tunnel nobody ends
+    (a day-2 test lost ~25 s of pings to it in CI)."""
+    from weave_node.mesh.neighbours import Neighbour
+
+    neighbours = {B: Neighbour(B, "198.19.0.2", "198.19.0.1", frozenset(), None, encrypted=False, peer_password=True)}
+    now = [0.0]
+
+    async def bridge_address(_current: str | None) -> str:
+        return "10.32.0.5/12"
+
+    svc = OverlayService(ME, OverlayConfig(pod_range=PODS), bridge_address, clock=lambda: now[0],
+                         kernel=FakeKernel().kernel(), neighbour=neighbours.get)  # fmt: skip
+    try:
+        svc.sleeve.forwarder = FakeForwarder()  # type: ignore[assignment]
+        svc.topology_changed({ME: "me", B: "b"}, {B: "198.19.0.2"}, ["198.19.0.1"])
+        svc.table.merge([PeerInfo(B, 5, "10.40.0.1", 12, bridge_mac(B), "198.19.0.2")])
+        desired = svc.desired()
+        assert desired.fdb == frozenset() and svc.sleeve_peers() == {B} and svc.heartbeats.peers == {}
+    finally:
+        svc.executor.shutdown()
+        svc.pods.executor.shutdown()

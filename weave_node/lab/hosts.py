@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -114,15 +113,7 @@ def boot(spec: LabSpec, host: HostSpec, rootfs: Path, paths: LabPaths, extra: tu
         # extra flags for debugging a host, e.g. WEAVE_LAB_NSPAWN_ARGS="--bind=/srv/debug"
         *shlex.split(os.environ.get("WEAVE_LAB_NSPAWN_ARGS", "")),
     ]
-    with open(host_dir / "console.log", "wb") as log:
-        subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: system.enter_cgroups(cgroups),  # noqa: PLW1509 - single-threaded here
-        )
+    system.spawn_in_cgroups(cmd, host_dir / "console.log", cgroups)
 
 
 def keep_console_logs(spec: LabSpec) -> Path:

@@ -318,6 +318,20 @@ def kill_tree(paths: Sequence[Path], grace: float) -> None:
     wait_empty(paths, time.monotonic() + 5.0)
 
 
+def spawn_in_cgroups(cmd: Sequence[str], log_path: Path, cgroups: Sequence[Path]) -> None:
+    """Start a long-running command (a host's nspawn or QEMU) in a session and cgroups of its own, its output to
+    `log_path`; not waited for (the lab finds it again through its cgroups)."""
+    with open(log_path, "wb") as log:
+        subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: enter_cgroups(cgroups),  # noqa: PLW1509 - single-threaded here
+        )
+
+
 def stop_pods(lab: str) -> None:
     """Before a Kubernetes lab's hosts halt: SIGKILL every process in the pods' cgroups (a host waits ~90 s for
     containers otherwise). Only processes inside this lab's own cgroup trees are touched."""

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import inspect
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -245,15 +244,7 @@ def boot(spec: LabSpec, host: HostSpec, image: VmImage, paths: LabPaths) -> None
         "-serial",
         f"file:{host_dir / 'console.log'}",
     ]
-    with open(host_dir / "qemu.log", "wb") as log:
-        subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: system.enter_cgroups(cgroups),  # noqa: PLW1509 - single-threaded here
-        )
+    system.spawn_in_cgroups(cmd, host_dir / "qemu.log", cgroups)
 
 
 def qemu_pid(spec: LabSpec, host: HostSpec) -> int | None:

@@ -169,6 +169,8 @@ class OverlayService:
             self.mtu_choice = await loop.run_in_executor(self.executor, self._underlay_mtu)
         if self.esp is None:
             await loop.run_in_executor(self.executor, remove_leftovers, self.kernel)
+        else:  # the SPIs in the kernel before any is drawn (SAs of before, adopted, and everyone else's)
+            await loop.run_in_executor(self.executor, self.esp.learn_spis)
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
@@ -263,7 +265,7 @@ class OverlayService:
         sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
         self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6,
-                                                  no_vxlan=self.no_esp)  # fmt: skip
+                                                  no_vxlan=self.no_esp | self.no_vxlan_there())  # fmt: skip
         fdb, neigh = wanted.merge_adopted(fdb, neigh, self.retention, now)
         self.heartbeats.peers = bridges if self.fastdp else {}
         src = (self.bridge_cidr or "").split("/")[0]  # the host's own traffic to direct peers' pods leaves from it
@@ -348,11 +350,16 @@ class OverlayService:
         if self.sleeve.running:
             self.sleeve.push(self.sleeve_config())
 
+    def no_vxlan_there(self) -> frozenset[int]:
+        """Peers with a password connected to us in plaintext (while encryption is switched): they run no VXLAN, so
+        they get no entries on ours either (not even their bridge's MAC: a frame to it, an ARP reply say, must flood
+        to the sleeve, not vanish into a tunnel nobody ends)."""
+        return frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
+
     def sleeve_peers(self) -> frozenset[int]:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
-        none = frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
-        none |= self.no_esp
+        none = self.no_vxlan_there() | self.no_esp
         other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
         return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none | other)
 

@@ -167,6 +167,15 @@ class EspRuntime:
 
     # ---- in the worker thread -----------------------------------------------------------------------------
 
+    def learn_spis(self) -> None:
+        """At start, before the first SPI is drawn: every SPI already in the kernel."""
+        try:
+            kernel = self.observe()
+        except Exception as exc:  # (the first sync says it again)
+            log.debug("ip xfrm: %s", exc)
+            return
+        self.core.kernel_spis = frozenset(sa.spi for sa in kernel.sas) | kernel.other_spis
+
     def sync_first(self, plan_input: SyncInput, fdb_vteps: frozenset[str]) -> tuple[list[XfrmOp], frozenset[str]]:
         """Policies and SAs to add before the datapath's plan runs. Returns what to remove after it, and the peer
         addresses whose policies are not both in place (their FDB entries must wait: nothing in the clear).
