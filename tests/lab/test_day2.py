@@ -89,8 +89,10 @@ def _network_report(lab: Day2Lab, a: str, b: str) -> None:
         doc = lab.status(node).get("datapath", {})
         peers = [(p["nickname"], p["mode"], p["reason"]) for p in doc.get("peers", [])]
         print(f"== {node}: peers {peers}\n   sleeve {doc.get('sleeve')}")  # noqa: T201 - the test's report
-        cmd = (f"ip netns exec {POD} ip neigh; ip netns exec {POD} ip route; ip neigh show dev weave; ip route; "
-               "bridge fdb show br weave | grep -v permanent; journalctl -u weave-node --no-pager -n 60")  # fmt: skip
+        cmd = (f"date +%T.%N; ip netns exec {POD} ip neigh; ip netns exec {POD} ip route; ip neigh show dev weave; "
+               "ip route | grep -v 'proto 0x57' ; echo direct routes: $(ip route | grep -c 'proto 0x57'); "
+               "bridge fdb show br weave | grep -v permanent; bridge fdb show dev vxlan-6784; "
+               "iptables -S FORWARD -v 2>/dev/null | head; journalctl -u weave-node --no-pager -n 60")  # fmt: skip
         print(lab.ssh(node, cmd, check=False).stdout)  # noqa: T201
 
 
@@ -316,6 +318,7 @@ def test_encryption_is_turned_off_and_on_again_without_a_partition(lab: Day2Lab)
         lab.password = password
         assert lab.roll("weave_accept_unencrypted=true", limit="node1")[1] == 0  # on, 1: node1 first
         mixed("node1", ("node2", "node3"), "unencrypted, v2")  # its peers reach it through the sleeve
+        _network_report(lab, "node1", "node3")  # (mid-switch: printed only if the test fails)
         assert lab.roll("weave_accept_unencrypted=true")[1] == 0  # on, 1: the others
         meshed("encrypted, v2")
         assert lab.roll()[1] == 0  # on, 2: only encrypted peers (a reload)
