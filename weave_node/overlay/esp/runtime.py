@@ -88,6 +88,7 @@ class EspRuntime:
     why_not: dict[int, str] = field(default_factory=dict)  # the peers without a link: why
     up: set[int] = field(default_factory=set)  # keyed both ways at the last sync (logged on change)
     errors: tuple[str, ...] = ()  # of the last sync
+    seen: Xfrm | None = None  # what sync_first read, when it changed nothing (sync_last needs no second read)
     garbled: int = 0
 
     # ---- the "esp" channel (gossip.Gossiper) --------------------------------------------------------------
@@ -186,7 +187,7 @@ class EspRuntime:
         try:
             observed = self.observe()
         except Exception as exc:  # (xfrm_shell.XfrmError: no xfrm here, no `ip`): no ESP peer gets VXLAN
-            self.errors = (f"ip xfrm: {exc}",)
+            self.errors, self.seen = (f"ip xfrm: {exc}",), None
             return [], frozenset(remote for _local, remote in plan_input.links)
         current = {remote: local for local, remote in plan_input.links}
 
@@ -205,6 +206,7 @@ class EspRuntime:
         first, last = xfrm.plan(want, observed, self.port)
         _, errors = self.apply(first)
         self.errors = tuple(errors)
+        self.seen = observed if not first and not last else None
         present = observed.policies
         if errors or any(isinstance(op, xfrm.AddPolicy) for op in first):  # (seen, not assumed: an add that
             try:  # found "File exists" may have found someone else's policy with our selector)
@@ -220,7 +222,10 @@ class EspRuntime:
         return last, blocked
 
     def sync_last(self, last: list[XfrmOp]) -> Xfrm | None:
-        """What goes after the datapath's plan; then our SAs in the kernel (None: unreadable)."""
+        """What goes after the datapath's plan; then our SAs in the kernel (None: unreadable): as sync_first read
+        them when this sync changes nothing of ours, read again otherwise."""
+        if self.seen is not None and not last:
+            return self.seen
         _, errors = self.apply(last)
         self.errors += tuple(errors)
         try:

@@ -103,7 +103,7 @@ class EspSas:
                 peer = None  # SAs are bound to addresses: start over (new SPIs, so new keys)
             if peer is None:
                 peer = self.peers[name] = _Peer(link, session, [], now + self.rekey_interval)
-                self._new_inbound(peer, now)
+                self._new_inbound(peer)
             elif peer.session != session:
                 peer.link, peer.session, peer.rekey_at = link, session, now + self.rekey_interval
                 peer.generation, peer.asked_at = 0, None
@@ -112,7 +112,7 @@ class EspSas:
                 for sa in peer.inbound:
                     if not sa.acked and sa.retire_at is None:
                         sa.retire_at = now + STALE
-                self._new_inbound(peer, now)
+                self._new_inbound(peer)
 
     def observed(self, now: float, kernel: frozenset[Sa], others: frozenset[int] = frozenset()) -> list[Send]:
         """Our SAs in the kernel after a sync (`others`: the SPIs of everyone else's): what became installed is
@@ -138,7 +138,7 @@ class EspSas:
                         peer.inbound.remove(sa)  # its SPI taken by someone else's SA, say: another one
                         self.version += 1
             if not any(sa.session == peer.session and sa.retire_at is None for sa in peer.inbound):
-                self._new_inbound(peer, now)
+                self._new_inbound(peer)
             ob = peer.outbound
             if ob is not None:
                 there = self._out_sa(peer, ob) in kernel
@@ -207,7 +207,7 @@ class EspSas:
                 peer.inbound = kept
                 self.version += 1
             if not any(sa.session == peer.session and sa.retire_at is None for sa in peer.inbound):
-                self._new_inbound(peer, now)
+                self._new_inbound(peer)
             newest = peer.inbound[-1]
             offered = newest.offered_at
             if newest.installed and not newest.acked and offered is not None and now - offered >= RESEND:
@@ -256,7 +256,7 @@ class EspSas:
 
     # ---- helpers ------------------------------------------------------------------------------------------
 
-    def _new_inbound(self, peer: _Peer, now: float) -> None:
+    def _new_inbound(self, peer: _Peer) -> None:
         spi = self._spi()
         key = sa_key(peer.link.keys.receive, peer.generation, spi)
         peer.inbound.append(_Inbound(spi, peer.generation, peer.session, key))
@@ -264,7 +264,7 @@ class EspSas:
         self.version += 1
 
     def _rekey(self, peer: _Peer, now: float) -> None:
-        self._new_inbound(peer, now)
+        self._new_inbound(peer)
         peer.rekey_at, peer.rekey_started = now + self.rekey_interval, now
         self.rekeys += 1
 
