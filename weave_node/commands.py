@@ -89,10 +89,10 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     r.add_argument(
         "--encryption",
-        choices=("auto", "esp", "sleeve"),
-        help="with a password: auto (default) = IPsec ESP for the fast datapath where both kernels can, the sealed "
-        "sleeve otherwise; esp = ESP without probing the kernel first; sleeve = the sleeve for all pod traffic "
-        "(also WEAVE_ENCRYPTION)",
+        choices=("auto", "esp", "wireguard", "sleeve"),
+        help="with a password: auto (default) = IPsec ESP for the fast datapath where both kernels can (else "
+        "WireGuard where this kernel has it), the sealed sleeve otherwise; esp = ESP without probing the kernel "
+        "first; wireguard = WireGuard likewise; sleeve = the sleeve for all pod traffic (also WEAVE_ENCRYPTION)",
     )
     r.add_argument("--esp-rekey", type=float, help="seconds between ESP rekeys (default 3600; also WEAVE_ESP_REKEY)")
     r.add_argument(

@@ -58,7 +58,7 @@ class RouterConfig:
     sleeve_aesgcm: bool = True  # WEAVE_NO_SLEEVE_AESGCM: seal with NaCl secretbox even where AES-NI is there
     bridge_netfilter: str = "auto"  # WEAVE_BRIDGE_NETFILTER: auto|on|off (overlay.netfilter)
     direct: bool = True  # WEAVE_NO_DIRECT turns direct mode (no encapsulation between L2 neighbours) off
-    encryption: str = "auto"  # WEAVE_ENCRYPTION (with a password): auto|esp|sleeve (_encryption)
+    encryption: str = "auto"  # WEAVE_ENCRYPTION (with a password): auto|esp|wireguard|sleeve (_encryption)
     esp_rekey: float = 3600.0  # WEAVE_ESP_REKEY: seconds between rekeys of an ESP pair
     metrics_addr: str = DEFAULT_METRICS_ADDR  # "" disables; open it to Prometheus explicitly (a firewall concern)
     dns: DnsSettings = field(default_factory=DnsSettings)  # WEAVE_NO_DNS, WEAVE_DNS_* (dns/settings.py)
@@ -207,13 +207,14 @@ def _datapath_settings(pick: Callable[[str, str], object]) -> tuple[str, int | N
     return datapath, mtu, fastdp, sleeve
 
 
-ENCRYPTION_MODES = ("auto", "esp", "sleeve")
+ENCRYPTION_MODES = ("auto", "esp", "wireguard", "sleeve")
 
 
 def _encryption(pick: Callable[[str, str], object]) -> tuple[str, float]:
-    """WEAVE_ENCRYPTION (with a password): auto = ESP for fastdp where both kernels can, the sealed sleeve otherwise;
-    esp = ESP without asking the kernel first (its failures show in the log and status); sleeve = the sealed sleeve
-    for all pod traffic. WEAVE_ESP_REKEY: seconds between ESP rekeys."""
+    """WEAVE_ENCRYPTION (with a password): auto = ESP for fastdp where both kernels can (WireGuard where this one has
+    no ESP but WireGuard), the sealed sleeve otherwise; esp or wireguard = that one without asking the kernel first
+    (its failures show in the log and status); sleeve = the sealed sleeve for all pod traffic. WEAVE_ESP_REKEY:
+    seconds between ESP rekeys."""
     mode = str(pick("encryption", "WEAVE_ENCRYPTION") or "auto").lower()
     if mode not in ENCRYPTION_MODES:
         raise ConfigError(f"WEAVE_ENCRYPTION must be one of {', '.join(ENCRYPTION_MODES)}, not {mode!r}")

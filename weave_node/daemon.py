@@ -19,7 +19,7 @@ from weave_node.api.reload import Apply, NeedsRestart
 from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig, live_settings, mesh_settings
 from weave_node.core.address import Range, ip_str
-from weave_node.datapath import xfrm_shell
+from weave_node.datapath import wireguard_shell, xfrm_shell
 from weave_node.datapath.model import BRIDGE
 from weave_node.dns.node import Dns
 from weave_node.dns.service import CHANNEL as DNS_CHANNEL
@@ -35,12 +35,16 @@ from weave_node.mesh.hostid import load_or_create_host_id
 from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.overlay.config import OverlayConfig
 from weave_node.overlay.esp.runtime import CHANNEL as ESP_CHANNEL
 from weave_node.overlay.esp.runtime import FEATURE as FEATURE_ESP
+from weave_node.overlay.esp.runtime import EspRuntime
 from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.service import CHANNEL as OVERLAY_CHANNEL
-from weave_node.overlay.service import OverlayConfig, OverlayService
+from weave_node.overlay.service import OverlayService
 from weave_node.overlay.sleeve import codec
+from weave_node.overlay.wireguard.runtime import CHANNEL as WG_CHANNEL
+from weave_node.overlay.wireguard.runtime import FEATURE as FEATURE_WG
 
 log = logging.getLogger("weave_node")
 BRIDGE_CONTAINER_ID = "weave:bridge"  # the IPAM allocation of the bridge's own address (Weave's "weave:expose")
@@ -140,10 +144,10 @@ def _ipam_service(config: RouterConfig, identity: Identity, router: Router, span
 
 
 def make_overlay(
-    config: RouterConfig, identity: Identity, router: Router, ipam: Ipam, esp_note: str | None = "no password"
+    config: RouterConfig, identity: Identity, router: Router, ipam: Ipam, crypt: tuple[str, str | None] = ("", None)
 ) -> OverlayService:
     """The kernel datapath, fed the topology, with the bridge's address(es) from IPAM (like Weave's `weave expose`).
-    `esp_note`: why VXLAN may not be ESP's (None: it may, to peers that can too)."""
+    `crypt`: the kernel encryption VXLAN may take with a password, or why none (kernel_encryption)."""
 
     def bridge_address(service: IpamService) -> Callable[[str | None], Awaitable[str]]:
         async def get(current: str | None) -> str:
@@ -172,9 +176,10 @@ def make_overlay(
             encrypt=config.password is not None,
             bridge_netfilter=config.bridge_netfilter,
             direct=config.direct,
-            esp=esp_note is None,
+            esp=crypt[0] == "esp",
+            wireguard=crypt[0] == "wireguard",
             esp_rekey=config.esp_rekey,
-            esp_note=esp_note or "",
+            esp_note=crypt[1] or "",
         ),
         bridge_address(ipam.primary),
         link_keys=lambda name: _sleeve_keys(router, name),
@@ -185,7 +190,8 @@ def make_overlay(
     )
     overlay.gossip.attach(router.register_channel(OVERLAY_CHANNEL, overlay.gossip))
     if overlay.esp is not None:
-        overlay.esp.channel = router.register_channel(ESP_CHANNEL, overlay.esp)
+        channel = ESP_CHANNEL if isinstance(overlay.esp, EspRuntime) else WG_CHANNEL
+        overlay.esp.channel = router.register_channel(channel, overlay.esp)
     ipam.set_on_change(overlay.space_changed)
 
     def topology_changed() -> None:
@@ -220,25 +226,34 @@ def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: Ipa
     return dns
 
 
-def esp_unavailable(config: RouterConfig) -> str | None:
-    """None when pod traffic between hosts may take ESP here (WEAVE_ENCRYPTION, the datapath and the kernel allow
-    it), else why not; logged once."""
+def kernel_encryption(config: RouterConfig) -> tuple[str, str | None]:
+    """("esp" | "wireguard" | "", None) when pod traffic between hosts may take that kernel encryption here
+    (WEAVE_ENCRYPTION, the datapath and the kernel allow it), else ("", why not); logged once. `auto` takes ESP
+    where the kernel has it, else WireGuard where it has that."""
     if config.password is None:
-        return "no password"
-    note = None
+        return "", "no password"
+    kind, note = "", None
     if config.encryption == "sleeve":
         note = "WEAVE_ENCRYPTION=sleeve"
     elif config.datapath != "kernel" or not config.fastdp:
         note = "the fast datapath is off"
-    elif config.encryption == "auto":
-        problem = xfrm_shell.probe()
-        note = f"this kernel cannot carry ESP as we use it ({problem})" if problem else None
-    if note is None:
-        log.info("encryption: IPsec ESP for the fast datapath to peers whose kernels can too, the sealed sleeve to "
-                 "the others (WEAVE_ENCRYPTION=%s)", config.encryption)  # fmt: skip
+    elif config.encryption in ("esp", "wireguard"):
+        kind = config.encryption  # (no probe: its failures show in the log and status)
+    else:
+        esp, wireguard = xfrm_shell.probe(), None
+        if esp is not None:
+            wireguard = wireguard_shell.probe()
+        kind = "esp" if esp is None else "wireguard" if wireguard is None else ""
+        note = (
+            f"this kernel can carry neither ESP as we use it ({esp}) nor WireGuard ({wireguard})" if not kind else None
+        )
+    if kind:
+        what = "IPsec ESP" if kind == "esp" else "WireGuard"
+        log.info("encryption: %s for the fast datapath to peers whose kernels can too, the sealed sleeve to the "
+                 "others (WEAVE_ENCRYPTION=%s)", what, config.encryption)  # fmt: skip
     else:
         log.info("encryption: all pod traffic between hosts sealed in the sleeve: %s", note)
-    return note
+    return kind, note
 
 
 def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:
@@ -302,7 +317,7 @@ async def run_router(config: RouterConfig) -> int:
         log.warning("%s", warning)
     identity = make_identity(config)
     primary, previous = _password_keys(config.password, config.previous_password)
-    esp_note = await asyncio.to_thread(esp_unavailable, config)
+    crypt = await asyncio.to_thread(kernel_encryption, config) if config.password else ("", "no password")
     protocol_config = ProtocolConfig(
         password_key=primary,
         previous_keys=previous,
@@ -314,12 +329,13 @@ async def run_router(config: RouterConfig) -> int:
             | ({FEATURE_IPV6} if config.ipalloc_range6 is not None or config.ipalloc_range.ipv6 else set())
             | ({FEATURE_IPV4} if not config.ipalloc_range.ipv6 else set())
             | {FEATURE_FAMILIES}
-            | ({FEATURE_ESP} if esp_note is None else set())
+            | ({FEATURE_ESP} if crypt[0] == "esp" else set())
+            | ({FEATURE_WG} if crypt[0] == "wireguard" else set())
         ),
     )
     router = Router(mesh_settings(config), identity, protocol_config)
     ipam = make_ipam(config, identity, router)
-    overlay = make_overlay(config, identity, router, ipam, esp_note) if config.datapath == "kernel" else None
+    overlay = make_overlay(config, identity, router, ipam, crypt) if config.datapath == "kernel" else None
     dns = make_dns(config, identity, router, ipam, overlay) if overlay is not None and config.dns.enabled else None
     if overlay is not None and config.password and not config.sleeve:
         log.warning("a password is set but the sleeve is off (WEAVE_NO_SLEEVE): pods on other hosts are unreachable")

@@ -24,8 +24,9 @@ def _datapath_summary(dp: dict[str, Any]) -> str:
         fast += f", sleeve unavailable ({sleeve['error']})"
     enc = dp.get("encryption")
     if enc is not None:
-        keyed = f", {enc.get('established', 0)}/{enc.get('peers', 0)} keyed" if enc["esp"] else ""
-        fast += f", ESP{keyed}" if enc["esp"] else f", no ESP ({enc['reason']})"
+        keyed = f", {enc.get('established', 0)}/{enc.get('peers', 0)} keyed"
+        kind = {"esp": "ESP", "wireguard": "WireGuard"}.get(enc.get("kind") or ("esp" if enc["esp"] else ""))
+        fast += f", {kind}{keyed}" if kind else f", no ESP ({enc['reason']})"
     address = " ".join(a for a in (dp["bridge_address"], dp.get("bridge_address6")) if a) or "(no address yet)"
     text = f"{fast}, bridge {dp['bridge']} {address}, MTU {dp['mtu']}; {peers}"
     return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")
@@ -51,6 +52,9 @@ def _encryption_cell(enc: dict[str, Any]) -> str:
     if enc.get("by") == "esp":
         state = "keyed" if enc.get("established") else "keying"
         return f"ESP {state}, gen {enc.get('generation', 0)}, out {enc.get('spi_out') or '-'}"
+    if enc.get("by") == "wireguard":
+        age = enc.get("handshake_age")
+        return f"WireGuard, {'handshake ' + str(age) + ' s ago' if age is not None else 'no handshake yet'}"
     return str(enc.get("by") or "-")
 
 

@@ -10,5 +10,5 @@ STATUS_SOCKET = "/run/weave-node/weave.sock"  # the router's API socket: env fil
 MTU_MIN, MTU_MAX = 576, 65485
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 BRIDGE_NETFILTER_MODES = ("auto", "on", "off")  # weave_bridge_netfilter
-ENCRYPTION_MODES = ("auto", "esp", "sleeve")  # weave_encryption (the router's WEAVE_ENCRYPTION)
+ENCRYPTION_MODES = ("auto", "esp", "wireguard", "sleeve")  # weave_encryption (the router's WEAVE_ENCRYPTION)
 PASSWORD_FILE_MODE_MASK = 0o077  # a password file readable or writable by group or others is refused

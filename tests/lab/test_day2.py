@@ -90,9 +90,10 @@ def _network_report(lab: Day2Lab, a: str, b: str) -> None:
         peers = [(p["nickname"], p["mode"], p["reason"]) for p in doc.get("peers", [])]
         print(f"== {node}: peers {peers}\n   sleeve {doc.get('sleeve')}")  # noqa: T201 - the test's report
         cmd = (f"date +%T.%N; ip netns exec {POD} ip neigh; ip netns exec {POD} ip route; ip neigh show dev weave; "
-               "ip route | grep -v 'proto 0x57' ; echo direct routes: $(ip route | grep -c 'proto 0x57'); "
+               "ip route | grep -v 'proto 87' ; echo direct routes: $(ip route | grep -c 'proto 87'); "
                "bridge fdb show br weave | grep -v permanent; bridge fdb show dev vxlan-6784; "
-               "iptables -S FORWARD -v 2>/dev/null | head; ebtables-save 2>/dev/null | grep -v '^#'; journalctl -u weave-node --no-pager -n 60")  # fmt: skip
+               "iptables -S FORWARD -v 2>/dev/null | head; ebtables-save 2>/dev/null | grep -v '^#'; "
+               "journalctl -u weave-node --no-pager -n 60")  # fmt: skip
         print(lab.ssh(node, cmd, check=False).stdout)  # noqa: T201
 
 

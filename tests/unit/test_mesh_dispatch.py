@@ -27,7 +27,8 @@ from weave_node.mesh.router import PeerConn, Router
 from weave_node.mesh.settings import MeshSettings
 from weave_node.mesh.topology import ConnectionInfo, PeerRecord, encode_records
 from weave_node.overlay import peers as overlay_peers
-from weave_node.overlay.service import OverlayConfig, OverlayService
+from weave_node.overlay.config import OverlayConfig
+from weave_node.overlay.service import OverlayService
 
 pytestmark = pytest.mark.unit
 ME = Identity(name=0x02AA00000001, nickname="me", uid=11)

@@ -170,7 +170,8 @@ def _datapath(d: dict[str, Any]) -> list[Metric]:
 
 
 def _encryption(d: dict[str, Any]) -> list[Metric]:
-    """With a password: each peer's encryption (esp or sleeve), ESP pairs keyed, rekeys."""
+    """With a password: each peer's encryption (esp, wireguard or sleeve), ESP pairs keyed, rekeys; WireGuard's
+    peers with a handshake."""
     enc = d.get("encryption")
     if not enc:
         return []
@@ -194,6 +195,17 @@ def _encryption(d: dict[str, Any]) -> list[Metric]:
                 "weave_node_esp_errors", "xfrm changes that failed in the last sync.", value=len(enc.get("errors", []))
             ),
         ]
+    if enc.get("kind") == "wireguard":
+        out += [
+            GaugeMetricFamily("weave_node_wireguard_peers", "Peers whose VXLAN is in WireGuard.", value=enc["peers"]),
+            GaugeMetricFamily(
+                "weave_node_wireguard_established", "WireGuard peers with a handshake.", value=enc["established"]
+            ),
+            GaugeMetricFamily(
+                "weave_node_wireguard_errors", "WireGuard changes that failed in the last sync.",
+                value=len(enc.get("errors", [])),
+            ),
+        ]  # fmt: skip
     return out
 
 

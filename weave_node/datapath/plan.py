@@ -266,7 +266,7 @@ def plan_removal(observed: Observed) -> Plan:
     b.ops += route_ops((), observed.routes, devices=set())[0]
     b.ops += rule_ops((), observed.rules)
     for link in sorted(observed.links.values(), key=lambda lk: lk.kind != "vxlan"):
-        if link.alias == ALIAS and link.kind in ("vxlan", "bridge"):
+        if link.alias == ALIAS and link.kind in ("vxlan", "bridge", "wireguard"):
             b.ops.append(DeleteLink(link.name))
     _iptables(b, (), observed.iptables, "ip")
     _iptables(b, (), observed.ebtables, "eth")

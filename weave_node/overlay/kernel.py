@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weave_node.datapath import kernel_routes, netlink, xfrm_shell
+from weave_node.datapath import kernel_routes, netlink, wireguard_shell, xfrm_shell
 from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import BRIDGE, Bridge, Observed, Pod
 from weave_node.datapath.ops import Op
+from weave_node.datapath.wireguard import WgObserved, WgOp
 from weave_node.datapath.xfrm import Xfrm, XfrmOp
 from weave_node.overlay.desired import SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6, SYSCTL_FORWARD, SYSCTL_FORWARD6
 
@@ -40,6 +41,9 @@ class Kernel:
     default_ipv6_only: Callable[[], bool] = lambda: False  # a default route of IPv6 and none of IPv4?
     xfrm_observe: Callable[[], Xfrm] = Xfrm  # our ESP SAs and policies (datapath.xfrm_shell)
     xfrm_apply: Callable[[list[XfrmOp]], tuple[int, list[str]]] = lambda ops: (len(ops), [])
+    wg_observe: Callable[[], WgObserved] = WgObserved  # our WireGuard device (datapath.wireguard_shell)
+    wg_apply: Callable[[list[WgOp]], tuple[int, list[str]]] = lambda ops: (len(ops), [])
+    wg_remove: Callable[[], bool] = lambda: False
 
 
 def netlink_kernel(*, ipv6: bool = False) -> Kernel:
@@ -66,6 +70,9 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
         default_ipv6_only=netlink.default_ipv6_only,
         xfrm_observe=xfrm_shell.observe,
         xfrm_apply=xfrm_shell.apply,
+        wg_observe=wireguard_shell.observe,
+        wg_apply=wireguard_shell.apply,
+        wg_remove=wireguard_shell.remove,
     )
 
 

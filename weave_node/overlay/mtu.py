@@ -13,6 +13,7 @@ from weave_node.overlay.sleeve import codec
 
 DEFAULT = 1450
 SLEEVE_OVERHEAD = 20 + 8 + 14 + codec.VNET_HDR_SIZE  # IPv4 + UDP + the frame's Ethernet + virtio-net
+WIREGUARD_OVERHEAD = 40 + 8 + 8 + 14 + 20 + 8 + 32  # VXLAN over IPv6, in WireGuard over IPv4
 IPV6_EXTRA = 20  # an IPv6 header's 40 bytes against IPv4's 20
 MIN_IPV6 = 1280  # IPv6's minimum link MTU (RFC 8200): pods with IPv6 need at least this
 
@@ -42,11 +43,17 @@ def probe_hosts(peer_hosts: Iterable[str]) -> list[str]:
     return out
 
 
-def from_underlay(found: Sequence[tuple[str, int]], *, encrypt: bool, ipv6: bool = False) -> Mtu:
+def from_underlay(
+    found: Sequence[tuple[str, int]], *, encrypt: bool, ipv6: bool = False, wireguard: bool = False
+) -> Mtu:
     """From the underlay devices found, (name, MTU) each; none found: 1500. `ipv6`: an IPv6 underlay, whose
-    header is 20 bytes longer than IPv4's."""
+    header is 20 bytes longer than IPv4's. `wireguard`: VXLAN over IPv6 inside WireGuard (70 + 60 bytes; more than
+    the sealed sleeve's, which carries the other peers)."""
     name, mtu = min(found, key=lambda d: d[1]) if found else ("(no route found)", 1500)
     extra, family = (IPV6_EXTRA, " over IPv6") if ipv6 else (0, "")
+    if wireguard:
+        overhead = WIREGUARD_OVERHEAD + extra
+        return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (VXLAN in WireGuard{family})", mtu, ipv6)
     if encrypt:
         overhead = SLEEVE_OVERHEAD + codec.overhead(True) + extra
         return Mtu(mtu - overhead, f"underlay {name} {mtu} - {overhead} (encrypted sleeve{family})", mtu, ipv6)

@@ -14,22 +14,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from weave_node.core.address import Range
 from weave_node.datapath.model import BRIDGE, FLOOD_MAC, VNI, VXLAN, VXLAN_PORT, Desired
 from weave_node.datapath.plan import Plan
-from weave_node.datapath.xfrm import Xfrm, XfrmOp
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.mesh.topology import PeerRecord
 from weave_node.overlay import desired as wanted
+from weave_node.overlay import encryption
 from weave_node.overlay import mtu as overlay_mtu
+from weave_node.overlay.config import OverlayConfig
 from weave_node.overlay.desired import TAP, Retention, Settings
 from weave_node.overlay.direct_paths import DirectPaths, Spans
-from weave_node.overlay.esp.runtime import SyncInput, esp_runtime, remove_leftovers
+from weave_node.overlay.esp.runtime import EspRuntime
 from weave_node.overlay.health import Health, Mode
 from weave_node.overlay.heartbeats import HeartbeatSocket
 from weave_node.overlay.kernel import Kernel, netlink_kernel, obtain_bridge_address, underlay_devices
@@ -43,29 +43,10 @@ from weave_node.overlay.sleeve.config import Config as SleeveConfig
 from weave_node.overlay.sleeve.runner import SleeveRunner
 from weave_node.overlay.snapshot import snapshot
 from weave_node.overlay.status import Snapshot, status
+from weave_node.overlay.wireguard.runtime import VXLAN6_OVERHEAD, WgRuntime
 
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "overlay"
-
-
-@dataclass(frozen=True)
-class OverlayConfig:
-    pod_range: Range
-    mtu: int | None = None  # None: from the underlay
-    peer_hosts: tuple[str, ...] = ()  # initial peers: their routes tell which device is the underlay
-    fastdp: bool = True
-    retain: float = 60.0
-    resync: float = 10.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 4.0
-    sleeve: bool = True  # the userspace fallback (and, with a password, the only path for pod traffic)
-    encrypt: bool = False  # a password is set: pod traffic only through the sleeve, sealed
-    bridge_netfilter: str = "auto"  # overlay.netfilter: whether bridged pod traffic goes through iptables
-    direct: bool = True  # direct mode between L2 neighbours (overlay.direct)
-    pod_range6: Range | None = None  # dual-stack: the IPv6 range (the bridge gets an address from it too)
-    esp: bool = False  # with `encrypt`: VXLAN in IPsec ESP to peers that can too (overlay/esp), the sleeve otherwise
-    esp_rekey: float = 3600.0
-    esp_note: str = ""  # with `encrypt` and no `esp`: why (for status)
 
 
 class OverlayService:
@@ -91,12 +72,12 @@ class OverlayService:
         self.mtu_choice = overlay_mtu.configured(config.mtu)
         self._local: list[str] = []  # our mesh connections' local addresses
         self._underlay_found: list[tuple[str, int]] = []  # the underlay devices (name, MTU) found at start
-        self.fastdp = config.fastdp and (not config.encrypt or config.esp)  # VXLAN encrypts only in ESP
-        self.esp = esp_runtime(config, self.fastdp, self.kernel, clock, self._dirty.set)
+        self.fastdp = config.fastdp and (not config.encrypt or config.esp or config.wireguard)  # (VXLAN, encrypted)
+        self.esp = encryption.runtime(me, config, self.fastdp, self.kernel, clock, self._dirty.set)  # ESP or WireGuard
         range6 = str(config.pod_range6) if config.pod_range6 else ""
         self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6,
-                                 esp=self.esp is not None)  # fmt: skip
-        self.no_esp = frozenset[int]()  # with ESP: the peers that get none (no VXLAN: the sealed sleeve)
+                                 esp=isinstance(self.esp, EspRuntime))  # fmt: skip
+        self.no_esp = frozenset[int]()  # with ESP or WireGuard: the peers that get none (no VXLAN: the sleeve)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
         self.sleeve = SleeveRunner(me, encrypt=config.encrypt, nicknames=lambda: self.nicknames)
@@ -153,7 +134,8 @@ class OverlayService:
         chosen = choose_underlay(self._local, current)
         if chosen:
             self.gossip.update_mine(underlay=chosen)
-            self.settings = replace(self.settings, vxlan_local=chosen if ":" in chosen else "")
+            local = self.esp.local if isinstance(self.esp, WgRuntime) else chosen if ":" in chosen else ""
+            self.settings = replace(self.settings, vxlan_local=local)  # (WireGuard: VXLAN between tunnel addresses)
             self._relearn_mtu(":" in chosen)
 
     def space_changed(self) -> None:  # IPAM's ring changed: a direct peer's routes follow its space
@@ -167,10 +149,7 @@ class OverlayService:
         observed = await loop.run_in_executor(self.executor, self.kernel.observe)
         if self.config.mtu is None:
             self.mtu_choice = await loop.run_in_executor(self.executor, self._underlay_mtu)
-        if self.esp is None:
-            await loop.run_in_executor(self.executor, remove_leftovers, self.kernel)
-        else:  # the SPIs in the kernel before any is drawn (SAs of before, adopted, and everyone else's)
-            await loop.run_in_executor(self.executor, self.esp.learn_spis)
+        await loop.run_in_executor(self.executor, encryption.prepare, self.esp, self.kernel)
         if self.config.sleeve:
             await loop.run_in_executor(self.executor, self.sleeve.start)
         self.health.sleeve_available = self.sleeve.running
@@ -181,9 +160,9 @@ class OverlayService:
         self.retention.adopted_fdb = observed.fdb
         self.retention.adopted_neigh = observed.neigh
         vxlan = observed.links.get(VXLAN)
-        if vxlan is not None and vxlan.kind == "vxlan" and ":" in vxlan.local:  # an IPv6 device from before:
-            self._learn_underlay(vxlan.local)  # its source stays ours while a connection (or none yet) is at it
-        self._relearn_mtu(bool(self.settings.vxlan_local))  # (connections may have come before this start)
+        if vxlan is not None and vxlan.kind == "vxlan" and ":" in vxlan.local and not self.tunnelled:
+            self._learn_underlay(vxlan.local)  # an IPv6 device from before: its source stays ours while a
+        self._relearn_mtu(self.underlay_ipv6)  # connection (or none yet) is at it; connections may have come
         bridge = observed.links.get(BRIDGE)
         if bridge is not None and bridge.kind == "bridge":
             self.bridge_cidr = wanted.adopted_bridge_cidr(bridge.addresses, self.config.pod_range)
@@ -233,21 +212,34 @@ class OverlayService:
         # when the host routes only IPv6 by default), corrected when the mesh connections say so (`_relearn_mtu`)
         ipv6 = any(":" in h for h in hosts) or (not hosts and self.kernel.default_ipv6_only())
         self._underlay_found = underlay_devices(self.kernel, hosts)
-        return overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=ipv6)
+        return self._mtu_for(ipv6)
+
+    def _mtu_for(self, ipv6: bool) -> overlay_mtu.Mtu:
+        return overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=ipv6,
+                                         wireguard=self.tunnelled)  # fmt: skip
+
+    @property
+    def tunnelled(self) -> bool:
+        """VXLAN runs inside WireGuard (between tunnel addresses, over IPv6)."""
+        return isinstance(self.esp, WgRuntime)
+
+    @property
+    def underlay_ipv6(self) -> bool:
+        return ":" in (self.gossip.mine.underlay or "") if self.tunnelled else bool(self.settings.vxlan_local)
 
     def _relearn_mtu(self, ipv6: bool) -> None:
         """Our underlay turned out IPv6's while the MTU was chosen for IPv4's (a first peer given by name, or
         none): 20 bytes less, for the devices and the pods attached from now on."""
         if self.config.mtu is not None or not ipv6 or self.mtu_choice.ipv6:
             return
-        self.mtu_choice = overlay_mtu.from_underlay(self._underlay_found, encrypt=self.config.encrypt, ipv6=True)
+        self.mtu_choice = self._mtu_for(True)
         self.settings = replace(self.settings, mtu=self.mtu)
         log.warning("datapath: the underlay is IPv6's: MTU %d (%s)", self.mtu, self.mtu_choice.source)
 
-    def _sync(self, desired: Desired, esp: SyncInput | None = None) -> tuple[Plan, int, list[str], Xfrm | None]:
+    def _sync(self, desired: Desired, esp: Any = None) -> tuple[Plan, int, list[str], Any]:
         """One reconcile: with ESP, its policies and new SAs first (a peer whose policies are not in place gets no
-        VXLAN entry), what goes of it last (overlay/esp/runtime.py)."""
-        last: list[XfrmOp] = []
+        VXLAN entry), what goes of it last (overlay/esp/runtime.py); WireGuard's peers likewise."""
+        last: list[Any] = []
         if self.esp is not None and esp is not None:
             last, blocked = self.esp.sync_first(esp, frozenset(e.dst for e in desired.fdb))
             if blocked:
@@ -258,10 +250,12 @@ class OverlayService:
     def desired(self) -> Desired:
         now = self.clock()
         kept = self.peers | self.retention.kept(now)
-        ipv6 = bool(self.settings.vxlan_local)
-        self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct, ipv6=ipv6)
-        if self.esp is not None:  # the peers that get no ESP get no VXLAN either
+        ipv6, under6 = bool(self.settings.vxlan_local), self.underlay_ipv6
+        self.vteps = wanted.vteps_in_use(self.vteps, self.peers, kept, self.table.infos, self.direct, ipv6=under6)
+        if self.esp is not None:  # the peers that get no ESP (or WireGuard) get no VXLAN either
             self.no_esp = frozenset(kept - self.esp.update(kept, self.vteps, self.neighbour))
+        if isinstance(self.esp, WgRuntime):  # VXLAN to their tunnel addresses, in a device that fits it
+            self.vteps, self.esp.mtu = self.esp.tunnel_vteps(self.vteps), self.settings.mtu + VXLAN6_OVERHEAD
         sleeve = self.sleeve_peers()  # `applied_sleeve` once applied; a change re-learns MACs (a flush)
         self.flush, self.planned_sleeve = self.flush + (sleeve != self.planned_sleeve), sleeve
         fdb, neigh, bridges = wanted.peer_entries(kept, self.table.infos, self.vteps, self.me, sleeve, ipv6=ipv6,
@@ -356,12 +350,15 @@ class OverlayService:
         to the sleeve, not vanish into a tunnel nobody ends)."""
         return frozenset(n for n in self.direct if (c := self.neighbour(n)) and c.peer_password and not c.encrypted)
 
+    def no_vxlan(self) -> frozenset[int]:
+        """The peers with no VXLAN between us: the sleeve is their only way."""
+        other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
+        return self.no_vxlan_there() | self.no_esp | other
+
     def sleeve_peers(self) -> frozenset[int]:
         """The peers whose pod traffic goes through the sleeve."""
         modes = {n: h.mode for n, h in self.health.peers.items()}
-        none = self.no_vxlan_there() | self.no_esp
-        other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
-        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none | other)
+        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, self.no_vxlan())
 
     def sleeve_config(self) -> SleeveConfig:
         """What the forwarder should do now."""
@@ -376,6 +373,7 @@ class OverlayService:
             peers=self.peers,
             encrypt=encrypt,
             modes={n: h.mode for n, h in self.health.peers.items()},
+            no_vxlan=self.no_vxlan(),
         )
 
     def snapshot(self) -> Snapshot:

@@ -29,13 +29,14 @@ class PeerHealthView:
 
 @dataclass(frozen=True)
 class EspView:
-    """With a password: whether VXLAN may be ESP's here, and per peer what the ESP core says (overlay/esp)."""
+    """With a password: whether VXLAN may be ESP's or WireGuard's here, and per peer what the core says
+    (overlay/esp, overlay/wireguard)."""
 
     on: bool
     note: str  # why not (on: "")
     summary: Mapping[str, Any] = field(default_factory=dict)
     peers: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
-    no_esp: frozenset[int] = frozenset()  # the peers without ESP: the sealed sleeve carries their pod traffic
+    no_esp: frozenset[int] = frozenset()  # the peers without either: the sealed sleeve carries their pod traffic
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def peer_mode(snap: Snapshot, name: int) -> tuple[Mode, str]:
             mode = Mode.DOWN
             reason = f"sleeve unavailable: {snap.sleeve_error}" if snap.sleeve_error else "fast datapath disabled"
     elif snap.esp is not None and name in snap.esp.no_esp and name in snap.sleeving:
-        why = (snap.esp.peers.get(name) or {}).get("why_not") or "no ESP with it"
+        why = (snap.esp.peers.get(name) or {}).get("why_not") or "no kernel encryption with it"
         mode, reason = Mode.SLEEVE, f"encrypted in the sleeve: {why}"
     elif health is None:
         mode = Mode.PENDING
@@ -152,8 +153,8 @@ def _encryption(snap: Snapshot, name: int, mode: Mode) -> dict[str, Any] | None:
     if not snap.encrypt:
         return None
     esp = snap.esp.peers.get(name) if snap.esp is not None else None
-    if mode in (Mode.FASTDP, Mode.PENDING) and esp and esp.get("spi_in") is not None:
-        return {"by": "esp", **{k: v for k, v in esp.items() if k != "why_not"}}
+    if mode in (Mode.FASTDP, Mode.PENDING) and esp and (esp.get("spi_in") is not None or esp.get("by") == "wireguard"):
+        return {"by": esp.get("by", "esp"), **{k: v for k, v in esp.items() if k not in ("why_not", "by")}}
     why = (esp or {}).get("why_not") or (snap.esp.note if snap.esp is not None else "")
     return {"by": "sleeve" if mode is Mode.SLEEVE else "none", "why": why or None}
 
@@ -188,7 +189,14 @@ def status(snap: Snapshot, now: float) -> dict[str, Any]:
             {"value": snap.bridge_netfilter[0], "reason": snap.bridge_netfilter[1]} if snap.bridge_netfilter else None
         ),
         "encryption": (
-            None if snap.esp is None else {"esp": snap.esp.on, "reason": snap.esp.note or None, **snap.esp.summary}
+            None
+            if snap.esp is None
+            else {
+                "esp": snap.esp.summary.get("kind") == "esp",
+                "kind": None,
+                "reason": snap.esp.note or None,
+                **snap.esp.summary,
+            }
         ),
         "problems": list(snap.problems),
         "last_sync": {k: (round(now - v, 1) if k == "at" else v) for k, v in snap.last_sync.items()},

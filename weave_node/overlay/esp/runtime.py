@@ -168,7 +168,7 @@ class EspRuntime:
 
     # ---- in the worker thread -----------------------------------------------------------------------------
 
-    def learn_spis(self) -> None:
+    def prepare(self) -> None:
         """At start, before the first SPI is drawn: every SPI already in the kernel."""
         try:
             kernel = self.observe()
@@ -241,6 +241,7 @@ class EspRuntime:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "kind": "esp",
             "peers": len(self.links),
             "established": sum(1 for n in self.links if self.core.established(n)),
             "rekeys": self.core.rekeys,

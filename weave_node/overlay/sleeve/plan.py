@@ -83,16 +83,19 @@ def sleeve_config(
     peers: Iterable[int],
     encrypt: bool = False,
     modes: Mapping[int, Mode] | None = None,
+    no_vxlan: frozenset[int] = frozenset(),
 ) -> Config:
     """`up`: the links whose probes are answered (the forwarder's report); routes use only those. `encrypt`: we
     have a password, so a clear link (a plaintext connection) is no one else's next hop. `modes`: each peer's,
-    for the peers confirmed in fastdp or direct (their late sleeve frames are dropped)."""
+    for the peers confirmed in fastdp or direct (their late sleeve frames are dropped). `no_vxlan`: the peers with
+    no VXLAN between us at all (see sleeve_peers): the sleeve is their bridge's only way, so its MAC is not
+    blocked (their host's own traffic, an ARP request for a pod it routes to say, must reach ours)."""
     usable = {n for n in up if n in links}
     plain = frozenset(n for n, spec in links.items() if spec.keys is None) if encrypt else frozenset()
     routes = sleeve_routes(records, me, usable, plain)
     blocked: frozenset[bytes] = frozenset()
     if fastdp:  # heartbeats prove the tunnel: bridge-to-bridge frames never take the sleeve
-        blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in {*peers, me})
+        blocked = frozenset(bytes.fromhex(bridge_mac(n).replace(":", "")) for n in {*peers, me} - no_vxlan)
     kernel = frozenset(n for n, m in (modes or {}).items() if m in (Mode.FASTDP, Mode.DIRECT) and n not in sleeve)
     return Config(links, routes, sleeve, blocked, kernel if fastdp else frozenset())
 
