@@ -19,7 +19,6 @@ from weave_node.api.reload import Apply, NeedsRestart
 from weave_node.api.server import ApiServer, full_status
 from weave_node.config import RouterConfig, live_settings, mesh_settings
 from weave_node.core.address import Range, ip_str
-from weave_node.datapath import wireguard_shell, xfrm_shell
 from weave_node.datapath.model import BRIDGE
 from weave_node.dns.node import Dns
 from weave_node.dns.service import CHANNEL as DNS_CHANNEL
@@ -35,6 +34,7 @@ from weave_node.mesh.hostid import load_or_create_host_id
 from weave_node.mesh.peer import format_name, name_from_host_id, new_uid, parse_name
 from weave_node.mesh.protocol import Identity, ProtocolConfig
 from weave_node.mesh.router import Router
+from weave_node.overlay import encryption
 from weave_node.overlay.config import OverlayConfig
 from weave_node.overlay.esp.runtime import CHANNEL as ESP_CHANNEL
 from weave_node.overlay.esp.runtime import FEATURE as FEATURE_ESP
@@ -227,33 +227,9 @@ def make_dns(config: RouterConfig, identity: Identity, router: Router, ipam: Ipa
 
 
 def kernel_encryption(config: RouterConfig) -> tuple[str, str | None]:
-    """("esp" | "wireguard" | "", None) when pod traffic between hosts may take that kernel encryption here
-    (WEAVE_ENCRYPTION, the datapath and the kernel allow it), else ("", why not); logged once. `auto` takes ESP
-    where the kernel has it, else WireGuard where it has that."""
-    if config.password is None:
-        return "", "no password"
-    kind, note = "", None
-    if config.encryption == "sleeve":
-        note = "WEAVE_ENCRYPTION=sleeve"
-    elif config.datapath != "kernel" or not config.fastdp:
-        note = "the fast datapath is off"
-    elif config.encryption in ("esp", "wireguard"):
-        kind = config.encryption  # (no probe: its failures show in the log and status)
-    else:
-        esp, wireguard = xfrm_shell.probe(), None
-        if esp is not None:
-            wireguard = wireguard_shell.probe()
-        kind = "esp" if esp is None else "wireguard" if wireguard is None else ""
-        note = (
-            f"this kernel can carry neither ESP as we use it ({esp}) nor WireGuard ({wireguard})" if not kind else None
-        )
-    if kind:
-        what = "IPsec ESP" if kind == "esp" else "WireGuard"
-        log.info("encryption: %s for the fast datapath to peers whose kernels can too, the sealed sleeve to the "
-                 "others (WEAVE_ENCRYPTION=%s)", what, config.encryption)  # fmt: skip
-    else:
-        log.info("encryption: all pod traffic between hosts sealed in the sleeve: %s", note)
-    return kind, note
+    """The kernel encryption VXLAN may take here, or why none (overlay/encryption.py's `choose`)."""
+    fastdp = config.datapath == "kernel" and config.fastdp
+    return encryption.choose(config.encryption, password=config.password is not None, fastdp=fastdp)
 
 
 def _sleeve_keys(router: Router, name: int) -> tuple[SessionKeys, int] | None:

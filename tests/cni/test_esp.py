@@ -43,17 +43,20 @@ def _xfrm(host: Any) -> str:
     return str(host.run("ip", "xfrm", "policy", "list").stdout + host.run("ip", "xfrm", "state", "list").stdout)
 
 
-def test_by_default_this_kernel_is_probed_and_everything_is_sealed_in_the_sleeve(tmp_path: Path) -> None:
+def test_this_kernel_is_probed_for_esp_and_wireguard_and_everything_is_sealed_in_the_sleeve(tmp_path: Path) -> None:
     with netns_hosts(2, tmp_path) as net:
-        routers = _start(net, _password(tmp_path), ["auto", "auto"])
-        for r in routers:
+        routers = _start(net, _password(tmp_path), ["auto", "wireguard"])  # (this kernel has no WireGuard either)
+        for r, why in zip(routers, ("can carry neither ESP as we use it", "has no WireGuard"), strict=True):
             poll(lambda r=r: _modes(r) == ["sleeve"], timeout=40, what=f"{r.host.netns}: sealed sleeve")
             doc = r.status()["datapath"]
-            assert doc["encryption"]["esp"] is False and "this kernel cannot carry ESP" in doc["encryption"]["reason"]
+            assert doc["encryption"]["esp"] is False and doc["encryption"]["kind"] is None
+            assert f"this kernel {why}" in doc["encryption"]["reason"], doc["encryption"]
             assert doc["fastdp"] is None  # no VXLAN device at all
             assert doc["peers"][0]["encryption"]["by"] == "sleeve", doc["peers"][0]
             assert "reqid" not in _xfrm(r.host)  # the probe's SA went, nothing else was made
-            assert "fastdp-esp" not in r.log_text()
+            links = r.host.run("ip", "-o", "link").stdout
+            assert "weave-wg" not in links, links  # nor the WireGuard probe's device (nor any)
+            assert "fastdp-esp" not in r.log_text() and "fastdp-wireguard" not in r.log_text()
 
 
 def test_without_sas_vxlan_is_blocked_never_clear_and_the_sleeve_carries_the_pods(tmp_path: Path) -> None:

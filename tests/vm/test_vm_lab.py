@@ -92,7 +92,7 @@ def test_with_a_password_vxlan_between_stock_kernels_is_esp_and_the_container_ge
         sas = lab.ssh(vm, "ip xfrm state list nokeys").stdout
         assert "proto esp" in sas and "reqid 22341 mode transport" in sas and "aead rfc4106(gcm(aes))" in sas, sas
     container = lab.status("node3")["datapath"]
-    assert container["encryption"]["esp"] is False and "cannot carry ESP" in container["encryption"]["reason"]
+    assert container["encryption"]["esp"] is False and "can carry neither ESP" in container["encryption"]["reason"]
     hosts = {name: lab.host(name) for name in NAMES}
     esp = _underlay_capture(lab, tmp_path / "esp.pcap", "esp")
     clear = _underlay_capture(lab, tmp_path / "clear.pcap", "udp port 6784")
@@ -130,3 +130,78 @@ def test_with_a_password_vxlan_between_stock_kernels_is_esp_and_the_container_ge
     finally:
         for host in hosts.values():
             verify.del_pod(host, "esp")
+
+
+def _wireguard_up(lab: Lab, name: str, other: str) -> bool:
+    peer = _peer(lab, name, other)
+    enc = peer.get("encryption") or {}
+    return peer.get("mode") == "fastdp" and enc.get("by") == "wireguard" and enc.get("handshake_age") is not None
+
+
+def test_with_wireguard_vxlan_between_the_vms_runs_in_it_and_a_wrong_password_carries_nothing(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The same lab switched to WEAVE_ENCRYPTION=wireguard (a re-run that restarts the routers): VXLAN between the
+    VMs runs inside WireGuard (UDP 6786 on the underlay, nothing else), ESP's SAs of before are gone, the container
+    (no WireGuard in this kernel) keeps the sealed sleeve, pods reach each other, multicast crosses, and a router
+    restart keeps pod traffic flowing (the device and its key stay). Then node2 is given a wrong password: once
+    node1 no longer retains it, nothing of node2's pods' traffic crosses the underlay at all."""
+    password = tmp_path / "password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    out = lab.deploy("--data", f"weave_password_file={password}", "--data", "weave_encryption=wireguard")
+    assert grand_total(out.stdout + out.stderr)[1] == 0, out.stdout
+    poll(lambda: _wireguard_up(lab, "node1", "node2") and _wireguard_up(lab, "node2", "node1"), timeout=90,
+         what="WireGuard between the VMs, both ways")  # fmt: skip
+    for vm in ("node1", "node2"):
+        to_container = _peer(lab, vm, "node3")
+        assert to_container["mode"] == "sleeve" and "does not offer WireGuard" in to_container["encryption"]["why"]
+        doc = lab.status(vm)["datapath"]["encryption"]
+        assert doc["kind"] == "wireguard" and doc["peers"] == 1 and doc["established"] == 1, doc
+        link = lab.ssh(vm, "ip -d link show weave-wg; ip xfrm state list nokeys | grep -c 'reqid 22341' || true").stdout
+        assert "wireguard" in link and link.split()[-1] == "0", link  # ESP's SAs of the run before: gone
+    container = lab.status("node3")["datapath"]["encryption"]
+    assert container["kind"] is None and "no WireGuard" in container["reason"], container
+    hosts = {name: lab.host(name) for name in NAMES}
+    tunnel = _underlay_capture(lab, tmp_path / "wg.pcap", "udp port 6786")
+    clear = _underlay_capture(lab, tmp_path / "clear.pcap", "udp port 6784 or esp")
+    try:
+        try:
+            ips = {name: verify.add_pod_ips(hosts[name], "wg", f"wg-{name}")[0] for name in NAMES}
+            verify.pods_reach_each_other(hosts, "wg", ips)
+            poll(lambda: verify._multicast(hosts["node2"], hosts["node1"], "wg"), timeout=90,
+                 what="a multicast datagram from VM to VM (flooded in WireGuard)")  # fmt: skip
+            with ThreadPoolExecutor(1) as pool:  # node2's pod to node1's, across node1's restart
+                train = pool.submit(lab.ssh, "node2", f"ip netns exec wg ping -c 200 -i 0.1 -W 2 -q {ips['node1']}",
+                                    False)  # fmt: skip
+                lab.ssh("node1", "systemctl restart weave-node")
+                summary = train.result(timeout=90).stdout
+        finally:
+            tunnel_packets, clear_packets = (
+                _packets(tunnel, tmp_path / "wg.pcap"),
+                _packets(clear, tmp_path / "clear.pcap"),
+            )
+        assert not clear_packets, clear_packets[:5]  # no VXLAN in the clear, no ESP
+        assert tunnel_packets and {p.split()[2].rsplit(".", 1)[0] for p in tunnel_packets} == {
+            "198.18.0.1", "198.18.0.2"}, tunnel_packets[:5]  # fmt: skip
+        received = int(summary.split(" packets transmitted, ")[1].split()[0])
+        assert 200 - received <= 5, summary
+        poll(lambda: _wireguard_up(lab, "node1", "node2"), timeout=90, what="node1 with node2 in WireGuard again")
+        # A wrong password on node2: no mesh connection, so no preshared key and no public key for it anywhere;
+        # node1 drops its peer once node2 is no longer retained (WEAVE_PEER_RETAIN, 60 s)
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not the password\n")
+        wrong.chmod(0o600)
+        lab.deploy("--limit", "node2", "--data", f"weave_password_file={wrong}", "--data",
+                   "weave_encryption=wireguard", check=False)  # fmt: skip
+        poll(lambda: lab.status("node1")["datapath"]["encryption"]["peers"] == 0, timeout=150,
+             what="node1 without a WireGuard peer for node2")  # fmt: skip
+        quiet = _underlay_capture(lab, tmp_path / "quiet.pcap", "host 198.18.0.1 and host 198.18.0.2 and udp")
+        try:
+            lost = hosts["node1"].run(f"ip netns exec wg ping -c 20 -i 0.2 -W 1 -q {ips['node2']}")
+        finally:
+            carried = _packets(quiet, tmp_path / "quiet.pcap")
+        assert "100% packet loss" in lost.stdout and not carried, (lost.stdout, carried[:5])
+    finally:
+        for host in hosts.values():
+            verify.del_pod(host, "wg")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEVICE = "weave-wg"
-PORT = 6785  # UDP: the underlay's WireGuard traffic (VXLAN's 6784 runs inside the tunnels)
+PORT = 6786  # UDP: the underlay's WireGuard traffic (VXLAN's 6784 runs inside the tunnels; 6785 is the heartbeats')
 OVERHEAD = 20 + 8 + 32  # an IPv4 underlay's header, UDP, WireGuard's header (16) and tag (16)
 KEEPALIVE = 25  # seconds: keeps a peer's NAT and conntrack state, and its handshake fresh
 

@@ -76,7 +76,8 @@ class OverlayService:
         self.esp = encryption.runtime(me, config, self.fastdp, self.kernel, clock, self._dirty.set)  # ESP or WireGuard
         range6 = str(config.pod_range6) if config.pod_range6 else ""
         self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6,
-                                 esp=isinstance(self.esp, EspRuntime))  # fmt: skip
+                                 esp=isinstance(self.esp, EspRuntime),  # (WireGuard: VXLAN between tunnel addresses)
+                                 vxlan_local=self.esp.local if isinstance(self.esp, WgRuntime) else "")  # fmt: skip
         self.no_esp = frozenset[int]()  # with ESP or WireGuard: the peers that get none (no VXLAN: the sleeve)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
