@@ -10,7 +10,10 @@ throughput, can only be shown on the lab's emulated VMs, which say nothing about
 - kernel: in a network namespace of our own, the policies for `--peers` peers (two each) put in place with one
   `ip -batch` (datapath/xfrm_shell.py) and taken out again; against the baseline of the same peers' FDB entries
   (two each) through netlink (datapath/netlink.py), on a VXLAN device in the same namespace.
-- probe: the kernel probe at router start (an SA added and removed; here it fails: no ESP).
+- wireguard: WireGuard's pairs (overlay/wireguard/pairs.py) with `--peers` peers: the KEY exchange and the
+  device plan (datapath/wireguard.py) of all of them, against the same VXLAN-entries baseline.
+- probe: the kernel probes at router start (an SA added and removed; a WireGuard device made and removed; here
+  both fail: no ESP, no WireGuard).
 Medians of `--runs`; the namespace is deleted at the end, also on failure.
 """
 
@@ -24,16 +27,23 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from weave_node.datapath import netlink, xfrm, xfrm_shell
+from weave_node.datapath import netlink, wireguard_shell, xfrm, xfrm_shell
 from weave_node.datapath.model import FLOOD_MAC, Fdb, bridge_mac
 from weave_node.datapath.netns import made_in
 from weave_node.datapath.ops import AddFdb, CreateBridge, CreateVxlan, DelFdb
+from weave_node.datapath.wireguard import WgDevice, WgObserved
+from weave_node.datapath.wireguard import plan as wg_plan
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.overlay.desired import peer_entries
 from weave_node.overlay.esp import wire
 from weave_node.overlay.esp.keys import esp_keys
 from weave_node.overlay.esp.sas import EspSas, Link
 from weave_node.overlay.peers import PeerInfo
+from weave_node.overlay.wireguard import keys as wg_key
+from weave_node.overlay.wireguard import wire as wg_wire
+from weave_node.overlay.wireguard.keys import wg_keys
+from weave_node.overlay.wireguard.pairs import Link as WgLink
+from weave_node.overlay.wireguard.pairs import WgPairs
 
 PORT = 6784
 ME = "198.18.0.1"
@@ -75,6 +85,25 @@ def core_round(peers: int) -> float:
     return elapsed
 
 
+def wireguard_round(peers: int) -> float:
+    """WireGuard's pairs with `peers` peers: the KEY exchange (ours out, theirs in, answered) and the device plan of
+    all of them against an empty device, in seconds."""
+    rng = random.Random(2)
+    links = {n: WgLink(remote(n), wg_keys(SessionKeys(rng.randbytes(32), rng.randbytes(32)))) for n in range(peers)}
+    ours = wg_key.public_key(wg_key.new_private_key())
+    theirs = wg_key.public_key(wg_key.new_private_key())
+    start = time.perf_counter()
+    core = WgPairs(ours)
+    core.set_links(0.0, links)
+    for name, link in links.items():
+        core.on_message(0.0, name, wg_wire.encode(wg_wire.Key(link.session, theirs, reply=True)))
+    device = WgDevice(bytes(32), "fd57:6561:7665::1/64", 1440, peers=core.peers())
+    first, _ = wg_plan(device, WgObserved())
+    elapsed = time.perf_counter() - start
+    assert len(first) == peers + 3 and all(core.keyed(n) for n in links)
+    return elapsed
+
+
 def baseline_round(peers: int) -> float:
     infos = {n: PeerInfo(n, 1, f"10.40.{n // 250}.{n % 250 + 1}", 12, bridge_mac(n), remote(n)) for n in range(peers)}
     direct = {n: remote(n) for n in range(peers)}
@@ -113,12 +142,17 @@ def main() -> None:
     base = statistics.median(baseline_round(n) for _ in range(args.runs))
     print(f"core: agreement + one rekey, {n} peers: {core * 1e3:.2f} ms ({core / n * 1e6:.0f} us a peer); "
           f"VXLAN entries of {n} peers: {base * 1e3:.2f} ms; ratio {core / base:.1f}x")  # fmt: skip
+    wireguard = statistics.median(wireguard_round(n) for _ in range(args.runs))
+    print(f"wireguard: key exchange + device plan, {n} peers: {wireguard * 1e3:.2f} ms "
+          f"({wireguard / n * 1e6:.0f} us a peer); ratio {wireguard / base:.1f}x the VXLAN entries")  # fmt: skip
     esp, fdb = kernel_rounds(n, args.runs)
     k_esp, k_fdb = statistics.median(esp), statistics.median(fdb)
     print(f"kernel: {2 * n} policies in one ip -batch: {k_esp * 1e3:.1f} ms ({k_esp / n * 1e3:.2f} ms a peer); "
           f"{2 * n} FDB entries through netlink: {k_fdb * 1e3:.1f} ms; ratio {k_esp / k_fdb:.2f}x")  # fmt: skip
     probe = statistics.median(timed(xfrm_shell.probe) for _ in range(args.runs))
     print(f"probe at start: {probe * 1e3:.1f} ms (here: {xfrm_shell.probe()})")
+    wg_probe = statistics.median(timed(wireguard_shell.probe) for _ in range(args.runs))
+    print(f"WireGuard probe at start: {wg_probe * 1e3:.1f} ms (here: {wireguard_shell.probe()})")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def _datapath_summary(dp: dict[str, Any]) -> str:
     if enc is not None:
         keyed = f", {enc.get('established', 0)}/{enc.get('peers', 0)} keyed"
         kind = {"esp": "ESP", "wireguard": "WireGuard"}.get(enc.get("kind") or ("esp" if enc["esp"] else ""))
-        fast += f", {kind}{keyed}" if kind else f", no ESP ({enc['reason']})"
+        fast += f", {kind}{keyed}" if kind else f", no kernel encryption ({enc['reason']})"
     address = " ".join(a for a in (dp["bridge_address"], dp.get("bridge_address6")) if a) or "(no address yet)"
     text = f"{fast}, bridge {dp['bridge']} {address}, MTU {dp['mtu']}; {peers}"
     return text + (f"; {len(dp['problems'])} problem(s): see `status datapath`" if dp["problems"] else "")

@@ -448,4 +448,4 @@ def test_status_shows_each_peers_encryption() -> None:
     console.print(table)
     assert "ESP keyed, gen 3, out 0x57000001" in out.getvalue()
     off = {**dp, "encryption": {"esp": False, "reason": "WEAVE_ENCRYPTION=sleeve"}}
-    assert "no ESP (WEAVE_ENCRYPTION=sleeve)" in status_view._datapath_summary(off)
+    assert "no kernel encryption (WEAVE_ENCRYPTION=sleeve)" in status_view._datapath_summary(off)

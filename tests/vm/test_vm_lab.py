@@ -132,6 +132,12 @@ def test_with_a_password_vxlan_between_stock_kernels_is_esp_and_the_container_ge
             verify.del_pod(host, "esp")
 
 
+def _kernel_wireguard_peers(lab: Lab, name: str) -> int:
+    """The peers on the host's weave-wg, as its kernel has them (through the router's own netlink shell)."""
+    code = "from weave_node.datapath import wireguard_shell as w; print(len(w.observe().peers))"
+    return int(lab.ssh(name, f"/opt/weave-node/venv/bin/python -c '{code}'").stdout)
+
+
 def _wireguard_up(lab: Lab, name: str, other: str) -> bool:
     peer = _peer(lab, name, other)
     enc = peer.get("encryption") or {}
@@ -158,6 +164,7 @@ def test_with_wireguard_vxlan_between_the_vms_runs_in_it_and_a_wrong_password_ca
         assert to_container["mode"] == "sleeve" and "does not offer WireGuard" in to_container["encryption"]["why"]
         doc = lab.status(vm)["datapath"]["encryption"]
         assert doc["kind"] == "wireguard" and doc["peers"] == 1 and doc["established"] == 1, doc
+        assert _kernel_wireguard_peers(lab, vm) == 1  # the other VM's, and none for the container
         link = lab.ssh(vm, "ip -d link show weave-wg; ip xfrm state list nokeys | grep -c 'reqid 22341' || true").stdout
         assert "wireguard" in link and link.split()[-1] == "0", link  # ESP's SAs of the run before: gone
     container = lab.status("node3")["datapath"]["encryption"]
@@ -196,6 +203,8 @@ def test_with_wireguard_vxlan_between_the_vms_runs_in_it_and_a_wrong_password_ca
                    "weave_encryption=wireguard", check=False)  # fmt: skip
         poll(lambda: lab.status("node1")["datapath"]["encryption"]["peers"] == 0, timeout=150,
              what="node1 without a WireGuard peer for node2")  # fmt: skip
+        for vm in ("node1", "node2"):  # (node2 kept node1's peer while its own entries of before were adopted)
+            poll(lambda vm=vm: _kernel_wireguard_peers(lab, vm) == 0, timeout=90, what=f"{vm}: no WireGuard peer")  # type: ignore[misc]
         quiet = _underlay_capture(lab, tmp_path / "quiet.pcap", "host 198.18.0.1 and host 198.18.0.2 and udp")
         try:
             lost = hosts["node1"].run(f"ip netns exec wg ping -c 20 -i 0.2 -W 1 -q {ips['node2']}")

@@ -125,7 +125,7 @@ class OverlayService:
         self.direct = dict(direct)
         self.table.forget(set(nicknames) | self.retention.kept(self.clock()) | {self.me})
         self._local = list(local)
-        self._learn_underlay(self.gossip.mine.underlay or self.settings.vxlan_local)
+        self._learn_underlay(self.gossip.mine.underlay or ("" if self.tunnelled else self.settings.vxlan_local))
         self._dirty.set()
 
     def _learn_underlay(self, current: str) -> None:
