@@ -92,7 +92,8 @@ def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         choices=("auto", "esp", "wireguard", "sleeve"),
         help="with a password: auto (default) = IPsec ESP for the fast datapath where both kernels can (else "
         "WireGuard where this kernel has it), the sealed sleeve otherwise; esp = ESP without probing the kernel "
-        "first; wireguard = WireGuard likewise; sleeve = the sleeve for all pod traffic (also WEAVE_ENCRYPTION)",
+        "first; wireguard = WireGuard where this kernel has it (never ESP); sleeve = the sleeve for all pod "
+        "traffic (also WEAVE_ENCRYPTION)",
     )
     r.add_argument("--esp-rekey", type=float, help="seconds between ESP rekeys (default 3600; also WEAVE_ESP_REKEY)")
     r.add_argument(

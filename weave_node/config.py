@@ -212,9 +212,9 @@ ENCRYPTION_MODES = ("auto", "esp", "wireguard", "sleeve")
 
 def _encryption(pick: Callable[[str, str], object]) -> tuple[str, float]:
     """WEAVE_ENCRYPTION (with a password): auto = ESP for fastdp where both kernels can (WireGuard where this one has
-    no ESP but WireGuard), the sealed sleeve otherwise; esp or wireguard = that one without asking the kernel first
-    (its failures show in the log and status); sleeve = the sealed sleeve for all pod traffic. WEAVE_ESP_REKEY:
-    seconds between ESP rekeys."""
+    no ESP but WireGuard), the sealed sleeve otherwise; esp = ESP without asking the kernel first (its failures show
+    in the log and status); wireguard = WireGuard where this kernel has it, never ESP; sleeve = the sealed sleeve
+    for all pod traffic. WEAVE_ESP_REKEY: seconds between ESP rekeys."""
     mode = str(pick("encryption", "WEAVE_ENCRYPTION") or "auto").lower()
     if mode not in ENCRYPTION_MODES:
         raise ConfigError(f"WEAVE_ENCRYPTION must be one of {', '.join(ENCRYPTION_MODES)}, not {mode!r}")

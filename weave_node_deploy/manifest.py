@@ -53,6 +53,7 @@ def from_settings(data: Mapping[str, Any]) -> str:
         metrics_addr=data["weave_metrics_addr"],
         mtu=data["weave_mtu"],
         direct=data["weave_direct"] and data["weave_daemonset_direct"],
+        encryption=data.get("weave_encryption") or "auto",
         conflist=conflist(data),
     )
 
@@ -61,6 +62,7 @@ def render(**values: Any) -> str:
     values.setdefault("mtu", None)
     values.setdefault("direct", False)  # weave_daemonset_direct: opt-in under the DaemonSet for now
     values.setdefault("password_secret", "")
+    values.setdefault("encryption", "auto")
     values.setdefault("image_pull_policy", pull_policy(values["image"], None))
     values.setdefault("ipalloc_init", f"consensus={len(values['peers'])}")
     values.setdefault("reclaim_after", 600)

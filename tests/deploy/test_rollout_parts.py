@@ -288,6 +288,11 @@ def test_the_daemonset_carries_the_same_conflist_as_the_systemd_path_and_every_n
     other = yaml.safe_load_all(manifest.from_settings(_settings(weave_image="registry.example/weave-node:1")))
     ds = next(d for d in other if d and d["kind"] == "DaemonSet")
     assert ds["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert "WEAVE_ENCRYPTION" not in env  # auto: the router's default
+    wg = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings(weave_encryption="wireguard"))) if d and
+              d["kind"] == "DaemonSet")  # fmt: skip
+    wg_env = {e["name"]: e.get("value") for e in wg["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert wg_env["WEAVE_ENCRYPTION"] == "wireguard"
 
 
 def test_the_config_hash_follows_the_settings_and_nothing_else() -> None:

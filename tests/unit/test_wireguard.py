@@ -4,6 +4,7 @@ VXLAN in WireGuard per peer. The kernel side runs on the lab's VMs (tests/vm).""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 from dataclasses import replace
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_overlay_service import ME, PODS, B, FakeForwarder, FakeKernel
 from weave_node.datapath import wireguard as wg
-from weave_node.datapath.model import bridge_mac
+from weave_node.datapath.model import ALIAS, Fdb, bridge_mac
 from weave_node.mesh.crypto import SessionKeys
 from weave_node.mesh.errors import ProtocolError
 from weave_node.mesh.neighbours import Neighbour
@@ -109,6 +110,8 @@ def test_a_key_for_another_connection_is_ignored_and_a_new_connection_forgets_th
     stale = wire.encode(wire.Key(b"x" * 8, b.public_key, reply=False))
     assert a.on_message(0.0, 2, stale) == [] and a.ignored == 1 and not a.keyed(2)
     assert a.on_message(0.0, 3, stale) == [] and a.ignored == 2  # no link with that peer at all
+    mine = wire.encode(wire.Key(keys.session_id(keys.wg_keys(MIRROR)), a.public_key, reply=False))
+    assert a.on_message(0.0, 2, mine) == [] and a.ignored == 3 and not a.keyed(2)  # our own key: never a peer's
     (_, hello), *_ = b.set_links(0.0, {1: Link("198.19.0.1", keys.wg_keys(MIRROR))})
     assert a.on_message(0.0, 2, hello) and a.keyed(2)  # answered: it asked for ours
     other = SessionKeys(send=bytes(32), receive=bytes(range(32)))
@@ -125,18 +128,28 @@ DEVICE = wg.WgDevice(b"k" * 32, f"{keys.address(1)}/64", 1440, peers=frozenset({
 def test_the_plan_builds_a_device_once_and_changes_only_what_differs() -> None:
     first, last = wg.plan(DEVICE, wg.WgObserved())
     assert [type(op) for op in first] == [wg.CreateDevice, wg.SetDevice, wg.SetLink, wg.SetPeer] and last == []
-    same = wg.WgObserved("wireguard", b"k" * 32, wg.PORT, 1440, True, (DEVICE.address,), (wg.PeerState(PEER),))
+    same = wg.WgObserved(kind="wireguard", alias=ALIAS, private_key=b"k" * 32, port=wg.PORT, mtu=1440, up=True,
+                         addresses=(DEVICE.address,), peers=(wg.PeerState(PEER),))  # fmt: skip
     assert wg.plan(DEVICE, same) == ([], [])
     rekeyed = replace(DEVICE, peers=frozenset({replace(PEER, preshared_key=b"t" * 32)}))
     assert wg.plan(rekeyed, same)[0] == [wg.SetPeer(next(iter(rekeyed.peers)))]
     gone = replace(DEVICE, peers=frozenset())
     assert wg.plan(gone, same) == ([], [wg.RemovePeer(PEER.public_key)])
     assert wg.plan(gone, same, keep={keys.address(2)}) == ([], [])  # an FDB entry still sends to it
-    foreign = wg.WgObserved(kind="dummy")
-    assert wg.plan(DEVICE, foreign)[0][0] == wg.CreateDevice(replace=True)
+    for foreign in (wg.WgObserved(kind="dummy"), wg.WgObserved(kind="wireguard", alias="someone else's")):
+        assert wg.plan(DEVICE, foreign) == ([], [])  # never touched (the runtime says so)
+    # WireGuard moves an endpoint after authenticated packets (NAT, another source address): kept while current
+    roamed = replace(same, peers=(wg.PeerState(replace(PEER, endpoint="203.0.113.9", port=40000), handshake=1000.0),))
+    assert wg.plan(DEVICE, roamed, now=1100.0) == ([], [])
+    assert wg.plan(DEVICE, roamed, now=1000.0 + wg.FRESH + 1) == ([wg.SetPeer(PEER)], [])
     moved = replace(same, mtu=1500, addresses=(DEVICE.address, "fd00::1/64"))
     assert wg.plan(DEVICE, moved)[0] == [wg.SetLink(1440, DEVICE.address, ("fd00::1/64",))]
-    assert "k" * 8 not in repr(DEVICE) and "s" * 8 not in wg.describe(wg.SetPeer(PEER))  # no key in a log line
+    secrets = [b"k" * 32, b"s" * 32]  # no key in a log line or a repr, raw or in base64
+    shown = [repr(DEVICE), repr(PEER), repr(wg.SetPeer(PEER)), repr(wg.SetDevice(b"k" * 32, 1)),
+             wg.describe(wg.SetPeer(PEER)), repr(same), repr(WgInput(DEVICE, frozenset()))]  # fmt: skip
+    for text in shown:
+        for secret in secrets:
+            assert str(secret)[2:10] not in text and base64.b64encode(secret).decode()[:8] not in text, text
 
 
 def _runtime(observed: list[wg.WgObserved], fail: str = "") -> tuple[WgRuntime, list[list[wg.WgOp]]]:
@@ -153,9 +166,13 @@ def _runtime(observed: list[wg.WgObserved], fail: str = "") -> tuple[WgRuntime, 
 
 
 def test_the_runtime_keeps_its_device_key_across_a_restart_and_blocks_what_failed() -> None:
-    before = wg.WgObserved("wireguard", b"k" * 32, wg.PORT, 1440, True)
+    before = wg.WgObserved(kind="wireguard", alias=ALIAS, private_key=b"k" * 32, port=wg.PORT, mtu=1440, up=True)
     rt, applied = _runtime([before])
     assert rt.private_key == b"k" * 32 and rt.core.public_key == keys.public_key(b"k" * 32)
+    other, _ = _runtime([replace(before, alias="")])  # another's device: its key is never taken
+    assert other.private_key != b"k" * 32
+    given = WgInput(replace(DEVICE, private_key=other.private_key), frozenset({keys.address(2)}))
+    assert other.sync_first(given, frozenset()) == ([], given.tunnel) and "did not create" in other.errors[0]
     fresh, _ = _runtime([wg.WgObserved()])
     assert len(fresh.private_key) == 32 and fresh.private_key != b"k" * 32
     given = WgInput(replace(DEVICE, private_key=b"k" * 32), frozenset({keys.address(2)}))
@@ -165,6 +182,12 @@ def test_the_runtime_keeps_its_device_key_across_a_restart_and_blocks_what_faile
     assert rt.sync_first(given, frozenset())[1] == {keys.address(2)}
     rt, applied = _runtime([before], fail="SetLink")
     assert rt.sync_first(given, frozenset())[1] == given.tunnel  # the device itself failed: every peer waits
+
+    def broken(_ops: list[wg.WgOp]) -> tuple[int, list[str]]:
+        raise OSError("netlink went away")
+
+    rt.apply = broken
+    assert rt.sync_first(given, frozenset()) == ([], given.tunnel) and "netlink went away" in rt.errors[0]
 
 
 def test_with_wireguard_vxlan_runs_between_tunnel_addresses_to_peers_that_offer_it_only() -> None:
@@ -216,6 +239,12 @@ def test_with_wireguard_vxlan_runs_between_tunnel_addresses_to_peers_that_offer_
         assert desired.vxlan is not None and desired.vxlan.local == keys.address(ME)
         assert svc.no_esp == {c} and svc.sleeve_peers() == {c}
         assert not any(ch.name.startswith("WEAVE-NODE-ESP") for ch in desired.chains)
+        guard = {
+            ch.name: ch for ch in desired.chains if ch.name.startswith("WEAVE-NODE-WG")
+        }  # VXLAN only in the tunnel
+        assert guard["WEAVE-NODE-WG-OUT"].rules == ("! -o weave-wg -p udp -m udp --dport 6784 -j DROP",)
+        assert guard["WEAVE-NODE-WG-IN"].rules == ("! -i weave-wg -p udp -m udp --dport 6784 -j DROP",)
+        assert {ch.family for ch in guard.values()} == {"ip6"}
         assert [dst for dst, _ in sent] == [B] and wire.decode(sent[0][1]).reply  # our key, asking for theirs
         theirs = keys.public_key(keys.new_private_key())
         rt.on_unicast(B, wire.encode(wire.Key(keys.session_id(keys.wg_keys(MIRROR)), theirs, reply=True)))
@@ -242,3 +271,13 @@ def test_the_mtu_with_wireguard_fits_vxlan_over_ipv6_inside_it() -> None:
     assert overlay_mtu.from_underlay([("eth0", 1500)], encrypt=True, ipv6=True, wireguard=True).mtu == 1350
     sleeve = overlay_mtu.from_underlay([("eth0", 1500)], encrypt=True)
     assert m.mtu < sleeve.mtu  # (the sleeve's frames, for the other peers, fit too)
+
+
+def test_fdb_entries_of_another_kind_of_run_are_not_adopted() -> None:
+    """At a start with WireGuard, entries to underlay addresses (a run without it) would send outside the tunnel
+    (or fail on the IPv6 VXLAN device); at a start without it, entries to tunnel addresses would lead nowhere."""
+    from weave_node.overlay.desired import adoptable
+
+    tunnel, underlay = Fdb("aa:bb:cc:00:00:01", keys.address(2)), Fdb("aa:bb:cc:00:00:02", "198.19.0.2")
+    assert adoptable(frozenset({tunnel, underlay}), keys.in_tunnel, tunnelled=True) == {tunnel}
+    assert adoptable(frozenset({tunnel, underlay}), keys.in_tunnel, tunnelled=False) == {underlay}

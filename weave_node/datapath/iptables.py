@@ -50,6 +50,8 @@ def weave_chains(
 
 ESP_OUT_CHAIN = CHAIN_PREFIX + "ESP-OUT"
 ESP_IN_CHAIN = CHAIN_PREFIX + "ESP-IN"
+TUNNEL_OUT_CHAIN = CHAIN_PREFIX + "WG-OUT"  # with WireGuard: VXLAN leaves only through the tunnel
+TUNNEL_IN_CHAIN = CHAIN_PREFIX + "WG-IN"  # and arrives only through it
 
 
 def esp_guard(port: int, family: str = "ip") -> tuple[Chain, ...]:
@@ -60,6 +62,18 @@ def esp_guard(port: int, family: str = "ip") -> tuple[Chain, ...]:
     return (
         Chain("filter", ESP_OUT_CHAIN, (f"{match} out --pol none -j DROP",), "OUTPUT", family),
         Chain("filter", ESP_IN_CHAIN, (f"{match} in --pol none -j DROP",), "INPUT", family),
+    )
+
+
+def tunnel_guard(port: int, device: str) -> tuple[Chain, ...]:
+    """With VXLAN inside WireGuard (an IPv6 VXLAN device between tunnel addresses): VXLAN (UDP to `port`) that
+    does not leave or arrive through `device` is dropped, so nothing carries pod traffic between hosts in the clear
+    (a stale FDB entry, a missing tunnel route) and nobody injects frames into the bridge from outside the tunnels
+    (the VXLAN device's socket listens on every IPv6 address)."""
+    match = f"-p udp -m udp --dport {port} -j DROP"
+    return (
+        Chain("filter", TUNNEL_OUT_CHAIN, (f"! -o {device} {match}",), "OUTPUT", "ip6"),
+        Chain("filter", TUNNEL_IN_CHAIN, (f"! -i {device} {match}",), "INPUT", "ip6"),
     )
 
 

@@ -14,10 +14,13 @@ import base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from weave_node.datapath.model import ALIAS
+
 DEVICE = "weave-wg"
 PORT = 6786  # UDP: the underlay's WireGuard traffic (VXLAN's 6784 runs inside the tunnels; 6785 is the heartbeats')
 OVERHEAD = 20 + 8 + 32  # an IPv4 underlay's header, UDP, WireGuard's header (16) and tag (16)
 KEEPALIVE = 25  # seconds: keeps a peer's NAT and conntrack state, and its handshake fresh
+FRESH = 180.0  # seconds: a handshake younger than this is current (WireGuard's REJECT_AFTER_TIME)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class PeerState:
 
 @dataclass(frozen=True)
 class WgObserved:
-    kind: str = ""  # of the link named DEVICE ("": none; "wireguard": ours to use)
+    kind: str = ""  # of the link named DEVICE ("": none)
+    alias: str = ""  # its alias: ALIAS on ours
     private_key: bytes = field(default=b"", repr=False)
     port: int = 0
     mtu: int = 0
@@ -58,15 +62,17 @@ class WgObserved:
     addresses: tuple[str, ...] = ()  # global IPv6 ones, "<ip>/<prefix>"
     peers: tuple[PeerState, ...] = ()
 
+    @property
+    def ours(self) -> bool:
+        return self.kind == "wireguard" and self.alias == ALIAS
+
     def peer(self, public_key: bytes) -> PeerState | None:
         return next((p for p in self.peers if p.peer.public_key == public_key), None)
 
 
 @dataclass(frozen=True)
 class CreateDevice:
-    """(Deletes a link of another kind with our name first.)"""
-
-    replace: bool = False
+    pass
 
 
 @dataclass(frozen=True)
@@ -100,31 +106,39 @@ class DeleteDevice:
 WgOp = CreateDevice | SetDevice | SetLink | SetPeer | RemovePeer | DeleteDevice
 
 
-def plan(desired: WgDevice, observed: WgObserved, keep: Iterable[str] = ()) -> tuple[list[WgOp], list[WgOp]]:
+def plan(
+    desired: WgDevice, observed: WgObserved, keep: Iterable[str] = (), now: float = 0.0
+) -> tuple[list[WgOp], list[WgOp]]:
     """(what goes first: the device and the wanted peers; what goes last: peers neither wanted nor kept).
     `keep`: allowed addresses whose peers stay though not wanted (an FDB entry still sends to them: a departed
-    peer's, retained, or one adopted at a restart)."""
+    peer's, retained, or one adopted at a restart). A link named DEVICE that is not ours is never touched (the
+    caller reports it). `now` (Unix time): a peer whose endpoint WireGuard moved (it follows authenticated packets:
+    NAT, another source address) keeps it while its handshake is fresh."""
+    if observed.kind and not observed.ours:
+        return [], []
     first: list[WgOp] = []
-    fresh = observed.kind != "wireguard"
+    fresh = not observed.kind
     if fresh:
-        first.append(CreateDevice(replace=bool(observed.kind)))
+        first.append(CreateDevice())
     if fresh or observed.private_key != desired.private_key or observed.port != desired.port:
         first.append(SetDevice(desired.private_key, desired.port))
     stale = tuple(a for a in observed.addresses if a != desired.address) if not fresh else ()
     if fresh or observed.mtu != desired.mtu or not observed.up or desired.address not in observed.addresses or stale:
         first.append(SetLink(desired.mtu, desired.address, stale))
-    current = {} if fresh else {p.peer.public_key: p.peer for p in observed.peers}
+    current = {} if fresh else {p.peer.public_key: p for p in observed.peers}
     for peer in sorted(desired.peers, key=lambda p: p.allowed):
-        have = current.get(peer.public_key)
-        if have is None or (have.endpoint, have.port, have.allowed, have.preshared_key) != (
-            peer.endpoint, peer.port, peer.allowed, peer.preshared_key):  # fmt: skip
+        state = current.get(peer.public_key)
+        have = state.peer if state is not None else None
+        roamed = state is not None and 0 < now - state.handshake < FRESH
+        if have is None or (have.allowed, have.preshared_key) != (peer.allowed, peer.preshared_key) or (
+            (have.endpoint, have.port) != (peer.endpoint, peer.port) and not roamed):  # fmt: skip
             first.append(SetPeer(peer))
     wanted = {p.public_key for p in desired.peers}
     kept = set(keep)
     last: list[WgOp] = [
         RemovePeer(key)
-        for key, have in sorted(current.items(), key=lambda kv: kv[1].allowed)
-        if key not in wanted and have.allowed.split("/")[0] not in kept
+        for key, have in sorted(current.items(), key=lambda kv: kv[1].peer.allowed)
+        if key not in wanted and have.peer.allowed.split("/")[0] not in kept
     ]
     return first, last
 

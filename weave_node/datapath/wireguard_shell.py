@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pyroute2 import IPRoute, WireGuard
@@ -71,19 +72,27 @@ def observe() -> WgObserved:
                 if a["scope"] == 0
             )
             mtu, up = int(link.get("IFLA_MTU") or 0), bool(link["flags"] & 1)
-        if kind != "wireguard":
-            return WgObserved(kind=kind)
+            alias = str(link.get("IFLA_IFALIAS") or "")
+        if kind != "wireguard" or alias != ALIAS:
+            return WgObserved(kind=kind, alias=alias)  # (not ours: never read, never touched)
         with WireGuard() as wg:
             messages = list(wg.info(DEVICE))
     except NetlinkError as exc:
         raise WireGuardError(f"{DEVICE}: {os_error(exc)}") from exc
-    private, port, peers = b"", 0, []
-    for msg in messages:  # (a dump: many peers come in several messages)
-        private = _key(msg.get("WGDEVICE_A_PRIVATE_KEY")) or private
-        port = int(msg.get("WGDEVICE_A_LISTEN_PORT") or port)
+    private, port, peers = b"", 0, dict[bytes, PeerState]()
+    for msg in messages:  # (a dump: many peers come in several messages, and one may straddle two: the second
+        private = _key(msg.get("WGDEVICE_A_PRIVATE_KEY")) or private  # part has its key and the rest of its
+        port = int(msg.get("WGDEVICE_A_LISTEN_PORT") or port)  # allowed addresses only)
         for p in msg.get("WGDEVICE_A_PEERS") or ():
-            peers.append(_peer(p))
-    return WgObserved("wireguard", private, port, mtu, up, addresses, tuple(peers))
+            state = _peer(p)
+            before = peers.get(state.peer.public_key)
+            peers[state.peer.public_key] = state if before is None else _merged(before, state)
+    return WgObserved("wireguard", alias, private, port, mtu, up, addresses, tuple(peers.values()))
+
+
+def _merged(first: PeerState, more: PeerState) -> PeerState:
+    peer = first.peer if first.peer.allowed else replace(first.peer, allowed=more.peer.allowed)
+    return replace(first, peer=peer)
 
 
 def _peer(p: Any) -> PeerState:
@@ -117,7 +126,7 @@ def apply(ops: Sequence[WgOp]) -> tuple[int, list[str]]:
         for op in ops:
             try:
                 _apply_one(ipr, wg, op)
-            except (NetlinkError, OSError, ValueError) as exc:
+            except Exception as exc:  # (one op's failure must not stop the others, nor the datapath's sync)
                 why = os_error(exc) if isinstance(exc, NetlinkError) else str(exc)
                 errors.append(f"{describe(op)}: {why}")
             else:
@@ -132,11 +141,16 @@ def _apply_one(ipr: Any, wg: Any, op: WgOp) -> None:
             ipr.link("del", index=link["index"])
         if isinstance(op, CreateDevice):
             ipr.link("add", ifname=DEVICE, kind="wireguard")
-            ipr.link("set", index=ipr.link_lookup(ifname=DEVICE)[0], ifalias=ALIAS)
+            try:  # (labelled at once: an unlabelled one would be refused as another's from now on)
+                ipr.link("set", index=_index(ipr), ifalias=ALIAS)
+            except Exception:
+                ipr.link("del", index=_index(ipr))
+                raise
     elif isinstance(op, SetDevice):
         wg.set(DEVICE, private_key=_b64(op.private_key), listen_port=op.port)
     elif isinstance(op, SetLink):
-        idx = ipr.link_lookup(ifname=DEVICE)[0]
+        idx = _index(ipr)
+        _enable_ipv6()
         for stale in op.remove:
             iface = ipaddress.ip_interface(stale)
             ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -160,6 +174,21 @@ def _apply_one(ipr: Any, wg: Any, op: WgOp) -> None:
         })  # fmt: skip
     elif isinstance(op, RemovePeer):
         wg.set(DEVICE, peer={"public_key": _b64(op.public_key), "remove": True})
+
+
+def _index(ipr: Any) -> int:
+    found = ipr.link_lookup(ifname=DEVICE)
+    if not found:
+        raise WireGuardError(f"no {DEVICE}")
+    return int(found[0])
+
+
+def _enable_ipv6() -> None:
+    """IPv6 on the device, even where it is off by default (hardened hosts): its tunnel address is IPv6's."""
+    path = f"/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"
+    if os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("0")
 
 
 def probe() -> str | None:

@@ -9,11 +9,11 @@ kept for `retain` seconds while the mesh reconnects: a router restart (or a peer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from weave_node.core.address import Range
-from weave_node.datapath.iptables import esp_guard, weave_chains, weave_chains6
+from weave_node.datapath.iptables import esp_guard, tunnel_guard, weave_chains, weave_chains6
 from weave_node.datapath.model import FLOOD_MAC, VXLAN_PORT, Bridge, Desired, Fdb, Neigh, Port, Vxlan, bridge_mac
 from weave_node.overlay.direct import Entries
 from weave_node.overlay.peers import PeerInfo, in_range, underlay_of
@@ -37,6 +37,7 @@ class Settings:
     pod_range6: str = ""  # dual-stack: the IPv6 range (pods' IPv6 traffic crosses hosts on layer 2 only)
     vxlan_local: str = ""  # an IPv6 underlay: our address on it (the VXLAN device's family and source); "": IPv4
     esp: bool = False  # VXLAN is ESP's (overlay/esp): the guard chains drop any that is not
+    tunnel: str = ""  # VXLAN runs inside this WireGuard device (overlay/wireguard): guard chains drop any outside it
 
     @property
     def ipv6_only(self) -> bool:
@@ -187,7 +188,8 @@ def desired_state(
         )
         + (direct.chains if on and direct else ())
         + (weave_chains6(range6, masquerade=settings.masquerade) if v6 else ())
-        + (esp_guard(VXLAN_PORT, "ip6" if settings.vxlan_local else "ip") if settings.esp and settings.fastdp else ()),
+        + (esp_guard(VXLAN_PORT, "ip6" if settings.vxlan_local else "ip") if settings.esp and settings.fastdp else ())
+        + (tunnel_guard(VXLAN_PORT, settings.tunnel) if settings.tunnel and settings.fastdp else ()),
         ports=(Port(TAP, settings.mtu),) if settings.sleeve else (),
         flush=flush,
         routes=direct.routes if on and direct else frozenset(),
@@ -218,6 +220,13 @@ def _one_ip_one_mac(neigh: frozenset[Neigh]) -> frozenset[Neigh]:
     for e in sorted(neigh):
         chosen.setdefault(e.ip, e)
     return frozenset(chosen.values())
+
+
+def adoptable(fdb: frozenset[Fdb], in_tunnel: Callable[[str], bool], *, tunnelled: bool) -> frozenset[Fdb]:
+    """The FDB entries found at start that may stay while adopting: with VXLAN inside WireGuard only those to tunnel
+    addresses, without it none of those (the VXLAN device of the other kind is made anew: an entry of the other
+    kind would fail on it, or send to a peer's underlay address outside the tunnel)."""
+    return frozenset(e for e in fdb if in_tunnel(e.dst) == tunnelled)
 
 
 def merge_adopted(

@@ -43,7 +43,8 @@ from weave_node.overlay.sleeve.config import Config as SleeveConfig
 from weave_node.overlay.sleeve.runner import SleeveRunner
 from weave_node.overlay.snapshot import snapshot
 from weave_node.overlay.status import Snapshot, status
-from weave_node.overlay.wireguard.runtime import VXLAN6_OVERHEAD, WgRuntime
+from weave_node.overlay.wireguard.keys import in_tunnel
+from weave_node.overlay.wireguard.runtime import VXLAN6_OVERHEAD, WG_DEVICE, WgRuntime
 
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "overlay"
@@ -77,7 +78,8 @@ class OverlayService:
         range6 = str(config.pod_range6) if config.pod_range6 else ""
         self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6,
                                  esp=isinstance(self.esp, EspRuntime),  # (WireGuard: VXLAN between tunnel addresses)
-                                 vxlan_local=self.esp.local if isinstance(self.esp, WgRuntime) else "")  # fmt: skip
+                                 vxlan_local=self.esp.local if isinstance(self.esp, WgRuntime) else "",
+                                 tunnel=WG_DEVICE if isinstance(self.esp, WgRuntime) else "")  # fmt: skip
         self.no_esp = frozenset[int]()  # with ESP or WireGuard: the peers that get none (no VXLAN: the sleeve)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
@@ -158,7 +160,7 @@ class OverlayService:
                                 ipv6_only=self.config.pod_range.ipv6)  # fmt: skip
         self.direct_paths.adopt(observed, until=self.clock() + 2 * self.config.heartbeat_timeout)
         self.settings = replace(self.settings, mtu=self.mtu, sleeve=self.sleeve.running, direct=self.direct_paths.on)
-        self.retention.adopted_fdb = observed.fdb
+        self.retention.adopted_fdb = wanted.adoptable(observed.fdb, in_tunnel, tunnelled=self.tunnelled)
         self.retention.adopted_neigh = observed.neigh
         vxlan = observed.links.get(VXLAN)
         if vxlan is not None and vxlan.kind == "vxlan" and ":" in vxlan.local and not self.tunnelled:

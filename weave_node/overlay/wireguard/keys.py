@@ -39,6 +39,11 @@ def name_of(addr: str) -> int | None:
     return offset if 0 <= offset < 1 << 48 else None
 
 
+def in_tunnel(addr: str) -> bool:
+    """One of our tunnel addresses?"""
+    return name_of(addr) is not None
+
+
 def new_private_key() -> bytes:
     """A Curve25519 private key (the kernel clamps it, as X25519 does)."""
     return nacl.utils.random(KEY_BYTES)

@@ -61,8 +61,9 @@ class WgPairs:
         """Raises ProtocolError for garbage (the caller counts and drops it)."""
         message = wire.decode(data)
         link = self.links.get(src)
-        if link is None or message.session != link.session:
-            self.ignored += 1
+        taken = {key for name, (_, key) in self.theirs.items() if name != src} | {self.public_key}
+        if link is None or message.session != link.session or message.public_key in taken:
+            self.ignored += 1  # (a key that is ours or another peer's would merge two peers in the kernel)
             return []
         if self.theirs.get(src) != (message.session, message.public_key):
             self.theirs[src] = (message.session, message.public_key)

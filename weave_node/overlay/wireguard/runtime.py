@@ -22,6 +22,8 @@ from weave_node.overlay.peers import vtep_address
 from weave_node.overlay.wireguard import keys
 from weave_node.overlay.wireguard.pairs import Link, Send, WgPairs
 
+WG_DEVICE = wg.DEVICE
+
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "wireguard"
 FEATURE = "fastdp-wireguard"  # a mesh feature: VXLAN in WireGuard here (WEAVE_ENCRYPTION wireguard, or auto)
@@ -120,8 +122,9 @@ class WgRuntime:
             else:
                 why_not[name] = link
         self.why_not = why_not
-        if self.core.public_key:
-            self._send(self.core.set_links(self.clock(), links))
+        if not self.core.public_key:  # (before prepare(): nothing is ours to offer yet)
+            return frozenset()
+        self._send(self.core.set_links(self.clock(), links))
         return frozenset(links)
 
     def tunnel_vteps(self, vteps: Mapping[int, str]) -> dict[int, str]:
@@ -139,11 +142,11 @@ class WgRuntime:
 
     def synced(self, kernel: WgObserved) -> None:
         self.kernel = kernel
-        up = {n for n in self.links if (s := self._state(n)) is not None and s.handshake > 0}
+        up = {n for n in self.links if self._fresh(n)}
         for name in sorted(up - self.up):
             log.info("WireGuard with peer %s: handshake done", format_name(name))
         for name in sorted(self.up - up):
-            log.info("WireGuard with peer %s: no longer configured", format_name(name))
+            log.info("WireGuard with peer %s: no current handshake", format_name(name))
         self.up = up
 
     # ---- in the worker thread -----------------------------------------------------------------------------
@@ -156,7 +159,7 @@ class WgRuntime:
         except Exception as exc:
             log.debug("WireGuard: %s", exc)
             found = WgObserved()
-        if found.kind == "wireguard" and len(found.private_key) == keys.KEY_BYTES and any(found.private_key):
+        if found.ours and len(found.private_key) == keys.KEY_BYTES and any(found.private_key):
             self.private_key = found.private_key
         else:
             self.private_key = keys.new_private_key()
@@ -176,8 +179,16 @@ class WgRuntime:
         except Exception as exc:
             self.errors, self.seen = (f"WireGuard: {exc}",), None
             return [], given.tunnel
-        first, last = wg.plan(given.device, observed, keep=fdb_vteps)
-        _, errors = self.apply(first)
+        if observed.kind and not observed.ours:
+            self.errors, self.seen = (f"a {observed.kind} link named {wg.DEVICE} exists that weave-node did not "
+                                      "create; it stays, and WireGuard is off until it is removed",), None  # fmt: skip
+            return [], given.tunnel
+        first, last = wg.plan(given.device, observed, keep=fdb_vteps, now=self.wall())
+        try:
+            _, errors = self.apply(first)
+        except Exception as exc:  # (the datapath's sync goes on: these peers wait)
+            self.errors, self.seen = (f"WireGuard: {exc}",), None
+            return [], given.tunnel
         self.errors = tuple(errors)
         self.seen = observed if not first and not last else None
         device_failed = any(not e.startswith(("SetPeer", "RemovePeer")) for e in errors)
@@ -191,16 +202,21 @@ class WgRuntime:
     def sync_last(self, last: list[WgOp]) -> WgObserved | None:
         if self.seen is not None and not last:
             return self.seen
-        if last:
-            _, errors = self.apply(last)
-            self.errors += tuple(errors)
         try:
+            if last:
+                _, errors = self.apply(last)
+                self.errors += tuple(errors)
             return self.observe()
         except Exception as exc:
             self.errors += (f"WireGuard: {exc}",)
             return None
 
     # ---- status -------------------------------------------------------------------------------------------
+
+    def _fresh(self, name: int) -> bool:
+        """A handshake with the peer within WireGuard's session lifetime."""
+        state = self._state(name)
+        return state is not None and 0 < self.wall() - state.handshake < wg.FRESH
 
     def _state(self, name: int) -> wg.PeerState | None:
         theirs = self.core.theirs.get(name)
@@ -215,7 +231,7 @@ class WgRuntime:
         handshake = state.handshake if state is not None else 0.0
         return {
             "by": "wireguard",
-            "keyed": self.core.keyed(name) and state is not None,
+            "keyed": self.core.keyed(name) and self._fresh(name),
             "endpoint": f"{link.endpoint}:{self.core.port}",
             "public_key": base64.b64encode(theirs[1]).decode() if theirs else None,
             "handshake_age": round(self.wall() - handshake, 1) if handshake else None,
