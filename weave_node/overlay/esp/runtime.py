@@ -17,8 +17,9 @@ from weave_node.mesh.gossip import GossipChannel
 from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.overlay.esp.keys import esp_keys
-from weave_node.overlay.esp.sas import EspSas, Link, Send
+from weave_node.overlay.esp.sas import EspSas, Link
 from weave_node.overlay.peers import vtep_address
+from weave_node.overlay.unicast import UnicastOnly
 
 log = logging.getLogger("weave_node.overlay")
 CHANNEL = "esp"
@@ -76,7 +77,7 @@ class SyncInput:
 
 
 @dataclass
-class EspRuntime:
+class EspRuntime(UnicastOnly):
     port: int
     observe: Callable[[], Xfrm]
     apply: Callable[[list[XfrmOp]], tuple[int, list[str]]]
@@ -93,9 +94,6 @@ class EspRuntime:
 
     # ---- the "esp" channel (gossip.Gossiper) --------------------------------------------------------------
 
-    def on_gossip(self, src: int, data: bytes) -> bytes | None:
-        return None
-
     def on_unicast(self, src: int, data: bytes) -> None:
         try:
             sends = self.core.on_message(self.clock(), src, data)
@@ -104,18 +102,6 @@ class EspRuntime:
             raise
         self._send(sends)
         self.wake()  # an OFFER gives us an outbound SA to install
-
-    def on_broadcast(self, src: int, data: bytes) -> None:
-        return None
-
-    def gossip_state(self) -> bytes | None:
-        return None
-
-    def _send(self, sends: Iterable[Send]) -> None:
-        if self.channel is None:
-            return
-        for dst, data in sends:
-            self.channel.unicast(dst, data)
 
     # ---- on the event loop --------------------------------------------------------------------------------
 

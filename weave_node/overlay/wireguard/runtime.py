@@ -19,8 +19,9 @@ from weave_node.mesh.gossip import GossipChannel
 from weave_node.mesh.neighbours import Neighbour
 from weave_node.mesh.peer import format_name
 from weave_node.overlay.peers import vtep_address
+from weave_node.overlay.unicast import UnicastOnly
 from weave_node.overlay.wireguard import keys
-from weave_node.overlay.wireguard.pairs import Link, Send, WgPairs
+from weave_node.overlay.wireguard.pairs import Link, WgPairs
 
 WG_DEVICE = wg.DEVICE
 
@@ -50,7 +51,7 @@ class WgInput:
 
 
 @dataclass
-class WgRuntime:
+class WgRuntime(UnicastOnly):
     me: int
     observe: Callable[[], WgObserved]
     apply: Callable[[list[WgOp]], tuple[int, list[str]]]
@@ -79,9 +80,6 @@ class WgRuntime:
 
     # ---- the "wireguard" channel --------------------------------------------------------------------------
 
-    def on_gossip(self, src: int, data: bytes) -> bytes | None:
-        return None
-
     def on_unicast(self, src: int, data: bytes) -> None:
         if not self.core.public_key:
             return  # (before prepare(): the peer asks again)
@@ -92,18 +90,6 @@ class WgRuntime:
             raise
         self._send(sends)
         self.wake()
-
-    def on_broadcast(self, src: int, data: bytes) -> None:
-        return None
-
-    def gossip_state(self) -> bytes | None:
-        return None
-
-    def _send(self, sends: Iterable[Send]) -> None:
-        if self.channel is None:
-            return
-        for dst, data in sends:
-            self.channel.unicast(dst, data)
 
     # ---- on the event loop --------------------------------------------------------------------------------
 
