@@ -218,6 +218,11 @@ def test_with_wireguard_vxlan_between_the_vms_runs_in_it_and_a_wrong_password_ca
         finally:
             carried = _packets(quiet, tmp_path / "quiet.pcap")
         assert "100% packet loss" in lost.stdout and not carried, (lost.stdout, carried[:5])
+        # `weave-node reset` (router stopped) takes the device away with the rest, and the guard chains
+        out = lab.ssh("node1", "systemctl stop weave-node; /opt/weave-node/venv/bin/weave-node reset; "
+                      "ip link show weave-wg 2>&1; ip6tables-save | grep -c WEAVE-NODE-WG || true")  # fmt: skip
+        assert "removed link weave-wg" in out.stdout and "does not exist" in out.stdout, out.stdout
+        assert out.stdout.split()[-1] == "0", out.stdout
     finally:
         for host in hosts.values():
             verify.del_pod(host, "wg")
