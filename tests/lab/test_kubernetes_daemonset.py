@@ -162,7 +162,7 @@ def cluster_kubectl_argv(cluster: Cluster, *args: str) -> list[str]:
 
 def test_an_image_missing_from_the_nodes_fails_the_gate_clearly_and_only_one_node_waits(cluster: Cluster) -> None:
     bad = cluster.deploy(*DAEMONSET, "--data", "weave_image=localhost/weave-node:0.0.0-missing",
-                         "--data", "weave_health_timeout=20", check=False)  # fmt: skip
+                         "--data", "weave_health_timeout=30", check=False)  # fmt: skip
     text = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "weave-node pods not Ready" in text and "ErrImageNeverPull" in text, text
     # The rolling update stops at the first node: the others keep their Ready router on the good image.
