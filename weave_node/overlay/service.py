@@ -79,7 +79,7 @@ class OverlayService:
         self.settings = Settings(me, str(config.pod_range), self.mtu, self.fastdp, pod_range6=range6,
                                  esp=isinstance(self.esp, EspRuntime),  # (WireGuard: VXLAN between tunnel addresses)
                                  vxlan_local=self.esp.local if isinstance(self.esp, WgRuntime) else "",
-                                 tunnel=WG_DEVICE if isinstance(self.esp, WgRuntime) else "")  # fmt: skip
+                                 tunnel=WG_DEVICE if self.tunnelled else "")  # fmt: skip
         self.no_esp = frozenset[int]()  # with ESP or WireGuard: the peers that get none (no VXLAN: the sleeve)
         self.link_keys, self.neighbour = link_keys, neighbour  # our connection to a peer, as values
         self.records = records
@@ -358,25 +358,30 @@ class OverlayService:
         other = wanted.other_family(self.peers, self.vteps, bool(self.settings.vxlan_local))
         return self.no_vxlan_there() | self.no_esp | other
 
-    def sleeve_peers(self) -> frozenset[int]:
-        """The peers whose pod traffic goes through the sleeve."""
-        modes = {n: h.mode for n, h in self.health.peers.items()}
-        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, self.no_vxlan())
+    def sleeve_peers(
+        self, modes: Mapping[int, Mode] | None = None, none: frozenset[int] | None = None
+    ) -> frozenset[int]:
+        """The peers whose pod traffic goes through the sleeve (`modes`, `none`: the peers' modes and no_vxlan(),
+        when the caller has them already)."""
+        modes = {n: h.mode for n, h in self.health.peers.items()} if modes is None else modes
+        none = self.no_vxlan() if none is None else none
+        return sleeve_plan.sleeve_peers(self.sleeve.running, self.fastdp, self.peers, modes, none)
 
     def sleeve_config(self) -> SleeveConfig:
         """What the forwarder should do now."""
         mtu, encrypt = self.mtu_choice.underlay, self.config.encrypt
+        modes, none = {n: h.mode for n, h in self.health.peers.items()}, self.no_vxlan()
         return sleeve_plan.sleeve_config(
             me=self.me,
             links=sleeve_plan.direct_links(self.direct, mtu, encrypt, self.link_keys, self.neighbour),
             up=self.sleeve.up_links(),
             records=self.records(),
-            sleeve=self.sleeve_peers(),
+            sleeve=self.sleeve_peers(modes, none),
             fastdp=self.fastdp,
             peers=self.peers,
             encrypt=encrypt,
-            modes={n: h.mode for n, h in self.health.peers.items()},
-            no_vxlan=self.no_vxlan(),
+            modes=modes,
+            no_vxlan=none,
         )
 
     def snapshot(self) -> Snapshot:
