@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import copy
 import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weave_node.core.address import PeerAddress
 from weave_node.mesh.connector import Connector
@@ -73,7 +77,7 @@ def test_an_address_that_leads_back_to_us_is_never_dialled_again() -> None:
     assert c.ourself(A) is True and c.ourself(A) is False  # logged once
     c.failed(B, 0.0, "refused")
     assert c.due(1000.0, set(), 0) == [B]
-    assert c.targets[A].state == "ourself" and c.next_deadline() is None
+    assert c.targets[A].state == "ourself" and c.next_deadline(set(), 0) is None
 
 
 def test_an_explicit_connect_gives_an_ourself_address_one_more_try() -> None:
@@ -107,3 +111,61 @@ def test_a_dropped_peer_that_is_connected_stays_until_it_is_not() -> None:
     assert c.forget_learned_except(set()) is True and B in c.targets  # connected: kept, asked again later
     c.disconnected(B, 1.0, "gone")
     assert c.forget_learned_except(set()) is False and B not in c.targets
+
+
+def test_a_target_whose_peer_is_connected_the_other_way_is_no_deadline() -> None:
+    """Regression: a duplicate connection dropped left its target idle with a past `next_try`; counted as a
+    deadline, it made the maintenance loop wake every 10 ms for as long as the other connection lived."""
+    c = make(peers=(A, B))
+    assert set(c.due(0.0, set(), 0)) == {A, B}
+    c.superseded(A, 1)  # the peer's own connection to us won
+    c.succeeded(B, 2)
+    assert c.due(5.0, {1, 2}, 2) == [] and c.next_deadline({1, 2}, 2) is None
+    assert c.next_deadline({2}, 1) == 0.0  # the other connection ended: A is due again at once
+    assert c.due(5.0, {2}, 1) == [A]
+
+
+def test_at_the_connection_limit_nothing_is_a_deadline() -> None:
+    c = make(limit=1, peers=(A, B))
+    assert c.due(0.0, set(), 0) == [A]
+    assert c.next_deadline(set(), 0) is None  # (A in flight fills the limit; its outcome wakes the router)
+    c.failed(A, 0.0, "refused")
+    assert c.next_deadline(set(), 0) == 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("dfsxc"), st.integers(0, 2), st.floats(0, 5)), max_size=30),
+       st.integers(1, 3))  # fmt: skip
+def test_the_deadline_is_exactly_when_something_is_due(ops: list[tuple[str, int, float]], limit: int) -> None:
+    """Whatever happened, `next_deadline` is never in the past while nothing is due (no busy loop) and never
+    later than the first moment something is (no dial overslept)."""
+    peers = (A, B, C)
+    c = make(limit=limit, peers=peers)
+    connected: dict[PeerAddress, int] = {}
+    now = 0.0
+    for op, i, dt in ops:
+        now += dt
+        addr = peers[i]
+        if op == "d":
+            c.due(now, set(connected.values()), len(connected))
+        elif op == "f" and c.targets[addr].state == "connecting":
+            c.failed(addr, now, "refused")
+        elif op == "s" and c.targets[addr].state == "connecting":
+            c.succeeded(addr, i + 1)
+            connected[addr] = i + 1
+        elif op == "x" and addr in connected:
+            del connected[addr]
+            c.disconnected(addr, now, "closed")
+        elif op == "c" and c.targets[addr].state in ("idle", "retrying"):
+            c.superseded(addr, i + 1)  # the peer's connection is the one kept
+            connected[addr] = i + 1
+        peers_up, est = set(connected.values()), len(connected)
+        deadline = c.next_deadline(peers_up, est)
+        probe = copy.deepcopy(c)
+        if deadline is None:
+            assert probe.due(now + 1000.0, peers_up, est) == []
+        else:
+            at = max(now, deadline)
+            assert copy.deepcopy(c).due(at, peers_up, est) != []
+            if deadline > now:
+                assert probe.due(now, peers_up, est) == []

@@ -9,6 +9,7 @@ clash on our UDP port).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 BRIDGE = "weave"
@@ -37,6 +38,7 @@ def overlay_mtu(underlay_mtu: int, *, ipv6_underlay: bool = False) -> int:
     return mtu
 
 
+@functools.lru_cache(maxsize=4096)  # (asked for every peer on every heartbeat step)
 def bridge_mac(peer_name: int) -> str:
     """A stable MAC for the bridge, derived from the peer name: locally administered, unicast."""
     value = (peer_name & 0xFFFFFFFFFFFF) | (0x02 << 40)

@@ -344,10 +344,25 @@ def _route_get(dst: str, netns: str | None) -> tuple[str, int, str] | None:
     return None
 
 
-def route_via(dst: str, netns: str | None = None) -> tuple[str, str] | None:
-    """(device, gateway) of the kernel's route to `dst` (gateway "" when `dst` is on-link), or None."""
-    found = _route_get(dst, netns)
-    return (found[0], found[2]) if found else None
+def routes_via(dsts: Iterable[str], netns: str | None = None) -> dict[str, tuple[str, str] | None]:
+    """(device, gateway) of the kernel's route to each of `dsts` (gateway "" when on-link), or None: one socket,
+    and each device's name asked for once (direct mode asks for every peer's on every sync)."""
+    out: dict[str, tuple[str, str] | None] = {}
+    names: dict[int, str] = {}
+    with ipr_in(netns) as ipr:
+        for dst in dsts:
+            out[dst] = None
+            try:
+                routes = ipr.route("get", dst=dst)
+            except NetlinkError:
+                continue
+            oif = next((r.get("RTA_OIF") for r in routes if r.get("RTA_OIF")), None)
+            if oif:
+                if oif not in names:
+                    names[oif] = ipr.get_links(oif)[0].get("IFLA_IFNAME")
+                gateway = next((r.get("RTA_GATEWAY") for r in routes if r.get("RTA_OIF") == oif), None)
+                out[dst] = (names[oif], gateway or "")
+    return out
 
 
 def route_mtu(dst: str, netns: str | None = None) -> tuple[str, int] | None:

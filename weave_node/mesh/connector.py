@@ -144,6 +144,17 @@ class Connector:
         t.attempts = 0
         return self.failed(address, now, reason)
 
-    def next_deadline(self) -> float | None:
-        times = [t.next_try for t in self.targets.values() if t.state in ("idle", "retrying")]
+    def next_deadline(self, connected_peers: set[int], established: int) -> float | None:
+        """When `due` can next return something: None while nothing can be dialled (a connection that ends or a
+        target that is added wakes the router up anyway). A target skipped because its peer is connected by the
+        other side's connection, or because the limit is reached, is not a deadline: counted as one, it made the
+        router's maintenance loop spin at its 10 ms floor whenever a duplicate connection had been dropped."""
+        in_flight = sum(1 for t in self.targets.values() if t.state == "connecting")
+        if self.conn_limit - established - in_flight <= 0:
+            return None
+        times = [
+            t.next_try
+            for t in self.targets.values()
+            if t.state in ("idle", "retrying") and (t.peer is None or t.peer not in connected_peers)
+        ]
         return min(times) if times else None

@@ -298,7 +298,7 @@ class Node(Generic[K]):
         return out
 
     def next_deadline(self) -> float:
-        due = self.connector.next_deadline()
+        due = self.connector.next_deadline(set(self.links), len(self.links))
         return self.next_gossip if due is None else min(due, self.next_gossip)
 
     # ---- routing (for the channels' unicasts and broadcasts) ---------------------------------------------------

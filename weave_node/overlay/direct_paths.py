@@ -64,7 +64,7 @@ class DirectPaths:
         """Ask the kernel how it reaches each VTEP (datapath thread); True when that changed."""
         if not self.on:
             return False
-        found = {vtep: self.kernel.route_via(vtep) for vtep in sorted(set(vteps))}
+        found = self.kernel.routes_via(sorted(set(vteps)))
         strict = {dev for dev, _ in filter(None, found.values()) if self.kernel.rp_filter(dev) == 1}
         for dev in sorted(strict - self.strict):
             log.warning(

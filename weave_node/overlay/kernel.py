@@ -35,7 +35,8 @@ class Kernel:
     detach_pod: Callable[[Pod], bool]
     pod_state: Callable[[Pod], dict[str, Any]]
     kubelet: Callable[[], bool] = lambda: False  # is this host a Kubernetes node (overlay.netfilter)?
-    route_via: Callable[[str], tuple[str, str] | None] = lambda _host: None  # (device, gateway) to an address
+    routes_via: Callable[[list[str]], dict[str, tuple[str, str] | None]] = dict.fromkeys
+    # ^ (device, gateway) to each address
     ebtables: Callable[[], bool] = lambda: False  # can direct mode keep ARP answers apart?
     rp_filter: Callable[[str], int] = lambda _dev: 0  # a device's effective reverse-path filter (max of it and all)
     default_ipv6_only: Callable[[], bool] = lambda: False  # a default route of IPv6 and none of IPv4?
@@ -64,7 +65,7 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
         detach_pod=pod_links.detach_pod,
         pod_state=pod_links.pod_state,
         kubelet=lambda: os.path.isdir(KUBELET_DIR),
-        route_via=netlink.route_via,
+        routes_via=netlink.routes_via,
         ebtables=kernel_routes.ebtables_available,
         rp_filter=_rp_filter,
         default_ipv6_only=netlink.default_ipv6_only,

@@ -11,9 +11,10 @@ hands it over with `configure`; this thread does the I/O:
 - peers -> TAP: recvmsg with UDP GRO (one syscall for many datagrams), open (authenticate, replay window) in
   place, reassemble, one write per frame. A segment for another peer is relayed to the next hop of the mesh's
   unicast route (re-sealed with that link's key, TTL one less).
-- Probes on every link each `probe_interval`: PROBE datagrams of several sizes with DF set, answered by
-  PROBE_ACK; the largest size acked recently is the link's segment size ("effective MTU verified"), and a link
-  with no ack for `link_timeout` is down (the overlay then routes around it).
+- Probes on every link each `probe_interval`: PROBE datagrams with DF set, answered by PROBE_ACK; the largest
+  size acked recently is the link's segment size ("effective MTU verified"), and a link with no ack for
+  `link_timeout` is down (the overlay then routes around it). Every size until one is verified, then that one
+  alone, with the larger ones now and then (probing.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from weave_node.overlay.sleeve.codec import (
     packed_size,
 )
 from weave_node.overlay.sleeve.config import PORT, Config, LinkSpec, LinkStatus
+from weave_node.overlay.sleeve.probing import sizes_to_probe
 from weave_node.overlay.sleeve.reassembly import Reassembler
 
 log = logging.getLogger("weave_node.sleeve")
@@ -167,6 +169,7 @@ class Forwarder:
         self._tap_buf = bytearray(VNET_HDR_SIZE + 65536 + 64)
         self._send_buf = bytearray(packed_size(len(self._tap_buf), 548))
         self._next_probe = 0.0
+        self._ticks = 0  # probe ticks so far (the larger sizes are probed every GROW_EVERY of them)
         self._run: tuple[bytes, int, int, int, list[bytes | memoryview]] | None = None
         self._run_at_tick: object = None
         self._retired: Counter[str] = Counter()  # drops of links that were replaced
@@ -660,8 +663,10 @@ class Forwarder:
     # probes
 
     def _probe(self, now: float) -> None:
+        self._ticks += 1
+        stale = 2 * self.probe_interval  # two probes of the verified size unanswered: all sizes again
         for link in self.links.values():
-            for size in link.sizes:
+            for size in sizes_to_probe(link.sizes, link.verified, link.acked, now, self._ticks, stale=stale):
                 room = size - overhead(link.sealer.key is not None)
                 sealer = link.next_sealer or link.sealer  # (taking over: probes prove the new keys)
                 try:
