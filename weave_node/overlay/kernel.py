@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weave_node.datapath import kernel_routes, netlink, wireguard_shell, xfrm_shell
+from weave_node.datapath import kernel_routes, netlink, underlay, wireguard_shell, xfrm_shell
 from weave_node.datapath import pods as pod_links
 from weave_node.datapath.model import BRIDGE, Bridge, Observed, Pod
 from weave_node.datapath.ops import Op
@@ -59,16 +59,16 @@ def netlink_kernel(*, ipv6: bool = False) -> Kernel:
     return Kernel(
         observe=lambda: netlink.observe(sysctls=sysctls, ip6tables=True),
         apply=netlink.apply_all,
-        route_mtu=netlink.route_mtu,
-        default_route_mtu=netlink.default_route_mtu,
+        route_mtu=underlay.route_mtu,
+        default_route_mtu=underlay.default_route_mtu,
         attach_pod=pod_links.attach_pod,
         detach_pod=pod_links.detach_pod,
         pod_state=pod_links.pod_state,
         kubelet=lambda: os.path.isdir(KUBELET_DIR),
-        routes_via=netlink.routes_via,
+        routes_via=underlay.routes_via,
         ebtables=kernel_routes.ebtables_available,
         rp_filter=_rp_filter,
-        default_ipv6_only=netlink.default_ipv6_only,
+        default_ipv6_only=underlay.default_ipv6_only,
         xfrm_observe=xfrm_shell.observe,
         xfrm_apply=xfrm_shell.apply,
         wg_observe=wireguard_shell.observe,
