@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="the window measured")
     args = parser.parse_args()
     results = {n: one(n, args.seconds) for n in sorted(args.hosts)}
-    base = results[min(results)][0]
+    base = results[min(results)][0] or float("nan")  # (a router measured at 0: no ratio)
     print(f"\nidle routers, {args.seconds:.0f} s window; baseline: a router of the {min(results)}-host lab, this run")
     print(f"{'hosts':>5} {'peers':>5} {'CPU % a router':>15} {'x baseline':>10} {'machine busy, cores':>20}")
     for n, (pct, cores) in results.items():

@@ -125,6 +125,18 @@ def test_a_target_whose_peer_is_connected_the_other_way_is_no_deadline() -> None
     assert c.due(5.0, {2}, 1) == [A]
 
 
+def test_a_waiting_target_taught_for_another_peer_wakes_the_router() -> None:
+    """A target skipped because its peer is connected the other way is due again when a record says another peer
+    is behind that address now: `add` says so, and the router wakes up for it (it no longer spins to find it)."""
+    c = make(peers=(A,))
+    c.due(0.0, set(), 0)
+    c.superseded(A, 1)
+    assert c.next_deadline({1}, 1) is None
+    assert c.add(A, "learned", peer=1) is False  # the same peer: nothing new
+    assert c.add(A, "learned", peer=2) is True
+    assert c.next_deadline({1}, 1) == 0.0 and c.due(1.0, {1}, 1) == [A]
+
+
 def test_at_the_connection_limit_nothing_is_a_deadline() -> None:
     c = make(limit=1, peers=(A, B))
     assert c.due(0.0, set(), 0) == [A]

@@ -43,17 +43,20 @@ class Connector:
             self.add(addr, "flag")
 
     def add(self, address: PeerAddress, origin: str, peer: int | None = None) -> bool:
+        """True when there is something new to dial: a new target, or one whose peer changed while it waits (it was
+        skipped while its old peer was connected; the router wakes up for it)."""
         target = self.targets.get(address)
         if target is None:
             self.targets[address] = Target(address=address, origin=origin, peer=peer)
             return True
+        moved = peer is not None and peer != target.peer and target.state in ("idle", "retrying")
         if peer is not None:
             target.peer = peer
         if origin == "flag":
             target.origin = "flag"
             if target.state == "ourself":  # asked for again (`weave-node connect`): one more try
                 target.state, target.next_try = "idle", 0.0
-        return False
+        return moved
 
     def forget(self, address: PeerAddress) -> bool:
         return self.targets.pop(address, None) is not None

@@ -664,7 +664,9 @@ class Forwarder:
 
     def _probe(self, now: float) -> None:
         self._ticks += 1
-        stale = 2 * self.probe_interval  # two probes of the verified size unanswered: all sizes again
+        # The verified size unanswered for 1.5 intervals (a probe lost, or the path's MTU fell): all sizes again,
+        # so a smaller size is acked well within link_timeout and the link never looks down for an MTU drop.
+        stale = 1.5 * self.probe_interval
         for link in self.links.values():
             for size in sizes_to_probe(link.sizes, link.verified, link.acked, now, self._ticks, stale=stale):
                 room = size - overhead(link.sealer.key is not None)
