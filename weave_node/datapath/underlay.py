@@ -5,25 +5,34 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weave_node.datapath.netns import ipr_in
 
 
+def _route(ipr: Any, dst: str) -> tuple[int, str] | None:
+    """(output interface, gateway or "") of the kernel's route to `dst`, or None if there is none."""
+    try:
+        routes = ipr.route("get", dst=dst)
+    except NetlinkError:
+        return None
+    for route in routes:
+        oif = route.get("RTA_OIF")
+        if oif:
+            return oif, route.get("RTA_GATEWAY") or ""
+    return None
+
+
 def _route_get(dst: str, netns: str | None) -> tuple[str, int, str] | None:
     """(device, its MTU, gateway or "") of the kernel's route to `dst`, or None if there is none."""
     with ipr_in(netns) as ipr:
-        try:
-            routes = ipr.route("get", dst=dst)
-        except NetlinkError:
+        found = _route(ipr, dst)
+        if found is None:
             return None
-        for route in routes:
-            oif = route.get("RTA_OIF")
-            if oif:
-                link = ipr.get_links(oif)[0]
-                return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU")), route.get("RTA_GATEWAY") or ""
-    return None
+        link = ipr.get_links(found[0])[0]
+        return link.get("IFLA_IFNAME"), int(link.get("IFLA_MTU")), found[1]
 
 
 def routes_via(dsts: Iterable[str], netns: str | None = None) -> dict[str, tuple[str, str] | None]:
@@ -33,17 +42,14 @@ def routes_via(dsts: Iterable[str], netns: str | None = None) -> dict[str, tuple
     names: dict[int, str] = {}
     with ipr_in(netns) as ipr:
         for dst in dsts:
-            out[dst] = None
-            try:
-                routes = ipr.route("get", dst=dst)
-            except NetlinkError:
+            found = _route(ipr, dst)
+            if found is None:
+                out[dst] = None
                 continue
-            oif = next((r.get("RTA_OIF") for r in routes if r.get("RTA_OIF")), None)
-            if oif:
-                if oif not in names:
-                    names[oif] = ipr.get_links(oif)[0].get("IFLA_IFNAME")
-                gateway = next((r.get("RTA_GATEWAY") for r in routes if r.get("RTA_OIF") == oif), None)
-                out[dst] = (names[oif], gateway or "")
+            oif, gateway = found
+            if oif not in names:
+                names[oif] = ipr.get_links(oif)[0].get("IFLA_IFNAME")
+            out[dst] = (names[oif], gateway)
     return out
 
 
