@@ -76,6 +76,9 @@ PROBE_SIZES = (8972, 8952, 1472, 1452, 1422, 1372, 1252, 1024, 548)
 _U32 = struct.Struct("!I")
 
 
+HANDOVER_GENERATIONS = 4  # earlier links (keys) a link still opens while it takes over (a bound: a flapping peer)
+
+
 def name_bytes(name: int) -> bytes:
     return name.to_bytes(6, "big")
 
@@ -97,10 +100,10 @@ class Link:
         self.verified: int | None = None
         self.last_ack: float | None = None
         # Make-before-break (a new mesh connection to the same peer, so new keys: a password rotation, a
-        # reconnect): the link it replaces stays `prev` until `prev_until`, and opens what the peer still seals
-        # with the old keys; we keep sealing with the old keys (`next_sealer` waits, probes excepted) until a
-        # datagram of the peer's opens with the new ones (it has them), so no side sends what the other cannot
-        # open yet.
+        # reconnect): the link it replaces stays `prev` (with the generations before it, take_over) until
+        # `prev_until`, and opens what the peer still seals with the old keys; we keep sealing with the old keys
+        # (`next_sealer` waits, probes excepted) until a datagram of the peer's opens with the new ones (it has
+        # them), so no side sends what the other cannot open yet.
         self.prev: Link | None = None
         self.prev_until = 0.0
         self.next_sealer: Sealer | None = None
@@ -109,9 +112,17 @@ class Link:
         return self.last_ack is not None and now - self.last_ack < timeout
 
     def take_over(self, old: Link, until: float) -> None:
-        """Replace `old` (same peer and address, both sealed) without a gap: its path state carries over."""
+        """Replace `old` (same peer and address, both sealed) without a gap: its path state carries over. The
+        generations before `old` that still hand over stay too (at most HANDOVER_GENERATIONS back): when two
+        connections raced (both routers dialled, the duplicate was dropped), one side may have had a link of the
+        dropped one's keys for a moment and the other never, and the peer still seals with the keys before it."""
         self.prev, self.prev_until = old, until
-        old.prev = None  # (one generation back at most)
+        back = old
+        for _ in range(HANDOVER_GENERATIONS - 1):
+            if back.prev is None:
+                break
+            back = back.prev
+        back.prev = None
         self.next_sealer, self.sealer = self.sealer, old.sealer
         self.acked, self.last_ack = dict(old.acked), old.last_ack
         self.verified, self.segment_size = old.verified, old.segment_size
@@ -285,10 +296,11 @@ class Forwarder:
         self._update_min_segment()
 
     def _retire(self, link: Link) -> None:
-        self._retired.update(link.opener.drops)
-        if link.prev is not None:
-            self._retired.update(link.prev.opener.drops)
-            link.prev = None
+        """`link` and the generations it still opened go: their drops are kept in the counts."""
+        back: Link | None = link
+        while back is not None:
+            self._retired.update(back.opener.drops)
+            back.prev, back = None, back.prev
 
     def _end_handovers(self, now: float) -> None:
         for link in self.links.values():
@@ -437,9 +449,14 @@ class Forwarder:
                 seg = link.opener.open_quietly(datagram)
                 link.promote()  # the peer seals with the new keys: it has them, and opens ours
             except SleeveDropped as exc:
-                try:
-                    seg = prev.opener.open_quietly(datagram)
-                except SleeveDropped:
+                back: Link | None = prev
+                while back is not None:  # the generations before, newest first
+                    try:
+                        seg = back.opener.open_quietly(datagram)
+                        break
+                    except SleeveDropped:
+                        back = back.prev
+                else:
                     link.opener.drops[exc.reason] += 1
                     continue
             self._segment(link, seg, len(datagram))
