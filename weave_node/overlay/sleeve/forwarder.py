@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -100,32 +101,58 @@ class Link:
         self.verified: int | None = None
         self.last_ack: float | None = None
         # Make-before-break (a new mesh connection to the same peer, so new keys: a password rotation, a
-        # reconnect): the link it replaces stays `prev` (with the generations before it, take_over) until
-        # `prev_until`, and opens what the peer still seals with the old keys; we keep sealing with the old keys
-        # (`next_sealer` waits, probes excepted) until a datagram of the peer's opens with the new ones (it has
-        # them), so no side sends what the other cannot open yet.
+        # reconnect): the link it replaces stays `prev` (with the generations before it: take_over, trim) and
+        # opens what the peer still seals with the old keys; we keep sealing with the old keys (`next_sealer`
+        # waits, probes excepted) until a datagram of the peer's opens with the new ones (it has them), or
+        # `prev_until`, so no side sends what the other cannot open yet.
         self.prev: Link | None = None
-        self.prev_until = 0.0
+        self.prev_until = 0.0  # when this link's handover ends (it seals with its own keys from then on)
         self.next_sealer: Sealer | None = None
+        self.retire_at = 0.0  # (a generation taken over) when its own handover ends
+        self.last_opened = float("-inf")  # (a generation taken over) when the peer last sealed with its keys
 
     def up(self, now: float, timeout: float) -> bool:
         return self.last_ack is not None and now - self.last_ack < timeout
 
     def take_over(self, old: Link, until: float) -> None:
         """Replace `old` (same peer and address, both sealed) without a gap: its path state carries over. The
-        generations before `old` that still hand over stay too (at most HANDOVER_GENERATIONS back): when two
+        generations before `old` stay too, until `trim` (at most HANDOVER_GENERATIONS back): when two
         connections raced (both routers dialled, the duplicate was dropped), one side may have had a link of the
         dropped one's keys for a moment and the other never, and the peer still seals with the keys before it."""
-        self.prev, self.prev_until = old, until
-        back = old
-        for _ in range(HANDOVER_GENERATIONS - 1):
-            if back.prev is None:
-                break
-            back = back.prev
-        back.prev = None
+        old.retire_at = until
+        self.prev_until = until
+        self._relink([old, *old.older()][:HANDOVER_GENERATIONS])
         self.next_sealer, self.sealer = self.sealer, old.sealer
         self.acked, self.last_ack = dict(old.acked), old.last_ack
         self.verified, self.segment_size = old.verified, old.segment_size
+
+    def older(self) -> list[Link]:
+        """The generations this link still opens besides its own keys, newest first."""
+        out, back = [], self.prev
+        while back is not None:
+            out.append(back)
+            back = back.prev
+        return out
+
+    def trim(self, now: float, active: float) -> list[Link]:
+        """Let go of the generations whose own handover is over, but for one the peer sealed with in the last
+        `active` seconds (it still does, until it hears our newest keys: a probe's time); returns those let go."""
+        chain = self.older()
+        keep = [g for g in chain if now < g.retire_at or now - g.last_opened < active][:HANDOVER_GENERATIONS]
+        if len(keep) == len(chain):
+            return []
+        self._relink(keep)
+        gone = [g for g in chain if not any(g is k for k in keep)]
+        for gen in gone:
+            gen.prev = None
+        return gone
+
+    def _relink(self, gens: list[Link]) -> None:
+        self.prev = gens[0] if gens else None
+        for newer, older in itertools.pairwise(gens):
+            newer.prev = older
+        if gens:
+            gens[-1].prev = None
 
     def promote(self) -> None:
         """The peer opens the new keys (or the old link's time is up): seal with them from now on."""
@@ -283,6 +310,8 @@ class Forwarder:
                 link = self.links[name] = Link(spec, wall, self.sock.family)
                 if old is not None and old.spec.address == spec.address and old.spec.keys and spec.keys:
                     link.take_over(old, now + self.handover)
+                    self._retired.update(old.opener.drops)  # (its drops stay counted; it opens quietly now)
+                    old.opener.drops.clear()
                 elif old is not None:
                     self._retire(old)
                 self._next_probe = now  # probe a new link at once
@@ -297,17 +326,18 @@ class Forwarder:
 
     def _retire(self, link: Link) -> None:
         """`link` and the generations it still opened go: their drops are kept in the counts."""
-        back: Link | None = link
-        while back is not None:
-            self._retired.update(back.opener.drops)
-            back.prev, back = None, back.prev
+        for gen in (link, *link.older()):
+            self._retired.update(gen.opener.drops)
+        link.prev = None
 
     def _end_handovers(self, now: float) -> None:
+        active = 1.5 * self.probe_interval  # (the peer hears our newest keys in a probe each interval)
         for link in self.links.values():
-            if link.prev is not None and now >= link.prev_until:
-                self._retire(link.prev)
-                link.prev = None
-                link.promote()
+            if link.prev is not None:
+                if now >= link.prev_until:
+                    link.promote()
+                for gen in link.trim(now, active):
+                    self._retire(gen)
 
     # TAP -> peers
 
@@ -443,6 +473,7 @@ class Forwarder:
     def _batch_handover(self, link: Link, prev: Link, view: memoryview, n: int, size: int) -> None:
         """While a link takes over from another (seconds): each datagram opened with the new keys or else the old
         ones, on the general path. Copies (a read-only view): a failed open leaves the datagram as it was."""
+        now = self.clock()
         for off in range(0, n, size):
             datagram = bytes(view[off : off + size if off + size < n else n])
             try:
@@ -453,6 +484,7 @@ class Forwarder:
                 while back is not None:  # the generations before, newest first
                     try:
                         seg = back.opener.open_quietly(datagram)
+                        back.last_opened = now
                         break
                     except SleeveDropped:
                         back = back.prev
