@@ -179,6 +179,37 @@ def test_a_generation_the_peer_never_had_keeps_the_keys_it_still_seals_with(
     assert link.sealer.key == NEW.send
 
 
+def test_a_sleeve_destination_that_left_the_topology_keeps_its_link_until_it_is_back() -> None:
+    """A router that takes a new password closes every connection made with the old one at once: for a moment
+    the mesh has no way to it, and it leaves the topology. A peer the sleeve carried stays a destination over its
+    lingering link, then over the new connection's until its record is back; a peer still in the topology goes
+    on as the overlay says, and one the sleeve did not carry (the kernel did) is never added."""
+    spec = LinkSpec(PEER, "198.18.0.2", OLD)
+    carried = frozenset({PEER})
+    before = Config(links={PEER: spec}, routes={PEER: PEER}, sleeve=carried)
+    left = Config()  # (no sleeve destination, no route: the overlay no longer knows the peer)
+    pushed, lingering = with_lingering(left, before, {}, now=10.0, sleeve_before=carried)
+    assert pushed.links == {PEER: spec} and pushed.routes == {PEER: PEER} and pushed.sleeve == carried
+    again, lingering = with_lingering(left, left, lingering, now=12.0, sleeve_before=carried)
+    assert again == pushed
+    expired, _ = with_lingering(left, left, lingering, now=10.0 + LINGER, sleeve_before=carried)
+    assert expired == left
+    # The new connection, before the peer's record is back
+    new = LinkSpec(PEER, "198.18.0.2", NEW)
+    connected = Config(links={PEER: new})
+    pushed, lingering = with_lingering(connected, left, lingering, now=12.5, sleeve_before=carried)
+    assert pushed == Config(links={PEER: new}, routes={PEER: PEER}, sleeve=carried) and lingering == {}
+    back = Config(links={PEER: new}, routes={PEER: PEER}, sleeve=carried)
+    assert with_lingering(back, connected, {}, now=12.6, peers=(PEER,), sleeve_before=carried)[0] == back
+    # Still in the topology: the overlay's choice stands (a peer the kernel carries, one whose VXLAN is pending)
+    for overlay in (Config(kernel_peers=carried), Config()):
+        pushed, _ = with_lingering(overlay, before, {}, now=10.0, peers=(PEER,), sleeve_before=carried)
+        assert pushed.sleeve == frozenset() and PEER not in pushed.routes and pushed.links == {PEER: spec}
+    # Not a sleeve destination before (the kernel carried it): never one now (no second copy through the sleeve)
+    pushed, _ = with_lingering(left, before, {}, now=10.0, sleeve_before=frozenset())
+    assert pushed.sleeve == frozenset() and PEER not in pushed.routes
+
+
 LAST = 6  # generations after the first: more than a link keeps back (HANDOVER_GENERATIONS) + its own
 KEEPS = 4  # generations back a link keeps (HANDOVER_GENERATIONS, as documented)
 RACE = 2.0  # seconds: the connections come and go within this (then both sides have the last one)

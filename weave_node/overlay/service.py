@@ -345,7 +345,7 @@ class OverlayService:
             # Flood entries follow the modes; MACs learned on the old path are learned again (the next sync flushes)
             self._dirty.set()
         if self.sleeve.running:
-            self.sleeve.push(self.sleeve_config())
+            self.sleeve.push(self.sleeve_config(), self.peers)
 
     def no_vxlan_there(self) -> frozenset[int]:
         """Peers with a password connected to us in plaintext (while encryption is switched): they run no VXLAN, so

@@ -3,7 +3,7 @@ routes over the links that answer probes, and the bridges' MACs whose frames nev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 
 from weave_node.datapath.model import bridge_mac
@@ -126,18 +126,30 @@ forwarder keeps carrying frames over it until the new connection's link takes ov
 
 
 def with_lingering(
-    config: Config, previous: Config | None, lingering: Mapping[int, tuple[LinkSpec, float]], now: float
+    config: Config,
+    previous: Config | None,
+    lingering: Mapping[int, tuple[LinkSpec, float]],
+    now: float,
+    *,
+    peers: Collection[int] = (),
+    sleeve_before: frozenset[int] = frozenset(),
 ) -> tuple[Config, dict[int, tuple[LinkSpec, float]]]:
     """`config` plus the sealed links that the overlay's `previous` config (not a merged one) had and `config`
     lost, for LINGER seconds, each also the route to its own peer where the sleeve carries that peer (rather than
     the relay `config` may have found meanwhile: the peer still opens the old keys): (the config to push, the
-    lingering links as (spec, until)). A link back in `config` stops lingering; so does an expired one."""
+    lingering links as (spec, until)). A link back in `config` stops lingering; so does an expired one.
+    A sleeve destination (in `sleeve_before`, the last pushed) that left the topology but has a link (lingering, or
+    a new connection's before the peer's record is back: `peers` are the topology's) stays one over that link: as
+    when a router closes every connection at once to take a new password, and for a moment the mesh has no other
+    way to it. Its pods' frames go on flowing, with keys it still opens."""
     still = {n: (spec, until) for n, (spec, until) in lingering.items() if until > now and n not in config.links}
     for name, spec in (previous.links if previous else {}).items():
         if name not in config.links and name not in still and spec.keys is not None:
             still[name] = (spec, now + LINGER)
-    if not still:
-        return config, still
     links = {**config.links, **{n: spec for n, (spec, _) in still.items()}}
-    routes = {**config.routes, **{n: n for n in still if n in config.sleeve}}  # (rather than a relay meanwhile)
-    return replace(config, links=links, routes=routes), still
+    away = frozenset(n for n in links if n in sleeve_before and n not in peers and n not in config.kernel_peers)
+    if not still and not away - config.sleeve:
+        return config, still
+    sleeve = config.sleeve | away
+    routes = {**config.routes, **{n: n for n in {*still, *away} if n in sleeve}}  # (rather than a relay meanwhile)
+    return replace(config, links=links, routes=routes, sleeve=sleeve), still

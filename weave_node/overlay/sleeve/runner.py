@@ -8,7 +8,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from weave_node.mesh.peer import format_name
 from weave_node.overlay.desired import TAP
@@ -76,12 +76,16 @@ class SleeveRunner:
         """(links, counters, drops) of the forwarder; all empty when it does not run."""
         return self.forwarder.snapshot() if self.forwarder is not None else ({}, {}, {})
 
-    def push(self, config: Config) -> None:
-        """Hand the forwarder `config` (with the links that linger: plan.with_lingering) unless it has it."""
+    def push(self, config: Config, peers: Collection[int] = ()) -> None:
+        """Hand the forwarder `config` (with the links that linger: plan.with_lingering; `peers`: the topology's)
+        unless it has it."""
         if self.forwarder is None:
             return
         given, self._given = self._given, config
-        config, self._lingering = with_lingering(config, given, self._lingering, time.monotonic())
+        before = self.pushed.sleeve if self.pushed is not None else frozenset()
+        config, self._lingering = with_lingering(
+            config, given, self._lingering, time.monotonic(), peers=peers, sleeve_before=before
+        )
         if config == self.pushed:
             return
         for name, cipher in newly_sealed(self.pushed, config):
