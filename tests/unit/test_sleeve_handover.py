@@ -146,16 +146,20 @@ def test_a_lost_sealed_link_lingers_for_the_new_connection_then_goes() -> None:
     sealed = {PEER: LinkSpec(PEER, "198.18.0.2", OLD), OTHER: LinkSpec(OTHER, "198.18.0.3", None)}
     before = Config(links=sealed, routes={PEER: PEER, OTHER: OTHER}, sleeve=frozenset({PEER, OTHER}))
     lost = Config(links={}, routes={PEER: OTHER}, sleeve=frozenset({PEER, OTHER}))  # (a relay meanwhile)
-    pushed, lingering = with_lingering(lost, before, {}, now=10.0)
+    pushed, lingering = with_lingering(lost, before, {}, now=10.0, peers=(PEER, OTHER))
     assert pushed.links == {PEER: sealed[PEER]} and pushed.routes == {PEER: PEER}  # a clear link does not linger
     assert lingering == {PEER: (sealed[PEER], 10.0 + LINGER)}
-    again, lingering = with_lingering(lost, lost, lingering, now=12.0)  # the overlay's next push: still there
+    again, lingering = with_lingering(
+        lost, lost, lingering, now=12.0, peers=(PEER, OTHER)
+    )  # the overlay's next push: still there
     assert again.links == {PEER: sealed[PEER]}
     back = Config(links={PEER: LinkSpec(PEER, "198.18.0.2", NEW)}, routes={PEER: PEER}, sleeve=frozenset({PEER}))
-    pushed, lingering = with_lingering(back, lost, lingering, now=12.5)  # the new connection: its link only
+    pushed, lingering = with_lingering(
+        back, lost, lingering, now=12.5, peers=(PEER, OTHER)
+    )  # the new connection: its link only
     assert pushed == back and lingering == {}
-    _, lingering = with_lingering(lost, before, {}, now=20.0)
-    expired, lingering = with_lingering(lost, lost, lingering, now=20.0 + LINGER)
+    _, lingering = with_lingering(lost, before, {}, now=20.0, peers=(PEER, OTHER))
+    expired, lingering = with_lingering(lost, lost, lingering, now=20.0 + LINGER, peers=(PEER, OTHER))
     assert expired == lost and lingering == {}
 
 
@@ -188,16 +192,16 @@ def test_a_sleeve_destination_that_left_the_topology_keeps_its_link_until_it_is_
     carried = frozenset({PEER})
     before = Config(links={PEER: spec}, routes={PEER: PEER}, sleeve=carried)
     left = Config()  # (no sleeve destination, no route: the overlay no longer knows the peer)
-    pushed, lingering = with_lingering(left, before, {}, now=10.0, sleeve_before=carried)
+    pushed, lingering = with_lingering(left, before, {}, now=10.0, sleeve_before=carried, peers=())
     assert pushed.links == {PEER: spec} and pushed.routes == {PEER: PEER} and pushed.sleeve == carried
-    again, lingering = with_lingering(left, left, lingering, now=12.0, sleeve_before=carried)
+    again, lingering = with_lingering(left, left, lingering, now=12.0, sleeve_before=carried, peers=())
     assert again == pushed
-    expired, _ = with_lingering(left, left, lingering, now=10.0 + LINGER, sleeve_before=carried)
+    expired, _ = with_lingering(left, left, lingering, now=10.0 + LINGER, sleeve_before=carried, peers=())
     assert expired == left
     # The new connection, before the peer's record is back
     new = LinkSpec(PEER, "198.18.0.2", NEW)
     connected = Config(links={PEER: new})
-    pushed, lingering = with_lingering(connected, left, lingering, now=12.5, sleeve_before=carried)
+    pushed, lingering = with_lingering(connected, left, lingering, now=12.5, sleeve_before=carried, peers=())
     assert pushed == Config(links={PEER: new}, routes={PEER: PEER}, sleeve=carried) and lingering == {}
     back = Config(links={PEER: new}, routes={PEER: PEER}, sleeve=carried)
     assert with_lingering(back, connected, {}, now=12.6, peers=(PEER,), sleeve_before=carried)[0] == back
@@ -205,8 +209,16 @@ def test_a_sleeve_destination_that_left_the_topology_keeps_its_link_until_it_is_
     for overlay in (Config(kernel_peers=carried), Config()):
         pushed, _ = with_lingering(overlay, before, {}, now=10.0, peers=(PEER,), sleeve_before=carried)
         assert pushed.sleeve == frozenset() and PEER not in pushed.routes and pushed.links == {PEER: spec}
+    # Out of the topology but still in the overlay's sleeve set (with fastdp, a retained peer in sleeve mode): the
+    # new connection's link routes it before its record is back
+    pushed, _ = with_lingering(Config(links={PEER: new}, sleeve=carried), left, {}, now=12.5, peers=(),
+                               sleeve_before=carried)  # fmt: skip
+    assert pushed.routes == {PEER: PEER} and pushed.sleeve == carried
+    # The kernel carries it now: not added, out of the topology or not
+    pushed, _ = with_lingering(Config(kernel_peers=carried), before, {}, now=10.0, peers=(), sleeve_before=carried)
+    assert pushed.sleeve == frozenset() and PEER not in pushed.routes
     # Not a sleeve destination before (the kernel carried it): never one now (no second copy through the sleeve)
-    pushed, _ = with_lingering(left, before, {}, now=10.0, sleeve_before=frozenset())
+    pushed, _ = with_lingering(left, before, {}, now=10.0, sleeve_before=frozenset(), peers=())
     assert pushed.sleeve == frozenset() and PEER not in pushed.routes
 
 

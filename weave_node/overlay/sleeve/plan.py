@@ -131,7 +131,7 @@ def with_lingering(
     lingering: Mapping[int, tuple[LinkSpec, float]],
     now: float,
     *,
-    peers: Collection[int] = (),
+    peers: Collection[int],
     sleeve_before: frozenset[int] = frozenset(),
 ) -> tuple[Config, dict[int, tuple[LinkSpec, float]]]:
     """`config` plus the sealed links that the overlay's `previous` config (not a merged one) had and `config`
@@ -148,7 +148,7 @@ def with_lingering(
             still[name] = (spec, now + LINGER)
     links = {**config.links, **{n: spec for n, (spec, _) in still.items()}}
     away = frozenset(n for n in links if n in sleeve_before and n not in peers and n not in config.kernel_peers)
-    if not still and not away - config.sleeve:
+    if not still and not away:
         return config, still
     sleeve = config.sleeve | away
     routes = {**config.routes, **{n: n for n in {*still, *away} if n in sleeve}}  # (rather than a relay meanwhile)

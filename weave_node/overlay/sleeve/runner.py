@@ -76,7 +76,7 @@ class SleeveRunner:
         """(links, counters, drops) of the forwarder; all empty when it does not run."""
         return self.forwarder.snapshot() if self.forwarder is not None else ({}, {}, {})
 
-    def push(self, config: Config, peers: Collection[int] = ()) -> None:
+    def push(self, config: Config, peers: Collection[int]) -> None:
         """Hand the forwarder `config` (with the links that linger: plan.with_lingering; `peers`: the topology's)
         unless it has it."""
         if self.forwarder is None:
