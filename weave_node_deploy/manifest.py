@@ -60,7 +60,7 @@ def from_settings(data: Mapping[str, Any]) -> str:
 
 def render(**values: Any) -> str:
     values.setdefault("mtu", None)
-    values.setdefault("direct", True)  # (weave_direct and weave_daemonset_direct)
+    values.setdefault("direct", False)  # weave_daemonset_direct: opt-in under the DaemonSet for now
     values.setdefault("password_secret", "")
     values.setdefault("encryption", "auto")
     values.setdefault("image_pull_policy", pull_policy(values["image"], None))

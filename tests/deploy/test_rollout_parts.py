@@ -281,11 +281,10 @@ def test_the_daemonset_carries_the_same_conflist_as_the_systemd_path_and_every_n
     assert env["WEAVE_PEERS"] == "198.18.0.1 198.18.0.2 198.18.0.3" and env["IPALLOC_INIT"] == "consensus=3"
     assert {c["imagePullPolicy"] for c in pod["containers"] + pod["initContainers"]} == {"Never"}  # localhost/
     assert "--conflist" in pod["initContainers"][0]["command"]
-    assert "WEAVE_NO_DIRECT" not in env  # direct mode under the DaemonSet as on bare hosts
-    for off in ({"weave_daemonset_direct": False}, {"weave_direct": False}):
-        ds = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings(**off))) if d and
-                  d["kind"] == "DaemonSet")  # fmt: skip
-        assert {"name": "WEAVE_NO_DIRECT", "value": "1"} in ds["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env["WEAVE_NO_DIRECT"] == "1"  # opt-in under the DaemonSet for now (weave_daemonset_direct)
+    on = next(d for d in yaml.safe_load_all(manifest.from_settings(_settings(weave_daemonset_direct=True))) if d and
+              d["kind"] == "DaemonSet")  # fmt: skip
+    assert "WEAVE_NO_DIRECT" not in {e["name"] for e in on["spec"]["template"]["spec"]["containers"][0]["env"]}
     other = yaml.safe_load_all(manifest.from_settings(_settings(weave_image="registry.example/weave-node:1")))
     ds = next(d for d in other if d and d["kind"] == "DaemonSet")
     assert ds["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
