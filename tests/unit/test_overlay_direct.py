@@ -139,6 +139,22 @@ def test_after_a_restart_what_the_kernel_had_stays_until_the_window_ends_and_fre
     assert [r.via for r in merged.routes if r.dst == "10.40.0.0/14"] == ["198.19.0.9"]
 
 
+def test_an_adopted_route_over_our_own_space_or_a_fresher_one_goes() -> None:
+    """Found by CI (the DaemonSet, pods started on three nodes at once): after a restart A kept the route of B's
+    old range, 10.40.0.0/13, beside the fresh one for B's range now, 10.40.0.0/14, after 10.44.0.0/15 had come to
+    A; the kernel picked the /13 for A's own pod there and sent its traffic back to B."""
+    found = {B: Candidate(B, "198.19.0.2", "eth0", "10.40.0.1")}
+    old = entries(found, {B}, {A: ("10.32.0.0/13",), B: ("10.40.0.0/13",)}, A, "10.32.0.1")
+    just_started = entries({}, set(), {}, A)
+    space = {A: ("10.32.0.0/13", "10.44.0.0/15"), B: ("10.40.0.0/14", "10.46.0.0/15")}
+    kept = with_adopted(just_started, old.routes, {}, own=space[A])
+    assert not [r for r in kept.routes if r.dst == "10.40.0.0/13"]  # (it covers our 10.44.0.0/15)
+    assert [r.dst for r in kept.routes if r.dst == "10.40.0.1/32"]  # (B's bridge: no overlap, kept)
+    confirmed = entries(found, {B}, space, A, "10.32.0.1")
+    merged = with_adopted(confirmed, old.routes, {}, own=())  # (a fresher route for part of it: the old one goes)
+    assert {r.dst for r in merged.routes if r.via} == {r.dst for r in confirmed.routes if r.via}
+
+
 def test_a_space_that_begins_with_the_peers_bridge_address_keeps_that_address_on_vxlan() -> None:
     """Found by the netns suite: B's space 10.36.0.1/32, 10.36.0.2/31, ... and its bridge at 10.36.0.1 gave two
     routes for one destination, and the space's won: the VXLAN heartbeats went direct and a blocked VXLAN went

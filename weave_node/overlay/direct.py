@@ -130,12 +130,26 @@ def _eb(net: str) -> str:
     return net.removesuffix("/32")
 
 
-def with_adopted(e: Entries, routes: Iterable[Route], chains: Mapping[str, tuple[str, ...]]) -> Entries:
+def with_adopted(
+    e: Entries, routes: Iterable[Route], chains: Mapping[str, tuple[str, ...]], own: Iterable[str] = ()
+) -> Entries:
     """`e` plus what a previous run of the router left in the kernel (its routes, its ARP rules, the underlay
     addresses they lead to), for the moments after a restart when the direct heartbeats have not confirmed
-    anything yet: traffic that went direct keeps going direct. What `e` has for the same destination wins."""
+    anything yet: traffic that went direct keeps going direct. What `e` has for the same destination wins, and
+    an adopted route that overlaps one of `e`'s (a fresher view of that space) or our own space `own` goes: a
+    peer's old range part of which has come to us since would send our own pods' traffic to that peer."""
     keys = {r.key for r in e.routes}
-    kept = {r for r in routes if r.key not in keys}
+    ours = [ipaddress.ip_network(n) for n in own]
+    fresh = [(r.table, ipaddress.ip_network(r.dst)) for r in e.routes if r.kind != "unreachable"]
+
+    def stale(r: Route) -> bool:
+        if r.kind == "unreachable":
+            return False
+        net = ipaddress.ip_network(r.dst)
+        near = [*ours, *(n for table, n in fresh if table == r.table)]
+        return any(net.version == n.version and net.overlaps(n) for n in near)
+
+    kept = {r for r in routes if r.key not in keys and not stale(r)}
     merged = tuple(
         replace(c, rules=c.rules + tuple(r for r in chains.get(c.name, ()) if r not in c.rules)) for c in e.chains
     )

@@ -91,7 +91,7 @@ class DirectPaths:
         self._space = self.current_space()
         e = direct.entries(self.found, confirmed, self._space, me, src)
         if now < self.adopt_until:
-            return direct.with_adopted(e, self.adopted_routes, self.adopted_chains)
+            return direct.with_adopted(e, self.adopted_routes, self.adopted_chains, own=self._space.get(me, ()))
         self.adopted_routes, self.adopted_chains = frozenset(), {}
         return e
 
