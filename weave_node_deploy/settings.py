@@ -40,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
     # Pod traffic between hosts on one subnet without encapsulation, per peer where the path proves itself
     # (docs/architecture.md); false: WEAVE_NO_DIRECT=1.
     "weave_direct": True,
-    # Under the DaemonSet, opt-in for now: one CI run found two pods of a fresh cluster unreachable for over 6 s
-    # with it on (not understood yet; tests/lab/test_kubernetes_daemonset.py reports what it sees if it recurs).
+    # Under the DaemonSet, opt-in for now: CI found a restarted router keeping a peer's old direct route over its
+    # own pods' space (fixed: overlay.direct.with_adopted); on by default once that has run in CI for a while.
     "weave_daemonset_direct": False,
     # A DNS server in every router (bare hosts; the DaemonSet leaves names to the cluster's DNS): pods' names
     # under weave_dns_domain, every other name forwarded to weave_dns_upstreams (default: each host's resolv.conf).

@@ -57,8 +57,9 @@ def _from_peer(keys: SessionKeys, seq: int) -> bytes:
     return datagram
 
 
-def _receive(fwd: Forwarder, datagram: bytes) -> None:
-    link = fwd.links[PEER]
+def _receive(fwd: Forwarder, datagram: bytes, sender: int = PEER) -> None:
+    """`datagram` from `sender` as the forwarder's receive path takes it (the handover's path while one runs)."""
+    link = fwd.links[sender]
     view = memoryview(bytearray(datagram))
     if link.prev is not None:
         fwd._batch_handover(link, link.prev, view, len(datagram), len(datagram))
@@ -279,12 +280,7 @@ class _Pair:
         src, dst = name_bytes(self.names[side]), name_bytes(self.names[1 - side])
         (datagram,) = sealer.datagrams(FRAME, msg_id=self.msg_id, src=src, dst=dst, segment_size=1400, flags=FLAG_VNET)
         fwd, tap = self.sides[1 - side]
-        peer_link = self.link(1 - side)
-        view = memoryview(bytearray(datagram))
-        if peer_link.prev is not None:
-            fwd._batch_handover(peer_link, peer_link.prev, view, len(datagram), len(datagram))
-        else:
-            fwd._datagram(peer_link, view)
+        _receive(fwd, datagram, self.names[side])
         try:
             return tap.recv(1 << 16) == FRAME
         except BlockingIOError:
